@@ -1,0 +1,86 @@
+"""The storage interfaces: small async protocols, optional capabilities detected at runtime.
+
+Like tusd's StoreComposer, a store declares what it can do by implementing the optional
+protocols (:class:`Concatenater`), and the protocol layer advertises Tus-Extension from that.
+Stores never raise HTTP errors: they raise :class:`StorageError` (or let the caller's
+exceptions from the source pass through) and the service maps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "ChunkSource",
+    "ChunkStore",
+    "Concatenater",
+    "StorageError",
+    "StoreCapabilities",
+    "UploadDataMissing",
+]
+
+#: The bytes of one PATCH, in blocks of bounded size, as the protocol layer reads them.
+ChunkSource = AsyncIterable[bytes]
+
+
+class StorageError(Exception):
+    """The store could not do what was asked (disk full, S3 unreachable, ...)."""
+
+
+class UploadDataMissing(StorageError):
+    """The store holds no data for this upload (deleted, or never created)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    """Limits a store imposes, used to advertise and enforce Tus-Max-Size."""
+
+    max_size: int | None = None
+
+
+@runtime_checkable
+class ChunkStore(Protocol):
+    """Bytes of uploads in progress, addressed by server-generated upload ids."""
+
+    capabilities: StoreCapabilities
+
+    async def create(self, upload_id: str) -> None:
+        """Make room for a new, empty upload."""
+
+    async def get_offset(self, upload_id: str) -> int:
+        """How many bytes the store really holds for the upload (the truth behind Upload-Offset)."""
+
+    async def write(
+        self,
+        upload_id: str,
+        offset: int,
+        source: ChunkSource,
+        *,
+        verify: Callable[[], None] | None = None,
+        fsync: bool = False,
+    ) -> int:
+        """Append the source's bytes at ``offset``; return how many bytes were stored.
+
+        Without ``verify``, bytes become part of the upload as they arrive, so an interrupted
+        body keeps what was received. With ``verify``, the whole chunk is staged first and
+        ``verify()`` is called once the source is exhausted; if it raises, the chunk is
+        discarded and the exception propagates (the offset is unchanged). An exception raised
+        by the source propagates after the bytes received before it are stored.
+        The call returns only when every byte it reports is written (and synced if ``fsync``).
+        """
+
+    def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``."""
+
+    async def delete(self, upload_id: str) -> None:
+        """Remove the upload's bytes; no error when already gone."""
+
+
+@runtime_checkable
+class Concatenater(Protocol):
+    """Optional capability: build an upload from the bytes of others, in order."""
+
+    async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
+        """Fill ``upload_id`` with the parts' bytes; returns the resulting length."""

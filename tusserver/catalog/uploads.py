@@ -1,0 +1,182 @@
+"""Repository of tus uploads: the durable state behind every tus response."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import RowMapping
+
+from .db import Database
+from .schema import upload_concat_parts, uploads
+
+__all__ = ["UploadRecord", "UploadRepository", "UploadState"]
+
+
+class UploadState(enum.StrEnum):
+    RECEIVING = "receiving"
+    #: A final upload waiting for its partial uploads (concatenation-unfinished).
+    CONCATENATING = "concatenating"
+    FINISHED = "finished"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    owner: str | None
+    length: int | None
+    offset: int
+    metadata: Mapping[str, bytes | None]
+    is_partial: bool
+    is_final: bool
+    state: UploadState
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime | None
+
+    @property
+    def is_gone(self) -> bool:
+        return self.state in (UploadState.TERMINATED, UploadState.EXPIRED)
+
+
+def _encode_meta(meta: Mapping[str, bytes | None]) -> dict[str, str | None]:
+    return {k: None if v is None else base64.b64encode(v).decode("ascii") for k, v in meta.items()}
+
+
+def _decode_meta(raw: Mapping[str, str | None]) -> dict[str, bytes | None]:
+    return {k: None if v is None else base64.b64decode(v) for k, v in raw.items()}
+
+
+def _record(row: RowMapping) -> UploadRecord:
+    return UploadRecord(
+        id=row["id"],
+        owner=row["owner"],
+        length=row["length"],
+        offset=row["offset"],
+        metadata=_decode_meta(row["meta"]),
+        is_partial=row["is_partial"],
+        is_final=row["is_final"],
+        state=UploadState(row["state"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+class UploadRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def insert(self, record: UploadRecord, parts: Sequence[str] = ()) -> None:
+        values: dict[str, Any] = {
+            "id": record.id,
+            "owner": record.owner,
+            "length": record.length,
+            "offset": record.offset,
+            "meta": _encode_meta(record.metadata),
+            "is_partial": record.is_partial,
+            "is_final": record.is_final,
+            "state": record.state.value,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "expires_at": record.expires_at,
+        }
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(uploads).values(**values))
+            if parts:
+                await conn.execute(
+                    insert(upload_concat_parts),
+                    [
+                        {"final_id": record.id, "position": i, "part_id": p}
+                        for i, p in enumerate(parts)
+                    ],
+                )
+
+    async def get(self, upload_id: str) -> UploadRecord | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(uploads).where(uploads.c.id == upload_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _record(row)
+
+    async def get_many(self, upload_ids: Sequence[str]) -> dict[str, UploadRecord]:
+        if not upload_ids:
+            return {}
+        async with self._db.engine.connect() as conn:
+            rows = (
+                (await conn.execute(select(uploads).where(uploads.c.id.in_(set(upload_ids)))))
+                .mappings()
+                .all()
+            )
+        return {r["id"]: _record(r) for r in rows}
+
+    async def parts_of(self, final_id: str) -> list[str]:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(upload_concat_parts.c.part_id)
+                .where(upload_concat_parts.c.final_id == final_id)
+                .order_by(upload_concat_parts.c.position)
+            )
+            return [r[0] for r in rows]
+
+    async def finals_waiting_on(self, part_id: str) -> list[str]:
+        """Final uploads still concatenating that include ``part_id``."""
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(uploads.c.id)
+                .join(upload_concat_parts, upload_concat_parts.c.final_id == uploads.c.id)
+                .where(
+                    upload_concat_parts.c.part_id == part_id,
+                    uploads.c.state == UploadState.CONCATENATING.value,
+                )
+                .distinct()
+            )
+            return [r[0] for r in rows]
+
+    async def update(self, upload_id: str, **values: Any) -> None:
+        """Update columns of one upload (``state`` may be an UploadState)."""
+        if "state" in values and isinstance(values["state"], UploadState):
+            values["state"] = values["state"].value
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(uploads).where(uploads.c.id == upload_id).values(**values))
+
+    async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
+        """Unfinished uploads whose expiry has passed."""
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(uploads.c.id)
+                .where(
+                    uploads.c.state.in_(
+                        [UploadState.RECEIVING.value, UploadState.CONCATENATING.value]
+                    ),
+                    uploads.c.expires_at.is_not(None),
+                    uploads.c.expires_at < now,
+                )
+                .limit(limit)
+            )
+            return [r[0] for r in rows]
+
+    async def tombstones_before(self, cutoff: dt.datetime, limit: int = 500) -> list[str]:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(uploads.c.id)
+                .where(
+                    uploads.c.state.in_([UploadState.TERMINATED.value, UploadState.EXPIRED.value]),
+                    uploads.c.updated_at < cutoff,
+                )
+                .limit(limit)
+            )
+            return [r[0] for r in rows]
+
+    async def delete(self, upload_id: str) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))

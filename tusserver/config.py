@@ -1,0 +1,286 @@
+"""One typed configuration, from defaults, a TOML file and ``TUSSERVER_*`` variables.
+
+Precedence: defaults < TOML file < environment < explicit overrides (CLI flags). Every key is a
+field of :class:`TusServerConfig` with a ``doc`` in its metadata; ``docs/configuration.md`` is
+checked against these fields by a test, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "TusServerConfig", "load_config"]
+
+ENV_PREFIX = "TUSSERVER_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, unknown or of the wrong type; names the key."""
+
+
+def _doc(text: str, *, secret: bool = False) -> dict[str, Any]:
+    return {"doc": text, "secret": secret}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TusServerConfig:
+    """Every setting of the server. Build with :func:`load_config` or directly in code."""
+
+    # --- server ---------------------------------------------------------------------------
+    host: str = field(default="127.0.0.1", metadata=_doc("Address to listen on."))
+    port: int = field(default=1080, metadata=_doc("TCP port to listen on."))
+    data_dir: Path = field(
+        default=Path("./data"),
+        metadata=_doc("Directory for the embedded default: the SQLite database and local storage."),
+    )
+    database_url: str = field(
+        default="",
+        metadata=_doc(
+            "SQLAlchemy async URL of the catalog, e.g. "
+            "`postgresql+asyncpg://user:pass@host/db`. Empty: SQLite at `<data_dir>/tusserver.db`.",
+            secret=True,
+        ),
+    )
+    auto_migrate: bool = field(
+        default=True,
+        metadata=_doc("Apply database migrations at start (`tusserver migrate` does it by hand)."),
+    )
+    base_path: str = field(
+        default="/uploads/",
+        metadata=_doc("Path of the tus creation URL; each upload lives at `<base_path><id>`."),
+    )
+    # --- tus ------------------------------------------------------------------------------
+    max_size: int = field(
+        default=0,
+        metadata=_doc(
+            "Largest upload in bytes, advertised as Tus-Max-Size. 0: no limit beyond the store's."
+        ),
+    )
+    expiration: float = field(
+        default=24 * 3600.0,
+        metadata=_doc("Seconds of inactivity after which an unfinished upload expires (0: never)."),
+    )
+    sweep_interval: float = field(
+        default=300.0,
+        metadata=_doc("Seconds between runs of the expiration sweeper (0: no background sweep)."),
+    )
+    tombstone_retention: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=_doc(
+            "Seconds a terminated or expired upload keeps answering 410 before its row is purged."
+        ),
+    )
+    fsync: bool = field(
+        default=False,
+        metadata=_doc(
+            "fsync each PATCH's bytes before acknowledging the new offset (survives power loss)."
+        ),
+    )
+    lock_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a request waits for an upload held by another request (after asking the "
+            "holder to release) before it answers 423."
+        ),
+    )
+    write_buffer_size: int = field(
+        default=1024 * 1024,
+        metadata=_doc("Bytes a PATCH body is buffered in memory before each write to storage."),
+    )
+    # --- HTTP -----------------------------------------------------------------------------
+    cors_origins: tuple[str, ...] = field(
+        default=("*",),
+        metadata=_doc(
+            "Origins allowed by CORS (comma-separated in the environment); `*` allows any."
+        ),
+    )
+    trust_proxy_headers: bool = field(
+        default=False,
+        metadata=_doc(
+            "Build Location URLs from Forwarded / X-Forwarded-Proto / X-Forwarded-Host. "
+            "Enable only behind a proxy that sets them."
+        ),
+    )
+    relative_location: bool = field(
+        default=False,
+        metadata=_doc("Answer creation with a relative Location (path only)."),
+    )
+    # --- logs -----------------------------------------------------------------------------
+    log_format: str = field(
+        default="console", metadata=_doc("`console` (human) or `json` (one object per line).")
+    )
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error."))
+
+    def __post_init__(self) -> None:
+        if not (0 < self.port < 65536):
+            raise ConfigError(f"port: {self.port} is not a TCP port")
+        if not self.base_path.startswith("/") or not self.base_path.endswith("/"):
+            raise ConfigError("base_path: must start and end with '/'")
+        for name in ("max_size", "write_buffer_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must not be negative")
+        if self.write_buffer_size < 4096:
+            raise ConfigError("write_buffer_size: must be at least 4096")
+        for name in ("expiration", "sweep_interval", "lock_timeout", "tombstone_retention"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must not be negative")
+        if self.log_format not in ("console", "json"):
+            raise ConfigError("log_format: must be 'console' or 'json'")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level: must be debug, info, warning or error")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tusserver.db').resolve()}"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def replace(self, **changes: Any) -> TusServerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain values, secrets masked (for `config show`)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TusServerConfig)
+
+
+def _coerce(name: str, raw: Any, typ: Any, *, from_env: bool) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw is None or (from_env and raw == ""):
+            return None
+        return _coerce(name, raw, args[0], from_env=from_env)
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            if from_env and isinstance(raw, str):
+                low = raw.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, int):
+                return raw
+            if from_env and isinstance(raw, str):
+                return int(raw.strip())
+            raise ValueError
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, int | float):
+                return float(raw)
+            if from_env and isinstance(raw, str):
+                return float(raw.strip())
+            raise ValueError
+        if typ is str:
+            if isinstance(raw, str):
+                return raw
+            raise ValueError
+        if typ is Path:
+            if isinstance(raw, str | Path):
+                return Path(raw)
+            raise ValueError
+        if origin is tuple:
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+                return tuple(raw)
+            raise ValueError
+    except ValueError:
+        pass
+    shown = repr(raw) if len(repr(raw)) < 80 else repr(raw)[:77] + "..."
+    raise ConfigError(f"{name}: {shown} is not a valid {_type_name(typ)}")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is tuple:
+        return "list of strings"
+    return getattr(typ, "__name__", str(typ))
+
+
+def load_config(
+    *,
+    toml_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TusServerConfig:
+    """Build the config from a TOML file, the environment and explicit overrides.
+
+    Raises :class:`ConfigError` naming the key on an unknown key or a value of the wrong type.
+    ``TUSSERVER_CONFIG`` in the environment names the TOML file when ``toml_path`` is None.
+    """
+    env = os.environ if environ is None else environ
+    types_ = _field_types()
+    values: dict[str, Any] = {}
+    path = toml_path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, raw in _flatten(data).items():
+            if key not in types_:
+                raise ConfigError(f"{key}: unknown configuration key (in {path})")
+            values[key] = _coerce(key, raw, types_[key], from_env=False)
+    for env_key, raw in env.items():
+        if not env_key.startswith(ENV_PREFIX) or env_key == ENV_PREFIX + "CONFIG":
+            continue
+        key = env_key[len(ENV_PREFIX) :].lower()
+        if key.startswith("test_"):
+            continue  # reserved for the test suite's own variables
+        if key not in types_:
+            raise ConfigError(f"{env_key}: unknown configuration variable")
+        values[key] = _coerce(env_key, raw, types_[key], from_env=True)
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if key not in types_:
+            raise ConfigError(f"{key}: unknown configuration key")
+        values[key] = _coerce(key, raw, types_[key], from_env=isinstance(raw, str))
+    return TusServerConfig(**values)
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept both flat keys and one level of tables (``[s3] bucket = ..`` is ``s3_bucket``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                out[f"{key}_{sub}"] = subvalue
+        else:
+            out[key] = value
+    return out

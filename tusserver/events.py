@@ -1,0 +1,90 @@
+"""Hooks: async callables registered on the app, called at each step of an upload's life.
+
+``pre_create`` runs before anything is stored and may reject the creation
+(:class:`HookRejection`) or change the metadata (mutate ``ctx.metadata``). ``pre_finish`` runs
+before an upload is marked finished and may reject it the same way (the bytes stay, the
+upload stays unfinished). The ``post_*`` hooks run after the response's state is durable, in
+the background; their errors are logged, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from auth import Principal
+
+from .catalog.uploads import UploadRecord
+
+__all__ = ["CreateContext", "HookRejection", "Hooks", "UploadHook"]
+
+_log = structlog.get_logger("tusserver.hooks")
+
+
+class HookRejection(Exception):
+    """Raised by a pre-hook to refuse the request with ``status`` and ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        if not 400 <= status < 600:
+            raise ValueError("a rejection needs a 4xx or 5xx status")
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class CreateContext:
+    """What a pre-create hook sees; ``metadata`` may be changed in place."""
+
+    principal: Principal
+    length: int | None
+    metadata: MutableMapping[str, bytes | None]
+    is_partial: bool
+    is_final: bool
+
+
+UploadHook = Callable[[UploadRecord], Awaitable[None]]
+PreCreateHook = Callable[[CreateContext], Awaitable[None]]
+
+
+@dataclass
+class Hooks:
+    pre_create: list[PreCreateHook] = field(default_factory=list)
+    post_create: list[UploadHook] = field(default_factory=list)
+    post_receive: list[UploadHook] = field(default_factory=list)
+    pre_finish: list[UploadHook] = field(default_factory=list)
+    post_finish: list[UploadHook] = field(default_factory=list)
+    post_terminate: list[UploadHook] = field(default_factory=list)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    async def run_pre_create(self, ctx: CreateContext) -> None:
+        for hook in self.pre_create:
+            await hook(ctx)
+
+    async def run_pre_finish(self, record: UploadRecord) -> None:
+        for hook in self.pre_finish:
+            await hook(record)
+
+    def fire(self, name: str, hooks: list[UploadHook], record: UploadRecord) -> None:
+        """Run post-hooks in the background; keep a reference so they are not collected."""
+        if not hooks:
+            return
+
+        async def run() -> None:
+            for hook in hooks:
+                try:
+                    await hook(record)
+                except Exception:
+                    _log.exception("hook failed", hook=name, upload_id=record.id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for background hooks (at shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

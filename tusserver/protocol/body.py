@@ -1,0 +1,72 @@
+"""Reading a request body in bounded blocks, stoppable by lock breaking."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+
+from aiohttp import StreamReader
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["BodyReader", "Interruption"]
+
+
+class Interruption(enum.Enum):
+    NONE = "none"
+    #: The client's connection ended before the body did.
+    DISCONNECTED = "disconnected"
+    #: A newer request for the same upload asked this one to let go.
+    RELEASED = "released"
+
+
+class _ReleaseRequested(Exception):
+    pass
+
+
+class BodyReader:
+    """Async iterator over a body in blocks of at most ``block_size`` bytes.
+
+    Memory is bounded by one block plus aiohttp's own flow-controlled buffer. A lost
+    connection or a release request ends the iteration early (``interruption`` says which):
+    the bytes received so far are still yielded, so the store keeps them.
+    """
+
+    def __init__(self, content: StreamReader, block_size: int) -> None:
+        self._content = content
+        self._block_size = block_size
+        self.interruption = Interruption.NONE
+        self.received = 0
+
+    def request_release(self) -> None:
+        """Called by the locker when another request wants this upload."""
+        if self.interruption is Interruption.NONE:
+            self.interruption = Interruption.RELEASED
+            self._content.set_exception(_ReleaseRequested())
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        buf = bytearray()
+        size = self._block_size
+        content = self._content
+        while True:
+            try:
+                data = await content.readany()
+            except _ReleaseRequested:
+                break
+            except (OSError, HttpProcessingError):
+                if self.interruption is Interruption.NONE:
+                    self.interruption = Interruption.DISCONNECTED
+                break
+            if not data:
+                if self.interruption is Interruption.NONE and not content.is_eof():
+                    self.interruption = Interruption.DISCONNECTED
+                break
+            self.received += len(data)
+            if not buf and len(data) >= size:
+                yield data
+                continue
+            buf += data
+            if len(buf) >= size:
+                yield bytes(buf)
+                buf.clear()
+        if buf:
+            yield bytes(buf)

@@ -1,0 +1,343 @@
+"""The tus 1.0.0 handlers: thin translations between HTTP and the UploadService.
+
+Comments quote the spec (tus-resumable-upload-protocol, protocol.md) next to the code that
+honours it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from auth import Principal
+from auth.principal import UNAUTHENTICATED_OPERATOR
+
+from ..config import TusServerConfig
+from ..http_util import content_disposition, parse_range
+from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
+from .body import BodyReader, Interruption
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    TusError,
+    UnsupportedMediaType,
+)
+from .headers import (
+    SUPPORTED_CHECKSUMS,
+    TUS_VERSION,
+    ConcatFinal,
+    format_http_date,
+    format_metadata,
+    is_valid_upload_id,
+    parse_checksum,
+    parse_concat,
+    parse_defer_length,
+    parse_metadata,
+    parse_non_negative_int,
+)
+
+__all__ = ["PrincipalResolver", "TusHandlers"]
+
+OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+
+#: How the handlers learn who is calling; the auth layer provides a real one.
+PrincipalResolver = Callable[[web.Request], Awaitable[Principal]]
+
+
+async def _no_auth(_request: web.Request) -> Principal:
+    return UNAUTHENTICATED_OPERATOR
+
+
+class TusHandlers:
+    def __init__(
+        self,
+        *,
+        config: TusServerConfig,
+        service: UploadService,
+        principal: PrincipalResolver = _no_auth,
+    ) -> None:
+        self._config = config
+        self._service = service
+        self._principal = principal
+
+    def routes(self, base_path: str) -> list[web.RouteDef]:
+        """Routes for a (sub)app: the creation URL and each upload's URL, all methods."""
+        return [
+            web.route("*", base_path, self.collection),
+            web.route("*", base_path.rstrip("/"), self.collection),
+            web.route("*", base_path + "{upload_id}", self.item),
+        ]
+
+    # --- dispatch (X-HTTP-Method-Override is honoured, so routing is by effective method) ---
+
+    @staticmethod
+    def effective_method(request: web.Request) -> str:
+        """``X-HTTP-Method-Override``, when present, is the method (for limited clients)."""
+        override = request.headers.get("X-HTTP-Method-Override")
+        if override and request.method == "POST":
+            return override.strip().upper()
+        return request.method
+
+    async def collection(self, request: web.Request) -> web.StreamResponse:
+        method = self.effective_method(request)
+        if method == "OPTIONS":
+            return self.options()
+        if method == "POST":
+            return await self.post(request)
+        raise MethodNotAllowed(
+            f"{method} is not allowed on the creation URL", headers={"Allow": "OPTIONS, POST"}
+        )
+
+    async def item(self, request: web.Request) -> web.StreamResponse:
+        method = self.effective_method(request)
+        if method == "OPTIONS":
+            return self.options()
+        upload_id = request.match_info["upload_id"]
+        if not is_valid_upload_id(upload_id):
+            raise NotFound("no such upload")
+        if method == "HEAD":
+            return await self.head(request, upload_id)
+        if method == "PATCH":
+            return await self.patch(request, upload_id)
+        if method == "DELETE":
+            return await self.delete(request, upload_id)
+        if method == "GET":
+            return await self.get(request, upload_id)
+        raise MethodNotAllowed(
+            f"{method} is not allowed on an upload",
+            headers={"Allow": "OPTIONS, HEAD, PATCH, DELETE, GET"},
+        )
+
+    # --- OPTIONS --------------------------------------------------------------------------
+
+    def options(self) -> web.Response:
+        # "A successful response ... MUST contain the Tus-Version header. It MAY include the
+        # Tus-Extension and Tus-Max-Size headers."
+        headers = {
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(self._service.extensions()),
+            "Tus-Checksum-Algorithm": ",".join(SUPPORTED_CHECKSUMS),
+        }
+        max_size = self._service.max_size
+        if max_size is not None:
+            headers["Tus-Max-Size"] = str(max_size)
+        return web.Response(status=204, headers=headers)
+
+    # --- POST (creation, creation-with-upload, defer-length, concatenation) -----------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        _require_tus_resumable(request)
+        h = request.headers
+        concat = None
+        if "Upload-Concat" in h:
+            concat = parse_concat(h["Upload-Concat"], self._base_path(request))
+        length: int | None = None
+        if isinstance(concat, ConcatFinal):
+            # "The Client MUST NOT include the Upload-Length header in the final upload
+            # creation."
+            if "Upload-Length" in h or "Upload-Defer-Length" in h:
+                raise BadRequest("a final upload must not carry Upload-Length")
+            if _has_body(request):
+                raise BadRequest("a final upload takes no body")
+        elif "Upload-Length" in h:
+            if "Upload-Defer-Length" in h:
+                raise BadRequest("send either Upload-Length or Upload-Defer-Length, not both")
+            length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
+        elif "Upload-Defer-Length" in h:
+            parse_defer_length(h["Upload-Defer-Length"])
+        else:
+            raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
+        metadata = parse_metadata(h.get("Upload-Metadata", ""))
+        with_body = _has_body(request)
+        if with_body:
+            _require_offset_octet_stream(request)
+        principal = await self._principal(request)
+        status = await self._service.create(
+            principal, length=length, metadata=metadata, concat=concat
+        )
+        location = self._location(request, status.record.id)
+        headers = {"Location": location}
+        if with_body:
+            # creation-with-upload: the body is the first chunk, at offset 0.
+            try:
+                status = await self._append(request, principal, status.record.id, 0)
+            except TusError as exc:
+                # The upload exists: tell the client where, so it can resume.
+                exc.headers.setdefault("Location", location)
+                raise
+            assert status.offset is not None
+            headers["Upload-Offset"] = str(status.offset)
+        _add_expires(headers, status)
+        return web.Response(status=201, headers=headers)
+
+    # --- HEAD -----------------------------------------------------------------------------
+
+    async def head(self, request: web.Request, upload_id: str) -> web.Response:
+        _require_tus_resumable(request)
+        principal = await self._principal(request)
+        status = await self._service.status(principal, upload_id)
+        rec = status.record
+        # "The Server MUST prevent the client and/or proxies from caching the response."
+        headers = {"Cache-Control": "no-store"}
+        if status.offset is not None:
+            headers["Upload-Offset"] = str(status.offset)
+        if rec.length is not None:
+            headers["Upload-Length"] = str(rec.length)
+        elif not rec.is_final:
+            headers["Upload-Defer-Length"] = "1"
+        if rec.metadata:
+            headers["Upload-Metadata"] = format_metadata(rec.metadata)
+        if rec.is_partial:
+            headers["Upload-Concat"] = "partial"
+        elif rec.is_final:
+            base = self._base_path(request)
+            headers["Upload-Concat"] = "final;" + " ".join(base + p for p in status.parts)
+        _add_expires(headers, status)
+        return web.Response(status=200, headers=headers)
+
+    # --- PATCH ----------------------------------------------------------------------------
+
+    async def patch(self, request: web.Request, upload_id: str) -> web.Response:
+        _require_tus_resumable(request)
+        # "All PATCH requests MUST use Content-Type: application/offset+octet-stream,
+        # otherwise the server SHOULD return a 415 Unsupported Media Type status."
+        _require_offset_octet_stream(request)
+        if "Upload-Offset" not in request.headers:
+            raise BadRequest("Upload-Offset is required")
+        offset = parse_non_negative_int(request.headers["Upload-Offset"], "Upload-Offset")
+        principal = await self._principal(request)
+        status = await self._append(request, principal, upload_id, offset)
+        assert status.offset is not None
+        headers = {"Upload-Offset": str(status.offset)}
+        _add_expires(headers, status)
+        return web.Response(status=204, headers=headers)
+
+    async def _append(
+        self, request: web.Request, principal: Principal, upload_id: str, offset: int
+    ) -> UploadStatus:
+        h = request.headers
+        checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
+        new_length = None
+        if "Upload-Length" in h:
+            new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
+        reader = BodyReader(request.content, self._config.write_buffer_size)
+        status = await self._service.append(
+            principal,
+            upload_id,
+            offset=offset,
+            source=reader,
+            on_release=reader.request_release,
+            content_length=request.content_length,
+            new_length=new_length,
+            checksum=checksum,
+            interrupted=lambda: reader.interruption is not Interruption.NONE,
+        )
+        if reader.interruption is Interruption.RELEASED:
+            raise UploadInterrupted(
+                "the upload was taken over by a newer request; resume from Upload-Offset",
+                headers={"Upload-Offset": str(status.offset)},
+            )
+        return status
+
+    # --- DELETE (termination) ---------------------------------------------------------------
+
+    async def delete(self, request: web.Request, upload_id: str) -> web.Response:
+        _require_tus_resumable(request)
+        principal = await self._principal(request)
+        await self._service.terminate(principal, upload_id)
+        return web.Response(status=204)
+
+    # --- GET (download of a finished upload) ------------------------------------------------
+
+    async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        principal = await self._principal(request)
+        rec = await self._service.finished_upload(principal, upload_id)
+        size = rec.length or 0
+        rng = parse_range(request.headers.get("Range"), size)
+        name = rec.metadata.get("filename") or rec.metadata.get("name")
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": content_disposition(
+                name.decode("utf-8", "replace") if name else None
+            ),
+            "Accept-Ranges": "bytes",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, no-store",
+        }
+        start, length = 0, size
+        status = 200
+        if rng is not None:
+            start, length, status = rng.start, rng.length, 206
+            headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        await resp.prepare(request)
+        if request.method != "HEAD" and length:
+            async for block in self._service.read(upload_id, start, length):
+                await resp.write(block)
+        await resp.write_eof()
+        return resp
+
+    # --- URLs -----------------------------------------------------------------------------
+
+    def _base_path(self, request: web.Request) -> str:
+        """The creation URL's path as mounted (sub-app prefix included), ending in '/'."""
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else self._config.base_path
+        if canonical.endswith("{upload_id}"):
+            canonical = canonical[: -len("{upload_id}")]
+        return canonical if canonical.endswith("/") else canonical + "/"
+
+    def _location(self, request: web.Request, upload_id: str) -> str:
+        path = self._base_path(request) + upload_id
+        if self._config.relative_location:
+            return path
+        scheme, host = request.scheme, request.host
+        if self._config.trust_proxy_headers:
+            fwd = request.forwarded[0] if request.forwarded else {}
+            scheme = fwd.get("proto") or _first(request.headers.get("X-Forwarded-Proto")) or scheme
+            host = fwd.get("host") or _first(request.headers.get("X-Forwarded-Host")) or host
+        if scheme not in ("http", "https"):
+            scheme = "http"
+        return f"{scheme}://{host}{path}"
+
+
+def _first(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value.split(",")[0].strip() or None
+
+
+def _has_body(request: web.Request) -> bool:
+    if request.content_length is not None:
+        return request.content_length > 0
+    return request.body_exists
+
+
+def _require_tus_resumable(request: web.Request) -> None:
+    # "If the Client requested version is not supported by the Server, it MUST respond with
+    # the 412 Precondition Failed status and MUST include the Tus-Version header."
+    version = request.headers.get("Tus-Resumable")
+    if version != TUS_VERSION:
+        shown = "missing" if version is None else f"{version[:32]!r}"
+        raise PreconditionFailed(
+            f"Tus-Resumable {shown}: this server speaks tus {TUS_VERSION}",
+            headers={"Tus-Version": TUS_VERSION},
+        )
+
+
+def _require_offset_octet_stream(request: web.Request) -> None:
+    ctype = request.headers.get("Content-Type", "")
+    if ctype.split(";", 1)[0].strip().lower() != OFFSET_OCTET_STREAM:
+        raise UnsupportedMediaType(f"Content-Type must be {OFFSET_OCTET_STREAM}")
+
+
+def _add_expires(headers: dict[str, str], status: UploadStatus) -> None:
+    # "The Upload-Expires response header indicates the time after which the unfinished
+    # upload expires." Finished uploads do not expire.
+    rec = status.record
+    if rec.expires_at is not None and not status.finished:
+        headers["Upload-Expires"] = format_http_date(rec.expires_at)

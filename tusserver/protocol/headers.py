@@ -1,0 +1,204 @@
+"""Parsing and formatting of tus headers: pure functions, no I/O.
+
+Every value a client sends is hostile until one of these functions accepted it. Each parser
+either returns a well-typed value or raises :class:`~tusserver.protocol.errors.BadRequest`
+(or the specific error the spec asks for) with a message naming the header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import BadRequest
+
+__all__ = [
+    "MAX_INT",
+    "SUPPORTED_CHECKSUMS",
+    "TUS_VERSION",
+    "Checksum",
+    "ConcatFinal",
+    "ConcatPartial",
+    "format_http_date",
+    "format_metadata",
+    "parse_checksum",
+    "parse_concat",
+    "parse_defer_length",
+    "parse_metadata",
+    "parse_non_negative_int",
+]
+
+TUS_VERSION = "1.0.0"
+#: Largest integer accepted in Upload-Offset / Upload-Length (what a signed 64-bit column holds).
+MAX_INT = 2**63 - 1
+#: Algorithms of the checksum extension, by their tus names (lowercase, as the spec requires).
+SUPPORTED_CHECKSUMS: tuple[str, ...] = ("sha1", "md5", "sha256", "sha512")
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# Keys: visible ASCII without space and comma (the separators of the header).
+_META_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+_MAX_META_PAIRS = 128
+# tus ids are ours: letters, digits, '-' and '_' only (never a path).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def parse_non_negative_int(value: str, header: str) -> int:
+    """Parse an Upload-Offset / Upload-Length style value: plain ASCII digits, no sign."""
+    v = value.strip()
+    if not _DIGITS.fullmatch(v):
+        raise BadRequest(f"{header} must be a non-negative integer, got {_quote(value)}")
+    n = int(v)
+    if n > MAX_INT:
+        raise BadRequest(f"{header} is too large")
+    return n
+
+
+def parse_defer_length(value: str) -> bool:
+    """Upload-Defer-Length: the only valid value is 1."""
+    if value.strip() != "1":
+        raise BadRequest(f"Upload-Defer-Length must be 1, got {_quote(value)}")
+    return True
+
+
+def parse_metadata(value: str) -> dict[str, bytes | None]:
+    """Parse Upload-Metadata: comma-separated ``key base64value`` pairs (value optional).
+
+    Values are arbitrary bytes and are kept as such; keys must be unique.
+    """
+    result: dict[str, bytes | None] = {}
+    if not value.strip():
+        return result
+    pairs = value.split(",")
+    if len(pairs) > _MAX_META_PAIRS:
+        raise BadRequest(f"Upload-Metadata has more than {_MAX_META_PAIRS} pairs")
+    for raw in pairs:
+        pair = raw.strip(" \t")
+        if not pair:
+            raise BadRequest("Upload-Metadata has an empty pair")
+        parts = pair.split(" ")
+        if len(parts) > 2:
+            raise BadRequest(f"Upload-Metadata pair {_quote(pair)} has more than one space")
+        key = parts[0]
+        if not _META_KEY.fullmatch(key):
+            raise BadRequest(f"Upload-Metadata key {_quote(key)} is not a valid key")
+        if key in result:
+            raise BadRequest(f"Upload-Metadata key {_quote(key)} appears twice")
+        if len(parts) == 1:
+            result[key] = None
+            continue
+        encoded = parts[1]
+        try:
+            result[key] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(
+                f"Upload-Metadata value of {_quote(key)} is not valid base64"
+            ) from None
+    return result
+
+
+def format_metadata(metadata: Mapping[str, bytes | None]) -> str:
+    """The Upload-Metadata header for stored metadata: values byte-for-byte, base64 again."""
+    items = []
+    for key, val in metadata.items():
+        if val is None:
+            items.append(key)
+        else:
+            items.append(f"{key} {base64.b64encode(val).decode('ascii')}")
+    return ",".join(items)
+
+
+@dataclass(frozen=True, slots=True)
+class ConcatPartial:
+    """``Upload-Concat: partial``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConcatFinal:
+    """``Upload-Concat: final;URL URL``: the upload ids named, in order."""
+
+    upload_ids: tuple[str, ...]
+
+
+def parse_concat(value: str, base_path: str) -> ConcatPartial | ConcatFinal:
+    """Parse Upload-Concat. URLs may be absolute or relative; each must name one of our uploads.
+
+    ``base_path`` is the path of the creation URL (``/uploads/``); a URL is accepted when its
+    path is ``base_path`` followed by a well-formed id.
+    """
+    v = value.strip()
+    if v == "partial":
+        return ConcatPartial()
+    if not v.startswith("final;"):
+        raise BadRequest("Upload-Concat must be 'partial' or 'final;<urls>'")
+    urls = v[len("final;") :].split()
+    if not urls:
+        raise BadRequest("Upload-Concat final names no uploads")
+    if len(urls) > 1000:
+        raise BadRequest("Upload-Concat final names too many uploads")
+    return ConcatFinal(tuple(upload_id_from_url(u, base_path) for u in urls))
+
+
+def upload_id_from_url(url: str, base_path: str) -> str:
+    """The upload id in a URL of ours (absolute or relative), or BadRequest."""
+    path = url
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        slash = rest.find("/")
+        path = rest[slash:] if slash >= 0 else "/"
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    base = base_path if base_path.endswith("/") else base_path + "/"
+    if not path.startswith(base):
+        raise BadRequest(f"Upload-Concat URL {_quote(url)} is not an upload of this server")
+    upload_id = path[len(base) :]
+    if not _ID.fullmatch(upload_id):
+        raise BadRequest(f"Upload-Concat URL {_quote(url)} does not name a valid upload")
+    return upload_id
+
+
+def is_valid_upload_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    algorithm: str
+    digest: bytes
+
+
+def parse_checksum(value: str) -> Checksum:
+    """Parse ``Upload-Checksum: <algorithm> <base64 digest>``.
+
+    An algorithm we do not support is a 400, as the checksum extension requires.
+    """
+    parts = value.strip().split(" ")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>'")
+    algorithm, encoded = parts
+    if algorithm not in SUPPORTED_CHECKSUMS:
+        raise BadRequest(
+            f"Upload-Checksum algorithm {_quote(algorithm)} is not supported; "
+            f"supported: {','.join(SUPPORTED_CHECKSUMS)}"
+        )
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("Upload-Checksum digest is not valid base64") from None
+    return Checksum(algorithm, digest)
+
+
+def format_http_date(when: dt.datetime) -> str:
+    """An RFC 9110 IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
+
+
+def _quote(value: str, limit: int = 64) -> str:
+    """Quote a client value for an error message, shortened and with controls escaped."""
+    shown = value if len(value) <= limit else value[:limit] + "..."
+    return repr(shown)

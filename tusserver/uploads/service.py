@@ -1,0 +1,460 @@
+"""UploadService: every state change of a tus upload, independent of HTTP.
+
+The rules it keeps:
+- an offset is reported only after the bytes and the row behind it are written;
+- the chunk store's own byte count is the truth for an upload in progress;
+- one writer per upload (the Locker), and every request on an upload takes the lock, so a
+  HEAD after a dead connection breaks the stale PATCH instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from auth import Principal
+from storage_backends.base import ChunkSource, ChunkStore, Concatenater, UploadDataMissing
+
+from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
+from ..config import TusServerConfig
+from ..events import CreateContext, Hooks
+from ..protocol.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+)
+from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
+from .locks import Locker
+
+__all__ = ["UploadInterrupted", "UploadService", "UploadStatus"]
+
+_log = structlog.get_logger("tusserver.uploads")
+
+_HASH_IN_THREAD = 256 * 1024
+
+
+class UploadInterrupted(BadRequest):
+    """The body ended early (connection lost or released to a newer request)."""
+
+    code = "upload_interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    record: UploadRecord
+    #: Bytes held; None for a final upload whose partials are not all finished yet.
+    offset: int | None
+    #: For a final upload, the ids of its partial uploads, in order.
+    parts: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def finished(self) -> bool:
+        return self.record.state is UploadState.FINISHED
+
+
+def new_upload_id() -> str:
+    """128 random bits, URL-safe: never derived from anything a client sent."""
+    return secrets.token_hex(16)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UploadService:
+    def __init__(
+        self,
+        *,
+        config: TusServerConfig,
+        store: ChunkStore,
+        repo: UploadRepository,
+        locker: Locker,
+        hooks: Hooks,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.repo = repo
+        self.locker = locker
+        self.hooks = hooks
+        self._clock = clock
+
+    # --- what we can do -------------------------------------------------------------------
+
+    @property
+    def max_size(self) -> int | None:
+        limits = [x for x in (self.config.max_size, self.store.capabilities.max_size) if x]
+        return min(limits) if limits else None
+
+    @property
+    def supports_concatenation(self) -> bool:
+        return isinstance(self.store, Concatenater)
+
+    def extensions(self) -> list[str]:
+        """Tus-Extension, from what this store and configuration really do."""
+        ext = ["creation", "creation-with-upload", "creation-defer-length", "termination"]
+        if self.config.expiration > 0:
+            ext.append("expiration")
+        ext.append("checksum")
+        if self.supports_concatenation:
+            ext += ["concatenation", "concatenation-unfinished"]
+        return ext
+
+    # --- creation -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        length: int | None,
+        metadata: Mapping[str, bytes | None],
+        concat: ConcatPartial | ConcatFinal | None = None,
+    ) -> UploadStatus:
+        is_final = isinstance(concat, ConcatFinal)
+        parts: list[UploadRecord] = []
+        if is_final:
+            assert isinstance(concat, ConcatFinal)
+            if not self.supports_concatenation:
+                raise BadRequest("this server's store does not support concatenation")
+            parts = await self._load_parts(principal, concat.upload_ids)
+            lengths = [p.length for p in parts]
+            length = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
+        max_size = self.max_size
+        if length is not None and max_size is not None and length > max_size:
+            raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
+        ctx = CreateContext(
+            principal=principal,
+            length=length,
+            metadata=dict(metadata),
+            is_partial=isinstance(concat, ConcatPartial),
+            is_final=is_final,
+        )
+        await self.hooks.run_pre_create(ctx)
+        now = self._clock()
+        record = UploadRecord(
+            id=new_upload_id(),
+            owner=principal.user_id,
+            length=length,
+            offset=0,
+            metadata=dict(ctx.metadata),
+            is_partial=ctx.is_partial,
+            is_final=is_final,
+            state=UploadState.CONCATENATING if is_final else UploadState.RECEIVING,
+            created_at=now,
+            updated_at=now,
+            expires_at=self._expiry(now),
+        )
+        if not is_final:
+            await self.store.create(record.id)
+        await self.repo.insert(record, [p.id for p in parts])
+        self.hooks.fire("post_create", self.hooks.post_create, record)
+        if is_final:
+            await self._try_complete_final(record.id)
+        elif length == 0:
+            await self._finish(record, 0)
+        return await self._status_of(record.id)
+
+    async def _load_parts(self, principal: Principal, ids: Sequence[str]) -> list[UploadRecord]:
+        found = await self.repo.get_many(ids)
+        parts = []
+        for upload_id in ids:
+            rec = found.get(upload_id)
+            # Someone else's upload reads exactly like a missing one: no existence oracle.
+            mine = rec is not None and (rec.owner == principal.user_id or principal.is_admin)
+            if rec is None or not mine or rec.is_gone:
+                raise BadRequest(f"Upload-Concat: {upload_id} is not an upload of yours")
+            if not rec.is_partial:
+                raise BadRequest(f"Upload-Concat: {upload_id} is not a partial upload")
+            parts.append(rec)
+        return parts
+
+    # --- reading state --------------------------------------------------------------------
+
+    async def status(self, principal: Principal, upload_id: str) -> UploadStatus:
+        """The state of an upload for HEAD. Takes the lock, breaking a stale writer."""
+        async with self.locker.lock(upload_id):
+            rec = await self._get_live(principal, upload_id)
+            status = await self._status(rec)
+            if (
+                status.offset is not None
+                and rec.state is UploadState.RECEIVING
+                and rec.length is not None
+                and status.offset >= rec.length
+            ):
+                # Every byte arrived but the process stopped before recording the finish.
+                await self._finish(rec, status.offset)
+                status = await self._status_of(upload_id)
+            return status
+
+    async def _status_of(self, upload_id: str) -> UploadStatus:
+        rec = await self.repo.get(upload_id)
+        if rec is None:
+            raise NotFound("no such upload")
+        return await self._status(rec)
+
+    async def _status(self, rec: UploadRecord) -> UploadStatus:
+        parts: Sequence[str] = ()
+        if rec.is_final:
+            parts = await self.repo.parts_of(rec.id)
+        if rec.state is UploadState.RECEIVING:
+            try:
+                offset: int | None = await self.store.get_offset(rec.id)
+            except UploadDataMissing:
+                raise Gone("the upload's data is gone") from None
+        elif rec.state is UploadState.CONCATENATING:
+            offset = None
+        else:
+            offset = rec.offset
+        return UploadStatus(rec, offset, parts)
+
+    async def _get_live(self, principal: Principal, upload_id: str) -> UploadRecord:
+        rec = await self.repo.get(upload_id)
+        if rec is None or not principal.may_access(rec.owner):
+            raise NotFound("no such upload")
+        if rec.is_gone:
+            raise Gone(f"the upload was {rec.state.value}")
+        if self._has_expired(rec):
+            raise Gone("the upload expired")
+        return rec
+
+    def _has_expired(self, rec: UploadRecord) -> bool:
+        return (
+            rec.state in (UploadState.RECEIVING, UploadState.CONCATENATING)
+            and rec.expires_at is not None
+            and rec.expires_at <= self._clock()
+        )
+
+    def _expiry(self, now: dt.datetime) -> dt.datetime | None:
+        if self.config.expiration <= 0:
+            return None
+        return now + dt.timedelta(seconds=self.config.expiration)
+
+    # --- appending ------------------------------------------------------------------------
+
+    async def append(
+        self,
+        principal: Principal,
+        upload_id: str,
+        *,
+        offset: int,
+        source: ChunkSource,
+        on_release: Callable[[], None] | None = None,
+        content_length: int | None = None,
+        new_length: int | None = None,
+        checksum: Checksum | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ) -> UploadStatus:
+        """PATCH: append the body at ``offset`` and return the new state."""
+        async with self.locker.lock(upload_id, on_release=on_release):
+            rec = await self._get_live(principal, upload_id)
+            if rec.is_final:
+                raise Forbidden("a final concatenated upload cannot be patched")
+            status = await self._status(rec)
+            current = status.offset
+            assert current is not None
+            if offset != current:
+                raise Conflict(
+                    f"Upload-Offset {offset} does not match the upload's offset {current}",
+                    headers={"Upload-Offset": str(current)},
+                )
+            if new_length is not None:
+                rec = await self._declare_length(rec, new_length, current)
+            budget = self._budget(rec, current)
+            if content_length is not None and budget is not None and content_length > budget:
+                raise PayloadTooLarge(
+                    f"the body of {content_length} bytes goes past the upload's "
+                    f"{'length' if rec.length is not None else 'maximum size'}"
+                )
+            if rec.state is UploadState.FINISHED and content_length:
+                raise PayloadTooLarge("the upload is already complete")
+            hasher = hashlib.new(checksum.algorithm) if checksum else None
+            guard = _Guard(source, budget, hasher)
+            verify = None
+            if checksum is not None:
+
+                def verify() -> None:
+                    if interrupted():
+                        raise UploadInterrupted("the body ended early; the chunk was discarded")
+                    if guard.exceeded:
+                        raise PayloadTooLarge("the body goes past the upload's length")
+                    if hasher is None or hasher.digest() != checksum.digest:
+                        raise ChecksumMismatch("the chunk does not match Upload-Checksum")
+
+            try:
+                written = await self.store.write(
+                    rec.id, current, guard, verify=verify, fsync=self.config.fsync
+                )
+            except UploadDataMissing:
+                raise Gone("the upload's data is gone") from None
+            new_offset = current + written
+            if written:
+                await self._record_progress(rec, new_offset)
+            if rec.length is not None and new_offset >= rec.length and not status.finished:
+                await self._finish(rec, new_offset)
+            final = await self._status_of(rec.id)
+            if guard.exceeded:
+                raise PayloadTooLarge(
+                    "the body goes past the upload's "
+                    f"{'length' if rec.length is not None else 'maximum size'}",
+                    headers={"Upload-Offset": str(new_offset)},
+                )
+        if written:
+            self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
+        return final
+
+    async def _declare_length(self, rec: UploadRecord, length: int, offset: int) -> UploadRecord:
+        if rec.length is not None:
+            if rec.length != length:
+                raise BadRequest("Upload-Length cannot change once set")
+            return rec
+        max_size = self.max_size
+        if max_size is not None and length > max_size:
+            raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
+        if length < offset:
+            raise BadRequest(f"Upload-Length {length} is smaller than the offset {offset}")
+        await self.repo.update(rec.id, length=length)
+        updated = await self.repo.get(rec.id)
+        assert updated is not None
+        return updated
+
+    def _budget(self, rec: UploadRecord, offset: int) -> int | None:
+        if rec.length is not None:
+            return rec.length - offset
+        max_size = self.max_size
+        return None if max_size is None else max_size - offset
+
+    async def _record_progress(self, rec: UploadRecord, offset: int) -> None:
+        now = self._clock()
+        await self.repo.update(rec.id, offset=offset, updated_at=now, expires_at=self._expiry(now))
+
+    async def _finish(self, rec: UploadRecord, offset: int) -> None:
+        await self.hooks.run_pre_finish(rec)
+        await self.repo.update(
+            rec.id,
+            state=UploadState.FINISHED,
+            offset=offset,
+            length=offset,
+            expires_at=None,
+            updated_at=self._clock(),
+        )
+        done = await self.repo.get(rec.id)
+        assert done is not None
+        _log.info("upload finished", upload_id=rec.id, length=offset)
+        self.hooks.fire("post_finish", self.hooks.post_finish, done)
+        if rec.is_partial:
+            for final_id in await self.repo.finals_waiting_on(rec.id):
+                await self._try_complete_final(final_id)
+
+    # --- concatenation --------------------------------------------------------------------
+
+    async def _try_complete_final(self, final_id: str) -> None:
+        """Concatenate a final upload once all its partials are finished (idempotent)."""
+        async with self.locker.lock(final_id):
+            rec = await self.repo.get(final_id)
+            if rec is None or rec.state is not UploadState.CONCATENATING:
+                return
+            part_ids = await self.repo.parts_of(final_id)
+            parts = await self.repo.get_many(part_ids)
+            if any(
+                parts.get(p) is None or parts[p].state is not UploadState.FINISHED for p in part_ids
+            ):
+                if any(parts.get(p) is None or parts[p].is_gone for p in part_ids):
+                    _log.warning("final upload lost a partial", upload_id=final_id)
+                return
+            assert isinstance(self.store, Concatenater)
+            length = await self.store.concatenate(final_id, part_ids, fsync=self.config.fsync)
+            await self.repo.update(final_id, length=length, state=UploadState.RECEIVING)
+            rec = await self.repo.get(final_id)
+            assert rec is not None
+            await self._finish(rec, length)
+
+    # --- termination, reading, expiry -------------------------------------------------------
+
+    async def terminate(self, principal: Principal, upload_id: str) -> None:
+        async with self.locker.lock(upload_id):
+            rec = await self._get_live(principal, upload_id)
+            await self.repo.update(
+                upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
+            )
+            await self.store.delete(upload_id)
+        _log.info("upload terminated", upload_id=upload_id)
+        self.hooks.fire("post_terminate", self.hooks.post_terminate, rec)
+
+    async def finished_upload(self, principal: Principal, upload_id: str) -> UploadRecord:
+        rec = await self._get_live(principal, upload_id)
+        if rec.state is not UploadState.FINISHED:
+            raise Conflict("the upload is not finished yet")
+        return rec
+
+    def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
+        return self.store.read(upload_id, start, length)
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """Expire unfinished uploads whose time has passed; returns how many."""
+        count = 0
+        for upload_id in await self.repo.expired_ids(self._clock(), limit):
+            try:
+                async with self.locker.lock(upload_id):
+                    rec = await self.repo.get(upload_id)
+                    if rec is None or not self._has_expired(rec):
+                        continue
+                    await self.repo.update(
+                        upload_id, state=UploadState.EXPIRED, updated_at=self._clock()
+                    )
+                    await self.store.delete(upload_id)
+                    count += 1
+            except Exception:
+                _log.exception("could not expire upload", upload_id=upload_id)
+        if count:
+            _log.info("expired uploads", count=count)
+        return count
+
+    async def purge_tombstones(self, older_than: dt.timedelta, limit: int = 500) -> int:
+        ids = await self.repo.tombstones_before(self._clock() - older_than, limit)
+        for upload_id in ids:
+            await self.repo.delete(upload_id)
+        return len(ids)
+
+
+class _Guard:
+    """Pass the body through, hashing it and stopping at ``budget`` bytes.
+
+    Bytes past the budget are never handed to the store; ``exceeded`` tells the caller to
+    answer 413 after recording what was stored.
+    """
+
+    def __init__(self, source: ChunkSource, budget: int | None, hasher: Any) -> None:
+        self._source = source
+        self._budget = budget
+        self._hasher = hasher
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        budget, hasher = self._budget, self._hasher
+        async for block in self._source:
+            if budget is not None and total + len(block) > budget:
+                self.exceeded = True
+                block = block[: budget - total]
+                if not block:
+                    return
+            if hasher is not None:
+                if len(block) >= _HASH_IN_THREAD:
+                    await asyncio.to_thread(hasher.update, block)
+                else:
+                    hasher.update(block)
+            total += len(block)
+            yield block
+            if self.exceeded:
+                return
