@@ -19,6 +19,7 @@ from .protocol.headers import TUS_VERSION
 __all__ = ["cors_middleware", "error_middleware"]
 
 _log = structlog.get_logger("tusserver.errors")
+_CORS_DONE = web.RequestKey("tusserver_cors_done", bool)
 
 _EXPOSE = ", ".join(
     [
@@ -95,9 +96,9 @@ def cors_middleware(origins: Iterable[str]) -> Middleware:
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if "cors" in request:  # an outer app already handles CORS
+        if _CORS_DONE in request:  # an outer app already handles CORS
             return await handler(request)
-        request["cors"] = True
+        request[_CORS_DONE] = True
         origin = request.headers.get("Origin")
         ok = origin is not None and (any_origin or origin in allowed)
         preflight = (

@@ -12,9 +12,15 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["REQUEST_ID_HEADER", "configure_logging", "request_context_middleware"]
+__all__ = [
+    "REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "configure_logging",
+    "request_context_middleware",
+]
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("request_id", str)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _log = structlog.get_logger("tusserver.http")
 
@@ -48,11 +54,11 @@ async def request_context_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     """Give each request an id (the client's X-Request-ID when sane), bind it to the logs."""
-    if "request_id" in request:  # an outer app already did it
+    if REQUEST_ID in request:  # an outer app already did it
         return await handler(request)
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     upload_id = request.match_info.get("upload_id")
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

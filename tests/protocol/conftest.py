@@ -1,0 +1,50 @@
+"""App fixtures for the protocol suite: every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tusserver import TusServerConfig, create_app
+from tusserver.events import Hooks
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTET = {"Content-Type": "application/offset+octet-stream"}
+
+MakeClient = Callable[..., Awaitable[TestClient[Any, web.Application]]]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, tmp_path: Path, database_url: str) -> MakeClient:
+    """Build a server with config overrides (and optional hooks), return its test client."""
+
+    async def make(*, hooks: Hooks | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        config = TusServerConfig(
+            data_dir=tmp_path / "data",
+            database_url=database_url,
+            sweep_interval=0,
+            lock_timeout=3.0,
+            **overrides,
+        )
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(config, hooks=hooks))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient[Any, Any]:
+    return await make_client(max_size=10 * 1024 * 1024)

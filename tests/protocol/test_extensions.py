@@ -1,0 +1,296 @@
+"""checksum, concatenation, expiration, CORS, proxies, hooks and embedding."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, create_tus_subapp
+from tusserver.app import RUNTIME
+from tusserver.catalog.uploads import UploadRecord
+
+from .conftest import OCTET, TUS, MakeClient
+from .test_core import create, head, patch
+
+Client = TestClient[Any, Any]
+
+
+def digest(alg: str, data: bytes) -> str:
+    return f"{alg} {base64.b64encode(hashlib.new(alg, data).digest()).decode()}"
+
+
+# --- checksum -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["sha1", "md5", "sha256", "sha512"])
+async def test_checksum_match_is_accepted(client: Client, alg: str) -> None:
+    path = await create(client, 6)
+    r = await patch(client, path, 0, b"abc", **{"Upload-Checksum": digest(alg, b"abc")})
+    assert r.status == 204
+    assert r.headers["Upload-Offset"] == "3"
+
+
+@pytest.mark.parametrize("alg", ["sha1", "sha256"])
+async def test_checksum_mismatch_is_460_and_the_chunk_is_discarded(
+    client: Client, alg: str
+) -> None:
+    path = await create(client, 6)
+    await patch(client, path, 0, b"abc")
+    r = await patch(client, path, 3, b"def", **{"Upload-Checksum": digest(alg, b"xyz")})
+    assert r.status == 460
+    assert (await head(client, path)).headers["Upload-Offset"] == "3"
+    r = await patch(client, path, 3, b"def", **{"Upload-Checksum": digest(alg, b"def")})
+    assert r.status == 204
+    assert await (await client.get(path)).read() == b"abcdef"
+
+
+@pytest.mark.parametrize(
+    "value", ["crc32 AAAA", "SHA1 " + base64.b64encode(b"x" * 20).decode(), "sha1", "sha1 !!!"]
+)
+async def test_bad_checksum_headers_are_400(client: Client, value: str) -> None:
+    path = await create(client, 3)
+    r = await patch(client, path, 0, b"abc", **{"Upload-Checksum": value})
+    assert r.status == 400
+    assert (await head(client, path)).headers["Upload-Offset"] == "0"
+
+
+async def test_checksum_with_body_past_length_is_413_and_nothing_kept(client: Client) -> None:
+    path = await create(client, 2)
+
+    async def body() -> Any:
+        yield b"ab"
+        yield b"cd"
+
+    r = await client.patch(
+        path,
+        data=body(),
+        headers={**TUS, **OCTET, "Upload-Offset": "0", "Upload-Checksum": digest("sha1", b"ab")},
+    )
+    assert r.status == 413
+    assert (await head(client, path)).headers["Upload-Offset"] == "0"
+
+
+# --- concatenation ------------------------------------------------------------------------
+
+
+async def partial(client: Client, data: bytes, *, finish: bool = True) -> str:
+    path = await create(client, len(data), **{"Upload-Concat": "partial"})
+    if finish and data:
+        assert (await patch(client, path, 0, data)).status == 204
+    return path
+
+
+async def test_final_upload_concatenates_partials_in_order(client: Client) -> None:
+    a = await partial(client, b"hello ")
+    b = await partial(client, b"big ")
+    c = await partial(client, b"world")
+    base = f"http://{client.host}:{client.port}"
+    resp = await client.post(
+        "/uploads/",
+        headers={**TUS, "Upload-Concat": f"final;{a} {base}{b} {c}"},
+    )
+    assert resp.status == 201, await resp.text()
+    final = resp.headers["Location"][resp.headers["Location"].index("/uploads/") :]
+    h = await head(client, final)
+    assert h.headers["Upload-Length"] == "15"
+    assert h.headers["Upload-Offset"] == "15"
+    assert h.headers["Upload-Concat"] == f"final;{a} {b} {c}"
+    assert (await head(client, a)).headers["Upload-Concat"] == "partial"
+    assert await (await client.get(final)).read() == b"hello big world"
+    # "The Server MUST respond with 403 Forbidden to PATCH requests against a final upload."
+    assert (await patch(client, final, 15, b"x")).status == 403
+
+
+async def test_final_upload_before_partials_finish(client: Client) -> None:
+    a = await partial(client, b"abc", finish=False)
+    b = await partial(client, b"def")
+    resp = await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
+    assert resp.status == 201
+    final = resp.headers["Location"][resp.headers["Location"].index("/uploads/") :]
+    h = await head(client, final)
+    assert "Upload-Offset" not in h.headers  # not concatenated yet
+    assert h.headers["Upload-Length"] == "6"
+    assert (await patch(client, final, 0, b"x")).status == 403
+    assert (await patch(client, a, 0, b"abc")).status == 204
+    h = await head(client, final)
+    assert h.headers["Upload-Offset"] == "6"
+    assert await (await client.get(final)).read() == b"abcdef"
+
+
+@pytest.mark.parametrize(
+    "concat",
+    [
+        "final;",
+        "final;/uploads/0123456789abcdef0123456789abcdef",
+        "final;/elsewhere/abc",
+        "final;/uploads/../../etc/passwd",
+        "final;http://other.example/uploads/..",
+    ],
+)
+async def test_final_upload_with_bad_parts_is_400(client: Client, concat: str) -> None:
+    resp = await client.post("/uploads/", headers={**TUS, "Upload-Concat": concat})
+    assert resp.status == 400
+
+
+async def test_final_upload_rejects_non_partials_length_and_body(client: Client) -> None:
+    plain = await create(client, 3)
+    a = await partial(client, b"abc")
+    r = await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{plain}"})
+    assert r.status == 400
+    r = await client.post(
+        "/uploads/", headers={**TUS, "Upload-Concat": f"final;{a}", "Upload-Length": "3"}
+    )
+    assert r.status == 400
+    r = await client.post(
+        "/uploads/",
+        data=b"abc",
+        headers={**TUS, **OCTET, "Upload-Concat": f"final;{a}"},
+    )
+    assert r.status == 400
+
+
+# --- expiration ---------------------------------------------------------------------------
+
+
+async def test_expired_uploads_answer_410_and_are_swept(make_client: MakeClient) -> None:
+    client = await make_client(expiration=0.3)
+    path = await create(client, 10)
+    await patch(client, path, 0, b"abc")
+    await asyncio.sleep(0.5)
+    assert (await head(client, path)).status == 410
+    assert (await patch(client, path, 3, b"d")).status == 410
+    runtime = client.app[RUNTIME]
+    assert await runtime.sweeper.sweep_once() == 1
+    store_file = runtime.config.uploads_dir / path.rsplit("/", 1)[1]
+    assert not store_file.exists()
+    assert (await head(client, path)).status == 410
+
+
+async def test_patch_pushes_the_expiry_forward(make_client: MakeClient) -> None:
+    client = await make_client(expiration=0.6)
+    path = await create(client, 10)
+    for i in range(3):
+        await asyncio.sleep(0.3)
+        r = await patch(client, path, i, b"x")
+        assert r.status == 204
+    assert (await head(client, path)).status == 200
+
+
+# --- CORS ---------------------------------------------------------------------------------
+
+
+async def test_preflight_and_exposed_headers_also_on_errors(client: Client) -> None:
+    origin = {"Origin": "https://app.example"}
+    pre = await client.options(
+        "/uploads/",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "tus-resumable,upload-offset",
+        },
+    )
+    assert pre.status == 204
+    assert "PATCH" in pre.headers["Access-Control-Allow-Methods"]
+    assert "Upload-Offset" in pre.headers["Access-Control-Allow-Headers"]
+    ok = await client.post("/uploads/", headers={**TUS, **origin, "Upload-Length": "1"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Location" in ok.headers["Access-Control-Expose-Headers"]
+    assert "Upload-Offset" in ok.headers["Access-Control-Expose-Headers"]
+    bad = await client.post("/uploads/", headers={**origin, "Upload-Length": "1"})
+    assert bad.status == 412
+    assert bad.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Tus-Version" in bad.headers["Access-Control-Expose-Headers"]
+
+
+async def test_cors_origins_are_configurable(make_client: MakeClient) -> None:
+    client = await make_client(cors_origins=("https://good.example",))
+    good = await client.options("/uploads/", headers={"Origin": "https://good.example"})
+    assert good.headers["Access-Control-Allow-Origin"] == "https://good.example"
+    evil = await client.options("/uploads/", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in evil.headers
+
+
+# --- reverse proxies ----------------------------------------------------------------------
+
+
+async def test_forwarded_headers_only_when_trusted(make_client: MakeClient) -> None:
+    fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "media.example"}
+    untrusted = await make_client()
+    r = await untrusted.post("/uploads/", headers={**TUS, **fwd, "Upload-Length": "1"})
+    assert r.headers["Location"].startswith(f"http://{untrusted.host}:{untrusted.port}/")
+    trusted = await make_client(trust_proxy_headers=True)
+    r = await trusted.post("/uploads/", headers={**TUS, **fwd, "Upload-Length": "1"})
+    assert r.headers["Location"].startswith("https://media.example/uploads/")
+    r = await trusted.post(
+        "/uploads/",
+        headers={**TUS, "Forwarded": 'proto=https;host="cdn.example"', "Upload-Length": "1"},
+    )
+    assert r.headers["Location"].startswith("https://cdn.example/uploads/")
+
+
+async def test_relative_location(make_client: MakeClient) -> None:
+    client = await make_client(relative_location=True)
+    r = await client.post("/uploads/", headers={**TUS, "Upload-Length": "1"})
+    assert r.headers["Location"].startswith("/uploads/")
+
+
+# --- hooks --------------------------------------------------------------------------------
+
+
+async def test_pre_create_may_reject_or_change_metadata(make_client: MakeClient) -> None:
+    finished: list[UploadRecord] = []
+    done = asyncio.Event()
+
+    async def pre_create(ctx: CreateContext) -> None:
+        if ctx.metadata.get("filename") == b"bad.exe":
+            raise HookRejection(403, "executables are not accepted")
+        ctx.metadata["checked"] = b"yes"
+
+    async def post_finish(rec: UploadRecord) -> None:
+        finished.append(rec)
+        done.set()
+
+    hooks = Hooks(pre_create=[pre_create], post_finish=[post_finish])
+    client = await make_client(hooks=hooks)
+    bad = base64.b64encode(b"bad.exe").decode()
+    r = await client.post(
+        "/uploads/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": f"filename {bad}"}
+    )
+    assert r.status == 403
+    assert "executables" in await r.text()
+    path = await create(client, 2)
+    assert (
+        "checked " + base64.b64encode(b"yes").decode()
+        in (await head(client, path)).headers["Upload-Metadata"]
+    )
+    await patch(client, path, 0, b"ok")
+    await asyncio.wait_for(done.wait(), 5)
+    assert finished[0].id == path.rsplit("/", 1)[1]
+    assert finished[0].length == 2
+
+
+# --- embedding ----------------------------------------------------------------------------
+
+
+async def test_embedded_sub_app_under_a_prefix(aiohttp_client: Any, tmp_path: Any) -> None:
+    config = TusServerConfig(data_dir=tmp_path, sweep_interval=0)
+    host = web.Application()
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="host app")
+
+    host.router.add_get("/", hello)
+    host.add_subapp("/media/tus", create_tus_subapp(config))
+    client = await aiohttp_client(host)
+    r = await client.post("/media/tus/", headers={**TUS, "Upload-Length": "3"})
+    assert r.status == 201
+    path = r.headers["Location"][r.headers["Location"].index("/media/tus/") :]
+    assert (await patch(client, path, 0, b"abc")).status == 204
+    assert await (await client.get(path)).read() == b"abc"
+    assert await (await client.get("/")).text() == "host app"

@@ -1,0 +1,108 @@
+"""One writer per upload, lock breaking, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tusserver.protocol.errors import LockTimeout
+from tusserver.uploads.locks import InProcessLocker
+
+from .conftest import OCTET, TUS
+from .test_core import create, head, patch
+
+Client = TestClient[Any, Any]
+
+
+async def test_a_stalled_patch_is_broken_by_a_head(client: Client) -> None:
+    path = await create(client, 1024 * 1024)
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalled_body() -> Any:
+        yield b"a" * 100_000
+        sent.set()
+        await never.wait()
+        yield b"b"
+
+    stalled = asyncio.ensure_future(
+        client.patch(path, data=stalled_body(), headers={**TUS, **OCTET, "Upload-Offset": "0"})
+    )
+    await sent.wait()
+    await asyncio.sleep(0.2)  # let the server read what was sent
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await head(client, path)
+    assert loop.time() - started < 2.5  # well under the lock timeout
+    assert resp.status == 200
+    assert resp.headers["Upload-Offset"] == "100000"
+    r = await patch(client, path, 100_000, b"c" * 10)
+    assert r.status == 204
+    assert r.headers["Upload-Offset"] == "100010"
+    never.set()
+    stalled_resp = await stalled
+    assert stalled_resp.status == 400  # told it was taken over
+    assert stalled_resp.headers["Upload-Offset"] == "100000"
+
+
+async def test_concurrent_patches_never_interleave(client: Client) -> None:
+    path = await create(client, 200_000)
+
+    async def body(ch: bytes) -> Any:
+        for _ in range(10):
+            yield ch * 10_000
+            await asyncio.sleep(0)
+
+    results = await asyncio.gather(
+        *(
+            client.patch(path, data=body(ch), headers={**TUS, **OCTET, "Upload-Offset": "0"})
+            for ch in (b"x", b"y")
+        )
+    )
+    statuses = sorted(r.status for r in results)
+    assert statuses[0] in (204, 400)
+    data_offset = int((await head(client, path)).headers["Upload-Offset"])
+    # Whatever was kept is a prefix of exactly one writer's bytes.
+    got = await _read_prefix(client, path, data_offset)
+    assert got in (b"x" * data_offset, b"y" * data_offset)
+    assert any(r.status in (409, 400, 204) for r in results)
+
+
+async def _read_prefix(client: Client, path: str, n: int) -> bytes:
+    # Finish the upload with filler so it can be read back.
+    if n < 200_000:
+        assert (await patch(client, path, n, b"z" * (200_000 - n))).status == 204
+    data = await (await client.get(path)).read()
+    return data[:n]
+
+
+async def test_lock_wait_is_bounded() -> None:
+    locker = InProcessLocker(timeout=0.2)
+    released_asked = asyncio.Event()
+    async with locker.lock("u", on_release=released_asked.set):
+        try:
+            async with locker.lock("u"):
+                raise AssertionError("got a lock that was held")
+        except LockTimeout as exc:
+            assert exc.status == 423
+            assert exc.headers["Retry-After"] == "1"
+        assert released_asked.is_set()
+    async with locker.lock("u"):
+        pass
+
+
+async def test_waiters_get_the_lock_in_turn() -> None:
+    locker = InProcessLocker(timeout=5)
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with locker.lock("u"):
+            order.append(i)
+            await asyncio.sleep(0.01)
+            order.append(i)
+
+    await asyncio.gather(*(worker(i) for i in range(5)))
+    assert all(order[k] == order[k + 1] for k in range(0, len(order), 2))
+    assert not locker.is_locked("u")
