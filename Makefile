@@ -1,0 +1,56 @@
+# tusserver developer entry points.
+#   make run     install the service in .venv and serve on http://127.0.0.1:1080 (data in ./data)
+#   make test    install everything the tests need (scripts/setup-test-env.sh), run pytest -n auto
+#   make lint    ruff check + mypy
+#   make bench   benchmarks/run_all.py
+# Variables: PYTHON (python3), VENV (.venv), PYTEST_ARGS, BENCH_ARGS.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help run setup test lint bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# The service's own install; make's timestamps keep it from reinstalling on every run.
+$(VENV)/.run-deps: setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[s3,postgres]'
+	@touch $@
+
+run: $(VENV)/.run-deps
+	@if ! dpkg-query -W -f='$${Status}' libmagic1 2>/dev/null | grep -q 'install ok installed'; then \
+		echo "installing libmagic1"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libmagic1; \
+	fi
+	exec $(BIN)/tusserver --data-dir ./data serve --host 127.0.0.1 --port 1080
+
+setup:
+	@bash scripts/setup-test-env.sh
+
+test: setup
+	$(BIN)/pytest -n auto $(PYTEST_ARGS) tests/
+
+lint:
+	@test -x $(BIN)/ruff -a -x $(BIN)/mypy || bash scripts/setup-test-env.sh
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: setup
+	@if [ -f benchmarks/run_all.py ]; then \
+		$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS); \
+	else \
+		echo "benchmarks/run_all.py not found: nothing to run"; \
+	fi
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +
