@@ -8,14 +8,19 @@ exceptions from the source pass through) and the service maps them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "ChunkSource",
     "ChunkStore",
     "Concatenater",
+    "LocalFileAccess",
+    "ObjectInfo",
+    "ObjectStore",
     "StorageError",
     "StoreCapabilities",
     "UploadDataMissing",
@@ -84,3 +89,66 @@ class Concatenater(Protocol):
 
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         """Fill ``upload_id`` with the parts' bytes; returns the resulting length."""
+
+
+@runtime_checkable
+class LocalFileAccess(Protocol):
+    """Optional capability: the upload's bytes are a plain local file (enables fast paths)."""
+
+    def local_path(self, upload_id: str) -> Path:
+        """The file holding the upload's bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    content_type: str = "application/octet-stream"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Finished files, by key. Metadata travels with the object."""
+
+    #: Short name recorded with each file ("local", "s3").
+    kind: str
+
+    async def open(self) -> None:
+        """Prepare (create the directory or bucket); raise StorageError if unreachable."""
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        consume: bool = False,
+    ) -> None:
+        """Store a local file under ``key``. With ``consume`` the store may move the file."""
+
+    async def put_stream(
+        self,
+        key: str,
+        source: AsyncIterable[bytes],
+        *,
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        """Store ``size`` bytes from ``source`` under ``key``, streaming."""
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """The object's size and metadata, or None if absent."""
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the object's bytes (a range of them)."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; no error when absent."""
+
+    async def presign_get(
+        self, key: str, *, expires: dt.timedelta, filename: str | None
+    ) -> str | None:
+        """A short-lived URL to download the object directly, or None if not supported."""

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import errno
+import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiofiles.os
 
-from .base import ChunkSource, StorageError, StoreCapabilities, UploadDataMissing
+from .base import (
+    ChunkSource,
+    ObjectInfo,
+    StorageError,
+    StoreCapabilities,
+    UploadDataMissing,
+)
 
-__all__ = ["LocalChunkStore"]
+__all__ = ["LocalChunkStore", "LocalObjectStore"]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READ_BLOCK = 256 * 1024
@@ -47,6 +57,9 @@ class LocalChunkStore:
         if p.parent != self._root:
             raise StorageError("upload path escapes the store")
         return p
+
+    def local_path(self, upload_id: str) -> Path:
+        return self.path(upload_id)
 
     async def create(self, upload_id: str) -> None:
         path = self.path(upload_id)
@@ -143,6 +156,172 @@ class LocalChunkStore:
             return await asyncio.to_thread(_concat_files, target, sources, fsync)
         except FileNotFoundError as exc:
             raise UploadDataMissing(str(exc.filename)) from None
+
+
+_KEY_SEGMENT = re.compile(r"[^/\x00]{1,255}")
+
+
+class LocalObjectStore:
+    """Finished files under one directory, keyed by relative paths; metadata in a sidecar.
+
+    Objects appear atomically (written to a temporary name, then renamed); the sidecar with
+    the metadata is written first, so an object never exists without its metadata.
+    """
+
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root).resolve()
+        self._meta_root = self._root / ".meta"
+
+    async def open(self) -> None:
+        await aiofiles.os.makedirs(self._meta_root, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        segments = key.split("/")
+        if not all(_KEY_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+            raise StorageError(f"invalid object key {key!r}")
+        if segments[0] == ".meta":
+            raise StorageError("reserved object key")
+        p = self._root.joinpath(*segments)
+        if self._root not in p.parents:
+            raise StorageError("object key escapes the store")
+        return p
+
+    def _meta_path(self, key: str) -> Path:
+        return self._meta_root.joinpath(*key.split("/")).with_name(key.split("/")[-1] + ".json")
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        consume: bool = False,
+    ) -> None:
+        dest = self.path(key)
+        await self._write_meta(key, content_type, metadata)
+        await asyncio.to_thread(_place_file, path, dest, consume)
+
+    async def put_stream(
+        self,
+        key: str,
+        source: AsyncIterable[bytes],
+        *,
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        dest = self.path(key)
+        await self._write_meta(key, content_type, metadata)
+        await aiofiles.os.makedirs(dest.parent, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            pos = 0
+            async for block in source:
+                pos += await asyncio.to_thread(_pwrite_all, fd, block, pos)
+            if pos != size:
+                raise StorageError(f"expected {size} bytes, got {pos}")
+            await asyncio.to_thread(os.fsync, fd)
+        except BaseException:
+            await asyncio.to_thread(os.close, fd)
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.remove(tmp)
+            raise
+        await asyncio.to_thread(os.close, fd)
+        await aiofiles.os.replace(tmp, dest)
+
+    async def _write_meta(self, key: str, content_type: str, metadata: Mapping[str, str]) -> None:
+        meta_path = self._meta_path(key)
+        doc = json.dumps({"content_type": content_type, "metadata": dict(metadata)})
+        await asyncio.to_thread(_write_atomic, meta_path, doc.encode())
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = await aiofiles.os.stat(self.path(key))
+        except FileNotFoundError:
+            return None
+        try:
+            raw = await asyncio.to_thread(self._meta_path(key).read_bytes)
+            doc = json.loads(raw)
+        except (FileNotFoundError, ValueError):
+            doc = {}
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            content_type=doc.get("content_type", "application/octet-stream"),
+            metadata=doc.get("metadata", {}),
+        )
+
+    async def get(
+        self, key: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = self.path(key)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StorageError(f"object {key} is missing") from None
+        try:
+            end = (await asyncio.to_thread(os.fstat, fd)).st_size
+            if length is not None:
+                end = min(end, start + length)
+            pos = start
+            while pos < end:
+                block = await asyncio.to_thread(os.pread, fd, min(_READ_BLOCK, end - pos), pos)
+                if not block:
+                    raise StorageError(f"object {key} is shorter than expected")
+                pos += len(block)
+                yield block
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    async def delete(self, key: str) -> None:
+        for p in (self.path(key), self._meta_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.remove(p)
+
+    async def presign_get(
+        self, key: str, *, expires: dt.timedelta, filename: str | None
+    ) -> str | None:
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _place_file(src: Path, dest: Path, consume: bool) -> None:
+    """Put ``src`` at ``dest`` atomically: a rename when allowed and possible, else a copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if consume:
+        try:
+            os.replace(src, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # another filesystem: copy instead
+                raise
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    s = os.open(src, os.O_RDONLY)
+    try:
+        d = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _copy_range(s, d, 0, 0, os.fstat(s).st_size)
+            os.fsync(d)
+        finally:
+            os.close(d)
+    finally:
+        os.close(s)
+    os.replace(tmp, dest)
+    if consume:
+        os.remove(src)
 
 
 def _create_empty(path: Path) -> None:

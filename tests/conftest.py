@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.app_fixtures"]
+
 if __package__:  # tests/ is a package (has __init__.py)
     from . import services
     from .services import ClamdServer, PostgresServer, SeaweedS3, ServiceError

@@ -12,17 +12,23 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from storage_backends.base import ChunkStore
-from storage_backends.local import LocalChunkStore
+from storage_backends.base import ChunkStore, ObjectStore, StorageError
+from storage_backends.local import LocalChunkStore, LocalObjectStore
 
+from .api.files import FilesApi
 from .catalog.db import Database, create_database
+from .catalog.files import FileRepository
 from .catalog.migrate import upgrade
 from .catalog.uploads import UploadRepository
 from .config import TusServerConfig
 from .events import Hooks
 from .middleware import cors_middleware, error_middleware
 from .observability import request_context_middleware
-from .protocol.handlers import PrincipalResolver, TusHandlers
+from .pipeline.clamav import ClamdClient
+from .pipeline.pipeline import Pipeline
+from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
+from .pipeline.webhooks import WebhookSender
+from .protocol.handlers import PrincipalResolver, TusHandlers, no_auth
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
@@ -43,6 +49,10 @@ class Runtime:
     hooks: Hooks
     uploads: UploadService
     sweeper: Sweeper
+    files: FileRepository
+    objects: ObjectStore
+    pipeline: Pipeline
+    webhooks: WebhookSender | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
 
@@ -55,11 +65,23 @@ class Runtime:
         open_store = getattr(self.store, "open", None)
         if open_store is not None:
             await open_store()
+        try:
+            await self.objects.open()
+        except StorageError as exc:
+            # Uploads still work; commits wait in the chunk store and are retried.
+            _log.warning("object store unavailable at start", error=str(exc))
+        if self.webhooks is not None:
+            await self.webhooks.start()
+        if not self.config.clamd_url:
+            _log.warning("no virus scan: clamd_url is not set")
+        await self.pipeline.recover()
+        self.pipeline.start()
         self.sweeper.start()
         _log.info(
             "tusserver ready",
             database=self.db.dialect,
-            store=type(self.store).__name__,
+            chunk_store=type(self.store).__name__,
+            object_store=self.objects.kind,
             max_size=self.uploads.max_size,
         )
 
@@ -68,7 +90,13 @@ class Runtime:
             return
         self._started = False
         await self.sweeper.stop()
+        await self.pipeline.stop()
         await self.hooks.drain()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        close_objects = getattr(self.objects, "close", None)
+        if close_objects is not None:
+            await close_objects()
         if self.owns_db:
             await self.db.dispose()
 
@@ -83,10 +111,13 @@ def build_runtime(
     database: Database | None = None,
     store: ChunkStore | None = None,
     locker: Locker | None = None,
+    objects: ObjectStore | None = None,
+    validators: list[Validator] | None = None,
 ) -> Runtime:
     """Wire the services from the config; any dependency may be passed in instead."""
     db = database or create_database(config.effective_database_url, durable=config.fsync)
     chunk_store = store or LocalChunkStore(config.uploads_dir)
+    object_store = objects or _object_store(config)
     the_locker = locker or InProcessLocker(timeout=config.lock_timeout)
     the_hooks = hooks or Hooks()
     service = UploadService(
@@ -96,10 +127,39 @@ def build_runtime(
         locker=the_locker,
         hooks=the_hooks,
     )
+    files = FileRepository(db)
+    policy = PolicyValidator(
+        allowed=config.allowed_categories,
+        max_sizes={c: config.category_max_size(c) for c in config.allowed_categories},
+    )
+    if validators is None:
+        validators = [ChecksumValidator()]
+        if config.clamd_url:
+            client = ClamdClient(config.clamd_url, timeout=config.clamd_timeout)
+            validators.append(ClamAVValidator(client, required=config.clamd_required))
+    webhooks = (
+        WebhookSender(config.webhook_urls, secret=config.webhook_secret)
+        if config.webhook_urls
+        else None
+    )
+    pipeline = Pipeline(
+        config=config,
+        chunks=chunk_store,
+        files=files,
+        uploads=service.repo,
+        objects=object_store,
+        policy=policy,
+        validators=validators,
+        hooks=the_hooks,
+        webhooks=webhooks,
+    )
+    service.on_finished = pipeline.take_upload
+    service.first_bytes_check = pipeline.early_check
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
         tombstone_retention=config.tombstone_retention,
+        extra=[pipeline.purge_quarantine],
     )
     return Runtime(
         config=config,
@@ -109,8 +169,31 @@ def build_runtime(
         hooks=the_hooks,
         uploads=service,
         sweeper=sweeper,
+        files=files,
+        objects=object_store,
+        pipeline=pipeline,
+        webhooks=webhooks,
         owns_db=database is None,
     )
+
+
+def _object_store(config: TusServerConfig) -> ObjectStore:
+    if config.object_store == "s3":
+        from storage_backends.s3 import S3ObjectStore, S3Settings
+
+        return S3ObjectStore(
+            S3Settings(
+                endpoint=config.s3_endpoint,
+                access_key=config.s3_access_key,
+                secret_key=config.s3_secret_key,
+                bucket=config.s3_bucket,
+                region=config.s3_region or None,
+                secure=config.s3_secure,
+                part_size=config.s3_part_size,
+                parallel_parts=config.s3_parallel_parts,
+            )
+        )
+    return LocalObjectStore(config.objects_dir)
 
 
 def create_tus_subapp(
@@ -135,13 +218,15 @@ def create_tus_subapp(
         middlewares=[
             request_context_middleware,
             cors_middleware(config.cors_origins),
-            error_middleware,
+            error_middleware(json_body=False),
         ],
         client_max_size=1024**2,
     )
     app[RUNTIME] = rt
     kwargs = {} if principal is None else {"principal": principal}
-    handlers = TusHandlers(config=config, service=rt.uploads, **kwargs)
+    handlers = TusHandlers(
+        config=config, service=rt.uploads, files=rt.files, pipeline=rt.pipeline, **kwargs
+    )
     app.add_routes(handlers.routes("/"))
     if runtime is None:
 
@@ -154,14 +239,19 @@ def create_tus_subapp(
     return app
 
 
-def create_app(config: TusServerConfig, *, hooks: Hooks | None = None) -> web.Application:
+def create_app(
+    config: TusServerConfig,
+    *,
+    hooks: Hooks | None = None,
+    principal: PrincipalResolver | None = None,
+) -> web.Application:
     """The standalone server: the tus endpoint at ``config.base_path`` and the service's pages."""
     rt = build_runtime(config, hooks=hooks)
     app = web.Application(
         middlewares=[
             request_context_middleware,
             cors_middleware(config.cors_origins),
-            error_middleware,
+            error_middleware(json_body=True),
         ],
     )
     app[RUNTIME] = rt
@@ -172,11 +262,14 @@ def create_app(config: TusServerConfig, *, hooks: Hooks | None = None) -> web.Ap
         await rt.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    tus = create_tus_subapp(config, runtime=rt)
+    tus = create_tus_subapp(config, runtime=rt, principal=principal)
     app.add_subapp(config.base_path.rstrip("/"), tus)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     app.router.add_get("/healthz", healthz)
+    files_api = FilesApi(files=rt.files, pipeline=rt.pipeline, principal=principal or no_auth)
+    app.add_routes(files_api.routes(""))
+    app.add_routes(files_api.routes("/api/v1"))
     return app

@@ -18,28 +18,40 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tusserver", description="Resumable media upload server")
-    p.add_argument("--config", help="TOML configuration file (also TUSSERVER_CONFIG)")
-    p.add_argument("--data-dir", help="data directory (also TUSSERVER_DATA_DIR)")
+    # --config and --data-dir are accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="TOML configuration file (TUSSERVER_CONFIG)"
+    )
+    common.add_argument(
+        "--data-dir", default=argparse.SUPPRESS, help="data directory (TUSSERVER_DATA_DIR)"
+    )
+    p = argparse.ArgumentParser(
+        prog="tusserver", description="Resumable media upload server", parents=[common]
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common])
+
+    serve = add("serve", "run the server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    mig = sub.add_parser("migrate", help="database migrations")
+    mig = add("migrate", "database migrations")
     mig.add_argument(
         "action", nargs="?", default="upgrade", choices=["upgrade", "downgrade", "current"]
     )
     mig.add_argument("revision", nargs="?", help="target revision (default head / -1)")
-    sub.add_parser("sweep", help="expire abandoned uploads now")
-    cfg = sub.add_parser("config", help="configuration")
+    add("sweep", "expire abandoned uploads now")
+    cfg = add("config", "configuration")
     cfg.add_argument("action", choices=["show"])
     return p
 
 
 def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TusServerConfig:
-    overrides: dict[str, Any] = {"data_dir": args.data_dir}
+    overrides: dict[str, Any] = {"data_dir": getattr(args, "data_dir", None)}
     overrides.update(extra or {})
-    return load_config(toml_path=args.config, overrides=overrides)
+    return load_config(toml_path=getattr(args, "config", None), overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

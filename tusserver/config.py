@@ -95,6 +95,109 @@ class TusServerConfig:
         default=1024 * 1024,
         metadata=_doc("Bytes a PATCH body is buffered in memory before each write to storage."),
     )
+    # --- storage --------------------------------------------------------------------------
+    object_store: str = field(
+        default="local",
+        metadata=_doc("Where committed files go: `local` (under `<data_dir>/objects`) or `s3`."),
+    )
+    object_key_template: str = field(
+        default="{owner}/{yyyy}/{mm}/{dd}/{file_id}/{name}",
+        metadata=_doc(
+            "Object key of a committed file. Fields: owner, yyyy, mm, dd, file_id, name, ext, "
+            "category; each is sanitized, and file_id must appear so keys are unique."
+        ),
+    )
+    s3_endpoint: str = field(
+        default="", metadata=_doc("S3/MinIO endpoint as `host:port` (no scheme).")
+    )
+    s3_access_key: str = field(default="", metadata=_doc("S3 access key.", secret=True))
+    s3_secret_key: str = field(default="", metadata=_doc("S3 secret key.", secret=True))
+    s3_bucket: str = field(
+        default="tusserver", metadata=_doc("Bucket; created at start if missing.")
+    )
+    s3_region: str = field(default="", metadata=_doc("S3 region (empty: the server's default)."))
+    s3_secure: bool = field(default=True, metadata=_doc("Use HTTPS to reach S3."))
+    s3_part_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_doc(
+            "Preferred multipart part size in bytes (at least 5 MiB; grows for huge files so "
+            "10,000 parts are never exceeded)."
+        ),
+    )
+    s3_parallel_parts: int = field(
+        default=4, metadata=_doc("Multipart parts uploaded in parallel per object.")
+    )
+    # --- validation pipeline -----------------------------------------------------------------
+    pipeline_workers: int = field(
+        default=2, metadata=_doc("Files validated and committed concurrently per instance.")
+    )
+    pipeline_max_attempts: int = field(
+        default=50,
+        metadata=_doc("Attempts before a file whose commit keeps failing is marked `failed`."),
+    )
+    pipeline_retry_base: float = field(
+        default=1.0, metadata=_doc("Seconds before the first retry; doubles each attempt.")
+    )
+    pipeline_retry_max: float = field(
+        default=300.0, metadata=_doc("Longest wait in seconds between two attempts.")
+    )
+    pipeline_poll_interval: float = field(
+        default=2.0,
+        metadata=_doc("Seconds between looks for due work (retries, other instances' files)."),
+    )
+    allowed_categories: tuple[str, ...] = field(
+        default=("video", "audio", "image", "document", "other"),
+        metadata=_doc(
+            "Categories of detected type accepted: video, audio, image, document, other."
+        ),
+    )
+    max_size_video: int = field(default=0, metadata=_doc("Largest video in bytes (0: no limit)."))
+    max_size_audio: int = field(default=0, metadata=_doc("Largest audio file (0: no limit)."))
+    max_size_image: int = field(default=0, metadata=_doc("Largest image (0: no limit)."))
+    max_size_document: int = field(default=0, metadata=_doc("Largest document (0: no limit)."))
+    max_size_other: int = field(
+        default=0, metadata=_doc("Largest file of any other type (0: no limit).")
+    )
+    early_type_check: bool = field(
+        default=True,
+        metadata=_doc(
+            "Sniff the first bytes at the first PATCH and refuse a forbidden type with 415."
+        ),
+    )
+    clamd_url: str = field(
+        default="",
+        metadata=_doc(
+            "clamd to scan every file: `tcp://host:port` or `unix:///path`. Empty: no virus "
+            "scan (the server says so at start)."
+        ),
+    )
+    clamd_required: bool = field(
+        default=True,
+        metadata=_doc(
+            "With clamd unreachable, files wait in `validating` and are retried; false accepts "
+            "them unscanned (recorded on the file)."
+        ),
+    )
+    clamd_timeout: float = field(
+        default=60.0, metadata=_doc("Seconds to wait on clamd for one scan.")
+    )
+    quarantine_retention: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=_doc("Seconds a rejected file's bytes are kept (never served) before removal."),
+    )
+    webhook_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "URLs notified (POST, JSON) when a file is committed or rejected; retried with backoff."
+        ),
+    )
+    webhook_secret: str = field(
+        default="",
+        metadata=_doc(
+            "HMAC-SHA256 key; each webhook carries `X-Tusserver-Signature: sha256=<hex>`.",
+            secret=True,
+        ),
+    )
     # --- HTTP -----------------------------------------------------------------------------
     cors_origins: tuple[str, ...] = field(
         default=("*",),
@@ -124,14 +227,53 @@ class TusServerConfig:
             raise ConfigError(f"port: {self.port} is not a TCP port")
         if not self.base_path.startswith("/") or not self.base_path.endswith("/"):
             raise ConfigError("base_path: must start and end with '/'")
-        for name in ("max_size", "write_buffer_size"):
+        for name in (
+            "max_size",
+            "write_buffer_size",
+            "max_size_video",
+            "max_size_audio",
+            "max_size_image",
+            "max_size_document",
+            "max_size_other",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative")
+        for name in ("s3_parallel_parts", "pipeline_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1")
         if self.write_buffer_size < 4096:
             raise ConfigError("write_buffer_size: must be at least 4096")
-        for name in ("expiration", "sweep_interval", "lock_timeout", "tombstone_retention"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must not be negative")
+        for name in (
+            "expiration",
+            "sweep_interval",
+            "lock_timeout",
+            "tombstone_retention",
+            "pipeline_retry_base",
+            "pipeline_retry_max",
+            "pipeline_poll_interval",
+            "clamd_timeout",
+            "quarantine_retention",
+        ):
+            # "not >= 0" also refuses NaN.
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}: must be a non-negative number")
+        if self.object_store not in ("local", "s3"):
+            raise ConfigError("object_store: must be 'local' or 's3'")
+        if self.object_store == "s3":
+            for name in ("s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket"):
+                if not getattr(self, name):
+                    raise ConfigError(f"{name}: required when object_store is 's3'")
+        if self.s3_part_size < 5 * 1024 * 1024:
+            raise ConfigError("s3_part_size: must be at least 5 MiB (5242880)")
+        if "{file_id}" not in self.object_key_template:
+            raise ConfigError("object_key_template: must contain {file_id}")
+        unknown = set(self.allowed_categories) - {"video", "audio", "image", "document", "other"}
+        if unknown:
+            raise ConfigError(f"allowed_categories: unknown {sorted(unknown)}")
+        if self.clamd_url and not self.clamd_url.startswith(("tcp://", "unix://")):
+            raise ConfigError("clamd_url: must start with tcp:// or unix://")
+        if self.pipeline_workers < 1:
+            raise ConfigError("pipeline_workers: must be at least 1")
         if self.log_format not in ("console", "json"):
             raise ConfigError("log_format: must be 'console' or 'json'")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -146,6 +288,15 @@ class TusServerConfig:
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    def category_max_size(self, category: str) -> int:
+        """The size limit of a category in bytes, 0 for none."""
+        value: int = getattr(self, f"max_size_{category}", 0)
+        return value
 
     def replace(self, **changes: Any) -> TusServerConfig:
         return dataclasses.replace(self, **changes)

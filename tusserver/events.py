@@ -10,8 +10,9 @@ the background; their errors are logged, never sent to the client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -19,7 +20,10 @@ from auth import Principal
 
 from .catalog.uploads import UploadRecord
 
-__all__ = ["CreateContext", "HookRejection", "Hooks", "UploadHook"]
+if TYPE_CHECKING:
+    from .catalog.files import FileRecord
+
+__all__ = ["CreateContext", "FileHook", "HookRejection", "Hooks", "UploadHook"]
 
 _log = structlog.get_logger("tusserver.hooks")
 
@@ -47,7 +51,9 @@ class CreateContext:
 
 
 UploadHook = Callable[[UploadRecord], Awaitable[None]]
+FileHook = Callable[["FileRecord"], Awaitable[None]]
 PreCreateHook = Callable[[CreateContext], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +64,10 @@ class Hooks:
     pre_finish: list[UploadHook] = field(default_factory=list)
     post_finish: list[UploadHook] = field(default_factory=list)
     post_terminate: list[UploadHook] = field(default_factory=list)
+    #: A file passed validation and is in the object store.
+    post_commit: list[FileHook] = field(default_factory=list)
+    #: A file was refused by a validator (its reason is on the record).
+    post_reject: list[FileHook] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     async def run_pre_create(self, ctx: CreateContext) -> None:
@@ -68,7 +78,7 @@ class Hooks:
         for hook in self.pre_finish:
             await hook(record)
 
-    def fire(self, name: str, hooks: list[UploadHook], record: UploadRecord) -> None:
+    def fire(self, name: str, hooks: Sequence[Callable[[T], Awaitable[None]]], record: T) -> None:
         """Run post-hooks in the background; keep a reference so they are not collected."""
         if not hooks:
             return
@@ -78,7 +88,7 @@ class Hooks:
                 try:
                     await hook(record)
                 except Exception:
-                    _log.exception("hook failed", hook=name, upload_id=record.id)
+                    _log.exception("hook failed", hook=name, record_id=_id_of(record))
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -88,3 +98,7 @@ class Hooks:
         """Wait for background hooks (at shutdown)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _id_of(record: Any) -> str | None:
+    return getattr(record, "id", None)

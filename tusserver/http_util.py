@@ -17,7 +17,7 @@ __all__ = [
     "safe_filename",
 ]
 
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
 class RangeNotSatisfiable(TusError):
@@ -70,14 +70,14 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|]')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\/:*?<>|]')
 
 
 def safe_filename(name: str, *, fallback: str = "file", limit: int = 200) -> str:
     """A file name safe for headers and object keys: no separators, controls or dot-names."""
-    name = unicodedata.normalize("NFC", name)
     # Drop bidi overrides and other format characters used to disguise extensions.
     name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    name = unicodedata.normalize("NFC", name)
     name = _UNSAFE.sub("_", name).strip(" .")
     if not name or set(name) <= {"."}:
         name = fallback
@@ -86,7 +86,7 @@ def safe_filename(name: str, *, fallback: str = "file", limit: int = 200) -> str
         if dot and 0 < len(ext) <= 16:
             name = stem[: limit - len(ext) - 1] + "." + ext
         else:
-            name = name[:limit]
+            name = name[:limit].rstrip(" .") or fallback
     return name
 
 

@@ -37,6 +37,8 @@ _EXPOSE = ", ".join(
         "Tus-Checksum-Algorithm",
         "X-Request-ID",
         "Retry-After",
+        "X-File-Id",
+        "X-File-Status",
     ]
 )
 _ALLOW_HEADERS = ", ".join(
@@ -62,31 +64,45 @@ _ALLOW_HEADERS = ", ".join(
 _ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 
 
-def _error_response(status: int, message: str, headers: dict[str, str]) -> web.Response:
-    resp = web.Response(status=status, text=message + "\n", headers=headers)
-    resp.headers["Tus-Resumable"] = TUS_VERSION
-    return resp
+def error_middleware(*, json_body: bool) -> Middleware:
+    """Map errors to responses: text for tus clients, ``{"error", "message"}`` JSON for the API.
 
+    Client errors are answered with their own status; anything unexpected is logged with its
+    traceback and answered 500 without details.
+    """
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except TusError as exc:
-        if exc.status >= 500:
-            _log.warning("request failed", status=exc.status, error=exc.message)
-        return _error_response(exc.status, exc.message, exc.headers)
-    except HookRejection as exc:
-        return _error_response(exc.status, exc.message, {})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error_response(exc.status, exc.text or exc.reason, dict(exc.headers))
-    except Exception:
-        _log.exception("unhandled error", method=request.method, path=request.path)
-        return _error_response(500, "internal server error", {})
-    response.headers.setdefault("Tus-Resumable", TUS_VERSION)
-    return response
+    def respond(status: int, code: str, message: str, headers: dict[str, str]) -> web.Response:
+        if json_body:
+            resp = web.json_response({"error": code, "message": message}, status=status)
+            resp.headers.update(headers)
+        else:
+            resp = web.Response(status=status, text=message + "\n", headers=headers)
+        resp.headers["Tus-Resumable"] = TUS_VERSION
+        return resp
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except TusError as exc:
+            if exc.status >= 500:
+                _log.warning("request failed", status=exc.status, error=exc.message)
+            return respond(exc.status, exc.code, exc.message, exc.headers)
+        except HookRejection as exc:
+            return respond(exc.status, "rejected", exc.message, {})
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            code = exc.reason.lower().replace(" ", "_")
+            return respond(exc.status, code, exc.text or exc.reason, headers)
+        except Exception:
+            _log.exception("unhandled error", method=request.method, path=request.path)
+            return respond(500, "internal_error", "internal server error", {})
+        response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+        return response
+
+    return errors
 
 
 def cors_middleware(origins: Iterable[str]) -> Middleware:

@@ -50,9 +50,7 @@ def configure_logging(*, fmt: str = "console", level: str = "info") -> None:
 
 
 @web.middleware
-async def request_context_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give each request an id (the client's X-Request-ID when sane), bind it to the logs."""
     if REQUEST_ID in request:  # an outer app already did it
         return await handler(request)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from .conftest import OCTET, TUS, MakeClient
+from tests.app_fixtures import OCTET, TUS, MakeClient
 
 Client = TestClient[Any, Any]
 

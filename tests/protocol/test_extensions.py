@@ -15,7 +15,7 @@ from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, crea
 from tusserver.app import RUNTIME
 from tusserver.catalog.uploads import UploadRecord
 
-from .conftest import OCTET, TUS, MakeClient
+from tests.app_fixtures import OCTET, TUS, MakeClient
 from .test_core import create, head, patch
 
 Client = TestClient[Any, Any]

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from tusserver.protocol.errors import LockTimeout
 from tusserver.uploads.locks import InProcessLocker
 
-from .conftest import OCTET, TUS
+from tests.app_fixtures import OCTET, TUS
 from .test_core import create, head, patch
 
 Client = TestClient[Any, Any]

@@ -21,7 +21,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "metadata", "upload_concat_parts", "uploads"]
+__all__ = [
+    "UTCDateTime",
+    "file_uploads",
+    "files",
+    "metadata",
+    "upload_concat_parts",
+    "uploads",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -72,6 +79,8 @@ uploads = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=True),
+    # The file this upload became (set by the pipeline when it takes the upload in).
+    Column("file_id", String(32), nullable=True),
     Index("ix_uploads_state_expires_at", "state", "expires_at"),
 )
 
@@ -86,4 +95,49 @@ upload_concat_parts = Table(
     ),
     Column("position", Integer, primary_key=True),
     Column("part_id", String(64), nullable=False, index=True),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(64), nullable=True),
+    Column("name", String(255), nullable=False),
+    Column("folder", String(1024), nullable=False, default="/"),
+    Column("size", BigInteger, nullable=False),
+    Column("declared_type", String(255), nullable=True),
+    Column("detected_type", String(255), nullable=True),
+    Column("category", String(16), nullable=True),
+    Column("type_mismatch", Boolean, nullable=False, default=False),
+    Column("sha256", String(64), nullable=True),
+    # received | validating | committed | rejected | failed
+    Column("status", String(16), nullable=False),
+    Column("reason", String(1024), nullable=True),
+    Column("store", String(16), nullable=True),
+    Column("storage_key", String(1024), nullable=True),
+    # {key: text value} of the client's metadata, for display and search.
+    Column("meta", JSON, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("committed_at", UTCDateTime, nullable=True),
+    Column("quarantine_until", UTCDateTime, nullable=True),
+    Index("ix_files_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_files_owner_created_at", "owner", "created_at"),
+)
+
+file_uploads = Table(
+    "file_uploads",
+    metadata,
+    Column("file_id", String(32), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+    # The tus upload (or form upload) the bytes came in by; unique: one file per upload.
+    Column("upload_id", String(64), nullable=False, unique=True),
+    Column("protocol", String(16), nullable=False),
+    Column("client", String(255), nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
 )

@@ -25,6 +25,8 @@ class UploadState(enum.StrEnum):
     FINISHED = "finished"
     TERMINATED = "terminated"
     EXPIRED = "expired"
+    #: Refused at the first bytes (forbidden type); nothing more is accepted.
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +42,12 @@ class UploadRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     expires_at: dt.datetime | None
+    #: The file this upload became, once the pipeline took it in.
+    file_id: str | None = None
 
     @property
     def is_gone(self) -> bool:
-        return self.state in (UploadState.TERMINATED, UploadState.EXPIRED)
+        return self.state in (UploadState.TERMINATED, UploadState.EXPIRED, UploadState.REJECTED)
 
 
 def _encode_meta(meta: Mapping[str, bytes | None]) -> dict[str, str | None]:
@@ -67,6 +71,7 @@ def _record(row: RowMapping) -> UploadRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         expires_at=row["expires_at"],
+        file_id=row["file_id"],
     )
 
 
@@ -170,7 +175,13 @@ class UploadRepository:
             rows = await conn.execute(
                 select(uploads.c.id)
                 .where(
-                    uploads.c.state.in_([UploadState.TERMINATED.value, UploadState.EXPIRED.value]),
+                    uploads.c.state.in_(
+                        [
+                            UploadState.TERMINATED.value,
+                            UploadState.EXPIRED.value,
+                            UploadState.REJECTED.value,
+                        ]
+                    ),
                     uploads.c.updated_at < cutoff,
                 )
                 .limit(limit)

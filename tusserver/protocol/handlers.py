@@ -6,19 +6,22 @@ honours it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from auth import Principal
 from auth.principal import UNAUTHENTICATED_OPERATOR
 
+from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
 from ..http_util import content_disposition, parse_range
+from ..pipeline.pipeline import Pipeline
 from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
 from .body import BodyReader, Interruption
 from .errors import (
     BadRequest,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
@@ -47,7 +50,8 @@ OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 PrincipalResolver = Callable[[web.Request], Awaitable[Principal]]
 
 
-async def _no_auth(_request: web.Request) -> Principal:
+async def no_auth(_request: web.Request) -> Principal:
+    """The resolver when auth is off: every caller is the trusted operator."""
     return UNAUTHENTICATED_OPERATOR
 
 
@@ -57,10 +61,14 @@ class TusHandlers:
         *,
         config: TusServerConfig,
         service: UploadService,
-        principal: PrincipalResolver = _no_auth,
+        files: FileRepository,
+        pipeline: Pipeline,
+        principal: PrincipalResolver = no_auth,
     ) -> None:
         self._config = config
         self._service = service
+        self._files = files
+        self._pipeline = pipeline
         self._principal = principal
 
     def routes(self, base_path: str) -> list[web.RouteDef]:
@@ -196,6 +204,12 @@ class TusHandlers:
             base = self._base_path(request)
             headers["Upload-Concat"] = "final;" + " ".join(base + p for p in status.parts)
         _add_expires(headers, status)
+        if rec.file_id is not None:
+            # What the finished upload became (see GET /file/{id} for the details).
+            f = await self._files.get(rec.file_id)
+            if f is not None:
+                headers["X-File-Id"] = f.id
+                headers["X-File-Status"] = f.status.value
         return web.Response(status=200, headers=headers)
 
     # --- PATCH ----------------------------------------------------------------------------
@@ -255,31 +269,21 @@ class TusHandlers:
     async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         principal = await self._principal(request)
         rec = await self._service.finished_upload(principal, upload_id)
-        size = rec.length or 0
-        rng = parse_range(request.headers.get("Range"), size)
+        f = await self._files.get(rec.file_id) if rec.file_id else None
+        if f is not None and f.status in (FileStatus.REJECTED, FileStatus.FAILED):
+            raise Forbidden(f"the file was {f.status.value}: {f.reason}")
         name = rec.metadata.get("filename") or rec.metadata.get("name")
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": content_disposition(
-                name.decode("utf-8", "replace") if name else None
-            ),
-            "Accept-Ranges": "bytes",
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "private, no-store",
-        }
-        start, length = 0, size
-        status = 200
-        if rng is not None:
-            start, length, status = rng.start, rng.length, 206
-            headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
-        await resp.prepare(request)
-        if request.method != "HEAD" and length:
-            async for block in self._service.read(upload_id, start, length):
-                await resp.write(block)
-        await resp.write_eof()
-        return resp
+        return await stream_bytes(
+            request,
+            size=rec.length or 0,
+            name=name.decode("utf-8", "replace") if name else None,
+            reader=self._reader(upload_id, f),
+        )
+
+    def _reader(self, upload_id: str, f: FileRecord | None) -> ByteReader:
+        if f is not None:
+            return lambda start, length: self._pipeline.read_source(f, start, length)
+        return lambda start, length: self._service.read(upload_id, start, length)
 
     # --- URLs -----------------------------------------------------------------------------
 
@@ -303,6 +307,42 @@ class TusHandlers:
         if scheme not in ("http", "https"):
             scheme = "http"
         return f"{scheme}://{host}{path}"
+
+
+ByteReader = Callable[[int, int], AsyncIterator[bytes]]
+
+
+async def stream_bytes(
+    request: web.Request,
+    *,
+    size: int,
+    name: str | None,
+    reader: ByteReader,
+    content_type: str = "application/octet-stream",
+    extra_headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Stream a representation with single-range support and a safe attachment name."""
+    rng = parse_range(request.headers.get("Range"), size)
+    headers = {
+        "Content-Type": content_type,
+        "Content-Disposition": content_disposition(name),
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+        **(extra_headers or {}),
+    }
+    start, length, status = 0, size, 200
+    if rng is not None:
+        start, length, status = rng.start, rng.length, 206
+        headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = length
+    await resp.prepare(request)
+    if request.method != "HEAD" and length:
+        async for block in reader(start, length):
+            await resp.write(block)
+    await resp.write_eof()
+    return resp
 
 
 def _first(value: str | None) -> str | None:

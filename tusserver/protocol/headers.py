@@ -145,12 +145,11 @@ def parse_concat(value: str, base_path: str) -> ConcatPartial | ConcatFinal:
 
 def upload_id_from_url(url: str, base_path: str) -> str:
     """The upload id in a URL of ours (absolute or relative), or BadRequest."""
-    path = url
+    path = re.split(r"[?#]", url, maxsplit=1)[0]
     if "://" in url:
-        rest = url.split("://", 1)[1]
+        rest = re.split(r"[?#]", url.split("://", 1)[1], maxsplit=1)[0]
         slash = rest.find("/")
         path = rest[slash:] if slash >= 0 else "/"
-    path = path.split("?", 1)[0].split("#", 1)[0]
     base = base_path if base_path.endswith("/") else base_path + "/"
     if not path.startswith(base):
         raise BadRequest(f"Upload-Concat URL {_quote(url)} is not an upload of this server")

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..protocol.errors import (
     Gone,
     NotFound,
     PayloadTooLarge,
+    UnsupportedMediaType,
 )
 from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
 from .locks import Locker
@@ -82,6 +83,8 @@ class UploadService:
         locker: Locker,
         hooks: Hooks,
         clock: Callable[[], dt.datetime] = _utcnow,
+        on_finished: Callable[[UploadRecord], Awaitable[object]] | None = None,
+        first_bytes_check: Callable[[UploadRecord, bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -89,6 +92,10 @@ class UploadService:
         self.locker = locker
         self.hooks = hooks
         self._clock = clock
+        #: Called (awaited) when a whole upload (not a partial) is finished: the pipeline.
+        self.on_finished = on_finished
+        #: Called with the first bytes of an upload; may raise to refuse it (415).
+        self.first_bytes_check = first_bytes_check
 
     # --- what we can do -------------------------------------------------------------------
 
@@ -279,7 +286,14 @@ class UploadService:
             if rec.state is UploadState.FINISHED and content_length:
                 raise PayloadTooLarge("the upload is already complete")
             hasher = hashlib.new(checksum.algorithm) if checksum else None
-            guard = _Guard(source, budget, hasher)
+            first_check = None
+            if current == 0 and self.first_bytes_check is not None:
+                check, upload = self.first_bytes_check, rec
+
+                async def first_check(head: bytes) -> None:
+                    await check(upload, head)
+
+            guard = _Guard(source, budget, hasher, first_check)
             verify = None
             if checksum is not None:
 
@@ -297,6 +311,11 @@ class UploadService:
                 )
             except UploadDataMissing:
                 raise Gone("the upload's data is gone") from None
+            except UnsupportedMediaType:
+                # Refused at its first bytes: nothing more of this upload is accepted.
+                await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
+                await self.store.delete(rec.id)
+                raise
             new_offset = current + written
             if written:
                 await self._record_progress(rec, new_offset)
@@ -352,6 +371,8 @@ class UploadService:
         assert done is not None
         _log.info("upload finished", upload_id=rec.id, length=offset)
         self.hooks.fire("post_finish", self.hooks.post_finish, done)
+        if not done.is_partial and self.on_finished is not None:
+            await self.on_finished(done)
         if rec.is_partial:
             for final_id in await self.repo.finals_waiting_on(rec.id):
                 await self._try_complete_final(final_id)
@@ -434,16 +455,26 @@ class _Guard:
     answer 413 after recording what was stored.
     """
 
-    def __init__(self, source: ChunkSource, budget: int | None, hasher: Any) -> None:
+    def __init__(
+        self,
+        source: ChunkSource,
+        budget: int | None,
+        hasher: Any,
+        first_check: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self._source = source
         self._budget = budget
         self._hasher = hasher
+        self._first_check = first_check
         self.exceeded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
         budget, hasher = self._budget, self._hasher
         async for block in self._source:
+            if self._first_check is not None:
+                check, self._first_check = self._first_check, None
+                await check(block)
             if budget is not None and total + len(block) > budget:
                 self.exceeded = True
                 block = block[: budget - total]

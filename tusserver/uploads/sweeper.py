@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -17,9 +18,15 @@ _log = structlog.get_logger("tusserver.sweeper")
 
 class Sweeper:
     def __init__(
-        self, service: UploadService, *, interval: float, tombstone_retention: float
+        self,
+        service: UploadService,
+        *,
+        interval: float,
+        tombstone_retention: float,
+        extra: Sequence[Callable[[], Awaitable[int]]] = (),
     ) -> None:
         self._service = service
+        self._extra = list(extra)
         self._interval = interval
         self._retention = dt.timedelta(seconds=tombstone_retention)
         self._task: asyncio.Task[None] | None = None
@@ -34,6 +41,8 @@ class Sweeper:
                 break
         while await self._service.purge_tombstones(self._retention):
             pass
+        for task in self._extra:
+            await task()
         return expired
 
     def start(self) -> None:

@@ -1,0 +1,433 @@
+"""The pipeline: a finished upload becomes a validated file in the object store.
+
+Each step is durable and idempotent, its state in the ``files`` row:
+
+    received --claim--> validating --accept--> (key, sha256 recorded) -> object put
+                                                -> committed -> chunk copy removed
+                                   --reject--> rejected (bytes kept in quarantine, never served)
+                                   --retry---> validating, next_attempt_at in the future
+                                   --too many attempts--> failed
+
+A crash anywhere resumes from the row: the object key and sha256 are recorded before the
+object is written, so a retry that finds the chunk copy gone but the object present (with the
+same sha256 in its metadata) finishes the commit instead of losing or duplicating the file.
+Workers on several instances share the work through a lease column (a conditional UPDATE),
+so each file is processed by one worker at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+
+from storage_backends.base import (
+    ChunkStore,
+    LocalFileAccess,
+    ObjectStore,
+    StorageError,
+    UploadDataMissing,
+)
+
+from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
+from ..catalog.uploads import UploadRecord, UploadRepository
+from ..config import TusServerConfig
+from ..events import Hooks
+from ..protocol.errors import UnsupportedMediaType
+from .keys import object_key
+from .validators import (
+    SNIFF_BYTES,
+    Candidate,
+    PolicyValidator,
+    Validator,
+    VerdictKind,
+    sniff_type,
+)
+from .webhooks import WebhookSender
+
+__all__ = ["Pipeline", "file_name_of", "text_metadata"]
+
+_log = structlog.get_logger("tusserver.pipeline")
+_HASH_IN_THREAD = 256 * 1024
+_LEASE = dt.timedelta(minutes=15)
+#: Heads shorter than this say little about the type; unless the file is that small, the
+#: early check waits for a longer first chunk (the final check always runs).
+_MIN_SNIFF = 512
+
+
+def text_metadata(meta: Any) -> dict[str, str]:
+    """tus metadata (bytes values) as display text."""
+    return {k: ("" if v is None else v.decode("utf-8", "replace")) for k, v in meta.items()}
+
+
+def file_name_of(meta: dict[str, str], fallback: str) -> str:
+    for key in ("filename", "name"):
+        if meta.get(key):
+            return meta[key][:255]
+    return fallback
+
+
+def _declared_type(meta: dict[str, str]) -> str | None:
+    for key in ("filetype", "type", "contentType", "content_type"):
+        value = meta.get(key, "").strip().lower()
+        if value and "/" in value and len(value) < 128:
+            return value
+    return None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        config: TusServerConfig,
+        chunks: ChunkStore,
+        files: FileRepository,
+        uploads: UploadRepository,
+        objects: ObjectStore,
+        policy: PolicyValidator,
+        validators: Sequence[Validator],
+        hooks: Hooks,
+        webhooks: WebhookSender | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self._config = config
+        self._chunks = chunks
+        self._files = files
+        self._uploads = uploads
+        self._objects = objects
+        self._policy = policy
+        self._validators = list(validators)
+        self._hooks = hooks
+        self._webhooks = webhooks
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def objects(self) -> ObjectStore:
+        return self._objects
+
+    # --- intake -----------------------------------------------------------------------------
+
+    async def take_upload(self, rec: UploadRecord, *, protocol: str = "tus") -> str:
+        """Create the file row for a finished upload (idempotent) and wake a worker."""
+        meta = text_metadata(rec.metadata)
+        file_id = secrets.token_hex(16)
+        new = NewFile(
+            id=file_id,
+            owner=rec.owner,
+            name=file_name_of(meta, fallback=file_id),
+            size=rec.length or 0,
+            declared_type=_declared_type(meta),
+            metadata=meta,
+            upload_id=rec.id,
+            protocol=protocol,
+            client=None,
+            started_at=rec.created_at,
+            finished_at=self._clock(),
+        )
+        created = await self._files.create_for_upload(new, self._clock())
+        self._wake.set()
+        return created
+
+    async def early_check(self, rec: UploadRecord, head: bytes) -> None:
+        """At the first PATCH: refuse a forbidden type before more bytes are accepted."""
+        if not self._config.early_type_check or rec.is_partial:
+            return
+        if len(head) < _MIN_SNIFF and (rec.length is None or len(head) < rec.length):
+            return
+        detected = await sniff_type(head[:SNIFF_BYTES])
+        reason = self._policy.check_type(detected)
+        if reason:
+            raise UnsupportedMediaType(f"rejected: {reason}")
+
+    async def recover(self) -> int:
+        """Take in finished uploads that a crash left without a file row."""
+        count = 0
+        for upload_id in await self._files.finished_uploads_without_file():
+            rec = await self._upload(upload_id)
+            if rec is not None:
+                await self.take_upload(rec)
+                count += 1
+        return count
+
+    async def _upload(self, upload_id: str) -> UploadRecord | None:
+        return await self._uploads.get(upload_id)
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        for i in range(self._config.pipeline_workers):
+            self._workers.append(asyncio.get_running_loop().create_task(self._work(i)))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+
+    async def _work(self, n: int) -> None:
+        while not self._stopping:
+            try:
+                did = await self.run_due_once(limit=5)
+            except Exception:
+                _log.exception("pipeline worker error", worker=n)
+                did = 0
+            if did:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.pipeline_poll_interval)
+
+    async def run_due_once(self, limit: int = 20) -> int:
+        """Process the files that are due now; returns how many this worker handled."""
+        handled = 0
+        for file_id in await self._files.due(self._clock(), limit):
+            if await self._files.claim(file_id, self._clock(), _LEASE):
+                await self.process(file_id)
+                handled += 1
+        return handled
+
+    # --- one file ---------------------------------------------------------------------------
+
+    async def process(self, file_id: str) -> FileStatus:
+        f = await self._files.get(file_id)
+        if f is None:
+            return FileStatus.FAILED
+        if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):
+            return f.status
+        log = _log.bind(file_id=f.id, upload_id=f.upload_id)
+        try:
+            return await self._process(f, log)
+        except (StorageError, OSError) as exc:
+            return await self._retry(f, f"storage unavailable: {exc}", log)
+        except Exception as exc:
+            log.exception("pipeline step failed")
+            return await self._retry(f, f"internal error: {type(exc).__name__}", log)
+
+    async def _process(self, f: FileRecord, log: Any) -> FileStatus:
+        assert f.upload_id is not None
+        try:
+            sha256, head = await self._inspect(f.upload_id, f.size)
+        except UploadDataMissing:
+            return await self._recover_missing(f, log)
+        detected = await sniff_type(head)
+        candidate = Candidate(
+            size=f.size,
+            sha256=sha256,
+            head=head,
+            detected_type=detected,
+            declared_type=f.declared_type,
+            metadata=f.metadata,
+            open=lambda: self._chunks.read(f.upload_id or "", 0, f.size),
+        )
+        mismatch = f.declared_type is not None and f.declared_type != detected
+        await self._files.update(
+            f.id,
+            sha256=sha256,
+            detected_type=detected,
+            category=candidate.category,
+            type_mismatch=mismatch,
+            updated_at=self._clock(),
+        )
+        for validator in [self._policy, *self._validators]:
+            verdict = await validator.check(candidate)
+            if verdict.kind is VerdictKind.REJECT:
+                return await self._reject(f, verdict.reason or validator.name, log)
+            if verdict.kind is VerdictKind.RETRY:
+                return await self._retry(f, verdict.reason or validator.name, log)
+            if verdict.note:
+                candidate.notes.append(verdict.note)
+        return await self._commit(f, candidate, log)
+
+    async def _inspect(self, upload_id: str, size: int) -> tuple[str, bytes]:
+        """One streaming pass: sha256 of the whole file and its first bytes."""
+        digest = hashlib.sha256()
+        head = bytearray()
+        async for block in self._chunks.read(upload_id, 0, size):
+            if len(head) < SNIFF_BYTES:
+                head += block[: SNIFF_BYTES - len(head)]
+            if len(block) >= _HASH_IN_THREAD:
+                await asyncio.to_thread(digest.update, block)
+            else:
+                digest.update(block)
+        if size == 0:
+            await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
+        return digest.hexdigest(), bytes(head)
+
+    async def _commit(self, f: FileRecord, c: Candidate, log: Any) -> FileStatus:
+        assert f.upload_id is not None
+        key = f.storage_key or object_key(
+            self._config.object_key_template,
+            owner=f.owner,
+            file_id=f.id,
+            name=f.name,
+            category=c.category,
+            when=f.created_at,
+        )
+        # Recorded before the object exists, so a retry after a crash finds it.
+        await self._files.update(
+            f.id, storage_key=key, store=self._objects.kind, updated_at=self._clock()
+        )
+        meta = {
+            "file-id": f.id,
+            "owner": f.owner or "",
+            "original-name": f.name,
+            "sha256": c.sha256,
+        }
+        if isinstance(self._chunks, LocalFileAccess):
+            await self._objects.put_file(
+                key,
+                self._chunks.local_path(f.upload_id),
+                content_type=c.detected_type,
+                metadata=meta,
+                consume=True,
+            )
+        else:
+            await self._objects.put_stream(
+                key,
+                self._chunks.read(f.upload_id, 0, f.size),
+                size=f.size,
+                content_type=c.detected_type,
+                metadata=meta,
+            )
+        return await self._mark_committed(f, "; ".join(c.notes) or None, log)
+
+    async def _mark_committed(self, f: FileRecord, note: str | None, log: Any) -> FileStatus:
+        now = self._clock()
+        await self._files.update(
+            f.id,
+            status=FileStatus.COMMITTED,
+            reason=note,
+            committed_at=now,
+            updated_at=now,
+            lease_until=None,
+            next_attempt_at=None,
+        )
+        if f.upload_id is not None:
+            await self._chunks.delete(f.upload_id)
+        log.info("file committed")
+        await self._emit("file.committed", self._hooks.post_commit, f.id)
+        return FileStatus.COMMITTED
+
+    async def _recover_missing(self, f: FileRecord, log: Any) -> FileStatus:
+        """The chunk copy is gone: either the object was written before a crash, or data is lost."""
+        fresh = await self._files.get(f.id)
+        assert fresh is not None
+        if fresh.storage_key and fresh.sha256:
+            info = await self._objects.stat(fresh.storage_key)
+            if info and info.size == fresh.size and info.metadata.get("sha256") == fresh.sha256:
+                return await self._mark_committed(fresh, None, log)
+        log.error("file bytes are missing")
+        await self._files.update(
+            f.id,
+            status=FileStatus.FAILED,
+            reason="the uploaded bytes are missing",
+            lease_until=None,
+            updated_at=self._clock(),
+        )
+        return FileStatus.FAILED
+
+    async def _reject(self, f: FileRecord, reason: str, log: Any) -> FileStatus:
+        now = self._clock()
+        await self._files.update(
+            f.id,
+            status=FileStatus.REJECTED,
+            reason=reason[:1024],
+            lease_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+            quarantine_until=now + dt.timedelta(seconds=self._config.quarantine_retention),
+        )
+        log.info("file rejected", reason=reason)
+        await self._emit("file.rejected", self._hooks.post_reject, f.id)
+        return FileStatus.REJECTED
+
+    async def _retry(self, f: FileRecord, reason: str, log: Any) -> FileStatus:
+        fresh = await self._files.get(f.id)
+        attempts = fresh.attempts if fresh else f.attempts
+        now = self._clock()
+        if attempts >= self._config.pipeline_max_attempts:
+            await self._files.update(
+                f.id,
+                status=FileStatus.FAILED,
+                reason=f"gave up after {attempts} attempts: {reason}"[:1024],
+                lease_until=None,
+                updated_at=now,
+            )
+            log.error("file failed", reason=reason, attempts=attempts)
+            return FileStatus.FAILED
+        delay = min(
+            self._config.pipeline_retry_base * 2 ** max(attempts - 1, 0),
+            self._config.pipeline_retry_max,
+        )
+        await self._files.update(
+            f.id,
+            status=FileStatus.VALIDATING,
+            reason=reason[:1024],
+            lease_until=None,
+            next_attempt_at=now + dt.timedelta(seconds=delay),
+            updated_at=now,
+        )
+        log.warning("file will be retried", reason=reason, delay=delay, attempts=attempts)
+        return FileStatus.VALIDATING
+
+    async def _emit(self, event: str, hooks: Any, file_id: str) -> None:
+        rec = await self._files.get(file_id)
+        if rec is None:
+            return
+        self._hooks.fire(event, hooks, rec)
+        if self._webhooks is not None:
+            self._webhooks.send(event, {"file": asdict(rec)})
+
+    # --- quarantine -------------------------------------------------------------------------
+
+    async def purge_quarantine(self) -> int:
+        """Remove the bytes of rejected files whose quarantine has ended (the row stays)."""
+        count = 0
+        for f in await self._files.expired_quarantine(self._clock()):
+            if f.upload_id is not None:
+                await self._chunks.delete(f.upload_id)
+            await self._files.update(f.id, quarantine_until=None, updated_at=self._clock())
+            count += 1
+        return count
+
+    async def read_source(self, f: FileRecord, start: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes of a file, wherever they are now (object store once committed)."""
+        if f.status is not FileStatus.COMMITTED and f.upload_id is not None:
+            blocks = self._chunks.read(f.upload_id, start, length)
+            try:
+                first = await anext(blocks)
+            except StopAsyncIteration:
+                return
+            except UploadDataMissing:
+                # Committed meanwhile: the chunk copy moved to the object store.
+                fresh = await self._files.get(f.id)
+                if fresh is None or fresh.status is not FileStatus.COMMITTED:
+                    raise
+                f = fresh
+            else:
+                yield first
+                async for block in blocks:
+                    yield block
+                return
+        if not f.storage_key:
+            raise StorageError(f"file {f.id} has no stored object")
+        async for block in self._objects.get(f.storage_key, start, length):
+            yield block

@@ -1,0 +1,220 @@
+"""Validators: small pluggable classes, each deciding on one aspect of a finished file.
+
+The pipeline streams the file once to learn its size, sha256 and first bytes (a
+:class:`Candidate`), then asks each validator in order. A validator that needs the bytes again
+(the virus scan) streams them through ``candidate.open()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import magic
+
+from .clamav import ClamdClient, ScanError, ScannerUnavailable
+
+__all__ = [
+    "CATEGORIES",
+    "Candidate",
+    "ChecksumValidator",
+    "ClamAVValidator",
+    "PolicyValidator",
+    "Validator",
+    "Verdict",
+    "VerdictKind",
+    "category_of",
+    "sniff_type",
+]
+
+CATEGORIES = ("video", "audio", "image", "document", "other")
+
+_DOCUMENT_TYPES = frozenset(
+    {
+        "application/pdf",
+        "application/msword",
+        "application/rtf",
+        "application/epub+zip",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.oasis.opendocument.text",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "application/vnd.oasis.opendocument.presentation",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "text/plain",
+        "text/csv",
+        "text/markdown",
+    }
+)
+
+#: Bytes of the head given to libmagic (enough for every container format we care about).
+SNIFF_BYTES = 64 * 1024
+
+
+def category_of(mime: str | None) -> str:
+    """video, audio, image, document or other, from a detected MIME type."""
+    if not mime:
+        return "other"
+    major = mime.split("/", 1)[0]
+    if major in ("video", "audio", "image"):
+        return major
+    if mime in _DOCUMENT_TYPES:
+        return "document"
+    return "other"
+
+
+async def sniff_type(head: bytes) -> str:
+    """The MIME type libmagic sees in the first bytes (in a thread: it is CPU work)."""
+    if not head:
+        return "application/x-empty"
+    mime: str = await asyncio.to_thread(magic.from_buffer, head[:SNIFF_BYTES], mime=True)
+    return mime
+
+
+class VerdictKind(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    #: Cannot decide now (scanner unreachable): try again later.
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: VerdictKind
+    reason: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def accept(cls, note: str | None = None) -> Verdict:
+        return cls(VerdictKind.ACCEPT, note=note)
+
+    @classmethod
+    def reject(cls, reason: str) -> Verdict:
+        return cls(VerdictKind.REJECT, reason)
+
+    @classmethod
+    def retry(cls, reason: str) -> Verdict:
+        return cls(VerdictKind.RETRY, reason)
+
+
+@dataclass
+class Candidate:
+    """What validators know of a finished file."""
+
+    size: int
+    sha256: str
+    head: bytes
+    detected_type: str
+    declared_type: str | None
+    metadata: Mapping[str, str]
+    open: Callable[[], AsyncIterator[bytes]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def category(self) -> str:
+        return category_of(self.detected_type)
+
+
+class Validator(Protocol):
+    name: str
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        """Accept, reject with a reason, or ask to retry later."""
+
+
+class PolicyValidator:
+    """Allowed categories and the maximum size of each, on the detected type."""
+
+    name = "policy"
+
+    def __init__(self, *, allowed: tuple[str, ...], max_sizes: Mapping[str, int]) -> None:
+        self._allowed = frozenset(allowed)
+        self._max = dict(max_sizes)
+
+    def check_type(self, detected_type: str) -> str | None:
+        """The reason a type is refused, or None (also used for the early first-bytes check)."""
+        category = category_of(detected_type)
+        if category not in self._allowed:
+            return f"type {detected_type} ({category}) is not accepted here"
+        return None
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        reason = self.check_type(candidate.detected_type)
+        if reason:
+            return Verdict.reject(reason)
+        limit = self._max.get(candidate.category, 0)
+        if limit and candidate.size > limit:
+            return Verdict.reject(
+                f"{candidate.category} files may be at most {limit} bytes; "
+                f"this one has {candidate.size}"
+            )
+        return Verdict.accept()
+
+
+class ChecksumValidator:
+    """The whole file's checksum, when the client declared one in its metadata.
+
+    Accepted metadata: ``sha256`` (hex or base64 digest) or ``checksum`` as
+    ``sha256 <base64>`` (the tus Upload-Checksum form).
+    """
+
+    name = "checksum"
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        declared = _declared_sha256(candidate.metadata)
+        if declared is None:
+            return Verdict.accept()
+        if declared == "invalid":
+            return Verdict.reject("the declared checksum is malformed")
+        if declared != candidate.sha256:
+            return Verdict.reject("the file does not match its declared sha256 checksum")
+        return Verdict.accept()
+
+
+def _declared_sha256(meta: Mapping[str, str]) -> str | None:
+    raw = meta.get("sha256")
+    if raw is None and "checksum" in meta:
+        alg, _, value = meta["checksum"].partition(" ")
+        if alg.lower() != "sha256":
+            return None
+        raw = value
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if len(raw) == 64 and all(c in "0123456789abcdefABCDEF" for c in raw):
+        return raw.lower()
+    try:
+        digest = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return "invalid"
+    return digest.hex() if len(digest) == 32 else "invalid"
+
+
+class ClamAVValidator:
+    """Virus scan through clamd. Unreachable clamd: retry, or accept unscanned if optional."""
+
+    name = "clamav"
+
+    def __init__(self, client: ClamdClient, *, required: bool) -> None:
+        self._client = client
+        self._required = required
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        try:
+            result = await self._client.scan(candidate.open())
+        except ScannerUnavailable as exc:
+            if self._required:
+                return Verdict.retry(f"waiting for the virus scanner: {exc}")
+            return Verdict.accept(note="not scanned: the virus scanner was unreachable")
+        except ScanError as exc:
+            return Verdict.reject(str(exc))
+        if not result.clean:
+            return Verdict.reject(f"virus found: {result.signature}")
+        return Verdict.accept()
