@@ -32,13 +32,16 @@ def make_client(aiohttp_client: Any, tmp_path: Path, database_url: str) -> MakeC
     """Build a server with config overrides (and optional hooks), return its test client."""
 
     async def make(*, hooks: Hooks | None = None, **overrides: Any) -> TestClient[Any, Any]:
-        config = TusServerConfig(
-            data_dir=tmp_path / "data",
-            database_url=database_url,
-            sweep_interval=0,
-            lock_timeout=3.0,
-            **overrides,
-        )
+        settings: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "sweep_interval": 0,
+            "lock_timeout": 3.0,
+            "auth": "none",
+            "pipeline_poll_interval": 0.2,
+        }
+        settings.update(overrides)
+        config = TusServerConfig(**settings)
         client: TestClient[Any, Any] = await aiohttp_client(create_app(config, hooks=hooks))
         return client
 

@@ -6,15 +6,24 @@ module level. Resources (database, stores, background tasks) open and close in `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from auth import Principal
+from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
+from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
+from auth.tokens import TokenService
+from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, ObjectStore, StorageError
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
+from .api.auth import AuthApi
 from .api.files import FilesApi
 from .catalog.db import Database, create_database
 from .catalog.files import FileRepository
@@ -22,13 +31,13 @@ from .catalog.migrate import upgrade
 from .catalog.uploads import UploadRepository
 from .config import TusServerConfig
 from .events import Hooks
-from .middleware import cors_middleware, error_middleware
+from .middleware import add_response_headers, cors_middleware, error_middleware
 from .observability import request_context_middleware
 from .pipeline.clamav import ClamdClient
 from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
-from .protocol.handlers import PrincipalResolver, TusHandlers, no_auth
+from .protocol.handlers import TusHandlers
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
@@ -52,6 +61,7 @@ class Runtime:
     files: FileRepository
     objects: ObjectStore
     pipeline: Pipeline
+    gateway: Gateway
     webhooks: WebhookSender | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
@@ -74,6 +84,9 @@ class Runtime:
             await self.webhooks.start()
         if not self.config.clamd_url:
             _log.warning("no virus scan: clamd_url is not set")
+        if self.config.auth == "none":
+            _log.warning("auth is off: every request is trusted (auth = 'none')")
+        self.gateway.audit.start()
         await self.pipeline.recover()
         self.pipeline.start()
         self.sweeper.start()
@@ -91,6 +104,7 @@ class Runtime:
         self._started = False
         await self.sweeper.stop()
         await self.pipeline.stop()
+        await self.gateway.audit.stop()
         await self.hooks.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -155,6 +169,9 @@ def build_runtime(
     )
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
+    gateway = build_gateway(config, db)
+    if config.auth == "jwt":
+        service.quota_remaining = _quota_check(config, gateway.users)
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
@@ -172,9 +189,80 @@ def build_runtime(
         files=files,
         objects=object_store,
         pipeline=pipeline,
+        gateway=gateway,
         webhooks=webhooks,
         owns_db=database is None,
     )
+
+
+def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
+    """Tokens, users, audit and rate limits as configured (shared state in PostgreSQL)."""
+    tokens = None
+    if config.auth == "jwt":
+        common: dict[str, Any] = {
+            "algorithm": config.jwt_algorithm,
+            "jwks_url": config.jwks_url or None,
+            "issuer": config.jwt_issuer,
+            "audience": config.jwt_audience,
+            "leeway": config.jwt_leeway,
+            "access_ttl": config.access_token_ttl,
+            "refresh_ttl": config.refresh_token_ttl,
+        }
+        if config.jwt_algorithm == "HS256":
+            secret = config.jwt_secret or ("" if config.jwks_url else _generated_secret(config))
+            tokens = TokenService(secret=secret, **common)
+        else:
+            tokens = TokenService.from_files(
+                private_key_file=config.jwt_private_key_file,
+                public_key_file=config.jwt_public_key_file,
+                **common,
+            )
+    limiter: RateLimiter = (
+        PostgresRateLimiter(db) if db.dialect == "postgresql" else MemoryRateLimiter()
+    )
+    return Gateway(
+        enabled=config.auth == "jwt",
+        tokens=tokens,
+        users=UserRepository(db),
+        audit=AuditLog(db),
+        limiter=limiter,
+        limits={
+            "creations": Limit(config.rate_limit_creations, config.rate_limit_creations_burst),
+            "api": Limit(config.rate_limit_api, config.rate_limit_api_burst),
+            "logins": Limit(config.rate_limit_logins, config.rate_limit_logins_burst),
+        },
+        revocation_check_interval=config.revocation_check_interval,
+    )
+
+
+def _generated_secret(config: TusServerConfig) -> str:
+    """The embedded default's HS256 secret: generated once, kept in the data directory."""
+    path = config.data_dir / "jwt_secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    return secret
+
+
+def _quota_check(
+    config: TusServerConfig, users: UserRepository
+) -> Callable[[Principal], Awaitable[int | None]]:
+    async def remaining(principal: Principal) -> int | None:
+        if principal.user_id is None or principal.is_admin:
+            return None
+        user = await users.get(principal.user_id)
+        quota = (user.quota_bytes if user else None) or config.default_quota
+        if not quota:
+            return None
+        return max(0, quota - await users.usage_bytes(principal.user_id))
+
+    return remaining
 
 
 def _object_store(config: TusServerConfig) -> ObjectStore:
@@ -214,6 +302,7 @@ def create_tus_subapp(
     rt = runtime or build_runtime(
         config, hooks=hooks, database=database, store=store, locker=locker
     )
+    gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
     app = web.Application(
         middlewares=[
             request_context_middleware,
@@ -223,9 +312,9 @@ def create_tus_subapp(
         client_max_size=1024**2,
     )
     app[RUNTIME] = rt
-    kwargs = {} if principal is None else {"principal": principal}
+    app.on_response_prepare.append(add_response_headers)
     handlers = TusHandlers(
-        config=config, service=rt.uploads, files=rt.files, pipeline=rt.pipeline, **kwargs
+        config=config, service=rt.uploads, files=rt.files, pipeline=rt.pipeline, gate=gate
     )
     app.add_routes(handlers.routes("/"))
     if runtime is None:
@@ -255,6 +344,7 @@ def create_app(
         ],
     )
     app[RUNTIME] = rt
+    app.on_response_prepare.append(add_response_headers)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await rt.start()
@@ -269,7 +359,9 @@ def create_app(
         return web.json_response({"status": "ok"})
 
     app.router.add_get("/healthz", healthz)
-    files_api = FilesApi(files=rt.files, pipeline=rt.pipeline, principal=principal or no_auth)
+    gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
+    files_api = FilesApi(files=rt.files, pipeline=rt.pipeline, gate=gate)
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))
+    app.add_routes(AuthApi(config=config, gateway=rt.gateway).routes())
     return app

@@ -216,6 +216,94 @@ class TusServerConfig:
         default=False,
         metadata=_doc("Answer creation with a relative Location (path only)."),
     )
+    # --- auth -------------------------------------------------------------------------------
+    auth: str = field(
+        default="jwt",
+        metadata=_doc(
+            "`jwt` (every request needs a token) or `none` (only behind a gateway that already "
+            "authenticates; logged as a warning)."
+        ),
+    )
+    production: bool = field(
+        default=False,
+        metadata=_doc(
+            "Refuse to start without explicit secrets (no generated JWT secret) and with "
+            "insecure cookies."
+        ),
+    )
+    jwt_secret: str = field(
+        default="",
+        metadata=_doc(
+            "HS256 signing secret. Empty (not in production): generated once and kept in "
+            "`<data_dir>/jwt_secret`.",
+            secret=True,
+        ),
+    )
+    jwt_algorithm: str = field(
+        default="HS256", metadata=_doc("HS256, RS256 or ES256 (the only algorithm accepted).")
+    )
+    jwt_private_key_file: str = field(
+        default="", metadata=_doc("PEM private key for RS256/ES256 (to issue tokens).")
+    )
+    jwt_public_key_file: str = field(
+        default="", metadata=_doc("PEM public key for RS256/ES256 (to verify tokens).")
+    )
+    jwks_url: str = field(
+        default="",
+        metadata=_doc(
+            "JWKS URL of an external identity provider: tokens are verified with its keys and "
+            "the server issues none (login is then disabled)."
+        ),
+    )
+    jwt_issuer: str = field(default="tusserver", metadata=_doc("`iss` issued and required."))
+    jwt_audience: str = field(default="tusserver", metadata=_doc("`aud` issued and required."))
+    jwt_leeway: float = field(default=30.0, metadata=_doc("Clock skew tolerated, in seconds."))
+    access_token_ttl: float = field(
+        default=900.0, metadata=_doc("Lifetime of access tokens in seconds.")
+    )
+    refresh_token_ttl: float = field(
+        default=30 * 24 * 3600.0, metadata=_doc("Lifetime of refresh tokens in seconds.")
+    )
+    revocation_check_interval: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds a user's disabled/logged-out state may be cached: the bound on how late "
+            "a revoked access token is still accepted."
+        ),
+    )
+    registration_enabled: bool = field(
+        default=True, metadata=_doc("Allow anyone to sign up through the API.")
+    )
+    default_quota: int = field(
+        default=0, metadata=_doc("Bytes of storage per user unless set on the user (0: none).")
+    )
+    cookie_secure: bool = field(
+        default=False, metadata=_doc("Mark the session cookie Secure (required in production).")
+    )
+    rate_limit_creations: float = field(
+        default=10.0,
+        metadata=_doc("Uploads a user (or IP) may create per second, sustained (0: no limit)."),
+    )
+    rate_limit_creations_burst: int = field(
+        default=100, metadata=_doc("Burst of upload creations allowed at once.")
+    )
+    rate_limit_api: float = field(
+        default=50.0, metadata=_doc("API requests per second per user or IP (0: no limit).")
+    )
+    rate_limit_api_burst: int = field(default=200, metadata=_doc("Burst of API requests."))
+    rate_limit_logins: float = field(
+        default=0.2,
+        metadata=_doc("Failed logins per second per username and per IP, sustained."),
+    )
+    rate_limit_logins_burst: int = field(
+        default=10, metadata=_doc("Failed logins allowed in a burst before throttling.")
+    )
+    rate_limit_patch_bytes: int = field(
+        default=0,
+        metadata=_doc("PATCH bytes per second per user (0: no limit)."),
+    )
+    tls_cert_file: str = field(default="", metadata=_doc("PEM certificate to serve HTTPS."))
+    tls_key_file: str = field(default="", metadata=_doc("PEM private key for HTTPS."))
     # --- logs -----------------------------------------------------------------------------
     log_format: str = field(
         default="console", metadata=_doc("`console` (human) or `json` (one object per line).")
@@ -235,6 +323,11 @@ class TusServerConfig:
             "max_size_image",
             "max_size_document",
             "max_size_other",
+            "default_quota",
+            "rate_limit_creations_burst",
+            "rate_limit_api_burst",
+            "rate_limit_logins_burst",
+            "rate_limit_patch_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative")
@@ -274,6 +367,39 @@ class TusServerConfig:
             raise ConfigError("clamd_url: must start with tcp:// or unix://")
         if self.pipeline_workers < 1:
             raise ConfigError("pipeline_workers: must be at least 1")
+        if self.auth not in ("jwt", "none"):
+            raise ConfigError("auth: must be 'jwt' or 'none'")
+        if self.jwt_algorithm not in ("HS256", "RS256", "ES256"):
+            raise ConfigError("jwt_algorithm: must be HS256, RS256 or ES256")
+        if self.auth == "jwt" and self.production:
+            if self.jwt_algorithm == "HS256" and not self.jwks_url and len(self.jwt_secret) < 32:
+                raise ConfigError("jwt_secret: production needs a secret of at least 32 chars")
+            if not self.cookie_secure:
+                raise ConfigError("cookie_secure: must be true in production")
+        if self.jwt_algorithm != "HS256" and not self.jwks_url and not self.jwt_public_key_file:
+            raise ConfigError(f"jwt_public_key_file: required for {self.jwt_algorithm}")
+        for name in (
+            "tls_cert_file",
+            "tls_key_file",
+            "jwt_private_key_file",
+            "jwt_public_key_file",
+        ):
+            value = getattr(self, name)
+            if value and not os.access(value, os.R_OK):
+                raise ConfigError(f"{name}: {value} is not a readable file")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file: set both tls_cert_file and tls_key_file, or neither")
+        for name in (
+            "jwt_leeway",
+            "access_token_ttl",
+            "refresh_token_ttl",
+            "revocation_check_interval",
+            "rate_limit_creations",
+            "rate_limit_api",
+            "rate_limit_logins",
+        ):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}: must be a non-negative number")
         if self.log_format not in ("console", "json"):
             raise ConfigError("log_format: must be 'console' or 'json'")
         if self.log_level not in ("debug", "info", "warning", "error"):

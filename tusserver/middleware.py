@@ -13,13 +13,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .events import HookRejection
+from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.errors import TusError
 from .protocol.headers import TUS_VERSION
 
-__all__ = ["cors_middleware", "error_middleware"]
+__all__ = ["RESPONSE_HEADERS", "add_response_headers", "cors_middleware", "error_middleware"]
 
 _log = structlog.get_logger("tusserver.errors")
 _CORS_DONE = web.RequestKey("tusserver_cors_done", bool)
+RESPONSE_HEADERS = web.RequestKey("tusserver_response_headers", dict[str, str])
 
 _EXPOSE = ", ".join(
     [
@@ -77,7 +79,6 @@ def error_middleware(*, json_body: bool) -> Middleware:
             resp.headers.update(headers)
         else:
             resp = web.Response(status=status, text=message + "\n", headers=headers)
-        resp.headers["Tus-Resumable"] = TUS_VERSION
         return resp
 
     @web.middleware
@@ -99,14 +100,18 @@ def error_middleware(*, json_body: bool) -> Middleware:
         except Exception:
             _log.exception("unhandled error", method=request.method, path=request.path)
             return respond(500, "internal_error", "internal server error", {})
-        response.headers.setdefault("Tus-Resumable", TUS_VERSION)
         return response
 
     return errors
 
 
 def cors_middleware(origins: Iterable[str]) -> Middleware:
-    """CORS for tus-js-client and Uppy on other origins, on errors too."""
+    """CORS for tus-js-client and Uppy on other origins, on every response (errors too).
+
+    The headers are decided here and added when the response is prepared (see
+    :func:`add_response_headers`), so streamed downloads carry them as well. Credentials
+    (cookies) are allowed only for origins listed explicitly, never through ``*``.
+    """
     allowed = frozenset(origins)
     any_origin = "*" in allowed
 
@@ -116,22 +121,38 @@ def cors_middleware(origins: Iterable[str]) -> Middleware:
             return await handler(request)
         request[_CORS_DONE] = True
         origin = request.headers.get("Origin")
-        ok = origin is not None and (any_origin or origin in allowed)
-        preflight = (
-            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        )
-        if preflight and ok:
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = _ALLOW_METHODS
-            response.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
-            response.headers["Access-Control-Max-Age"] = "86400"
-        else:
-            response = await handler(request)
-        if ok and origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Access-Control-Expose-Headers"] = _EXPOSE
-        response.headers.add("Vary", "Origin")
-        return response
+        extra = {"Vary": "Origin"}
+        if origin is not None and (any_origin or origin in allowed):
+            extra["Access-Control-Allow-Origin"] = origin
+            extra["Access-Control-Expose-Headers"] = _EXPOSE
+            if origin in allowed:
+                extra["Access-Control-Allow-Credentials"] = "true"
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                extra["Access-Control-Allow-Methods"] = _ALLOW_METHODS
+                extra["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
+                extra["Access-Control-Max-Age"] = "86400"
+                request[RESPONSE_HEADERS] = extra
+                return web.Response(status=204)
+        request[RESPONSE_HEADERS] = extra
+        return await handler(request)
 
     return cors
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every response gets, streamed ones included."""
+    for key, value in request.get(RESPONSE_HEADERS, {}).items():
+        response.headers.setdefault(key, value)
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+    response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+    for key, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(key, value)
+
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}

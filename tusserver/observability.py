@@ -67,11 +67,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     try:
         response = await handler(request)
         status = response.status
-        response.headers[REQUEST_ID_HEADER] = request_id
         return response
     except web.HTTPException as exc:
         status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
         raise
     finally:
         _log.debug(

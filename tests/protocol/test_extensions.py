@@ -279,7 +279,7 @@ async def test_pre_create_may_reject_or_change_metadata(make_client: MakeClient)
 
 
 async def test_embedded_sub_app_under_a_prefix(aiohttp_client: Any, tmp_path: Any) -> None:
-    config = TusServerConfig(data_dir=tmp_path, sweep_interval=0)
+    config = TusServerConfig(data_dir=tmp_path, sweep_interval=0, auth="none")
     host = web.Application()
 
     async def hello(_request: web.Request) -> web.Response:

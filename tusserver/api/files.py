@@ -12,11 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from auth import Principal
+from auth.gateway import Gate
 
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..pipeline.pipeline import Pipeline
 from ..protocol.errors import Conflict, NotFound
-from ..protocol.handlers import PrincipalResolver, stream_bytes
+from ..protocol.handlers import stream_bytes
 
 __all__ = ["FilesApi", "file_json"]
 
@@ -47,12 +48,15 @@ def file_json(f: FileRecord, base: str = "") -> dict[str, Any]:
 
 
 class FilesApi:
-    def __init__(
-        self, *, files: FileRepository, pipeline: Pipeline, principal: PrincipalResolver
-    ) -> None:
+    def __init__(self, *, files: FileRepository, pipeline: Pipeline, gate: Gate) -> None:
         self._files = files
         self._pipeline = pipeline
-        self._principal = principal
+        self._gate = gate
+
+    async def _caller(self, request: web.Request) -> Principal:
+        principal = await self._gate.principal(request)
+        await self._gate.limit(request, "api", who=principal.user_id)
+        return principal
 
     def routes(self, prefix: str = "") -> list[web.RouteDef]:
         return [
@@ -69,13 +73,13 @@ class FilesApi:
         return f
 
     async def get_file(self, request: web.Request) -> web.Response:
-        principal = await self._principal(request)
+        principal = await self._caller(request)
         f = await self._load(principal, request.match_info["file_id"])
         base = request.path.rsplit("/file/", 1)[0]
         return web.json_response(file_json(f, base), headers={"Cache-Control": "private, no-cache"})
 
     async def content(self, request: web.Request) -> web.StreamResponse:
-        principal = await self._principal(request)
+        principal = await self._caller(request)
         f = await self._load(principal, request.match_info["file_id"])
         if f.status is not FileStatus.COMMITTED:
             if f.status in (FileStatus.REJECTED, FileStatus.FAILED):

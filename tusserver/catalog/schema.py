@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,11 +24,15 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UTCDateTime",
+    "audit_log",
     "file_uploads",
     "files",
     "metadata",
+    "rate_buckets",
+    "refresh_tokens",
     "upload_concat_parts",
     "uploads",
+    "users",
 ]
 
 metadata = MetaData(
@@ -140,4 +145,52 @@ file_uploads = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=False),
     Column("bytes", BigInteger, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False),  # user | admin
+    Column("disabled", Boolean, nullable=False, default=False),
+    # Bytes of storage the user may hold; NULL: the server default.
+    Column("quota_bytes", BigInteger, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    # Tokens issued before this instant are refused (logout everywhere, disable).
+    Column("tokens_valid_after", UTCDateTime, nullable=True),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_refresh_tokens_user_id", "user_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255), nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("ip", String(64), nullable=True),
+    Column("detail", JSON, nullable=False),
+    Index("ix_audit_log_at", "at"),
+)
+
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

@@ -417,9 +417,9 @@ class Pipeline:
             except StopAsyncIteration:
                 return
             except UploadDataMissing:
-                # Committed meanwhile: the chunk copy moved to the object store.
+                # Moved to the object store meanwhile: its key is recorded before the move.
                 fresh = await self._files.get(f.id)
-                if fresh is None or fresh.status is not FileStatus.COMMITTED:
+                if fresh is None or not fresh.storage_key:
                     raise
                 f = fresh
             else:

@@ -6,12 +6,14 @@ honours it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
+import structlog
 from aiohttp import web
 
 from auth import Principal
-from auth.principal import UNAUTHENTICATED_OPERATOR
+from auth.gateway import Gate, OpenGate
 
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
@@ -42,17 +44,11 @@ from .headers import (
     parse_non_negative_int,
 )
 
-__all__ = ["PrincipalResolver", "TusHandlers"]
+__all__ = ["TusHandlers", "stream_bytes"]
+
+_log = structlog.get_logger("tusserver.http")
 
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
-
-#: How the handlers learn who is calling; the auth layer provides a real one.
-PrincipalResolver = Callable[[web.Request], Awaitable[Principal]]
-
-
-async def no_auth(_request: web.Request) -> Principal:
-    """The resolver when auth is off: every caller is the trusted operator."""
-    return UNAUTHENTICATED_OPERATOR
 
 
 class TusHandlers:
@@ -63,13 +59,13 @@ class TusHandlers:
         service: UploadService,
         files: FileRepository,
         pipeline: Pipeline,
-        principal: PrincipalResolver = no_auth,
+        gate: Gate | None = None,
     ) -> None:
         self._config = config
         self._service = service
         self._files = files
         self._pipeline = pipeline
-        self._principal = principal
+        self._gate = gate or OpenGate()
 
     def routes(self, base_path: str) -> list[web.RouteDef]:
         """Routes for a (sub)app: the creation URL and each upload's URL, all methods."""
@@ -162,7 +158,8 @@ class TusHandlers:
         with_body = _has_body(request)
         if with_body:
             _require_offset_octet_stream(request)
-        principal = await self._principal(request)
+        principal = await self._gate.principal(request)
+        await self._gate.limit(request, "creations", who=principal.user_id)
         status = await self._service.create(
             principal, length=length, metadata=metadata, concat=concat
         )
@@ -185,7 +182,7 @@ class TusHandlers:
 
     async def head(self, request: web.Request, upload_id: str) -> web.Response:
         _require_tus_resumable(request)
-        principal = await self._principal(request)
+        principal = await self._gate.principal(request)
         status = await self._service.status(principal, upload_id)
         rec = status.record
         # "The Server MUST prevent the client and/or proxies from caching the response."
@@ -222,7 +219,7 @@ class TusHandlers:
         if "Upload-Offset" not in request.headers:
             raise BadRequest("Upload-Offset is required")
         offset = parse_non_negative_int(request.headers["Upload-Offset"], "Upload-Offset")
-        principal = await self._principal(request)
+        principal = await self._gate.principal(request)
         status = await self._append(request, principal, upload_id, offset)
         assert status.offset is not None
         headers = {"Upload-Offset": str(status.offset)}
@@ -260,14 +257,14 @@ class TusHandlers:
 
     async def delete(self, request: web.Request, upload_id: str) -> web.Response:
         _require_tus_resumable(request)
-        principal = await self._principal(request)
+        principal = await self._gate.principal(request)
         await self._service.terminate(principal, upload_id)
         return web.Response(status=204)
 
     # --- GET (download of a finished upload) ------------------------------------------------
 
     async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
-        principal = await self._principal(request)
+        principal = await self._gate.principal(request)
         rec = await self._service.finished_upload(principal, upload_id)
         f = await self._files.get(rec.file_id) if rec.file_id else None
         if f is not None and f.status in (FileStatus.REJECTED, FileStatus.FAILED):
@@ -335,12 +332,25 @@ async def stream_bytes(
     if rng is not None:
         start, length, status = rng.start, rng.length, 206
         headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
+    blocks = reader(start, length) if length and request.method != "HEAD" else None
+    # The first block is read before anything is sent, so a missing object is a clean error.
+    first = await anext(blocks, b"") if blocks is not None else b""
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = length
     await resp.prepare(request)
-    if request.method != "HEAD" and length:
-        async for block in reader(start, length):
-            await resp.write(block)
+    if blocks is not None:
+        try:
+            await resp.write(first)
+            async for block in blocks:
+                await resp.write(block)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Headers are gone: the only honest signal left is to cut the connection.
+            _log.exception("download failed mid-stream", path=request.path)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
     await resp.write_eof()
     return resp
 

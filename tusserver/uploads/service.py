@@ -96,6 +96,8 @@ class UploadService:
         self.on_finished = on_finished
         #: Called with the first bytes of an upload; may raise to refuse it (415).
         self.first_bytes_check = first_bytes_check
+        #: Bytes of storage the caller may still use (None: no quota).
+        self.quota_remaining: Callable[[Principal], Awaitable[int | None]] | None = None
 
     # --- what we can do -------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class UploadService:
         max_size = self.max_size
         if length is not None and max_size is not None and length > max_size:
             raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
+        if length is not None and not isinstance(concat, ConcatPartial):
+            await self._check_quota(principal, length)
         ctx = CreateContext(
             principal=principal,
             length=length,
@@ -171,6 +175,15 @@ class UploadService:
         elif length == 0:
             await self._finish(record, 0)
         return await self._status_of(record.id)
+
+    async def _check_quota(self, principal: Principal, length: int) -> None:
+        if self.quota_remaining is None:
+            return
+        left = await self.quota_remaining(principal)
+        if left is not None and length > left:
+            raise PayloadTooLarge(
+                f"storage quota exceeded: {length} bytes asked, {left} bytes left in your quota"
+            )
 
     async def _load_parts(self, principal: Principal, ids: Sequence[str]) -> list[UploadRecord]:
         found = await self.repo.get_many(ids)
@@ -276,8 +289,15 @@ class UploadService:
                     headers={"Upload-Offset": str(current)},
                 )
             if new_length is not None:
+                if rec.length is None:
+                    await self._check_quota(principal, new_length - current)
                 rec = await self._declare_length(rec, new_length, current)
             budget = self._budget(rec, current)
+            if rec.length is None and self.quota_remaining is not None:
+                # Deferred length: the quota is enforced as the bytes arrive.
+                left = await self.quota_remaining(principal)
+                if left is not None:
+                    budget = left if budget is None else min(budget, left)
             if content_length is not None and budget is not None and content_length > budget:
                 raise PayloadTooLarge(
                     f"the body of {content_length} bytes goes past the upload's "

@@ -1,0 +1,202 @@
+"""The gateway: who is calling (bearer token or session cookie + CSRF) and how often.
+
+Handlers call :meth:`Gateway.principal` on every request that needs an identity (all but
+OPTIONS, health and login), and :meth:`Gateway.limit` where a route class has a rate limit.
+A user's disabled / logged-out state is cached for at most ``revocation_check_interval``
+seconds: that is the bound on how long a revoked access token keeps working.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from tusserver.protocol.errors import TusError, Unauthorized
+
+from .principal import UNAUTHENTICATED_OPERATOR, Principal
+from .ratelimit import RateLimiter
+from .tokens import InvalidToken, TokenService
+from .users import AuditLog, User, UserRepository
+
+__all__ = [
+    "CSRF_COOKIE",
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "CsrfRejected",
+    "Gateway",
+    "TooManyRequests",
+]
+
+SESSION_COOKIE = "tus_session"
+CSRF_COOKIE = "tus_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PRINCIPAL = web.RequestKey("tusserver_principal", Principal)
+
+
+#: How an embedding application tells the handlers who is calling.
+PrincipalResolver = Callable[[web.Request], Awaitable[Principal]]
+
+
+class Gate(Protocol):
+    """What handlers ask of the gateway: an identity, and permission to proceed."""
+
+    async def principal(self, request: web.Request) -> Principal: ...
+
+    async def limit(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+    ) -> None: ...
+
+
+class OpenGate:
+    """No authentication and no limits (auth = "none", or tests)."""
+
+    async def principal(self, request: web.Request) -> Principal:
+        return UNAUTHENTICATED_OPERATOR
+
+    async def limit(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+    ) -> None:
+        return None
+
+
+class ResolverGate(OpenGate):
+    """Identity from an embedding application's own resolver; no limits of ours."""
+
+    def __init__(self, resolver: PrincipalResolver) -> None:
+        self._resolver = resolver
+
+    async def principal(self, request: web.Request) -> Principal:
+        return await self._resolver(request)
+
+
+class TooManyRequests(TusError):
+    status = 429
+    code = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    rate: float
+    burst: float
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        tokens: TokenService | None,
+        users: UserRepository,
+        audit: AuditLog,
+        limiter: RateLimiter,
+        limits: dict[str, Limit],
+        revocation_check_interval: float,
+    ) -> None:
+        self.enabled = enabled
+        self.tokens = tokens
+        self.users = users
+        self.audit = audit
+        self.limiter = limiter
+        self._limits = limits
+        self._ttl = revocation_check_interval
+        self._user_cache: dict[str, tuple[float, User | None]] = {}
+
+    async def principal(self, request: web.Request) -> Principal:
+        if not self.enabled:
+            return UNAUTHENTICATED_OPERATOR
+        if _PRINCIPAL in request:
+            return request[_PRINCIPAL]
+        token, via_cookie = _token_of(request)
+        if token is None:
+            raise Unauthorized(
+                "authentication required", headers={"WWW-Authenticate": 'Bearer realm="tusserver"'}
+            )
+        assert self.tokens is not None
+        try:
+            claims = await self.tokens.verify(token)
+        except InvalidToken as exc:
+            raise Unauthorized(
+                f"invalid token: {exc}",
+                headers={"WWW-Authenticate": 'Bearer realm="tusserver", error="invalid_token"'},
+            ) from None
+        if self.tokens.can_issue:
+            user = await self._user(claims.subject)
+            if user is None or user.disabled:
+                raise Unauthorized("the account is disabled or gone")
+            if user.tokens_valid_after and claims.issued_at < user.tokens_valid_after.replace(
+                microsecond=0
+            ):
+                raise Unauthorized("the token was revoked; sign in again")
+            principal = Principal(user_id=user.id, is_admin=user.is_admin)
+        else:
+            # Tokens of an external identity provider: its subject is the owner.
+            principal = Principal(user_id=claims.subject[:64], is_admin=claims.role == "admin")
+        if via_cookie and request.method not in _SAFE_METHODS:
+            _check_csrf(request)
+        request[_PRINCIPAL] = principal
+        return principal
+
+    async def _user(self, user_id: str) -> User | None:
+        now = time.monotonic()
+        hit = self._user_cache.get(user_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        user = await self.users.get(user_id)
+        if len(self._user_cache) > 50_000:
+            self._user_cache.clear()
+        self._user_cache[user_id] = (now, user)
+        return user
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop a cached user after a change made on this instance."""
+        self._user_cache.pop(user_id, None)
+
+    async def limit(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+    ) -> None:
+        """Apply the rate limit of a route class; 429 with Retry-After when exceeded."""
+        lim = self._limits.get(kind)
+        if lim is None or lim.rate <= 0:
+            return
+        key = f"{kind}:{who or client_ip(request)}"
+        decision = await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost)
+        if not decision.allowed:
+            wait = max(1, int(decision.retry_after + 0.999))
+            raise TooManyRequests(
+                "too many requests; slow down", headers={"Retry-After": str(min(wait, 3600))}
+            )
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _token_of(request: web.Request) -> tuple[str | None, bool]:
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization must be 'Bearer <token>'")
+        return value.strip(), False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie, True
+    return None, False
+
+
+def _check_csrf(request: web.Request) -> None:
+    sent = request.headers.get(CSRF_HEADER, "")
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    if not sent or not expected or not hmac.compare_digest(sent, expected):
+        raise CsrfRejected("missing or wrong CSRF token")
+
+
+class CsrfRejected(TusError):
+    status = 403
+    code = "csrf"

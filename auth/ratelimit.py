@@ -1,0 +1,92 @@
+"""Token-bucket rate limits, in memory for one instance or in PostgreSQL for many.
+
+A bucket holds up to ``burst`` tokens and refills at ``rate`` per second; taking ``cost``
+tokens either succeeds or tells how long to wait. With several instances the buckets live in
+PostgreSQL and are updated by one atomic statement, so a limit holds across all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import text
+
+from tusserver.catalog.db import Database
+
+__all__ = ["Decision", "MemoryRateLimiter", "PostgresRateLimiter", "RateLimiter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after: float = 0.0
+
+
+class RateLimiter(Protocol):
+    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
+        """Take ``cost`` tokens from the bucket ``key``."""
+
+
+class MemoryRateLimiter:
+    """Buckets in process memory: exact for a single instance."""
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._max_keys = max_keys
+        self._lock = asyncio.Lock()
+
+    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
+        now = time.monotonic()
+        tokens, updated = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - updated) * rate)
+        if tokens >= cost:
+            self._store(key, tokens - cost, now)
+            return Decision(True)
+        self._store(key, tokens, now)
+        return Decision(False, (cost - tokens) / rate if rate > 0 else math.inf)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        if len(self._buckets) >= self._max_keys and key not in self._buckets:
+            # Forget full buckets first: they are the ones nobody is using.
+            self._buckets.clear()
+        self._buckets[key] = (tokens, now)
+
+
+class PostgresRateLimiter:
+    """Buckets in PostgreSQL: one atomic upsert per decision, shared by all instances."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
+        now = time.time()
+        key = key[:200]
+        async with self._db.engine.begin() as conn:
+            # Make sure the row exists, then lock it: concurrent takers serialize on it.
+            await conn.execute(
+                text(
+                    "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (:k, :t, :u) "
+                    "ON CONFLICT (key) DO NOTHING"
+                ),
+                {"k": key, "t": burst, "u": now},
+            )
+            row = (
+                await conn.execute(
+                    text("SELECT tokens, updated_at FROM rate_buckets WHERE key = :k FOR UPDATE"),
+                    {"k": key},
+                )
+            ).one()
+            available = min(burst, row[0] + max(0.0, now - row[1]) * rate)
+            allowed = available >= cost
+            remaining = available - cost if allowed else available
+            await conn.execute(
+                text("UPDATE rate_buckets SET tokens = :t, updated_at = :u WHERE key = :k"),
+                {"k": key, "t": remaining, "u": now},
+            )
+        if allowed:
+            return Decision(True)
+        return Decision(False, (cost - available) / rate if rate > 0 else math.inf)

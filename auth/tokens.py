@@ -1,0 +1,137 @@
+"""JWT access and refresh tokens (pyjwt).
+
+Exactly one algorithm is accepted, the configured one, so ``alg: none`` and algorithm
+confusion (an HS256 token signed with a public RSA key, say) are refused by construction.
+Issuer, audience, expiry (with leeway) and the token type are checked on every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+__all__ = ["Claims", "InvalidToken", "TokenService"]
+
+MAX_TOKEN_LENGTH = 8192
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or of the wrong kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    subject: str
+    token_type: str
+    issued_at: dt.datetime
+    jti: str
+    role: str | None
+    raw: dict[str, Any]
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        secret: str = "",
+        private_key: str | None = None,
+        public_key: str | None = None,
+        jwks_url: str | None = None,
+        issuer: str,
+        audience: str,
+        leeway: float,
+        access_ttl: float,
+        refresh_ttl: float,
+    ) -> None:
+        self.algorithm = algorithm
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        if algorithm == "HS256":
+            if not secret and self._jwks is None:
+                raise ValueError("HS256 needs a secret")
+            self._sign_key: Any = secret or None
+            self._verify_key: Any = secret or None
+        else:
+            self._sign_key = private_key
+            self._verify_key = public_key
+
+    @classmethod
+    def from_files(cls, *, private_key_file: str, public_key_file: str, **kw: Any) -> TokenService:
+        private = Path(private_key_file).read_text() if private_key_file else None
+        public = Path(public_key_file).read_text() if public_key_file else None
+        return cls(private_key=private, public_key=public, **kw)
+
+    @property
+    def can_issue(self) -> bool:
+        return self._jwks is None and self._sign_key is not None
+
+    def issue(self, *, subject: str, token_type: str, role: str) -> tuple[str, str, dt.datetime]:
+        """A signed token; returns (token, jti, expiry)."""
+        if not self.can_issue:
+            raise InvalidToken("this server only verifies tokens of an external issuer")
+        now = dt.datetime.now(dt.UTC)
+        ttl = self.access_ttl if token_type == "access" else self.refresh_ttl
+        exp = now + dt.timedelta(seconds=ttl)
+        jti = secrets.token_hex(16)
+        payload = {
+            "sub": subject,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+            "jti": jti,
+            "typ": token_type,
+            "role": role,
+        }
+        token = jwt.encode(payload, self._sign_key, algorithm=self.algorithm)
+        return token, jti, exp
+
+    async def verify(self, token: str, *, token_type: str = "access") -> Claims:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("token too long")
+        try:
+            key = self._verify_key
+            if self._jwks is not None:
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                key = signing_key.key
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[self.algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc) or type(exc).__name__) from None
+        typ = payload.get("typ", "access")
+        if typ != token_type:
+            raise InvalidToken(f"expected an {token_type} token, got {typ!r}")
+        sub = payload.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("token has no subject")
+        iat = payload.get("iat")
+        if not isinstance(iat, int | float):
+            raise InvalidToken("token has no valid iat")
+        role = payload.get("role")
+        return Claims(
+            subject=sub,
+            token_type=typ,
+            issued_at=dt.datetime.fromtimestamp(iat, dt.UTC),
+            jti=str(payload.get("jti", "")),
+            role=role if isinstance(role, str) else None,
+            raw=payload,
+        )

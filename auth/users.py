@@ -1,0 +1,285 @@
+"""Users, refresh tokens and the audit log in the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from tusserver.catalog.db import Database
+from tusserver.catalog.schema import audit_log, files, refresh_tokens, uploads, users
+
+__all__ = ["AuditLog", "User", "UserExists", "UserRepository", "valid_username"]
+
+_log = structlog.get_logger("tusserver.audit")
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def valid_username(name: str) -> bool:
+    return _USERNAME.fullmatch(name) is not None
+
+
+class UserExists(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    password_hash: str
+    role: str
+    disabled: bool
+    quota_bytes: int | None
+    created_at: dt.datetime
+    tokens_valid_after: dt.datetime | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _user(row: RowMapping) -> User:
+    return User(
+        id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        role=row["role"],
+        disabled=row["disabled"],
+        quota_bytes=row["quota_bytes"],
+        created_at=row["created_at"],
+        tokens_valid_after=row["tokens_valid_after"],
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UserRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self, username: str, password_hash: str, *, role: str = "user", quota: int | None = None
+    ) -> User:
+        uid = secrets.token_hex(16)
+        try:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    insert(users).values(
+                        id=uid,
+                        username=username,
+                        password_hash=password_hash,
+                        role=role,
+                        disabled=False,
+                        quota_bytes=quota,
+                        created_at=_now(),
+                    )
+                )
+        except IntegrityError:
+            raise UserExists(username) from None
+        user = await self.get(uid)
+        assert user is not None
+        return user
+
+    async def get(self, user_id: str) -> User | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+            )
+        return None if row is None else _user(row)
+
+    async def by_name(self, username: str) -> User | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(users).where(users.c.username == username)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _user(row)
+
+    async def list(self) -> list[User]:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(select(users).order_by(users.c.username))
+            return [_user(r) for r in rows.mappings()]
+
+    async def update(self, user_id: str, **values: Any) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(users).where(users.c.id == user_id).values(**values))
+
+    async def revoke_tokens(self, user_id: str) -> None:
+        """Refuse every token issued so far and revoke the refresh tokens."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(users).where(users.c.id == user_id).values(tokens_valid_after=_now())
+            )
+            await conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.user_id == user_id)
+                .values(revoked=True)
+            )
+
+    async def usage_bytes(self, user_id: str) -> int:
+        """Bytes the user holds: files not rejected or failed, plus uploads in progress."""
+        async with self._db.engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(files.c.size), 0)).where(
+                        files.c.owner == user_id,
+                        files.c.status.in_(["received", "validating", "committed"]),
+                    )
+                )
+            ).scalar_one()
+            pending = (
+                await conn.execute(
+                    select(
+                        func.coalesce(
+                            func.sum(func.coalesce(uploads.c.length, uploads.c.offset)), 0
+                        )
+                    ).where(
+                        uploads.c.owner == user_id,
+                        uploads.c.state.in_(["receiving", "concatenating"]),
+                        uploads.c.is_partial.is_(False),
+                    )
+                )
+            ).scalar_one()
+        return int(stored) + int(pending)
+
+    # --- refresh tokens ---------------------------------------------------------------------
+
+    async def store_refresh(self, jti: str, user_id: str, expires_at: dt.datetime) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                insert(refresh_tokens).values(
+                    jti=jti,
+                    user_id=user_id,
+                    expires_at=expires_at,
+                    revoked=False,
+                    created_at=_now(),
+                )
+            )
+
+    async def use_refresh(self, jti: str) -> str | None:
+        """Consume a refresh token (one use: it is rotated); returns its user id if valid."""
+        async with self._db.engine.begin() as conn:
+            row = (
+                (await conn.execute(select(refresh_tokens).where(refresh_tokens.c.jti == jti)))
+                .mappings()
+                .first()
+            )
+            if row is None or row["revoked"] or row["expires_at"] < _now():
+                return None
+            result = await conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.jti == jti, refresh_tokens.c.revoked.is_(False))
+                .values(revoked=True)
+            )
+            if result.rowcount != 1:
+                return None
+            return str(row["user_id"])
+
+    async def revoke_refresh(self, jti: str) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(refresh_tokens).where(refresh_tokens.c.jti == jti).values(revoked=True)
+            )
+
+
+class AuditLog:
+    """Append-only record of security-relevant actions (never passwords or tokens).
+
+    ``record`` writes at once (logins, deletions, admin actions); ``record_soon`` queues
+    frequent, low-stakes entries (upload creations) that a background task writes in batches,
+    so the upload hot path pays no extra transaction. Every entry is also a log line.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.flush()
+            except Exception:
+                _log.exception("audit flush failed")
+
+    async def flush(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(audit_log), batch)
+
+    def record_soon(self, action: str, *, actor: str | None, **kw: Any) -> None:
+        entry = self._entry(action, actor=actor, **kw)
+        _log.info("audit", **{k: v for k, v in entry.items() if k != "at"})
+        self._queue.append(entry)
+
+    @staticmethod
+    def _entry(
+        action: str,
+        *,
+        actor: str | None,
+        outcome: str = "ok",
+        target: str | None = None,
+        ip: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "at": _now(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "ip": ip,
+            "detail": dict(detail or {}),
+        }
+
+    async def record(
+        self,
+        action: str,
+        *,
+        actor: str | None,
+        outcome: str = "ok",
+        target: str | None = None,
+        ip: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        entry = self._entry(
+            action, actor=actor, outcome=outcome, target=target, ip=ip, detail=detail
+        )
+        _log.info("audit", **{k: v for k, v in entry.items() if k != "at"})
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(audit_log).values(**entry))
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+            )
+            return [dict(r) for r in rows.mappings()]

@@ -1,0 +1,189 @@
+"""Auth API: register, login, refresh, logout, password change, who am I.
+
+Tokens come back in the JSON body (for tus-js-client, Uppy, scripts). With ``"cookie": true``
+the login also sets an HttpOnly session cookie plus a readable CSRF cookie for the web UI;
+state-changing cookie-authenticated requests must echo the CSRF cookie in X-CSRF-Token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway, client_ip
+from auth.passwords import hash_password, verify_password, verify_password_or_dummy
+from auth.users import User, UserExists, valid_username
+
+from ..config import TusServerConfig
+from ..protocol.errors import BadRequest, Conflict, Forbidden, Unauthorized
+from .common import read_json, string_field
+
+__all__ = ["AuthApi"]
+
+MIN_PASSWORD = 8
+
+
+class AuthApi:
+    def __init__(self, *, config: TusServerConfig, gateway: Gateway) -> None:
+        self._config = config
+        self._gw = gateway
+
+    def routes(self, prefix: str = "/api/v1/auth") -> list[web.RouteDef]:
+        return [
+            web.post(f"{prefix}/register", self.register),
+            web.post(f"{prefix}/login", self.login),
+            web.post(f"{prefix}/refresh", self.refresh),
+            web.post(f"{prefix}/logout", self.logout),
+            web.post(f"{prefix}/password", self.change_password),
+            web.get(f"{prefix}/me", self.me),
+        ]
+
+    def _require_local_tokens(self) -> None:
+        if not self._gw.enabled or self._gw.tokens is None or not self._gw.tokens.can_issue:
+            raise Forbidden("this server does not issue tokens (auth is off or external)")
+
+    async def register(self, request: web.Request) -> web.Response:
+        self._require_local_tokens()
+        if not self._config.registration_enabled:
+            raise Forbidden("registration is closed")
+        await self._gw.limit(request, "creations")
+        data = await read_json(request)
+        username = string_field(data, "username", max_len=64)
+        password = string_field(data, "password", max_len=1024)
+        if not valid_username(username):
+            raise BadRequest("username: letters, digits and . _ @ - only, at most 64")
+        if len(password) < MIN_PASSWORD:
+            raise BadRequest(f"password: at least {MIN_PASSWORD} characters")
+        try:
+            user = await self._gw.users.create(username, await hash_password(password), quota=None)
+        except UserExists:
+            raise Conflict("that username is taken") from None
+        await self._gw.audit.record("user.register", actor=user.id, ip=client_ip(request))
+        return web.json_response(_user_json(user), status=201)
+
+    async def login(self, request: web.Request) -> web.Response:
+        self._require_local_tokens()
+        data = await read_json(request)
+        username = string_field(data, "username", max_len=64)
+        password = string_field(data, "password", max_len=1024)
+        ip = client_ip(request)
+        # Throttle by IP and by username before spending a password check.
+        await self._gw.limit(request, "logins", who=f"ip:{ip}", cost=0)
+        await self._gw.limit(request, "logins", who=f"user:{username.lower()}", cost=0)
+        user = await self._gw.users.by_name(username) if valid_username(username) else None
+        ok = await verify_password_or_dummy(password, user.password_hash if user else None)
+        if not ok or user is None or user.disabled:
+            await self._gw.audit.record(
+                "auth.login", actor=None, outcome="denied", target=username[:64], ip=ip
+            )
+            await self._gw.limit(request, "logins", who=f"ip:{ip}")
+            await self._gw.limit(request, "logins", who=f"user:{username.lower()}")
+            raise Unauthorized("wrong username or password")
+        await self._gw.audit.record("auth.login", actor=user.id, ip=ip)
+        return await self._tokens_response(user, cookie=bool(data.get("cookie")))
+
+    async def _tokens_response(self, user: User, *, cookie: bool) -> web.Response:
+        tokens = self._gw.tokens
+        assert tokens is not None
+        access, _, _ = tokens.issue(subject=user.id, token_type="access", role=user.role)
+        refresh, jti, exp = tokens.issue(subject=user.id, token_type="refresh", role=user.role)
+        await self._gw.users.store_refresh(jti, user.id, exp)
+        body: dict[str, Any] = {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": int(tokens.access_ttl),
+            "user": _user_json(user),
+        }
+        csrf = secrets.token_urlsafe(24) if cookie else None
+        if csrf is not None:
+            body["csrf_token"] = csrf
+        resp = web.json_response(body, headers={"Cache-Control": "no-store"})
+        if csrf is not None:
+            secure = self._config.cookie_secure
+            resp.set_cookie(
+                SESSION_COOKIE,
+                access,
+                httponly=True,
+                secure=secure,
+                samesite="Strict",
+                max_age=int(tokens.access_ttl),
+                path="/",
+            )
+            resp.set_cookie(
+                CSRF_COOKIE, csrf, httponly=False, secure=secure, samesite="Strict", path="/"
+            )
+        return resp
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        self._require_local_tokens()
+        data = await read_json(request)
+        token = string_field(data, "refresh_token", max_len=8192)
+        assert self._gw.tokens is not None
+        try:
+            claims = await self._gw.tokens.verify(token, token_type="refresh")
+        except Exception:
+            raise Unauthorized("invalid refresh token") from None
+        user_id = await self._gw.users.use_refresh(claims.jti)
+        user = await self._gw.users.get(user_id) if user_id == claims.subject else None
+        if user is None or user.disabled:
+            await self._gw.audit.record(
+                "auth.refresh", actor=claims.subject[:64], outcome="denied", ip=client_ip(request)
+            )
+            raise Unauthorized("invalid refresh token")
+        await self._gw.audit.record("auth.refresh", actor=user.id, ip=client_ip(request))
+        return await self._tokens_response(user, cookie=bool(data.get("cookie")))
+
+    async def logout(self, request: web.Request) -> web.Response:
+        principal = await self._gw.principal(request)
+        if principal.user_id is not None:
+            await self._gw.users.revoke_tokens(principal.user_id)
+            self._gw.forget_user(principal.user_id)
+            await self._gw.audit.record("auth.logout", actor=principal.user_id)
+        resp = web.json_response({"status": "signed out"})
+        resp.del_cookie(SESSION_COOKIE, path="/")
+        resp.del_cookie(CSRF_COOKIE, path="/")
+        return resp
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        principal = await self._gw.principal(request)
+        data = await read_json(request)
+        old = string_field(data, "old_password")
+        new = string_field(data, "new_password")
+        if len(new) < MIN_PASSWORD:
+            raise BadRequest(f"new_password: at least {MIN_PASSWORD} characters")
+        user = await self._gw.users.get(principal.user_id or "")
+        if user is None or not await verify_password(old, user.password_hash):
+            await self._gw.limit(request, "logins", who=f"ip:{client_ip(request)}")
+            raise Unauthorized("the current password is wrong")
+        await self._gw.users.update(user.id, password_hash=await hash_password(new))
+        await self._gw.users.revoke_tokens(user.id)
+        self._gw.forget_user(user.id)
+        await self._gw.audit.record("user.password", actor=user.id, ip=client_ip(request))
+        return web.json_response({"status": "password changed; sign in again"})
+
+    async def me(self, request: web.Request) -> web.Response:
+        principal = await self._gw.principal(request)
+        if principal.user_id is None:
+            return web.json_response({"id": None, "username": None, "role": "admin"})
+        user = await self._gw.users.get(principal.user_id)
+        if user is None:
+            return web.json_response(
+                {"id": principal.user_id, "role": "admin" if principal.is_admin else "user"}
+            )
+        info = _user_json(user)
+        info["usage_bytes"] = await self._gw.users.usage_bytes(user.id)
+        info["quota_bytes"] = user.quota_bytes or self._config.default_quota or None
+        return web.json_response(info)
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "disabled": user.disabled,
+        "created_at": user.created_at.isoformat(),
+    }
