@@ -230,6 +230,8 @@ def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
             "creations": Limit(config.rate_limit_creations, config.rate_limit_creations_burst),
             "api": Limit(config.rate_limit_api, config.rate_limit_api_burst),
             "logins": Limit(config.rate_limit_logins, config.rate_limit_logins_burst),
+            # A minute's worth of bytes may come at once, so any sane chunk size fits.
+            "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
         revocation_check_interval=config.revocation_check_interval,
     )

@@ -43,6 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("revision", nargs="?", help="target revision (default head / -1)")
     add("sweep", "expire abandoned uploads now")
+    user = add("user", "manage users")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    u_add = user_sub.add_parser(
+        "add", help="create a user (password read from stdin)", parents=[common]
+    )
+    u_add.add_argument("username")
+    u_add.add_argument("--admin", action="store_true", help="give the admin role")
+    u_add.add_argument("--quota", type=int, help="storage quota in bytes")
+    user_sub.add_parser("list", help="list users", parents=[common])
+    u_dis = user_sub.add_parser(
+        "disable", help="disable a user and revoke their tokens", parents=[common]
+    )
+    u_dis.add_argument("username")
+    u_en = user_sub.add_parser("enable", help="enable a disabled user", parents=[common])
+    u_en.add_argument("username")
+    pipe = add("pipeline", "validation pipeline")
+    pipe.add_argument("action", choices=["retry", "status"])
+    add("check", "check that the database, object store and clamd are reachable")
     cfg = add("config", "configuration")
     cfg.add_argument("action", choices=["show"])
     return p
@@ -71,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_migrate(config, args.action, args.revision))
     if args.command == "sweep":
         return asyncio.run(_sweep(config))
+    if args.command == "user":
+        return asyncio.run(_user(config, args))
+    if args.command == "pipeline":
+        return asyncio.run(_pipeline(config, args.action))
+    if args.command == "check":
+        return asyncio.run(_check(config))
     if args.command == "config":
         print(json.dumps(config.masked(), indent=2, sort_keys=True))
         return 0
@@ -119,6 +143,118 @@ async def _sweep(config: TusServerConfig) -> int:
     finally:
         await rt.stop()
     return 0
+
+
+async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
+    from auth.passwords import hash_password
+    from auth.users import AuditLog, UserExists, UserRepository, valid_username
+
+    from .catalog.db import create_database
+    from .catalog.migrate import upgrade
+
+    db = create_database(config.effective_database_url)
+    try:
+        await upgrade(db)
+        users, audit = UserRepository(db), AuditLog(db)
+        if args.user_command == "list":
+            for u in await users.list():
+                state = "disabled" if u.disabled else "active"
+                print(f"{u.username}\t{u.role}\t{state}\t{u.id}")
+            return 0
+        if not valid_username(args.username):
+            print("tusserver: invalid username", file=sys.stderr)
+            return 2
+        if args.user_command == "add":
+            password = sys.stdin.readline().rstrip("\n")
+            if len(password) < 8:
+                print("tusserver: the password (stdin) needs 8 characters", file=sys.stderr)
+                return 2
+            try:
+                user = await users.create(
+                    args.username,
+                    await hash_password(password),
+                    role="admin" if args.admin else "user",
+                    quota=args.quota,
+                )
+            except UserExists:
+                print(f"tusserver: user {args.username} exists", file=sys.stderr)
+                return 1
+            await audit.record("admin.user_add", actor="cli", target=user.id)
+            print(user.id)
+            return 0
+        found = await users.by_name(args.username)
+        if found is None:
+            print(f"tusserver: no user {args.username}", file=sys.stderr)
+            return 1
+        disable = args.user_command == "disable"
+        await users.update(found.id, disabled=disable)
+        if disable:
+            await users.revoke_tokens(found.id)
+        await audit.record(f"admin.user_{args.user_command}", actor="cli", target=found.id)
+        return 0
+    finally:
+        await db.dispose()
+
+
+async def _pipeline(config: TusServerConfig, action: str) -> int:
+    from .app import build_runtime
+
+    rt = build_runtime(config.replace(sweep_interval=0, pipeline_workers=1))
+    await rt.start()
+    try:
+        await rt.pipeline.stop()  # no background workers: do the work here, visibly
+        if action == "retry":
+            await rt.pipeline.recover()
+            await rt.files.make_all_due()
+            done = 0
+            while n := await rt.pipeline.run_due_once():
+                done += n
+            print(f"processed {done} file(s)")
+        print(f"pending: {await rt.files.pending_count()}")
+    finally:
+        await rt.stop()
+    return 0
+
+
+async def _check(config: TusServerConfig) -> int:
+    """Reach every dependency; print what fails; non-zero when anything does."""
+    from sqlalchemy import text
+
+    from .app import _object_store
+    from .catalog.db import create_database
+    from .pipeline.clamav import ClamdClient, ScannerUnavailable
+
+    problems = 0
+    db = create_database(config.effective_database_url)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        print(f"ok    database ({db.dialect})")
+    except Exception as exc:
+        problems += 1
+        print(f"FAIL  database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    finally:
+        await db.dispose()
+    objects = _object_store(config)
+    try:
+        await objects.open()
+        print(f"ok    object store ({objects.kind})")
+    except Exception as exc:
+        problems += 1
+        print(f"FAIL  object store ({objects.kind}): {exc}")
+    if config.clamd_url:
+        try:
+            ok = await ClamdClient(config.clamd_url, timeout=10).ping()
+            print("ok    clamd" if ok else "FAIL  clamd: unexpected PING reply")
+            problems += 0 if ok else 1
+        except ScannerUnavailable as exc:
+            problems += 1
+            print(f"FAIL  clamd: {exc}")
+    else:
+        print("warn  clamd: not configured, files are not scanned for viruses")
+    if config.auth == "none":
+        print("warn  auth: off (auth = 'none')")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

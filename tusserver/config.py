@@ -300,7 +300,10 @@ class TusServerConfig:
     )
     rate_limit_patch_bytes: int = field(
         default=0,
-        metadata=_doc("PATCH bytes per second per user (0: no limit)."),
+        metadata=_doc(
+            "PATCH bytes per second per user, sustained, with a minute's worth as burst; a "
+            "PATCH over budget gets 429 with Retry-After (0: no limit)."
+        ),
     )
     tls_cert_file: str = field(default="", metadata=_doc("PEM certificate to serve HTTPS."))
     tls_key_file: str = field(default="", metadata=_doc("PEM private key for HTTPS."))

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -214,10 +214,19 @@ class FileRepository:
         async with self._db.engine.begin() as conn:
             await conn.execute(update(files).where(files.c.id == file_id).values(**values))
 
+    async def make_all_due(self) -> None:
+        """Operator retry: every pending file is due now (leases are kept)."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(files).where(files.c.status.in_(PENDING)).values(next_attempt_at=None)
+            )
+
     async def pending_count(self) -> int:
         async with self._db.engine.connect() as conn:
-            rows = await conn.execute(select(files.c.id).where(files.c.status.in_(PENDING)))
-            return len(rows.all())
+            count = await conn.execute(
+                select(func.count()).select_from(files).where(files.c.status.in_(PENDING))
+            )
+            return int(count.scalar_one())
 
     async def expired_quarantine(self, now: dt.datetime, limit: int = 200) -> list[FileRecord]:
         async with self._db.engine.connect() as conn:

@@ -230,6 +230,9 @@ class TusHandlers:
         self, request: web.Request, principal: Principal, upload_id: str, offset: int
     ) -> UploadStatus:
         h = request.headers
+        await self._gate.limit(
+            request, "patch_bytes", who=principal.user_id, cost=request.content_length or 0
+        )
         checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
         new_length = None
         if "Upload-Length" in h:
