@@ -52,6 +52,10 @@ class Gate(Protocol):
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
     ) -> None: ...
 
+    def audit(
+        self, request: web.Request, action: str, *, actor: str | None, target: str | None
+    ) -> None: ...
+
 
 class OpenGate:
     """No authentication and no limits (auth = "none", or tests)."""
@@ -61,6 +65,11 @@ class OpenGate:
 
     async def limit(
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+    ) -> None:
+        return None
+
+    def audit(
+        self, request: web.Request, action: str, *, actor: str | None, target: str | None
     ) -> None:
         return None
 
@@ -101,7 +110,7 @@ class Gateway:
         self.enabled = enabled
         self.tokens = tokens
         self.users = users
-        self.audit = audit
+        self.audit_log = audit
         self.limiter = limiter
         self._limits = limits
         self._ttl = revocation_check_interval
@@ -152,6 +161,12 @@ class Gateway:
             self._user_cache.clear()
         self._user_cache[user_id] = (now, user)
         return user
+
+    def audit(
+        self, request: web.Request, action: str, *, actor: str | None, target: str | None
+    ) -> None:
+        """Queue an audit entry for a frequent action (written in batches)."""
+        self.audit_log.record_soon(action, actor=actor, target=target, ip=client_ip(request))
 
     def forget_user(self, user_id: str) -> None:
         """Drop a cached user after a change made on this instance."""

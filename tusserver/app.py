@@ -86,7 +86,7 @@ class Runtime:
             _log.warning("no virus scan: clamd_url is not set")
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
-        self.gateway.audit.start()
+        self.gateway.audit_log.start()
         await self.pipeline.recover()
         self.pipeline.start()
         self.sweeper.start()
@@ -104,7 +104,7 @@ class Runtime:
         self._started = False
         await self.sweeper.stop()
         await self.pipeline.stop()
-        await self.gateway.audit.stop()
+        await self.gateway.audit_log.stop()
         await self.hooks.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()

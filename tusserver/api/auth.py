@@ -60,7 +60,7 @@ class AuthApi:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
         except UserExists:
             raise Conflict("that username is taken") from None
-        await self._gw.audit.record("user.register", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record("user.register", actor=user.id, ip=client_ip(request))
         return web.json_response(_user_json(user), status=201)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -75,13 +75,13 @@ class AuthApi:
         user = await self._gw.users.by_name(username) if valid_username(username) else None
         ok = await verify_password_or_dummy(password, user.password_hash if user else None)
         if not ok or user is None or user.disabled:
-            await self._gw.audit.record(
+            await self._gw.audit_log.record(
                 "auth.login", actor=None, outcome="denied", target=username[:64], ip=ip
             )
             await self._gw.limit(request, "logins", who=f"ip:{ip}")
             await self._gw.limit(request, "logins", who=f"user:{username.lower()}")
             raise Unauthorized("wrong username or password")
-        await self._gw.audit.record("auth.login", actor=user.id, ip=ip)
+        await self._gw.audit_log.record("auth.login", actor=user.id, ip=ip)
         return await self._tokens_response(user, cookie=bool(data.get("cookie")))
 
     async def _tokens_response(self, user: User, *, cookie: bool) -> web.Response:
@@ -129,11 +129,11 @@ class AuthApi:
         user_id = await self._gw.users.use_refresh(claims.jti)
         user = await self._gw.users.get(user_id) if user_id == claims.subject else None
         if user is None or user.disabled:
-            await self._gw.audit.record(
+            await self._gw.audit_log.record(
                 "auth.refresh", actor=claims.subject[:64], outcome="denied", ip=client_ip(request)
             )
             raise Unauthorized("invalid refresh token")
-        await self._gw.audit.record("auth.refresh", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record("auth.refresh", actor=user.id, ip=client_ip(request))
         return await self._tokens_response(user, cookie=bool(data.get("cookie")))
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -141,7 +141,7 @@ class AuthApi:
         if principal.user_id is not None:
             await self._gw.users.revoke_tokens(principal.user_id)
             self._gw.forget_user(principal.user_id)
-            await self._gw.audit.record("auth.logout", actor=principal.user_id)
+            await self._gw.audit_log.record("auth.logout", actor=principal.user_id)
         resp = web.json_response({"status": "signed out"})
         resp.del_cookie(SESSION_COOKIE, path="/")
         resp.del_cookie(CSRF_COOKIE, path="/")
@@ -161,7 +161,7 @@ class AuthApi:
         await self._gw.users.update(user.id, password_hash=await hash_password(new))
         await self._gw.users.revoke_tokens(user.id)
         self._gw.forget_user(user.id)
-        await self._gw.audit.record("user.password", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record("user.password", actor=user.id, ip=client_ip(request))
         return web.json_response({"status": "password changed; sign in again"})
 
     async def me(self, request: web.Request) -> web.Response:

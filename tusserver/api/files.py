@@ -64,23 +64,26 @@ class FilesApi:
             web.get(f"{prefix}/file/{{file_id}}/content", self.content),
         ]
 
-    async def _load(self, principal: Principal, file_id: str) -> FileRecord:
+    async def _load(self, request: web.Request, principal: Principal, file_id: str) -> FileRecord:
         if not _FILE_ID.fullmatch(file_id):
             raise NotFound("no such file")
         f = await self._files.get(file_id)
-        if f is None or not principal.may_access(f.owner):
+        if f is not None and not principal.may_access(f.owner):
+            self._gate.audit(request, "access.denied", actor=principal.user_id, target=file_id)
+            f = None
+        if f is None:
             raise NotFound("no such file")
         return f
 
     async def get_file(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
-        f = await self._load(principal, request.match_info["file_id"])
+        f = await self._load(request, principal, request.match_info["file_id"])
         base = request.path.rsplit("/file/", 1)[0]
         return web.json_response(file_json(f, base), headers={"Cache-Control": "private, no-cache"})
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         principal = await self._caller(request)
-        f = await self._load(principal, request.match_info["file_id"])
+        f = await self._load(request, principal, request.match_info["file_id"])
         if f.status is not FileStatus.COMMITTED:
             if f.status in (FileStatus.REJECTED, FileStatus.FAILED):
                 raise NotFound(f"the file was {f.status.value}: {f.reason}")
@@ -89,6 +92,7 @@ class FilesApi:
         inm = request.headers.get("If-None-Match")
         if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
             return web.Response(status=304, headers={"ETag": etag})
+        self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         return await stream_bytes(
             request,
             size=f.size,

@@ -163,6 +163,7 @@ class TusHandlers:
         status = await self._service.create(
             principal, length=length, metadata=metadata, concat=concat
         )
+        self._gate.audit(request, "upload.create", actor=principal.user_id, target=status.record.id)
         location = self._location(request, status.record.id)
         headers = {"Location": location}
         if with_body:
