@@ -23,8 +23,11 @@ from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, ObjectStore, StorageError
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
+from .api.analytics import AnalyticsApi
 from .api.auth import AuthApi
 from .api.files import FilesApi
+from .api.openapi import openapi_handler
+from .catalog.analytics import EventRecorder
 from .catalog.db import Database, create_database
 from .catalog.files import FileRepository
 from .catalog.migrate import upgrade
@@ -62,6 +65,7 @@ class Runtime:
     objects: ObjectStore
     pipeline: Pipeline
     gateway: Gateway
+    events: EventRecorder
     webhooks: WebhookSender | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
@@ -87,6 +91,7 @@ class Runtime:
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
         self.gateway.audit_log.start()
+        self.events.start()
         await self.pipeline.recover()
         self.pipeline.start()
         self.sweeper.start()
@@ -105,6 +110,7 @@ class Runtime:
         await self.sweeper.stop()
         await self.pipeline.stop()
         await self.gateway.audit_log.stop()
+        await self.events.stop()
         await self.hooks.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -156,7 +162,9 @@ def build_runtime(
         if config.webhook_urls
         else None
     )
+    recorder = EventRecorder(db)
     pipeline = Pipeline(
+        events=recorder,
         config=config,
         chunks=chunk_store,
         files=files,
@@ -190,6 +198,7 @@ def build_runtime(
         objects=object_store,
         pipeline=pipeline,
         gateway=gateway,
+        events=recorder,
         webhooks=webhooks,
         owns_db=database is None,
     )
@@ -316,7 +325,12 @@ def create_tus_subapp(
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)
     handlers = TusHandlers(
-        config=config, service=rt.uploads, files=rt.files, pipeline=rt.pipeline, gate=gate
+        config=config,
+        service=rt.uploads,
+        files=rt.files,
+        pipeline=rt.pipeline,
+        gate=gate,
+        events=rt.events,
     )
     app.add_routes(handlers.routes("/"))
     if runtime is None:
@@ -362,8 +376,20 @@ def create_app(
 
     app.router.add_get("/healthz", healthz)
     gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
-    files_api = FilesApi(files=rt.files, pipeline=rt.pipeline, gate=gate)
+    files_api = FilesApi(
+        db=rt.db,
+        files=rt.files,
+        pipeline=rt.pipeline,
+        uploads=rt.uploads,
+        gate=gate,
+        events=rt.events,
+        write_buffer_size=config.write_buffer_size,
+    )
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))
     app.add_routes(AuthApi(config=config, gateway=rt.gateway).routes())
+    analytics = AnalyticsApi(db=rt.db, gate=gate, events=rt.events)
+    app.add_routes(analytics.routes(""))
+    app.add_routes(analytics.routes("/api/v1"))
+    app.router.add_get("/api/v1/openapi.json", openapi_handler)
     return app

@@ -1,27 +1,44 @@
-"""Files API: what finished uploads became (metadata, status, download).
+"""Files API: list and search, metadata, download, organization, plain form uploads.
 
-The seed's paths (``/files``, ``/file/{id}``, ``/file/{id}/content``) and the same under
-``/api/v1``. A file that belongs to someone else answers 404, exactly like a missing one.
+The seed's paths (``/files``, ``/file/{id}``, ``/file/{id}/content``, ``/upload``) and the same
+under ``/api/v1``. A file that belongs to someone else answers 404, exactly like a missing
+one. Every query parameter is parsed and bounded before it reaches SQL; SQL is never built
+from strings.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from auth import Principal
 from auth.gateway import Gate
 
-from ..catalog.files import FileRecord, FileRepository, FileStatus
-from ..pipeline.pipeline import Pipeline
-from ..protocol.errors import Conflict, NotFound
+from ..catalog import files as catalog
+from ..catalog.analytics import Event, EventRecorder
+from ..catalog.db import Database
+from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
+from ..http_util import safe_filename
+from ..pipeline.validators import CATEGORIES
+from ..protocol.errors import BadRequest, Conflict, NotFound, TusError
 from ..protocol.handlers import stream_bytes
+from ..uploads.service import UploadService
+from .common import read_json
 
-__all__ = ["FilesApi", "file_json"]
+__all__ = ["FilesApi", "file_json", "normalize_folder"]
 
 _FILE_ID = re.compile(r"[0-9a-f]{32}")
+_MIME = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}/(\*|[a-z0-9][a-z0-9.+-]{0,127})")
+_TAG = re.compile(r"[\w][\w .:-]{0,63}")
+MAX_LIMIT = 200
+MAX_TAGS = 32
 
 
 def file_json(f: FileRecord, base: str = "") -> dict[str, Any]:
@@ -47,22 +64,179 @@ def file_json(f: FileRecord, base: str = "") -> dict[str, Any]:
     }
 
 
+def normalize_folder(raw: str) -> str:
+    """``a/b`` or ``/a/b/`` -> ``/a/b/``; each segment sanitized; no '.' or '..'."""
+    if len(raw) > 1024:
+        raise BadRequest("folder: at most 1024 characters")
+    segments = [s for s in raw.split("/") if s]
+    if len(segments) > 32:
+        raise BadRequest("folder: at most 32 levels")
+    clean = []
+    for seg in segments:
+        if seg in (".", ".."):
+            raise BadRequest("folder: '.' and '..' are not folder names")
+        clean.append(safe_filename(seg, limit=128))
+    return "/" + "".join(s + "/" for s in clean)
+
+
+def _int_param(query: Any, name: str, *, minimum: int, maximum: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", raw):
+        raise BadRequest(f"{name}: must be a whole number")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"{name}: must be between {minimum} and {maximum}")
+    return value
+
+
+def _date_param(query: Any, name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+            return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.UTC)
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: not an ISO 8601 date or date-time") from None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _encode_cursor(sort: str, f: FileRecord) -> str:
+    value = catalog.sort_value(f, sort)
+    if isinstance(value, dt.datetime):
+        value = value.isoformat()
+    raw = json.dumps([sort, value, f.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
+    invalid = BadRequest("cursor: invalid or from another sort order; start again without it")
+    if len(cursor) > 2048:
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        kind, value, last_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise invalid from None
+    if kind != sort or not isinstance(last_id, str) or not _FILE_ID.fullmatch(last_id):
+        raise invalid
+    if sort == "date":
+        if not isinstance(value, str):
+            raise invalid
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise invalid from None
+    elif sort == "name":
+        if not isinstance(value, str) or len(value) > 255:
+            raise invalid
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise invalid
+    return value, last_id
+
+
+def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
+    """A FileQuery from request parameters; the second value is the sort name."""
+    known = {
+        "q", "match", "type", "category", "min_size", "max_size", "from", "to", "tag",
+        "folder", "status", "sort", "cursor", "limit", "owner",
+    }  # fmt: skip
+    unknown = sorted(set(query.keys()) - known)
+    if unknown:
+        raise BadRequest(f"unknown parameter: {unknown[0][:40]}")
+    q = query.get("q") or None
+    if q is not None and len(q) > 200:
+        raise BadRequest("q: at most 200 characters")
+    match = query.get("match", "substring")
+    if match not in ("substring", "prefix"):
+        raise BadRequest("match: substring or prefix")
+    mime = query.get("type") or None
+    if mime is not None and not _MIME.fullmatch(mime.lower()):
+        raise BadRequest("type: a MIME type like image/png or image/*")
+    category = query.get("category") or None
+    if category is not None and category not in CATEGORIES:
+        raise BadRequest(f"category: one of {', '.join(CATEGORIES)}")
+    status = query.get("status") or None
+    if status is not None and status not in {s.value for s in FileStatus}:
+        raise BadRequest(f"status: one of {', '.join(s.value for s in FileStatus)}")
+    sort_raw = query.get("sort", "-date")
+    descending = sort_raw.startswith("-")
+    sort = sort_raw.lstrip("-")
+    if sort not in catalog.SORTS:
+        raise BadRequest("sort: date, name or size, with '-' for descending")
+    tags = tuple(query.getall("tag", []))
+    if len(tags) > 10 or not all(_TAG.fullmatch(t) for t in tags):
+        raise BadRequest("tag: at most 10 tags of letters, digits, space . : - _")
+    folder = normalize_folder(query["folder"]) if query.get("folder") else None
+    limit = _int_param(query, "limit", minimum=1, maximum=MAX_LIMIT) or 50
+    max_int = 2**63 - 1
+    owner: str | None = principal.user_id
+    if principal.is_admin:
+        owner = query.get("owner") or None
+    elif query.get("owner") and query.get("owner") != principal.user_id:
+        raise BadRequest("owner: only admins may search other users' files")
+    cursor = query.get("cursor")
+    fq = FileQuery(
+        owner=owner,
+        q=q,
+        match=match,
+        mime=mime.lower() if mime else None,
+        category=category,
+        min_size=_int_param(query, "min_size", minimum=0, maximum=max_int),
+        max_size=_int_param(query, "max_size", minimum=0, maximum=max_int),
+        created_from=_date_param(query, "from"),
+        created_to=_date_param(query, "to"),
+        tags=tags,
+        folder=folder,
+        status=status,
+        sort=sort,
+        descending=descending,
+        after=_decode_cursor(cursor, sort) if cursor else None,
+        limit=limit,
+    )
+    return fq, sort
+
+
 class FilesApi:
-    def __init__(self, *, files: FileRepository, pipeline: Pipeline, gate: Gate) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        files: FileRepository,
+        pipeline: Any,
+        uploads: UploadService,
+        gate: Gate,
+        events: EventRecorder | None = None,
+        write_buffer_size: int = 1024 * 1024,
+    ) -> None:
+        self._db = db
         self._files = files
         self._pipeline = pipeline
+        self._uploads = uploads
         self._gate = gate
+        self._events = events
+        self._block = write_buffer_size
+
+    def routes(self, prefix: str = "") -> list[web.RouteDef]:
+        return [
+            web.get(f"{prefix}/files", self.list_files),
+            web.get(f"{prefix}/file/{{file_id}}", self.get_file),
+            web.patch(f"{prefix}/file/{{file_id}}", self.update_file),
+            web.delete(f"{prefix}/file/{{file_id}}", self.delete_file),
+            web.get(f"{prefix}/file/{{file_id}}/content", self.content),
+            web.get(f"{prefix}/folders", self.get_folders),
+            web.post(f"{prefix}/folders", self.post_folder),
+            web.delete(f"{prefix}/folders", self.delete_folder),
+            web.post(f"{prefix}/upload", self.form_upload),
+        ]
 
     async def _caller(self, request: web.Request) -> Principal:
         principal = await self._gate.principal(request)
         await self._gate.limit(request, "api", who=principal.user_id)
         return principal
-
-    def routes(self, prefix: str = "") -> list[web.RouteDef]:
-        return [
-            web.get(f"{prefix}/file/{{file_id}}", self.get_file),
-            web.get(f"{prefix}/file/{{file_id}}/content", self.content),
-        ]
 
     async def _load(self, request: web.Request, principal: Principal, file_id: str) -> FileRecord:
         if not _FILE_ID.fullmatch(file_id):
@@ -75,11 +249,35 @@ class FilesApi:
             raise NotFound("no such file")
         return f
 
+    @staticmethod
+    def _base(request: web.Request) -> str:
+        return "/api/v1" if request.path.startswith("/api/v1/") else ""
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        principal = await self._caller(request)
+        query, sort = parse_query(request.query, principal)
+        items = await catalog.search_files(self._db, query)
+        base = self._base(request)
+        next_cursor = (
+            _encode_cursor(sort, items[-1]) if len(items) == query.limit and items else None
+        )
+        return web.json_response(
+            {"items": [file_json(f, base) for f in items], "next_cursor": next_cursor},
+            headers={"Cache-Control": "private, no-cache"},
+        )
+
     async def get_file(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
         f = await self._load(request, principal, request.match_info["file_id"])
-        base = request.path.rsplit("/file/", 1)[0]
-        return web.json_response(file_json(f, base), headers={"Cache-Control": "private, no-cache"})
+        etag = f'W/"{f.id}-{int(f.updated_at.timestamp() * 1000)}-{f.status.value}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.json_response(
+            file_json(f, self._base(request)),
+            headers={"Cache-Control": "private, no-cache", "ETag": etag},
+        )
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         principal = await self._caller(request)
@@ -93,10 +291,205 @@ class FilesApi:
         if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
             return web.Response(status=304, headers={"ETag": etag})
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
-        return await stream_bytes(
+        resp = await stream_bytes(
             request,
             size=f.size,
             name=f.name,
             reader=lambda start, length: self._pipeline.read_source(f, start, length),
             extra_headers={"ETag": etag, "Cache-Control": "private, no-cache"},
         )
+        if self._events is not None and request.method == "GET":
+            self._events.record(
+                Event(
+                    "file.downloaded",
+                    at=dt.datetime.now(dt.UTC),
+                    owner=f.owner,
+                    file_id=f.id,
+                    bytes=resp.content_length or 0,
+                    client=request.headers.get("User-Agent"),
+                )
+            )
+        return resp
+
+    # --- organization -----------------------------------------------------------------------
+
+    async def update_file(self, request: web.Request) -> web.Response:
+        """Rename (``name``), move (``folder``) and tag (``tags``) a file."""
+        principal = await self._caller(request)
+        f = await self._load(request, principal, request.match_info["file_id"])
+        data = await read_json(request)
+        unknown = set(data) - {"name", "folder", "tags"}
+        if unknown:
+            raise BadRequest(f"unknown field: {sorted(unknown)[0][:40]}")
+        name = None
+        if "name" in data:
+            if not isinstance(data["name"], str) or not data["name"].strip():
+                raise BadRequest("name: a non-empty string")
+            name = safe_filename(data["name"], limit=255)
+        folder = None
+        if "folder" in data:
+            if not isinstance(data["folder"], str):
+                raise BadRequest("folder: a path string such as /photos/2024/")
+            folder = normalize_folder(data["folder"])
+        if name is not None or folder is not None:
+            await catalog.rename_move(
+                self._db, f.id, name=name, folder=folder, now=dt.datetime.now(dt.UTC)
+            )
+        if "tags" in data:
+            tags = data["tags"]
+            if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+                raise BadRequest(f"tags: a list of at most {MAX_TAGS} tags")
+            clean = []
+            for t in tags:
+                if not isinstance(t, str) or not _TAG.fullmatch(t.strip()):
+                    raise BadRequest("tags: letters, digits, space . : - _ ; at most 64 each")
+                if t.strip() not in clean:
+                    clean.append(t.strip())
+            await catalog.set_tags(self._db, f.id, clean)
+        updated = await self._files.get(f.id)
+        assert updated is not None
+        return web.json_response(file_json(updated, self._base(request)))
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        principal = await self._caller(request)
+        f = await self._load(request, principal, request.match_info["file_id"])
+        if f.status in (FileStatus.RECEIVED, FileStatus.VALIDATING):
+            raise Conflict("the file is still being processed; delete it when it is done")
+        if f.storage_key and f.status is FileStatus.COMMITTED:
+            await self._pipeline.objects.delete(f.storage_key)
+        if f.upload_id:
+            await self._uploads.store.delete(f.upload_id)
+        await self._files.delete(f.id)
+        await self._gate_record(request, principal, f)
+        if self._events is not None:
+            self._events.record(
+                Event("file.deleted", at=dt.datetime.now(dt.UTC), owner=f.owner, file_id=f.id,
+                      bytes=f.size)
+            )  # fmt: skip
+        return web.Response(status=204)
+
+    async def _gate_record(self, request: web.Request, principal: Principal, f: FileRecord) -> None:
+        self._gate.audit(request, "file.delete", actor=principal.user_id, target=f.id)
+
+    async def get_folders(self, request: web.Request) -> web.Response:
+        principal = await self._caller(request)
+        return web.json_response(
+            {"folders": await catalog.list_folders(self._db, principal.user_id)}
+        )
+
+    async def post_folder(self, request: web.Request) -> web.Response:
+        principal = await self._caller(request)
+        data = await read_json(request)
+        if not isinstance(data.get("path"), str):
+            raise BadRequest("path: a folder path such as /photos/2024/")
+        path = normalize_folder(data["path"])
+        await catalog.create_folder(self._db, principal.user_id, path, dt.datetime.now(dt.UTC))
+        return web.json_response({"path": path}, status=201)
+
+    async def delete_folder(self, request: web.Request) -> web.Response:
+        principal = await self._caller(request)
+        raw = request.query.get("path")
+        if not raw:
+            raise BadRequest("path: which folder to delete")
+        path = normalize_folder(raw)
+        if path == "/":
+            raise BadRequest("the root folder cannot be deleted")
+        if not await catalog.delete_folder(self._db, principal.user_id, path):
+            raise Conflict("the folder is not empty")
+        return web.Response(status=204)
+
+    # --- plain (non-resumable) uploads ------------------------------------------------------
+
+    async def form_upload(self, request: web.Request) -> web.Response:
+        """``multipart/form-data`` with one or many files, each through the same pipeline.
+
+        Each file is streamed into the chunk store as it arrives (never held in memory) and
+        becomes its own upload; a failure of one file is reported in its entry and does not
+        stop the others. An optional ``folder`` field before the files says where they go.
+        """
+        principal = await self._gate.principal(request)
+        if not request.content_type.startswith("multipart/form-data"):
+            raise BadRequest("send multipart/form-data with one or more file fields")
+        reader = await request.multipart()
+        results: list[dict[str, Any]] = []
+        folder: str | None = None
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
+            if part.filename is None:
+                if part.name == "folder":
+                    folder = normalize_folder((await part.read(decode=True))[:1024].decode())
+                else:
+                    await part.release()
+                continue
+            results.append(await self._one_form_file(request, principal, part, folder))
+        if not results:
+            raise BadRequest("no file fields in the form")
+        base = self._base(request)
+        for entry in results:
+            if entry.get("file_id"):
+                entry["url"] = f"{base}/file/{entry['file_id']}"
+        failed = sum(1 for e in results if "error" in e)
+        status = 201 if failed < len(results) else 400
+        return web.json_response({"files": results}, status=status)
+
+    async def _one_form_file(
+        self,
+        request: web.Request,
+        principal: Principal,
+        part: BodyPartReader,
+        folder: str | None,
+    ) -> dict[str, Any]:
+        name = part.filename or "file"
+        ctype = part.headers.get("Content-Type", "application/octet-stream")
+        entry: dict[str, Any] = {"filename": name}
+        try:
+            await self._gate.limit(request, "creations", who=principal.user_id)
+            status = await self._uploads.create(
+                principal,
+                length=None,
+                metadata={"filename": name.encode(), "filetype": ctype.encode()},
+            )
+            upload_id = status.record.id
+            entry["upload_id"] = upload_id
+            final = await self._uploads.append(
+                principal,
+                upload_id,
+                offset=0,
+                source=_part_blocks(part, self._block),
+                complete_at_end=True,
+            )
+            if not final.finished:
+                raise BadRequest("the file ended early")
+            entry["size"] = final.offset
+            entry["file_id"] = final.record.file_id
+            if folder and final.record.file_id:
+                await catalog.rename_move(
+                    self._db, final.record.file_id, name=None, folder=folder,
+                    now=dt.datetime.now(dt.UTC),
+                )  # fmt: skip
+            f = await self._files.get(final.record.file_id or "")
+            entry["status"] = f.status.value if f else "received"
+        except TusError as exc:
+            await part.release()
+            entry["error"] = exc.code
+            entry["message"] = exc.message
+            entry["status_code"] = exc.status
+        return entry
+
+
+async def _part_blocks(part: BodyPartReader, block: int) -> AsyncIterator[bytes]:
+    buf = bytearray()
+    while True:
+        chunk = await part.read_chunk(256 * 1024)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) >= block:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database
-from .schema import file_uploads, files, uploads
+from .schema import file_tags, file_uploads, files, folders, uploads
 
 __all__ = ["FileRecord", "FileRepository", "FileStatus", "NewFile"]
 
@@ -125,6 +125,7 @@ class FileRepository:
                         id=new.id,
                         owner=new.owner,
                         name=new.name,
+                        name_folded=new.name.casefold()[:255],
                         folder="/",
                         size=new.size,
                         declared_type=new.declared_type,
@@ -257,3 +258,170 @@ class FileRepository:
                 .limit(limit)
             )
             return [r[0] for r in rows]
+
+
+# --- search ---------------------------------------------------------------------------------
+
+SORTS = {"date": files.c.created_at, "name": files.c.name_folded, "size": files.c.size}
+
+
+@dataclass(frozen=True, slots=True)
+class FileQuery:
+    """A validated search; every field is already parsed (see tusserver.api.files)."""
+
+    owner: str | None  # None: all owners (admins)
+    q: str | None = None
+    match: str = "substring"  # or "prefix"
+    mime: str | None = None  # "image/png" or "image/*"
+    category: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    tags: tuple[str, ...] = ()
+    folder: str | None = None
+    status: str | None = None
+    sort: str = "date"
+    descending: bool = True
+    after: tuple[Any, str] | None = None  # keyset: (sort value, id) of the last item seen
+    limit: int = 50
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def search_files(db: Database, query: FileQuery) -> list[FileRecord]:
+    """Keyset-paginated search; no SQL is built from strings, every value is bound."""
+    sort_col = SORTS[query.sort]
+    stmt = _SELECT
+    conds: list[Any] = []
+    if query.owner is not None:
+        conds.append(files.c.owner == query.owner)
+    if query.q:
+        folded = like_escape(query.q.casefold())
+        pattern = f"{folded}%" if query.match == "prefix" else f"%{folded}%"
+        conds.append(files.c.name_folded.like(pattern, escape="\\"))
+    if query.mime:
+        if query.mime.endswith("/*"):
+            prefix = like_escape(query.mime[:-1])
+            conds.append(files.c.detected_type.like(f"{prefix}%", escape="\\"))
+        else:
+            conds.append(files.c.detected_type == query.mime)
+    if query.category:
+        conds.append(files.c.category == query.category)
+    if query.min_size is not None:
+        conds.append(files.c.size >= query.min_size)
+    if query.max_size is not None:
+        conds.append(files.c.size <= query.max_size)
+    if query.created_from is not None:
+        conds.append(files.c.created_at >= query.created_from)
+    if query.created_to is not None:
+        conds.append(files.c.created_at < query.created_to)
+    for tag in query.tags:
+        conds.append(
+            select(file_tags.c.file_id)
+            .where(file_tags.c.file_id == files.c.id, file_tags.c.tag == tag)
+            .exists()
+        )
+    if query.folder is not None:
+        conds.append(files.c.folder == query.folder)
+    if query.status is not None:
+        conds.append(files.c.status == query.status)
+    if query.after is not None:
+        value, last_id = query.after
+        if query.descending:
+            conds.append(or_(sort_col < value, and_(sort_col == value, files.c.id < last_id)))
+        else:
+            conds.append(or_(sort_col > value, and_(sort_col == value, files.c.id > last_id)))
+    order = (
+        (sort_col.desc(), files.c.id.desc())
+        if query.descending
+        else (sort_col.asc(), files.c.id.asc())
+    )
+    stmt = stmt.where(*conds).order_by(*order).limit(query.limit)
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(stmt)
+        return [_record(r) for r in rows.mappings()]
+
+
+def sort_value(f: FileRecord, sort: str) -> Any:
+    if sort == "date":
+        return f.created_at
+    if sort == "name":
+        return f.name.casefold()[:255]
+    return f.size
+
+
+# --- organization ---------------------------------------------------------------------------
+
+
+async def set_tags(db: Database, file_id: str, tags: Sequence[str]) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(delete(file_tags).where(file_tags.c.file_id == file_id))
+        if tags:
+            await conn.execute(insert(file_tags), [{"file_id": file_id, "tag": t} for t in tags])
+        await conn.execute(update(files).where(files.c.id == file_id).values(tags=list(tags)))
+
+
+async def rename_move(
+    db: Database, file_id: str, *, name: str | None, folder: str | None, now: dt.datetime
+) -> None:
+    values: dict[str, Any] = {"updated_at": now}
+    if name is not None:
+        values["name"] = name
+        values["name_folded"] = name.casefold()[:255]
+    if folder is not None:
+        values["folder"] = folder
+    async with db.engine.begin() as conn:
+        await conn.execute(update(files).where(files.c.id == file_id).values(**values))
+
+
+async def list_folders(db: Database, owner: str | None) -> list[str]:
+    """Folders of an owner: the ones created explicitly and the ones holding files."""
+    async with db.engine.connect() as conn:
+        explicit = await conn.execute(
+            select(folders.c.path).where(folders.c.owner == (owner or ""))
+        )
+        used = await conn.execute(
+            select(files.c.folder).where(files.c.owner == owner).distinct()
+            if owner is not None
+            else select(files.c.folder).where(files.c.owner.is_(None)).distinct()
+        )
+        paths = {r[0] for r in explicit} | {r[0] for r in used} | {"/"}
+    # Every ancestor of a folder is a folder too.
+    for p in list(paths):
+        parts = [x for x in p.split("/") if x]
+        for i in range(len(parts)):
+            paths.add("/" + "/".join(parts[:i]) + ("/" if i else ""))
+    return sorted(paths)
+
+
+async def create_folder(db: Database, owner: str | None, path: str, now: dt.datetime) -> None:
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(insert(folders).values(owner=owner or "", path=path, created_at=now))
+    except IntegrityError:
+        pass  # already there: creating a folder is idempotent
+
+
+async def delete_folder(db: Database, owner: str | None, path: str) -> bool:
+    """Remove an empty folder; False when it (or a subfolder) still holds files."""
+    async with db.engine.begin() as conn:
+        owner_cond = files.c.owner == owner if owner is not None else files.c.owner.is_(None)
+        busy = (
+            await conn.execute(
+                select(files.c.id)
+                .where(owner_cond, files.c.folder.like(like_escape(path) + "%", escape="\\"))
+                .limit(1)
+            )
+        ).first()
+        if busy is not None:
+            return False
+        await conn.execute(
+            delete(folders).where(
+                folders.c.owner == (owner or ""),
+                folders.c.path.like(like_escape(path) + "%", escape="\\"),
+            )
+        )
+        return True

@@ -24,9 +24,13 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UTCDateTime",
+    "analytics_rollup",
     "audit_log",
+    "events",
+    "file_tags",
     "file_uploads",
     "files",
+    "folders",
     "metadata",
     "rate_buckets",
     "refresh_tokens",
@@ -108,6 +112,8 @@ files = Table(
     Column("id", String(32), primary_key=True),
     Column("owner", String(64), nullable=True),
     Column("name", String(255), nullable=False),
+    # casefold() of the name: what case-insensitive search compares against.
+    Column("name_folded", String(255), nullable=False),
     Column("folder", String(1024), nullable=False, default="/"),
     Column("size", BigInteger, nullable=False),
     Column("declared_type", String(255), nullable=True),
@@ -132,6 +138,10 @@ files = Table(
     Column("quarantine_until", UTCDateTime, nullable=True),
     Index("ix_files_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_files_owner_created_at", "owner", "created_at"),
+    Index("ix_files_created_at_id", "created_at", "id"),
+    Index("ix_files_owner_folder", "owner", "folder"),
+    Index("ix_files_name_folded", "name_folded"),
+    Index("ix_files_size", "size"),
 )
 
 file_uploads = Table(
@@ -193,4 +203,54 @@ rate_buckets = Table(
     Column("key", String(200), primary_key=True),
     Column("tokens", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+file_tags = Table(
+    "file_tags",
+    metadata,
+    Column("file_id", String(32), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Index("ix_file_tags_tag", "tag", "file_id"),
+)
+
+folders = Table(
+    "folders",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    # "/a/b/" style: starts and ends with "/"; the root "/" always exists implicitly.
+    Column("path", String(1024), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    # upload.started | upload.finished | file.committed | file.rejected | file.downloaded
+    # | file.deleted
+    Column("kind", String(32), nullable=False),
+    Column("owner", String(64), nullable=True),
+    Column("file_id", String(32), nullable=True),
+    Column("upload_id", String(64), nullable=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("duration_ms", Integer, nullable=True),
+    Column("client", String(255), nullable=True),
+    Column("detail", String(255), nullable=True),
+    Index("ix_events_at", "at"),
+)
+
+#: Per-hour aggregates of events, maintained as events are written: analytics read these,
+#: never the raw events, so queries stay fast however many events accumulate.
+analytics_rollup = Table(
+    "analytics_rollup",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("owner", String(64), primary_key=True),  # "" for no owner
+    Column("kind", String(32), primary_key=True),
+    # "" for the total; "type:<mime>", "reason:<text>" or "file:<id>" for breakdowns.
+    Column("dim", String(300), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Index("ix_analytics_rollup_owner_hour", "owner", "hour"),
 )

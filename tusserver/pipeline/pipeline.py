@@ -36,6 +36,7 @@ from storage_backends.base import (
     UploadDataMissing,
 )
 
+from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
 from ..config import TusServerConfig
@@ -99,8 +100,10 @@ class Pipeline:
         validators: Sequence[Validator],
         hooks: Hooks,
         webhooks: WebhookSender | None = None,
+        events: EventRecorder | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
+        self._events = events
         self._config = config
         self._chunks = chunks
         self._files = files
@@ -139,6 +142,18 @@ class Pipeline:
             finished_at=self._clock(),
         )
         created = await self._files.create_for_upload(new, self._clock())
+        if self._events is not None and created == file_id:
+            self._events.record(
+                Event(
+                    "upload.finished",
+                    at=new.finished_at,
+                    owner=rec.owner,
+                    file_id=created,
+                    upload_id=rec.id,
+                    bytes=new.size,
+                    duration_ms=int((new.finished_at - rec.created_at).total_seconds() * 1000),
+                )
+            )
         self._wake.set()
         return created
 
@@ -392,6 +407,18 @@ class Pipeline:
         rec = await self._files.get(file_id)
         if rec is None:
             return
+        if self._events is not None:
+            self._events.record(
+                Event(
+                    event,
+                    at=self._clock(),
+                    owner=rec.owner,
+                    file_id=rec.id,
+                    upload_id=rec.upload_id,
+                    bytes=rec.size,
+                    detail=rec.detected_type if event == "file.committed" else rec.reason,
+                )
+            )
         self._hooks.fire(event, hooks, rec)
         if self._webhooks is not None:
             self._webhooks.send(event, {"file": asdict(rec)})

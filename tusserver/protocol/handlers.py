@@ -15,6 +15,7 @@ from aiohttp import web
 from auth import Principal
 from auth.gateway import Gate, OpenGate
 
+from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
 from ..http_util import content_disposition, parse_range
@@ -60,7 +61,9 @@ class TusHandlers:
         files: FileRepository,
         pipeline: Pipeline,
         gate: Gate | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
+        self._events = events
         self._config = config
         self._service = service
         self._files = files
@@ -164,6 +167,16 @@ class TusHandlers:
             principal, length=length, metadata=metadata, concat=concat
         )
         self._gate.audit(request, "upload.create", actor=principal.user_id, target=status.record.id)
+        if self._events is not None:
+            self._events.record(
+                Event(
+                    "upload.started",
+                    at=status.record.created_at,
+                    owner=principal.user_id,
+                    upload_id=status.record.id,
+                    client=request.headers.get("User-Agent"),
+                )
+            )
         location = self._location(request, status.record.id)
         headers = {"Location": location}
         if with_body:

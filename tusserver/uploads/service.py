@@ -274,6 +274,7 @@ class UploadService:
         new_length: int | None = None,
         checksum: Checksum | None = None,
         interrupted: Callable[[], bool] = lambda: False,
+        complete_at_end: bool = False,
     ) -> UploadStatus:
         """PATCH: append the body at ``offset`` and return the new state."""
         async with self.locker.lock(upload_id, on_release=on_release):
@@ -339,6 +340,9 @@ class UploadService:
             new_offset = current + written
             if written:
                 await self._record_progress(rec, new_offset)
+            if complete_at_end and rec.length is None and not guard.exceeded and not interrupted():
+                # A plain (non-resumable) upload: its length is what arrived.
+                rec = await self._declare_length(rec, new_offset, new_offset)
             if rec.length is not None and new_offset >= rec.length and not status.finished:
                 await self._finish(rec, new_offset)
             final = await self._status_of(rec.id)
