@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import io
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,7 +84,13 @@ def _encode_meta(metadata: Mapping[str, str]) -> dict[str, str]:
 class S3ObjectStore:
     kind = "s3"
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._observe = observe
         self._s = settings
         self._client = settings.client()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -92,6 +99,7 @@ class S3ObjectStore:
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except S3Error as exc:
@@ -102,6 +110,9 @@ class S3ObjectStore:
             if type(exc).__module__.startswith("urllib3"):
                 raise StorageError(f"S3 unreachable: {exc}") from exc
             raise
+        finally:
+            if self._observe is not None:
+                self._observe(getattr(fn, "__name__", "call"), time.perf_counter() - started)
 
     async def open(self) -> None:
         if not await self._run(self._client.bucket_exists, self._s.bucket):

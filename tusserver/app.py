@@ -6,6 +6,7 @@ module level. Resources (database, stores, background tasks) open and close in `
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from sqlalchemy import text
 
 from auth import Principal
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
@@ -34,6 +36,7 @@ from .catalog.migrate import upgrade
 from .catalog.uploads import UploadRepository
 from .config import TusServerConfig
 from .events import Hooks
+from .metrics import Metrics
 from .middleware import add_response_headers, cors_middleware, error_middleware
 from .observability import request_context_middleware
 from .pipeline.clamav import ClamdClient
@@ -66,6 +69,7 @@ class Runtime:
     pipeline: Pipeline
     gateway: Gateway
     events: EventRecorder
+    metrics: Metrics
     webhooks: WebhookSender | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
@@ -103,6 +107,30 @@ class Runtime:
             max_size=self.uploads.max_size,
         )
 
+    async def readiness(self) -> dict[str, str]:
+        """Whether the database, the object store and the scanner answer now."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(5):
+                async with self.db.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            async with asyncio.timeout(5):
+                await self.objects.open()
+            checks["object_store"] = "ok"
+        except Exception as exc:
+            checks["object_store"] = f"unreachable: {type(exc).__name__}"
+        if self.config.clamd_url:
+            try:
+                ok = await ClamdClient(self.config.clamd_url, timeout=5).ping()
+                checks["scanner"] = "ok" if ok else "bad reply"
+            except Exception as exc:
+                checks["scanner"] = f"unreachable: {type(exc).__name__}"
+        return checks
+
     async def stop(self) -> None:
         if not self._started:
             return
@@ -135,10 +163,13 @@ def build_runtime(
     validators: list[Validator] | None = None,
 ) -> Runtime:
     """Wire the services from the config; any dependency may be passed in instead."""
+    metrics = Metrics()
     db = database or create_database(config.effective_database_url, durable=config.fsync)
     chunk_store = store or LocalChunkStore(config.uploads_dir)
-    object_store = objects or _object_store(config)
-    the_locker = locker or InProcessLocker(timeout=config.lock_timeout)
+    object_store = objects or _object_store(config, metrics)
+    the_locker = locker or InProcessLocker(
+        timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe
+    )
     the_hooks = hooks or Hooks()
     service = UploadService(
         config=config,
@@ -165,6 +196,7 @@ def build_runtime(
     recorder = EventRecorder(db)
     pipeline = Pipeline(
         events=recorder,
+        metrics=metrics,
         config=config,
         chunks=chunk_store,
         files=files,
@@ -199,6 +231,7 @@ def build_runtime(
         pipeline=pipeline,
         gateway=gateway,
         events=recorder,
+        metrics=metrics,
         webhooks=webhooks,
         owns_db=database is None,
     )
@@ -276,7 +309,7 @@ def _quota_check(
     return remaining
 
 
-def _object_store(config: TusServerConfig) -> ObjectStore:
+def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> ObjectStore:
     if config.object_store == "s3":
         from storage_backends.s3 import S3ObjectStore, S3Settings
 
@@ -290,7 +323,12 @@ def _object_store(config: TusServerConfig) -> ObjectStore:
                 secure=config.s3_secure,
                 part_size=config.s3_part_size,
                 parallel_parts=config.s3_parallel_parts,
-            )
+            ),
+            observe=(
+                (lambda op, seconds: metrics.s3_seconds.labels(op).observe(seconds))
+                if metrics is not None
+                else None
+            ),
         )
     return LocalObjectStore(config.objects_dir)
 
@@ -331,6 +369,7 @@ def create_tus_subapp(
         pipeline=rt.pipeline,
         gate=gate,
         events=rt.events,
+        metrics=rt.metrics,
     )
     app.add_routes(handlers.routes("/"))
     if runtime is None:
@@ -355,6 +394,7 @@ def create_app(
     app = web.Application(
         middlewares=[
             request_context_middleware,
+            rt.metrics.middleware(),
             cors_middleware(config.cors_origins),
             error_middleware(json_body=True),
         ],
@@ -374,7 +414,21 @@ def create_app(
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def readyz(_request: web.Request) -> web.Response:
+        checks = await rt.readiness()
+        ok = all(v == "ok" for v in checks.values())
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status=200 if ok else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def refresh_gauges() -> None:
+        rt.metrics.pipeline_queue.set(await rt.files.pending_count())
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", rt.metrics.handler(refresh_gauges))
     gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
     files_api = FilesApi(
         db=rt.db,
@@ -383,6 +437,7 @@ def create_app(
         uploads=rt.uploads,
         gate=gate,
         events=rt.events,
+        metrics=rt.metrics,
         write_buffer_size=config.write_buffer_size,
     )
     app.add_routes(files_api.routes(""))

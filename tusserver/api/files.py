@@ -26,6 +26,7 @@ from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
 from ..http_util import safe_filename
+from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
 from ..protocol.errors import BadRequest, Conflict, NotFound, TusError
 from ..protocol.handlers import stream_bytes
@@ -210,8 +211,10 @@ class FilesApi:
         uploads: UploadService,
         gate: Gate,
         events: EventRecorder | None = None,
+        metrics: Metrics | None = None,
         write_buffer_size: int = 1024 * 1024,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._files = files
         self._pipeline = pipeline
@@ -297,6 +300,7 @@ class FilesApi:
             name=f.name,
             reader=lambda start, length: self._pipeline.read_source(f, start, length),
             extra_headers={"ETag": etag, "Cache-Control": "private, no-cache"},
+            on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
         if self._events is not None and request.method == "GET":
             self._events.record(

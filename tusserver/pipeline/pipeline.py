@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -41,6 +42,7 @@ from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
 from ..config import TusServerConfig
 from ..events import Hooks
+from ..metrics import Metrics
 from ..protocol.errors import UnsupportedMediaType
 from .keys import object_key
 from .validators import (
@@ -101,8 +103,11 @@ class Pipeline:
         hooks: Hooks,
         webhooks: WebhookSender | None = None,
         events: EventRecorder | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
+        self._metrics = metrics
+        self._claimed: set[str] = set()
         self._events = events
         self._config = config
         self._chunks = chunks
@@ -189,6 +194,7 @@ class Pipeline:
             self._workers.append(asyncio.get_running_loop().create_task(self._work(i)))
 
     async def stop(self) -> None:
+        """Stop the workers; files they held are handed back at once (not after the lease)."""
         self._stopping = True
         for task in self._workers:
             task.cancel()
@@ -196,6 +202,10 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        for file_id in list(self._claimed):
+            with contextlib.suppress(Exception):
+                await self._files.update(file_id, lease_until=None)
+        self._claimed.clear()
 
     async def _work(self, n: int) -> None:
         while not self._stopping:
@@ -215,7 +225,11 @@ class Pipeline:
         handled = 0
         for file_id in await self._files.due(self._clock(), limit):
             if await self._files.claim(file_id, self._clock(), _LEASE):
-                await self.process(file_id)
+                self._claimed.add(file_id)
+                try:
+                    await self.process(file_id)
+                finally:
+                    self._claimed.discard(file_id)
                 handled += 1
         return handled
 
@@ -238,11 +252,13 @@ class Pipeline:
 
     async def _process(self, f: FileRecord, log: Any) -> FileStatus:
         assert f.upload_id is not None
+        started = time.perf_counter()
         try:
             sha256, head = await self._inspect(f.upload_id, f.size)
         except UploadDataMissing:
             return await self._recover_missing(f, log)
         detected = await sniff_type(head)
+        self._observe("inspect", started)
         candidate = Candidate(
             size=f.size,
             sha256=sha256,
@@ -262,14 +278,23 @@ class Pipeline:
             updated_at=self._clock(),
         )
         for validator in [self._policy, *self._validators]:
+            started = time.perf_counter()
             verdict = await validator.check(candidate)
+            self._observe(validator.name, started)
             if verdict.kind is VerdictKind.REJECT:
                 return await self._reject(f, verdict.reason or validator.name, log)
             if verdict.kind is VerdictKind.RETRY:
                 return await self._retry(f, verdict.reason or validator.name, log)
             if verdict.note:
                 candidate.notes.append(verdict.note)
-        return await self._commit(f, candidate, log)
+        started = time.perf_counter()
+        status = await self._commit(f, candidate, log)
+        self._observe("commit", started)
+        return status
+
+    def _observe(self, step: str, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.pipeline_step.labels(step).observe(time.perf_counter() - started)
 
     async def _inspect(self, upload_id: str, size: int) -> tuple[str, bytes]:
         """One streaming pass: sha256 of the whole file and its first bytes."""
@@ -407,6 +432,8 @@ class Pipeline:
         rec = await self._files.get(file_id)
         if rec is None:
             return
+        if self._metrics is not None:
+            self._metrics.files.labels(event.removeprefix("file.")).inc()
         if self._events is not None:
             self._events.record(
                 Event(

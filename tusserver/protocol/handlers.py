@@ -19,6 +19,7 @@ from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
 from ..http_util import content_disposition, parse_range
+from ..metrics import Metrics
 from ..pipeline.pipeline import Pipeline
 from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
 from .body import BodyReader, Interruption
@@ -62,8 +63,10 @@ class TusHandlers:
         pipeline: Pipeline,
         gate: Gate | None = None,
         events: EventRecorder | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._events = events
+        self._metrics = metrics
         self._config = config
         self._service = service
         self._files = files
@@ -167,6 +170,8 @@ class TusHandlers:
             principal, length=length, metadata=metadata, concat=concat
         )
         self._gate.audit(request, "upload.create", actor=principal.user_id, target=status.record.id)
+        if self._metrics is not None:
+            self._metrics.uploads.labels("created").inc()
         if self._events is not None:
             self._events.record(
                 Event(
@@ -252,17 +257,28 @@ class TusHandlers:
         if "Upload-Length" in h:
             new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
         reader = BodyReader(request.content, self._config.write_buffer_size)
-        status = await self._service.append(
-            principal,
-            upload_id,
-            offset=offset,
-            source=reader,
-            on_release=reader.request_release,
-            content_length=request.content_length,
-            new_length=new_length,
-            checksum=checksum,
-            interrupted=lambda: reader.interruption is not Interruption.NONE,
-        )
+        in_flight = self._metrics.in_flight if self._metrics is not None else None
+        if in_flight is not None:
+            in_flight.inc()
+        try:
+            status = await self._service.append(
+                principal,
+                upload_id,
+                offset=offset,
+                source=reader,
+                on_release=reader.request_release,
+                content_length=request.content_length,
+                new_length=new_length,
+                checksum=checksum,
+                interrupted=lambda: reader.interruption is not Interruption.NONE,
+            )
+        finally:
+            if in_flight is not None:
+                in_flight.dec()
+        if self._metrics is not None and status.offset is not None:
+            self._metrics.bytes_received.inc(max(0, status.offset - offset))
+            if status.finished and status.offset > offset:
+                self._metrics.uploads.labels("finished").inc()
         if reader.interruption is Interruption.RELEASED:
             raise UploadInterrupted(
                 "the upload was taken over by a newer request; resume from Upload-Offset",
@@ -292,6 +308,7 @@ class TusHandlers:
             size=rec.length or 0,
             name=name.decode("utf-8", "replace") if name else None,
             reader=self._reader(upload_id, f),
+            on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
 
     def _reader(self, upload_id: str, f: FileRecord | None) -> ByteReader:
@@ -334,6 +351,7 @@ async def stream_bytes(
     reader: ByteReader,
     content_type: str = "application/octet-stream",
     extra_headers: dict[str, str] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
     """Stream a representation with single-range support and a safe attachment name."""
     rng = parse_range(request.headers.get("Range"), size)
@@ -356,10 +374,13 @@ async def stream_bytes(
     resp.content_length = length
     await resp.prepare(request)
     if blocks is not None:
+        sent = 0
         try:
             await resp.write(first)
+            sent += len(first)
             async for block in blocks:
                 await resp.write(block)
+                sent += len(block)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
@@ -368,6 +389,9 @@ async def stream_bytes(
             if request.transport is not None:
                 request.transport.close()
             return resp
+        finally:
+            if on_sent is not None:
+                on_sent(sent)
     await resp.write_eof()
     return resp
 

@@ -39,9 +39,12 @@ class _Holder:
 class InProcessLocker:
     """Locks within one process (the default for a single instance)."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(
+        self, *, timeout: float, observe_wait: Callable[[float], None] | None = None
+    ) -> None:
         self._timeout = timeout
         self._held: dict[str, _Holder] = {}
+        self._observe = observe_wait
 
     def is_locked(self, upload_id: str) -> bool:
         return upload_id in self._held
@@ -50,7 +53,8 @@ class InProcessLocker:
     async def lock(
         self, upload_id: str, *, on_release: ReleaseCallback | None = None
     ) -> AsyncIterator[None]:
-        deadline = time.monotonic() + self._timeout
+        started = time.monotonic()
+        deadline = started + self._timeout
         while (holder := self._held.get(upload_id)) is not None:
             if not holder.asked:
                 holder.asked = True
@@ -66,6 +70,8 @@ class InProcessLocker:
                 await asyncio.wait_for(holder.released.wait(), remaining)
         me = _Holder(on_release)
         self._held[upload_id] = me
+        if self._observe is not None:
+            self._observe(time.monotonic() - started)
         try:
             yield
         finally:

@@ -1,0 +1,90 @@
+"""Prometheus metrics, in a registry owned by the app (no process-global registry)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tusserver_http_requests", "HTTP requests by method and status", ["method", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.bytes_received = Counter("tusserver_bytes_received", "Upload bytes stored", registry=r)
+        self.bytes_served = Counter("tusserver_bytes_served", "Bytes sent in downloads", registry=r)
+        self.uploads = Counter(
+            "tusserver_uploads", "Upload lifecycle events", ["event"], registry=r
+        )
+        self.files = Counter("tusserver_files", "Pipeline outcomes", ["outcome"], registry=r)
+        self.in_flight = Gauge(
+            "tusserver_patches_in_flight", "PATCH requests receiving bytes now", registry=r
+        )
+        self.patch_seconds = Histogram(
+            "tusserver_patch_duration_seconds", "PATCH latency", buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.lock_wait = Histogram(
+            "tusserver_lock_wait_seconds", "Time waiting for an upload's lock",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.pipeline_step = Histogram(
+            "tusserver_pipeline_step_seconds", "Duration of pipeline steps", ["step"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.pipeline_queue = Gauge(
+            "tusserver_pipeline_queue_depth", "Files waiting for validation or commit",
+            registry=r,
+        )  # fmt: skip
+        self.s3_seconds = Histogram(
+            "tusserver_s3_request_seconds", "S3 request latency by operation", ["op"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                method = request.method if request.method.isalpha() else "OTHER"
+                self.requests.labels(method[:10], str(status)).inc()
+                if method == "PATCH":
+                    self.patch_seconds.observe(time.perf_counter() - started)
+
+        return count
+
+    def handler(
+        self, refresh: Callable[[], Awaitable[None]] | None = None
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def metrics(_request: web.Request) -> web.Response:
+            if refresh is not None:
+                await refresh()
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        return metrics
