@@ -80,9 +80,10 @@ class Runtime:
         self._started = True
         if self.config.auto_migrate:
             await upgrade(self.db)
-        open_store = getattr(self.store, "open", None)
-        if open_store is not None:
-            await open_store()
+        for resource in (self.store, self.locker):
+            open_resource = getattr(resource, "open", None)
+            if open_resource is not None:
+                await open_resource()
         try:
             await self.objects.open()
         except StorageError as exc:
@@ -142,9 +143,10 @@ class Runtime:
         await self.hooks.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        close_objects = getattr(self.objects, "close", None)
-        if close_objects is not None:
-            await close_objects()
+        for resource in (self.objects, self.locker, self.store):
+            close_resource = getattr(resource, "close", None)
+            if close_resource is not None:
+                await close_resource()
         if self.owns_db:
             await self.db.dispose()
 
@@ -167,9 +169,7 @@ def build_runtime(
     db = database or create_database(config.effective_database_url, durable=config.fsync)
     chunk_store = store or LocalChunkStore(config.uploads_dir)
     object_store = objects or _object_store(config, metrics)
-    the_locker = locker or InProcessLocker(
-        timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe
-    )
+    the_locker = locker or _locker(config, db, metrics)
     the_hooks = hooks or Hooks()
     service = UploadService(
         config=config,
@@ -307,6 +307,20 @@ def _quota_check(
         return max(0, quota - await users.usage_bytes(principal.user_id))
 
     return remaining
+
+
+def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
+    use_pg = config.locker == "postgres" or (config.locker == "auto" and db.dialect == "postgresql")
+    if use_pg:
+        from .uploads.pglocks import PostgresLocker
+
+        url = db.engine.url.set(drivername="postgresql")
+        return PostgresLocker(
+            url.render_as_string(hide_password=False),
+            timeout=config.lock_timeout,
+            observe_wait=metrics.lock_wait.observe,
+        )
+    return InProcessLocker(timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe)
 
 
 def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> ObjectStore:

@@ -91,6 +91,13 @@ class TusServerConfig:
             "holder to release) before it answers 423."
         ),
     )
+    locker: str = field(
+        default="auto",
+        metadata=_doc(
+            "Upload locks: `memory` (one instance), `postgres` (advisory locks shared by every "
+            "instance on the database) or `auto` (postgres when the database is PostgreSQL)."
+        ),
+    )
     write_buffer_size: int = field(
         default=1024 * 1024,
         metadata=_doc("Bytes a PATCH body is buffered in memory before each write to storage."),
@@ -370,6 +377,10 @@ class TusServerConfig:
             raise ConfigError("clamd_url: must start with tcp:// or unix://")
         if self.pipeline_workers < 1:
             raise ConfigError("pipeline_workers: must be at least 1")
+        if self.locker not in ("auto", "memory", "postgres"):
+            raise ConfigError("locker: must be auto, memory or postgres")
+        if self.locker == "postgres" and not self.database_url.startswith("postgresql"):
+            raise ConfigError("locker: 'postgres' needs a PostgreSQL database_url")
         if self.auth not in ("jwt", "none"):
             raise ConfigError("auth: must be 'jwt' or 'none'")
         if self.jwt_algorithm not in ("HS256", "RS256", "ES256"):

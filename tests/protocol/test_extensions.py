@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from tests.app_fixtures import OCTET, TUS, MakeClient
 from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, create_tus_subapp
 from tusserver.app import RUNTIME
 from tusserver.catalog.uploads import UploadRecord
 
-from tests.app_fixtures import OCTET, TUS, MakeClient
 from .test_core import create, head, patch
 
 Client = TestClient[Any, Any]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.app_fixtures import OCTET, TUS
+from tusserver import TusServerConfig, create_app
 from tusserver.protocol.errors import LockTimeout
 from tusserver.uploads.locks import InProcessLocker
 
-from tests.app_fixtures import OCTET, TUS
 from .test_core import create, head, patch
 
 Client = TestClient[Any, Any]
@@ -106,3 +109,45 @@ async def test_waiters_get_the_lock_in_turn() -> None:
     await asyncio.gather(*(worker(i) for i in range(5)))
     assert all(order[k] == order[k + 1] for k in range(0, len(order), 2))
     assert not locker.is_locked("u")
+
+
+@pytest.mark.postgres
+async def test_lock_breaking_across_instances(
+    aiohttp_client: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """A HEAD on instance B breaks a stalled PATCH held by instance A (advisory lock + NOTIFY)."""
+
+    async def instance() -> Client:
+        config = TusServerConfig(
+            data_dir=tmp_path, database_url=pg_url, auth="none", sweep_interval=0
+        )
+        client: Client = await aiohttp_client(create_app(config))
+        return client
+
+    a = await instance()
+    b = await instance()
+    path = await create(a, 1024 * 1024)
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalled_body() -> Any:
+        yield b"a" * 50_000
+        sent.set()
+        await never.wait()
+        yield b"b"
+
+    stalled = asyncio.ensure_future(
+        a.patch(path, data=stalled_body(), headers={**TUS, **OCTET, "Upload-Offset": "0"})
+    )
+    await sent.wait()
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await head(b, path)
+    assert loop.time() - started < 2.5
+    assert resp.status == 200
+    assert resp.headers["Upload-Offset"] == "50000"
+    r = await patch(b, path, 50_000, b"c" * 10)
+    assert r.status == 204
+    never.set()
+    assert (await stalled).status == 400
