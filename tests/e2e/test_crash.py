@@ -1,0 +1,203 @@
+"""Crash safety: SIGKILL the server mid-PATCH or right after an acknowledged PATCH, restart it
+on the same data directory, and finish the upload from the offset the server reports."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from .conftest import ServerFactory
+from .helpers import (
+    OCTET,
+    MiB,
+    b64digest,
+    create,
+    download_sha256,
+    make_bytes,
+    offset_of,
+    patch,
+    sha256,
+)
+
+pytestmark = pytest.mark.e2e
+
+BLOCK = 64 * 1024
+
+
+class SlowBody:
+    """A chunked request body streamed slowly from memory, counting what it handed over."""
+
+    def __init__(self, data: bytes, start: int, *, signal_at: int, delay: float = 0.002) -> None:
+        self._data = memoryview(data)
+        self._pos = start
+        self.start = start
+        self.signal_at = signal_at
+        self.delay = delay
+        self.reached = asyncio.Event()
+
+    @property
+    def handed_over(self) -> int:
+        """Bytes given to aiohttp so far (an upper bound of what the server received)."""
+        return self._pos - self.start
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self._pos < len(self._data):
+            piece = bytes(self._data[self._pos : self._pos + BLOCK])
+            # counted before it is handed over: handed_over never undercounts
+            self._pos += len(piece)
+            if self.handed_over >= self.signal_at:
+                self.reached.set()
+            yield piece
+            await asyncio.sleep(self.delay)
+
+
+async def _slow_patch(url: str, offset: int, body: SlowBody, headers: dict[str, str]) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            url,
+            data=body.__aiter__(),
+            headers={**OCTET, "Upload-Offset": str(offset), **headers},
+        ) as resp,
+    ):
+        return resp.status
+
+
+async def _finish(url: str, data: bytes, offset: int, piece: int = 16 * MiB) -> None:
+    """PATCH the rest of ``data`` from ``offset`` in pieces; asserts every 204."""
+    async with aiohttp.ClientSession() as session:
+        while offset < len(data):
+            chunk = data[offset : offset + piece]
+            resp = await patch(session, url, offset, chunk)
+            assert resp.status == 204, (resp.status, await resp.text())
+            offset += len(chunk)
+            assert resp.headers["Upload-Offset"] == str(offset)
+
+
+async def _offset(url: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        return await offset_of(session, url)
+
+
+async def _kill_mid_patch(
+    server_factory: ServerFactory, data: bytes, start: int, kill_after: int, headers: dict[str, str]
+) -> tuple[str, int]:
+    """Create an upload of ``data``, PATCH ``data[:start]`` normally, then stream the rest slowly
+    and SIGKILL the server after ``kill_after`` bytes. Restarts it; returns (url, bytes sent)."""
+    srv = server_factory()
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, srv.endpoint, len(data))
+        if start:
+            resp = await patch(session, url, 0, data[:start])
+            assert resp.status == 204
+    body = SlowBody(data, start, signal_at=kill_after)
+    task = asyncio.create_task(_slow_patch(url, start, body, headers))
+    reached = asyncio.create_task(body.reached.wait())
+    done, _ = await asyncio.wait({task, reached}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert reached in done, f"the PATCH ended before {kill_after} bytes were sent: {task}"
+    srv.kill()
+    sent = body.handed_over  # nothing handed over after this reached the dead server
+    with pytest.raises(aiohttp.ClientError):
+        await asyncio.wait_for(task, 30)
+    srv.start()
+    return url, sent
+
+
+async def test_sigkill_mid_patch_then_resume(server_factory: ServerFactory) -> None:
+    size = 64 * MiB
+    data = make_bytes(size, seed=30)
+    start = 3 * MiB + 5
+    url, sent = await _kill_mid_patch(server_factory, data, start, 6 * MiB, {})
+    offset = await _offset(url)
+    # acknowledged bytes survive; bytes never sent cannot be there; and the server stored the
+    # crashed PATCH's bytes as they came (it had received megabytes), not only at its end
+    assert start < offset <= start + sent, (start, offset, sent)
+    await _finish(url, data, offset)
+    assert await download_sha256(url) == (size, sha256(data))
+
+
+async def test_sigkill_mid_checksummed_patch_keeps_nothing_of_it(
+    server_factory: ServerFactory,
+) -> None:
+    """A chunk with Upload-Checksum is all or nothing, across a crash too."""
+    size = 24 * MiB
+    data = make_bytes(size, seed=31)
+    start = MiB
+    checksum = "sha256 " + b64digest("sha256", data[start:])
+    url, _ = await _kill_mid_patch(
+        server_factory, data, start, 4 * MiB, {"Upload-Checksum": checksum}
+    )
+    assert await _offset(url) == start
+    # the rest, again with a checksum (the crashed request's staging file must not matter)
+    async with aiohttp.ClientSession() as session:
+        resp = await patch(session, url, start, data[start:], **{"Upload-Checksum": checksum})
+        assert resp.status == 204, await resp.text()
+        assert resp.headers["Upload-Offset"] == str(size)
+    assert await download_sha256(url) == (size, sha256(data))
+
+
+async def test_sigkill_after_acknowledged_patch(server_factory: ServerFactory) -> None:
+    """Every acknowledged offset survives a SIGKILL that follows the 204 at once."""
+    size = 16 * MiB + 9
+    data = make_bytes(size, seed=32)
+    srv = server_factory()
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, srv.endpoint, size, **{"Upload-Metadata": "filename Y3Jhc2g="})
+    acknowledged = 0
+    for end in (5 * MiB + 1, 12 * MiB, size):
+        async with aiohttp.ClientSession() as session:
+            resp = await patch(session, url, acknowledged, data[acknowledged:end])
+            assert resp.status == 204
+            acknowledged = int(resp.headers["Upload-Offset"])
+            assert acknowledged == end
+        srv.kill()
+        srv.start()
+        assert await _offset(url) >= acknowledged
+        assert await _offset(url) == acknowledged
+    # the finish was acknowledged before the last kill: the upload is complete and readable
+    async with aiohttp.ClientSession() as session, session.head(url, headers=OCTET) as resp:
+        assert resp.headers["Upload-Length"] == str(size)
+        assert "Upload-Expires" not in resp.headers
+    assert await download_sha256(url) == (size, sha256(data))
+
+
+async def test_sigkill_after_creation_with_upload(server_factory: ServerFactory) -> None:
+    """creation-with-upload, with fsync on: the first chunk is there after a crash."""
+    size = 3 * MiB
+    data = make_bytes(size, seed=33)
+    srv = server_factory({"TUSSERVER_FSYNC": "1"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            srv.endpoint,
+            data=io.BytesIO(data[:MiB]),
+            headers={**OCTET, "Upload-Length": str(size)},
+        ) as resp,
+    ):
+        assert resp.status == 201
+        assert resp.headers["Upload-Offset"] == str(MiB)
+        url = resp.headers["Location"]
+    srv.kill()
+    srv.start()
+    assert await _offset(url) == MiB
+    await _finish(url, data, MiB)
+    assert await download_sha256(url) == (size, sha256(data))
+
+
+async def test_graceful_restart_keeps_partial_upload(server_factory: ServerFactory) -> None:
+    """SIGTERM: the server exits cleanly (code 0) and the upload goes on after the restart."""
+    size = 2 * MiB
+    data = make_bytes(size, seed=34)
+    srv = server_factory()
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, srv.endpoint, size)
+        assert (await patch(session, url, 0, data[:MiB])).status == 204
+    assert srv.terminate() == 0
+    srv.start()
+    assert await _offset(url) == MiB
+    await _finish(url, data, MiB)
+    assert await download_sha256(url) == (size, sha256(data))
