@@ -18,10 +18,12 @@ __all__ = [
     "ChunkSource",
     "ChunkStore",
     "Concatenater",
+    "Finisher",
     "LocalFileAccess",
     "ObjectInfo",
     "ObjectStore",
     "StorageError",
+    "StorageLimitExceeded",
     "StoreCapabilities",
     "UploadDataMissing",
 ]
@@ -89,6 +91,18 @@ class Concatenater(Protocol):
 
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         """Fill ``upload_id`` with the parts' bytes; returns the resulting length."""
+
+
+@runtime_checkable
+class Finisher(Protocol):
+    """Optional capability: told when an upload has all its bytes (S3 completes it then)."""
+
+    async def finish(self, upload_id: str) -> None:
+        """Make the upload's bytes one readable object; idempotent."""
+
+
+class StorageLimitExceeded(StorageError):
+    """The request would take the upload past a limit of the store (S3 part count, size)."""
 
 
 @runtime_checkable

@@ -8,21 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import io
+import json
+import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 import aiofiles.os
 from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import Part
 from minio.error import S3Error
 
-from .base import ObjectInfo, StorageError
+from .base import (
+    ChunkSource,
+    ObjectInfo,
+    StorageError,
+    StorageLimitExceeded,
+    StoreCapabilities,
+    UploadDataMissing,
+)
 
-__all__ = ["S3ObjectStore", "S3Settings"]
+__all__ = ["S3ChunkStore", "S3ObjectStore", "S3Settings", "part_size_for"]
 
 T = TypeVar("T")
 _READ_BLOCK = 256 * 1024
@@ -113,6 +125,17 @@ class S3ObjectStore:
         finally:
             if self._observe is not None:
                 self._observe(getattr(fn, "__name__", "call"), time.perf_counter() - started)
+
+    @property
+    def bucket(self) -> str:
+        return self._s.bucket
+
+    def same_server(self, other: S3Settings) -> bool:
+        return (self._s.endpoint, self._s.access_key, self._s.secure) == (
+            other.endpoint,
+            other.access_key,
+            other.secure,
+        )
 
     async def open(self) -> None:
         if not await self._run(self._client.bucket_exists, self._s.bucket):
@@ -262,3 +285,369 @@ class _AsyncToSyncReader(io.RawIOBase):
             return await self._it.__anext__()
         except StopAsyncIteration:
             return None
+
+
+class S3ChunkStore:
+    """Uploads in progress as S3 multipart uploads: no instance keeps local state.
+
+    Layout under ``prefix``: ``<id>`` is the multipart upload (the object once complete),
+    ``<id>.info`` records its multipart id, ``<id>.part`` holds a tail shorter than the 5 MiB
+    minimum part size, prepended to the next PATCH. The offset is always derived from what S3
+    holds (listed parts + tail), so a restart of any instance loses nothing acknowledged.
+    The tail object is removed before the parts that include its bytes are uploaded: a crash
+    in between makes the offset smaller (the client resends), never larger.
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        prefix: str = "tus/",
+        max_size: int | None = None,
+        parts_in_flight: int = 2,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._objects = S3ObjectStore(settings, observe=observe)
+        self._s = settings
+        self._client = self._objects._client
+        self._prefix = prefix
+        limit = min(max_size or _MAX_OBJECT, _MAX_OBJECT)
+        self.part_size = part_size_for(limit, settings.part_size)
+        self.capabilities = StoreCapabilities(max_size=limit)
+        self._in_flight = parts_in_flight
+        self._info_cache: dict[str, str] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._objects._run(fn, *args, **kwargs)
+
+    def _key(self, upload_id: str, suffix: str = "") -> str:
+        return f"{self._prefix}{upload_id}{suffix}"
+
+    async def open(self) -> None:
+        await self._objects.open()
+
+    async def close(self) -> None:
+        await self._objects.close()
+
+    # --- state ------------------------------------------------------------------------------
+
+    async def _multipart_id(self, upload_id: str) -> str | None:
+        """The multipart id, or None once the upload is a complete object."""
+        cached = self._info_cache.get(upload_id)
+        if cached is not None:
+            return cached
+        info = await self._read_info(upload_id)
+        mp = info.get("mp")
+        if isinstance(mp, str):
+            self._info_cache[upload_id] = mp
+            return mp
+        return None
+
+    async def _read_info(self, upload_id: str) -> dict[str, Any]:
+        try:
+            data = b"".join([b async for b in self._objects.get(self._key(upload_id, ".info"))])
+        except StorageError as exc:
+            if _is_missing(exc):
+                raise UploadDataMissing(upload_id) from None
+            raise
+        try:
+            info = json.loads(data)
+        except ValueError:
+            raise StorageError(f"corrupt info object of upload {upload_id}") from None
+        return info if isinstance(info, dict) else {}
+
+    async def _write_info(self, upload_id: str, info: dict[str, Any]) -> None:
+        body = json.dumps(info).encode()
+        await self._run(
+            self._client.put_object,
+            self._s.bucket,
+            self._key(upload_id, ".info"),
+            io.BytesIO(body),
+            len(body),
+            content_type="application/json",
+        )
+
+    async def _parts(self, upload_id: str, mp: str) -> list[Part]:
+        parts: list[Part] = []
+        marker: str | None = None
+        while True:
+            try:
+                result = await self._run(
+                    self._client._list_parts,
+                    self._s.bucket,
+                    self._key(upload_id),
+                    mp,
+                    max_parts=1000,
+                    part_number_marker=marker,
+                )
+            except StorageError as exc:
+                if _is_missing(exc):
+                    raise UploadDataMissing(upload_id) from None
+                raise
+            parts.extend(result.parts)
+            if not result.is_truncated:
+                return _contiguous(parts)
+            marker = str(result.next_part_number_marker)
+
+    async def _tail_size(self, upload_id: str) -> int:
+        info = await self._objects.stat(self._key(upload_id, ".part"))
+        return 0 if info is None else info.size
+
+    # --- the ChunkStore protocol ------------------------------------------------------------
+
+    async def create(self, upload_id: str) -> None:
+        mp = await self._run(
+            self._client._create_multipart_upload,
+            self._s.bucket,
+            self._key(upload_id),
+            {"Content-Type": "application/octet-stream"},
+        )
+        await self._write_info(upload_id, {"mp": mp})
+        self._info_cache[upload_id] = mp
+
+    async def get_offset(self, upload_id: str) -> int:
+        mp = await self._multipart_id(upload_id)
+        if mp is None:
+            info = await self._objects.stat(self._key(upload_id))
+            if info is None:
+                raise UploadDataMissing(upload_id)
+            return info.size
+        parts = await self._parts(upload_id, mp)
+        return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+
+    async def write(
+        self,
+        upload_id: str,
+        offset: int,
+        source: ChunkSource,
+        *,
+        verify: Callable[[], None] | None = None,
+        fsync: bool = False,
+    ) -> int:
+        mp = await self._multipart_id(upload_id)
+        if mp is None:
+            async for block in source:
+                if block:
+                    raise StorageError("the upload is already complete")
+            return 0
+        if verify is not None:
+            # Nothing may reach S3 before the chunk is verified: spool it to a temp file.
+            with tempfile.TemporaryFile(prefix="tus-chunk-") as spool:
+                size = 0
+                async for block in source:
+                    await asyncio.to_thread(spool.write, block)
+                    size += len(block)
+                verify()
+                await asyncio.to_thread(spool.seek, 0)
+                return await self._append(upload_id, mp, _file_blocks(spool, size))
+        return await self._append(upload_id, mp, source)
+
+    async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
+        parts = await self._parts(upload_id, mp)
+        number = len(parts) + 1
+        tail = await self._take_tail(upload_id)
+        spool = bytearray(tail)
+        pending: list[asyncio.Task[None]] = []
+        written = 0
+        failed = False
+        try:
+            async for block in source:
+                spool += block
+                written += len(block)
+                while len(spool) >= self.part_size:
+                    if number > _MAX_PARTS:
+                        raise StorageLimitExceeded("the upload would exceed 10,000 S3 parts")
+                    data = bytes(spool[: self.part_size])
+                    del spool[: self.part_size]
+                    while len(pending) >= self._in_flight:
+                        await pending.pop(0)
+                    pending.append(
+                        asyncio.ensure_future(self._upload_part(upload_id, mp, number, data))
+                    )
+                    number += 1
+            for task in pending:
+                await task
+            pending.clear()
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            for task in pending:
+                # Let started parts finish; a part that failed leaves a gap, and only the
+                # parts before the first gap count (see _contiguous).
+                try:
+                    await task
+                except Exception:
+                    failed = True
+            if spool and not failed:
+                await self._put_tail(upload_id, bytes(spool))
+        return written
+
+    async def _upload_part(self, upload_id: str, mp: str, number: int, data: bytes) -> None:
+        await self._run(
+            self._client._upload_part, self._s.bucket, self._key(upload_id), data, None, mp, number
+        )
+
+    async def _take_tail(self, upload_id: str) -> bytes:
+        key = self._key(upload_id, ".part")
+        try:
+            data = b"".join([b async for b in self._objects.get(key)])
+        except StorageError as exc:
+            if _is_missing(exc):
+                return b""
+            raise
+        await self._objects.delete(key)
+        return data
+
+    async def _put_tail(self, upload_id: str, data: bytes) -> None:
+        await self._run(
+            self._client.put_object,
+            self._s.bucket,
+            self._key(upload_id, ".part"),
+            io.BytesIO(data),
+            len(data),
+        )
+
+    async def finish(self, upload_id: str) -> None:
+        mp = await self._multipart_id(upload_id)
+        if mp is None:
+            return
+        parts = await self._parts(upload_id, mp)
+        tail = await self._take_tail(upload_id)
+        if tail:
+            await self._upload_part(upload_id, mp, len(parts) + 1, tail)
+            parts = await self._parts(upload_id, mp)
+        key = self._key(upload_id)
+        if not parts:
+            # S3 cannot complete an empty multipart upload: a zero-byte object instead.
+            with contextlib.suppress(StorageError):
+                await self._run(self._client._abort_multipart_upload, self._s.bucket, key, mp)
+            await self._run(self._client.put_object, self._s.bucket, key, io.BytesIO(b""), 0)
+        else:
+            done = [Part(p.part_number, p.etag) for p in sorted(parts, key=lambda p: p.part_number)]
+            await self._run(self._client._complete_multipart_upload, self._s.bucket, key, mp, done)
+        await self._write_info(upload_id, {"mp": None})
+        self._info_cache.pop(upload_id, None)
+
+    async def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
+        blocks = self._objects.get(self._key(upload_id), start, length)
+        try:
+            first = await anext(blocks, None)
+        except StorageError as exc:
+            if _is_missing(exc):
+                raise UploadDataMissing(upload_id) from None
+            raise
+        if first is None:
+            return
+        yield first
+        async for block in blocks:
+            yield block
+
+    async def delete(self, upload_id: str) -> None:
+        mp = self._info_cache.pop(upload_id, None)
+        if mp is None:
+            with contextlib.suppress(StorageError):
+                info = await self._read_info(upload_id)
+                mp = info.get("mp") if isinstance(info.get("mp"), str) else None
+        if mp is not None:
+            with contextlib.suppress(StorageError):
+                await self._run(
+                    self._client._abort_multipart_upload, self._s.bucket, self._key(upload_id), mp
+                )
+        for suffix in ("", ".part", ".info"):
+            with contextlib.suppress(StorageError):
+                await self._objects.delete(self._key(upload_id, suffix))
+
+    async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
+        """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB."""
+        sizes = []
+        for part in parts:
+            info = await self._objects.stat(self._key(part))
+            if info is None:
+                raise UploadDataMissing(part)
+            sizes.append(info.size)
+        key = self._key(upload_id)
+        if len(parts) > 1 and all(s >= _MIN_PART for s in sizes[:-1]) and sizes[-1] > 0:
+            sources = [ComposeSource(self._s.bucket, self._key(p)) for p in parts]
+            await self._run(self._client.compose_object, self._s.bucket, key, sources)
+        else:
+            await self.create(upload_id)
+            mp = self._info_cache[upload_id]
+
+            async def chained() -> AsyncIterator[bytes]:
+                for part in parts:
+                    async for block in self._objects.get(self._key(part)):
+                        yield block
+
+            await self._append(upload_id, mp, chained())
+            await self.finish(upload_id)
+            return sum(sizes)
+        await self._write_info(upload_id, {"mp": None})
+        return sum(sizes)
+
+    async def copy_into(
+        self,
+        upload_id: str,
+        objects: object,
+        key: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        """Commit by a server-side copy into the same S3 server's object store, if it is one."""
+        if not isinstance(objects, S3ObjectStore) or not objects.same_server(self._s):
+            return False
+        source = CopySource(self._s.bucket, self._key(upload_id))
+        meta = {"Content-Type": content_type, **_encode_meta(metadata)}
+        size_info = await self._objects.stat(self._key(upload_id))
+        if size_info is None:
+            raise UploadDataMissing(upload_id)
+        if size_info.size >= 5 * 1024**3:
+            compose = [ComposeSource(self._s.bucket, self._key(upload_id))]
+            await self._run(
+                self._client.compose_object, objects.bucket, key, compose, metadata=meta
+            )
+        else:
+            await self._run(
+                self._client.copy_object,
+                objects.bucket,
+                key,
+                source,
+                metadata=meta,
+                metadata_directive="REPLACE",
+            )
+        return True
+
+
+_MAX_OBJECT = 5 * 1024**4
+
+
+def _contiguous(parts: list[Part]) -> list[Part]:
+    """Parts 1..k without a gap: bytes after a failed part never count as received."""
+    ordered = sorted(parts, key=lambda p: p.part_number)
+    result = []
+    for expected, part in enumerate(ordered, start=1):
+        if part.part_number != expected:
+            break
+        result.append(part)
+    return result
+
+
+def _is_missing(exc: StorageError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, S3Error) and cause.code in (
+        "NoSuchKey",
+        "NoSuchObject",
+        "NoSuchUpload",
+        "NotFound",
+    )
+
+
+async def _file_blocks(fh: Any, size: int, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    left = size
+    while left > 0:
+        data = await asyncio.to_thread(fh.read, min(block, left))
+        if not data:
+            raise StorageError("spool file ended early")
+        left -= len(data)
+        yield data

@@ -28,7 +28,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, tmp_path: Path, database_url: str) -> MakeClient:
+def storage_settings() -> dict[str, Any]:
+    """Storage config of the app under test; tests/protocol adds the S3 chunk store."""
+    return {}
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Any, tmp_path: Path, database_url: str, storage_settings: dict[str, Any]
+) -> MakeClient:
     """Build a server with config overrides (and optional hooks), return its test client."""
 
     async def make(*, hooks: Hooks | None = None, **overrides: Any) -> TestClient[Any, Any]:
@@ -39,6 +47,7 @@ def make_client(aiohttp_client: Any, tmp_path: Path, database_url: str) -> MakeC
             "lock_timeout": 3.0,
             "auth": "none",
             "pipeline_poll_interval": 0.2,
+            **storage_settings,
         }
         settings.update(overrides)
         config = TusServerConfig(**settings)

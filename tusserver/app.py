@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -47,6 +48,7 @@ from .protocol.handlers import TusHandlers
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
+from .web import web_routes
 
 __all__ = ["RUNTIME", "Runtime", "build_runtime", "create_app", "create_tus_subapp"]
 
@@ -167,7 +169,7 @@ def build_runtime(
     """Wire the services from the config; any dependency may be passed in instead."""
     metrics = Metrics()
     db = database or create_database(config.effective_database_url, durable=config.fsync)
-    chunk_store = store or LocalChunkStore(config.uploads_dir)
+    chunk_store = store or _chunk_store(config, metrics)
     object_store = objects or _object_store(config, metrics)
     the_locker = locker or _locker(config, db, metrics)
     the_hooks = hooks or Hooks()
@@ -323,27 +325,45 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
     return InProcessLocker(timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe)
 
 
+def _s3_settings(config: TusServerConfig) -> Any:
+    from storage_backends.s3 import S3Settings
+
+    return S3Settings(
+        endpoint=config.s3_endpoint,
+        access_key=config.s3_access_key,
+        secret_key=config.s3_secret_key,
+        bucket=config.s3_bucket,
+        region=config.s3_region or None,
+        secure=config.s3_secure,
+        part_size=config.s3_part_size,
+        parallel_parts=config.s3_parallel_parts,
+    )
+
+
+def _s3_observer(metrics: Metrics | None) -> Callable[[str, float], None] | None:
+    if metrics is None:
+        return None
+    return lambda op, seconds: metrics.s3_seconds.labels(op).observe(seconds)
+
+
+def _chunk_store(config: TusServerConfig, metrics: Metrics) -> ChunkStore:
+    if config.chunk_store == "s3":
+        from storage_backends.s3 import S3ChunkStore
+
+        return S3ChunkStore(
+            _s3_settings(config),
+            prefix=config.s3_chunk_prefix,
+            max_size=config.max_size or None,
+            observe=_s3_observer(metrics),
+        )
+    return LocalChunkStore(config.uploads_dir)
+
+
 def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> ObjectStore:
     if config.object_store == "s3":
-        from storage_backends.s3 import S3ObjectStore, S3Settings
+        from storage_backends.s3 import S3ObjectStore
 
-        return S3ObjectStore(
-            S3Settings(
-                endpoint=config.s3_endpoint,
-                access_key=config.s3_access_key,
-                secret_key=config.s3_secret_key,
-                bucket=config.s3_bucket,
-                region=config.s3_region or None,
-                secure=config.s3_secure,
-                part_size=config.s3_part_size,
-                parallel_parts=config.s3_parallel_parts,
-            ),
-            observe=(
-                (lambda op, seconds: metrics.s3_seconds.labels(op).observe(seconds))
-                if metrics is not None
-                else None
-            ),
-        )
+        return S3ObjectStore(_s3_settings(config), observe=_s3_observer(metrics))
     return LocalObjectStore(config.objects_dir)
 
 
@@ -461,4 +481,5 @@ def create_app(
     app.add_routes(analytics.routes(""))
     app.add_routes(analytics.routes("/api/v1"))
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
+    app.add_routes(web_routes(config, Path(__file__).resolve().parent.parent / "node_modules"))
     return app

@@ -134,6 +134,16 @@ class TusServerConfig:
     s3_parallel_parts: int = field(
         default=4, metadata=_doc("Multipart parts uploaded in parallel per object.")
     )
+    chunk_store: str = field(
+        default="local",
+        metadata=_doc(
+            "Where uploads in progress live: `local` (under `<data_dir>/uploads`) or `s3` "
+            "(multipart uploads in the `s3_*` bucket: instances keep no local state)."
+        ),
+    )
+    s3_chunk_prefix: str = field(
+        default="tus/", metadata=_doc("Key prefix of uploads in progress in the S3 chunk store.")
+    )
     # --- validation pipeline -----------------------------------------------------------------
     pipeline_workers: int = field(
         default=2, metadata=_doc("Files validated and committed concurrently per instance.")
@@ -362,10 +372,12 @@ class TusServerConfig:
                 raise ConfigError(f"{name}: must be a non-negative number")
         if self.object_store not in ("local", "s3"):
             raise ConfigError("object_store: must be 'local' or 's3'")
-        if self.object_store == "s3":
+        if self.chunk_store not in ("local", "s3"):
+            raise ConfigError("chunk_store: must be 'local' or 's3'")
+        if self.object_store == "s3" or self.chunk_store == "s3":
             for name in ("s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket"):
                 if not getattr(self, name):
-                    raise ConfigError(f"{name}: required when object_store is 's3'")
+                    raise ConfigError(f"{name}: required when a store is 's3'")
         if self.s3_part_size < 5 * 1024 * 1024:
             raise ConfigError("s3_part_size: must be at least 5 MiB (5242880)")
         if "{file_id}" not in self.object_key_template:

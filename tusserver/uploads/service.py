@@ -20,7 +20,15 @@ from typing import Any
 import structlog
 
 from auth import Principal
-from storage_backends.base import ChunkSource, ChunkStore, Concatenater, UploadDataMissing
+from storage_backends.base import (
+    ChunkSource,
+    ChunkStore,
+    Concatenater,
+    Finisher,
+    StorageError,
+    StorageLimitExceeded,
+    UploadDataMissing,
+)
 
 from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
 from ..config import TusServerConfig
@@ -33,6 +41,7 @@ from ..protocol.errors import (
     Gone,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
@@ -167,7 +176,12 @@ class UploadService:
             expires_at=self._expiry(now),
         )
         if not is_final:
-            await self.store.create(record.id)
+            try:
+                await self.store.create(record.id)
+            except StorageError as exc:
+                raise ServiceUnavailable(
+                    f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
+                ) from None
         await self.repo.insert(record, [p.id for p in parts])
         self.hooks.fire("post_create", self.hooks.post_create, record)
         if is_final:
@@ -232,6 +246,10 @@ class UploadService:
                 offset: int | None = await self.store.get_offset(rec.id)
             except UploadDataMissing:
                 raise Gone("the upload's data is gone") from None
+            except StorageError as exc:
+                raise ServiceUnavailable(
+                    f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
+                ) from None
         elif rec.state is UploadState.CONCATENATING:
             offset = None
         else:
@@ -332,6 +350,14 @@ class UploadService:
                 )
             except UploadDataMissing:
                 raise Gone("the upload's data is gone") from None
+            except StorageLimitExceeded as exc:
+                raise PayloadTooLarge(str(exc)) from None
+            except StorageError as exc:
+                # Bytes the store did keep show up in HEAD; the client resumes from there.
+                raise ServiceUnavailable(
+                    f"storage is unavailable ({exc}); resume from HEAD's Upload-Offset",
+                    headers={"Retry-After": "5"},
+                ) from None
             except UnsupportedMediaType:
                 # Refused at its first bytes: nothing more of this upload is accepted.
                 await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
@@ -383,6 +409,14 @@ class UploadService:
 
     async def _finish(self, rec: UploadRecord, offset: int) -> None:
         await self.hooks.run_pre_finish(rec)
+        if isinstance(self.store, Finisher):
+            try:
+                await self.store.finish(rec.id)
+            except StorageError as exc:
+                raise ServiceUnavailable(
+                    f"storage is unavailable ({exc}); the upload completes on the next request",
+                    headers={"Retry-After": "5"},
+                ) from None
         await self.repo.update(
             rec.id,
             state=UploadState.FINISHED,

@@ -206,7 +206,9 @@ class WebUI:
     # --- handlers ---------------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPFound("/app/")
+        # The query string is kept: the page reads options from it (e.g. ``chunk_size``).
+        qs = request.query_string
+        raise web.HTTPFound("/app/" + (f"?{qs}" if qs else ""))
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         path = self._static_path("index.html")
@@ -271,9 +273,7 @@ class WebUI:
         return self._respond(request, loaded, ctype, immutable=immutable)
 
     async def limits(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            limits_json(self._config), headers={"Cache-Control": "no-cache"}
-        )
+        return web.json_response(limits_json(self._config), headers={"Cache-Control": "no-cache"})
 
 
 def web_routes(config: TusServerConfig, assets_dir: Path) -> list[web.RouteDef]:
