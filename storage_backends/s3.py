@@ -88,9 +88,17 @@ def part_size_for(size: int, preferred: int) -> int:
     return part
 
 
+_EMPTY = "%"  # quote() never produces a lone '%': it stands for an empty value
+
+
 def _encode_meta(metadata: Mapping[str, str]) -> dict[str, str]:
-    # S3 user metadata must be ASCII: percent-encode values (names are ours, ASCII).
-    return {k: quote(v, safe=" !#$&'()*+,/:;=?@[]~") for k, v in metadata.items()}
+    """S3 user metadata must be ASCII, and HTTP trims spaces and drops empty values:
+    percent-encode every value (spaces included) and mark empty ones."""
+    return {k: quote(v, safe="!#$&'()*+,/:;=?@[]~") or _EMPTY for k, v in metadata.items()}
+
+
+def _decode_meta(value: str) -> str:
+    return "" if value == _EMPTY else unquote(value)
 
 
 class S3ObjectStore:
@@ -179,7 +187,7 @@ class S3ObjectStore:
         metadata: Mapping[str, str],
     ) -> None:
         loop = asyncio.get_running_loop()
-        reader = _AsyncToSyncReader(source, loop)
+        reader = _AsyncToSyncReader(source, loop, size)
         await self._run(
             self._client.put_object,
             self._s.bucket,
@@ -191,6 +199,9 @@ class S3ObjectStore:
             part_size=part_size_for(size, self._s.part_size),
             num_parallel_uploads=1,
         )
+        if await reader.has_more():
+            await self.delete(key)
+            raise StorageError("the source has more bytes than its declared size")
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -204,7 +215,7 @@ class S3ObjectStore:
         for k, v in (st.metadata or {}).items():
             low = k.lower()
             if low.startswith("x-amz-meta-"):
-                meta[low[len("x-amz-meta-") :]] = unquote(v)
+                meta[low[len("x-amz-meta-") :]] = _decode_meta(v)
         return ObjectInfo(
             key=key,
             size=st.size or 0,
@@ -239,7 +250,13 @@ class S3ObjectStore:
     ) -> str | None:
         headers = {}
         if filename is not None:
-            headers["response-content-disposition"] = filename
+            ascii_name = filename.encode("ascii", "replace").decode()
+            for bad in '?"\\':
+                ascii_name = ascii_name.replace(bad, "_")
+            headers["response-content-disposition"] = (
+                f'attachment; filename="{ascii_name}"; '
+                f"filename*=UTF-8''{quote(filename, safe='')}"
+            )
         url: str = await self._run(
             self._client.presigned_get_object,
             self._s.bucket,
@@ -253,11 +270,14 @@ class S3ObjectStore:
 class _AsyncToSyncReader(io.RawIOBase):
     """A blocking file-like over an async byte source, for the SDK's worker thread."""
 
-    def __init__(self, source: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, source: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop, size: int
+    ) -> None:
         self._it = source.__aiter__()
         self._loop = loop
         self._buf = b""
         self._eof = False
+        self._left = size  # bytes the source must still deliver, exactly
 
     def readable(self) -> bool:
         return True
@@ -270,7 +290,12 @@ class _AsyncToSyncReader(io.RawIOBase):
             block = fut.result()
             if block is None:
                 self._eof = True
+                if self._left != 0:
+                    raise StorageError(f"the source ended {self._left} bytes early")
                 break
+            self._left -= len(block)
+            if self._left < 0:
+                raise StorageError("the source has more bytes than its declared size")
             chunks.append(block)
             have += len(block)
         data = b"".join(chunks)
@@ -279,6 +304,17 @@ class _AsyncToSyncReader(io.RawIOBase):
             return data
         self._buf = data[size:]
         return data[:size]
+
+    async def has_more(self) -> bool:
+        """After the SDK read its ``size`` bytes: does the source still hold any?"""
+        if self._buf:
+            return True
+        if self._eof:
+            return False
+        while (block := await self._next()) is not None:
+            if block:
+                return True
+        return False
 
     async def _next(self) -> bytes | None:
         try:

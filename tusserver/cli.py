@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     pipe = add("pipeline", "validation pipeline")
     pipe.add_argument("action", choices=["retry", "status"])
     add("check", "check that the database, object store and clamd are reachable")
+    sub.add_parser("upload", help="upload files (the tusup client; see `tusserver upload -h`)")
     cfg = add("config", "configuration")
     cfg.add_argument("action", choices=["show"])
     return p
@@ -73,6 +74,12 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TusS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["upload"]:
+        # The client needs no server configuration: hand over before loading any.
+        from .client import main as upload_main
+
+        return upload_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         extra = {}

@@ -226,10 +226,9 @@ class Pipeline:
         for file_id in await self._files.due(self._clock(), limit):
             if await self._files.claim(file_id, self._clock(), _LEASE):
                 self._claimed.add(file_id)
-                try:
-                    await self.process(file_id)
-                finally:
-                    self._claimed.discard(file_id)
+                await self.process(file_id)
+                # Not in a finally: when cancelled (shutdown), stop() hands the lease back.
+                self._claimed.discard(file_id)
                 handled += 1
         return handled
 
@@ -355,6 +354,10 @@ class Pipeline:
         return await self._mark_committed(f, "; ".join(c.notes) or None, log)
 
     async def _mark_committed(self, f: FileRecord, note: str | None, log: Any) -> FileStatus:
+        # The chunk copy goes first: a crash before the row is written leaves the object
+        # and its recorded sha256, which _recover_missing turns into the committed row.
+        if f.upload_id is not None:
+            await self._chunks.delete(f.upload_id)
         now = self._clock()
         await self._files.update(
             f.id,
@@ -365,8 +368,6 @@ class Pipeline:
             lease_until=None,
             next_attempt_at=None,
         )
-        if f.upload_id is not None:
-            await self._chunks.delete(f.upload_id)
         log.info("file committed")
         await self._emit("file.committed", self._hooks.post_commit, f.id)
         return FileStatus.COMMITTED

@@ -319,6 +319,18 @@
     location.reload();
   }
 
+  let sessionCheck = null;
+
+  /** Resolves when the session is good (after a refresh or the sign-in dialog if needed). */
+  function ensureSession() {
+    if (!sessionCheck) {
+      sessionCheck = api('/api/v1/auth/me').finally(() => {
+        setTimeout(() => { sessionCheck = null; }, 5000);
+      });
+    }
+    return sessionCheck;
+  }
+
   function forgetLocal() {
     state.user = null;
     state.refreshToken = null;
@@ -813,7 +825,10 @@
         removeFingerprintOnSuccess: true,
         limit: 4,
         allowedMetaFields: ['name', 'type', 'folder'],
-        onBeforeRequest: (req) => {
+        onBeforeRequest: async (req) => {
+          // tus-js-client forgets an upload whose HEAD gets a 4xx (a 401 too) and starts it
+          // again from zero: make sure the session is good before resuming.
+          if (req.getMethod() === 'HEAD') await ensureSession();
           const token = csrfToken();
           if (token) req.setHeader('X-CSRF-Token', token);
         },
@@ -823,6 +838,8 @@
           return next(err);
         },
       });
+      // Before a batch starts: a session that expired while the page sat idle is renewed first.
+      uppy.addPreProcessor(() => ensureSession());
       uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { folder: this.folder }));
       uppy.on('upload-success', (file, response) => {
         this.addResult({ name: file.name, size: file.size, uploadURL: response && response.uploadURL, folder: file.meta.folder || '/' });

@@ -1,0 +1,400 @@
+"""Crashes between pipeline steps: a new process on the same data finishes the job, once.
+
+Each test runs a Runtime in-process (no background workers), makes a step raise
+``SimulatedCrash`` (a BaseException, so no ``except Exception`` in the pipeline can swallow
+it, like a kill), drops that runtime without running anything more, then starts a new runtime
+on the same data directory and database with the clock moved past the 15-minute lease, and
+drives ``run_due_once`` until the file is done.
+
+Object stores: the local one (which moves the chunk copy into place) and S3 (which copies it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from auth.principal import UNAUTHENTICATED_OPERATOR
+from storage_backends.base import ObjectStore
+from storage_backends.local import LocalObjectStore
+from storage_backends.s3 import S3ObjectStore, S3Settings
+from tests import services
+from tests.pipeline.test_local_pipeline import png_bytes
+from tusserver import TusServerConfig
+from tusserver.app import Runtime, build_runtime
+from tusserver.catalog.files import FileStatus
+from tusserver.catalog.migrate import upgrade
+from tusserver.catalog.schema import file_uploads
+from tusserver.catalog.schema import files as files_table
+from tusserver.pipeline import pipeline as pipeline_module
+from tusserver.pipeline.validators import Candidate, ChecksumValidator, Verdict
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here."""
+
+
+# --- fixtures: a fresh database per test, and the object store kinds -------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own (the crash tests count rows and drive run_due_once)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
+        return
+    url = make_url(request.getfixturevalue("pg_url"))
+    assert url.host is not None and url.port is not None
+    name = f"tus_crash_{secrets.token_hex(6)}"
+    services.create_database(url.host, url.port, name)
+    try:
+        yield str(url.set(database=name))
+    finally:
+        services.drop_database(url.host, url.port, name)
+
+
+class Setup:
+    def __init__(self, config: TusServerConfig, s3: Any | None) -> None:
+        self.config = config
+        self.s3 = s3
+        self.prefix = config.object_key_template.split("/", 1)[0]
+
+    def object_store(self) -> ObjectStore:
+        if self.s3 is None:
+            return LocalObjectStore(self.config.objects_dir)
+        return S3ObjectStore(
+            S3Settings(
+                endpoint=self.s3.endpoint,
+                access_key=self.s3.access_key,
+                secret_key=self.s3.secret_key,
+                bucket=self.s3.bucket,
+                region=self.s3.region,
+                secure=False,
+                part_size=5 * 1024 * 1024,
+            )
+        )
+
+    def stored_objects(self) -> list[str]:
+        """Every object the store holds for this test (keys), metadata sidecars excluded."""
+        if self.s3 is None:
+            root = self.config.objects_dir
+            return sorted(
+                p.relative_to(root).as_posix()
+                for p in root.rglob("*")
+                if p.is_file() and ".meta" not in p.relative_to(root).parts
+            )
+        client = self.s3.client()
+        listing = client.list_objects(self.s3.bucket, prefix=self.prefix + "/", recursive=True)
+        return sorted(o.object_name for o in listing)
+
+
+@pytest.fixture(params=["local", "s3"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path, fresh_database_url: str) -> Setup:
+    s3 = request.getfixturevalue("s3_server") if request.param == "s3" else None
+    config = TusServerConfig(
+        data_dir=tmp_path / "data",
+        database_url=fresh_database_url,
+        auth="none",
+        sweep_interval=0,
+        pipeline_workers=1,
+        pipeline_retry_base=0.05,
+        pipeline_retry_max=0.2,
+        object_key_template=f"crash-{secrets.token_hex(6)}" + "/{owner}/{file_id}/{name}",
+    )
+    return Setup(config, s3)
+
+
+# --- runtimes -----------------------------------------------------------------------------
+
+
+async def open_runtime(config: TusServerConfig, **deps: Any) -> Runtime:
+    """What Runtime.start does, without the background workers and sweeper."""
+    rt = build_runtime(config, **deps)
+    await upgrade(rt.db)
+    for resource in (rt.store, rt.locker, rt.objects):
+        open_resource = getattr(resource, "open", None)
+        if open_resource is not None:
+            await open_resource()
+    await rt.pipeline.recover()
+    return rt
+
+
+async def drop_runtime(rt: Runtime) -> None:
+    """The process is gone: release what this test process holds, run nothing more."""
+    for resource in (rt.objects, rt.locker, rt.store):
+        close = getattr(resource, "close", None)
+        if close is not None:
+            await close()
+    await rt.db.dispose()
+
+
+async def source(data: bytes, block: int = 4096) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), block):
+        yield data[i : i + block]
+
+
+async def finished_upload(rt: Runtime, data: bytes) -> str:
+    status = await rt.uploads.create(
+        UNAUTHENTICATED_OPERATOR,
+        length=len(data),
+        metadata={"filename": "фото отпуска.png".encode(), "filetype": b"image/png"},
+    )
+    upload_id = status.record.id
+    done = await rt.uploads.append(
+        UNAUTHENTICATED_OPERATOR, upload_id, offset=0, source=source(data)
+    )
+    assert done.finished
+    return upload_id
+
+
+async def rows_for(rt: Runtime, upload_id: str) -> list[dict[str, Any]]:
+    async with rt.db.engine.connect() as conn:
+        rows = await conn.execute(
+            select(files_table)
+            .join(file_uploads, file_uploads.c.file_id == files_table.c.id)
+            .where(file_uploads.c.upload_id == upload_id)
+        )
+        found = [dict(r) for r in rows.mappings()]
+        total = (await conn.execute(select(func.count()).select_from(files_table))).scalar()
+    assert total == len(found), "file rows that belong to no upload"
+    return found
+
+
+async def restart_and_finish(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, upload_id: str
+) -> Runtime:
+    """A new process, 16 minutes later (past the dead worker's lease), works until done."""
+    later = dt.timedelta(minutes=16)
+    monkeypatch.setattr(
+        "tusserver.app.Pipeline",
+        functools.partial(pipeline_module.Pipeline, clock=lambda: dt.datetime.now(dt.UTC) + later),
+    )
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    await work_until_done(rt, upload_id)
+    return rt
+
+
+async def work_until_done(rt: Runtime, upload_id: str, timeout: float = 20.0) -> None:
+    """Run the due work (retries included) until the upload's file leaves the pipeline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        await rt.pipeline.run_due_once()
+        rows = await rows_for(rt, upload_id)
+        if rows and rows[0]["status"] not in ("received", "validating"):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def assert_committed_once(setup: Setup, rt: Runtime, upload_id: str, data: bytes) -> None:
+    rows = await rows_for(rt, upload_id)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["status"] == FileStatus.COMMITTED.value, row
+    assert row["lease_until"] is None
+    sha = hashlib.sha256(data).hexdigest()
+    assert row["sha256"] == sha
+    assert row["detected_type"] == "image/png"
+    assert setup.stored_objects() == [row["storage_key"]]
+    info = await rt.objects.stat(row["storage_key"])
+    assert info is not None
+    assert info.size == len(data)
+    assert info.metadata["sha256"] == sha
+    stored = b"".join([b async for b in rt.objects.get(row["storage_key"])])
+    assert hashlib.sha256(stored).hexdigest() == sha
+    chunk = setup.config.uploads_dir / upload_id
+    assert not chunk.exists(), f"the chunk copy of committed file {row['id']} is left behind"
+    assert await rt.files.pending_count() == 0
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+class CrashingValidator:
+    """Runs after the inspect step recorded sha256 and type: the process dies here."""
+
+    name = "crash"
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        raise SimulatedCrash("after inspect")
+
+
+class CrashAfterPut:
+    """The object store writes the object, then the process dies before anything else."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self._inner = inner
+        self.kind = inner.kind
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        consume: bool = False,
+    ) -> None:
+        await self._inner.put_file(
+            key, path, content_type=content_type, metadata=metadata, consume=consume
+        )
+        raise SimulatedCrash("after put_file")
+
+    async def put_stream(self, key: str, src: Any, **kwargs: Any) -> None:
+        await self._inner.put_stream(key, src, **kwargs)
+        raise SimulatedCrash("after put_stream")
+
+
+# --- the crashes --------------------------------------------------------------------------
+
+
+DATA = png_bytes(extra=40_000)
+
+
+async def test_crash_before_the_file_row(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+
+    async def die(_rec: Any) -> None:
+        raise SimulatedCrash("upload finished, file row not created")
+
+    rt.uploads.on_finished = die
+    with pytest.raises(SimulatedCrash):
+        await finished_upload(rt, DATA)
+    async with rt.db.engine.connect() as conn:
+        total = (await conn.execute(select(func.count()).select_from(files_table))).scalar()
+    assert total == 0
+    upload_ids = await rt.files.finished_uploads_without_file()
+    assert len(upload_ids) == 1
+    upload_id = upload_ids[0]
+    await drop_runtime(rt)
+
+    rt = await restart_and_finish(setup, monkeypatch, upload_id)
+    try:
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_crash_after_inspect(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = await open_runtime(
+        setup.config,
+        objects=setup.object_store(),
+        validators=[ChecksumValidator(), CrashingValidator()],
+    )
+    upload_id = await finished_upload(rt, DATA)
+    with pytest.raises(SimulatedCrash):
+        await rt.pipeline.run_due_once()
+    [row] = await rows_for(rt, upload_id)
+    assert row["status"] == "validating"
+    assert row["sha256"] == hashlib.sha256(DATA).hexdigest()
+    assert row["detected_type"] == "image/png"
+    assert row["lease_until"] is not None
+    assert row["storage_key"] is None
+    assert setup.stored_objects() == []
+    await drop_runtime(rt)
+
+    rt = await restart_and_finish(setup, monkeypatch, upload_id)
+    try:
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_crash_after_the_object_write(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = await open_runtime(setup.config, objects=CrashAfterPut(setup.object_store()))
+    upload_id = await finished_upload(rt, DATA)
+    with pytest.raises(SimulatedCrash):
+        await rt.pipeline.run_due_once()
+    [row] = await rows_for(rt, upload_id)
+    assert row["status"] == "validating"
+    assert row["storage_key"] is not None
+    assert setup.stored_objects() == [row["storage_key"]]
+    await drop_runtime(rt)
+
+    rt = await restart_and_finish(setup, monkeypatch, upload_id)
+    try:
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_crash_after_the_committed_row(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    upload_id = await finished_upload(rt, DATA)
+
+    update = rt.files.update
+
+    async def update_then_die(file_id: str, **values: Any) -> None:
+        await update(file_id, **values)
+        if values.get("status") in (FileStatus.COMMITTED, FileStatus.COMMITTED.value):
+            raise SimulatedCrash("committed row written")
+
+    monkeypatch.setattr(rt.files, "update", update_then_die)
+    with pytest.raises(SimulatedCrash):
+        await rt.pipeline.run_due_once()
+    [row] = await rows_for(rt, upload_id)
+    assert row["status"] == "committed"
+    await drop_runtime(rt)
+
+    rt = await restart_and_finish(setup, monkeypatch, upload_id)
+    try:
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
+# --- a graceful stop is not a crash -------------------------------------------------------
+
+
+class BlockingValidator:
+    """Holds the file in the middle of its processing until the runtime is stopped."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        self.entered.set()
+        await asyncio.sleep(3600)
+        return Verdict.accept()
+
+
+async def test_graceful_stop_mid_commit_does_not_hold_the_file_for_the_lease(
+    setup: Setup,
+) -> None:
+    """A rolling restart stops a worker in the middle of a file: the next process (real
+    clock, no 15-minute wait) commits it right away."""
+    blocking = BlockingValidator()
+    rt = build_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
+    )
+    await rt.start()
+    try:
+        upload_id = await finished_upload(rt, DATA)
+        await asyncio.wait_for(blocking.entered.wait(), 10)
+    finally:
+        await rt.stop()
+
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        [row] = await rows_for(rt, upload_id)
+        assert row["lease_until"] is None, (
+            "the stopped worker kept its lease: the file waits until " + str(row["lease_until"])
+        )
+        await work_until_done(rt, upload_id)
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
