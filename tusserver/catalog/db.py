@@ -37,6 +37,11 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
+        # One connection: SQLite serializes writers anyway, and with several connections
+        # they would wait in SQLite's sleeping busy handler instead of a fair asyncio queue.
+        kwargs["pool_size"] = 1
+        kwargs["max_overflow"] = 0
+        kwargs["pool_timeout"] = 60
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size

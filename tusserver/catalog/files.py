@@ -110,14 +110,6 @@ class FileRepository:
         The unique upload_id in file_uploads makes this idempotent across retries and
         instances; the upload row points back at the file.
         """
-        async with self._db.engine.begin() as conn:
-            existing = (
-                await conn.execute(
-                    select(file_uploads.c.file_id).where(file_uploads.c.upload_id == new.upload_id)
-                )
-            ).scalar()
-            if existing is not None:
-                return str(existing)
         try:
             async with self._db.engine.begin() as conn:
                 await conn.execute(

@@ -10,6 +10,7 @@ The rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import secrets
@@ -364,14 +365,19 @@ class UploadService:
                 await self.store.delete(rec.id)
                 raise
             new_offset = current + written
-            if written:
-                await self._record_progress(rec, new_offset)
             if complete_at_end and rec.length is None and not guard.exceeded and not interrupted():
                 # A plain (non-resumable) upload: its length is what arrived.
                 rec = await self._declare_length(rec, new_offset, new_offset)
-            if rec.length is not None and new_offset >= rec.length and not status.finished:
-                await self._finish(rec, new_offset)
-            final = await self._status_of(rec.id)
+            finishing = rec.length is not None and new_offset >= rec.length and not status.finished
+            if finishing:
+                # One write records both the progress and the finish.
+                final = UploadStatus(await self._finish(rec, new_offset), new_offset, status.parts)
+            elif written:
+                final = UploadStatus(
+                    await self._record_progress(rec, new_offset), new_offset, status.parts
+                )
+            else:
+                final = status
             if guard.exceeded:
                 raise PayloadTooLarge(
                     "the body goes past the upload's "
@@ -403,11 +409,14 @@ class UploadService:
         max_size = self.max_size
         return None if max_size is None else max_size - offset
 
-    async def _record_progress(self, rec: UploadRecord, offset: int) -> None:
+    async def _record_progress(self, rec: UploadRecord, offset: int) -> UploadRecord:
         now = self._clock()
-        await self.repo.update(rec.id, offset=offset, updated_at=now, expires_at=self._expiry(now))
+        expires = self._expiry(now)
+        await self.repo.update(rec.id, offset=offset, updated_at=now, expires_at=expires)
+        return dataclasses.replace(rec, offset=offset, updated_at=now, expires_at=expires)
 
-    async def _finish(self, rec: UploadRecord, offset: int) -> None:
+    async def _finish(self, rec: UploadRecord, offset: int) -> UploadRecord:
+        """Mark the upload finished (after the store made it whole); returns the new record."""
         await self.hooks.run_pre_finish(rec)
         if isinstance(self.store, Finisher):
             try:
@@ -417,23 +426,33 @@ class UploadService:
                     f"storage is unavailable ({exc}); the upload completes on the next request",
                     headers={"Retry-After": "5"},
                 ) from None
+        now = self._clock()
         await self.repo.update(
             rec.id,
             state=UploadState.FINISHED,
             offset=offset,
             length=offset,
             expires_at=None,
-            updated_at=self._clock(),
+            updated_at=now,
         )
-        done = await self.repo.get(rec.id)
-        assert done is not None
+        done = dataclasses.replace(
+            rec,
+            state=UploadState.FINISHED,
+            offset=offset,
+            length=offset,
+            expires_at=None,
+            updated_at=now,
+        )
         _log.info("upload finished", upload_id=rec.id, length=offset)
         self.hooks.fire("post_finish", self.hooks.post_finish, done)
         if not done.is_partial and self.on_finished is not None:
-            await self.on_finished(done)
+            file_id = await self.on_finished(done)
+            if isinstance(file_id, str):
+                done = dataclasses.replace(done, file_id=file_id)
         if rec.is_partial:
             for final_id in await self.repo.finals_waiting_on(rec.id):
                 await self._try_complete_final(final_id)
+        return done
 
     # --- concatenation --------------------------------------------------------------------
 

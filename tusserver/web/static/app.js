@@ -1488,7 +1488,7 @@
         h('div', { class: 'page-header file-header' },
           h('div', { class: 'page-title' }, title, h('p', { class: 'lead' }, badge(f.status), ' ', `${CATEGORY_LABELS[cat] || cat} · ${formatBytes(f.size)}`)),
           h('div', { class: 'page-actions' }, download, rename, move, tags, del)),
-        callouts,
+        ...callouts,
         h('div', { class: 'detail-grid' },
           h('section', { class: 'card preview-card', 'aria-label': 'Preview' }, preview(f, cat, mime, ctx)),
           h('section', { class: 'card', 'aria-labelledby': 'details-title' }, h('h2', { id: 'details-title', text: 'Details' }), meta, extra)));
