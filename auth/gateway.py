@@ -36,6 +36,7 @@ SESSION_COOKIE = "tus_session"
 CSRF_COOKIE = "tus_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_INVALID = {"WWW-Authenticate": 'Bearer realm="tusserver", error="invalid_token"'}
 _PRINCIPAL = web.RequestKey("tusserver_principal", Principal)
 
 
@@ -49,7 +50,13 @@ class Gate(Protocol):
     async def principal(self, request: web.Request) -> Principal: ...
 
     async def limit(
-        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+        self,
+        request: web.Request,
+        kind: str,
+        *,
+        who: str | None = None,
+        cost: float = 1.0,
+        require: float | None = None,
     ) -> None: ...
 
     def audit(
@@ -64,7 +71,13 @@ class OpenGate:
         return UNAUTHENTICATED_OPERATOR
 
     async def limit(
-        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+        self,
+        request: web.Request,
+        kind: str,
+        *,
+        who: str | None = None,
+        cost: float = 1.0,
+        require: float | None = None,
     ) -> None:
         return None
 
@@ -137,11 +150,9 @@ class Gateway:
         if self.tokens.can_issue:
             user = await self._user(claims.subject)
             if user is None or user.disabled:
-                raise Unauthorized("the account is disabled or gone")
-            if user.tokens_valid_after and claims.issued_at < user.tokens_valid_after.replace(
-                microsecond=0
-            ):
-                raise Unauthorized("the token was revoked; sign in again")
+                raise Unauthorized("the account is disabled or gone", headers=_INVALID)
+            if user.tokens_valid_after and claims.issued_at <= user.tokens_valid_after:
+                raise Unauthorized("the token was revoked; sign in again", headers=_INVALID)
             principal = Principal(user_id=user.id, is_admin=user.is_admin)
         else:
             # Tokens of an external identity provider: its subject is the owner.
@@ -173,14 +184,26 @@ class Gateway:
         self._user_cache.pop(user_id, None)
 
     async def limit(
-        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+        self,
+        request: web.Request,
+        kind: str,
+        *,
+        who: str | None = None,
+        cost: float = 1.0,
+        require: float | None = None,
     ) -> None:
-        """Apply the rate limit of a route class; 429 with Retry-After when exceeded."""
+        """Apply the rate limit of a route class; 429 with Retry-After when exceeded.
+
+        ``require`` tokens must be available even when fewer (``cost``) are taken: a login
+        checks for a whole token before the password, and pays only when it fails.
+        """
         lim = self._limits.get(kind)
         if lim is None or lim.rate <= 0:
             return
         key = f"{kind}:{who or client_ip(request)}"
-        decision = await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost)
+        decision = await self.limiter.take(
+            key, rate=lim.rate, burst=lim.burst, cost=cost, require=require
+        )
         if not decision.allowed:
             wait = max(1, int(decision.retry_after + 0.999))
             raise TooManyRequests(
@@ -197,7 +220,10 @@ def _token_of(request: web.Request) -> tuple[str | None, bool]:
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization must be 'Bearer <token>'")
+            raise Unauthorized(
+                "Authorization must be 'Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="tusserver", error="invalid_request"'},
+            )
         return value.strip(), False
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:

@@ -8,6 +8,7 @@ PostgreSQL and are updated by one atomic statement, so a limit holds across all 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,8 +28,16 @@ class Decision:
 
 
 class RateLimiter(Protocol):
-    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
-        """Take ``cost`` tokens from the bucket ``key``."""
+    async def take(
+        self,
+        key: str,
+        *,
+        rate: float,
+        burst: float,
+        cost: float = 1.0,
+        require: float | None = None,
+    ) -> Decision:
+        """Take ``cost`` tokens from the bucket ``key`` if ``max(cost, require)`` are there."""
 
 
 class MemoryRateLimiter:
@@ -39,15 +48,24 @@ class MemoryRateLimiter:
         self._max_keys = max_keys
         self._lock = asyncio.Lock()
 
-    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
+    async def take(
+        self,
+        key: str,
+        *,
+        rate: float,
+        burst: float,
+        cost: float = 1.0,
+        require: float | None = None,
+    ) -> Decision:
         now = time.monotonic()
+        needed = max(cost, require or 0.0)
         tokens, updated = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - updated) * rate)
-        if tokens >= cost:
+        if tokens >= needed:
             self._store(key, tokens - cost, now)
             return Decision(True)
         self._store(key, tokens, now)
-        return Decision(False, (cost - tokens) / rate if rate > 0 else math.inf)
+        return Decision(False, (needed - tokens) / rate if rate > 0 else math.inf)
 
     def _store(self, key: str, tokens: float, now: float) -> None:
         if len(self._buckets) >= self._max_keys and key not in self._buckets:
@@ -62,9 +80,19 @@ class PostgresRateLimiter:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
+    async def take(
+        self,
+        key: str,
+        *,
+        rate: float,
+        burst: float,
+        cost: float = 1.0,
+        require: float | None = None,
+    ) -> Decision:
         now = time.time()
-        key = key[:200]
+        needed = max(cost, require or 0.0)
+        # A digest: fixed length, and no byte of a client's value (NUL included) reaches SQL.
+        key = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         async with self._db.engine.begin() as conn:
             # Make sure the row exists, then lock it: concurrent takers serialize on it.
             await conn.execute(
@@ -81,7 +109,7 @@ class PostgresRateLimiter:
                 )
             ).one()
             available = min(burst, row[0] + max(0.0, now - row[1]) * rate)
-            allowed = available >= cost
+            allowed = available >= needed
             remaining = available - cost if allowed else available
             await conn.execute(
                 text("UPDATE rate_buckets SET tokens = :t, updated_at = :u WHERE key = :k"),
@@ -89,4 +117,4 @@ class PostgresRateLimiter:
             )
         if allowed:
             return Decision(True)
-        return Decision(False, (cost - available) / rate if rate > 0 else math.inf)
+        return Decision(False, (needed - available) / rate if rate > 0 else math.inf)

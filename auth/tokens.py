@@ -88,8 +88,8 @@ class TokenService:
             "sub": subject,
             "iss": self._issuer,
             "aud": self._audience,
-            "iat": now,
-            "nbf": now,
+            "iat": now.timestamp(),  # sub-second: revocation compares against it exactly
+            "nbf": int(now.timestamp()),
             "exp": exp,
             "jti": jti,
             "typ": token_type,

@@ -250,13 +250,16 @@ class AuditLog:
         ip: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        def clean(v: str | None) -> str | None:
+            return None if v is None else v.replace("\x00", "\\x00")
+
         return {
             "at": _now(),
-            "actor": actor,
+            "actor": clean(actor),
             "action": action,
-            "target": target,
+            "target": clean(target),
             "outcome": outcome,
-            "ip": ip,
+            "ip": clean(ip),
             "detail": dict(detail or {}),
         }
 

