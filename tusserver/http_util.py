@@ -13,9 +13,21 @@ __all__ = [
     "ByteRange",
     "RangeNotSatisfiable",
     "content_disposition",
+    "etag_matches",
     "parse_range",
     "safe_filename",
 ]
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match against our ETag with the weak comparison RFC 9110 asks for."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    ours = etag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == ours for t in if_none_match.split(","))
+
 
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 

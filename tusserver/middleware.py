@@ -41,6 +41,13 @@ _EXPOSE = ", ".join(
         "Retry-After",
         "X-File-Id",
         "X-File-Status",
+        # Resumable Uploads for HTTP (IETF draft)
+        "Upload-Complete",
+        "Upload-Draft-Interop-Version",
+        "Upload-Limit",
+        "Content-Digest",
+        "Repr-Digest",
+        "Accept-Patch",
     ]
 )
 _ALLOW_HEADERS = ", ".join(
@@ -61,9 +68,16 @@ _ALLOW_HEADERS = ", ".join(
         "Upload-Checksum",
         "Range",
         "If-None-Match",
+        # Resumable Uploads for HTTP (IETF draft)
+        "Upload-Complete",
+        "Upload-Draft-Interop-Version",
+        "Upload-Limit",
+        "Content-Digest",
+        "Repr-Digest",
+        "Content-Disposition",
     ]
 )
-_ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
+_ALLOW_METHODS = "POST, PUT, GET, HEAD, PATCH, DELETE, OPTIONS"
 
 
 def error_middleware(*, json_body: bool) -> Middleware:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from aiohttp import web
 
@@ -12,6 +11,7 @@ from auth.gateway import Gate
 from ..catalog.analytics import EventRecorder, report
 from ..catalog.db import Database
 from ..protocol.errors import BadRequest
+from .common import parse_when, text_param
 
 __all__ = ["AnalyticsApi"]
 
@@ -19,15 +19,7 @@ _MAX_RANGE = dt.timedelta(days=400)
 
 
 def _when(raw: str | None, name: str, default: dt.datetime) -> dt.datetime:
-    if not raw:
-        return default
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
-            return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.UTC)
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: not an ISO 8601 date or date-time") from None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return parse_when(raw, name) or default
 
 
 class AnalyticsApi:
@@ -52,7 +44,10 @@ class AnalyticsApi:
             raise BadRequest(f"unknown parameter: {sorted(unknown)[0][:40]}")
         now = dt.datetime.now(dt.UTC)
         end = _when(q.get("to"), "to", now + dt.timedelta(hours=1))
-        start = _when(q.get("from"), "from", end - dt.timedelta(days=30))
+        try:
+            start = _when(q.get("from"), "from", end - dt.timedelta(days=30))
+        except OverflowError:
+            raise BadRequest("to: too early for the default 30-day range; give from") from None
         if start >= end:
             raise BadRequest("from: must be before to")
         if end - start > _MAX_RANGE:
@@ -63,9 +58,10 @@ class AnalyticsApi:
         if granularity == "hour" and end - start > dt.timedelta(days=31):
             raise BadRequest("hourly series span at most 31 days")
         owner = principal.user_id
+        wanted = text_param(q, "user", max_len=64)
         if principal.is_admin:
-            owner = q.get("user") or None
-        elif q.get("user") and q.get("user") != principal.user_id:
+            owner = wanted
+        elif wanted and wanted != principal.user_id:
             raise BadRequest("user: only admins may see other users' analytics")
         # Recent events are still in the recorder's batch: write them so the report is exact.
         await self._events.flush()

@@ -25,13 +25,13 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
-from ..http_util import safe_filename
+from ..http_util import etag_matches, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
 from ..protocol.errors import BadRequest, Conflict, NotFound, TusError
 from ..protocol.handlers import stream_bytes
 from ..uploads.service import UploadService
-from .common import read_json
+from .common import parse_when, read_json, text_param
 
 __all__ = ["FilesApi", "file_json", "normalize_folder"]
 
@@ -92,21 +92,9 @@ def _int_param(query: Any, name: str, *, minimum: int, maximum: int) -> int | No
     return value
 
 
-def _date_param(query: Any, name: str) -> dt.datetime | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
-            return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.UTC)
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: not an ISO 8601 date or date-time") from None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def _encode_cursor(sort: str, f: FileRecord) -> str:
-    value = catalog.sort_value(f, sort)
+    """``sort`` is the signed sort ("-date"): a cursor is only valid for the same order."""
+    value = catalog.sort_value(f, sort.removeprefix("-"))
     if isinstance(value, dt.datetime):
         value = value.isoformat()
     raw = json.dumps([sort, value, f.id], separators=(",", ":")).encode()
@@ -120,21 +108,24 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         kind, value, last_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise invalid from None
     if kind != sort or not isinstance(last_id, str) or not _FILE_ID.fullmatch(last_id):
         raise invalid
-    if sort == "date":
+    field = sort.removeprefix("-")
+    if field == "date":
         if not isinstance(value, str):
             raise invalid
         try:
             value = dt.datetime.fromisoformat(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise invalid from None
-    elif sort == "name":
-        if not isinstance(value, str) or len(value) > 255:
+        if value.tzinfo is None:
             raise invalid
-    elif not isinstance(value, int) or isinstance(value, bool):
+    elif field == "name":
+        if not isinstance(value, str) or len(value) > 255 or "\x00" in value:
+            raise invalid
+    elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise invalid
     return value, last_id
 
@@ -148,9 +139,7 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
     unknown = sorted(set(query.keys()) - known)
     if unknown:
         raise BadRequest(f"unknown parameter: {unknown[0][:40]}")
-    q = query.get("q") or None
-    if q is not None and len(q) > 200:
-        raise BadRequest("q: at most 200 characters")
+    q = text_param(query, "q", max_len=200)
     match = query.get("match", "substring")
     if match not in ("substring", "prefix"):
         raise BadRequest("match: substring or prefix")
@@ -165,7 +154,7 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
         raise BadRequest(f"status: one of {', '.join(s.value for s in FileStatus)}")
     sort_raw = query.get("sort", "-date")
     descending = sort_raw.startswith("-")
-    sort = sort_raw.lstrip("-")
+    sort = sort_raw.removeprefix("-")
     if sort not in catalog.SORTS:
         raise BadRequest("sort: date, name or size, with '-' for descending")
     tags = tuple(query.getall("tag", []))
@@ -175,9 +164,10 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
     limit = _int_param(query, "limit", minimum=1, maximum=MAX_LIMIT) or 50
     max_int = 2**63 - 1
     owner: str | None = principal.user_id
+    wanted_owner = text_param(query, "owner", max_len=64)
     if principal.is_admin:
-        owner = query.get("owner") or None
-    elif query.get("owner") and query.get("owner") != principal.user_id:
+        owner = wanted_owner
+    elif wanted_owner and wanted_owner != principal.user_id:
         raise BadRequest("owner: only admins may search other users' files")
     cursor = query.get("cursor")
     fq = FileQuery(
@@ -188,17 +178,17 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
         category=category,
         min_size=_int_param(query, "min_size", minimum=0, maximum=max_int),
         max_size=_int_param(query, "max_size", minimum=0, maximum=max_int),
-        created_from=_date_param(query, "from"),
-        created_to=_date_param(query, "to"),
+        created_from=parse_when(query.get("from"), "from"),
+        created_to=parse_when(query.get("to"), "to"),
         tags=tags,
         folder=folder,
         status=status,
         sort=sort,
         descending=descending,
-        after=_decode_cursor(cursor, sort) if cursor else None,
+        after=_decode_cursor(cursor, sort_raw) if cursor else None,
         limit=limit,
     )
-    return fq, sort
+    return fq, sort_raw
 
 
 class FilesApi:
@@ -275,7 +265,7 @@ class FilesApi:
         principal = await self._caller(request)
         f = await self._load(request, principal, request.match_info["file_id"])
         etag = f'W/"{f.id}-{int(f.updated_at.timestamp() * 1000)}-{f.status.value}"'
-        if request.headers.get("If-None-Match") == etag:
+        if etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
         return web.json_response(
             file_json(f, self._base(request)),
@@ -290,8 +280,7 @@ class FilesApi:
                 raise NotFound(f"the file was {f.status.value}: {f.reason}")
             raise Conflict("the file is still being processed", headers={"Retry-After": "2"})
         etag = f'"{f.sha256}"'
-        inm = request.headers.get("If-None-Match")
-        if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+        if etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         resp = await stream_bytes(
@@ -335,10 +324,7 @@ class FilesApi:
             if not isinstance(data["folder"], str):
                 raise BadRequest("folder: a path string such as /photos/2024/")
             folder = normalize_folder(data["folder"])
-        if name is not None or folder is not None:
-            await catalog.rename_move(
-                self._db, f.id, name=name, folder=folder, now=dt.datetime.now(dt.UTC)
-            )
+        clean: list[str] | None = None
         if "tags" in data:
             tags = data["tags"]
             if not isinstance(tags, list) or len(tags) > MAX_TAGS:
@@ -349,7 +335,10 @@ class FilesApi:
                     raise BadRequest("tags: letters, digits, space . : - _ ; at most 64 each")
                 if t.strip() not in clean:
                     clean.append(t.strip())
-            await catalog.set_tags(self._db, f.id, clean)
+        # Everything is validated: apply it all in one transaction, or nothing.
+        await catalog.update_file(
+            self._db, f.id, name=name, folder=folder, tags=clean, now=dt.datetime.now(dt.UTC)
+        )
         updated = await self._files.get(f.id)
         assert updated is not None
         return web.json_response(file_json(updated, self._base(request)))
@@ -362,7 +351,8 @@ class FilesApi:
         if f.storage_key and f.status is FileStatus.COMMITTED:
             await self._pipeline.objects.delete(f.storage_key)
         if f.upload_id:
-            await self._uploads.store.delete(f.upload_id)
+            # The tus URL of the upload answers 410 from now on.
+            await self._uploads.discard(f.upload_id)
         await self._files.delete(f.id)
         await self._gate_record(request, principal, f)
         if self._events is not None:
@@ -459,6 +449,16 @@ class FilesApi:
             )
             upload_id = status.record.id
             entry["upload_id"] = upload_id
+            if self._events is not None:
+                self._events.record(
+                    Event(
+                        "upload.started",
+                        at=status.record.created_at,
+                        owner=principal.user_id,
+                        upload_id=upload_id,
+                        client=request.headers.get("User-Agent"),
+                    )
+                )
             final = await self._uploads.append(
                 principal,
                 upload_id,

@@ -29,6 +29,7 @@ _ERR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_UPLOAD_ID = _param("upload_id", "upload id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "path")
 _FILE_ID = _param(
     "file_id", "file id (32 hex digits)", {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "path"
 )
@@ -126,15 +127,22 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/auth/refresh": {"post": {"summary": "New tokens for a refresh token", "security": [], "responses": {"200": {"description": "tokens"}, "401": _ERR}}},
             "/api/v1/auth/logout": {"post": {"summary": "Revoke the caller's tokens", "responses": {"200": {"description": "signed out"}}}},
             "/api/v1/auth/me": {"get": {"summary": "The caller", "responses": {"200": {"description": "user"}}}},
+            "/api/v1/auth/password": {"post": {
+                "summary": "Change the caller's password (revokes its tokens)",
+                "requestBody": json_body({"type": "object", "properties": {"old_password": _S, "new_password": _S}}),
+                "responses": {"200": {"description": "changed"}, "400": _ERR, "401": _ERR}}},
+            "/api/v1/limits": {"get": {
+                "summary": "What the server accepts: max size, categories, limits per category", "security": [],
+                "responses": {"200": {"description": "limits"}}}},
             "/uploads/": {
                 "options": {"summary": "tus capabilities", "security": [], "responses": {"204": {"description": "Tus-Version, Tus-Extension, Tus-Max-Size"}}},
                 "post": {"summary": "tus creation (with upload, defer-length, concatenation)", "responses": {"201": {"description": "Location"}}},
             },
             "/uploads/{upload_id}": {
-                "head": {"summary": "tus offset", "responses": {"200": {"description": "Upload-Offset"}}},
-                "patch": {"summary": "tus append", "responses": {"204": {"description": "new Upload-Offset"}}},
-                "delete": {"summary": "tus termination", "responses": {"204": {"description": "terminated"}}},
-                "get": {"summary": "bytes of a finished upload", "responses": {"200": {"description": "bytes"}}},
+                "head": {"summary": "tus offset", "parameters": [_UPLOAD_ID], "responses": {"200": {"description": "Upload-Offset"}}},
+                "patch": {"summary": "tus append", "parameters": [_UPLOAD_ID], "responses": {"204": {"description": "new Upload-Offset"}}},
+                "delete": {"summary": "tus termination", "parameters": [_UPLOAD_ID], "responses": {"204": {"description": "terminated"}}},
+                "get": {"summary": "bytes of a finished upload", "parameters": [_UPLOAD_ID], "responses": {"200": {"description": "bytes"}}},
             },
         },
     }  # fmt: skip

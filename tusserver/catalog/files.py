@@ -348,25 +348,38 @@ def sort_value(f: FileRecord, sort: str) -> Any:
 # --- organization ---------------------------------------------------------------------------
 
 
-async def set_tags(db: Database, file_id: str, tags: Sequence[str]) -> None:
-    async with db.engine.begin() as conn:
-        await conn.execute(delete(file_tags).where(file_tags.c.file_id == file_id))
-        if tags:
-            await conn.execute(insert(file_tags), [{"file_id": file_id, "tag": t} for t in tags])
-        await conn.execute(update(files).where(files.c.id == file_id).values(tags=list(tags)))
-
-
-async def rename_move(
-    db: Database, file_id: str, *, name: str | None, folder: str | None, now: dt.datetime
+async def update_file(
+    db: Database,
+    file_id: str,
+    *,
+    name: str | None,
+    folder: str | None,
+    tags: Sequence[str] | None,
+    now: dt.datetime,
 ) -> None:
+    """Rename, move and retag a file in one transaction (each part optional)."""
     values: dict[str, Any] = {"updated_at": now}
     if name is not None:
         values["name"] = name
         values["name_folded"] = name.casefold()[:255]
     if folder is not None:
         values["folder"] = folder
+    if tags is not None:
+        values["tags"] = list(tags)
     async with db.engine.begin() as conn:
         await conn.execute(update(files).where(files.c.id == file_id).values(**values))
+        if tags is not None:
+            await conn.execute(delete(file_tags).where(file_tags.c.file_id == file_id))
+            if tags:
+                await conn.execute(
+                    insert(file_tags), [{"file_id": file_id, "tag": t} for t in tags]
+                )
+
+
+async def rename_move(
+    db: Database, file_id: str, *, name: str | None, folder: str | None, now: dt.datetime
+) -> None:
+    await update_file(db, file_id, name=name, folder=folder, tags=None, now=now)
 
 
 async def list_folders(db: Database, owner: str | None) -> list[str]:

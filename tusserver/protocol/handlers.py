@@ -45,6 +45,7 @@ from .headers import (
     parse_metadata,
     parse_non_negative_int,
 )
+from .ietf import IetfHandlers
 
 __all__ = ["TusHandlers", "stream_bytes"]
 
@@ -72,6 +73,15 @@ class TusHandlers:
         self._files = files
         self._pipeline = pipeline
         self._gate = gate or OpenGate()
+        # Resumable Uploads for HTTP (the IETF draft), on the same URLs and upload records.
+        self._ietf = IetfHandlers(
+            config=config,
+            service=service,
+            gate=self._gate,
+            location=self._location,
+            metrics=metrics,
+            events=events,
+        )
 
     def routes(self, base_path: str) -> list[web.RouteDef]:
         """Routes for a (sub)app: the creation URL and each upload's URL, all methods."""
@@ -93,6 +103,8 @@ class TusHandlers:
 
     async def collection(self, request: web.Request) -> web.StreamResponse:
         method = self.effective_method(request)
+        if self._ietf.handles(request, method):
+            return await self._ietf.collection(request, method)
         if method == "OPTIONS":
             return self.options()
         if method == "POST":
@@ -103,6 +115,8 @@ class TusHandlers:
 
     async def item(self, request: web.Request) -> web.StreamResponse:
         method = self.effective_method(request)
+        if self._ietf.handles(request, method):
+            return await self._ietf.item(request, method, request.match_info["upload_id"])
         if method == "OPTIONS":
             return self.options()
         upload_id = request.match_info["upload_id"]

@@ -489,6 +489,14 @@ class UploadService:
         _log.info("upload terminated", upload_id=upload_id)
         self.hooks.fire("post_terminate", self.hooks.post_terminate, rec)
 
+    async def discard(self, upload_id: str) -> None:
+        """The file this upload became was deleted: the upload is gone too (410 from now)."""
+        async with self.locker.lock(upload_id):
+            await self.repo.update(
+                upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
+            )
+            await self.store.delete(upload_id)
+
     async def finished_upload(self, principal: Principal, upload_id: str) -> UploadRecord:
         rec = await self._get_live(principal, upload_id)
         if rec.state is not UploadState.FINISHED:

@@ -1,0 +1,240 @@
+"""Organizing files: rename, move, tags, folders, and deleting files with their bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tests.app_fixtures import TUS, MakeClient
+from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
+from tusserver.catalog.schema import file_tags, file_uploads, files
+
+from .helpers import Client, api_client, api_error, file_row, insert_files, runtime, token
+
+NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+
+
+async def committed(client: Client, data: bytes, name: str) -> dict[str, Any]:
+    path = await upload(client, data, filename=name)
+    info = await wait_file(client, path)
+    assert info["status"] == "committed", info
+    info["tus_path"] = path
+    return info
+
+
+async def patch(client: Client, file_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = await client.patch(f"/api/v1/file/{file_id}", json=body)
+    assert resp.status == 200, await resp.text()
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def search(client: Client, **params: Any) -> list[str]:
+    resp = await client.get("/api/v1/files", params={"limit": 200, **params})
+    assert resp.status == 200, await resp.text()
+    return [i["id"] for i in (await resp.json())["items"]]
+
+
+async def folders(client: Client) -> list[str]:
+    resp = await client.get("/api/v1/folders")
+    assert resp.status == 200
+    result: list[str] = (await resp.json())["folders"]
+    return result
+
+
+async def test_rename_sanitizes_and_is_searchable(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    mark = token("ren")
+    data = b"hello rename\n" * 50
+    info = await committed(client, data, f"{mark}-old.txt")
+    fid = info["id"]
+    assert await search(client, q=f"{mark}-old") == [fid]
+
+    body = await patch(client, fid, {"name": f"../../etc/{mark}\\ev:il*?.txt"})
+    name = body["name"]
+    for bad in "/\\:*?":
+        assert bad not in name, name
+    assert not name.startswith(".")
+    assert mark in name and name.endswith(".txt")
+    assert (await (await client.get(f"/file/{fid}")).json())["name"] == name
+
+    body = await patch(client, fid, {"name": f"Ünïcödé 🎉 {mark}.TXT"})
+    assert body["name"] == f"Ünïcödé 🎉 {mark}.TXT"
+    # The folded name follows: case-insensitive search finds the new name, not the old one.
+    assert await search(client, q=f"üNÏCÖDÉ 🎉 {mark.upper()}") == [fid]
+    assert await search(client, q=f"{mark}-old") == []
+    assert fid in await search(client, q="ünïcödé", match="prefix")
+    # The download carries the new name; the bytes are the same.
+    resp = await client.get(f"/api/v1/file/{fid}/content")
+    assert resp.status == 200
+    assert "filename*=UTF-8''" in resp.headers["Content-Disposition"]
+    assert hashlib.sha256(await resp.read()).hexdigest() == info["sha256"]
+
+
+async def test_move_normalizes_the_folder_and_lists_ancestors(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    mark = token("mv")
+    info = await committed(client, png_bytes(500), f"{mark}.png")
+    fid = info["id"]
+    assert info["folder"] == "/"
+
+    body = await patch(client, fid, {"folder": f"{mark}//photos/2024 trip/"})
+    assert body["folder"] == f"/{mark}/photos/2024 trip/"
+    listed = await folders(client)
+    for p in ["/", f"/{mark}/", f"/{mark}/photos/", f"/{mark}/photos/2024 trip/"]:
+        assert p in listed
+    assert listed == sorted(listed)
+    assert await search(client, folder=f"/{mark}/photos/2024 trip") == [fid]
+    assert await search(client, folder=f"{mark}/photos") == []  # exact folder, not a subtree
+
+    # Segments are sanitized like file names.
+    body = await patch(client, fid, {"folder": f"/{mark}/a:b/Ünï/"})
+    assert body["folder"] == f"/{mark}/a_b/Ünï/"
+    # Rename and move at once.
+    body = await patch(client, fid, {"name": "x.png", "folder": "/"})
+    assert (body["name"], body["folder"]) == ("x.png", "/")
+    assert await search(client, folder=f"/{mark}/a_b/Ünï/") == []
+
+
+async def test_tags_set_replace_dedupe_and_search(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    owner = token("tags")
+    rows = [file_row(name=f"f{i}", owner=owner, created_at=NOW) for i in range(3)]
+    await insert_files(client, rows)
+    a, b, c = (r["id"] for r in rows)
+
+    body = await patch(client, a, {"tags": ["red", " blue ", "red", "blue", "ü-tag", "x:y z"]})
+    assert body["tags"] == ["red", "blue", "ü-tag", "x:y z"]
+    await patch(client, b, {"tags": ["red"]})
+    assert set(await search(client, owner=owner, tag="red")) == {a, b}
+    assert await search(client, owner=owner, tag=["red", "blue"]) == [a]
+    assert await search(client, owner=owner, tag="ü-tag") == [a]
+    assert await search(client, owner=owner, tag="x:y z") == [a]
+
+    body = await patch(client, a, {"tags": ["green"]})  # replaces, does not add
+    assert body["tags"] == ["green"]
+    assert await search(client, owner=owner, tag="red") == [b]
+    assert await search(client, owner=owner, tag="blue") == []
+    assert await search(client, owner=owner, tag="green") == [a]
+    assert (await (await client.get(f"/api/v1/file/{a}")).json())["tags"] == ["green"]
+
+    body = await patch(client, a, {"tags": []})
+    assert body["tags"] == []
+    assert await search(client, owner=owner, tag="green") == []
+    # A PATCH without "tags" keeps them.
+    body = await patch(client, b, {"name": "renamed"})
+    assert body["tags"] == ["red"]
+    assert await search(client, owner=owner, tag="red") == [b]
+    assert await search(client, owner=owner, tag="red", q="renamed") == [b]
+    assert c not in await search(client, owner=owner, tag="red")
+
+
+async def test_create_list_and_delete_folders(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    mark = token("fold")
+    resp = await client.post("/api/v1/folders", json={"path": f"{mark}/empty//deep"})
+    assert resp.status == 201
+    assert (await resp.json())["path"] == f"/{mark}/empty/deep/"
+    # Creating it again is fine.
+    assert (
+        await client.post("/api/v1/folders", json={"path": f"/{mark}/empty/deep/"})
+    ).status == 201
+    listed = await folders(client)
+    assert {f"/{mark}/", f"/{mark}/empty/", f"/{mark}/empty/deep/"} <= set(listed)
+
+    # A folder holding a file (directly or below) cannot be deleted.
+    row = file_row(name="inside", owner=None, created_at=NOW, folder=f"/{mark}/full/sub/")
+    await insert_files(client, [row])
+    for path in (f"/{mark}/full/sub/", f"/{mark}/full/", f"/{mark}/"):
+        await api_error(await client.delete("/api/v1/folders", params={"path": path}), 409)
+    assert f"/{mark}/full/sub/" in await folders(client)
+
+    # Empty ones can.
+    resp = await client.delete("/api/v1/folders", params={"path": f"{mark}/empty"})
+    assert resp.status == 204
+    listed = await folders(client)
+    assert f"/{mark}/empty/" not in listed and f"/{mark}/empty/deep/" not in listed
+    assert f"/{mark}/full/sub/" in listed
+    # Once the file moves out, its folder can go too.
+    await patch(client, row["id"], {"folder": "/"})
+    resp = await client.delete("/api/v1/folders", params={"path": f"/{mark}/"})
+    assert resp.status == 204
+    assert not [p for p in await folders(client) if p.startswith(f"/{mark}/")]
+
+
+async def _count(client: Client, table: Any, file_id: str) -> int:
+    async with runtime(client).db.engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    select(func.count()).select_from(table).where(table.c.file_id == file_id)
+                )
+            ).scalar_one()
+        )
+
+
+def _files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+async def test_delete_removes_object_and_rows(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    rt = runtime(client)
+    objects_dir = rt.config.objects_dir
+    data = png_bytes(20_000)
+    info = await committed(client, data, "gone.png")
+    fid = info["id"]
+    await patch(client, fid, {"tags": ["doomed"]})
+    async with rt.db.engine.connect() as conn:
+        key = (await conn.execute(select(files.c.storage_key).where(files.c.id == fid))).scalar()
+    assert key
+    obj = rt.objects.path(key)  # type: ignore[attr-defined]
+    assert obj.read_bytes() == data
+    assert obj.is_relative_to(objects_dir.resolve())
+    assert await _count(client, file_tags, fid) == 1
+
+    resp = await client.delete(f"/api/v1/file/{fid}")
+    assert resp.status == 204
+    assert not obj.exists()
+    assert _files_under(objects_dir) == []  # no sidecar left either
+    for url in (f"/api/v1/file/{fid}", f"/file/{fid}", f"/api/v1/file/{fid}/content"):
+        await api_error(await client.get(url), 404)
+    await api_error(await client.delete(f"/api/v1/file/{fid}"), 404)
+    async with rt.db.engine.connect() as conn:
+        left = (await conn.execute(select(func.count()).where(files.c.id == fid))).scalar_one()
+    assert left == 0
+    assert await _count(client, file_uploads, fid) == 0
+    assert await _count(client, file_tags, fid) == 0
+    assert fid not in await search(client, tag="doomed")
+    # The tus URL of the upload it came from does not break.
+    assert (await client.head(info["tus_path"], headers=TUS)).status < 500
+    assert (await client.get(info["tus_path"], headers=TUS)).status < 500
+
+
+async def test_delete_of_a_file_in_processing_is_409(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    owner = token("busy")
+    rows = [
+        file_row(name=f"{s}.bin", owner=owner, created_at=NOW, status=s)
+        for s in ("received", "validating")
+    ]
+    done = [
+        file_row(name=f"{s}.bin", owner=owner, created_at=NOW, status=s)
+        for s in ("rejected", "failed")
+    ]
+    await insert_files(client, rows + done)
+    for r in rows:
+        await api_error(await client.delete(f"/api/v1/file/{r['id']}"), 409)
+        body = await (await client.get(f"/api/v1/file/{r['id']}")).json()
+        assert body["status"] == r["status"]
+        # Its content is not there yet either.
+        await api_error(await client.get(f"/api/v1/file/{r['id']}/content"), 409)
+    # Rejected and failed files (no object) can be deleted.
+    for r in done:
+        assert (await client.delete(f"/api/v1/file/{r['id']}")).status == 204
+        await api_error(await client.get(f"/api/v1/file/{r['id']}"), 404)
+    assert sorted(await search(client, owner=owner)) == sorted(r["id"] for r in rows)
