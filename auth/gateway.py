@@ -119,7 +119,9 @@ class Gateway:
         limiter: RateLimiter,
         limits: dict[str, Limit],
         revocation_check_interval: float,
+        trust_forwarded: bool = False,
     ) -> None:
+        self._trust_forwarded = trust_forwarded
         self.enabled = enabled
         self.tokens = tokens
         self.users = users
@@ -177,7 +179,18 @@ class Gateway:
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
     ) -> None:
         """Queue an audit entry for a frequent action (written in batches)."""
-        self.audit_log.record_soon(action, actor=actor, target=target, ip=client_ip(request))
+        self.audit_log.record_soon(action, actor=actor, target=target, ip=self.client_ip(request))
+
+    def client_ip(self, request: web.Request) -> str:
+        """The client's address; behind a trusted proxy, the one the proxy saw."""
+        if self._trust_forwarded:
+            forwarded = request.headers.get("X-Forwarded-For")
+            if forwarded:
+                # The rightmost entry is the one our proxy appended; the rest is hearsay.
+                last = forwarded.split(",")[-1].strip()
+                if last and len(last) <= 64:
+                    return last
+        return client_ip(request)
 
     def forget_user(self, user_id: str) -> None:
         """Drop a cached user after a change made on this instance."""
@@ -200,7 +213,7 @@ class Gateway:
         lim = self._limits.get(kind)
         if lim is None or lim.rate <= 0:
             return
-        key = f"{kind}:{who or client_ip(request)}"
+        key = f"{kind}:{who or self.client_ip(request)}"
         decision = await self.limiter.take(
             key, rate=lim.rate, burst=lim.burst, cost=cost, require=require
         )

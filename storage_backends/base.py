@@ -53,8 +53,8 @@ class ChunkStore(Protocol):
 
     capabilities: StoreCapabilities
 
-    async def create(self, upload_id: str) -> None:
-        """Make room for a new, empty upload."""
+    async def create(self, upload_id: str, *, length: int | None = None) -> None:
+        """Make room for a new, empty upload (``length`` when known, to plan its layout)."""
 
     async def get_offset(self, upload_id: str) -> int:
         """How many bytes the store really holds for the upload (the truth behind Upload-Offset)."""

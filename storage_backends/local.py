@@ -61,7 +61,7 @@ class LocalChunkStore:
     def local_path(self, upload_id: str) -> Path:
         return self.path(upload_id)
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str, *, length: int | None = None) -> None:
         path = self.path(upload_id)
         await asyncio.to_thread(_create_empty, path)
 

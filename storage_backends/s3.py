@@ -348,8 +348,14 @@ class S3ChunkStore:
         self._client = self._objects._client
         self._prefix = prefix
         limit = min(max_size or _MAX_OBJECT, _MAX_OBJECT)
-        self.part_size = part_size_for(limit, settings.part_size)
+        #: Uploads of deferred length: parts large enough for the configured maximum size, or
+        #: the preferred size without one (then such an upload may grow to 10,000 parts; a
+        #: PATCH past that is refused with 413 before any byte is stored).
+        self._deferred_part_size = (
+            part_size_for(limit, settings.part_size) if max_size else settings.part_size
+        )
         self.capabilities = StoreCapabilities(max_size=limit)
+        self._part_sizes: dict[str, int] = {}
         self._in_flight = parts_in_flight
         self._info_cache: dict[str, str] = {}
 
@@ -374,10 +380,16 @@ class S3ChunkStore:
             return cached
         info = await self._read_info(upload_id)
         mp = info.get("mp")
+        part = info.get("part_size")
+        if isinstance(part, int) and part >= _MIN_PART:
+            self._part_sizes[upload_id] = part
         if isinstance(mp, str):
             self._info_cache[upload_id] = mp
             return mp
         return None
+
+    def _part_size(self, upload_id: str) -> int:
+        return self._part_sizes.get(upload_id, self._deferred_part_size)
 
     async def _read_info(self, upload_id: str) -> dict[str, Any]:
         try:
@@ -431,15 +443,26 @@ class S3ChunkStore:
 
     # --- the ChunkStore protocol ------------------------------------------------------------
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str, *, length: int | None = None) -> None:
+        # The part size is chosen per upload: the preferred size, grown only as much as
+        # this upload's length needs to stay within 10,000 parts.
+        part = part_size_for(length if length is not None else _MAX_OBJECT, self._s.part_size)
+        if length is None:
+            part = self._deferred_part_size
         mp = await self._run(
             self._client._create_multipart_upload,
             self._s.bucket,
             self._key(upload_id),
             {"Content-Type": "application/octet-stream"},
         )
-        await self._write_info(upload_id, {"mp": mp})
+        await self._write_info(upload_id, {"mp": mp, "part_size": part})
         self._info_cache[upload_id] = mp
+        self._part_sizes[upload_id] = part
+
+    async def append_limit(self, upload_id: str, offset: int) -> int:
+        """Bytes this upload may still take before S3's 10,000-part limit."""
+        await self._multipart_id(upload_id)
+        return max(0, _MAX_PARTS * self._part_size(upload_id) - offset)
 
     async def get_offset(self, upload_id: str) -> int:
         mp = await self._multipart_id(upload_id)
@@ -481,6 +504,7 @@ class S3ChunkStore:
     async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
         parts = await self._parts(upload_id, mp)
         number = len(parts) + 1
+        part_size = self._part_size(upload_id)
         tail = await self._take_tail(upload_id)
         spool = bytearray(tail)
         pending: list[asyncio.Task[None]] = []
@@ -490,11 +514,11 @@ class S3ChunkStore:
             async for block in source:
                 spool += block
                 written += len(block)
-                while len(spool) >= self.part_size:
+                while len(spool) >= part_size:
                     if number > _MAX_PARTS:
                         raise StorageLimitExceeded("the upload would exceed 10,000 S3 parts")
-                    data = bytes(spool[: self.part_size])
-                    del spool[: self.part_size]
+                    data = bytes(spool[:part_size])
+                    del spool[:part_size]
                     while len(pending) >= self._in_flight:
                         await pending.pop(0)
                     pending.append(
@@ -564,6 +588,7 @@ class S3ChunkStore:
             await self._run(self._client._complete_multipart_upload, self._s.bucket, key, mp, done)
         await self._write_info(upload_id, {"mp": None})
         self._info_cache.pop(upload_id, None)
+        self._part_sizes.pop(upload_id, None)
 
     async def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
         blocks = self._objects.get(self._key(upload_id), start, length)
@@ -607,7 +632,7 @@ class S3ChunkStore:
             sources = [ComposeSource(self._s.bucket, self._key(p)) for p in parts]
             await self._run(self._client.compose_object, self._s.bucket, key, sources)
         else:
-            await self.create(upload_id)
+            await self.create(upload_id, length=sum(sizes))
             mp = self._info_cache[upload_id]
 
             async def chained() -> AsyncIterator[bytes]:

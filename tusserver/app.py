@@ -278,6 +278,7 @@ def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
             "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
         revocation_check_interval=config.revocation_check_interval,
+        trust_forwarded=config.trust_proxy_headers,
     )
 
 

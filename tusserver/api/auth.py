@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway, client_ip
+from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway
 from auth.passwords import hash_password, verify_password, verify_password_or_dummy
 from auth.users import User, UserExists, valid_username
 
@@ -60,7 +60,9 @@ class AuthApi:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
         except UserExists:
             raise Conflict("that username is taken") from None
-        await self._gw.audit_log.record("user.register", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record(
+            "user.register", actor=user.id, ip=self._gw.client_ip(request)
+        )
         return web.json_response(_user_json(user), status=201)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -68,7 +70,7 @@ class AuthApi:
         data = await read_json(request)
         username = string_field(data, "username", max_len=64)
         password = string_field(data, "password", max_len=1024)
-        ip = client_ip(request)
+        ip = self._gw.client_ip(request)
         # Throttle by IP and by username before spending a password check.
         await self._gw.limit(request, "logins", who=f"ip:{ip}", cost=0, require=1)
         await self._gw.limit(request, "logins", who=f"user:{username.lower()}", cost=0, require=1)
@@ -130,10 +132,15 @@ class AuthApi:
         user = await self._gw.users.get(user_id) if user_id == claims.subject else None
         if user is None or user.disabled:
             await self._gw.audit_log.record(
-                "auth.refresh", actor=claims.subject[:64], outcome="denied", ip=client_ip(request)
+                "auth.refresh",
+                actor=claims.subject[:64],
+                outcome="denied",
+                ip=self._gw.client_ip(request),
             )
             raise Unauthorized("invalid refresh token")
-        await self._gw.audit_log.record("auth.refresh", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record(
+            "auth.refresh", actor=user.id, ip=self._gw.client_ip(request)
+        )
         return await self._tokens_response(user, cookie=bool(data.get("cookie")))
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -156,12 +163,14 @@ class AuthApi:
             raise BadRequest(f"new_password: at least {MIN_PASSWORD} characters")
         user = await self._gw.users.get(principal.user_id or "")
         if user is None or not await verify_password(old, user.password_hash):
-            await self._gw.limit(request, "logins", who=f"ip:{client_ip(request)}")
+            await self._gw.limit(request, "logins", who=f"ip:{self._gw.client_ip(request)}")
             raise Unauthorized("the current password is wrong")
         await self._gw.users.update(user.id, password_hash=await hash_password(new))
         await self._gw.users.revoke_tokens(user.id)
         self._gw.forget_user(user.id)
-        await self._gw.audit_log.record("user.password", actor=user.id, ip=client_ip(request))
+        await self._gw.audit_log.record(
+            "user.password", actor=user.id, ip=self._gw.client_ip(request)
+        )
         return web.json_response({"status": "password changed; sign in again"})
 
     async def me(self, request: web.Request) -> web.Response:

@@ -29,7 +29,9 @@ _ERR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
-_UPLOAD_ID = _param("upload_id", "upload id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "path")
+_UPLOAD_ID = _param(
+    "upload_id", "upload id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "path"
+)
 _FILE_ID = _param(
     "file_id", "file id (32 hex digits)", {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "path"
 )

@@ -80,7 +80,10 @@ _REPR_METADATA = {"sha-256": "sha256", "sha-512": "sha512"}
 
 _HASH_IN_THREAD = 256 * 1024
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
-_GENERIC_TYPES = frozenset({"application/octet-stream", PARTIAL_UPLOAD})
+#: Content types that say nothing about the file (curl's default for --data-binary, ...).
+_GENERIC_TYPES = frozenset(
+    {"application/octet-stream", "application/x-www-form-urlencoded", PARTIAL_UPLOAD}
+)
 _CREATE_METHODS = ("POST", "PUT", "PATCH")
 _BOOL = {True: "?1", False: "?0"}
 
@@ -339,8 +342,12 @@ class IetfHandlers:
 
     @staticmethod
     def _limit_header(limits: Mapping[str, int]) -> dict[str, str]:
-        # An empty Dictionary is not sent at all (RFC 9651 section 4.1).
-        return {"Upload-Limit": sfv.serialize_dictionary(limits)} if limits else {}
+        # An empty Dictionary is not sent at all (RFC 9651 section 4.1); a structured-field
+        # Integer has at most 15 digits, so a larger limit is announced as that maximum.
+        if not limits:
+            return {}
+        bounded = {k: min(v, sfv.MAX_INTEGER) for k, v in limits.items()}
+        return {"Upload-Limit": sfv.serialize_dictionary(bounded)}
 
     # --- creation (POST, PUT or PATCH on the creation URL) ----------------------------------
 
@@ -579,11 +586,13 @@ class IetfHandlers:
             expected = sfv.parse_non_negative_integer(exc.headers.get("Upload-Offset"))
             raise _mismatching_offset(expected or 0, offset) from None
         except PayloadTooLarge as exc:
-            if length is not None or rec.length is not None:
-                # The content went past the upload's length: what fitted is stored.
+            if "Upload-Offset" in exc.headers and (length is not None or rec.length is not None):
+                # The content went past the upload's length while it was read (no
+                # Content-Length to refuse it upfront): what fitted is stored, no more.
                 raise _inconsistent_length(
                     "the content goes past the upload's length", exc.headers
                 ) from None
+            # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
         finally:
             if in_flight is not None:

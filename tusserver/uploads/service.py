@@ -178,7 +178,7 @@ class UploadService:
         )
         if not is_final:
             try:
-                await self.store.create(record.id)
+                await self.store.create(record.id, length=length)
             except StorageError as exc:
                 raise ServiceUnavailable(
                     f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
@@ -318,6 +318,11 @@ class UploadService:
                 left = await self.quota_remaining(principal)
                 if left is not None:
                     budget = left if budget is None else min(budget, left)
+            append_limit = getattr(self.store, "append_limit", None)
+            if append_limit is not None:
+                # The store's own limits (S3 parts) are known before any byte is stored.
+                left = await append_limit(rec.id, current)
+                budget = left if budget is None else min(budget, left)
             if content_length is not None and budget is not None and content_length > budget:
                 raise PayloadTooLarge(
                     f"the body of {content_length} bytes goes past the upload's "
