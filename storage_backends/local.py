@@ -100,14 +100,33 @@ class LocalChunkStore:
     ) -> int:
         loop = asyncio.get_running_loop()
         flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else 0)
+        blocks = aiter(source)
+        first = await anext(blocks, None)
+        second = await anext(blocks, None) if first is not None else None
+        if second is None:
+            # The common small chunk: open, write, (sync,) close in one trip to a thread.
+            try:
+                return await asyncio.to_thread(
+                    _write_once, path, flags, first or b"", offset, fsync
+                )
+            except FileNotFoundError:
+                raise UploadDataMissing(path.name) from None
         try:
             fd = await asyncio.to_thread(os.open, path, flags, 0o600)
         except FileNotFoundError:
             raise UploadDataMissing(path.name) from None
         written = 0
         pending: asyncio.Future[int] | None = None
+
+        async def chained() -> AsyncIterator[bytes]:
+            assert first is not None and second is not None
+            yield first
+            yield second
+            async for more in blocks:
+                yield more
+
         try:
-            async for block in source:
+            async for block in chained():
                 if pending is not None:
                     written += await asyncio.shield(pending)
                     pending = None
@@ -322,6 +341,17 @@ def _place_file(src: Path, dest: Path, consume: bool) -> None:
     os.replace(tmp, dest)
     if consume:
         os.remove(src)
+
+
+def _write_once(path: Path, flags: int, data: bytes, offset: int, fsync: bool) -> int:
+    fd = os.open(path, flags, 0o600)
+    try:
+        written = _pwrite_all(fd, data, offset) if data else 0
+        if fsync:
+            os.fsync(fd)
+        return written
+    finally:
+        os.close(fd)
 
 
 def _create_empty(path: Path) -> None:

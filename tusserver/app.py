@@ -407,6 +407,7 @@ def create_tus_subapp(
         metrics=rt.metrics,
     )
     app.add_routes(handlers.routes("/"))
+    app.on_shutdown.append(handlers.shutdown)
     if runtime is None:
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

@@ -127,6 +127,7 @@ async def _upload_one(
         store.put(key, url)
     bar.update(offset)
     total_bar.update(offset)
+    setbacks = 0
     with open(path, "rb") as fh:  # noqa: ASYNC230 - reads happen in a thread below
         while offset < size:
             fh.seek(offset)
@@ -143,12 +144,19 @@ async def _upload_one(
                     "Upload-Checksum": f"sha256 {digest}",
                 },
             ) as resp:
-                if resp.status == 409 and "Upload-Offset" in resp.headers:
+                text = "" if resp.status == 204 else (await resp.text())[:200]
+                if resp.status == 204:
                     new = int(resp.headers["Upload-Offset"])
-                elif resp.status != 204:
-                    raise UploadFailed(f"PATCH refused: {resp.status} {(await resp.text())[:200]}")
+                    setbacks = 0
+                elif resp.status == 409 and "Upload-Offset" in resp.headers:
+                    new = int(resp.headers["Upload-Offset"])
+                elif _resumable(resp.status, text) and setbacks < 10:
+                    # Interrupted, busy or briefly unavailable: ask where we are and go on.
+                    setbacks += 1
+                    await asyncio.sleep(min(0.5 * setbacks, 5))
+                    new = await _server_offset(session, url, headers)
                 else:
-                    new = int(resp.headers["Upload-Offset"])
+                    raise UploadFailed(f"PATCH refused: {resp.status} {text}")
             bar.update(new - offset)
             total_bar.update(new - offset)
             offset = new
@@ -157,6 +165,22 @@ async def _upload_one(
         file_id = resp.headers.get("X-File-Id")
     store.drop(key)
     return Result(path, url=url, file_id=file_id)
+
+
+def _resumable(status: int, text: str) -> bool:
+    """Answers after which the upload goes on from HEAD's offset."""
+    if status in (423, 429) or status >= 500:
+        return True
+    return status == 400 and (
+        "interrupted" in text or "ended early" in text or "taken over" in text
+    )
+
+
+async def _server_offset(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with session.head(url, headers={**TUS, **headers}) as resp:
+        if resp.status != 200 or "Upload-Offset" not in resp.headers:
+            raise UploadFailed(f"HEAD failed: {resp.status}")
+        return int(resp.headers["Upload-Offset"])
 
 
 async def upload_files(

@@ -42,6 +42,7 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         kwargs["pool_size"] = 1
         kwargs["max_overflow"] = 0
         kwargs["pool_timeout"] = 60
+        kwargs["pool_reset_on_return"] = None
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size

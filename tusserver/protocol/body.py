@@ -17,6 +17,8 @@ class Interruption(enum.Enum):
     DISCONNECTED = "disconnected"
     #: A newer request for the same upload asked this one to let go.
     RELEASED = "released"
+    #: The server is shutting down: what arrived is kept, the client resumes later.
+    SHUTDOWN = "shutdown"
 
 
 class _ReleaseRequested(Exception):
@@ -39,8 +41,12 @@ class BodyReader:
 
     def request_release(self) -> None:
         """Called by the locker when another request wants this upload."""
+        self.stop(Interruption.RELEASED)
+
+    def stop(self, why: Interruption) -> None:
+        """End the body here: the bytes already received are still written."""
         if self.interruption is Interruption.NONE:
-            self.interruption = Interruption.RELEASED
+            self.interruption = why
             self._content.set_exception(_ReleaseRequested())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

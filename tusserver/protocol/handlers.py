@@ -29,6 +29,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
+    ServiceUnavailable,
     TusError,
     UnsupportedMediaType,
 )
@@ -68,6 +69,7 @@ class TusHandlers:
     ) -> None:
         self._events = events
         self._metrics = metrics
+        self._active: set[BodyReader] = set()
         self._config = config
         self._service = service
         self._files = files
@@ -274,6 +276,7 @@ class TusHandlers:
         in_flight = self._metrics.in_flight if self._metrics is not None else None
         if in_flight is not None:
             in_flight.inc()
+        self._active.add(reader)
         try:
             status = await self._service.append(
                 principal,
@@ -287,6 +290,7 @@ class TusHandlers:
                 interrupted=lambda: reader.interruption is not Interruption.NONE,
             )
         finally:
+            self._active.discard(reader)
             if in_flight is not None:
                 in_flight.dec()
         if self._metrics is not None and status.offset is not None:
@@ -298,7 +302,21 @@ class TusHandlers:
                 "the upload was taken over by a newer request; resume from Upload-Offset",
                 headers={"Upload-Offset": str(status.offset)},
             )
+        if reader.interruption is Interruption.SHUTDOWN:
+            raise ServiceUnavailable(
+                "the server is restarting; resume from Upload-Offset shortly",
+                headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
+            )
         return status
+
+    async def shutdown(self, _app: web.Application) -> None:
+        """on_shutdown: in-flight PATCHes stop reading, store what they have and answer.
+
+        Without this, aiohttp stops delivering body bytes at shutdown and every PATCH in
+        flight would wait for the whole shutdown timeout.
+        """
+        for reader in list(self._active):
+            reader.stop(Interruption.SHUTDOWN)
 
     # --- DELETE (termination) ---------------------------------------------------------------
 
