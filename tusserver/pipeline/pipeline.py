@@ -122,6 +122,7 @@ class Pipeline:
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._fresh: dict[str, FileRecord] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -148,7 +149,33 @@ class Pipeline:
             started_at=rec.created_at,
             finished_at=self._clock(),
         )
-        created = await self._files.create_for_upload(new, self._clock())
+        now = self._clock()
+        created = await self._files.create_for_upload(new, now)
+        if created == file_id:
+            # The worker starts from this record instead of reading the row back.
+            self._fresh[file_id] = FileRecord(
+                id=file_id,
+                owner=new.owner,
+                name=new.name,
+                folder="/",
+                size=new.size,
+                declared_type=new.declared_type,
+                detected_type=None,
+                category=None,
+                type_mismatch=False,
+                sha256=None,
+                status=FileStatus.RECEIVED,
+                reason=None,
+                store=None,
+                storage_key=None,
+                metadata=meta,
+                tags=(),
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+                committed_at=None,
+                upload_id=rec.id,
+            )
         self._enqueue(created)
         if self._events is not None and created == file_id:
             self._events.record(
@@ -238,6 +265,7 @@ class Pipeline:
 
     async def _claim_and_process(self, file_id: str) -> bool:
         if not await self._files.claim(file_id, self._clock(), _LEASE):
+            self._fresh.pop(file_id, None)
             return False
         self._claimed.add(file_id)
         await self.process(file_id)
@@ -256,7 +284,7 @@ class Pipeline:
     # --- one file ---------------------------------------------------------------------------
 
     async def process(self, file_id: str) -> FileStatus:
-        f = await self._files.get(file_id)
+        f = self._fresh.pop(file_id, None) or await self._files.get(file_id)
         if f is None:
             return FileStatus.FAILED
         if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):

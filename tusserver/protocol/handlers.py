@@ -83,6 +83,7 @@ class TusHandlers:
             location=self._location,
             metrics=metrics,
             events=events,
+            active=self._active,
         )
 
     def routes(self, base_path: str) -> list[web.RouteDef]:

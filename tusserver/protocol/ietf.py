@@ -230,6 +230,7 @@ class IetfHandlers:
         location: Callable[[web.Request, str], str],
         metrics: Metrics | None = None,
         events: EventRecorder | None = None,
+        active: set[BodyReader] | None = None,
     ) -> None:
         self._config = config
         self._service = service
@@ -237,6 +238,8 @@ class IetfHandlers:
         self._location = location
         self._metrics = metrics
         self._events = events
+        #: Bodies being read, shared with the tus handlers: a graceful shutdown stops them.
+        self._active: set[BodyReader] = active if active is not None else set()
 
     @staticmethod
     def handles(request: web.Request, method: str) -> bool:
@@ -562,6 +565,7 @@ class IetfHandlers:
         in_flight = self._metrics.in_flight if self._metrics is not None else None
         if in_flight is not None:
             in_flight.inc()
+        self._active.add(reader)
         try:
             result = await self._service.append(
                 principal,
@@ -595,6 +599,7 @@ class IetfHandlers:
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
         finally:
+            self._active.discard(reader)
             if in_flight is not None:
                 in_flight.dec()
         if self._metrics is not None and result.offset is not None:
@@ -606,6 +611,13 @@ class IetfHandlers:
                 400,
                 "the upload was taken over by a newer request; resume from Upload-Offset",
                 headers=self._state_headers(result),
+            )
+        if reader.interruption is Interruption.SHUTDOWN:
+            # What arrived is stored; the client resumes from the offset after the restart.
+            raise Problem(
+                503,
+                "the server is restarting; resume from Upload-Offset shortly",
+                headers={**self._state_headers(result), "Retry-After": "2"},
             )
         if complete and not result.finished and reader.interruption is Interruption.NONE:
             # The client said this was the end, but the bytes fall short of the length.

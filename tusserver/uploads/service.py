@@ -319,7 +319,7 @@ class UploadService:
                 if left is not None:
                     budget = left if budget is None else min(budget, left)
             append_limit = getattr(self.store, "append_limit", None)
-            if append_limit is not None:
+            if append_limit is not None and rec.state is UploadState.RECEIVING:
                 # The store's own limits (S3 parts) are known before any byte is stored.
                 left = await append_limit(rec.id, current)
                 budget = left if budget is None else min(budget, left)
