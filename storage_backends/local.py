@@ -308,25 +308,38 @@ class LocalObjectStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
+    """Write-then-rename: readers see the old or the new sidecar, never half of one.
+
+    No fsync: the sidecar repeats what the catalog row holds (the source of truth), so a
+    power loss can at worst cost the copy, not the information.
+    """
+    try:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fh = open(tmp, "wb")  # noqa: SIM115 - closed right below, before the rename
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(tmp, "wb")  # noqa: SIM115
+    with fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def _place_file(src: Path, dest: Path, consume: bool) -> None:
     """Put ``src`` at ``dest`` atomically: a rename when allowed and possible, else a copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if consume:
         try:
-            os.replace(src, dest)
+            try:
+                os.replace(src, dest)
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    raise
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
             return
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # another filesystem: copy instead
                 raise
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:
