@@ -328,8 +328,15 @@ class UploadService:
                     f"the body of {content_length} bytes goes past the upload's "
                     f"{'length' if rec.length is not None else 'maximum size'}"
                 )
-            if rec.state is UploadState.FINISHED and content_length:
-                raise PayloadTooLarge("the upload is already complete")
+            if rec.state is UploadState.FINISHED:
+                # Its bytes may already have moved on to the object store: never touch the
+                # chunk store again. An empty PATCH just reports the final offset.
+                if content_length:
+                    raise PayloadTooLarge("the upload is already complete")
+                async for block in source:
+                    if block:
+                        raise PayloadTooLarge("the upload is already complete")
+                return status
             hasher = hashlib.new(checksum.algorithm) if checksum else None
             first_check = None
             if current == 0 and self.first_bytes_check is not None:

@@ -1,0 +1,164 @@
+"""Integrity digests (RFC 9530) on draft uploads: Content-Digest per request, Repr-Digest for
+the whole representation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+from tests.app_fixtures import TUS
+from tests.ietf.helpers import (
+    Client,
+    append,
+    create,
+    created,
+    digest,
+    head,
+    path_of,
+    problem,
+)
+
+
+async def test_matching_content_digest_is_appended(client: Client) -> None:
+    path = await created(client, b"abc", **{"Content-Digest": digest("sha-256", b"abc")})
+    resp = await append(client, path, 3, b"def", **{"Content-Digest": digest("sha-512", b"def")})
+    assert resp.status == 204
+    both = digest("sha-256", b"ghi") + ", " + digest("sha-512", b"ghi")
+    assert (await append(client, path, 6, b"ghi", **{"Content-Digest": both})).status == 204
+    assert (await head(client, path)).headers["Upload-Offset"] == "9"
+
+
+async def test_content_digest_mismatch_appends_nothing(client: Client) -> None:
+    """Content digests: "If the digests don't match the server SHOULD consider the transfer
+    failed, not append the content to the upload resource, and signal the failure"."""
+    path = await created(client, b"abc")
+    resp = await append(client, path, 3, b"def", **{"Content-Digest": digest("sha-256", b"xyz")})
+    doc = await problem(resp, 400)
+    assert (doc["field"], doc["algorithm"]) == ("Content-Digest", "sha-256")
+    assert resp.headers["Upload-Offset"] == "3"
+    assert (await head(client, path)).headers["Upload-Offset"] == "3"
+    # The upload goes on.
+    assert (await append(client, path, 3, b"def", complete=True)).status == 200
+
+
+async def test_second_content_digest_is_checked_too(client: Client) -> None:
+    path = await created(client, b"abc")
+    both = digest("sha-256", b"def") + ", " + digest("sha-512", b"nope")
+    doc = await problem(await append(client, path, 3, b"def", **{"Content-Digest": both}), 400)
+    assert doc["algorithm"] == "sha-512"
+    assert (await head(client, path)).headers["Upload-Offset"] == "3"
+
+
+async def test_content_digest_mismatch_on_creation(client: Client) -> None:
+    resp = await create(
+        client, b"abc", complete=True, **{"Content-Digest": digest("sha-256", b"abd")}
+    )
+    await problem(resp, 400)
+    # The upload exists (the 104 announced it): empty, incomplete, resumable.
+    state = await head(client, path_of(resp.headers["Location"]))
+    assert (state.headers["Upload-Offset"], state.headers["Upload-Complete"]) == ("0", "?0")
+
+
+async def test_unknown_digest_algorithms_are_ignored(client: Client) -> None:
+    path = await created(client, b"abc", **{"Content-Digest": "md5=:AAAA:, crc32c=:AAAAAA==:"})
+    assert (await head(client, path)).headers["Upload-Offset"] == "3"
+
+
+async def test_repr_digest_in_one_request(client: Client) -> None:
+    resp = await create(
+        client, b"whole", complete=True, **{"Repr-Digest": digest("sha-256", b"whole")}
+    )
+    assert (resp.status, resp.headers["Upload-Complete"]) == (201, "?1")
+
+
+async def test_repr_digest_mismatch_in_one_request_fails_the_upload(client: Client) -> None:
+    """Representation digests: "If the digests don't match, the server SHOULD consider the
+    upload failed, not process the representation further, and signal the failure"."""
+    resp = await create(
+        client, b"whole", complete=True, **{"Repr-Digest": digest("sha-512", b"other")}
+    )
+    doc = await problem(resp, 400)
+    assert (doc["field"], doc["algorithm"]) == ("Repr-Digest", "sha-512")
+    await problem(await head(client, path_of(resp.headers["Location"])), 410)
+
+
+async def test_repr_digest_from_creation_checked_at_completion(client: Client) -> None:
+    data = b"0123456789"
+    path = await created(client, data[:4], **{"Repr-Digest": digest("sha-256", data)})
+    assert (await append(client, path, 4, data[4:8])).status == 204
+    resp = await append(client, path, 8, data[8:], complete=True)
+    assert (resp.status, resp.headers["Upload-Complete"]) == (200, "?1")
+
+
+async def _file_status(client: Client, path: str) -> str | None:
+    for _ in range(200):
+        status = (await client.head(path, headers=TUS)).headers.get("X-File-Status")
+        if status in ("committed", "rejected", "failed"):
+            return status
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def test_repr_digest_mismatch_across_requests(
+    client: Client, storage_settings: dict[str, str]
+) -> None:
+    data = b"0123456789"
+    path = await created(client, data[:4], **{"Repr-Digest": digest("sha-256", b"different")})
+    resp = await append(client, path, 4, data[4:], complete=True)
+    if storage_settings.get("chunk_store") == "s3":
+        # S3 cannot read an unfinished upload back: the upload completes and the pipeline's
+        # checksum validator (the digest is kept as the sha256 metadata) rejects the file.
+        assert resp.status == 200
+        assert await _file_status(client, path) == "rejected"
+        return
+    doc = await problem(resp, 400)
+    assert doc["field"] == "Repr-Digest"
+    await problem(await head(client, path), 410)
+
+
+async def test_repr_digest_sent_with_the_last_append(client: Client) -> None:
+    path = await created(client, b"abc")
+    resp = await append(
+        client, path, 3, b"def", complete=True, **{"Repr-Digest": digest("sha-256", b"abcdef")}
+    )
+    assert resp.status == 200
+
+
+async def test_repr_digest_kept_for_the_pipeline(client: Client) -> None:
+    path = await created(client, b"abc", **{"Repr-Digest": digest("sha-256", b"abc")})
+    meta = (await client.head(path, headers=TUS)).headers["Upload-Metadata"]
+    pairs = dict(p.split(" ") for p in meta.split(","))
+    expected = digest("sha-256", b"abc").split(":")[1]
+    assert base64.b64decode(pairs["sha256"]).decode() == expected
+
+
+async def test_repr_digest_is_not_checked_before_completion(client: Client) -> None:
+    path = await created(client, b"ab", **{"Repr-Digest": digest("sha-256", b"abcd")})
+    assert (await append(client, path, 2, b"c")).status == 204
+    assert (await append(client, path, 3, b"d", complete=True)).status == 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sha-256=abc",
+        'sha-256="abc"',
+        "sha-256",
+        "sha-256=:YWJj:",  # 3 bytes: not a sha-256 digest
+        "sha-512=:" + base64.b64encode(b"x" * 32).decode() + ":",
+        "sha-256=:YWJj",
+        "SHA-256=:YWJj:",
+        "sha-256=:YWJj:,",
+        "garbage!!",
+        "sha-256=(:YWJj:)",
+    ],
+)
+@pytest.mark.parametrize("field", ["Content-Digest", "Repr-Digest"])
+async def test_malformed_digest_fields(client: Client, field: str, value: str) -> None:
+    doc = await problem(await create(client, b"abc", **{field: value}), 400)
+    assert field in doc["detail"]
+    path = await created(client, b"abc")
+    await problem(await append(client, path, 3, b"d", complete=True, **{field: value}), 400)
+    assert (await head(client, path)).headers["Upload-Complete"] == "?0"
