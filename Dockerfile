@@ -6,6 +6,12 @@
 # Configure with TUSSERVER_* environment variables (docs/configuration.md) or a TOML file
 # mounted into the container and named by TUSSERVER_CONFIG.
 
+# --- web assets: the UI's npm packages (Uppy, Chart.js) from package-lock.json -------------
+FROM node:20-slim AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --omit=optional --no-audit --no-fund
+
 # --- build: install the project and its dependencies into a virtual environment -----------
 FROM python:3.11-slim AS build
 
@@ -31,11 +37,14 @@ RUN groupadd --system --gid 10001 tusserver \
     && chown tusserver:tusserver /data
 
 COPY --from=build /opt/tusserver /opt/tusserver
+COPY --from=assets /assets/node_modules/uppy/dist /opt/tusserver-web/uppy/dist
+COPY --from=assets /assets/node_modules/chart.js/dist /opt/tusserver-web/chart.js/dist
 
 ENV PATH=/opt/tusserver/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TUSSERVER_DATA_DIR=/data \
-    TUSSERVER_HOST=0.0.0.0
+    TUSSERVER_HOST=0.0.0.0 \
+    TUSSERVER_WEB_ASSETS_DIR=/opt/tusserver-web
 
 USER tusserver
 WORKDIR /data

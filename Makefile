@@ -31,6 +31,13 @@ run: $(VENV)/.run-deps
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libmagic1; \
 	fi
+	@# The web UI's Uppy and Chart.js come from npm (package-lock.json), never from a CDN.
+	@if [ ! -f node_modules/uppy/dist/uppy.min.js ]; then \
+		command -v npm >/dev/null 2>&1 || { echo "installing nodejs and npm"; \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }; \
+		npm ci --no-audit --no-fund --loglevel=error; \
+	fi
 	exec $(BIN)/tusserver --data-dir ./data serve --host 127.0.0.1 --port 1080
 
 setup:

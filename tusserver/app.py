@@ -483,5 +483,10 @@ def create_app(
     app.add_routes(analytics.routes(""))
     app.add_routes(analytics.routes("/api/v1"))
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
-    app.add_routes(web_routes(config, Path(__file__).resolve().parent.parent / "node_modules"))
+    assets = (
+        Path(config.web_assets_dir)
+        if config.web_assets_dir
+        else Path(__file__).resolve().parent.parent / "node_modules"
+    )
+    app.add_routes(web_routes(config, assets))
     return app

@@ -112,10 +112,22 @@ def _serve(config: TusServerConfig) -> int:
     from .app import create_app
 
     app = create_app(config)
+    ssl_context = None
+    if config.tls_cert_file:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ssl_context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"tusserver: configuration error: tls_cert_file: {exc}", file=sys.stderr)
+            return 2
     web.run_app(
         app,
         host=config.host,
         port=config.port,
+        ssl_context=ssl_context,
         print=lambda *_: None,
         access_log=None,
         shutdown_timeout=30.0,

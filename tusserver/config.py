@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import string
 import tomllib
 import types
 import typing
@@ -324,6 +325,13 @@ class TusServerConfig:
     )
     tls_cert_file: str = field(default="", metadata=_doc("PEM certificate to serve HTTPS."))
     tls_key_file: str = field(default="", metadata=_doc("PEM private key for HTTPS."))
+    web_assets_dir: str = field(
+        default="",
+        metadata=_doc(
+            "Directory holding the npm packages of the web UI (uppy, chart.js): the "
+            "`node_modules` of `npm ci`. Empty: the source checkout's `node_modules`."
+        ),
+    )
     # --- logs -----------------------------------------------------------------------------
     log_format: str = field(
         default="console", metadata=_doc("`console` (human) or `json` (one object per line).")
@@ -382,6 +390,14 @@ class TusServerConfig:
             raise ConfigError("s3_part_size: must be at least 5 MiB (5242880)")
         if "{file_id}" not in self.object_key_template:
             raise ConfigError("object_key_template: must contain {file_id}")
+        try:
+            parsed = list(string.Formatter().parse(self.object_key_template))
+        except ValueError as exc:
+            raise ConfigError(f"object_key_template: {exc}") from None
+        known = {"owner", "yyyy", "mm", "dd", "file_id", "name", "ext", "category"}
+        unknown_fields = {f for _, f, _, _ in parsed if f is not None} - known
+        if unknown_fields:
+            raise ConfigError(f"object_key_template: unknown field {sorted(unknown_fields)[0]!r}")
         unknown = set(self.allowed_categories) - {"video", "audio", "image", "document", "other"}
         if unknown:
             raise ConfigError(f"allowed_categories: unknown {sorted(unknown)}")

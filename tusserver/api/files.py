@@ -28,7 +28,8 @@ from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
 from ..http_util import etag_matches, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
-from ..protocol.errors import BadRequest, Conflict, NotFound, TusError
+from ..protocol.errors import BadRequest, NotFound, TusError
+from ..protocol.errors import StateConflict as Conflict
 from ..protocol.handlers import stream_bytes
 from ..uploads.service import UploadService
 from .common import parse_when, read_json, text_param

@@ -19,6 +19,7 @@ __all__ = [
     "PayloadTooLarge",
     "PreconditionFailed",
     "ServiceUnavailable",
+    "StateConflict",
     "TusError",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -68,6 +69,13 @@ class MethodNotAllowed(TusError):
 class Conflict(TusError):
     status = 409
     code = "offset_mismatch"
+
+
+class StateConflict(TusError):
+    """The resource is not in a state that allows the request (yet)."""
+
+    status = 409
+    code = "conflict"
 
 
 class Gone(TusError):

@@ -335,6 +335,9 @@ class TusHandlers:
         f = await self._files.get(rec.file_id) if rec.file_id else None
         if f is not None and f.status in (FileStatus.REJECTED, FileStatus.FAILED):
             raise Forbidden(f"the file was {f.status.value}: {f.reason}")
+        # While the file is still being validated, the uploader may read back its own bytes
+        # (tus clients verify uploads this way); a rejected file is never served, and the
+        # files API serves only committed files.
         name = rec.metadata.get("filename") or rec.metadata.get("name")
         return await stream_bytes(
             request,
