@@ -100,7 +100,7 @@ class TusServerConfig:
         ),
     )
     write_buffer_size: int = field(
-        default=1024 * 1024,
+        default=512 * 1024,
         metadata=_doc("Bytes a PATCH body is buffered in memory before each write to storage."),
     )
     # --- storage --------------------------------------------------------------------------
