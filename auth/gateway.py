@@ -159,7 +159,9 @@ class Gateway:
         else:
             # Tokens of an external identity provider: its subject is the owner.
             principal = Principal(user_id=claims.subject[:64], is_admin=claims.role == "admin")
-        if via_cookie and request.method not in _SAFE_METHODS:
+        override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+        method = override or request.method
+        if via_cookie and (request.method not in _SAFE_METHODS or method not in _SAFE_METHODS):
             _check_csrf(request)
         request[_PRINCIPAL] = principal
         return principal

@@ -98,10 +98,14 @@ class TusHandlers:
 
     @staticmethod
     def effective_method(request: web.Request) -> str:
-        """``X-HTTP-Method-Override``, when present, is the method (for limited clients)."""
-        override = request.headers.get("X-HTTP-Method-Override")
-        if override and request.method == "POST":
-            return override.strip().upper()
+        """``X-HTTP-Method-Override``, when present, is the method (for limited clients).
+
+        The tus spec says so for any request; CSRF protection looks at this same effective
+        method (auth.gateway), so a GET carrying an override is not treated as safe.
+        """
+        override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+        if override and override.isalpha() and len(override) <= 16:
+            return override
         return request.method
 
     async def collection(self, request: web.Request) -> web.StreamResponse:
