@@ -18,6 +18,7 @@ Facts these follow are in /work/shared/INFRA.md (weed flags, telemetry off, EICA
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import ctypes
@@ -180,7 +181,7 @@ def find_pg_bin() -> Path:
     )
 
 
-class _Service:
+class _Service(abc.ABC):
     """Process bookkeeping shared by the three services."""
 
     name = "service"
@@ -196,21 +197,24 @@ class _Service:
         self._closed = False
         _LIVE[id(self)] = self
 
-    # -- to be provided by subclasses
+    # -- provided by each service
+    @abc.abstractmethod
     def _prepare(self) -> None:
-        raise NotImplementedError
+        """Write config files, databases, data directories."""
 
+    @abc.abstractmethod
     def _command(self) -> tuple[list[str], dict[str, Any]]:
-        raise NotImplementedError
+        """The argv and Popen keyword arguments that start the service."""
 
+    @abc.abstractmethod
     def _is_ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the service answers now."""
 
     def _log_files(self) -> list[Path]:
         return [self.log_path]
 
-    def _after_stop(self) -> None:
-        pass
+    def _after_stop(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Clean up after the process ended (nothing by default)."""
 
     # -- public API
     @property
