@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from .protocol.errors import TusError
@@ -14,9 +17,27 @@ __all__ = [
     "RangeNotSatisfiable",
     "content_disposition",
     "etag_matches",
+    "not_modified",
     "parse_range",
     "safe_filename",
 ]
+
+
+def not_modified(request: Any, etag: str, last_modified: dt.datetime) -> bool:
+    """RFC 9110 section 13.2.2: If-None-Match wins; If-Modified-Since only without it."""
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        return etag_matches(inm, etag)
+    ims = request.headers.get("If-Modified-Since")
+    if ims is None or request.method not in ("GET", "HEAD"):
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(ims)
+    except (TypeError, ValueError, IndexError):
+        return False  # an invalid date is ignored, as the RFC says
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    return last_modified.replace(microsecond=0) <= since
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -181,3 +181,27 @@ async def test_100_mib_download_streams(make_client: MakeClient) -> None:
     async for piece in resp.content.iter_chunked(256 * 1024):
         part.update(piece)
     assert part.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+async def test_last_modified_and_if_modified_since(make_client: Any) -> None:
+    """RFC 9110: Last-Modified on content and metadata; If-Modified-Since gives 304 when
+    nothing changed, and is ignored when If-None-Match is present or the date is invalid."""
+    from tests.pipeline.test_local_pipeline import upload, wait_file
+
+    client = await make_client()
+    info = await wait_file(client, await upload(client, b"z" * 100, filename="lm.bin"))
+    for url in (info["content_url"], f"/file/{info['id']}"):
+        first = await client.get(url)
+        last_modified = first.headers["Last-Modified"]
+        assert last_modified.endswith(" GMT")
+        same = await client.get(url, headers={"If-Modified-Since": last_modified})
+        assert same.status == 304
+        assert same.headers["ETag"] == first.headers["ETag"]
+        old = await client.get(url, headers={"If-Modified-Since": "Sun, 06 Nov 1994 08:49:37 GMT"})
+        assert old.status == 200
+        bad = await client.get(url, headers={"If-Modified-Since": "yesterday"})
+        assert bad.status == 200
+        inm_wins = await client.get(
+            url, headers={"If-Modified-Since": last_modified, "If-None-Match": '"other"'}
+        )
+        assert inm_wins.status == 200

@@ -25,12 +25,13 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
-from ..http_util import etag_matches, safe_filename
+from ..http_util import not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
 from ..protocol.errors import BadRequest, NotFound, TusError
 from ..protocol.errors import StateConflict as Conflict
 from ..protocol.handlers import stream_bytes
+from ..protocol.headers import format_http_date
 from ..uploads.service import UploadService
 from .common import parse_when, read_json, text_param
 
@@ -266,11 +267,12 @@ class FilesApi:
         principal = await self._caller(request)
         f = await self._load(request, principal, request.match_info["file_id"])
         etag = f'W/"{f.id}-{int(f.updated_at.timestamp() * 1000)}-{f.status.value}"'
-        if etag_matches(request.headers.get("If-None-Match"), etag):
-            return web.Response(status=304, headers={"ETag": etag})
+        validators = {"ETag": etag, "Last-Modified": format_http_date(f.updated_at)}
+        if not_modified(request, etag, f.updated_at):
+            return web.Response(status=304, headers=validators)
         return web.json_response(
             file_json(f, self._base(request)),
-            headers={"Cache-Control": "private, no-cache", "ETag": etag},
+            headers={"Cache-Control": "private, no-cache", **validators},
         )
 
     async def content(self, request: web.Request) -> web.StreamResponse:
@@ -281,15 +283,17 @@ class FilesApi:
                 raise NotFound(f"the file was {f.status.value}: {f.reason}")
             raise Conflict("the file is still being processed", headers={"Retry-After": "2"})
         etag = f'"{f.sha256}"'
-        if etag_matches(request.headers.get("If-None-Match"), etag):
-            return web.Response(status=304, headers={"ETag": etag})
+        modified = f.committed_at or f.created_at
+        validators = {"ETag": etag, "Last-Modified": format_http_date(modified)}
+        if not_modified(request, etag, modified):
+            return web.Response(status=304, headers=validators)
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         resp = await stream_bytes(
             request,
             size=f.size,
             name=f.name,
             reader=lambda start, length: self._pipeline.read_source(f, start, length),
-            extra_headers={"ETag": etag, "Cache-Control": "private, no-cache"},
+            extra_headers={**validators, "Cache-Control": "private, no-cache"},
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
         if self._events is not None and request.method == "GET":
