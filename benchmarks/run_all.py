@@ -57,6 +57,9 @@ class Plan:
     scenario_timeout: float
     #: Runs of each main scenario; the run with the median headline figure is reported.
     repeat: int
+    #: No further run of a scenario once its runs (with their settle time) took this long:
+    #: keeps the slow cases (tusserver's small uploads, fsync) from stretching the run.
+    repeat_budget_s: float
 
     @property
     def main(self) -> tuple[Scenario, ...]:
@@ -74,6 +77,7 @@ FULL = Plan(
     ),
     scenario_timeout=180.0,
     repeat=3,
+    repeat_budget_s=20.0,
 )
 
 QUICK = Plan(
@@ -84,6 +88,7 @@ QUICK = Plan(
     warmup=(Scenario("warmup-small", uploads=20, size=4 * KiB, chunk=4 * KiB, concurrency=8),),
     scenario_timeout=60.0,
     repeat=1,
+    repeat_budget_s=0.0,
 )
 
 
@@ -205,7 +210,7 @@ def tree_cpu_s(pid: int) -> float:
 
 
 async def settle(
-    pid: int, *, busy: float = 0.05, window: float = 0.5, timeout: float = 60.0
+    pid: int, *, busy: float = 0.05, window: float = 0.5, timeout: float = 45.0
 ) -> float:
     """Wait until the server tree uses < ``busy`` of a core over ``window`` seconds.
 
@@ -405,7 +410,10 @@ async def bench_target(
         await settle(server.pid)
         for scenario in plan.main:
             runs = []
+            began = time.monotonic()
             for i in range(plan.repeat):
+                if i and time.monotonic() - began >= plan.repeat_budget_s:
+                    break
                 _sync()
                 spy = None
                 spy_out = RESULTS / f"py-spy-{name}-{scenario.name}.txt"

@@ -307,7 +307,7 @@ class SpyDumps:
 
 
 def make_file(path: Path, size: int, source: BodySource) -> None:
-    buf = bytes(source._buf)  # noqa: SLF001 - the same random bytes the uploads send
+    buf = bytes(source._buf)
     with open(path, "wb") as f:
         left = size
         while left:
@@ -467,7 +467,7 @@ def part1(args: argparse.Namespace, stack: Stack, s3: Any, work: Path, out: dict
 
 def direct_put_many(s3: Any, n: int, size: int, threads: int, source: BodySource) -> float:
     client = s3.client()
-    data = (bytes(source._buf) * (size // len(source._buf) + 1))[:size]  # noqa: SLF001
+    data = (bytes(source._buf) * (size // len(source._buf) + 1))[:size]
     stamp = time.time_ns()
 
     def put(i: int) -> None:

@@ -27,6 +27,9 @@ __all__ = ["Event", "EventRecorder", "report"]
 
 _log = structlog.get_logger("tusserver.analytics")
 
+#: The rollup rows of the whole service (no user id can be "*").
+ALL_OWNERS = "*"
+
 KINDS = (
     "upload.started",
     "upload.finished",
@@ -137,9 +140,12 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
             }
         )
         for dim in _dims(ev):
-            inc = increments[(_hour(ev.at), ev.owner or "", ev.kind, dim)]
-            inc[0] += 1
-            inc[1] += ev.bytes
+            # Each event counts for its owner and for the whole service, so a service-wide
+            # report reads one row per hour and kind, however many users there are.
+            for owner in (ev.owner or "", ALL_OWNERS):
+                inc = increments[(_hour(ev.at), owner, ev.kind, dim)]
+                inc[0] += 1
+                inc[1] += ev.bytes
     if not rows:
         return
     dialect = db.dialect
@@ -171,9 +177,11 @@ async def report(
 ) -> dict[str, Any]:
     """Totals, time series and breakdowns between ``start`` and ``end`` (hour-aligned)."""
     r = analytics_rollup.c
-    conds = [r.hour >= _hour(start), r.hour < end]
-    if owner is not None:
-        conds.append(r.owner == owner)
+    conds = [
+        r.hour >= _hour(start),
+        r.hour < end,
+        r.owner == (ALL_OWNERS if owner is None else owner),
+    ]
     async with db.engine.connect() as conn:
         series_rows = (
             await conn.execute(

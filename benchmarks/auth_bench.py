@@ -1,0 +1,288 @@
+"""Cost of authentication and rate limiting on the tus hot path (HEAD and small PATCHes).
+
+    .venv/bin/python benchmarks/auth_bench.py            # ~2 minutes
+    .venv/bin/python benchmarks/auth_bench.py --quick
+
+Three configurations of the same server build, SQLite catalog, each in its own data dir:
+
+    none        TUSSERVER_AUTH=none (no principal lookup, no limiter)
+    jwt         TUSSERVER_AUTH=jwt, Bearer token from POST /api/v1/auth/login, all limits 0
+    jwt+limits  the same with every limit on at rates far above the load (never a 429)
+
+Workloads (one aiohttp client process, ``--concurrency`` workers):
+
+    HEAD        each worker HEADs its own upload in a loop
+    PATCH 1KiB  each worker appends 1 KiB PATCHes at sequential offsets to its own upload of
+                a 1 GiB declared length
+
+The configurations run in rounds (none, jwt, jwt+limits, none, ...) and the median round is
+reported, with the overhead against ``none``. Results: benchmarks/results/auth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from load import percentile  # noqa: E402
+
+from tests.services import free_port  # noqa: E402
+
+RESULTS = HERE / "results"
+TUS = {"Tus-Resumable": "1.0.0"}
+USER, PASSWORD = "bench", "bench-password-123"
+HIGH = "1000000000"  # a rate no benchmark reaches
+
+CONFIGS: dict[str, dict[str, str]] = {
+    "none": {"TUSSERVER_AUTH": "none", "TUSSERVER_RATE_LIMIT_CREATIONS": "0",
+             "TUSSERVER_RATE_LIMIT_API": "0"},
+    "jwt": {"TUSSERVER_AUTH": "jwt", "TUSSERVER_RATE_LIMIT_CREATIONS": "0",
+            "TUSSERVER_RATE_LIMIT_API": "0", "TUSSERVER_RATE_LIMIT_PATCH_BYTES": "0"},
+    "jwt+limits": {"TUSSERVER_AUTH": "jwt", "TUSSERVER_RATE_LIMIT_CREATIONS": HIGH,
+                   "TUSSERVER_RATE_LIMIT_CREATIONS_BURST": HIGH,
+                   "TUSSERVER_RATE_LIMIT_API": HIGH, "TUSSERVER_RATE_LIMIT_API_BURST": HIGH,
+                   "TUSSERVER_RATE_LIMIT_PATCH_BYTES": HIGH},
+}  # fmt: skip
+
+
+def _exe() -> str:
+    return str(Path(sys.executable).parent / "tusserver")
+
+
+def _env(data: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    env.update(TUSSERVER_DATA_DIR=str(data), TUSSERVER_LOG_LEVEL="warning",
+               TUSSERVER_FSYNC="false", **extra)  # fmt: skip
+    return env
+
+
+class Server:
+    def __init__(self, name: str, data: Path) -> None:
+        self.name, self.data = name, data
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.log = self.data.parent / f"{self.name}.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [_exe(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO, env=_env(self.data, CONFIGS[self.name]), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-2000:]}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with s.options(self.base + "/uploads/") as r:
+                        if r.status < 500:
+                            return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-2000:]}")
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def add_user(data: Path) -> None:
+    subprocess.run(
+        [_exe(), "user", "add", USER], input=PASSWORD + "\n", text=True, check=True,
+        env=_env(data, {}), cwd=REPO, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def login(s: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    async with s.post(base + "/api/v1/auth/login",
+                      json={"username": USER, "password": PASSWORD}) as r:  # fmt: skip
+        body = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"login: {r.status} {body}")
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+async def create(s: aiohttp.ClientSession, base: str, auth: dict[str, str], length: int) -> str:
+    async with s.post(
+        base + "/uploads/", headers={**TUS, **auth, "Upload-Length": str(length)}
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"create: {r.status} {await r.text()}")
+        loc = r.headers["Location"]
+    return loc if loc.startswith("http") else base + loc
+
+
+async def bench_head(s: aiohttp.ClientSession, urls: list[str], auth: dict[str, str],
+                     seconds: float) -> dict[str, Any]:  # fmt: skip
+    lat: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(url: str) -> None:
+        nonlocal errors
+        h = {**TUS, **auth}
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            async with s.head(url, headers=h) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(u) for u in urls))
+    wall = time.monotonic() - t0
+    return _summary(lat, wall, errors)
+
+
+async def bench_patch(s: aiohttp.ClientSession, urls: list[str], auth: dict[str, str],
+                      seconds: float, size: int) -> dict[str, Any]:  # fmt: skip
+    body = os.urandom(size)
+    lat: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(url: str) -> None:
+        nonlocal errors
+        async with s.head(url, headers={**TUS, **auth}) as r:
+            offset = int(r.headers["Upload-Offset"])
+        while time.monotonic() < stop:
+            h = {**TUS, **auth, "Upload-Offset": str(offset),
+                 "Content-Type": "application/offset+octet-stream"}  # fmt: skip
+            t0 = time.perf_counter()
+            async with s.patch(url, headers=h, data=body) as r:
+                await r.read()
+                if r.status != 204:
+                    errors += 1
+                    offset = int(await _head(s, url, auth))
+                else:
+                    offset = int(r.headers["Upload-Offset"])
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(u) for u in urls))
+    wall = time.monotonic() - t0
+    return _summary(lat, wall, errors)
+
+
+async def _head(s: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> str:
+    async with s.head(url, headers={**TUS, **auth}) as r:
+        return r.headers["Upload-Offset"]
+
+
+def _summary(lat: list[float], wall: float, errors: int) -> dict[str, Any]:
+    return {"requests": len(lat), "errors": errors, "rps": round(len(lat) / wall, 1),
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}  # fmt: skip
+
+
+async def one_round(server: Server, conc: int, seconds: float, chunk: int) -> dict[str, Any]:
+    server.start()
+    try:
+        await server.wait_ready()
+        conn = aiohttp.TCPConnector(limit=conc + 4)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            auth = await login(s, server.base) if server.name != "none" else {}
+            urls = [await create(s, server.base, auth, 1 << 30) for _ in range(conc)]
+            # warm-up
+            await bench_head(s, urls, auth, 1.0)
+            await bench_patch(s, urls, auth, 1.0, chunk)
+            head = await bench_head(s, urls, auth, seconds)
+            patch = await bench_patch(s, urls, auth, seconds, chunk)
+            for u in urls:  # leave no 1 GiB reservations behind
+                async with s.delete(u, headers={**TUS, **auth}) as r:
+                    await r.read()
+    finally:
+        server.stop()
+    return {"head": head, "patch": patch}
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=1024)
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 2.0
+    work = Path(tempfile.mkdtemp(prefix="tus-authbench-"))
+    servers = {}
+    for name in CONFIGS:
+        data = work / name
+        data.mkdir()
+        if name != "none":
+            add_user(data)
+        servers[name] = Server(name, data)
+    rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in CONFIGS}
+    for i in range(args.rounds):
+        for name, server in servers.items():
+            r = await one_round(server, args.concurrency, args.seconds, args.chunk)
+            rounds[name].append(r)
+            print(f"round {i + 1} {name:<11} HEAD {r['head']['rps']:>8.1f}/s  "
+                  f"PATCH {r['patch']['rps']:>8.1f}/s  errors {r['head']['errors']}/"
+                  f"{r['patch']['errors']}", flush=True)  # fmt: skip
+    med: dict[str, dict[str, Any]] = {}
+    for name, rs in rounds.items():
+        med[name] = {}
+        for kind in ("head", "patch"):
+            ordered = sorted(rs, key=lambda r: r[kind]["rps"])
+            med[name][kind] = ordered[len(ordered) // 2][kind]
+            med[name][kind]["rps_all_rounds"] = [r[kind]["rps"] for r in rs]
+    base = med["none"]
+    print(f"\nmedian of {args.rounds} rounds, {args.seconds:.0f} s each, concurrency "
+          f"{args.concurrency}, PATCH {args.chunk} B, SQLite, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'config':<12}{'HEAD/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}"
+          f"{'PATCH/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}")  # fmt: skip
+    for name, m in med.items():
+        cells = []
+        for kind in ("head", "patch"):
+            r = m[kind]
+            over = (base[kind]["rps"] / r["rps"] - 1) * 100 if r["rps"] else float("nan")
+            r["overhead_pct_vs_none"] = round(over, 1)
+            cells.append(f"{r['rps']:>10.1f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{over:>+8.1f}%")
+        print(f"{name:<12}" + "".join(cells))
+    print("(overhead = extra time per request: rps_none / rps_config - 1)")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("auth-quick.json" if args.quick else "auth.json")
+    report = {"cpus": os.cpu_count(), "rounds": args.rounds, "seconds": args.seconds,
+              "concurrency": args.concurrency, "chunk": args.chunk, "median": med,
+              "all": rounds}  # fmt: skip
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
