@@ -321,6 +321,15 @@ SQLITE_ROLLUP = _rollup_sql(
 )
 
 
+# write_events() also counts every event under the service-wide owner ALL_OWNERS ("*"), which
+# service-wide reports read: derive those rows from the per-owner ones.
+SERVICE_ROLLUP = """
+INSERT INTO analytics_rollup (hour, owner, kind, dim, count, bytes)
+SELECT hour, '*', kind, dim, sum(count), sum(bytes) FROM analytics_rollup
+WHERE owner <> '*' GROUP BY hour, kind, dim
+"""
+
+
 async def _migrate(url: str) -> None:
     from tusserver.catalog.db import create_database
     from tusserver.catalog.migrate import upgrade
@@ -383,6 +392,7 @@ async def seed_pg(dsn: str, url: str, n_files: int, n_events: int, budget: float
         info["events_load_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
         await conn.execute(PG_ROLLUP)
+        await conn.execute(SERVICE_ROLLUP)
         info["rollup_rows"] = await conn.fetchval("SELECT count(*) FROM analytics_rollup")
         info["rollup_s"] = round(time.monotonic() - t0, 1)
         print(f"  rollup: {info['rollup_rows']} rows in {info['rollup_s']} s", flush=True)
@@ -443,6 +453,7 @@ async def seed_sqlite(path: Path, n_files: int, n_events: int) -> dict[str, Any]
                 [tuple(_sqlite_val(v) for v in r) for r in events],
             )
             con.execute(SQLITE_ROLLUP)
+            con.execute(SERVICE_ROLLUP)
         con.execute("ANALYZE")
         info["events"] = n_events
         info["rollup_rows"] = con.execute("SELECT count(*) FROM analytics_rollup").fetchone()[0]
@@ -684,12 +695,9 @@ async def explain_pg_analytics(dsn: str, owner: str | None) -> str:
     start = (end - dt.timedelta(days=30)).replace(minute=0, second=0)
     out = []
     for sql in ANALYTICS_SQL:
-        args: list[Any] = [start, end]
-        if owner is not None:
-            args.append(owner)
-        out.append(
-            await _pg_explain(dsn, sql.format(owner="AND owner = $3" if owner else ""), args)
-        )
+        # service-wide reports read the ALL_OWNERS ("*") rows
+        args: list[Any] = [start, end, "*" if owner is None else owner]
+        out.append(await _pg_explain(dsn, sql.format(owner="AND owner = $3"), args))
     return "\n\n".join(out)
 
 
