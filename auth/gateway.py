@@ -166,6 +166,10 @@ class Gateway:
         request[_PRINCIPAL] = principal
         return principal
 
+    async def cached_user(self, user_id: str) -> User | None:
+        """The user as cached for at most ``revocation_check_interval`` seconds."""
+        return await self._user(user_id)
+
     async def _user(self, user_id: str) -> User | None:
         now = time.monotonic()
         hit = self._user_cache.get(user_id)

@@ -213,7 +213,7 @@ def build_runtime(
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db)
     if config.auth == "jwt":
-        service.quota_remaining = _quota_check(config, gateway.users)
+        service.quota_remaining = _quota_check(config, gateway)
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
@@ -298,16 +298,17 @@ def _generated_secret(config: TusServerConfig) -> str:
 
 
 def _quota_check(
-    config: TusServerConfig, users: UserRepository
+    config: TusServerConfig, gateway: Gateway
 ) -> Callable[[Principal], Awaitable[int | None]]:
     async def remaining(principal: Principal) -> int | None:
         if principal.user_id is None or principal.is_admin:
             return None
-        user = await users.get(principal.user_id)
+        # The gateway's short-lived user cache: no extra query per creation without a quota.
+        user = await gateway.cached_user(principal.user_id)
         quota = (user.quota_bytes if user else None) or config.default_quota
         if not quota:
             return None
-        return max(0, quota - await users.usage_bytes(principal.user_id))
+        return max(0, quota - await gateway.users.usage_bytes(principal.user_id))
 
     return remaining
 

@@ -67,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_index(argv: list[str]) -> int | None:
+    """Where the subcommand is, skipping the global --config/--data-dir options."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "--data-dir"):
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TusServerConfig:
     overrides: dict[str, Any] = {"data_dir": getattr(args, "data_dir", None)}
     overrides.update(extra or {})
@@ -75,11 +89,12 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TusS
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["upload"]:
+    command_at = _command_index(argv)
+    if command_at is not None and argv[command_at] == "upload":
         # The client needs no server configuration: hand over before loading any.
         from .client import main as upload_main
 
-        return upload_main(argv[1:])
+        return upload_main(argv[command_at + 1 :])
     args = _parser().parse_args(argv)
     try:
         extra = {}
