@@ -47,6 +47,7 @@ from .headers import (
     parse_non_negative_int,
 )
 from .ietf import IetfHandlers
+from .tracking import AppendTracker
 
 __all__ = ["TusHandlers", "stream_bytes"]
 
@@ -69,7 +70,7 @@ class TusHandlers:
     ) -> None:
         self._events = events
         self._metrics = metrics
-        self._active: set[BodyReader] = set()
+        self._tracker = AppendTracker(metrics)
         self._config = config
         self._service = service
         self._files = files
@@ -83,7 +84,7 @@ class TusHandlers:
             location=self._location,
             metrics=metrics,
             events=events,
-            active=self._active,
+            tracker=self._tracker,
         )
 
     def routes(self, base_path: str) -> list[web.RouteDef]:
@@ -278,11 +279,7 @@ class TusHandlers:
         if "Upload-Length" in h:
             new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
         reader = BodyReader(request.content, self._config.write_buffer_size)
-        in_flight = self._metrics.in_flight if self._metrics is not None else None
-        if in_flight is not None:
-            in_flight.inc()
-        self._active.add(reader)
-        try:
+        with self._tracker.receiving(reader):
             status = await self._service.append(
                 principal,
                 upload_id,
@@ -294,14 +291,7 @@ class TusHandlers:
                 checksum=checksum,
                 interrupted=lambda: reader.interruption is not Interruption.NONE,
             )
-        finally:
-            self._active.discard(reader)
-            if in_flight is not None:
-                in_flight.dec()
-        if self._metrics is not None and status.offset is not None:
-            self._metrics.bytes_received.inc(max(0, status.offset - offset))
-            if status.finished and status.offset > offset:
-                self._metrics.uploads.labels("finished").inc()
+        self._tracker.stored(offset, status.offset, finished=status.finished)
         if reader.interruption is Interruption.RELEASED:
             raise UploadInterrupted(
                 "the upload was taken over by a newer request; resume from Upload-Offset",
@@ -320,8 +310,7 @@ class TusHandlers:
         Without this, aiohttp stops delivering body bytes at shutdown and every PATCH in
         flight would wait for the whole shutdown timeout.
         """
-        for reader in list(self._active):
-            reader.stop(Interruption.SHUTDOWN)
+        self._tracker.release_all()
 
     # --- DELETE (termination) ---------------------------------------------------------------
 

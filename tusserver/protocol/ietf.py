@@ -45,6 +45,7 @@ from . import sfv
 from .body import BodyReader, Interruption
 from .errors import ChecksumMismatch, Conflict, PayloadTooLarge, TusError
 from .headers import Checksum, is_valid_upload_id
+from .tracking import AppendTracker
 
 __all__ = [
     "COMPLETED_UPLOAD",
@@ -230,7 +231,7 @@ class IetfHandlers:
         location: Callable[[web.Request, str], str],
         metrics: Metrics | None = None,
         events: EventRecorder | None = None,
-        active: set[BodyReader] | None = None,
+        tracker: AppendTracker | None = None,
     ) -> None:
         self._config = config
         self._service = service
@@ -239,7 +240,7 @@ class IetfHandlers:
         self._metrics = metrics
         self._events = events
         #: Bodies being read, shared with the tus handlers: a graceful shutdown stops them.
-        self._active: set[BodyReader] = active if active is not None else set()
+        self._tracker = tracker or AppendTracker(metrics)
 
     @staticmethod
     def handles(request: web.Request, method: str) -> bool:
@@ -562,25 +563,22 @@ class IetfHandlers:
         source: BodyReader | _DigestTee = reader
         if content_checks or repr_checks:
             source = _DigestTee(reader, content_checks, repr_checks, start=offset, length=length)
-        in_flight = self._metrics.in_flight if self._metrics is not None else None
-        if in_flight is not None:
-            in_flight.inc()
-        self._active.add(reader)
         try:
-            result = await self._service.append(
-                principal,
-                upload_id,
-                offset=offset,
-                source=source,
-                on_release=reader.request_release,
-                content_length=content_length,
-                new_length=length if rec.length is None else None,
-                checksum=checksum,
-                interrupted=lambda: reader.interruption is not Interruption.NONE,
-                # Upload-Complete: ?1 without a known length: the length is the offset at
-                # the end of this request.
-                complete_at_end=complete and length is None,
-            )
+            with self._tracker.receiving(reader):
+                result = await self._service.append(
+                    principal,
+                    upload_id,
+                    offset=offset,
+                    source=source,
+                    on_release=reader.request_release,
+                    content_length=content_length,
+                    new_length=length if rec.length is None else None,
+                    checksum=checksum,
+                    interrupted=lambda: reader.interruption is not Interruption.NONE,
+                    # Upload-Complete: ?1 without a known length: the length is the offset at
+                    # the end of this request.
+                    complete_at_end=complete and length is None,
+                )
         except _DigestMismatch as exc:
             raise await self._digest_failure(principal, upload_id, offset, exc.check) from None
         except ChecksumMismatch:
@@ -598,14 +596,7 @@ class IetfHandlers:
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
-        finally:
-            self._active.discard(reader)
-            if in_flight is not None:
-                in_flight.dec()
-        if self._metrics is not None and result.offset is not None:
-            self._metrics.bytes_received.inc(max(0, result.offset - offset))
-            if result.finished:
-                self._metrics.uploads.labels("finished").inc()
+        self._tracker.stored(offset, result.offset, finished=result.finished)
         if reader.interruption is Interruption.RELEASED:
             raise Problem(
                 400,
