@@ -364,17 +364,7 @@ class TusServerConfig:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.write_buffer_size < 4096:
             raise ConfigError("write_buffer_size: must be at least 4096")
-        for name in (
-            "expiration",
-            "sweep_interval",
-            "lock_timeout",
-            "tombstone_retention",
-            "pipeline_retry_base",
-            "pipeline_retry_max",
-            "pipeline_poll_interval",
-            "clamd_timeout",
-            "quarantine_retention",
-        ):
+        for name in _NON_NEGATIVE_NUMBERS:
             # "not >= 0" also refuses NaN.
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: must be a non-negative number")
@@ -431,17 +421,6 @@ class TusServerConfig:
                 raise ConfigError(f"{name}: {value} is not a readable file")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("tls_cert_file: set both tls_cert_file and tls_key_file, or neither")
-        for name in (
-            "jwt_leeway",
-            "access_token_ttl",
-            "refresh_token_ttl",
-            "revocation_check_interval",
-            "rate_limit_creations",
-            "rate_limit_api",
-            "rate_limit_logins",
-        ):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name}: must be a non-negative number")
         if self.log_format not in ("console", "json"):
             raise ConfigError("log_format: must be 'console' or 'json'")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -482,6 +461,27 @@ class TusServerConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+#: Durations and rates: numbers that must not be negative (or NaN).
+_NON_NEGATIVE_NUMBERS = (
+    "expiration",
+    "sweep_interval",
+    "lock_timeout",
+    "tombstone_retention",
+    "pipeline_retry_base",
+    "pipeline_retry_max",
+    "pipeline_poll_interval",
+    "clamd_timeout",
+    "quarantine_retention",
+    "jwt_leeway",
+    "access_token_ttl",
+    "refresh_token_ttl",
+    "revocation_check_interval",
+    "rate_limit_creations",
+    "rate_limit_api",
+    "rate_limit_logins",
+)
 
 
 def _field_types() -> dict[str, Any]:
