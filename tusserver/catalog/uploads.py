@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
 
 from .db import Database
 from .schema import upload_concat_parts, uploads
@@ -76,6 +76,8 @@ def _record(row: RowMapping) -> UploadRecord:
 
 
 class UploadRepository:
+    """Each method is one unit of work on the catalog (see :class:`Database`)."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -93,101 +95,86 @@ class UploadRepository:
             "updated_at": record.updated_at,
             "expires_at": record.expires_at,
         }
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(uploads).values(**values))
-            if parts:
-                await conn.execute(
-                    insert(upload_concat_parts),
-                    [
-                        {"final_id": record.id, "position": i, "part_id": p}
-                        for i, p in enumerate(parts)
-                    ],
-                )
+        rows = [{"final_id": record.id, "position": i, "part_id": p} for i, p in enumerate(parts)]
+
+        def work(conn: Connection) -> None:
+            conn.execute(insert(uploads), values)
+            if rows:
+                conn.execute(insert(upload_concat_parts), rows)
+
+        await self._db.write(work)
 
     async def get(self, upload_id: str) -> UploadRecord | None:
-        async with self._db.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(uploads).where(uploads.c.id == upload_id)))
-                .mappings()
-                .first()
-            )
-        return None if row is None else _record(row)
+        def work(conn: Connection) -> UploadRecord | None:
+            row = conn.execute(_BY_ID, {"id": upload_id}).mappings().first()
+            return None if row is None else _record(row)
+
+        return await self._db.read(work)
 
     async def get_many(self, upload_ids: Sequence[str]) -> dict[str, UploadRecord]:
         if not upload_ids:
             return {}
-        async with self._db.engine.connect() as conn:
-            rows = (
-                (await conn.execute(select(uploads).where(uploads.c.id.in_(set(upload_ids)))))
-                .mappings()
-                .all()
-            )
-        return {r["id"]: _record(r) for r in rows}
+        query = select(uploads).where(uploads.c.id.in_(set(upload_ids)))
+
+        def work(conn: Connection) -> dict[str, UploadRecord]:
+            return {r["id"]: _record(r) for r in conn.execute(query).mappings()}
+
+        return await self._db.read(work)
 
     async def parts_of(self, final_id: str) -> list[str]:
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(upload_concat_parts.c.part_id)
-                .where(upload_concat_parts.c.final_id == final_id)
-                .order_by(upload_concat_parts.c.position)
-            )
-            return [r[0] for r in rows]
+        query = (
+            select(upload_concat_parts.c.part_id)
+            .where(upload_concat_parts.c.final_id == final_id)
+            .order_by(upload_concat_parts.c.position)
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def finals_waiting_on(self, part_id: str) -> list[str]:
         """Final uploads still concatenating that include ``part_id``."""
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(uploads.c.id)
-                .join(upload_concat_parts, upload_concat_parts.c.final_id == uploads.c.id)
-                .where(
-                    upload_concat_parts.c.part_id == part_id,
-                    uploads.c.state == UploadState.CONCATENATING.value,
-                )
-                .distinct()
+        query = (
+            select(uploads.c.id)
+            .join(upload_concat_parts, upload_concat_parts.c.final_id == uploads.c.id)
+            .where(
+                upload_concat_parts.c.part_id == part_id,
+                uploads.c.state == UploadState.CONCATENATING.value,
             )
-            return [r[0] for r in rows]
+            .distinct()
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def update(self, upload_id: str, **values: Any) -> None:
         """Update columns of one upload (``state`` may be an UploadState)."""
         if "state" in values and isinstance(values["state"], UploadState):
             values["state"] = values["state"].value
-        async with self._db.engine.begin() as conn:
-            await conn.execute(update(uploads).where(uploads.c.id == upload_id).values(**values))
+        stmt = update(uploads).where(uploads.c.id == upload_id).values(**values)
+        await self._db.write(lambda conn: conn.execute(stmt))
 
     async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
         """Unfinished uploads whose expiry has passed."""
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(uploads.c.id)
-                .where(
-                    uploads.c.state.in_(
-                        [UploadState.RECEIVING.value, UploadState.CONCATENATING.value]
-                    ),
-                    uploads.c.expires_at.is_not(None),
-                    uploads.c.expires_at < now,
-                )
-                .limit(limit)
+        query = (
+            select(uploads.c.id)
+            .where(
+                uploads.c.state.in_([UploadState.RECEIVING.value, UploadState.CONCATENATING.value]),
+                uploads.c.expires_at.is_not(None),
+                uploads.c.expires_at < now,
             )
-            return [r[0] for r in rows]
+            .limit(limit)
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def tombstones_before(self, cutoff: dt.datetime, limit: int = 500) -> list[str]:
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(uploads.c.id)
-                .where(
-                    uploads.c.state.in_(
-                        [
-                            UploadState.TERMINATED.value,
-                            UploadState.EXPIRED.value,
-                            UploadState.REJECTED.value,
-                        ]
-                    ),
-                    uploads.c.updated_at < cutoff,
-                )
-                .limit(limit)
-            )
-            return [r[0] for r in rows]
+        gone = [UploadState.TERMINATED.value, UploadState.EXPIRED.value, UploadState.REJECTED.value]
+        query = (
+            select(uploads.c.id)
+            .where(uploads.c.state.in_(gone), uploads.c.updated_at < cutoff)
+            .limit(limit)
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def delete(self, upload_id: str) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+        stmt = delete(uploads).where(uploads.c.id == upload_id)
+        await self._db.write(lambda conn: conn.execute(stmt))
+
+
+#: Built once: the most frequent query of the tus hot path.
+_BY_ID = select(uploads).where(uploads.c.id == bindparam("id"))

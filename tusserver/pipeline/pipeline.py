@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -123,6 +124,8 @@ class Pipeline:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._fresh: dict[str, FileRecord] = {}
+        #: upload id -> (length, digest, type) of the head sniffed at its first PATCH.
+        self._sniffed: OrderedDict[str, tuple[int, bytes, str]] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -197,7 +200,13 @@ class Pipeline:
             return
         if len(head) < _MIN_SNIFF and (rec.length is None or len(head) < rec.length):
             return
-        detected = await sniff_type(head[:SNIFF_BYTES])
+        head = head[:SNIFF_BYTES]
+        detected = await sniff_type(head)
+        # Remembered so the final check need not run libmagic again on the same bytes
+        # (0.2-1 ms of CPU per call: a large part of a small upload's cost).
+        self._sniffed[rec.id] = (len(head), _digest(head), detected)
+        while len(self._sniffed) > _SNIFF_MEMO:
+            self._sniffed.popitem(last=False)
         reason = self._policy.check_type(detected)
         if reason:
             raise UnsupportedMediaType(f"rejected: {reason}")
@@ -305,7 +314,11 @@ class Pipeline:
             sha256, head = await self._inspect(f.upload_id, f.size)
         except UploadDataMissing:
             return await self._recover_missing(f, log)
-        detected = await sniff_type(head)
+        memo = self._sniffed.pop(f.upload_id, None)
+        if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
+            detected = memo[2]  # the first PATCH's check saw exactly these bytes
+        else:
+            detected = await sniff_type(head)
         self._observe("inspect", started)
         candidate = Candidate(
             size=f.size,
@@ -556,3 +569,10 @@ class Pipeline:
             raise StorageError(f"file {f.id} has no stored object")
         async for block in self._objects.get(f.storage_key, start, length):
             yield block
+
+
+_SNIFF_MEMO = 4096
+
+
+def _digest(head: bytes) -> bytes:
+    return hashlib.blake2b(head, digest_size=16).digest()
