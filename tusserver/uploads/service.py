@@ -189,6 +189,9 @@ class UploadService:
             await self._try_complete_final(record.id)
         elif length == 0:
             await self._finish(record, 0)
+        else:
+            # Nothing can have changed it yet: no client knows its URL before we answer.
+            return UploadStatus(record, 0)
         return await self._status_of(record.id)
 
     async def _check_quota(self, principal: Principal, length: int) -> None:
