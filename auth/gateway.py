@@ -2,20 +2,23 @@
 
 Handlers call :meth:`Gateway.principal` on every request that needs an identity (all but
 OPTIONS, health and login), and :meth:`Gateway.limit` where a route class has a rate limit.
-A user's disabled / logged-out state is cached for at most ``revocation_check_interval``
-seconds: that is the bound on how long a revoked access token keeps working.
+Users are cached in the ``user`` namespace of the server's cache (tusserver.cache) for at
+most ``revocation_check_interval`` seconds. Every change of a user (disable, role, password,
+logout) invalidates the entry when it commits, on every instance sharing the PostgreSQL
+database; the interval bounds only what an invalidation cannot reach (another process on the
+same SQLite file, such as ``tusserver user disable``).
 """
 
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
 
+from tusserver.cache import USERS, Cache, Namespace
 from tusserver.protocol.errors import TusError, Unauthorized
 
 from .principal import UNAUTHENTICATED_OPERATOR, Principal
@@ -120,6 +123,7 @@ class Gateway:
         limits: dict[str, Limit],
         revocation_check_interval: float,
         trust_forwarded: bool = False,
+        cache: Cache | None = None,
     ) -> None:
         self._trust_forwarded = trust_forwarded
         self.enabled = enabled
@@ -128,8 +132,9 @@ class Gateway:
         self.audit_log = audit
         self.limiter = limiter
         self._limits = limits
-        self._ttl = revocation_check_interval
-        self._user_cache: dict[str, tuple[float, User | None]] = {}
+        # Without the server's cache (a gateway built on its own): a private one.
+        self._cache = cache if cache is not None else Cache(max_entries=50_000)
+        self._user_ns: Namespace[User | None] = Namespace(USERS, revocation_check_interval)
 
     async def principal(self, request: web.Request) -> Principal:
         if not self.enabled:
@@ -171,15 +176,7 @@ class Gateway:
         return await self._user(user_id)
 
     async def _user(self, user_id: str) -> User | None:
-        now = time.monotonic()
-        hit = self._user_cache.get(user_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        user = await self.users.get(user_id)
-        if len(self._user_cache) > 50_000:
-            self._user_cache.clear()
-        self._user_cache[user_id] = (now, user)
-        return user
+        return await self._cache.fetch(self._user_ns, user_id, lambda: self.users.get(user_id))
 
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
@@ -199,8 +196,8 @@ class Gateway:
         return client_ip(request)
 
     def forget_user(self, user_id: str) -> None:
-        """Drop a cached user after a change made on this instance."""
-        self._user_cache.pop(user_id, None)
+        """Drop a cached user (UserRepository's writes already do, on every instance)."""
+        self._cache.invalidate(self._user_ns, user_id)
 
     async def limit(
         self,
@@ -215,7 +212,11 @@ class Gateway:
 
         ``require`` tokens must be available even when fewer (``cost``) are taken: a login
         checks for a whole token before the password, and pays only when it fails.
+        With auth off there are no limits either: every request then comes through a front
+        gateway that authenticates (and usually shares one IP), so it must do the limiting.
         """
+        if not self.enabled:
+            return
         lim = self._limits.get(kind)
         if lim is None or lim.rate <= 0:
             return

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from tusserver.cache import USERS, Invalidator, NotifyOnly
 from tusserver.catalog.db import Database
 from tusserver.catalog.schema import audit_log, files, refresh_tokens, uploads, users
 
@@ -67,8 +68,13 @@ def _now() -> dt.datetime:
 
 
 class UserRepository:
-    def __init__(self, db: Database) -> None:
+    """Users in the catalog. A change to a user (disabled, role, password, revocation) goes
+    through the invalidator: every instance's cached copy is dropped when it commits (on
+    PostgreSQL also for a process without a cache of its own, such as the CLI)."""
+
+    def __init__(self, db: Database, *, invalidator: Invalidator | None = None) -> None:
         self._db = db
+        self.invalidator: Invalidator = invalidator or NotifyOnly()
 
     async def create(
         self, username: str, password_hash: str, *, role: str = "user", quota: int | None = None
@@ -94,20 +100,17 @@ class UserRepository:
         return user
 
     async def get(self, user_id: str) -> User | None:
-        async with self._db.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
-            )
-        return None if row is None else _user(row)
+        return await self._one(select(users).where(users.c.id == user_id))
 
     async def by_name(self, username: str) -> User | None:
-        async with self._db.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(users).where(users.c.username == username)))
-                .mappings()
-                .first()
-            )
-        return None if row is None else _user(row)
+        return await self._one(select(users).where(users.c.username == username))
+
+    async def _one(self, query: Select[Any]) -> User | None:
+        def work(conn: Connection) -> User | None:
+            row = conn.execute(query).mappings().first()
+            return None if row is None else _user(row)
+
+        return await self._db.read(work)
 
     async def list(self) -> list[User]:
         async with self._db.engine.connect() as conn:
@@ -115,12 +118,12 @@ class UserRepository:
             return [_user(r) for r in rows.mappings()]
 
     async def update(self, user_id: str, **values: Any) -> None:
-        async with self._db.engine.begin() as conn:
+        async with self.invalidator.write(self._db, (USERS, user_id)) as conn:
             await conn.execute(update(users).where(users.c.id == user_id).values(**values))
 
     async def revoke_tokens(self, user_id: str) -> None:
         """Refuse every token issued so far and revoke the refresh tokens."""
-        async with self._db.engine.begin() as conn:
+        async with self.invalidator.write(self._db, (USERS, user_id)) as conn:
             await conn.execute(
                 update(users).where(users.c.id == user_id).values(tokens_valid_after=_now())
             )
@@ -232,8 +235,7 @@ class AuditLog:
         if not self._queue:
             return
         batch, self._queue = self._queue, []
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(audit_log), batch)
+        await self._db.write(lambda conn: conn.execute(insert(audit_log), batch))
 
     def record_soon(self, action: str, *, actor: str | None, **kw: Any) -> None:
         entry = self._entry(action, actor=actor, **kw)

@@ -2,6 +2,12 @@
 
 The SDK is synchronous: every call runs in a bounded thread pool owned by the store, so a
 slow S3 never stalls the event loop, and the pool size bounds what one instance asks of S3.
+
+Server-side encryption (``S3Settings.sse``): ``"s3"`` asks S3 to encrypt every object with its
+own keys (SSE-S3), ``"c"`` with a key this server holds and sends with every request (SSE-C).
+Both stores apply it to every call that writes or reads object data. Before a store writes
+anything (at ``open()``, or at the first write if ``open()`` failed), it proves with a probe
+object that the S3 server really encrypts; until a probe passes, every write is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
@@ -24,6 +31,7 @@ from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.datatypes import Part
 from minio.error import S3Error
+from minio.sse import Sse, SseCustomerKey, SseS3
 
 from .base import (
     ChunkSource,
@@ -34,12 +42,15 @@ from .base import (
     UploadDataMissing,
 )
 
-__all__ = ["S3ChunkStore", "S3ObjectStore", "S3Settings", "part_size_for"]
+__all__ = ["SSE_MODES", "S3ChunkStore", "S3ObjectStore", "S3Settings", "part_size_for"]
 
 T = TypeVar("T")
 _READ_BLOCK = 256 * 1024
 _MIN_PART = 5 * 1024 * 1024
 _MAX_PARTS = 10_000
+
+#: Server-side encryption modes: none, SSE-S3 (keys managed by S3), SSE-C (our key).
+SSE_MODES = {"": "none", "s3": "SSE-S3", "c": "SSE-C"}
 
 
 class S3Settings:
@@ -57,9 +68,16 @@ class S3Settings:
         part_size: int = 16 * 1024 * 1024,
         parallel_parts: int = 4,
         max_workers: int = 16,
+        sse: str = "",
+        sse_customer_key: bytes | None = None,
     ) -> None:
         if part_size < _MIN_PART:
             raise ValueError("part_size must be at least 5 MiB")
+        if sse not in SSE_MODES:
+            raise ValueError("sse must be '' (none), 's3' (SSE-S3) or 'c' (SSE-C)")
+        if (sse == "c") != (sse_customer_key is not None):
+            raise ValueError("sse_customer_key is required with sse='c', and only then")
+        self._ssec = SseCustomerKey(sse_customer_key) if sse_customer_key is not None else None
         self.endpoint = endpoint
         self.access_key = access_key
         self.secret_key = secret_key
@@ -69,6 +87,24 @@ class S3Settings:
         self.part_size = part_size
         self.parallel_parts = parallel_parts
         self.max_workers = max_workers
+        self.sse = sse
+
+    @property
+    def sse_label(self) -> str:
+        """The encryption mode for messages: "none", "SSE-S3" or "SSE-C"."""
+        return SSE_MODES[self.sse]
+
+    @property
+    def write_sse(self) -> Sse | None:
+        """What to pass as ``sse=`` when an object (or a multipart upload) is created."""
+        if self.sse == "s3":
+            return SseS3()
+        return self._ssec
+
+    @property
+    def ssec(self) -> SseCustomerKey | None:
+        """The SSE-C key every read (get, stat, copy source) and part upload must carry."""
+        return self._ssec
 
     def client(self) -> Minio:
         return Minio(
@@ -116,6 +152,10 @@ class S3ObjectStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="s3"
         )
+        #: Where the encryption probe is written (the chunk store sets its prefix).
+        self._probe_prefix = ""
+        self._sse_proven = not settings.sse
+        self._sse_lock = asyncio.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -152,6 +192,80 @@ class S3ObjectStore:
             except StorageError:
                 if not await self._run(self._client.bucket_exists, self._s.bucket):
                     raise
+        await self._ensure_sse()
+
+    async def _ensure_sse(self) -> None:
+        """Prove the configured encryption works, once, before anything is written.
+
+        The application goes on when the object store fails to open (commits wait and are
+        retried), so open() alone could not stop a write to a server that ignores the SSE
+        headers: every write path calls this first.
+        """
+        if self._sse_proven:
+            return
+        async with self._sse_lock:
+            if not self._sse_proven:
+                await self._probe_sse()
+                self._sse_proven = True
+
+    async def _probe_sse(self) -> None:
+        """Write, check and read back a tiny object with the configured encryption.
+
+        Some S3 servers ignore encryption headers they do not implement and store plaintext,
+        others refuse them: either way this raises StorageError naming the mode. An S3 that
+        cannot be reached raises its usual error (the probe runs again at the next write).
+        """
+        key = f"{self._probe_prefix}.tusserver-sse-probe-{secrets.token_hex(8)}"
+        body = secrets.token_bytes(64)
+        mode = f"{self._s.sse_label} (s3_sse = {self._s.sse!r})"
+        try:
+            await self._run(
+                self._client.put_object,
+                self._s.bucket,
+                key,
+                io.BytesIO(body),
+                len(body),
+                sse=self._s.write_sse,
+            )
+            st = await self._run(self._client.stat_object, self._s.bucket, key, ssec=self._s.ssec)
+            headers = {k.lower(): v for k, v in (st.metadata or {}).items()}
+            if self._s.sse == "s3":
+                said = headers.get("x-amz-server-side-encryption")
+            else:
+                said = headers.get("x-amz-server-side-encryption-customer-algorithm")
+            if said != "AES256":
+                raise StorageError(f"the probe object was stored unencrypted (said {said!r})")
+            if await self._read_probe(key, self._s.ssec) != body:
+                raise StorageError("the probe object read back differently")
+            if self._s.ssec is not None:
+                try:
+                    await self._read_probe(key, None)
+                except StorageError as exc:
+                    if not isinstance(exc.__cause__, S3Error):
+                        raise  # unreachable, not a refusal
+                else:
+                    raise StorageError("the probe object could be read without the key")
+        except StorageError as exc:
+            if exc.__cause__ is not None and not isinstance(exc.__cause__, S3Error):
+                raise  # unreachable: says nothing about encryption
+            raise StorageError(
+                f"the S3 server at {self._s.endpoint} does not support server-side encryption "
+                f"{mode}: {exc}"
+            ) from exc
+        finally:
+            with contextlib.suppress(StorageError):
+                await self.delete(key)
+
+    async def _read_probe(self, key: str, ssec: SseCustomerKey | None) -> bytes:
+        def read() -> bytes:
+            resp = self._client.get_object(self._s.bucket, key, ssec=ssec)
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return await self._run(read)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -165,6 +279,7 @@ class S3ObjectStore:
         metadata: Mapping[str, str],
         consume: bool = False,
     ) -> None:
+        await self._ensure_sse()
         size = (await aiofiles.os.stat(path)).st_size
         await self._run(
             self._client.fput_object,
@@ -173,6 +288,7 @@ class S3ObjectStore:
             str(path),
             content_type=content_type,
             metadata=_encode_meta(metadata),
+            sse=self._s.write_sse,
             part_size=part_size_for(size, self._s.part_size),
             num_parallel_uploads=self._s.parallel_parts,
         )
@@ -186,6 +302,7 @@ class S3ObjectStore:
         content_type: str,
         metadata: Mapping[str, str],
     ) -> None:
+        await self._ensure_sse()
         loop = asyncio.get_running_loop()
         reader = _AsyncToSyncReader(source, loop, size)
         await self._run(
@@ -196,6 +313,7 @@ class S3ObjectStore:
             size,
             content_type=content_type,
             metadata=_encode_meta(metadata),
+            sse=self._s.write_sse,
             part_size=part_size_for(size, self._s.part_size),
             num_parallel_uploads=1,
         )
@@ -205,7 +323,7 @@ class S3ObjectStore:
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
-            st = await self._run(self._client.stat_object, self._s.bucket, key)
+            st = await self._run(self._client.stat_object, self._s.bucket, key, ssec=self._s.ssec)
         except StorageError as exc:
             cause = exc.__cause__
             if isinstance(cause, S3Error) and cause.code in ("NoSuchKey", "NoSuchObject"):
@@ -226,7 +344,7 @@ class S3ObjectStore:
     async def get(
         self, key: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        kwargs: dict[str, Any] = {"offset": start}
+        kwargs: dict[str, Any] = {"offset": start, "ssec": self._s.ssec}
         if length is not None:
             if length == 0:
                 return
@@ -248,6 +366,15 @@ class S3ObjectStore:
     async def presign_get(
         self, key: str, *, expires: dt.timedelta, filename: str | None
     ) -> str | None:
+        """A presigned GET URL, or None with SSE-C.
+
+        An SSE-C object can only be read by a request carrying the key in its headers: a
+        browser following a URL cannot, and handing it the key would defeat SSE-C. None makes
+        the API stream the download through this server instead. (SSE-S3 objects are
+        decrypted by S3 for any authorized request, presigned ones included.)
+        """
+        if self._s.ssec is not None:
+            return None
         headers = {}
         if filename is not None:
             ascii_name = filename.encode("ascii", "replace").decode()
@@ -265,6 +392,44 @@ class S3ObjectStore:
             response_headers=headers or None,
         )
         return url
+
+    async def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+        """New user metadata, same bytes: a server-side copy of the object onto itself.
+
+        The bytes never pass through this process (S3 has no other way to change metadata).
+        """
+        info = await self.stat(key)
+        if info is None:
+            raise StorageError(f"object {key} is missing")
+        await self._run(
+            self._client.copy_object,
+            self._s.bucket,
+            key,
+            CopySource(self._s.bucket, key, ssec=self._s.ssec),
+            sse=self._s.write_sse,
+            metadata={"Content-Type": info.content_type, **_encode_meta(metadata)},
+            metadata_directive="REPLACE",
+        )
+
+    async def list_keys(self) -> AsyncIterator[str]:
+        """Every object key in the bucket, listed a page at a time in a worker thread."""
+        listing = iter(self._client.list_objects(self._s.bucket, recursive=True))
+        while True:
+            page = await self._run(_next_page, listing, 1000)
+            for name in page:
+                yield name
+            if len(page) < 1000:
+                return
+
+
+def _next_page(listing: Any, n: int) -> list[str]:
+    out: list[str] = []
+    for obj in listing:
+        if obj.object_name is not None and not obj.is_dir:
+            out.append(obj.object_name)
+        if len(out) >= n:
+            break
+    return out
 
 
 class _AsyncToSyncReader(io.RawIOBase):
@@ -332,6 +497,10 @@ class S3ChunkStore:
     holds (listed parts + tail), so a restart of any instance loses nothing acknowledged.
     The tail object is removed before the parts that include its bytes are uploaded: a crash
     in between makes the offset smaller (the client resends), never larger.
+
+    With server-side encryption all three are encrypted: the multipart upload is created with
+    the SSE headers and, with SSE-C, every part is uploaded (and the upload completed) with
+    the key too; the tail and info objects are written and read like any other object.
     """
 
     def __init__(
@@ -344,6 +513,7 @@ class S3ChunkStore:
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._objects = S3ObjectStore(settings, observe=observe)
+        self._objects._probe_prefix = prefix
         self._s = settings
         self._client = self._objects._client
         self._prefix = prefix
@@ -358,6 +528,9 @@ class S3ChunkStore:
         self._part_sizes: dict[str, int] = {}
         self._in_flight = parts_in_flight
         self._info_cache: dict[str, str] = {}
+        #: False once the server answered NotImplemented to UploadPartCopy with an SSE-C
+        #: source (SeaweedFS 4.48 does): compose is then not tried again.
+        self._ssec_part_copy = True
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self._objects._run(fn, *args, **kwargs)
@@ -413,6 +586,7 @@ class S3ChunkStore:
             io.BytesIO(body),
             len(body),
             content_type="application/json",
+            sse=self._s.write_sse,
         )
 
     async def _parts(self, upload_id: str, mp: str) -> list[Part]:
@@ -449,11 +623,13 @@ class S3ChunkStore:
         part = part_size_for(length if length is not None else _MAX_OBJECT, self._s.part_size)
         if length is None:
             part = self._deferred_part_size
+        await self._objects._ensure_sse()
+        headers = {"Content-Type": "application/octet-stream"}
+        sse = self._s.write_sse
+        if sse is not None:
+            headers.update(sse.headers())  # SSE-S3 or SSE-C: asked for when the upload starts
         mp = await self._run(
-            self._client._create_multipart_upload,
-            self._s.bucket,
-            self._key(upload_id),
-            {"Content-Type": "application/octet-stream"},
+            self._client._create_multipart_upload, self._s.bucket, self._key(upload_id), headers
         )
         await self._write_info(upload_id, {"mp": mp, "part_size": part})
         self._info_cache[upload_id] = mp
@@ -466,13 +642,23 @@ class S3ChunkStore:
 
     async def get_offset(self, upload_id: str) -> int:
         mp = await self._multipart_id(upload_id)
-        if mp is None:
-            info = await self._objects.stat(self._key(upload_id))
-            if info is None:
-                raise UploadDataMissing(upload_id)
-            return info.size
-        parts = await self._parts(upload_id, mp)
-        return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+        if mp is not None:
+            try:
+                parts = await self._parts(upload_id, mp)
+            except UploadDataMissing:
+                if self._info_cache.pop(upload_id, None) is None:
+                    raise
+                # Another instance completed the upload after we cached its multipart id.
+                mp = await self._multipart_id(upload_id)
+            else:
+                return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+        if mp is not None:
+            parts = await self._parts(upload_id, mp)
+            return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+        info = await self._objects.stat(self._key(upload_id))
+        if info is None:
+            raise UploadDataMissing(upload_id)
+        return info.size
 
     async def write(
         self,
@@ -544,8 +730,19 @@ class S3ChunkStore:
         return written
 
     async def _upload_part(self, upload_id: str, mp: str, number: int, data: bytes) -> None:
+        # SSE-C: every part carries the key (S3 encrypts each part with it; SeaweedFS 4.48
+        # accepts a part without it and the completed object is then unreadable). SSE-S3
+        # needs nothing here: it was set when the upload was created.
+        ssec = self._s.ssec
+        headers = ssec.headers() if ssec is not None else None
         await self._run(
-            self._client._upload_part, self._s.bucket, self._key(upload_id), data, None, mp, number
+            self._client._upload_part,
+            self._s.bucket,
+            self._key(upload_id),
+            data,
+            headers,
+            mp,
+            number,
         )
 
     async def _take_tail(self, upload_id: str) -> bytes:
@@ -566,6 +763,7 @@ class S3ChunkStore:
             self._key(upload_id, ".part"),
             io.BytesIO(data),
             len(data),
+            sse=self._s.write_sse,
         )
 
     async def finish(self, upload_id: str) -> None:
@@ -582,10 +780,24 @@ class S3ChunkStore:
             # S3 cannot complete an empty multipart upload: a zero-byte object instead.
             with contextlib.suppress(StorageError):
                 await self._run(self._client._abort_multipart_upload, self._s.bucket, key, mp)
-            await self._run(self._client.put_object, self._s.bucket, key, io.BytesIO(b""), 0)
+            await self._run(
+                self._client.put_object,
+                self._s.bucket,
+                key,
+                io.BytesIO(b""),
+                0,
+                sse=self._s.write_sse,
+            )
         else:
             done = [Part(p.part_number, p.etag) for p in sorted(parts, key=lambda p: p.part_number)]
-            await self._run(self._client._complete_multipart_upload, self._s.bucket, key, mp, done)
+            await self._run(
+                self._client._complete_multipart_upload,
+                self._s.bucket,
+                key,
+                mp,
+                done,
+                self._s.ssec,
+            )
         await self._write_info(upload_id, {"mp": None})
         self._info_cache.pop(upload_id, None)
         self._part_sizes.pop(upload_id, None)
@@ -620,7 +832,12 @@ class S3ChunkStore:
                 await self._objects.delete(self._key(upload_id, suffix))
 
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
-        """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB."""
+        """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB.
+
+        Otherwise, or when the server cannot copy SSE-C parts, the bytes are read and
+        uploaded again through this process.
+        """
+        await self._objects._ensure_sse()
         sizes = []
         for part in parts:
             info = await self._objects.stat(self._key(part))
@@ -628,23 +845,24 @@ class S3ChunkStore:
                 raise UploadDataMissing(part)
             sizes.append(info.size)
         key = self._key(upload_id)
+        total = sum(sizes)
         if len(parts) > 1 and all(s >= _MIN_PART for s in sizes[:-1]) and sizes[-1] > 0:
-            sources = [ComposeSource(self._s.bucket, self._key(p)) for p in parts]
-            await self._run(self._client.compose_object, self._s.bucket, key, sources)
-        else:
-            await self.create(upload_id, length=sum(sizes))
-            mp = self._info_cache[upload_id]
+            ssec = self._s.ssec
+            sources = [ComposeSource(self._s.bucket, self._key(p), ssec=ssec) for p in parts]
+            if await self._compose(self._s.bucket, key, sources, sse=self._s.write_sse):
+                await self._write_info(upload_id, {"mp": None})
+                return total
+        await self.create(upload_id, length=total)
+        mp = self._info_cache[upload_id]
 
-            async def chained() -> AsyncIterator[bytes]:
-                for part in parts:
-                    async for block in self._objects.get(self._key(part)):
-                        yield block
+        async def chained() -> AsyncIterator[bytes]:
+            for part in parts:
+                async for block in self._objects.get(self._key(part)):
+                    yield block
 
-            await self._append(upload_id, mp, chained())
-            await self.finish(upload_id)
-            return sum(sizes)
-        await self._write_info(upload_id, {"mp": None})
-        return sum(sizes)
+        await self._append(upload_id, mp, chained())
+        await self.finish(upload_id)
+        return total
 
     async def copy_into(
         self,
@@ -655,28 +873,57 @@ class S3ChunkStore:
         content_type: str,
         metadata: Mapping[str, str],
     ) -> bool:
-        """Commit by a server-side copy into the same S3 server's object store, if it is one."""
+        """Commit by a server-side copy into the same S3 server's object store, if it is one.
+
+        The source is read with this store's SSE-C key (if any), the copy is written with the
+        object store's encryption. False (the caller then streams the bytes) when the stores
+        are on different servers, or the server cannot copy a large SSE-C object in parts.
+        """
         if not isinstance(objects, S3ObjectStore) or not objects.same_server(self._s):
             return False
-        source = CopySource(self._s.bucket, self._key(upload_id))
+        await objects._ensure_sse()
+        ssec = self._s.ssec
         meta = {"Content-Type": content_type, **_encode_meta(metadata)}
         size_info = await self._objects.stat(self._key(upload_id))
         if size_info is None:
             raise UploadDataMissing(upload_id)
+        dest_sse = objects._s.write_sse
         if size_info.size >= 5 * 1024**3:
-            compose = [ComposeSource(self._s.bucket, self._key(upload_id))]
+            compose = [ComposeSource(self._s.bucket, self._key(upload_id), ssec=ssec)]
+            return await self._compose(objects.bucket, key, compose, sse=dest_sse, metadata=meta)
+        await self._run(
+            self._client.copy_object,
+            objects.bucket,
+            key,
+            CopySource(self._s.bucket, self._key(upload_id), ssec=ssec),
+            sse=dest_sse,
+            metadata=meta,
+            metadata_directive="REPLACE",
+        )
+        return True
+
+    async def _compose(
+        self,
+        bucket: str,
+        key: str,
+        sources: list[ComposeSource],
+        *,
+        sse: Sse | None,
+        metadata: dict[str, str] | None = None,
+    ) -> bool:
+        """compose_object (UploadPartCopy); False if the server cannot with SSE-C sources."""
+        with_ssec = any(src.ssec is not None for src in sources)
+        if with_ssec and not self._ssec_part_copy:
+            return False
+        try:
             await self._run(
-                self._client.compose_object, objects.bucket, key, compose, metadata=meta
+                self._client.compose_object, bucket, key, sources, sse=sse, metadata=metadata
             )
-        else:
-            await self._run(
-                self._client.copy_object,
-                objects.bucket,
-                key,
-                source,
-                metadata=meta,
-                metadata_directive="REPLACE",
-            )
+        except StorageError as exc:
+            if with_ssec and _is_not_implemented(exc):
+                self._ssec_part_copy = False
+                return False
+            raise
         return True
 
 
@@ -692,6 +939,11 @@ def _contiguous(parts: list[Part]) -> list[Part]:
             break
         result.append(part)
     return result
+
+
+def _is_not_implemented(exc: StorageError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, S3Error) and cause.code == "NotImplemented"
 
 
 def _is_missing(exc: StorageError) -> bool:

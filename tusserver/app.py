@@ -24,12 +24,18 @@ from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, ObjectStore, StorageError
+from storage_backends.encryption import (
+    EncryptedChunkStore,
+    EncryptedObjectStore,
+    EncryptionKeyError,
+)
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
-from .api.analytics import AnalyticsApi
+from .api.analytics import ANALYTICS_MAX_TTL, AnalyticsApi
 from .api.auth import AuthApi
 from .api.files import FilesApi
 from .api.openapi import openapi_handler
+from .cache import Cache, CacheCollector, LocalBus, PostgresBus
 from .catalog.analytics import EventRecorder
 from .catalog.db import Database, create_database
 from .catalog.files import FileRepository
@@ -72,6 +78,8 @@ class Runtime:
     gateway: Gateway
     events: EventRecorder
     metrics: Metrics
+    cache: Cache
+    cache_bus: LocalBus
     webhooks: WebhookSender | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
@@ -88,6 +96,8 @@ class Runtime:
                 await open_resource()
         try:
             await self.objects.open()
+        except EncryptionKeyError:
+            raise  # a wrong or missing master key is fatal: never store under a guess
         except StorageError as exc:
             # Uploads still work; commits wait in the chunk store and are retried.
             _log.warning("object store unavailable at start", error=str(exc))
@@ -97,6 +107,7 @@ class Runtime:
             _log.warning("no virus scan: clamd_url is not set")
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
+        await self.cache_bus.start()
         self.gateway.audit_log.start()
         self.events.start()
         await self.pipeline.recover()
@@ -145,6 +156,7 @@ class Runtime:
         await self.hooks.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.cache_bus.stop()
         for resource in (self.objects, self.locker, self.store):
             close_resource = getattr(resource, "close", None)
             if close_resource is not None:
@@ -180,7 +192,10 @@ def build_runtime(
         locker=the_locker,
         hooks=the_hooks,
     )
-    files = FileRepository(db)
+    cache = Cache(max_entries=config.cache_max_entries, enabled=config.cache_ttl > 0)
+    cache_bus = _cache_bus(db, cache)
+    metrics.registry.register(CacheCollector(cache, cache_bus))
+    files = FileRepository(db, cache=cache, ttl=config.cache_ttl, invalidator=cache_bus)
     policy = PolicyValidator(
         allowed=config.allowed_categories,
         max_sizes={c: config.category_max_size(c) for c in config.allowed_categories},
@@ -211,7 +226,7 @@ def build_runtime(
     )
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
-    gateway = build_gateway(config, db)
+    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus)
     if config.auth == "jwt":
         service.quota_remaining = _quota_check(config, gateway)
     sweeper = Sweeper(
@@ -234,13 +249,26 @@ def build_runtime(
         gateway=gateway,
         events=recorder,
         metrics=metrics,
+        cache=cache,
+        cache_bus=cache_bus,
         webhooks=webhooks,
         owns_db=database is None,
     )
 
 
-def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
-    """Tokens, users, audit and rate limits as configured (shared state in PostgreSQL)."""
+def build_gateway(
+    config: TusServerConfig,
+    db: Database,
+    *,
+    cache: Cache | None = None,
+    invalidator: LocalBus | None = None,
+) -> Gateway:
+    """Tokens, users, audit and rate limits as configured (shared state in PostgreSQL).
+
+    Users are cached in ``cache`` (a private one if None) for ``revocation_check_interval``
+    seconds, not at all with ``cache_ttl = 0``; their changes invalidate through
+    ``invalidator``.
+    """
     tokens = None
     if config.auth == "jwt":
         common: dict[str, Any] = {
@@ -267,7 +295,7 @@ def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
     return Gateway(
         enabled=config.auth == "jwt",
         tokens=tokens,
-        users=UserRepository(db),
+        users=UserRepository(db, invalidator=invalidator),
         audit=AuditLog(db),
         limiter=limiter,
         limits={
@@ -277,8 +305,9 @@ def build_gateway(config: TusServerConfig, db: Database) -> Gateway:
             # A minute's worth of bytes may come at once, so any sane chunk size fits.
             "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
-        revocation_check_interval=config.revocation_check_interval,
+        revocation_check_interval=config.revocation_check_interval if config.cache_ttl > 0 else 0,
         trust_forwarded=config.trust_proxy_headers,
+        cache=cache,
     )
 
 
@@ -313,6 +342,14 @@ def _quota_check(
     return remaining
 
 
+def _cache_bus(db: Database, cache: Cache) -> LocalBus:
+    """Invalidations in this process (SQLite), or shared with every instance (PostgreSQL)."""
+    if db.dialect == "postgresql":
+        url = db.engine.url.set(drivername="postgresql")
+        return PostgresBus(cache, url.render_as_string(hide_password=False))
+    return LocalBus(cache)
+
+
 def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
     use_pg = config.locker == "postgres" or (config.locker == "auto" and db.dialect == "postgresql")
     if use_pg:
@@ -328,8 +365,12 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
 
 
 def _s3_settings(config: TusServerConfig) -> Any:
+    import base64
+
     from storage_backends.s3 import S3Settings
 
+    # With s3_sse = "c" the config checked it: base64 of exactly 32 bytes. Otherwise unused.
+    customer_key = config.s3_sse_customer_key.strip() if config.s3_sse == "c" else ""
     return S3Settings(
         endpoint=config.s3_endpoint,
         access_key=config.s3_access_key,
@@ -339,6 +380,8 @@ def _s3_settings(config: TusServerConfig) -> Any:
         secure=config.s3_secure,
         part_size=config.s3_part_size,
         parallel_parts=config.s3_parallel_parts,
+        sse=config.s3_sse,
+        sse_customer_key=base64.b64decode(customer_key) if customer_key else None,
     )
 
 
@@ -358,15 +401,26 @@ def _chunk_store(config: TusServerConfig, metrics: Metrics) -> ChunkStore:
             max_size=config.max_size or None,
             observe=_s3_observer(metrics),
         )
+    if config.encryption == "envelope":
+        return EncryptedChunkStore(
+            config.uploads_dir, config.key_ring(), segment_size=config.encryption_segment_size
+        )
     return LocalChunkStore(config.uploads_dir)
 
 
 def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> ObjectStore:
+    inner: ObjectStore
     if config.object_store == "s3":
         from storage_backends.s3 import S3ObjectStore
 
-        return S3ObjectStore(_s3_settings(config), observe=_s3_observer(metrics))
-    return LocalObjectStore(config.objects_dir)
+        inner = S3ObjectStore(_s3_settings(config), observe=_s3_observer(metrics))
+    else:
+        inner = LocalObjectStore(config.objects_dir, fsync=config.fsync)
+    if config.encryption == "envelope":
+        return EncryptedObjectStore(
+            inner, config.key_ring(), segment_size=config.encryption_segment_size
+        )
+    return inner
 
 
 def create_tus_subapp(
@@ -480,7 +534,13 @@ def create_app(
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))
     app.add_routes(AuthApi(config=config, gateway=rt.gateway).routes())
-    analytics = AnalyticsApi(db=rt.db, gate=gate, events=rt.events)
+    analytics = AnalyticsApi(
+        db=rt.db,
+        gate=gate,
+        events=rt.events,
+        cache=rt.cache,
+        ttl=min(config.cache_ttl, ANALYTICS_MAX_TTL),
+    )
     app.add_routes(analytics.routes(""))
     app.add_routes(analytics.routes("/api/v1"))
     app.router.add_get("/api/v1/openapi.json", openapi_handler)

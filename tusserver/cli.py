@@ -61,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     pipe = add("pipeline", "validation pipeline")
     pipe.add_argument("action", choices=["retry", "status"])
     add("check", "check that the database, object store and clamd are reachable")
+    keys = add("keys", "master keys of encryption at rest")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    k_gen = keys_sub.add_parser(
+        "generate", help="print a new master key as id:base64", parents=[common]
+    )
+    k_gen.add_argument("key_id")
+    keys_sub.add_parser(
+        "rotate",
+        help="re-wrap every data key under encryption_active_key (data is not rewritten)",
+        parents=[common],
+    )
     sub.add_parser("upload", help="upload files (the tusup client; see `tusserver upload -h`)")
     cfg = add("config", "configuration")
     cfg.add_argument("action", choices=["show"])
@@ -117,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_pipeline(config, args.action))
     if args.command == "check":
         return asyncio.run(_check(config))
+    if args.command == "keys":
+        return _keys(config, args)
     if args.command == "config":
         print(json.dumps(config.masked(), indent=2, sort_keys=True))
         return 0
@@ -247,6 +260,58 @@ async def _pipeline(config: TusServerConfig, action: str) -> int:
         print(f"pending: {await rt.files.pending_count()}")
     finally:
         await rt.stop()
+    return 0
+
+
+def _keys(config: TusServerConfig, args: argparse.Namespace) -> int:
+    from storage_backends.base import StorageError
+    from storage_backends.encryption import generate_key_spec
+
+    if args.keys_command == "generate":
+        try:
+            print(generate_key_spec(args.key_id))
+        except StorageError as exc:
+            print(f"tusserver: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if config.encryption != "envelope":
+        print("tusserver: encryption is off (encryption = 'none'): nothing to rotate")
+        return 2
+    try:
+        return asyncio.run(_rotate(config))
+    except StorageError as exc:
+        print(f"tusserver: key rotation stopped: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _rotate(config: TusServerConfig) -> int:
+    """Re-wrap data keys of uploads in progress and of objects; safe to run again."""
+    from storage_backends.encryption import EncryptedChunkStore, EncryptedObjectStore
+
+    from .app import _chunk_store, _object_store
+    from .metrics import Metrics
+
+    active = config.key_ring().active_id
+    chunks = _chunk_store(config, Metrics())
+    objects = _object_store(config)
+    if isinstance(chunks, EncryptedChunkStore):
+        await chunks.open()
+        report = await chunks.rotate()
+        print(
+            f"uploads in progress: {report.rewrapped} re-wrapped under {active!r}, "
+            f"{report.already_current} already under it"
+        )
+    if isinstance(objects, EncryptedObjectStore):
+        await objects.open()
+        try:
+            done = await objects.rotate()
+        finally:
+            await objects.close()
+        print(
+            f"objects: {done.rewrapped} re-wrapped under {active!r}, {done.already_current} "
+            f"already under it, {done.plaintext} stored before encryption was on"
+        )
+    print("rotation complete: keys other than the active one may now be removed")
     return 0
 
 

@@ -7,6 +7,8 @@ checked against these fields by a test, so the two cannot drift.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import string
@@ -17,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from storage_backends.encryption import EncryptionKeyError, KeyRing
 
 __all__ = ["ConfigError", "TusServerConfig", "load_config"]
 
@@ -135,6 +139,24 @@ class TusServerConfig:
     s3_parallel_parts: int = field(
         default=4, metadata=_doc("Multipart parts uploaded in parallel per object.")
     )
+    s3_sse: str = field(
+        default="",
+        metadata=_doc(
+            "S3 server-side encryption of everything the server writes to S3 (files and uploads "
+            "in progress): empty for none, `s3` (SSE-S3: keys managed by the S3 server) or `c` "
+            "(SSE-C: encrypted with `s3_sse_customer_key`, sent with every request; presigned "
+            "downloads are then off). Checked at start with a probe object."
+        ),
+    )
+    s3_sse_customer_key: str = field(
+        default="",
+        metadata=_doc(
+            "The SSE-C key: base64 of exactly 32 random bytes (`openssl rand -base64 32`). "
+            'Required (and only used) with `s3_sse = "c"`; losing it loses every object written '
+            "with it.",
+            secret=True,
+        ),
+    )
     chunk_store: str = field(
         default="local",
         metadata=_doc(
@@ -144,6 +166,38 @@ class TusServerConfig:
     )
     s3_chunk_prefix: str = field(
         default="tus/", metadata=_doc("Key prefix of uploads in progress in the S3 chunk store.")
+    )
+    # --- encryption at rest ------------------------------------------------------------------
+    encryption: str = field(
+        default="none",
+        metadata=_doc(
+            "`none`, or `envelope`: AES-256-GCM in segments with a data key per file, wrapped "
+            "by a master key, for the local chunk store and the object store (local, or S3 as "
+            "client-side encryption). Files stored before it was turned on stay readable."
+        ),
+    )
+    encryption_keys: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Master keys as `id:base64-of-32-bytes` (comma-separated in the environment); "
+            "`tusserver keys generate ID` makes one. Keep old keys until `keys rotate` ends.",
+            secret=True,
+        ),
+    )
+    encryption_key_file: str = field(
+        default="",
+        metadata=_doc("File with more master keys, one `id:base64` per line (`#` comments)."),
+    )
+    encryption_active_key: str = field(
+        default="",
+        metadata=_doc("Id of the master key that wraps new data keys (empty: the first one)."),
+    )
+    encryption_segment_size: int = field(
+        default=256 * 1024,
+        metadata=_doc(
+            "Plaintext bytes per encrypted segment (4 KiB to 16 MiB): the unit a Range read "
+            "decrypts; recorded per file, so changing it is safe."
+        ),
     )
     # --- validation pipeline -----------------------------------------------------------------
     pipeline_workers: int = field(
@@ -332,6 +386,22 @@ class TusServerConfig:
             "`node_modules` of `npm ci`. Empty: the source checkout's `node_modules`."
         ),
     )
+    # --- cache ----------------------------------------------------------------------------
+    cache_ttl: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a file's metadata stays in the server-side cache (writes invalidate it at "
+            "once, on every instance); users are cached for `revocation_check_interval` and "
+            "analytics reports for at most 5 s. 0: no caching at all."
+        ),
+    )
+    cache_max_entries: int = field(
+        default=10_000,
+        metadata=_doc(
+            "Entries the server-side cache holds per instance (all kinds together); the least "
+            "recently used go first."
+        ),
+    )
     # --- logs -----------------------------------------------------------------------------
     log_format: str = field(
         default="console", metadata=_doc("`console` (human) or `json` (one object per line).")
@@ -359,7 +429,7 @@ class TusServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative")
-        for name in ("s3_parallel_parts", "pipeline_max_attempts"):
+        for name in ("s3_parallel_parts", "pipeline_max_attempts", "cache_max_entries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.write_buffer_size < 4096:
@@ -376,8 +446,34 @@ class TusServerConfig:
             for name in ("s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket"):
                 if not getattr(self, name):
                     raise ConfigError(f"{name}: required when a store is 's3'")
+        if self.encryption not in ("none", "envelope"):
+            raise ConfigError("encryption: must be 'none' or 'envelope'")
+        if not 4096 <= self.encryption_segment_size <= 16 * 1024 * 1024:
+            raise ConfigError("encryption_segment_size: must be between 4096 and 16777216")
+        if self.encryption == "envelope":
+            if self.chunk_store == "s3":
+                raise ConfigError(
+                    "encryption: 'envelope' covers the local chunk store only; with "
+                    "chunk_store = 's3' use s3_sse"
+                )
+            self.key_ring()  # a missing, malformed or unknown key fails here, at start
         if self.s3_part_size < 5 * 1024 * 1024:
             raise ConfigError("s3_part_size: must be at least 5 MiB (5242880)")
+        if self.s3_sse not in ("", "s3", "c"):
+            raise ConfigError("s3_sse: must be empty (none), 's3' (SSE-S3) or 'c' (SSE-C)")
+        if self.s3_sse == "c":
+            # Checked only where it is used, like the other s3_* settings. Never echo it.
+            if not self.s3_sse_customer_key.strip():
+                raise ConfigError("s3_sse_customer_key: required when s3_sse is 'c'")
+            try:
+                raw = base64.b64decode(self.s3_sse_customer_key.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ConfigError("s3_sse_customer_key: not valid base64") from None
+            if len(raw) != 32:
+                raise ConfigError(
+                    f"s3_sse_customer_key: must be the base64 of exactly 32 bytes, "
+                    f"not {len(raw)} bytes"
+                )
         if "{file_id}" not in self.object_key_template:
             raise ConfigError("object_key_template: must contain {file_id}")
         try:
@@ -432,6 +528,20 @@ class TusServerConfig:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'tusserver.db').resolve()}"
 
+    def key_ring(self) -> KeyRing:
+        """The master keys of envelope encryption (raises ConfigError naming the key)."""
+        try:
+            return KeyRing.from_specs(
+                self.encryption_keys,
+                key_file=Path(self.encryption_key_file) if self.encryption_key_file else None,
+                active=self.encryption_active_key,
+            )
+        except EncryptionKeyError as exc:
+            name = "encryption_key_file" if "key file" in str(exc) else "encryption_keys"
+            if "active" in str(exc):
+                name = "encryption_active_key"
+            raise ConfigError(f"{name}: {exc}") from None
+
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
@@ -478,6 +588,7 @@ _NON_NEGATIVE_NUMBERS = (
     "access_token_ttl",
     "refresh_token_ttl",
     "revocation_check_interval",
+    "cache_ttl",
     "rate_limit_creations",
     "rate_limit_api",
     "rate_limit_logins",

@@ -12,6 +12,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from storage_backends.base import StorageError
+from storage_backends.encryption import EncryptionKeyError, IntegrityError
+
 from .events import HookRejection
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.errors import TusError
@@ -105,6 +108,20 @@ def error_middleware(*, json_body: bool) -> Middleware:
             return respond(exc.status, exc.code, exc.message, exc.headers)
         except HookRejection as exc:
             return respond(exc.status, "rejected", exc.message, {})
+        except (IntegrityError, EncryptionKeyError) as exc:
+            # Decryption refused the bytes: say so, never send what could not be verified.
+            _log.error("stored data unreadable", path=request.path, error=str(exc))
+            return respond(
+                500,
+                "stored_data_unreadable",
+                "the stored data failed its integrity check and was not sent",
+                {},
+            )
+        except StorageError as exc:
+            _log.warning("storage unavailable", path=request.path, error=str(exc))
+            return respond(
+                503, "storage_unavailable", "storage is unavailable", {"Retry-After": "5"}
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -233,10 +233,14 @@ class FilesApi:
         await self._gate.limit(request, "api", who=principal.user_id)
         return principal
 
-    async def _load(self, request: web.Request, principal: Principal, file_id: str) -> FileRecord:
+    async def _load(
+        self, request: web.Request, principal: Principal, file_id: str, *, cached: bool = False
+    ) -> FileRecord:
+        """The caller's file or 404. ``cached``: for reads only (writes decide on the row as it
+        is); the owner check runs on the record wherever it came from."""
         if not _FILE_ID.fullmatch(file_id):
             raise NotFound("no such file")
-        f = await self._files.get(file_id)
+        f = await self._files.get(file_id, cached=cached)
         if f is not None and not principal.may_access(f.owner):
             self._gate.audit(request, "access.denied", actor=principal.user_id, target=file_id)
             f = None
@@ -265,7 +269,7 @@ class FilesApi:
 
     async def get_file(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
-        f = await self._load(request, principal, request.match_info["file_id"])
+        f = await self._load(request, principal, request.match_info["file_id"], cached=True)
         etag = f'W/"{f.id}-{int(f.updated_at.timestamp() * 1000)}-{f.status.value}"'
         validators = {"ETag": etag, "Last-Modified": format_http_date(f.updated_at)}
         if not_modified(request, etag, f.updated_at):
@@ -277,7 +281,7 @@ class FilesApi:
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         principal = await self._caller(request)
-        f = await self._load(request, principal, request.match_info["file_id"])
+        f = await self._load(request, principal, request.match_info["file_id"], cached=True)
         if f.status is not FileStatus.COMMITTED:
             if f.status in (FileStatus.REJECTED, FileStatus.FAILED):
                 raise NotFound(f"the file was {f.status.value}: {f.reason}")
@@ -341,8 +345,8 @@ class FilesApi:
                 if t.strip() not in clean:
                     clean.append(t.strip())
         # Everything is validated: apply it all in one transaction, or nothing.
-        await catalog.update_file(
-            self._db, f.id, name=name, folder=folder, tags=clean, now=dt.datetime.now(dt.UTC)
+        await self._files.organize(
+            f.id, name=name, folder=folder, tags=clean, now=dt.datetime.now(dt.UTC)
         )
         updated = await self._files.get(f.id)
         assert updated is not None
@@ -476,10 +480,9 @@ class FilesApi:
             entry["size"] = final.offset
             entry["file_id"] = final.record.file_id
             if folder and final.record.file_id:
-                await catalog.rename_move(
-                    self._db, final.record.file_id, name=None, folder=folder,
-                    now=dt.datetime.now(dt.UTC),
-                )  # fmt: skip
+                await self._files.organize(
+                    final.record.file_id, folder=folder, now=dt.datetime.now(dt.UTC)
+                )
             f = await self._files.get(final.record.file_id or "")
             entry["status"] = f.status.value if f else "received"
         except TusError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from .db import Database
 from .schema import analytics_rollup, events
@@ -150,20 +151,27 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
         return
     dialect = db.dialect
     upsert_mod: Any = postgresql if dialect == "postgresql" else sqlite
-    async with db.engine.begin() as conn:
-        await conn.execute(insert(events), rows)
-        for (hour, owner, kind, dim), (count, nbytes) in sorted(increments.items()):
-            stmt = upsert_mod.insert(analytics_rollup).values(
-                hour=hour, owner=owner, kind=kind, dim=dim, count=count, bytes=nbytes
-            )
-            stmt = stmt.on_conflict_do_update(
+    upserts = []
+    for (hour, owner, kind, dim), (count, nbytes) in sorted(increments.items()):
+        stmt = upsert_mod.insert(analytics_rollup).values(
+            hour=hour, owner=owner, kind=kind, dim=dim, count=count, bytes=nbytes
+        )
+        upserts.append(
+            stmt.on_conflict_do_update(
                 index_elements=["hour", "owner", "kind", "dim"],
                 set_={
                     "count": analytics_rollup.c.count + stmt.excluded.count,
                     "bytes": analytics_rollup.c.bytes + stmt.excluded.bytes,
                 },
             )
-            await conn.execute(stmt)
+        )
+
+    def work(conn: Connection) -> None:
+        conn.execute(insert(events), rows)
+        for stmt in upserts:
+            conn.execute(stmt)
+
+    await db.write(work)
 
 
 async def report(
@@ -182,21 +190,21 @@ async def report(
         r.hour < end,
         r.owner == (ALL_OWNERS if owner is None else owner),
     ]
-    async with db.engine.connect() as conn:
-        series_rows = (
-            await conn.execute(
-                select(r.hour, r.kind, func.sum(r.count), func.sum(r.bytes))
-                .where(*conds, r.dim == "")
-                .group_by(r.hour, r.kind)
-            )
-        ).all()
-        dim_rows = (
-            await conn.execute(
-                select(r.kind, r.dim, func.sum(r.count), func.sum(r.bytes))
-                .where(*conds, r.dim != "")
-                .group_by(r.kind, r.dim)
-            )
-        ).all()
+    series_query = (
+        select(r.hour, r.kind, func.sum(r.count), func.sum(r.bytes))
+        .where(*conds, r.dim == "")
+        .group_by(r.hour, r.kind)
+    )
+    dim_query = (
+        select(r.kind, r.dim, func.sum(r.count), func.sum(r.bytes))
+        .where(*conds, r.dim != "")
+        .group_by(r.kind, r.dim)
+    )
+
+    def work(conn: Connection) -> tuple[list[Any], list[Any]]:
+        return list(conn.execute(series_query).all()), list(conn.execute(dim_query).all())
+
+    series_rows, dim_rows = await db.read(work)
     totals = {k: {"count": 0, "bytes": 0} for k in KINDS}
     buckets: dict[str, dict[str, dict[str, int]]] = defaultdict(
         lambda: {k: {"count": 0, "bytes": 0} for k in KINDS}

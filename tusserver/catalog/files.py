@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from ..cache import FILES, Cache, Invalidator, Namespace, NotifyOnly
 from .db import Database
 from .schema import file_tags, file_uploads, files, folders, uploads
 
@@ -95,14 +97,34 @@ def _record(row: RowMapping) -> FileRecord:
     )
 
 
+def _is_record(rec: FileRecord | None) -> bool:
+    return rec is not None
+
+
 _SELECT = select(files, file_uploads.c.upload_id).join(
     file_uploads, file_uploads.c.file_id == files.c.id, isouter=True
 )
+#: Built once: the file lookup of every download and pipeline step.
+_BY_ID = _SELECT.where(files.c.id == bindparam("id"))
 
 
 class FileRepository:
-    def __init__(self, db: Database) -> None:
+    """Rows of ``files``. Every write of a row goes through the invalidator, which drops the
+    row's cache entry on commit on every instance (see tusserver.cache); ``get(cached=True)``
+    may answer from the cache, plain ``get`` always reads the database."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cache: Cache | None = None,
+        ttl: float = 0.0,
+        invalidator: Invalidator | None = None,
+    ) -> None:
         self._db = db
+        self._cache = cache
+        self._ns: Namespace[FileRecord | None] = Namespace(FILES, ttl)
+        self.invalidator: Invalidator = invalidator or NotifyOnly()
 
     async def create_for_upload(self, new: NewFile, now: dt.datetime) -> str:
         """Insert the file row for an upload, once: returns the file id (existing or new).
@@ -110,146 +132,172 @@ class FileRepository:
         The unique upload_id in file_uploads makes this idempotent across retries and
         instances; the upload row points back at the file.
         """
+        row: dict[str, Any] = {
+            "id": new.id,
+            "owner": new.owner,
+            "name": new.name,
+            "name_folded": new.name.casefold()[:255],
+            "folder": "/",
+            "size": new.size,
+            "declared_type": new.declared_type,
+            "type_mismatch": False,
+            "status": FileStatus.RECEIVED.value,
+            "meta": dict(new.metadata),
+            "tags": [],
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        link = {
+            "file_id": new.id,
+            "upload_id": new.upload_id,
+            "protocol": new.protocol,
+            "client": new.client,
+            "started_at": new.started_at,
+            "finished_at": new.finished_at,
+            "bytes": new.size,
+        }
+        point_back = update(uploads).where(uploads.c.id == new.upload_id).values(file_id=new.id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(insert(files), row)
+            conn.execute(insert(file_uploads), link)
+            conn.execute(point_back)
+
         try:
-            async with self._db.engine.begin() as conn:
-                await conn.execute(
-                    insert(files).values(
-                        id=new.id,
-                        owner=new.owner,
-                        name=new.name,
-                        name_folded=new.name.casefold()[:255],
-                        folder="/",
-                        size=new.size,
-                        declared_type=new.declared_type,
-                        type_mismatch=False,
-                        status=FileStatus.RECEIVED.value,
-                        meta=dict(new.metadata),
-                        tags=[],
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                await conn.execute(
-                    insert(file_uploads).values(
-                        file_id=new.id,
-                        upload_id=new.upload_id,
-                        protocol=new.protocol,
-                        client=new.client,
-                        started_at=new.started_at,
-                        finished_at=new.finished_at,
-                        bytes=new.size,
-                    )
-                )
-                await conn.execute(
-                    update(uploads).where(uploads.c.id == new.upload_id).values(file_id=new.id)
-                )
+            await self._db.write(work)
         except IntegrityError:
-            # Another worker or instance created it first.
-            async with self._db.engine.connect() as conn:
-                existing = (
-                    await conn.execute(
-                        select(file_uploads.c.file_id).where(
-                            file_uploads.c.upload_id == new.upload_id
-                        )
-                    )
-                ).scalar()
+            # Another worker or instance created it first. (A new row needs no invalidation:
+            # lookups of missing files are not cached.)
+            query = select(file_uploads.c.file_id).where(file_uploads.c.upload_id == new.upload_id)
+            existing = await self._db.read(lambda conn: conn.execute(query).scalar())
             if existing is None:
                 raise
             return str(existing)
         return new.id
 
-    async def get(self, file_id: str) -> FileRecord | None:
-        async with self._db.engine.connect() as conn:
-            row = (await conn.execute(_SELECT.where(files.c.id == file_id))).mappings().first()
-        return None if row is None else _record(row)
+    async def get(self, file_id: str, *, cached: bool = False) -> FileRecord | None:
+        """The file; ``cached``: maybe from the cache (for reads that serve clients only).
+
+        Callers still check who may see the record: the cache keys by id, not by caller.
+        """
+        if cached and self._cache is not None:
+            return await self._cache.fetch(
+                self._ns, file_id, lambda: self._read(file_id), keep=_is_record
+            )
+        return await self._read(file_id)
+
+    async def _read(self, file_id: str) -> FileRecord | None:
+        def work(conn: Connection) -> FileRecord | None:
+            row = conn.execute(_BY_ID, {"id": file_id}).mappings().first()
+            return None if row is None else _record(row)
+
+        return await self._db.read(work)
 
     async def due(self, now: dt.datetime, limit: int = 20) -> list[str]:
         """Pending files whose next attempt is due and that no live worker holds."""
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(files.c.id)
-                .where(
-                    files.c.status.in_(PENDING),
-                    or_(files.c.next_attempt_at.is_(None), files.c.next_attempt_at <= now),
-                    or_(files.c.lease_until.is_(None), files.c.lease_until < now),
-                )
-                .order_by(files.c.next_attempt_at)
-                .limit(limit)
+        query = (
+            select(files.c.id)
+            .where(
+                files.c.status.in_(PENDING),
+                or_(files.c.next_attempt_at.is_(None), files.c.next_attempt_at <= now),
+                or_(files.c.lease_until.is_(None), files.c.lease_until < now),
             )
-            return [r[0] for r in rows]
+            .order_by(files.c.next_attempt_at)
+            .limit(limit)
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def claim(self, file_id: str, now: dt.datetime, lease: dt.timedelta) -> bool:
         """Take a pending file for one worker (any instance); False if someone else has it."""
-        async with self._db.engine.begin() as conn:
-            result = await conn.execute(
-                update(files)
-                .where(
-                    and_(
-                        files.c.id == file_id,
-                        files.c.status.in_(PENDING),
-                        or_(files.c.lease_until.is_(None), files.c.lease_until < now),
-                    )
-                )
-                .values(
-                    lease_until=now + lease,
-                    status=FileStatus.VALIDATING.value,
-                    attempts=files.c.attempts + 1,
-                    updated_at=now,
+        stmt = (
+            update(files)
+            .where(
+                and_(
+                    files.c.id == file_id,
+                    files.c.status.in_(PENDING),
+                    or_(files.c.lease_until.is_(None), files.c.lease_until < now),
                 )
             )
-            return result.rowcount == 1
+            .values(
+                lease_until=now + lease,
+                status=FileStatus.VALIDATING.value,
+                attempts=files.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        return await self.invalidator.run(
+            self._db, lambda conn: conn.execute(stmt).rowcount == 1, (FILES, file_id)
+        )
 
     async def update(self, file_id: str, **values: Any) -> None:
         if isinstance(values.get("status"), FileStatus):
             values["status"] = values["status"].value
-        async with self._db.engine.begin() as conn:
-            await conn.execute(update(files).where(files.c.id == file_id).values(**values))
+        stmt = update(files).where(files.c.id == file_id).values(**values)
+        await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (FILES, file_id))
 
     async def make_all_due(self) -> None:
         """Operator retry: every pending file is due now (leases are kept)."""
-        async with self._db.engine.begin() as conn:
-            await conn.execute(
-                update(files).where(files.c.status.in_(PENDING)).values(next_attempt_at=None)
-            )
+        stmt = update(files).where(files.c.status.in_(PENDING)).values(next_attempt_at=None)
+        await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (FILES, None))
 
     async def pending_count(self) -> int:
-        async with self._db.engine.connect() as conn:
-            count = await conn.execute(
-                select(func.count()).select_from(files).where(files.c.status.in_(PENDING))
-            )
-            return int(count.scalar_one())
+        query = select(func.count()).select_from(files).where(files.c.status.in_(PENDING))
+        return await self._db.read(lambda conn: int(conn.execute(query).scalar_one()))
 
     async def expired_quarantine(self, now: dt.datetime, limit: int = 200) -> list[FileRecord]:
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                _SELECT.where(
-                    files.c.status == FileStatus.REJECTED.value,
-                    files.c.quarantine_until.is_not(None),
-                    files.c.quarantine_until < now,
-                ).limit(limit)
-            )
-            return [_record(r) for r in rows.mappings()]
+        query = _SELECT.where(
+            files.c.status == FileStatus.REJECTED.value,
+            files.c.quarantine_until.is_not(None),
+            files.c.quarantine_until < now,
+        ).limit(limit)
+        return await self._db.read(
+            lambda conn: [_record(r) for r in conn.execute(query).mappings()]
+        )
 
     async def delete(self, file_id: str) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(delete(file_uploads).where(file_uploads.c.file_id == file_id))
-            await conn.execute(delete(files).where(files.c.id == file_id))
+        unlink = delete(file_uploads).where(file_uploads.c.file_id == file_id)
+        remove = delete(files).where(files.c.id == file_id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(unlink)
+            conn.execute(remove)
+
+        await self.invalidator.run(self._db, work, (FILES, file_id))
+
+    async def organize(
+        self,
+        file_id: str,
+        *,
+        name: str | None = None,
+        folder: str | None = None,
+        tags: Sequence[str] | None = None,
+        now: dt.datetime,
+    ) -> None:
+        """Rename, move and retag (see :func:`update_file`), invalidating the cached file."""
+        await update_file(
+            self._db,
+            file_id,
+            name=name,
+            folder=folder,
+            tags=tags,
+            now=now,
+            invalidator=self.invalidator,
+        )
 
     async def finished_uploads_without_file(self, limit: int = 100) -> list[str]:
         """Uploads finished (not partial) that the pipeline has not taken in yet (recovery)."""
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(uploads.c.id)
-                .where(
-                    uploads.c.state == "finished",
-                    uploads.c.is_partial.is_(False),
-                    uploads.c.file_id.is_(None),
-                )
-                .limit(limit)
+        query = (
+            select(uploads.c.id)
+            .where(
+                uploads.c.state == "finished",
+                uploads.c.is_partial.is_(False),
+                uploads.c.file_id.is_(None),
             )
-            return [r[0] for r in rows]
+            .limit(limit)
+        )
+        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -332,9 +380,7 @@ async def search_files(db: Database, query: FileQuery) -> list[FileRecord]:
         else (sort_col.asc(), files.c.id.asc())
     )
     stmt = stmt.where(*conds).order_by(*order).limit(query.limit)
-    async with db.engine.connect() as conn:
-        rows = await conn.execute(stmt)
-        return [_record(r) for r in rows.mappings()]
+    return await db.read(lambda conn: [_record(r) for r in conn.execute(stmt).mappings()])
 
 
 def sort_value(f: FileRecord, sort: str) -> Any:
@@ -356,8 +402,14 @@ async def update_file(
     folder: str | None,
     tags: Sequence[str] | None,
     now: dt.datetime,
+    invalidator: Invalidator | None = None,
 ) -> None:
-    """Rename, move and retag a file in one transaction (each part optional)."""
+    """Rename, move and retag a file in one transaction (each part optional).
+
+    The transaction invalidates the file's cache entry through ``invalidator`` (pass the
+    repository's, :meth:`FileRepository.organize` does); without one only other processes'
+    caches hear of it (PostgreSQL NOTIFY).
+    """
     values: dict[str, Any] = {"updated_at": now}
     if name is not None:
         values["name"] = name
@@ -366,34 +418,46 @@ async def update_file(
         values["folder"] = folder
     if tags is not None:
         values["tags"] = list(tags)
-    async with db.engine.begin() as conn:
-        await conn.execute(update(files).where(files.c.id == file_id).values(**values))
+    stmt = update(files).where(files.c.id == file_id).values(**values)
+    tag_rows = [{"file_id": file_id, "tag": t} for t in tags or ()]
+
+    def work(conn: Connection) -> None:
+        conn.execute(stmt)
         if tags is not None:
-            await conn.execute(delete(file_tags).where(file_tags.c.file_id == file_id))
-            if tags:
-                await conn.execute(
-                    insert(file_tags), [{"file_id": file_id, "tag": t} for t in tags]
-                )
+            conn.execute(delete(file_tags).where(file_tags.c.file_id == file_id))
+            if tag_rows:
+                conn.execute(insert(file_tags), tag_rows)
+
+    await (invalidator or NotifyOnly()).run(db, work, (FILES, file_id))
 
 
 async def rename_move(
-    db: Database, file_id: str, *, name: str | None, folder: str | None, now: dt.datetime
+    db: Database,
+    file_id: str,
+    *,
+    name: str | None,
+    folder: str | None,
+    now: dt.datetime,
+    invalidator: Invalidator | None = None,
 ) -> None:
-    await update_file(db, file_id, name=name, folder=folder, tags=None, now=now)
+    await update_file(
+        db, file_id, name=name, folder=folder, tags=None, now=now, invalidator=invalidator
+    )
 
 
 async def list_folders(db: Database, owner: str | None) -> list[str]:
     """Folders of an owner: the ones created explicitly and the ones holding files."""
-    async with db.engine.connect() as conn:
-        explicit = await conn.execute(
-            select(folders.c.path).where(folders.c.owner == (owner or ""))
-        )
-        used = await conn.execute(
-            select(files.c.folder).where(files.c.owner == owner).distinct()
-            if owner is not None
-            else select(files.c.folder).where(files.c.owner.is_(None)).distinct()
-        )
-        paths = {r[0] for r in explicit} | {r[0] for r in used} | {"/"}
+    explicit = select(folders.c.path).where(folders.c.owner == (owner or ""))
+    used = (
+        select(files.c.folder).where(files.c.owner == owner).distinct()
+        if owner is not None
+        else select(files.c.folder).where(files.c.owner.is_(None)).distinct()
+    )
+
+    def work(conn: Connection) -> set[str]:
+        return set(conn.execute(explicit).scalars()) | set(conn.execute(used).scalars())
+
+    paths = await db.read(work) | {"/"}
     # Every ancestor of a folder is a folder too.
     for p in list(paths):
         parts = [x for x in p.split("/") if x]
@@ -403,30 +467,28 @@ async def list_folders(db: Database, owner: str | None) -> list[str]:
 
 
 async def create_folder(db: Database, owner: str | None, path: str, now: dt.datetime) -> None:
-    try:
-        async with db.engine.begin() as conn:
-            await conn.execute(insert(folders).values(owner=owner or "", path=path, created_at=now))
-    except IntegrityError:
-        pass  # already there: creating a folder is idempotent
+    stmt = insert(folders).values(owner=owner or "", path=path, created_at=now)
+    with contextlib.suppress(IntegrityError):  # already there: creating is idempotent
+        await db.write(lambda conn: conn.execute(stmt))
 
 
 async def delete_folder(db: Database, owner: str | None, path: str) -> bool:
     """Remove an empty folder; False when it (or a subfolder) still holds files."""
-    async with db.engine.begin() as conn:
-        owner_cond = files.c.owner == owner if owner is not None else files.c.owner.is_(None)
-        busy = (
-            await conn.execute(
-                select(files.c.id)
-                .where(owner_cond, files.c.folder.like(like_escape(path) + "%", escape="\\"))
-                .limit(1)
-            )
-        ).first()
-        if busy is not None:
+    owner_cond = files.c.owner == owner if owner is not None else files.c.owner.is_(None)
+    busy_query = (
+        select(files.c.id)
+        .where(owner_cond, files.c.folder.like(like_escape(path) + "%", escape="\\"))
+        .limit(1)
+    )
+    remove = delete(folders).where(
+        folders.c.owner == (owner or ""),
+        folders.c.path.like(like_escape(path) + "%", escape="\\"),
+    )
+
+    def work(conn: Connection) -> bool:
+        if conn.execute(busy_query).first() is not None:
             return False
-        await conn.execute(
-            delete(folders).where(
-                folders.c.owner == (owner or ""),
-                folders.c.path.like(like_escape(path) + "%", escape="\\"),
-            )
-        )
+        conn.execute(remove)
         return True
+
+    return await db.write(work)

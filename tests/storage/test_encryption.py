@@ -1,0 +1,843 @@
+"""Envelope encryption at rest: ciphertext on disk, exact plaintext back, tampering detected.
+
+The object-store contract (tests/storage/test_object_store_contract.py) also runs every test
+through :class:`EncryptedObjectStore`; these tests cover what is specific to encryption.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage_backends.base import StorageError, UploadDataMissing
+from storage_backends.encryption import (
+    OVERHEAD,
+    EncryptedChunkStore,
+    EncryptedObjectStore,
+    EncryptionKeyError,
+    IntegrityError,
+    KeyRing,
+    generate_key_spec,
+    parse_key_spec,
+)
+from storage_backends.local import LocalObjectStore
+from tusserver.config import ConfigError, TusServerConfig
+
+SEG = 4096
+MARKER = b"PLAINTEXT-MARKER-7f3a"
+K1 = generate_key_spec("k1")
+K2 = generate_key_spec("k2")
+
+
+def plaintext(size: int, seed: int = 1) -> bytes:
+    """Random bytes with the marker planted every 1000 bytes (so every segment has one)."""
+    rnd = random.Random(seed)
+    data = bytearray(rnd.randbytes(size))
+    for at in range(0, max(size - len(MARKER), 0), 1000):
+        data[at : at + len(MARKER)] = MARKER
+    return bytes(data)
+
+
+async def blocks(data: bytes, size: int = 1500) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def read_all(
+    store: EncryptedObjectStore, key: str, start: int = 0, n: int | None = None
+) -> bytes:
+    return b"".join([b async for b in store.get(key, start, n)])
+
+
+def disk_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def objects(root: Path, *specs: str, active: str = "") -> EncryptedObjectStore:
+    ring = KeyRing.from_specs(specs, active=active)
+    return EncryptedObjectStore(LocalObjectStore(root), ring, segment_size=SEG)
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nocolon", "id:base64"),
+        ("bad id:" + base64.b64encode(b"x" * 32).decode(), "id:base64"),
+        ("k:not base64!", "not valid base64"),
+        ("k:" + base64.b64encode(b"x" * 16).decode(), "must be 32 bytes, not 16"),
+    ],
+)
+def test_malformed_master_keys_are_refused_clearly(spec: str, message: str) -> None:
+    with pytest.raises(EncryptionKeyError, match=message):
+        parse_key_spec(spec)
+
+
+def test_config_names_the_key_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"encryption_keys: .*no master key"):
+        TusServerConfig(data_dir=tmp_path, encryption="envelope")
+    with pytest.raises(ConfigError, match=r"encryption_keys: .*32 bytes"):
+        TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_keys=("k:AAAA",))
+    with pytest.raises(ConfigError, match="encryption_active_key"):
+        TusServerConfig(
+            data_dir=tmp_path,
+            encryption="envelope",
+            encryption_keys=(K1,),
+            encryption_active_key="k9",
+        )
+    with pytest.raises(ConfigError, match="encryption_key_file"):
+        TusServerConfig(
+            data_dir=tmp_path, encryption="envelope", encryption_key_file=str(tmp_path / "nope")
+        )
+    with pytest.raises(ConfigError, match="configured twice"):
+        TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_keys=(K1, K1))
+    with pytest.raises(ConfigError, match="s3_sse"):
+        TusServerConfig(
+            data_dir=tmp_path,
+            encryption="envelope",
+            encryption_keys=(K1,),
+            chunk_store="s3",
+            s3_endpoint="h:1",
+            s3_access_key="a",
+            s3_secret_key="b",
+        )
+
+
+def test_key_file_with_comments(tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(f"# rotated in March\n{K2}\n\n{K1}\n")
+    cfg = TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_key_file=str(f))
+    ring = cfg.key_ring()
+    assert ring.key_ids == ["k2", "k1"]
+    assert ring.active_id == "k2"
+
+
+# --- object store --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 5])
+async def test_objects_are_ciphertext_on_disk_and_plaintext_back(tmp_path: Path, size: int) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    data = plaintext(size)
+    await store.put_stream(
+        "f/x.bin", blocks(data), size=size, content_type="a/b", metadata={"m": "1"}
+    )
+    assert await read_all(store, "f/x.bin") == data
+    info = await store.stat("f/x.bin")
+    assert info is not None and info.size == size and dict(info.metadata) == {"m": "1"}
+    raw = (tmp_path / "o" / "f" / "x.bin").read_bytes()
+    assert len(raw) == size + OVERHEAD * max(1, -(-size // SEG))
+    if size >= len(MARKER):
+        assert MARKER in data
+    assert MARKER not in disk_bytes(tmp_path / "o")
+
+
+async def test_ranges_at_every_segment_boundary_are_exact(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    size = 4 * SEG + 17
+    data = plaintext(size)
+    await store.put_stream("r.bin", blocks(data, 999), size=size, content_type="a/b", metadata={})
+    points = sorted({0, 1, size - 1, size} | {k * SEG + d for k in range(1, 5) for d in (-1, 0, 1)})
+    points = [p for p in points if 0 <= p <= size]
+    for start in points:
+        for end in points:
+            if end > start:
+                assert await read_all(store, "r.bin", start, end - start) == data[start:end], (
+                    start,
+                    end,
+                )
+    # A length past the end stops at the end; a start at the end is empty.
+    assert await read_all(store, "r.bin", size - 3, 100) == data[-3:]
+    assert await read_all(store, "r.bin", size, 10) == b""
+
+
+async def test_a_tampered_segment_is_an_integrity_error_never_output(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    data = plaintext(3 * SEG)
+    await store.put_stream("t.bin", blocks(data), size=len(data), content_type="a/b", metadata={})
+    path = tmp_path / "o" / "t.bin"
+    raw = bytearray(path.read_bytes())
+    raw[(SEG + OVERHEAD) + 100] ^= 0x01  # a bit of segment 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="segment 1"):
+        await read_all(store, "t.bin")
+    with pytest.raises(IntegrityError):
+        await read_all(store, "t.bin", SEG + 5, 10)
+    # Segments that were not touched still read (Range reads only open their segments).
+    assert await read_all(store, "t.bin", 0, SEG) == data[:SEG]
+
+
+async def test_swapped_and_truncated_segments_are_detected(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    data = plaintext(3 * SEG)
+    await store.put_stream("s.bin", blocks(data), size=len(data), content_type="a/b", metadata={})
+    path = tmp_path / "o" / "s.bin"
+    raw = path.read_bytes()
+    unit = SEG + OVERHEAD
+    path.write_bytes(raw[unit : 2 * unit] + raw[:unit] + raw[2 * unit :])
+    with pytest.raises(IntegrityError):
+        await read_all(store, "s.bin", 0, 10)
+    path.write_bytes(raw[: 2 * unit])  # the last segment cut off
+    with pytest.raises(IntegrityError):
+        await read_all(store, "s.bin")
+
+
+async def test_wrong_or_missing_master_key_fails_at_open_and_at_read(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    await store.put_stream(
+        "a.bin", blocks(b"secret" * 10), size=60, content_type="a/b", metadata={}
+    )
+    other_k1 = generate_key_spec("k1")  # same id, different bytes
+    with pytest.raises(EncryptionKeyError, match="'k1' is not the key"):
+        await objects(tmp_path / "o", other_k1).open()
+    with pytest.raises(EncryptionKeyError, match="'k1', which is not configured"):
+        await objects(tmp_path / "o", K2).open()
+    # Read-time check too (a store opened before someone swapped the keys, for instance).
+    wrong = objects(tmp_path / "o", other_k1)
+    with pytest.raises(EncryptionKeyError, match="cannot unwrap"):
+        await read_all(wrong, "a.bin")
+
+
+async def test_a_corrupted_wrapped_key_is_a_clear_error(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    await store.put_stream("w.bin", blocks(b"x" * 100), size=100, content_type="a/b", metadata={})
+    meta_path = tmp_path / "o" / ".meta" / "w.bin.json"
+    doc = json.loads(meta_path.read_text())
+    wrapped = bytearray(base64.b64decode(doc["metadata"]["tusenc-key"]))
+    wrapped[20] ^= 0xFF
+    doc["metadata"]["tusenc-key"] = base64.b64encode(bytes(wrapped)).decode()
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(EncryptionKeyError, match="damaged envelope"):
+        await read_all(store, "w.bin")
+    doc["metadata"]["tusenc-key"] = "%%%"
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="malformed"):
+        await read_all(store, "w.bin")
+    doc["metadata"]["tusenc-kid"] = "k7"
+    doc["metadata"]["tusenc-key"] = base64.b64encode(bytes(wrapped)).decode()
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(EncryptionKeyError, match="'k7', which is not configured"):
+        await read_all(store, "w.bin")
+
+
+async def test_envelopes_cannot_be_swapped_between_objects(tmp_path: Path) -> None:
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    for name in ("a", "b"):
+        await store.put_stream(name, blocks(b"y" * 50), size=50, content_type="a/b", metadata={})
+    meta = tmp_path / "o" / ".meta"
+    (meta / "b.json").write_bytes((meta / "a.json").read_bytes())
+    with pytest.raises(EncryptionKeyError):
+        await read_all(store, "b")
+
+
+async def test_objects_stored_before_encryption_stay_readable(tmp_path: Path) -> None:
+    plain = LocalObjectStore(tmp_path / "o")
+    await plain.open()
+    await plain.put_stream("old.bin", blocks(b"legacy!"), size=7, content_type="a/b", metadata={})
+    store = objects(tmp_path / "o", K1)
+    await store.open()
+    assert await read_all(store, "old.bin") == b"legacy!"
+    assert await read_all(store, "old.bin", 2, 3) == b"gac"
+
+
+async def test_rotation_rewraps_without_rewriting_data(tmp_path: Path) -> None:
+    root = tmp_path / "o"
+    store = objects(root, K1)
+    await store.open()
+    contents = {f"d/{i}.bin": plaintext(i * 1000 + 1, seed=i) for i in range(6)}
+    for key, data in contents.items():
+        await store.put_stream(
+            key, blocks(data), size=len(data), content_type="a/b", metadata={"i": key}
+        )
+    before = {k: (root / k).read_bytes() for k in contents}
+
+    rotating = objects(root, K2, K1)  # k2 active, k1 kept for reading
+    await rotating.open()
+    report = await rotating.rotate()
+    assert (report.rewrapped, report.already_current) == (6, 0)
+    assert (await rotating.rotate()).already_current == 6  # idempotent
+    assert {k: (root / k).read_bytes() for k in contents} == before  # data untouched
+
+    only_new = objects(root, K2)
+    await only_new.open()  # k1 is no longer needed anywhere
+    for key, data in contents.items():
+        assert await read_all(only_new, key) == data
+        info = await only_new.stat(key)
+        assert info is not None and info.metadata == {"i": key}
+    with pytest.raises(EncryptionKeyError, match="'k2', which is not configured"):
+        await objects(root, K1).open()
+
+
+# --- chunk store ---------------------------------------------------------------------------
+
+
+def chunks(root: Path, *specs: str) -> EncryptedChunkStore:
+    return EncryptedChunkStore(root, KeyRing.from_specs(specs), segment_size=SEG)
+
+
+async def test_uploads_in_progress_are_ciphertext_and_resume_exactly(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("up1")
+    data = plaintext(5 * SEG + 123)
+    rnd = random.Random(7)
+    offset = 0
+    while offset < len(data):
+        n = min(rnd.choice([1, 17, SEG - 1, SEG, SEG + 3, 3000]), len(data) - offset)
+        assert await store.write("up1", offset, blocks(data[offset : offset + n], 700)) == n
+        offset += n
+        assert await store.get_offset("up1") == offset
+    assert b"".join([b async for b in store.read("up1", 0, len(data))]) == data
+    assert b"".join([b async for b in store.read("up1", SEG - 2, 5)]) == data[SEG - 2 : SEG + 3]
+    assert MARKER not in disk_bytes(tmp_path / "u")
+
+
+async def test_a_failed_checksum_leaves_the_upload_as_it_was(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("c")
+    first = plaintext(SEG + 10, seed=2)
+    await store.write("c", 0, blocks(first))
+
+    def refuse() -> None:
+        raise ValueError("checksum mismatch")
+
+    with pytest.raises(ValueError):
+        await store.write("c", len(first), blocks(plaintext(2 * SEG, seed=3)), verify=refuse)
+    assert await store.get_offset("c") == len(first)
+    more = plaintext(SEG, seed=4)
+    assert await store.write("c", len(first), blocks(more), verify=lambda: None) == SEG
+    assert b"".join([b async for b in store.read("c", 0, len(first) + SEG)]) == first + more
+    assert not (tmp_path / "u" / "c.stage").exists()
+
+
+async def test_bytes_before_a_broken_body_are_kept(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("b")
+    data = plaintext(2 * SEG + 50)
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield data[: SEG + 20]
+        yield data[SEG + 20 : 2 * SEG + 50]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.write("b", 0, broken())
+    assert await store.get_offset("b") == len(data)
+    assert b"".join([b async for b in store.read("b", 0, len(data))]) == data
+
+
+async def test_a_torn_last_segment_is_not_counted_and_is_rewritten(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("t")
+    data = plaintext(2 * SEG + 100)
+    await store.write("t", 0, blocks(data))
+    path = tmp_path / "u" / "t"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x10  # the crash tore the re-sealed last segment
+    path.write_bytes(bytes(raw))
+    assert await store.get_offset("t") == 2 * SEG  # never more than what authenticates
+    rest = data[2 * SEG :] + b"tail"
+    await store.write("t", 2 * SEG, blocks(rest))
+    assert await store.get_offset("t") == len(data) + 4
+    assert b"".join([b async for b in store.read("t", 0, len(data) + 4)]) == data + b"tail"
+
+
+async def test_chunk_tampering_and_key_loss(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("x")
+    data = plaintext(3 * SEG)
+    await store.write("x", 0, blocks(data))
+    path = tmp_path / "u" / "x"
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        b"".join([b async for b in store.read("x", 0, len(data))])
+    with pytest.raises(EncryptionKeyError):
+        await chunks(tmp_path / "u", K2).open()
+    (tmp_path / "u" / "x.key").unlink()
+    with pytest.raises(UploadDataMissing):
+        await store.get_offset("x")
+
+
+async def test_concatenation_and_rotation_of_uploads(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    parts = [plaintext(n, seed=n) for n in (SEG + 1, 7, 2 * SEG)]
+    for i, part in enumerate(parts):
+        await store.create(f"p{i}")
+        await store.write(f"p{i}", 0, blocks(part))
+    total = await store.concatenate("final", ["p0", "p1", "p2"], fsync=False)
+    assert total == sum(map(len, parts))
+    assert b"".join([b async for b in store.read("final", 0, total)]) == b"".join(parts)
+
+    rotating = chunks(tmp_path / "u", K2, K1)
+    await rotating.open()
+    report = await rotating.rotate()
+    assert report.rewrapped == 4
+    after = chunks(tmp_path / "u", K2)
+    await after.open()
+    assert b"".join([b async for b in after.read("final", 0, total)]) == b"".join(parts)
+    await after.delete("final")
+    assert not (tmp_path / "u" / "final.key").exists()
+    with pytest.raises(StorageError):
+        await after.get_offset("final")
+
+
+async def test_segments_sealed_from_large_and_misaligned_blocks(tmp_path: Path) -> None:
+    # Blocks holding several whole segments (sealed from views, one pwritev per block),
+    # blocks ending mid-segment (the tail carried to the next block), tiny blocks.
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("big")
+    data = plaintext(23 * SEG + 77, seed=9)
+    offset = 0
+    for n, block in ((7 * SEG + 5, 3 * SEG + 1), (SEG - 5, 100), (15 * SEG + 77, 5 * SEG - 3)):
+        assert await store.write("big", offset, blocks(data[offset : offset + n], block)) == n
+        offset += n
+        assert await store.get_offset("big") == offset
+    assert offset == len(data)
+    raw = (tmp_path / "u" / "big").read_bytes()
+    assert len(raw) == len(data) + OVERHEAD * 24
+    assert b"".join([b async for b in store.read("big", 0, len(data))]) == data
+    for start, n in ((0, 1), (SEG - 1, 2), (5 * SEG + 3, 9 * SEG), (len(data) - 78, 78)):
+        got = b"".join([b async for b in store.read("big", start, n)])
+        assert got == data[start : start + n], (start, n)
+    with pytest.raises(StorageError, match="shorter"):
+        b"".join([b async for b in store.read("big", len(data) - 10, 11)])
+
+
+async def test_a_broken_body_in_large_blocks_keeps_every_byte_received(tmp_path: Path) -> None:
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("b2")
+    data = plaintext(9 * SEG + 300, seed=5)
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield data[: 4 * SEG + 10]
+        yield data[4 * SEG + 10 :]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.write("b2", 0, broken())
+    assert await store.get_offset("b2") == len(data)
+    assert b"".join([b async for b in store.read("b2", 0, len(data))]) == data
+
+
+async def test_short_writes_are_resumed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    from storage_backends import encryption
+
+    real = os.pwritev
+
+    def short(fd: int, bufs: list[Any], pos: int) -> int:
+        # Never more than 1000 bytes at a time: ends inside a buffer, or on its edge.
+        left, out = 1000, []
+        for b in bufs:
+            out.append(memoryview(b)[:left])
+            left -= len(out[-1])
+            if not left:
+                break
+        return real(fd, out, pos)
+
+    monkeypatch.setattr(encryption.os, "pwritev", short)
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("s")
+    data = plaintext(3 * SEG + 17, seed=8)
+    assert await store.write("s", 0, blocks(data, 2 * SEG + 1)) == len(data)
+    assert b"".join([b async for b in store.read("s", 0, len(data))]) == data
+
+
+# --- commit without re-encryption (copy_into) ----------------------------------------------
+
+
+def segments(raw: bytes, seg: int = SEG) -> list[bytes]:
+    unit = seg + OVERHEAD
+    return [raw[i : i + unit] for i in range(0, len(raw), unit)]
+
+
+async def uploaded(store: EncryptedChunkStore, upload_id: str, data: bytes) -> None:
+    """An upload written the way clients do: several appends, some inside a segment."""
+    await store.create(upload_id)
+    offset = 0
+    for n in (1, SEG + 3, 2 * SEG - 2, len(data)):
+        n = min(n, len(data) - offset)
+        await store.write(upload_id, offset, blocks(data[offset : offset + n], 1100))
+        offset += n
+    assert await store.get_offset(upload_id) == len(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 5])
+async def test_commit_copies_sealed_segments_without_reencrypting(
+    tmp_path: Path, size: int
+) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    data = plaintext(size, seed=size)
+    await uploaded(up, "c1", data)
+    chunk_path = tmp_path / "u" / "c1"
+    before = chunk_path.read_bytes()
+
+    meta = {"sha256": "ab" * 32, "tusenc-size": "999"}  # a stray envelope field is dropped
+    assert await up.copy_into("c1", obj, "d/c1.bin", content_type="image/png", metadata=meta)
+
+    # The upload's file is untouched (the pipeline deletes it after recording the commit).
+    assert chunk_path.read_bytes() == before
+    raw = (tmp_path / "o" / "d" / "c1.bin").read_bytes()
+    assert len(raw) == size + OVERHEAD * max(1, -(-size // SEG))
+    src, dst = segments(before), segments(raw)
+    # Every segment but the last is the upload's, byte for byte (same nonce: no re-seal) ...
+    assert dst[:-1] == src[: len(dst) - 1]
+    # ... and the last one was sealed again (final), with a fresh nonce.
+    if src:
+        assert dst[-1][:12] != src[len(dst) - 1][:12]
+    assert MARKER not in raw
+    info = await obj.stat("d/c1.bin")
+    assert info is not None
+    assert (info.size, info.content_type) == (size, "image/png")
+    assert dict(info.metadata) == {"sha256": "ab" * 32}
+    assert await read_all(obj, "d/c1.bin") == data
+    for start, n in ((0, 1), (SEG - 1, 2), (size - 1, 1), (SEG, 3 * SEG)):
+        if 0 <= start < size:
+            assert await read_all(obj, "d/c1.bin", start, n) == data[start : start + n]
+    assert not [p for p in (tmp_path / "o" / "d").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_a_committed_copy_is_a_proper_finished_object(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    data = plaintext(3 * SEG)  # a multiple of the segment size: the last full one is final
+    await uploaded(up, "m", data)
+    assert await up.copy_into("m", obj, "m.bin", content_type="a/b", metadata={})
+    path = tmp_path / "o" / "m.bin"
+    raw = path.read_bytes()
+    # Cutting the final segment off is detected (its predecessor is not final) ...
+    path.write_bytes(raw[: 2 * (SEG + OVERHEAD)])
+    meta_path = tmp_path / "o" / ".meta" / "m.bin.json"
+    doc = json.loads(meta_path.read_text())
+    doc["metadata"]["tusenc-size"] = str(2 * SEG)
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError):
+        await read_all(obj, "m.bin")
+    # ... and the data key is bound to the object key, not to the upload id.
+    doc["metadata"]["tusenc-size"] = str(3 * SEG)
+    meta_path.write_text(json.dumps(doc))
+    path.write_bytes(raw)
+    assert await read_all(obj, "m.bin") == data
+    up_env = json.loads((tmp_path / "u" / "m.key").read_text())
+    assert up_env["tusenc-key"] != doc["metadata"]["tusenc-key"]
+    (tmp_path / "o" / "x").mkdir()
+    (tmp_path / "o" / "x" / "m.bin").write_bytes(raw)
+    (tmp_path / "o" / ".meta" / "x").mkdir()
+    (tmp_path / "o" / ".meta" / "x" / "m.bin.json").write_text(json.dumps(doc))
+    with pytest.raises(EncryptionKeyError):
+        await read_all(obj, "x/m.bin")
+
+
+async def test_commit_wraps_the_key_under_the_object_stores_active_key(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)  # an upload begun before the rotation
+    await up.open()
+    data = plaintext(2 * SEG + 9)
+    await uploaded(up, "r", data)
+    both = KeyRing.from_specs([K2, K1])
+    up2 = EncryptedChunkStore(tmp_path / "u", both, segment_size=SEG)
+    await up2.open()
+    obj = EncryptedObjectStore(LocalObjectStore(tmp_path / "o"), both, segment_size=SEG)
+    await obj.open()
+    assert await up2.copy_into("r", obj, "r.bin", content_type="a/b", metadata={})
+    doc = json.loads((tmp_path / "o" / ".meta" / "r.bin.json").read_text())
+    assert doc["metadata"]["tusenc-kid"] == "k2"
+    only_k2 = objects(tmp_path / "o", K2)
+    assert await read_all(only_k2, "r.bin") == data
+
+
+async def test_commit_replaces_an_existing_object(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    await obj.put_stream("k.bin", blocks(b"old" * 5000), size=15000, content_type="a", metadata={})
+    data = plaintext(SEG + 1)
+    await uploaded(up, "k", data)
+    assert await up.copy_into("k", obj, "k.bin", content_type="b/c", metadata={"v": "2"})
+    assert await up.copy_into("k", obj, "k.bin", content_type="b/c", metadata={"v": "2"})  # retry
+    assert await read_all(obj, "k.bin") == data
+    info = await obj.stat("k.bin")
+    assert info is not None and (info.content_type, dict(info.metadata)) == ("b/c", {"v": "2"})
+
+
+async def test_commit_falls_back_when_it_cannot_copy(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    await uploaded(up, "f", plaintext(SEG + 5))
+    plain = LocalObjectStore(tmp_path / "plain")
+    await plain.open()
+    other_segment = EncryptedObjectStore(
+        LocalObjectStore(tmp_path / "o2"), KeyRing.from_specs([K1]), segment_size=2 * SEG
+    )
+    await other_segment.open()
+    for target in (plain, other_segment, object()):
+        assert not await up.copy_into("f", target, "f.bin", content_type="a/b", metadata={})
+    assert await plain.stat("f.bin") is None
+    assert await other_segment.stat("f.bin") is None
+
+
+async def test_commit_refuses_a_damaged_or_missing_upload(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    await uploaded(up, "t", plaintext(2 * SEG + 100))
+    path = tmp_path / "u" / "t"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        await up.copy_into("t", obj, "t.bin", content_type="a/b", metadata={})
+    assert await obj.stat("t.bin") is None
+    assert [p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")] == []
+    with pytest.raises(UploadDataMissing):
+        await up.copy_into("nope", obj, "n.bin", content_type="a/b", metadata={})
+
+
+async def test_abandoned_reads_close_their_files(tmp_path: Path) -> None:
+    import os
+
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    data = plaintext(40 * SEG + 3)
+    await uploaded(up, "a", data)
+    assert await up.copy_into("a", obj, "a.bin", content_type="a/b", metadata={})
+    before = len(os.listdir("/proc/self/fd"))
+    for blocks_of in (up.read("a", 0, len(data)), obj.get("a.bin"), obj.get("a.bin", SEG, None)):
+        first = await anext(blocks_of)
+        assert first == data[: len(first)] or first == data[SEG : SEG + len(first)]
+        await blocks_of.aclose()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- local object store: fsync, and the generic (streamed) read path -----------------------
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_local_object_store_fsync_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fsync: bool
+) -> None:
+    import os
+
+    from storage_backends import local
+
+    synced: list[int] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(local.os, "fsync", spy)
+    store = LocalObjectStore(tmp_path / "o", fsync=fsync)
+    await store.open()
+    await store.put_stream("a", blocks(b"x" * 100), size=100, content_type="a/b", metadata={})
+    assert bool(synced) is fsync
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    await uploaded(up, "f", plaintext(SEG + 1))
+    synced.clear()
+    enc = EncryptedObjectStore(store, KeyRing.from_specs([K1]), segment_size=SEG)
+    assert await up.copy_into("f", enc, "f.bin", content_type="a/b", metadata={})
+    assert bool(synced) is fsync
+
+
+class Rechunked:
+    """An object store that is not local disk (as S3 is not): it hands out its bytes in
+    blocks of random sizes, so segments straddle blocks in every way."""
+
+    kind = "rechunked"
+
+    def __init__(self, inner: LocalObjectStore) -> None:
+        self._inner = inner
+        self._rnd = random.Random(3)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get(self, key: str, start: int = 0, length: int | None = None) -> Any:
+        data = b"".join([b async for b in self._inner.get(key, start, length)])
+        at = 0
+        while at < len(data):
+            n = self._rnd.choice([1, 27, 28, 29, SEG - 1, SEG + OVERHEAD, 3 * SEG + 7])
+            yield data[at : at + n]
+            at += n
+
+
+async def test_streamed_reads_open_segments_across_any_block_boundaries(tmp_path: Path) -> None:
+    local = LocalObjectStore(tmp_path / "o")
+    store = EncryptedObjectStore(Rechunked(local), KeyRing.from_specs([K1]), segment_size=SEG)
+    await store.open()
+    size = 6 * SEG + 33
+    data = plaintext(size, seed=4)
+    await store.put_stream("g.bin", blocks(data, 5000), size=size, content_type="a", metadata={})
+    for _ in range(3):
+        assert await read_all(store, "g.bin") == data
+    for start, n in ((0, 1), (SEG - 2, 4), (2 * SEG + 1, 3 * SEG), (size - 33, 100), (5, None)):
+        want = data[start:] if n is None else data[start : start + n]
+        assert await read_all(store, "g.bin", start, n) == want, (start, n)
+
+
+def test_no_plaintext_file_path_is_offered(tmp_path: Path) -> None:
+    # The pipeline's local fast paths read files directly; they must see plaintext only
+    # through read(), so the encrypted store does not claim LocalFileAccess.
+    from storage_backends.base import LocalFileAccess
+
+    assert not isinstance(chunks(tmp_path, K1), LocalFileAccess)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_generate_and_rotate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from tusserver import cli
+    from tusserver.cli import main
+
+    # In-process: the CLI must not point the worker's logging at pytest's captured stderr.
+    monkeypatch.setattr(cli, "configure_logging", lambda **_kw: None)
+
+    assert main(["keys", "generate", "k3"]) == 0
+    kid, key = parse_key_spec(capsys.readouterr().out.strip())
+    assert kid == "k3" and len(key) == 32
+    assert main(["keys", "generate", "bad id"]) == 2
+
+    data_dir = tmp_path / "data"
+    payload = plaintext(3 * SEG + 1)
+
+    async def seed() -> None:
+        obj = EncryptedObjectStore(
+            LocalObjectStore(data_dir / "objects"), KeyRing.from_specs([K1]), segment_size=SEG
+        )
+        await obj.open()
+        await obj.put_stream(
+            "a/b.bin", blocks(payload), size=len(payload), content_type="x/y", metadata={}
+        )
+        up = EncryptedChunkStore(data_dir / "uploads", KeyRing.from_specs([K1]), segment_size=SEG)
+        await up.open()
+        await up.create("inprogress")
+        await up.write("inprogress", 0, blocks(payload[:100]))
+
+    asyncio.run(seed())
+    cfg = tmp_path / "tusserver.toml"
+    cfg.write_text(
+        f'encryption = "envelope"\nencryption_keys = ["{K2}", "{K1}"]\ndata_dir = "{data_dir}"\n'
+    )
+    assert main(["--config", str(cfg), "keys", "rotate"]) == 0
+    out = capsys.readouterr().out
+    assert "uploads in progress: 1 re-wrapped under 'k2'" in out
+    assert "objects: 1 re-wrapped under 'k2'" in out
+
+    async def read_back() -> tuple[bytes, bytes]:
+        obj = EncryptedObjectStore(
+            LocalObjectStore(data_dir / "objects"), KeyRing.from_specs([K2]), segment_size=SEG
+        )
+        await obj.open()
+        up = EncryptedChunkStore(data_dir / "uploads", KeyRing.from_specs([K2]), segment_size=SEG)
+        await up.open()
+        return await read_all(obj, "a/b.bin"), b"".join(
+            [b async for b in up.read("inprogress", 0, 100)]
+        )
+
+    assert asyncio.run(read_back()) == (payload, payload[:100])
+
+
+# --- client-side encryption on S3 ----------------------------------------------------------
+
+
+@pytest.mark.s3
+async def test_client_side_encryption_on_s3_and_rotation(s3_server: Any) -> None:
+    from minio import Minio
+
+    from storage_backends.s3 import S3ObjectStore, S3Settings
+
+    bucket = f"enc-{secrets.token_hex(6)}"  # its own bucket: rotation walks every key
+    settings = S3Settings(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=bucket,
+        region=s3_server.region,
+        secure=False,
+        part_size=5 * 1024 * 1024,
+        parallel_parts=2,
+    )
+
+    def store(*specs: str) -> EncryptedObjectStore:
+        return EncryptedObjectStore(
+            S3ObjectStore(settings), KeyRing.from_specs(specs), segment_size=SEG
+        )
+
+    first = store(K1)
+    await first.open()
+    contents = {f"o/{i}.bin": plaintext(i * 3000 + 5, seed=i) for i in range(3)}
+    for key, data in contents.items():
+        await first.put_stream(
+            key, blocks(data), size=len(data), content_type="x/y", metadata={"k": key}
+        )
+    raw_client = Minio(
+        s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        secure=False,
+    )
+    for key in contents:
+        resp = raw_client.get_object(bucket, key)
+        try:
+            raw = resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+        assert MARKER not in raw  # the bucket holds ciphertext only
+    await first.close()
+
+    rotating = store(K2, K1)
+    await rotating.open()
+    report = await rotating.rotate()
+    assert report.rewrapped == 3
+    await rotating.close()
+    after = store(K2)
+    await after.open()
+    for key, data in contents.items():
+        assert await read_all(after, key) == data
+        assert await read_all(after, key, SEG - 3, 10) == data[SEG - 3 : SEG + 7]
+        info = await after.stat(key)
+        assert info is not None and info.content_type == "x/y" and info.metadata == {"k": key}
+    await after.close()
