@@ -3,6 +3,12 @@
 Exactly one algorithm is accepted, the configured one, so ``alg: none`` and algorithm
 confusion (an HS256 token signed with a public RSA key, say) are refused by construction.
 Issuer, audience, expiry (with leeway) and the token type are checked on every token.
+
+Verified access tokens are remembered (bounded, per service) until they expire or for at
+most a minute: a client sends the same token on every PATCH and HEAD, and pyjwt's checks
+cost more than the rest of a HEAD. A token's signature does not change; a revoked user or
+token is caught by the gateway's per-request user check, not here. With a JWKS issuer, a key
+it withdraws stops being accepted within that minute.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,8 @@ import jwt
 __all__ = ["Claims", "InvalidToken", "TokenService"]
 
 MAX_TOKEN_LENGTH = 8192
+_REMEMBER_FOR = 60.0
+_REMEMBER_MAX = 10_000
 
 
 class InvalidToken(Exception):
@@ -57,6 +67,8 @@ class TokenService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        #: access token -> (its claims, monotonic time until which they may be reused)
+        self._verified: OrderedDict[str, tuple[Claims, float]] = OrderedDict()
         if algorithm == "HS256":
             if not secret and self._jwks is None:
                 raise ValueError("HS256 needs a secret")
@@ -101,6 +113,24 @@ class TokenService:
     async def verify(self, token: str, *, token_type: str = "access") -> Claims:
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("token too long")
+        if token_type == "access":
+            known = self._verified.get(token)
+            if known is not None:
+                if time.monotonic() < known[1]:
+                    return known[0]
+                del self._verified[token]
+        claims = await self._verify(token, token_type)
+        if token_type == "access":
+            exp = claims.raw.get("exp")
+            if isinstance(exp, int | float):
+                now = time.monotonic()
+                left = exp + self._leeway - time.time()
+                self._verified[token] = (claims, now + min(left, _REMEMBER_FOR))
+                while len(self._verified) > _REMEMBER_MAX:
+                    self._verified.popitem(last=False)
+        return claims
+
+    async def _verify(self, token: str, token_type: str) -> Claims:
         try:
             key = self._verify_key
             if self._jwks is not None:

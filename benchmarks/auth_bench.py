@@ -201,6 +201,12 @@ async def _head(s: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> str
         return r.headers["Upload-Offset"]
 
 
+def server_cpu(pid: int) -> float:
+    """User + system CPU seconds of the server process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _summary(lat: list[float], wall: float, errors: int) -> dict[str, Any]:
     return {"requests": len(lat), "errors": errors, "rps": round(len(lat) / wall, 1),
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}  # fmt: skip
@@ -217,8 +223,16 @@ async def one_round(server: Server, conc: int, seconds: float, chunk: int) -> di
             # warm-up
             await bench_head(s, urls, auth, 1.0)
             await bench_patch(s, urls, auth, 1.0, chunk)
+            assert server.proc is not None
+            pid = server.proc.pid
+            cpu0 = server_cpu(pid)
             head = await bench_head(s, urls, auth, seconds)
+            cpu1 = server_cpu(pid)
             patch = await bench_patch(s, urls, auth, seconds, chunk)
+            cpu2 = server_cpu(pid)
+            # Server CPU per request: steadier than rps when the client shares the machine.
+            head["cpu_us"] = round((cpu1 - cpu0) / max(head["requests"], 1) * 1e6, 1)
+            patch["cpu_us"] = round((cpu2 - cpu1) / max(patch["requests"], 1) * 1e6, 1)
             for u in urls:  # leave no 1 GiB reservations behind
                 async with s.delete(u, headers={**TUS, **auth}) as r:
                     await r.read()
@@ -258,22 +272,30 @@ async def main() -> int:
         med[name] = {}
         for kind in ("head", "patch"):
             ordered = sorted(rs, key=lambda r: r[kind]["rps"])
-            med[name][kind] = ordered[len(ordered) // 2][kind]
+            med[name][kind] = dict(ordered[len(ordered) // 2][kind])
             med[name][kind]["rps_all_rounds"] = [r[kind]["rps"] for r in rs]
+            cpus = sorted(r[kind]["cpu_us"] for r in rs)
+            med[name][kind]["cpu_us"] = cpus[len(cpus) // 2]
     base = med["none"]
     print(f"\nmedian of {args.rounds} rounds, {args.seconds:.0f} s each, concurrency "
           f"{args.concurrency}, PATCH {args.chunk} B, SQLite, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'config':<12}{'HEAD/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}"
-          f"{'PATCH/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}")  # fmt: skip
+    print(f"{'config':<12}{'HEAD/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}{'cpu us':>8}{'vs none':>9}"
+          f"{'PATCH/s':>10}{'p50':>8}{'p99':>8}{'vs none':>9}{'cpu us':>8}{'vs none':>9}")  # fmt: skip
     for name, m in med.items():
         cells = []
         for kind in ("head", "patch"):
             r = m[kind]
             over = (base[kind]["rps"] / r["rps"] - 1) * 100 if r["rps"] else float("nan")
             r["overhead_pct_vs_none"] = round(over, 1)
-            cells.append(f"{r['rps']:>10.1f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{over:>+8.1f}%")
+            cpu_over = (
+                (r["cpu_us"] / base[kind]["cpu_us"] - 1) * 100 if base[kind]["cpu_us"] else 0.0
+            )
+            r["cpu_overhead_pct_vs_none"] = round(cpu_over, 1)
+            cells.append(f"{r['rps']:>10.1f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{over:>+8.1f}%"
+                         f"{r['cpu_us']:>8.0f}{cpu_over:>+8.1f}%")  # fmt: skip
         print(f"{name:<12}" + "".join(cells))
-    print("(overhead = extra time per request: rps_none / rps_config - 1)")
+    print("(overhead = extra time per request: rps_none / rps_config - 1; cpu us = server CPU "
+          "per request, median round)")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("auth-quick.json" if args.quick else "auth.json")
     report = {"cpus": os.cpu_count(), "rounds": args.rounds, "seconds": args.seconds,

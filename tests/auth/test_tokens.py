@@ -3,10 +3,13 @@ what the auth API does with hostile input. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from tests.app_fixtures import TUS, MakeClient
 
@@ -278,3 +281,29 @@ async def test_audit_log_records_logins_and_creations(make_client: MakeClient) -
     # Never a secret in the log.
     text = repr(entries)
     assert PASSWORD not in text and "not it at all" not in text and owner.access not in text
+
+
+async def test_remembered_access_tokens_still_expire_and_stay_typed() -> None:
+    from auth.tokens import InvalidToken, TokenService
+
+    service = TokenService(
+        algorithm="HS256",
+        secret="k" * 40,
+        issuer="tusserver",
+        audience="tusserver",
+        leeway=0,
+        access_ttl=1.0,
+        refresh_ttl=60.0,
+    )
+    token, _, _ = service.issue(subject="u1", token_type="access", role="user")
+    first = await service.verify(token)
+    assert (await service.verify(token)) is first  # remembered: the same claims object
+    # A remembered access token is not a refresh token, and a forged copy is not the token.
+    with pytest.raises(InvalidToken):
+        await service.verify(token, token_type="refresh")
+    head, payload, sig = token.split(".")
+    with pytest.raises(InvalidToken):
+        await service.verify(f"{head}.{payload}.{sig[:-2]}AA")
+    await asyncio.sleep(1.3)
+    with pytest.raises(InvalidToken, match="expired"):
+        await service.verify(token)
