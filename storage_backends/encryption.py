@@ -294,10 +294,24 @@ class SegmentCipher:
         nonce, body = self.seal_parts(index, plain, final=final)
         return nonce + body
 
-    def seal_into(self, index: int, plain: _Bytes, out: memoryview, *, final: bool = False) -> int:
-        """Seal into ``out[:len(plain) + OVERHEAD]`` (no allocation); returns that length."""
+    def seal_into(
+        self,
+        index: int,
+        plain: _Bytes,
+        out: memoryview,
+        *,
+        final: bool = False,
+        nonce: bytes | None = None,
+    ) -> int:
+        """Seal into ``out[:len(plain) + OVERHEAD]`` (no allocation); returns that length.
+
+        ``nonce``: 12 fresh random bytes, when the caller drew several at once.
+        """
         n = len(plain) + OVERHEAD
-        nonce = secrets.token_bytes(NONCE)
+        if nonce is None:
+            nonce = secrets.token_bytes(NONCE)
+        elif len(nonce) != NONCE:
+            raise ValueError("a nonce is 12 bytes")
         out[:NONCE] = nonce
         if _ENCRYPT_INTO:
             self._aead.encrypt_into(nonce, plain, self._aad(index, final), out[NONCE:n])
@@ -637,8 +651,8 @@ async def _seal_stream(
 ) -> AsyncIterator[bytes]:
     """Plaintext blocks of any size -> sealed segments; the last one is marked final.
 
-    Segments are sealed from views of the source's blocks and handed out about ``_BATCH``
-    bytes at a time (one join: the only copy).
+    Segments are sealed from views of the source's blocks (see _Cutter) and handed out about
+    ``_BATCH`` bytes at a time, joined once.
     """
     seg = cipher.segment_size
     final = segment_count(size, seg, finished=True) - 1
@@ -1190,9 +1204,12 @@ def _seal_write(
     written = 0
     with memoryview(out) as view:
         for at in range(0, len(parts), batch):
+            group = parts[at : at + batch]
+            nonces = secrets.token_bytes(NONCE * len(group))  # one getrandom for the group
             n = 0
-            for plain in parts[at : at + batch]:
-                n += cipher.seal_into(index, plain, view[n:])
+            for i, plain in enumerate(group):
+                nonce = nonces[i * NONCE : (i + 1) * NONCE]
+                n += cipher.seal_into(index, plain, view[n:], nonce=nonce)
                 index += 1
             written += _pwritev_all(fd, [view[:n]], pos + written)
     return written
