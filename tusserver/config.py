@@ -104,8 +104,11 @@ class TusServerConfig:
         ),
     )
     write_buffer_size: int = field(
-        default=512 * 1024,
-        metadata=_doc("Bytes a PATCH body is buffered in memory before each write to storage."),
+        default=256 * 1024,
+        metadata=_doc(
+            "Bytes a PATCH body is buffered in memory before each write to storage (with one "
+            "write in flight: about three of these per upload receiving bytes)."
+        ),
     )
     # --- storage --------------------------------------------------------------------------
     object_store: str = field(

@@ -55,7 +55,7 @@ def test_defaults() -> None:
     assert cfg.tombstone_retention == 7 * 24 * 3600.0
     assert cfg.fsync is False
     assert cfg.lock_timeout == 10.0
-    assert cfg.write_buffer_size == 512 * 1024
+    assert cfg.write_buffer_size == 256 * 1024
     assert cfg.cors_origins == ("*",)
     assert cfg.trust_proxy_headers is False
     assert cfg.relative_location is False

@@ -55,7 +55,9 @@ class BodyReader:
         content = self._content
         while True:
             try:
-                data = await content.readany()
+                # At most what completes the block: readany() would join everything aiohttp
+                # has buffered (often several blocks' worth with many uploads at once).
+                data = await content.read(size - len(buf))
             except _ReleaseRequested:
                 break
             except (OSError, HttpProcessingError):
