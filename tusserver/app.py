@@ -530,6 +530,7 @@ def create_app(
         events=rt.events,
         metrics=rt.metrics,
         write_buffer_size=config.write_buffer_size,
+        redirect_for=config.download_redirect,
     )
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))

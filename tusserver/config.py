@@ -167,6 +167,14 @@ class TusServerConfig:
             "(multipart uploads in the `s3_*` bucket: instances keep no local state)."
         ),
     )
+    download_redirect: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Seconds a presigned S3 URL stays valid when `GET /file/{id}/content` redirects "
+            "to it (307) instead of streaming through the server; 0: always stream. Only "
+            "where the store can presign (S3 without SSE-C or envelope encryption)."
+        ),
+    )
     s3_chunk_prefix: str = field(
         default="tus/", metadata=_doc("Key prefix of uploads in progress in the S3 chunk store.")
     )
@@ -578,6 +586,7 @@ class TusServerConfig:
 
 #: Durations and rates: numbers that must not be negative (or NaN).
 _NON_NEGATIVE_NUMBERS = (
+    "download_redirect",
     "expiration",
     "sweep_interval",
     "lock_timeout",

@@ -250,3 +250,40 @@ async def test_wrong_credentials_never_commit_and_lose_nothing(
     ]
     assert await (await good.get(info["content_url"])).read() == data
     assert not chunk.exists()
+
+
+async def test_downloads_redirect_to_a_presigned_url_when_configured(
+    make_s3_client: MakeS3Client, s3_server: Any
+) -> None:
+    import aiohttp
+
+    prefix = f"r{secrets.token_hex(6)}"
+    client = await make_s3_client(
+        s3_server,
+        bucket=s3_server.bucket,
+        object_key_template=prefix + "/{file_id}/{name}",
+        download_redirect=60,
+    )
+    data = png_bytes(extra=30_000)
+    info = await wait_file(client, await upload(client, data, filename="r.png"))
+    assert info["status"] == "committed", info
+    r = await client.get(info["content_url"], allow_redirects=False)
+    assert r.status == 307
+    assert r.headers["Cache-Control"] == "private, no-store"
+    assert r.headers["ETag"] == f'"{info["sha256"]}"'
+    url = r.headers["Location"]
+    assert url.startswith("http://") and prefix in unquote(url)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as direct:
+            assert direct.status == 200
+            assert await direct.read() == data
+        async with session.get(url, headers={"Range": "bytes=10-19"}) as part:
+            assert part.status == 206
+            assert await part.read() == data[10:20]
+    # Without the setting the same download streams through the server.
+    plain = await make_s3_client(
+        s3_server, bucket=s3_server.bucket, object_key_template=prefix + "x/{file_id}/{name}"
+    )
+    info2 = await wait_file(plain, await upload(plain, data, filename="p.png"))
+    r2 = await plain.get(info2["content_url"], allow_redirects=False)
+    assert r2.status == 200 and await r2.read() == data

@@ -205,7 +205,9 @@ class FilesApi:
         events: EventRecorder | None = None,
         metrics: Metrics | None = None,
         write_buffer_size: int = 1024 * 1024,
+        redirect_for: float = 0.0,
     ) -> None:
+        self._redirect_for = redirect_for
         self._metrics = metrics
         self._db = db
         self._files = files
@@ -292,6 +294,17 @@ class FilesApi:
         if not_modified(request, etag, modified):
             return web.Response(status=304, headers=validators)
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
+        if self._redirect_for > 0 and request.method == "GET" and f.storage_key:
+            url = await self._pipeline.objects.presign_get(
+                f.storage_key, expires=dt.timedelta(seconds=self._redirect_for), filename=f.name
+            )
+            if url is not None:
+                # The client fetches the bytes (Range included) from S3 directly.
+                self._record_download(request, f, f.size)
+                return web.Response(
+                    status=307,
+                    headers={**validators, "Location": url, "Cache-Control": "private, no-store"},
+                )
         resp = await stream_bytes(
             request,
             size=f.size,
@@ -300,18 +313,22 @@ class FilesApi:
             extra_headers={**validators, "Cache-Control": "private, no-cache"},
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
-        if self._events is not None and request.method == "GET":
+        if request.method == "GET":
+            self._record_download(request, f, resp.content_length or 0)
+        return resp
+
+    def _record_download(self, request: web.Request, f: FileRecord, nbytes: int) -> None:
+        if self._events is not None:
             self._events.record(
                 Event(
                     "file.downloaded",
                     at=dt.datetime.now(dt.UTC),
                     owner=f.owner,
                     file_id=f.id,
-                    bytes=resp.content_length or 0,
+                    bytes=nbytes,
                     client=request.headers.get("User-Agent"),
                 )
             )
-        return resp
 
     # --- organization -----------------------------------------------------------------------
 
