@@ -6,12 +6,14 @@
 PostgreSQL: a throwaway cluster (tests/services.PostgresServer), migrated with the app's own
 migrations, seeded by COPY (asyncpg ``copy_records_to_table``) with secondary indexes dropped
 during the load and rebuilt after; the hourly ``analytics_rollup`` rows are computed from the
-seeded events with the same keys ``write_events`` maintains. SQLite: a ``tusserver.db`` in a
-temporary data dir, seeded the same way with executemany. Then ``tusserver serve`` runs as a
-subprocess (auth none: the caller is admin, limits off) and each query type is requested
+seeded events with the same keys ``write_events`` maintains; then VACUUM ANALYZE. SQLite: a
+``tusserver.db`` in a temporary data dir, seeded the same way with executemany. Then
+``tusserver serve`` runs as a subprocess (auth none: the caller is admin, limits off, no
+server-side cache, so every analytics request is a query) and each query type is requested
 sequentially ~200 times; p50/p99 are printed and written to benchmarks/results/search.json.
-Queries with p99 over 50 ms are EXPLAINed (the SQL is rebuilt by tusserver's own parse_query
-and search_files, so it is the statement the server ran).
+Queries with p99 over 50 ms are EXPLAINed: the statements are those of tusserver's own
+parse_query/search_files and analytics.report, with the settings their unit of work applies
+first, so they are what the server ran.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,6 +192,7 @@ FILE_COLS = [
     "committed_at",
     "quarantine_until",
 ]
+TAG_COLS = ["file_id", "tag", "created_at"]  # created_at: the file's (migration 0006)
 EVENT_COLS = [
     "at",
     "kind",
@@ -216,7 +221,7 @@ class Synth:
         self.tag_cum = _cum([1 / (i + 1) ** 0.5 for i in range(len(TAGS))])
         self.file_ids: list[str] = []
 
-    def files(self, n: int, start: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    def files(self, n: int, start: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         rng = self.rng
         owners = rng.choices(self.owners, cum_weights=self.owner_cum, k=n)
         types = rng.choices(TYPES, cum_weights=self.type_cum, k=n)
@@ -235,7 +240,7 @@ class Synth:
                 ftags = sorted(
                     set(rng.choices(TAGS, cum_weights=self.tag_cum, k=rng.randint(1, 3)))
                 )
-                tags.extend((fid, t) for t in ftags)
+                tags.extend((fid, t, created) for t in ftags)
             rows.append((
                 fid, owners[i], name, name.casefold()[:255], rng.choice(FOLDERS),
                 min(int(rng.lognormvariate(13, 2.5)), 2**40), mime, mime, cat, False,
@@ -372,7 +377,7 @@ async def seed_pg(dsn: str, url: str, n_files: int, n_events: int, budget: float
         for start in range(0, n_files, batch):
             rows, tags = synth.files(min(batch, n_files - start), start)
             await conn.copy_records_to_table("files", records=rows, columns=FILE_COLS)
-            await conn.copy_records_to_table("file_tags", records=tags, columns=["file_id", "tag"])
+            await conn.copy_records_to_table("file_tags", records=tags, columns=TAG_COLS)
             n_tags += len(tags)
         info["files"], info["file_tags"] = n_files, n_tags
         info["files_load_s"] = round(time.monotonic() - t0, 1)
@@ -399,9 +404,11 @@ async def seed_pg(dsn: str, url: str, n_files: int, n_events: int, budget: float
         t0 = time.monotonic()
         for name, ddl in info["indexes"].items():
             await conn.execute(ddl)
-        await conn.execute("ANALYZE")
+        # VACUUM too: it sets the visibility map (index-only scans) as autovacuum would in
+        # a settled catalog, and keeps autovacuum from running during the measurements.
+        await conn.execute("VACUUM (ANALYZE)")
         info["index_s"] = round(time.monotonic() - t0, 1)
-        print(f"  indexes rebuilt + ANALYZE in {info['index_s']} s", flush=True)
+        print(f"  indexes rebuilt + VACUUM ANALYZE in {info['index_s']} s", flush=True)
         info["sample"] = await _sample(conn.fetch, "$1")
     finally:
         await conn.close()
@@ -444,7 +451,10 @@ async def seed_sqlite(path: Path, n_files: int, n_events: int) -> dict[str, Any]
                 f"INSERT INTO files ({', '.join(FILE_COLS)}) VALUES ({', '.join('?' * len(FILE_COLS))})",
                 [tuple(_sqlite_val(v) for v in r) for r in rows],
             )
-            con.executemany("INSERT INTO file_tags (file_id, tag) VALUES (?, ?)", tags)
+            con.executemany(
+                "INSERT INTO file_tags (file_id, tag, created_at) VALUES (?, ?, ?)",
+                [tuple(_sqlite_val(v) for v in t) for t in tags],
+            )
         info["files"], info["file_tags"] = n_files, len(tags)
         events = synth.events(n_events)
         with con:
@@ -481,6 +491,9 @@ class Server:
         base.update(
             TUSSERVER_AUTH="none",
             TUSSERVER_RATE_LIMIT_API="0",
+            # No server-side cache: analytics reports are cached for 5 s, and every request
+            # of the service-wide report would otherwise be a hit, not a query.
+            TUSSERVER_CACHE_TTL="0",
             TUSSERVER_AUTO_MIGRATE="true",
             TUSSERVER_LOG_LEVEL="warning",
             TUSSERVER_DATA_DIR=str(data_dir),
@@ -650,63 +663,89 @@ def _statement(params: dict[str, str]) -> Any:
 
     from auth.principal import UNAUTHENTICATED_OPERATOR
     from tusserver.api.files import parse_query
-    from tusserver.catalog import files as catalog
+    from tusserver.catalog.files import search_statement
 
     fq, _sort = parse_query(MultiDict(params), UNAUTHENTICATED_OPERATOR)
-    captured: list[Any] = []
-    return fq, captured, catalog
+    return search_statement(fq)
+
+
+class _Capture:
+    """A stand-in Database: runs a unit of work on a connection that only records statements
+    (the PostgreSQL-only ones included), so EXPLAIN sees exactly what the server runs."""
+
+    def __init__(self) -> None:
+        self.statements: list[Any] = []
+        self.dialect = types.SimpleNamespace(name="postgresql")  # of the connection
+
+    async def read(self, work: Callable[[Any], Any]) -> Any:
+        return work(self)
+
+    def execute(self, stmt: Any, *args: Any) -> Any:
+        self.statements.append(stmt)
+        return self
+
+    def all(self) -> list[Any]:
+        return []
+
+    def mappings(self) -> list[Any]:
+        return []
 
 
 async def explain_pg(dsn: str, params: dict[str, str]) -> str:
+    from multidict import MultiDict
+
+    from auth.principal import UNAUTHENTICATED_OPERATOR
+    from tusserver.api.files import parse_query
+    from tusserver.catalog.files import search_files
+
+    fq, _sort = parse_query(MultiDict(params), UNAUTHENTICATED_OPERATOR)
+    cap = _Capture()
+    await search_files(cap, fq)  # type: ignore[arg-type]
+    return await _pg_explain(dsn, cap.statements)
+
+
+async def _pg_explain(dsn: str, statements: list[Any]) -> str:
+    """EXPLAIN ANALYZE every SELECT of a unit of work, after its set_config() statements."""
+    import asyncpg
     from sqlalchemy.dialects.postgresql.asyncpg import dialect as pg_dialect
 
-    fq, captured, catalog = _statement(params)
-    await catalog.search_files(_FakeDb(captured), fq)
-    compiled = captured[0].compile(dialect=pg_dialect())
-    args = [compiled.params[k] for k in compiled.positiontup]
-    # an uninitialized dialect renders ESCAPE '\\' (standard_conforming_strings off)
-    sql = compiled.string.replace("ESCAPE '\\\\'", "ESCAPE '\\'")
-    return await _pg_explain(dsn, sql, args)
-
-
-async def _pg_explain(dsn: str, sql: str, args: list[Any]) -> str:
-    import asyncpg
-
     conn = await asyncpg.connect(dsn)
+    out = []
     try:
         await conn.execute("SET TIME ZONE 'UTC'")
-        rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
+        async with conn.transaction():
+            for stmt in statements:
+                compiled = stmt.compile(
+                    dialect=pg_dialect(), compile_kwargs={"render_postcompile": True}
+                )
+                args = [compiled.params[k] for k in compiled.positiontup]
+                # an uninitialized dialect renders ESCAPE '\\' (standard_conforming_strings off)
+                sql = compiled.string.replace("ESCAPE '\\\\'", "ESCAPE '\\'")
+                if "set_config" in sql:  # the unit's settings: applied, as in the server
+                    await conn.fetch(sql, *args)
+                    out.append(sql + "\n" + repr(args))
+                    continue
+                rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
+                out.append(sql + "\n" + repr(args) + "\n" + "\n".join(r[0] for r in rows))
     finally:
         await conn.close()
-    return sql + "\n" + repr(args) + "\n" + "\n".join(r[0] for r in rows)
-
-
-# The two statements tusserver.catalog.analytics.report() runs (30 days, service or one user).
-ANALYTICS_SQL = (
-    "SELECT hour, kind, sum(count), sum(bytes) FROM analytics_rollup "
-    "WHERE hour >= $1 AND hour < $2 {owner} AND dim = '' GROUP BY hour, kind",
-    "SELECT kind, dim, sum(count), sum(bytes) FROM analytics_rollup "
-    "WHERE hour >= $1 AND hour < $2 {owner} AND dim <> '' GROUP BY kind, dim",
-)
+    return "\n\n".join(out)
 
 
 async def explain_pg_analytics(dsn: str, owner: str | None) -> str:
-    end = NOW + dt.timedelta(hours=1)
-    start = (end - dt.timedelta(days=30)).replace(minute=0, second=0)
-    out = []
-    for sql in ANALYTICS_SQL:
-        # service-wide reports read the ALL_OWNERS ("*") rows
-        args: list[Any] = [start, end, "*" if owner is None else owner]
-        out.append(await _pg_explain(dsn, sql.format(owner="AND owner = $3"), args))
-    return "\n\n".join(out)
+    """The statements tusserver.catalog.analytics.report() runs for the default 30 days."""
+    from tusserver.catalog.analytics import report
+
+    end = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    cap = _Capture()
+    await report(cap, start=end - dt.timedelta(days=30), end=end, owner=owner)  # type: ignore[arg-type]
+    return await _pg_explain(dsn, cap.statements)
 
 
 async def explain_sqlite(path: Path, params: dict[str, str]) -> str:
     from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-    fq, captured, catalog = _statement(params)
-    await catalog.search_files(_FakeDb(captured), fq)
-    compiled = captured[0].compile(dialect=sqlite_dialect())
+    compiled = _statement(params).compile(dialect=sqlite_dialect())
     args = [_sqlite_val(compiled.params[k]) for k in compiled.positiontup]
     con = sqlite3.connect(path)
     try:
@@ -718,28 +757,6 @@ async def explain_sqlite(path: Path, params: dict[str, str]) -> str:
         con.close()
     return (compiled.string + "\n" + repr(args) + "\n" + "\n".join(str(p) for p in plan)
             + f"\n(run directly: {took:.1f} ms)")  # fmt: skip
-
-
-class _FakeDb:
-    def __init__(self, captured: list[Any]) -> None:
-        self.captured = captured
-        self.engine = self
-
-    def connect(self) -> _FakeDb:
-        return self
-
-    async def __aenter__(self) -> _FakeDb:
-        return self
-
-    async def __aexit__(self, *a: Any) -> None:
-        return None
-
-    async def execute(self, stmt: Any) -> Any:
-        self.captured.append(stmt)
-        return self
-
-    def mappings(self) -> list[Any]:
-        return []
 
 
 async def explain_slow(
@@ -781,56 +798,60 @@ async def main() -> int:
         "when": NOW.isoformat(), "cpus": os.cpu_count(), "requests_per_query": args.requests,
         "slow_threshold_p99_ms": SLOW_MS,
     }  # fmt: skip
+    # Data dirs and server logs; deleted at the end (the clusters are throwaway already).
     work = Path(tempfile.mkdtemp(prefix="tus-searchbench-"))
-    if not args.skip_pg:
-        print("PostgreSQL: starting a throwaway cluster", flush=True)
-        with PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "32MB"}) as pg:
-            url = pg.create_database("searchbench")
-            dsn = pg.dsn("searchbench")
-            info = await seed_pg(dsn, url, args.pg_files, args.pg_events, args.events_budget)
+    try:
+        if not args.skip_pg:
+            print("PostgreSQL: starting a throwaway cluster", flush=True)
+            with PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "32MB"}) as pg:
+                url = pg.create_database("searchbench")
+                dsn = pg.dsn("searchbench")
+                info = await seed_pg(dsn, url, args.pg_files, args.pg_events, args.events_budget)
+                sample = info.pop("sample")
+                info.update(owner_files_max=sample["owner_files_max"],
+                            owner_files_median=sample["owner_files_median"])  # fmt: skip
+                server = Server(
+                    {"TUSSERVER_DATABASE_URL": url}, work / "pg-data", work / "pg-server.log"
+                )
+                try:
+                    await server.wait_ready()
+                    print("  queries (sequential, one client):", flush=True)
+                    res = await run_queries(server.base, sample, args.requests, args.query_budget)
+                finally:
+                    server.stop()
+                plans = await explain_slow(res, lambda p: explain_pg(dsn, p))
+                for name, owner in (("analytics 30d service", None),
+                                    ("analytics 30d ?user=", sample["owners"][0])):  # fmt: skip
+                    if (res[name]["p99_ms"] or 0) > SLOW_MS:
+                        try:
+                            plans[name] = await explain_pg_analytics(dsn, owner)
+                        except Exception as exc:
+                            plans[name] = f"explain failed: {exc!r}"
+                report["postgresql"] = {"data": info, "queries": res, "explain": plans}
+                for name, plan in plans.items():
+                    print(f"\n  EXPLAIN ANALYZE [{name}]:\n{plan}\n", flush=True)
+        if not args.skip_sqlite:
+            print("SQLite:", flush=True)
+            data = work / "sqlite-data"
+            data.mkdir()
+            dbpath = data / "tusserver.db"
+            info = await seed_sqlite(dbpath, args.sqlite_files, args.sqlite_events)
             sample = info.pop("sample")
             info.update(owner_files_max=sample["owner_files_max"],
                         owner_files_median=sample["owner_files_median"])  # fmt: skip
-            server = Server(
-                {"TUSSERVER_DATABASE_URL": url}, work / "pg-data", work / "pg-server.log"
-            )
+            server = Server({}, data, work / "sqlite-server.log")
             try:
                 await server.wait_ready()
                 print("  queries (sequential, one client):", flush=True)
                 res = await run_queries(server.base, sample, args.requests, args.query_budget)
             finally:
                 server.stop()
-            plans = await explain_slow(res, lambda p: explain_pg(dsn, p))
-            for name, owner in (("analytics 30d service", None),
-                                ("analytics 30d ?user=", sample["owners"][0])):  # fmt: skip
-                if (res[name]["p99_ms"] or 0) > SLOW_MS:
-                    try:
-                        plans[name] = await explain_pg_analytics(dsn, owner)
-                    except Exception as exc:
-                        plans[name] = f"explain failed: {exc!r}"
-            report["postgresql"] = {"data": info, "queries": res, "explain": plans}
+            plans = await explain_slow(res, lambda p: explain_sqlite(dbpath, p))
+            report["sqlite"] = {"data": info, "queries": res, "explain": plans}
             for name, plan in plans.items():
-                print(f"\n  EXPLAIN ANALYZE [{name}]:\n{plan}\n", flush=True)
-    if not args.skip_sqlite:
-        print("SQLite:", flush=True)
-        data = work / "sqlite-data"
-        data.mkdir()
-        dbpath = data / "tusserver.db"
-        info = await seed_sqlite(dbpath, args.sqlite_files, args.sqlite_events)
-        sample = info.pop("sample")
-        info.update(owner_files_max=sample["owner_files_max"],
-                    owner_files_median=sample["owner_files_median"])  # fmt: skip
-        server = Server({}, data, work / "sqlite-server.log")
-        try:
-            await server.wait_ready()
-            print("  queries (sequential, one client):", flush=True)
-            res = await run_queries(server.base, sample, args.requests, args.query_budget)
-        finally:
-            server.stop()
-        plans = await explain_slow(res, lambda p: explain_sqlite(dbpath, p))
-        report["sqlite"] = {"data": info, "queries": res, "explain": plans}
-        for name, plan in plans.items():
-            print(f"\n  EXPLAIN QUERY PLAN [{name}]:\n{plan}\n", flush=True)
+                print(f"\n  EXPLAIN QUERY PLAN [{name}]:\n{plan}\n", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     out = RESULTS / (args.out or ("search-quick.json" if args.quick else "search.json"))
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {out}")

@@ -118,7 +118,11 @@ def file_row(
 
 async def insert_files(client: Client, rows: list[Mapping[str, Any]]) -> None:
     """Insert catalog rows (and their ``file_tags``) in one transaction."""
-    tag_rows = [{"file_id": r["id"], "tag": t} for r in rows for t in r["tags"]]
+    tag_rows = [
+        {"file_id": r["id"], "tag": t, "created_at": r["created_at"]}
+        for r in rows
+        for t in r["tags"]
+    ]
     async with runtime(client).db.engine.begin() as conn:
         if rows:
             await conn.execute(insert(files), [dict(r) for r in rows])

@@ -7,13 +7,14 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from tests.app_fixtures import TUS, MakeClient
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
 from tusserver.catalog.schema import file_tags, file_uploads, files
 
 from .helpers import Client, api_client, api_error, file_row, insert_files, runtime, token
+from .test_search import collect
 
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
@@ -238,3 +239,75 @@ async def test_delete_of_a_file_in_processing_is_409(make_client: MakeClient) ->
         assert (await client.delete(f"/api/v1/file/{r['id']}")).status == 204
         await api_error(await client.get(f"/api/v1/file/{r['id']}"), 404)
     assert sorted(await search(client, owner=owner)) == sorted(r["id"] for r in rows)
+
+
+async def test_tag_search_by_date_follows_every_change_of_tags_dates_and_files(
+    make_client: MakeClient,
+) -> None:
+    """Newest-first tag searches without an owner page through file_tags' copy of each file's
+    created_at (migration 0006): retagging, renaming, a changed date and deletes keep it right,
+    and the answers equal the ones of the owner-scoped searches (which read files only)."""
+    client = await api_client(make_client)
+    rt = runtime(client)
+    red, blue = token("red"), token("blue")
+    owners = [token("o1-"), token("o2-"), None]
+    # Created a < b < c < d == e (d and e at the same instant: the id breaks the tie).
+    stamps = [NOW + dt.timedelta(hours=h) for h in (1, 2, 3, 4, 4)]
+    rows = [file_row(name=f"f{i}", owner=owners[i % 3], created_at=stamps[i]) for i in range(5)]
+    await insert_files(client, rows)
+    a, b, c, d, e = (r["id"] for r in rows)
+    owner_of = {r["id"]: r["owner"] for r in rows}
+    de = sorted([d, e], reverse=True)
+
+    async def tagged(*tags: str, **params: Any) -> list[str]:
+        got = await search(client, tag=list(tags), **params)
+        assert got == await collect(client, {"tag": list(tags), "limit": 1, **params})
+        for owner in owners[:2]:  # the owner-scoped plan agrees
+            scoped = await search(client, tag=list(tags), owner=owner, **params)
+            assert scoped == [i for i in got if owner_of[i] == owner]
+        return got
+
+    # Tagged in another order than created: the answer follows the files' dates.
+    for fid in (c, a, e, b, d):
+        await patch(client, fid, {"tags": [red]})
+    assert await tagged(red) == [*de, c, b, a]
+    assert await tagged(red, sort="date") == [a, b, c, *reversed(de)]
+    window = {"from": stamps[1].isoformat(), "to": stamps[3].isoformat()}
+    assert await tagged(red, **window) == [c, b]
+
+    # Retagging: rows replaced, each still with the file's date (not the time of the PATCH).
+    await patch(client, a, {"tags": [blue, red]})
+    await patch(client, c, {"tags": [blue]})
+    await patch(client, b, {"tags": []})
+    assert await tagged(red) == [*de, a]
+    assert await tagged(blue) == [c, a]
+    assert await tagged(red, blue) == [a]
+    assert await tagged(blue, red) == [a]
+    # A rename and a move leave the tags alone.
+    await patch(client, a, {"name": "renamed.txt", "folder": "/moved/"})
+    assert await tagged(red) == [*de, a]
+    assert await tagged(red, q="renamed", folder="/moved/") == [a]
+
+    # If a file's date changes, the copies follow.
+    later = NOW + dt.timedelta(hours=10)
+    await rt.files.update(a, created_at=later)
+    assert await tagged(red) == [a, *de]
+    assert await tagged(blue) == [a, c]
+
+    # Deleting a file (the API, or the row itself) takes its tags with it.
+    assert (await client.delete(f"/api/v1/file/{d}")).status == 204
+    assert await tagged(red) == [a, e]
+    async with rt.db.engine.begin() as conn:
+        await conn.execute(delete(files).where(files.c.id == e))
+    assert await tagged(red) == [a]
+
+    # And every copy equals its file's date.
+    pairs = (
+        select(file_tags.c.created_at, files.c.created_at)
+        .join(files, files.c.id == file_tags.c.file_id)
+        .where(file_tags.c.tag.in_([red, blue]))
+    )
+    async with rt.db.engine.connect() as conn:
+        found = (await conn.execute(pairs)).all()
+    assert len(found) == 3
+    assert all(copy == created for copy, created in found)

@@ -144,6 +144,9 @@ files = Table(
     Index("ix_files_owner_folder", "owner", "folder"),
     Index("ix_files_name_folded", "name_folded"),
     Index("ix_files_size", "size"),
+    # PostgreSQL only (migrations 0004, 0006): ix_files_name_trgm, a trigram index for
+    # substrings, and ix_files_name_folded_pattern (name_folded text_pattern_ops) for prefixes
+    # under any collation.
 )
 
 file_uploads = Table(
@@ -212,7 +215,10 @@ file_tags = Table(
     metadata,
     Column("file_id", String(32), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
     Column("tag", String(64), primary_key=True),
-    Index("ix_file_tags_tag", "tag", "file_id"),
+    # The file's created_at, copied (files.created_at never changes; every write of the tags
+    # sets it): a tag's files newest first, across owners, are one range of the index below.
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_file_tags_tag_created_at_file_id", "tag", "created_at", "file_id"),
 )
 
 folders = Table(
@@ -254,5 +260,7 @@ analytics_rollup = Table(
     Column("dim", String(300), primary_key=True),
     Column("count", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
-    Index("ix_analytics_rollup_owner_hour", "owner", "hour"),
+    # The series of a report (its dim = "" rows) and its breakdowns by kind (migration 0006).
+    Index("ix_analytics_rollup_owner_dim_hour", "owner", "dim", "hour"),
+    Index("ix_analytics_rollup_owner_kind_hour", "owner", "kind", "hour"),
 )
