@@ -94,12 +94,14 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
-        # One connection: SQLite serializes writers anyway, and with several connections
-        # they would wait in SQLite's sleeping busy handler instead of a fair asyncio queue.
-        kwargs["pool_size"] = 1
-        kwargs["max_overflow"] = 0
-        kwargs["pool_timeout"] = 60
-        kwargs["pool_reset_on_return"] = None
+        if parsed.database and parsed.database != ":memory:":
+            # One connection: SQLite serializes writers anyway, and with several connections
+            # they would wait in SQLite's sleeping busy handler instead of a fair queue.
+            # (An in-memory database keeps SQLAlchemy's StaticPool: one shared connection.)
+            kwargs["pool_size"] = 1
+            kwargs["max_overflow"] = 0
+            kwargs["pool_timeout"] = 60
+            kwargs["pool_reset_on_return"] = None
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
@@ -109,6 +111,10 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         return Database(engine)
     pragmas = _sqlite_pragmas("FULL" if durable else "NORMAL")
     event.listen(engine.sync_engine, "connect", pragmas)
+    if not parsed.database or parsed.database == ":memory:":
+        # A second engine would open a second, empty in-memory database: units of work run
+        # on the async engine instead (slower, and only used by embedders' tests).
+        return Database(engine)
     sync_url = parsed.set(drivername="sqlite+pysqlite")
     sync_engine = create_engine(
         sync_url,
