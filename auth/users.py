@@ -118,20 +118,21 @@ class UserRepository:
             return [_user(r) for r in rows.mappings()]
 
     async def update(self, user_id: str, **values: Any) -> None:
-        async with self.invalidator.write(self._db, (USERS, user_id)) as conn:
-            await conn.execute(update(users).where(users.c.id == user_id).values(**values))
+        stmt = update(users).where(users.c.id == user_id).values(**values)
+        await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (USERS, user_id))
 
     async def revoke_tokens(self, user_id: str) -> None:
         """Refuse every token issued so far and revoke the refresh tokens."""
-        async with self.invalidator.write(self._db, (USERS, user_id)) as conn:
-            await conn.execute(
-                update(users).where(users.c.id == user_id).values(tokens_valid_after=_now())
-            )
-            await conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.user_id == user_id)
-                .values(revoked=True)
-            )
+        stop_tokens = update(users).where(users.c.id == user_id).values(tokens_valid_after=_now())
+        revoke = (
+            update(refresh_tokens).where(refresh_tokens.c.user_id == user_id).values(revoked=True)
+        )
+
+        def work(conn: Connection) -> None:
+            conn.execute(stop_tokens)
+            conn.execute(revoke)
+
+        await self.invalidator.run(self._db, work, (USERS, user_id))
 
     async def usage_bytes(self, user_id: str) -> int:
         """Bytes the user holds: files not rejected or failed, plus uploads in progress."""

@@ -12,7 +12,8 @@ namespace      what                                        invalidated by
 =============  ==========================================  ===================================
 
 A write invalidates through an :class:`Invalidator`: the repository opens its transaction
-with ``async with invalidator.write(db, (namespace, key)) as conn``. On PostgreSQL the write
+with ``await invalidator.run(db, work, (namespace, key))`` (``work`` is a unit of work, see
+:class:`tusserver.catalog.db.Database`). On PostgreSQL the write
 also runs ``pg_notify('tusserver_cache', payload)`` inside the same transaction, so the
 invalidation is delivered to every listening instance exactly when the change commits (and
 not at all when it rolls back). The payload names the namespace and the key (an id), never
@@ -45,7 +46,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
@@ -53,11 +54,8 @@ import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
     from .catalog.db import Database
 
 __all__ = [
@@ -323,8 +321,6 @@ def _bump(counts: dict[str, int], name: str) -> None:
 class Invalidator(Protocol):
     """What a repository writes through: a transaction that invalidates ``keys`` on commit."""
 
-    def write(self, db: Database, *keys: Key) -> AbstractAsyncContextManager[AsyncConnection]: ...
-
     async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
         """``work`` as one unit of work (see Database.write) that invalidates ``keys``."""
         ...
@@ -344,17 +340,6 @@ def _decode(payload: str) -> tuple[str, int, str, str | None] | None:
     if key is not None and not isinstance(key, str):
         return None
     return origin, seq, ns, key
-
-
-async def _publish(conn: AsyncConnection, origin: str, seq: int, keys: Iterable[Key]) -> None:
-    """NOTIFY the invalidations inside the write's transaction (PostgreSQL only)."""
-    if conn.dialect.name != "postgresql":
-        return
-    for key in keys:
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": _payload(origin, seq, key)},
-        )
 
 
 def _publishing(
@@ -387,12 +372,6 @@ class NotifyOnly:
         self._seq += 1
         return self._seq
 
-    @contextlib.asynccontextmanager
-    async def write(self, db: Database, *keys: Key) -> AsyncIterator[AsyncConnection]:
-        async with db.engine.begin() as conn:
-            yield conn
-            await _publish(conn, self.origin, self._next_seq(), keys)
-
     async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
         return await db.write(_publishing(work, self.origin, self._next_seq(), keys))
 
@@ -421,13 +400,6 @@ class LocalBus(NotifyOnly):
     async def sync(self) -> bool:
         """Every invalidation committed before this call is applied here (in-process: always)."""
         return True
-
-    @contextlib.asynccontextmanager
-    async def write(self, db: Database, *keys: Key) -> AsyncIterator[AsyncConnection]:
-        async with db.engine.begin() as conn:
-            yield conn
-            await _publish(conn, self.origin, self._next_seq(), keys)
-        self._apply(keys)
 
     async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
         result = await db.write(_publishing(work, self.origin, self._next_seq(), keys))
@@ -569,23 +541,6 @@ class PostgresBus(LocalBus):
                 waiter.set_result(None)
             return
         self._apply([(ns, key)], source="remote")
-
-    @contextlib.asynccontextmanager
-    async def write(self, db: Database, *keys: Key) -> AsyncIterator[AsyncConnection]:
-        seq = self._next_seq()
-        echo: asyncio.Future[None] | None = None
-        if keys and self.listening and db.dialect == "postgresql":
-            echo = asyncio.get_running_loop().create_future()
-            self._pending[seq] = echo
-        try:
-            async with db.engine.begin() as conn:
-                yield conn
-                await _publish(conn, self.origin, seq, keys)
-            self._apply(keys)
-            if echo is not None:
-                await self._await_echo(echo)
-        finally:
-            self._pending.pop(seq, None)
 
     async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
         seq = self._next_seq()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from tusserver.cache import (
     MISSING,
@@ -279,16 +280,24 @@ async def test_local_bus_invalidates_after_commit_only(tmp_path: Path) -> None:
             await conn.execute(text("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)"))
             await conn.execute(text("INSERT INTO t VALUES ('a', 'A')"))
         cache.put(FILES, "a", "A")
+
         # a failed write changes nothing: the entry stays
+        def failing(conn: Connection) -> None:
+            conn.execute(text("UPDATE t SET v = 'B' WHERE id = 'a'"))
+            raise RuntimeError("rolled back")
+
         with pytest.raises(RuntimeError):
-            async with bus.write(db, ("file", "a")) as conn:
-                await conn.execute(text("UPDATE t SET v = 'B' WHERE id = 'a'"))
-                raise RuntimeError("rolled back")
+            await bus.run(db, failing, ("file", "a"))
         assert cache.get(FILES, "a") == "A"
         # inside the transaction the entry is still there; after the commit it is gone
-        async with bus.write(db, ("file", "a"), ("file", None)) as conn:
-            await conn.execute(text("UPDATE t SET v = 'B' WHERE id = 'a'"))
-            assert cache.peek(FILES, "a") == "A"
+        seen: list[object] = []
+
+        def work(conn: Connection) -> None:
+            conn.execute(text("UPDATE t SET v = 'B' WHERE id = 'a'"))
+            seen.append(cache.peek(FILES, "a"))
+
+        await bus.run(db, work, ("file", "a"), ("file", None))
+        assert seen == ["A"]
         assert cache.get(FILES, "a") is MISSING
         assert cache.invalidations["local"] == 2
     finally:
