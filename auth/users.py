@@ -110,7 +110,7 @@ class UserRepository:
             row = conn.execute(query).mappings().first()
             return None if row is None else _user(row)
 
-        return await self._db.read(work)
+        return await self._db.read(work, quick=True)
 
     async def list(self) -> list[User]:
         async with self._db.engine.connect() as conn:

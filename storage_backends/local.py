@@ -3,11 +3,11 @@
 Writes go through a fixed-size buffer handed to a worker thread (``os.pwrite``), with one
 write in flight while the next block is read from the network: memory per upload is bounded
 by two blocks, and the event loop never waits on a large write or an fsync.
-Metadata calls (create, stat, open, rename), small reads (an object's metadata sidecar) and a
-small write without fsync (at most 64 KiB into the page cache) run inline: they take
-microseconds, and a trip through the thread pool costs 50-100 us of CPU and a GIL hand-off,
-which dominated the cost of small uploads and of Range requests. Big reads and writes, copies
-and fsync run in worker threads.
+Metadata calls (create, stat, open, rename, unlinking a small file), small reads (an
+object's metadata sidecar) and a small write without fsync (at most 64 KiB into the page
+cache) run inline: they take microseconds, and a trip through the thread pool costs 50-100
+us of CPU and a GIL hand-off, which dominated the cost of small uploads and of Range
+requests. Big reads and writes, copies and fsync run in worker threads.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ _READ_BLOCK = 256 * 1024
 #: Writes up to this size without fsync go straight to the page cache from the event loop.
 _INLINE_WRITE = 64 * 1024
 _COPY_BLOCK = 8 * 1024 * 1024
+#: Unlinking a bigger file frees many extents (milliseconds): that goes to a thread.
+_INLINE_UNLINK = 1024 * 1024
 
 
 class LocalChunkStore:
@@ -178,8 +180,7 @@ class LocalChunkStore:
     async def delete(self, upload_id: str) -> None:
         path = self.path(upload_id)
         for p in (path, path.with_name(upload_id + ".stage")):
-            with contextlib.suppress(FileNotFoundError):
-                await aiofiles.os.remove(p)
+            await _remove(p)
 
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         target = self.path(upload_id)
@@ -359,8 +360,7 @@ class LocalObjectStore:
 
     async def delete(self, key: str) -> None:
         for p in (self.path(key), self._meta_path(key)):
-            with contextlib.suppress(FileNotFoundError):
-                await aiofiles.os.remove(p)
+            await _remove(p)
 
     async def presign_get(
         self, key: str, *, expires: dt.timedelta, filename: str | None
@@ -379,6 +379,19 @@ class LocalObjectStore:
         keys = await asyncio.to_thread(_walk_keys, self._root)
         for key in keys:
             yield key
+
+
+async def _remove(path: Path) -> None:
+    """Unlink ``path`` if it exists: inline when it is small or missing (metadata calls)."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        if size <= _INLINE_UNLINK:
+            os.unlink(path)
+        else:
+            await aiofiles.os.remove(path)
 
 
 def _walk_keys(root: Path) -> list[str]:

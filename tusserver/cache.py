@@ -321,7 +321,9 @@ def _bump(counts: dict[str, int], name: str) -> None:
 class Invalidator(Protocol):
     """What a repository writes through: a transaction that invalidates ``keys`` on commit."""
 
-    async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
+    async def run(
+        self, db: Database, work: Callable[[Connection], T], *keys: Key, quick: bool = False
+    ) -> T:
         """``work`` as one unit of work (see Database.write) that invalidates ``keys``."""
         ...
 
@@ -372,8 +374,10 @@ class NotifyOnly:
         self._seq += 1
         return self._seq
 
-    async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
-        return await db.write(_publishing(work, self.origin, self._next_seq(), keys))
+    async def run(
+        self, db: Database, work: Callable[[Connection], T], *keys: Key, quick: bool = False
+    ) -> T:
+        return await db.write(_publishing(work, self.origin, self._next_seq(), keys), quick=quick)
 
 
 class LocalBus(NotifyOnly):
@@ -401,8 +405,10 @@ class LocalBus(NotifyOnly):
         """Every invalidation committed before this call is applied here (in-process: always)."""
         return True
 
-    async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
-        result = await db.write(_publishing(work, self.origin, self._next_seq(), keys))
+    async def run(
+        self, db: Database, work: Callable[[Connection], T], *keys: Key, quick: bool = False
+    ) -> T:
+        result = await db.write(_publishing(work, self.origin, self._next_seq(), keys), quick=quick)
         self._apply(keys)
         return result
 
@@ -542,14 +548,16 @@ class PostgresBus(LocalBus):
             return
         self._apply([(ns, key)], source="remote")
 
-    async def run(self, db: Database, work: Callable[[Connection], T], *keys: Key) -> T:
+    async def run(
+        self, db: Database, work: Callable[[Connection], T], *keys: Key, quick: bool = False
+    ) -> T:
         seq = self._next_seq()
         echo: asyncio.Future[None] | None = None
         if keys and self.listening and db.dialect == "postgresql":
             echo = asyncio.get_running_loop().create_future()
             self._pending[seq] = echo
         try:
-            result = await db.write(_publishing(work, self.origin, seq, keys))
+            result = await db.write(_publishing(work, self.origin, seq, keys), quick=quick)
             self._apply(keys)
             if echo is not None:
                 await self._await_echo(echo)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from tusserver.catalog.db import create_database
+from tusserver.catalog import db as db_module
+from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade
 from tusserver.catalog.uploads import UploadRecord, UploadRepository, UploadState
 
@@ -54,5 +57,86 @@ async def test_units_of_work_see_what_migrations_and_writes_did(where: str, tmp_
         with pytest.raises(IntegrityError, match="UNIQUE"):
             await repo.insert(_record("u1"))  # the failed unit is rolled back...
         assert (await repo.get_many(["u1"]))["u1"].offset == 7  # ...and the row intact
+    finally:
+        await db.dispose()
+
+
+async def _file_db(tmp_path: Path, *, durable: bool = False) -> Database:
+    db = create_database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", durable=durable)
+    await upgrade(db)
+    return db
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_lock_held_by_another_process_never_blocks_the_event_loop(
+    tmp_path: Path, durable: bool
+) -> None:
+    """A quick unit meeting another connection's write lock waits on the thread, not inline."""
+    db = await _file_db(tmp_path, durable=durable)
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        repo = UploadRepository(db)
+        await repo.insert(_record("u1"))
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+        write = asyncio.create_task(repo.update("u1", offset=5))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not write.done()
+        got = await repo.get("u1")  # readers are not blocked by a writer (WAL)
+        assert got is not None and got.offset == 0
+        other.execute("COMMIT")
+        await asyncio.wait_for(write, 10)
+        got = await repo.get("u1")
+        assert got is not None and got.offset == 5
+    finally:
+        other.close()
+        await db.dispose()
+
+
+async def test_a_lock_held_too_long_fails_the_unit_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "_BUSY_WAIT_S", 0.2)
+    db = await _file_db(tmp_path)
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        repo = UploadRepository(db)
+        await repo.insert(_record("u1"))
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"):
+            await repo.update("u1", offset=5)
+        other.execute("ROLLBACK")
+        await repo.update("u1", offset=6)  # the connection is usable again
+        got = await repo.get("u1")
+        assert got is not None and got.offset == 6
+    finally:
+        other.close()
+        await db.dispose()
+
+
+async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic checkpoints are off on the catalog's connection; the runner does them."""
+    monkeypatch.setattr(db_module, "_CHECKPOINT_EVERY", 10)
+    db = await _file_db(tmp_path)
+    try:
+        repo = UploadRepository(db)
+        for i in range(200):
+            await repo.insert(_record(f"u{i}"))
+            await repo.update(f"u{i}", offset=i)
+        await asyncio.sleep(0.2)  # the last checkpoint, submitted to the thread
+        check = sqlite3.connect(tmp_path / "c.db")
+        try:
+            # (busy, frames in the WAL, frames checkpointed). After a checkpoint a later
+            # writer starts the WAL over: it holds the frames of the last writes only
+            # (~200 here), where 400 writes without checkpoints leave over 1,000.
+            _busy, frames, _done = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            check.close()
+        assert 0 < frames < 500
+        assert await repo.get("u199") is not None
     finally:
         await db.dispose()

@@ -4,11 +4,18 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
 ``Connection``, and hand them to :meth:`Database.read` / :meth:`Database.write`:
 
 - on PostgreSQL the function runs on the async engine (asyncpg) through ``run_sync``;
-- on SQLite it runs on a synchronous engine in one dedicated thread, a whole unit of work per
-  trip. aiosqlite pays a thread hop and a greenlet switch for every execute, fetch and commit
-  (measured: ~0.6 ms of CPU for a primary-key SELECT, against ~0.2 ms here), and the small
-  upload path is made of such statements. One thread also serializes SQLite's writers in a
-  fair FIFO instead of its sleeping busy handler.
+- on SQLite it runs on a synchronous engine, a whole unit of work per trip, on one dedicated
+  thread. aiosqlite pays a thread hop and a greenlet switch for every execute, fetch and
+  commit (measured: ~0.6 ms of CPU for a primary-key SELECT, against ~0.2 ms here), and the
+  small upload path is made of such statements. One thread also serializes SQLite's writers
+  in a fair FIFO instead of its sleeping busy handler.
+- A unit marked ``quick`` (a point read or write by primary key: the tus hot path) runs
+  inline on the event loop instead when nothing else holds the connection: it takes tens of
+  microseconds, less than the hop to the thread and back costs. It never waits there: the
+  connection's busy timeout is zero and a unit that meets a lock held by another process (or
+  that the thread is using the connection) goes to the thread, which waits and retries. WAL
+  checkpoints (which sync files) and, with ``durable`` (``fsync``), quick writes (each commit
+  syncs the WAL) stay on the thread too.
 
 ``Database.engine`` (the async engine) stays for migrations, tests and rare admin work.
 """
@@ -17,68 +24,185 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["Database", "create_database"]
 
 T = TypeVar("T")
 
+_log = structlog.get_logger("tusserver.db")
+
+#: How long a unit on the thread waits for a lock another process holds, in all.
+_BUSY_WAIT_S = 30.0
+#: Write units between two WAL checkpoints (run on the thread: a checkpoint syncs files).
+_CHECKPOINT_EVERY = 500
+
 
 @dataclass(frozen=True, slots=True)
 class Database:
     engine: AsyncEngine
-    #: SQLite only: the synchronous engine and the one thread that uses it.
-    sync_engine: Engine | None = None
-    _thread: concurrent.futures.ThreadPoolExecutor | None = field(default=None, repr=False)
+    #: SQLite only: where units of work run (the synchronous engine and its thread).
+    sqlite: SqliteRunner | None = None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    async def read(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` on a connection, outside any explicit transaction."""
-        if self.sync_engine is None:
+    @property
+    def sync_engine(self) -> Engine | None:
+        return None if self.sqlite is None else self.sqlite.engine
+
+    async def read(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
+        """Run ``work`` on a connection, outside any explicit transaction.
+
+        ``quick``: a point query that may run inline on the event loop (SQLite).
+        """
+        if self.sqlite is None:
             async with self.engine.connect() as conn:
                 return await conn.run_sync(work)
-        return await self._on_thread(self.sync_engine, work, write=False)
+        return await self.sqlite.run(work, write=False, quick=quick)
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction: committed when it returns, rolled back if it raises."""
-        if self.sync_engine is None:
+    async def write(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
+        """Run ``work`` in one transaction: committed when it returns, rolled back if it raises.
+
+        ``work`` may run twice (after a lock held by another process made the first attempt
+        fail and roll back): it must have no effect outside the connection.
+        """
+        if self.sqlite is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(work)
-        return await self._on_thread(self.sync_engine, work, write=True)
-
-    async def _on_thread(
-        self, engine: Engine, work: Callable[[Connection], T], *, write: bool
-    ) -> T:
-        assert self._thread is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, _unit, engine, work, write)
+        return await self.sqlite.run(work, write=True, quick=quick)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self.sync_engine is not None and self._thread is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self.sync_engine.dispose)
-            self._thread.shutdown(wait=False)
+        if self.sqlite is not None:
+            await self.sqlite.close()
 
 
-def _unit(engine: Engine, work: Callable[[Connection], T], write: bool) -> T:
-    if write:
-        with engine.begin() as conn:
-            return work(conn)
-    with engine.connect() as conn:
-        result = work(conn)
-        conn.rollback()  # end the implicit read transaction: never hold a WAL snapshot
+class _Busy(Exception):
+    """The database is locked by another connection (inline attempts never wait)."""
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    orig = exc.orig
+    return isinstance(orig, sqlite3.OperationalError) and (
+        getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "locked" in str(orig)
+    )
+
+
+class SqliteRunner:
+    """The one connection of a SQLite catalog: units run inline or on one thread."""
+
+    def __init__(self, engine: Engine, *, durable: bool) -> None:
+        self.engine = engine
+        self.durable = durable
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        #: Held by whoever uses the connection: a unit inline, or the thread.
+        self._conn_lock = threading.Lock()
+        self._writes = 0
+        self._checkpointing = False
+        #: Kept open between units (a pool checkout per unit cost more than a point query).
+        self._conn: Connection | None = None
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+        if quick and not (write and self.durable) and self._conn_lock.acquire(blocking=False):
+            try:
+                result = self._unit(work, write)
+            except _Busy:
+                pass  # retried on the thread, which may wait
+            else:
+                if write:
+                    self._wrote()
+                return result
+            finally:
+                self._conn_lock.release()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._thread, self._unit_waiting, work, write)
+        if write:
+            self._wrote()
         return result
+
+    def _unit_waiting(self, work: Callable[[Connection], T], write: bool) -> T:
+        """On the thread: run the unit, retrying while another process holds the lock."""
+        deadline = time.monotonic() + _BUSY_WAIT_S
+        pause = 0.001
+        while True:
+            with self._conn_lock:
+                try:
+                    return self._unit(work, write)
+                except _Busy:
+                    if time.monotonic() >= deadline:
+                        raise OperationalError(
+                            "unit of work", None, sqlite3.OperationalError("database is locked")
+                        ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _unit(self, work: Callable[[Connection], T], write: bool) -> T:
+        """One unit on the connection; the caller holds ``_conn_lock``."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self.engine.connect()
+        try:
+            if write:
+                with conn.begin():
+                    return work(conn)
+            try:
+                return work(conn)
+            finally:
+                conn.rollback()  # end the implicit read transaction: never hold a WAL snapshot
+        except OperationalError as exc:
+            if _is_busy(exc):
+                raise _Busy from exc
+            raise
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= _CHECKPOINT_EVERY and not self._checkpointing:
+            self._writes = 0
+            self._checkpointing = True
+            fut = self._thread.submit(self._checkpoint)
+            fut.add_done_callback(self._checkpointed)
+
+    def _checkpoint(self) -> None:
+        with self._conn_lock, contextlib.suppress(_Busy):
+            self._unit(lambda conn: conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)"), False)
+
+    def _checkpointed(self, fut: concurrent.futures.Future[None]) -> None:
+        self._checkpointing = False
+        if (exc := fut.exception()) is not None:
+            _log.warning("sqlite checkpoint failed", error=str(exc))
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close_on_thread)
+        self._thread.shutdown(wait=False)
+
+    def _close_on_thread(self) -> None:
+        with self._conn_lock:
+            # What the automatic checkpoints (off on this connection) would have done.
+            with contextlib.suppress(_Busy):
+                self._unit(lambda c: c.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)"), False)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.engine.dispose()
 
 
 def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> Database:
@@ -118,23 +242,33 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
     sync_url = parsed.set(drivername="sqlite+pysqlite")
     sync_engine = create_engine(
         sync_url,
-        connect_args={"timeout": 30, "check_same_thread": False},
+        # No busy handler: an inline unit must never sleep on the event loop; the thread
+        # retries units that met a lock (SqliteRunner).
+        connect_args={"timeout": 0, "check_same_thread": False},
         pool_size=1,
         max_overflow=0,
         pool_reset_on_return=None,
     )
-    event.listen(sync_engine, "connect", pragmas)
-    thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
-    return Database(engine, sync_engine, thread)
+    event.listen(
+        sync_engine,
+        "connect",
+        _sqlite_pragmas("FULL" if durable else "NORMAL", busy_ms=0, autocheckpoint=False),
+    )
+    return Database(engine, SqliteRunner(sync_engine, durable=durable))
 
 
-def _sqlite_pragmas(sync_mode: str) -> Callable[[Any, Any], None]:
+def _sqlite_pragmas(
+    sync_mode: str, *, busy_ms: int = 30000, autocheckpoint: bool = True
+) -> Callable[[Any, Any], None]:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={sync_mode}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if not autocheckpoint:
+            # Checkpoints sync files: SqliteRunner runs them on its thread, never inline.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     return apply

@@ -15,7 +15,15 @@ from sqlalchemy.exc import IntegrityError
 
 from ..cache import FILES, Cache, Invalidator, Namespace, NotifyOnly
 from .db import Database
-from .schema import file_tags, file_uploads, files, folders, uploads
+from .schema import (
+    by_id_params,
+    file_tags,
+    file_uploads,
+    files,
+    folders,
+    update_by_id,
+    uploads,
+)
 
 __all__ = ["FileRecord", "FileRepository", "FileStatus", "NewFile"]
 
@@ -106,6 +114,24 @@ _SELECT = select(files, file_uploads.c.upload_id).join(
 )
 #: Built once: the file lookup of every download and pipeline step.
 _BY_ID = _SELECT.where(files.c.id == bindparam("id"))
+# The statements of a small upload's path through the pipeline, built once (see update_by_id).
+_INSERT_FILE = insert(files)
+_INSERT_LINK = insert(file_uploads)
+_POINT_BACK = update_by_id(uploads, ("file_id",))
+_CLAIM = (
+    update(files)
+    .where(
+        files.c.id == bindparam("row_id"),
+        files.c.status.in_(PENDING),
+        or_(files.c.lease_until.is_(None), files.c.lease_until < bindparam("now")),
+    )
+    .values(
+        lease_until=bindparam("v_lease_until"),
+        status=FileStatus.VALIDATING.value,
+        attempts=files.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+)
 
 
 class FileRepository:
@@ -158,15 +184,15 @@ class FileRepository:
             "finished_at": new.finished_at,
             "bytes": new.size,
         }
-        point_back = update(uploads).where(uploads.c.id == new.upload_id).values(file_id=new.id)
+        point_back = by_id_params(new.upload_id, {"file_id": new.id})
 
         def work(conn: Connection) -> None:
-            conn.execute(insert(files), row)
-            conn.execute(insert(file_uploads), link)
-            conn.execute(point_back)
+            conn.execute(_INSERT_FILE, row)
+            conn.execute(_INSERT_LINK, link)
+            conn.execute(_POINT_BACK, point_back)
 
         try:
-            await self._db.write(work)
+            await self._db.write(work, quick=True)
         except IntegrityError:
             # Another worker or instance created it first. (A new row needs no invalidation:
             # lookups of missing files are not cached.)
@@ -193,7 +219,7 @@ class FileRepository:
             row = conn.execute(_BY_ID, {"id": file_id}).mappings().first()
             return None if row is None else _record(row)
 
-        return await self._db.read(work)
+        return await self._db.read(work, quick=True)
 
     async def due(self, now: dt.datetime, limit: int = 20) -> list[str]:
         """Pending files whose next attempt is due and that no live worker holds."""
@@ -211,33 +237,24 @@ class FileRepository:
 
     async def claim(self, file_id: str, now: dt.datetime, lease: dt.timedelta) -> bool:
         """Take a pending file for one worker (any instance); False if someone else has it."""
-        stmt = (
-            update(files)
-            .where(
-                and_(
-                    files.c.id == file_id,
-                    files.c.status.in_(PENDING),
-                    or_(files.c.lease_until.is_(None), files.c.lease_until < now),
-                )
-            )
-            .values(
-                lease_until=now + lease,
-                status=FileStatus.VALIDATING.value,
-                attempts=files.c.attempts + 1,
-                updated_at=now,
-            )
-        )
+        params = {"row_id": file_id, "now": now, "v_lease_until": now + lease}
         return await self.invalidator.run(
-            self._db, lambda conn: conn.execute(stmt).rowcount == 1, (FILES, file_id)
+            self._db,
+            lambda conn: conn.execute(_CLAIM, params).rowcount == 1,
+            (FILES, file_id),
+            quick=True,
         )
 
     async def update(self, file_id: str, **values: Any) -> None:
         if isinstance(values.get("status"), FileStatus):
             values["status"] = values["status"].value
-        stmt = update(files).where(files.c.id == file_id).values(**values)
         if "created_at" not in values:
-            await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (FILES, file_id))
+            stmt, params = update_by_id(files, tuple(values)), by_id_params(file_id, values)
+            await self.invalidator.run(
+                self._db, lambda conn: conn.execute(stmt, params), (FILES, file_id), quick=True
+            )
             return
+        stmt = update(files).where(files.c.id == file_id).values(**values)
         # file_tags keeps a copy of created_at (tag searches by date): it follows.
         copy = (
             update(file_tags)

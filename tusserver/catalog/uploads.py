@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection, RowMapping
 
 from .db import Database
-from .schema import upload_concat_parts, uploads
+from .schema import by_id_params, update_by_id, upload_concat_parts, uploads
 
 __all__ = ["UploadRecord", "UploadRepository", "UploadState"]
 
@@ -98,18 +98,18 @@ class UploadRepository:
         rows = [{"final_id": record.id, "position": i, "part_id": p} for i, p in enumerate(parts)]
 
         def work(conn: Connection) -> None:
-            conn.execute(insert(uploads), values)
+            conn.execute(_INSERT, values)
             if rows:
                 conn.execute(insert(upload_concat_parts), rows)
 
-        await self._db.write(work)
+        await self._db.write(work, quick=True)
 
     async def get(self, upload_id: str) -> UploadRecord | None:
         def work(conn: Connection) -> UploadRecord | None:
             row = conn.execute(_BY_ID, {"id": upload_id}).mappings().first()
             return None if row is None else _record(row)
 
-        return await self._db.read(work)
+        return await self._db.read(work, quick=True)
 
     async def get_many(self, upload_ids: Sequence[str]) -> dict[str, UploadRecord]:
         if not upload_ids:
@@ -146,8 +146,9 @@ class UploadRepository:
         """Update columns of one upload (``state`` may be an UploadState)."""
         if "state" in values and isinstance(values["state"], UploadState):
             values["state"] = values["state"].value
-        stmt = update(uploads).where(uploads.c.id == upload_id).values(**values)
-        await self._db.write(lambda conn: conn.execute(stmt))
+        stmt = update_by_id(uploads, tuple(values))
+        params = by_id_params(upload_id, values)
+        await self._db.write(lambda conn: conn.execute(stmt, params), quick=True)
 
     async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
         """Unfinished uploads whose expiry has passed."""
@@ -176,5 +177,6 @@ class UploadRepository:
         await self._db.write(lambda conn: conn.execute(stmt))
 
 
-#: Built once: the most frequent query of the tus hot path.
+#: Built once: the most frequent statements of the tus hot path.
 _BY_ID = select(uploads).where(uploads.c.id == bindparam("id"))
+_INSERT = insert(uploads)
