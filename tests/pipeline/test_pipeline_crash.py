@@ -399,3 +399,34 @@ async def test_graceful_stop_mid_commit_does_not_hold_the_file_for_the_lease(
         await assert_committed_once(setup, rt, upload_id, DATA)
     finally:
         await drop_runtime(rt)
+
+
+async def test_a_long_validation_keeps_its_lease(setup: Setup) -> None:
+    """A file that takes longer than the lease to validate (a huge scan, a slow copy) is not
+    handed to another worker or instance: the live worker renews its lease."""
+    blocking = BlockingValidator()
+    rt = build_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
+    )
+    rt.pipeline.lease = dt.timedelta(seconds=0.6)  # renewed every 0.2 s
+    await rt.start()
+    try:
+        upload_id = await finished_upload(rt, DATA)
+        await asyncio.wait_for(blocking.entered.wait(), 10)
+        await asyncio.sleep(1.5)  # well past the first lease
+        [row] = await rows_for(rt, upload_id)
+        now = dt.datetime.now(dt.UTC)
+        assert row["status"] == FileStatus.VALIDATING.value
+        lease = row["lease_until"]
+        lease = lease if lease.tzinfo else lease.replace(tzinfo=dt.UTC)
+        assert lease > now, f"the lease ran out at {lease} while the worker still held the file"
+        assert row["id"] not in await rt.files.due(now, 50)
+    finally:
+        await rt.stop()
+    # Stopped mid-file: the lease is handed back (and renewals stop with the workers).
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        [row] = await rows_for(rt, upload_id)
+        assert row["lease_until"] is None
+    finally:
+        await drop_runtime(rt)

@@ -245,6 +245,16 @@ class FileRepository:
             quick=True,
         )
 
+    async def renew_leases(self, file_ids: Sequence[str], until: dt.datetime) -> int:
+        """Extend the leases of files still being validated; returns how many were."""
+        stmt = (
+            update(files)
+            .where(files.c.id.in_(file_ids), files.c.status == FileStatus.VALIDATING.value)
+            .values(lease_until=until)
+        )
+        # No invalidation: leases are not part of what the cache serves.
+        return await self._db.write(lambda conn: conn.execute(stmt).rowcount)
+
     async def update(self, file_id: str, **values: Any) -> None:
         if isinstance(values.get("status"), FileStatus):
             values["status"] = values["status"].value

@@ -128,6 +128,8 @@ class Pipeline:
         self._sniffed: OrderedDict[str, tuple[int, bytes, str]] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: How long a claim holds a file; a live worker renews it every third of that.
+        self.lease = _LEASE
 
     @property
     def objects(self) -> ObjectStore:
@@ -228,8 +230,11 @@ class Pipeline:
 
     def start(self) -> None:
         self._stopping = False
+        loop = asyncio.get_running_loop()
         for i in range(self._config.pipeline_workers):
-            self._workers.append(asyncio.get_running_loop().create_task(self._work(i)))
+            self._workers.append(loop.create_task(self._work(i)))
+        if self._workers:
+            self._workers.append(loop.create_task(self._keep_leases()))
 
     async def stop(self) -> None:
         """Stop the workers; files they held are handed back at once (not after the lease)."""
@@ -272,8 +277,25 @@ class Pipeline:
             except Exception:
                 _log.exception("pipeline worker error", worker=n, file_id=file_id)
 
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the files being processed here, so a long validation (a big
+        scan, a slow copy) is not taken over by another worker while this one is alive."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            if not self._claimed:
+                continue
+            try:
+                kept = await self._files.renew_leases(
+                    sorted(self._claimed), self._clock() + self.lease
+                )
+            except Exception:
+                _log.exception("pipeline lease renewal failed")
+                continue
+            if kept < len(self._claimed):
+                _log.warning("pipeline lost leases", held=len(self._claimed), renewed=kept)
+
     async def _claim_and_process(self, file_id: str) -> bool:
-        if not await self._files.claim(file_id, self._clock(), _LEASE):
+        if not await self._files.claim(file_id, self._clock(), self.lease):
             self._fresh.pop(file_id, None)
             return False
         self._claimed.add(file_id)
