@@ -40,6 +40,7 @@ from .catalog.analytics import EventRecorder
 from .catalog.db import Database, create_database
 from .catalog.files import FileRepository
 from .catalog.migrate import upgrade
+from .catalog.retention import Retention
 from .catalog.uploads import UploadRepository
 from .config import TusServerConfig
 from .events import Hooks
@@ -233,7 +234,14 @@ def build_runtime(
         service,
         interval=config.sweep_interval,
         tombstone_retention=config.tombstone_retention,
-        extra=[pipeline.purge_quarantine],
+        extra=[
+            pipeline.purge_quarantine,
+            Retention(
+                db,
+                event_retention=config.event_retention,
+                audit_retention=config.audit_retention,
+            ).prune,
+        ],
     )
     return Runtime(
         config=config,

@@ -83,6 +83,17 @@ class TusServerConfig:
             "Seconds a terminated or expired upload keeps answering 410 before its row is purged."
         ),
     )
+    event_retention: float = field(
+        default=90 * 24 * 3600.0,
+        metadata=_doc(
+            "Seconds raw analytics events are kept (0: forever). Reports read the rollups, "
+            "which are kept: old ranges still report after their raw events are gone."
+        ),
+    )
+    audit_retention: float = field(
+        default=365 * 24 * 3600.0,
+        metadata=_doc("Seconds audit-log entries are kept (0: forever)."),
+    )
     fsync: bool = field(
         default=False,
         metadata=_doc(
@@ -591,6 +602,8 @@ _NON_NEGATIVE_NUMBERS = (
     "sweep_interval",
     "lock_timeout",
     "tombstone_retention",
+    "event_retention",
+    "audit_retention",
     "pipeline_retry_base",
     "pipeline_retry_max",
     "pipeline_poll_interval",
