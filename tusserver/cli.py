@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     u_dis.add_argument("username")
     u_en = user_sub.add_parser("enable", help="enable a disabled user", parents=[common])
     u_en.add_argument("username")
+    u_set = user_sub.add_parser("set", help="change a user's role or quota", parents=[common])
+    u_set.add_argument("username")
+    u_set.add_argument("--role", choices=["admin", "user"])
+    quota = u_set.add_mutually_exclusive_group()
+    quota.add_argument("--quota", type=int, help="storage quota in bytes")
+    quota.add_argument("--no-quota", action="store_true", help="remove the storage quota")
     pipe = add("pipeline", "validation pipeline")
     pipe.add_argument("action", choices=["retry", "status"])
     add("check", "check that the database, object store and clamd are reachable")
@@ -209,7 +215,8 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
         if args.user_command == "list":
             for u in await users.list():
                 state = "disabled" if u.disabled else "active"
-                print(f"{u.username}\t{u.role}\t{state}\t{u.id}")
+                quota = "-" if u.quota_bytes is None else str(u.quota_bytes)
+                print(f"{u.username}\t{u.role}\t{state}\t{u.id}\t{quota}")
             return 0
         if not valid_username(args.username):
             print("tusserver: invalid username", file=sys.stderr)
@@ -236,6 +243,21 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
         if found is None:
             print(f"tusserver: no user {args.username}", file=sys.stderr)
             return 1
+        if args.user_command == "set":
+            changes: dict[str, Any] = {}
+            if args.role is not None:
+                changes["role"] = args.role
+            if args.no_quota or args.quota is not None:
+                if args.quota is not None and args.quota < 0:
+                    print("tusserver: --quota must not be negative", file=sys.stderr)
+                    return 2
+                changes["quota_bytes"] = None if args.no_quota else args.quota
+            if not changes:
+                print("tusserver: nothing to change (--role, --quota, --no-quota)", file=sys.stderr)
+                return 2
+            await users.update(found.id, **changes)
+            await audit.record("admin.user_set", actor="cli", target=found.id, detail=dict(changes))
+            return 0
         disable = args.user_command == "disable"
         await users.update(found.id, disabled=disable)
         if disable:

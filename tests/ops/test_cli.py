@@ -53,7 +53,7 @@ def test_check_reports_the_database(private_postgres: PostgresServer, tmp_path: 
     assert "ok    object store (local)" in down.stdout, describe(down)
 
 
-def test_user_add_list_disable(tmp_path: Path) -> None:
+def test_user_add_list_set_disable(tmp_path: Path) -> None:
     data = ["--data-dir", tmp_path / "data"]
     # Independent of the rest (its own data directory): runs alongside.
     bad = popen(
@@ -68,12 +68,25 @@ def test_user_add_list_disable(tmp_path: Path) -> None:
 
     listed = run([*data, "user", "list"])
     assert listed.returncode == 0, describe(listed)
-    assert f"alice\tuser\tactive\t{user_id}" in listed.stdout.splitlines(), describe(listed)
+    assert f"alice\tuser\tactive\t{user_id}\t-" in listed.stdout.splitlines(), describe(listed)
+
+    promoted = run([*data, "user", "set", "alice", "--role", "admin", "--quota", "1000000"])
+    assert promoted.returncode == 0, describe(promoted)
+    listed = run([*data, "user", "list"])
+    line = f"alice\tadmin\tactive\t{user_id}\t1000000"
+    assert line in listed.stdout.splitlines(), describe(listed)
+    nothing = run([*data, "user", "set", "alice"])
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr, describe(nothing)
+    negative = run([*data, "user", "set", "alice", "--quota", "-5"])
+    assert negative.returncode == 2 and "Traceback" not in negative.stderr, describe(negative)
+    back = run([*data, "user", "set", "alice", "--role", "user", "--no-quota"])
+    assert back.returncode == 0, describe(back)
 
     disabled = run([*data, "user", "disable", "alice"])
     assert disabled.returncode == 0, describe(disabled)
     listed = run([*data, "user", "list"])
-    assert f"alice\tuser\tdisabled\t{user_id}" in listed.stdout.splitlines(), describe(listed)
+    line = f"alice\tuser\tdisabled\t{user_id}\t-"
+    assert line in listed.stdout.splitlines(), describe(listed)
 
     res = subprocess.CompletedProcess(bad.args, bad.returncode, bad_out, bad_err)
     assert bad.returncode == 2, describe(res)
