@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     quota.add_argument("--no-quota", action="store_true", help="remove the storage quota")
     pipe = add("pipeline", "validation pipeline")
     pipe.add_argument("action", choices=["retry", "status"])
+    pipe.add_argument(
+        "--failed",
+        action="store_true",
+        help="retry: also the files the pipeline gave up on (attempts start over)",
+    )
     add("check", "check that the database, object store and clamd are reachable")
     keys = add("keys", "master keys of encryption at rest")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -132,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user":
         return asyncio.run(_user(config, args))
     if args.command == "pipeline":
-        return asyncio.run(_pipeline(config, args.action))
+        return asyncio.run(_pipeline(config, args.action, failed=args.failed))
     if args.command == "check":
         return asyncio.run(_check(config))
     if args.command == "keys":
@@ -268,7 +273,7 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
         await db.dispose()
 
 
-async def _pipeline(config: TusServerConfig, action: str) -> int:
+async def _pipeline(config: TusServerConfig, action: str, *, failed: bool = False) -> int:
     from .app import build_runtime
 
     rt = build_runtime(config.replace(sweep_interval=0, pipeline_workers=1))
@@ -276,6 +281,8 @@ async def _pipeline(config: TusServerConfig, action: str) -> int:
     try:
         await rt.pipeline.stop()  # no background workers: do the work here, visibly
         if action == "retry":
+            if failed:
+                print(f"requeued {await rt.files.requeue_failed()} failed file(s)")
             await rt.pipeline.recover()
             await rt.files.make_all_due()
             done = 0

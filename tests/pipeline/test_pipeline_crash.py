@@ -430,3 +430,39 @@ async def test_a_long_validation_keeps_its_lease(setup: Setup) -> None:
         assert row["lease_until"] is None
     finally:
         await drop_runtime(rt)
+
+
+class UnavailableValidator:
+    """A scanner that is never reachable: the pipeline retries, then gives up."""
+
+    name = "unavailable"
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        return Verdict.retry("scanner unreachable")
+
+
+async def test_an_operator_retries_files_the_pipeline_gave_up_on(setup: Setup) -> None:
+    """`tusserver pipeline retry --failed`: once the cause is fixed, a failed file commits."""
+    config = setup.config.replace(pipeline_max_attempts=2)
+    rt = await open_runtime(
+        config, objects=setup.object_store(), validators=[UnavailableValidator()]
+    )
+    try:
+        upload_id = await finished_upload(rt, DATA)
+        await work_until_done(rt, upload_id)
+        [row] = await rows_for(rt, upload_id)
+        assert row["status"] == FileStatus.FAILED.value, row
+        assert "gave up after 2 attempts" in row["reason"]
+    finally:
+        await drop_runtime(rt)
+
+    rt = await open_runtime(config, objects=setup.object_store())  # the scanner is back
+    try:
+        assert await rt.files.requeue_failed() == 1
+        [row] = await rows_for(rt, upload_id)
+        assert (row["status"], row["attempts"], row["reason"]) == ("received", 0, None)
+        await work_until_done(rt, upload_id)
+        await assert_committed_once(setup, rt, upload_id, DATA)
+        assert await rt.files.requeue_failed() == 0
+    finally:
+        await drop_runtime(rt)

@@ -283,6 +283,23 @@ class FileRepository:
         stmt = update(files).where(files.c.status.in_(PENDING)).values(next_attempt_at=None)
         await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (FILES, None))
 
+    async def requeue_failed(self) -> int:
+        """Operator retry of files the pipeline gave up on: pending again, attempts reset."""
+        stmt = (
+            update(files)
+            .where(files.c.status == FileStatus.FAILED.value)
+            .values(
+                status=FileStatus.RECEIVED.value,
+                attempts=0,
+                reason=None,
+                lease_until=None,
+                next_attempt_at=None,
+            )
+        )
+        return await self.invalidator.run(
+            self._db, lambda conn: int(conn.execute(stmt).rowcount), (FILES, None)
+        )
+
     async def pending_count(self) -> int:
         query = select(func.count()).select_from(files).where(files.c.status.in_(PENDING))
         return await self._db.read(lambda conn: int(conn.execute(query).scalar_one()))
