@@ -62,6 +62,10 @@ class Gate(Protocol):
         require: float | None = None,
     ) -> None: ...
 
+    async def charge(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
+    ) -> None: ...
+
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
     ) -> None: ...
@@ -81,6 +85,11 @@ class OpenGate:
         who: str | None = None,
         cost: float = 1.0,
         require: float | None = None,
+    ) -> None:
+        return None
+
+    async def charge(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> None:
         return None
 
@@ -229,6 +238,19 @@ class Gateway:
             raise TooManyRequests(
                 "too many requests; slow down", headers={"Retry-After": str(min(wait, 3600))}
             )
+
+    async def charge(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
+    ) -> None:
+        """Take ``cost`` tokens after the fact, into debt if need be: for costs known only
+        once the work is done (a body without Content-Length). Later requests wait."""
+        if not self.enabled or cost <= 0:
+            return
+        lim = self._limits.get(kind)
+        if lim is None or lim.rate <= 0:
+            return
+        key = f"{kind}:{who or self.client_ip(request)}"
+        await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost, force=True)
 
 
 def client_ip(request: web.Request) -> str:

@@ -36,8 +36,13 @@ class RateLimiter(Protocol):
         burst: float,
         cost: float = 1.0,
         require: float | None = None,
+        force: bool = False,
     ) -> Decision:
-        """Take ``cost`` tokens from the bucket ``key`` if ``max(cost, require)`` are there."""
+        """Take ``cost`` tokens from the bucket ``key`` if ``max(cost, require)`` are there.
+
+        ``force``: take them anyway, into debt if need be (a cost known only afterwards,
+        such as the bytes of a body without Content-Length); later takes wait for the debt.
+        """
 
 
 class MemoryRateLimiter:
@@ -56,12 +61,13 @@ class MemoryRateLimiter:
         burst: float,
         cost: float = 1.0,
         require: float | None = None,
+        force: bool = False,
     ) -> Decision:
         now = time.monotonic()
         needed = max(cost, require or 0.0)
         tokens, updated = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - updated) * rate)
-        if tokens >= needed:
+        if force or tokens >= needed:
             self._store(key, tokens - cost, now)
             return Decision(True)
         self._store(key, tokens, now)
@@ -88,6 +94,7 @@ class PostgresRateLimiter:
         burst: float,
         cost: float = 1.0,
         require: float | None = None,
+        force: bool = False,
     ) -> Decision:
         now = time.time()
         needed = max(cost, require or 0.0)
@@ -109,7 +116,7 @@ class PostgresRateLimiter:
                 )
             ).one()
             available = min(burst, row[0] + max(0.0, now - row[1]) * rate)
-            allowed = available >= needed
+            allowed = force or available >= needed
             remaining = available - cost if allowed else available
             await conn.execute(
                 text("UPDATE rate_buckets SET tokens = :t, updated_at = :u WHERE key = :k"),

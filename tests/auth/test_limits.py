@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -89,6 +90,30 @@ async def test_patch_bytes_are_rate_limited(make_client: MakeClient) -> None:
     assert _retry_after(resp) >= 30  # (100000 - 60000 burst) / 1000 per second
     # A chunk within the burst goes through.
     assert (await patch(client, owner, path, 0, b"x" * 1000)).status == 204
+
+
+async def test_chunked_patch_bodies_pay_for_their_bytes(make_client: MakeClient) -> None:
+    """No Content-Length, no refusal up front: the bytes are charged once in, into debt,
+    and the next PATCH waits for it."""
+    client = await auth_client(make_client, rate_limit_patch_bytes=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    path = await create_upload(client, owner, 200_000)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 10_000
+
+    resp = await client.patch(
+        path,
+        data=chunked(),
+        headers={**TUS, **OCTET, **bearer(owner), "Upload-Offset": "0"},
+    )
+    assert resp.status == 204, await resp.text()
+    assert "Content-Length" not in resp.request_info.headers  # it really was chunked
+    assert resp.headers["Upload-Offset"] == "100000"
+    after = await patch(client, owner, path, 100_000, b"x")
+    assert after.status == 429, await after.text()
+    assert _retry_after(after) >= 30  # 100000 - 60000 burst = 40000 bytes of debt at 1000/s
 
 
 # --- quotas --------------------------------------------------------------------------------
@@ -210,6 +235,14 @@ async def _bucket_math(limiter: RateLimiter, clock: Clock) -> None:
     assert (await take(3)).allowed  # the refused big take cost nothing
     # Buckets are independent.
     assert (await take(k=key + ":other")).allowed
+    # Forced takes go into debt (a cost known afterwards); later takes wait for it.
+    clock.now += 3600
+    forced = await limiter.take(key, rate=2.0, burst=3.0, cost=7, force=True)
+    assert forced.allowed
+    owed = await take()
+    assert not owed.allowed and owed.retry_after == pytest.approx(2.5)  # from -4 to 1
+    clock.now += 2.5
+    assert (await take()).allowed
     # Rate 0: once the burst is gone it never comes back.
     zero = f"{key}:zero"
     assert (await limiter.take(zero, rate=0, burst=1)).allowed

@@ -271,26 +271,39 @@ class TusHandlers:
         self, request: web.Request, principal: Principal, upload_id: str, offset: int
     ) -> UploadStatus:
         h = request.headers
+        declared = request.content_length
+        # A body without Content-Length (chunked) pays for its bytes once they are in; until
+        # then it needs a budget out of debt.
         await self._gate.limit(
-            request, "patch_bytes", who=principal.user_id, cost=request.content_length or 0
+            request,
+            "patch_bytes",
+            who=principal.user_id,
+            cost=declared or 0,
+            require=None if declared is not None else 1,
         )
         checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
         new_length = None
         if "Upload-Length" in h:
             new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
         reader = BodyReader(request.content, self._config.write_buffer_size)
-        with self._tracker.receiving(reader):
-            status = await self._service.append(
-                principal,
-                upload_id,
-                offset=offset,
-                source=reader,
-                on_release=reader.request_release,
-                content_length=request.content_length,
-                new_length=new_length,
-                checksum=checksum,
-                interrupted=lambda: reader.interruption is not Interruption.NONE,
-            )
+        try:
+            with self._tracker.receiving(reader):
+                status = await self._service.append(
+                    principal,
+                    upload_id,
+                    offset=offset,
+                    source=reader,
+                    on_release=reader.request_release,
+                    content_length=declared,
+                    new_length=new_length,
+                    checksum=checksum,
+                    interrupted=lambda: reader.interruption is not Interruption.NONE,
+                )
+        finally:
+            if declared is None:
+                await self._gate.charge(
+                    request, "patch_bytes", who=principal.user_id, cost=reader.received
+                )
         self._tracker.stored(offset, status.offset, finished=status.finished)
         if reader.interruption is Interruption.RELEASED:
             raise UploadInterrupted(
