@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -282,7 +283,8 @@ async def _pipeline(config: TusServerConfig, action: str, *, failed: bool = Fals
         await rt.pipeline.stop()  # no background workers: do the work here, visibly
         if action == "retry":
             if failed:
-                print(f"requeued {await rt.files.requeue_failed()} failed file(s)")
+                now = dt.datetime.now(dt.UTC)
+                print(f"requeued {await rt.files.requeue_failed(now)} failed file(s)")
             await rt.pipeline.recover()
             await rt.files.make_all_due()
             done = 0
@@ -315,14 +317,21 @@ def _migrate_in_child(config: TusServerConfig) -> None:
             code = 1
         finally:
             os._exit(code)
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        # The server's start runs the migrations again and reports what goes wrong.
+        print(
+            f"tusserver: migrating in a child process failed (status {status}); "
+            "the server tries again itself",
+            file=sys.stderr,
+        )
 
 
 async def _upgrade(config: TusServerConfig) -> int:
     from .catalog.db import create_database
     from .catalog.migrate import upgrade
 
-    db = create_database(config.effective_database_url)
+    db = create_database(config.effective_database_url, durable=config.fsync)
     try:
         await upgrade(db)
     finally:

@@ -458,11 +458,11 @@ async def test_an_operator_retries_files_the_pipeline_gave_up_on(setup: Setup) -
 
     rt = await open_runtime(config, objects=setup.object_store())  # the scanner is back
     try:
-        assert await rt.files.requeue_failed() == 1
+        assert await rt.files.requeue_failed(dt.datetime.now(dt.UTC)) == 1
         [row] = await rows_for(rt, upload_id)
         assert (row["status"], row["attempts"], row["reason"]) == ("received", 0, None)
         await work_until_done(rt, upload_id)
         await assert_committed_once(setup, rt, upload_id, DATA)
-        assert await rt.files.requeue_failed() == 0
+        assert await rt.files.requeue_failed(dt.datetime.now(dt.UTC)) == 0
     finally:
         await drop_runtime(rt)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tusserver.catalog import db as db_module
 from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade
+from tusserver.catalog.schema import uploads as uploads_table
 from tusserver.catalog.uploads import UploadRecord, UploadRepository, UploadState
 
 
@@ -120,7 +125,8 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Automatic checkpoints are off on the catalog's connection; the runner does them."""
-    monkeypatch.setattr(db_module, "_CHECKPOINT_EVERY", 10)
+    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
+    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     db = await _file_db(tmp_path)
     try:
         repo = UploadRepository(db)
@@ -132,7 +138,7 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
         try:
             # (busy, frames in the WAL, frames checkpointed). After a checkpoint a later
             # writer starts the WAL over: it holds the frames of the last writes only
-            # (~200 here), where 400 writes without checkpoints leave over 1,000.
+            # (64 KiB, ~16 frames, here), where 400 writes without checkpoints leave over 1,000.
             _busy, frames, _done = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             check.close()
@@ -140,3 +146,62 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
         assert await repo.get("u199") is not None
     finally:
         await db.dispose()
+
+
+async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write after opening or after a checkpoint starts the WAL over (SQLite syncs
+    its header then): it runs on the thread; the quick writes after it run inline."""
+    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
+    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
+    db = await _file_db(tmp_path)
+    assert db.sqlite is not None
+    where: list[str] = []
+    ids = itertools.count()
+
+    def write(conn: Connection) -> None:
+        where.append(threading.current_thread().name)
+        conn.execute(insert(uploads_table), _row(f"w{next(ids)}"))
+
+    try:
+        await db.write(write, quick=True)
+        await db.write(write, quick=True)
+        assert where[0].startswith("sqlite") and where[1] == "MainThread", where
+        checkpointed = threading.Event()
+        writes_before: list[int] = []
+        original = db.sqlite._checkpoint
+
+        def checkpoint() -> None:
+            original()
+            writes_before.append(len(where))  # on the thread, which holds no unit now
+            checkpointed.set()
+
+        monkeypatch.setattr(db.sqlite, "_checkpoint", checkpoint)
+        while not checkpointed.is_set():  # write until a checkpoint has run
+            await db.write(write, quick=True)
+        await db.write(write, quick=True)
+        await db.write(write, quick=True)
+        after = where[writes_before[0] :]
+        assert after[0].startswith("sqlite") and after[1] == "MainThread", after
+    finally:
+        await db.dispose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await db.write(write, quick=True)
+
+
+def _row(upload_id: str) -> dict[str, object]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "id": upload_id,
+        "owner": None,
+        "length": 1,
+        "offset": 0,
+        "meta": {},
+        "is_partial": False,
+        "is_final": False,
+        "state": "receiving",
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": None,
+    }

@@ -13,9 +13,10 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   inline on the event loop instead when nothing else holds the connection: it takes tens of
   microseconds, less than the hop to the thread and back costs. It never waits there: the
   connection's busy timeout is zero and a unit that meets a lock held by another process (or
-  that the thread is using the connection) goes to the thread, which waits and retries. WAL
-  checkpoints (which sync files) and, with ``durable`` (``fsync``), quick writes (each commit
-  syncs the WAL) stay on the thread too.
+  that the thread is using the connection) goes to the thread, which waits and retries. What
+  syncs files stays on the thread too: WAL checkpoints (run when the WAL passes 4 MiB), the
+  first write after one (it starts the WAL over, syncing its header) and, with ``durable``
+  (``fsync``), every quick write (each commit syncs the WAL).
 
 ``Database.engine`` (the async engine) stays for migrations, tests and rare admin work.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -47,8 +49,13 @@ _log = structlog.get_logger("tusserver.db")
 
 #: How long a unit on the thread waits for a lock another process holds, in all.
 _BUSY_WAIT_S = 30.0
-#: Write units between two WAL checkpoints (run on the thread: a checkpoint syncs files).
-_CHECKPOINT_EVERY = 500
+#: WAL size (bytes) past which a checkpoint runs (on the thread: a checkpoint syncs files).
+#: About SQLite's own automatic threshold (1,000 pages).
+_CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+#: A checkpointed WAL is cut back to this size when it starts over (SQLite keeps the file at
+#: its largest otherwise). Below the threshold above, so the file's size tells how much the
+#: WAL holds once it passes the threshold.
+_WAL_SIZE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,36 +105,45 @@ class _Busy(Exception):
 
 def _is_busy(exc: OperationalError) -> bool:
     orig = exc.orig
-    return isinstance(orig, sqlite3.OperationalError) and (
-        getattr(orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-        or "locked" in str(orig)
-    )
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:  # extended codes (SQLITE_BUSY_SNAPSHOT...) keep the primary one
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(orig)
 
 
 class SqliteRunner:
     """The one connection of a SQLite catalog: units run inline or on one thread."""
 
-    def __init__(self, engine: Engine, *, durable: bool) -> None:
+    def __init__(self, engine: Engine, *, durable: bool, wal_path: Path | None = None) -> None:
         self.engine = engine
         self.durable = durable
+        self._wal_path = wal_path
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         #: Held by whoever uses the connection: a unit inline, or the thread.
         self._conn_lock = threading.Lock()
-        self._writes = 0
         self._checkpointing = False
+        #: The next write may start the WAL over, which syncs its header even with
+        #: synchronous=NORMAL: that write goes to the thread (at start, after a checkpoint).
+        self._wal_restart = True
+        self._closed = False
         #: Kept open between units (a pool checkout per unit cost more than a point query).
         self._conn: Connection | None = None
 
     async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+        if self._closed:
+            raise RuntimeError("the database is closed")
         if quick and not (write and self.durable) and self._conn_lock.acquire(blocking=False):
             try:
-                result = self._unit(work, write)
+                # (Checked under the lock: a checkpoint may have just set it.)
+                if not (write and self._wal_restart):
+                    result = self._unit(work, write)
+                    if write:
+                        self._wrote()
+                    return result
             except _Busy:
                 pass  # retried on the thread, which may wait
-            else:
-                if write:
-                    self._wrote()
-                return result
             finally:
                 self._conn_lock.release()
         loop = asyncio.get_running_loop()
@@ -143,23 +159,27 @@ class SqliteRunner:
         while True:
             with self._conn_lock:
                 try:
-                    return self._unit(work, write)
+                    result = self._unit(work, write)
                 except _Busy:
                     if time.monotonic() >= deadline:
                         raise OperationalError(
                             "unit of work", None, sqlite3.OperationalError("database is locked")
                         ) from None
+                else:
+                    if write:
+                        self._wal_restart = False
+                    return result
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
     def _unit(self, work: Callable[[Connection], T], write: bool) -> T:
         """One unit on the connection; the caller holds ``_conn_lock``."""
         conn = self._conn
-        if conn is None or conn.closed or conn.invalidated:
-            if conn is not None:
-                conn.close()
-            conn = self._conn = self.engine.connect()
         try:
+            if conn is None or conn.closed or conn.invalidated:
+                if conn is not None:
+                    conn.close()
+                conn = self._conn = self.engine.connect()
             if write:
                 with conn.begin():
                     return work(conn)
@@ -168,14 +188,32 @@ class SqliteRunner:
             finally:
                 conn.rollback()  # end the implicit read transaction: never hold a WAL snapshot
         except OperationalError as exc:
+            self._drop_if_dirty(conn)
             if _is_busy(exc):
                 raise _Busy from exc
             raise
+        except BaseException:
+            self._drop_if_dirty(conn)
+            raise
+
+    def _drop_if_dirty(self, conn: Connection | None) -> None:
+        """After a failure, a connection still inside a transaction (its rollback failed) is
+        discarded: the next unit's commit would otherwise make the failed unit's writes
+        permanent."""
+        if conn is None or conn.closed or conn.invalidated:
+            return
+        raw = conn.connection.dbapi_connection
+        if raw is None or getattr(raw, "in_transaction", False):
+            conn.invalidate()
 
     def _wrote(self) -> None:
-        self._writes += 1
-        if self._writes >= _CHECKPOINT_EVERY and not self._checkpointing:
-            self._writes = 0
+        if self._checkpointing or self._wal_path is None:
+            return
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        if size >= _CHECKPOINT_WAL_BYTES:
             self._checkpointing = True
             fut = self._thread.submit(self._checkpoint)
             fut.add_done_callback(self._checkpointed)
@@ -183,6 +221,7 @@ class SqliteRunner:
     def _checkpoint(self) -> None:
         with self._conn_lock, contextlib.suppress(_Busy):
             self._unit(lambda conn: conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)"), False)
+            self._wal_restart = True
 
     def _checkpointed(self, fut: concurrent.futures.Future[None]) -> None:
         self._checkpointing = False
@@ -190,6 +229,7 @@ class SqliteRunner:
             _log.warning("sqlite checkpoint failed", error=str(exc))
 
     async def close(self) -> None:
+        self._closed = True
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_on_thread)
         self._thread.shutdown(wait=False)
@@ -254,7 +294,8 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         "connect",
         _sqlite_pragmas("FULL" if durable else "NORMAL", busy_ms=0, autocheckpoint=False),
     )
-    return Database(engine, SqliteRunner(sync_engine, durable=durable))
+    wal = Path(f"{parsed.database}-wal")
+    return Database(engine, SqliteRunner(sync_engine, durable=durable, wal_path=wal))
 
 
 def _sqlite_pragmas(
@@ -269,6 +310,7 @@ def _sqlite_pragmas(
         if not autocheckpoint:
             # Checkpoints sync files: SqliteRunner runs them on its thread, never inline.
             cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         cur.close()
 
     return apply

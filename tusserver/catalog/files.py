@@ -245,11 +245,19 @@ class FileRepository:
             quick=True,
         )
 
-    async def renew_leases(self, file_ids: Sequence[str], until: dt.datetime) -> int:
-        """Extend the leases of files still being validated; returns how many were."""
+    async def renew_leases(
+        self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime
+    ) -> int:
+        """Extend the leases still held (being validated, lease not run out or handed back)
+        of ``file_ids``; returns how many were."""
         stmt = (
             update(files)
-            .where(files.c.id.in_(file_ids), files.c.status == FileStatus.VALIDATING.value)
+            .where(
+                files.c.id.in_(file_ids),
+                files.c.status == FileStatus.VALIDATING.value,
+                files.c.lease_until.is_not(None),
+                files.c.lease_until > now,
+            )
             .values(lease_until=until)
         )
         # No invalidation: leases are not part of what the cache serves.
@@ -283,7 +291,7 @@ class FileRepository:
         stmt = update(files).where(files.c.status.in_(PENDING)).values(next_attempt_at=None)
         await self.invalidator.run(self._db, lambda conn: conn.execute(stmt), (FILES, None))
 
-    async def requeue_failed(self) -> int:
+    async def requeue_failed(self, now: dt.datetime) -> int:
         """Operator retry of files the pipeline gave up on: pending again, attempts reset."""
         stmt = (
             update(files)
@@ -294,6 +302,7 @@ class FileRepository:
                 reason=None,
                 lease_until=None,
                 next_attempt_at=None,
+                updated_at=now,
             )
         )
         return await self.invalidator.run(

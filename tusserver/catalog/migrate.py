@@ -37,7 +37,9 @@ def head_revision() -> str | None:
     form one simple line (then alembic decides)."""
     revisions: set[str] = set()
     parents: set[str] = set()
-    for script in (_SCRIPTS / "versions").glob("[0-9]*.py"):
+    for script in (_SCRIPTS / "versions").glob("*.py"):
+        if script.name == "__init__.py":
+            continue
         source = script.read_text(encoding="utf-8")
         rev, down = _REVISION.search(source), _DOWN_REVISION.search(source)
         if rev is None or down is None:

@@ -284,23 +284,29 @@ class Pipeline:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             if not self._claimed:
                 continue
+            held = sorted(self._claimed)
+            now = self._clock()
             try:
-                kept = await self._files.renew_leases(
-                    sorted(self._claimed), self._clock() + self.lease
-                )
+                kept = await self._files.renew_leases(held, now, now + self.lease)
             except Exception:
                 _log.exception("pipeline lease renewal failed")
                 continue
-            if kept < len(self._claimed):
-                _log.warning("pipeline lost leases", held=len(self._claimed), renewed=kept)
+            if kept < len(held):
+                _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
     async def _claim_and_process(self, file_id: str) -> bool:
         if not await self._files.claim(file_id, self._clock(), self.lease):
             self._fresh.pop(file_id, None)
             return False
         self._claimed.add(file_id)
-        await self.process(file_id)
-        # Not in a finally: when cancelled (shutdown), stop() hands the lease back.
+        try:
+            await self.process(file_id)
+        except asyncio.CancelledError:
+            raise  # shutdown: stop() hands the lease back
+        except BaseException:
+            # Not renewed any more: the lease runs out and the file is retried.
+            self._claimed.discard(file_id)
+            raise
         self._claimed.discard(file_id)
         return True
 
