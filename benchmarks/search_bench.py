@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/search_bench.py                 # PG 1M files / 10M events + SQLite
     .venv/bin/python benchmarks/search_bench.py --quick         # small smoke run
+    .venv/bin/python benchmarks/search_bench.py --pg-dir DIR    # keep / reuse the seeded cluster
 
 PostgreSQL: a throwaway cluster (tests/services.PostgresServer), migrated with the app's own
 migrations, seeded by COPY (asyncpg ``copy_records_to_table``) with secondary indexes dropped
-during the load and rebuilt after; the hourly ``analytics_rollup`` rows are computed from the
-seeded events with the same keys ``write_events`` maintains; then VACUUM ANALYZE. SQLite: a
+during the load and rebuilt after; the rollups (hourly ``analytics_rollup``, daily
+``analytics_daily``, per-file ``analytics_file_blocks``) are computed from the seeded events
+with the same keys ``write_events`` maintains; then VACUUM ANALYZE. With ``--pg-dir`` the
+cluster lives in that directory and later runs reuse it without seeding (after applying any
+newer migration, which backfills what it adds, and VACUUM ANALYZE). SQLite: a
 ``tusserver.db`` in a temporary data dir, seeded the same way with executemany. Then
 ``tusserver serve`` runs as a subprocess (auth none: the caller is admin, limits off, no
 server-side cache, so every analytics request is a query) and each query type is requested
@@ -335,6 +339,43 @@ WHERE owner <> '*' GROUP BY hour, kind, dim
 """
 
 
+# ... and the same per UTC day, except the per-file rows (as migration 0007 does).
+def _daily_sql(day_expr: str) -> str:
+    return f"""
+INSERT INTO analytics_daily (owner, day, kind, dim, count, bytes)
+SELECT owner, day, kind, dim, sum(count), sum(bytes) FROM (
+  SELECT owner, {day_expr} AS day, kind, dim, count, bytes FROM analytics_rollup
+  WHERE NOT (kind = 'file.downloaded' AND dim <> '')
+) AS d GROUP BY owner, day, kind, dim
+"""
+
+
+PG_DAILY = _daily_sql("date_trunc('day', hour, 'UTC')")
+SQLITE_DAILY = _daily_sql("strftime('%Y-%m-%d 00:00:00.000000', hour)")
+
+
+# write_events() also counts each download in the two 64-day blocks (one starts every 32 days,
+# day numbers since 1970-01-01 UTC) that hold its day, per owner and service-wide: derive them
+# from the hourly download rows (as migration 0007 does).
+def _blocks_sql(day_expr: str) -> str:
+    downloads = (
+        f"(SELECT owner, dim, count, {day_expr} AS day FROM analytics_rollup "
+        "WHERE kind = 'file.downloaded' AND dim <> '')"
+    )
+    return f"""
+INSERT INTO analytics_file_blocks (owner, block, dim, count)
+SELECT owner, block, dim, sum(count) FROM (
+  SELECT owner, day - day % 32 AS block, dim, count FROM {downloads} AS d
+  UNION ALL
+  SELECT owner, day - day % 32 - 32, dim, count FROM {downloads} AS d
+) AS x GROUP BY owner, block, dim
+"""
+
+
+PG_BLOCKS = _blocks_sql("CAST(floor(extract(epoch FROM hour) / 86400) AS integer)")
+SQLITE_BLOCKS = _blocks_sql("CAST(julianday(hour) - 2440587.5 AS INTEGER)")
+
+
 async def _migrate(url: str) -> None:
     from tusserver.catalog.db import create_database
     from tusserver.catalog.migrate import upgrade
@@ -358,7 +399,10 @@ async def seed_pg(dsn: str, url: str, n_files: int, n_events: int, budget: float
     try:
         await conn.execute("SET TIME ZONE 'UTC'")
         await conn.execute("SET maintenance_work_mem = '512MB'")
-        tables = ("files", "file_tags", "events", "analytics_rollup")
+        tables = (
+            "files", "file_tags", "events", "analytics_rollup", "analytics_daily",
+            "analytics_file_blocks",
+        )  # fmt: skip
         idx = await conn.fetch(
             """SELECT i.indexname, i.indexdef FROM pg_indexes i
                JOIN pg_class c ON c.relname = i.indexname
@@ -398,9 +442,14 @@ async def seed_pg(dsn: str, url: str, n_files: int, n_events: int, budget: float
         t0 = time.monotonic()
         await conn.execute(PG_ROLLUP)
         await conn.execute(SERVICE_ROLLUP)
+        await conn.execute(PG_DAILY)
+        await conn.execute(PG_BLOCKS)
+        info["daily_rows"] = await conn.fetchval("SELECT count(*) FROM analytics_daily")
+        info["block_rows"] = await conn.fetchval("SELECT count(*) FROM analytics_file_blocks")
         info["rollup_rows"] = await conn.fetchval("SELECT count(*) FROM analytics_rollup")
         info["rollup_s"] = round(time.monotonic() - t0, 1)
-        print(f"  rollup: {info['rollup_rows']} rows in {info['rollup_s']} s", flush=True)
+        print(f"  rollup: {info['rollup_rows']} rows, daily {info['daily_rows']}, file blocks "
+              f"{info['block_rows']}, in {info['rollup_s']} s", flush=True)  # fmt: skip
         t0 = time.monotonic()
         for name, ddl in info["indexes"].items():
             await conn.execute(ddl)
@@ -464,6 +513,8 @@ async def seed_sqlite(path: Path, n_files: int, n_events: int) -> dict[str, Any]
             )
             con.execute(SQLITE_ROLLUP)
             con.execute(SERVICE_ROLLUP)
+            con.execute(SQLITE_DAILY)
+            con.execute(SQLITE_BLOCKS)
         con.execute("ANALYZE")
         info["events"] = n_events
         info["rollup_rows"] = con.execute("SELECT count(*) FROM analytics_rollup").fetchone()[0]
@@ -477,6 +528,71 @@ async def seed_sqlite(path: Path, n_files: int, n_events: int) -> dict[str, Any]
         info["sample"] = await _sample(fetch, "?")
     finally:
         con.close()
+    return info
+
+
+# --- a kept cluster (--pg-dir) ----------------------------------------------------------------
+
+
+class KeptPostgres(PostgresServer):
+    """A PostgresServer in a directory given by the caller, which outlives the run: created
+    (initdb) the first time, started again as it is later. ``seed.json`` there says what the
+    database ``searchbench`` holds once a seeding has completed."""
+
+    def __init__(self, path: Path, settings: dict[str, str]) -> None:
+        super().__init__(settings=settings)
+        shutil.rmtree(self.dir, ignore_errors=True)  # the temp dir the base class made
+        path.mkdir(parents=True, exist_ok=True)
+        self.dir = path.resolve()
+        self.data_dir = self.dir / "data"
+        self._prepared = (self.data_dir / "PG_VERSION").exists()
+
+    @property
+    def seed_file(self) -> Path:
+        return self.dir / "seed.json"
+
+    def seeded(self, n_files: int, n_events: int) -> dict[str, Any] | None:
+        """The info of the seeding this cluster holds, if it is one of these sizes."""
+        try:
+            info: dict[str, Any] = json.loads(self.seed_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return (
+            info
+            if (info.get("files"), info.get("requested_events")) == (n_files, n_events)
+            else None
+        )
+
+    def close(self) -> None:  # stop, keep the directory
+        if self._closed:
+            return
+        try:
+            self.stop()
+        finally:
+            self._closed = True
+
+
+async def reuse_pg(dsn: str, url: str, seed: dict[str, Any]) -> dict[str, Any]:
+    """A kept, seeded database: migrated to this revision (new migrations backfill what they
+    add from the seeded rows), VACUUM ANALYZEd, sampled."""
+    import asyncpg
+
+    age = NOW - dt.datetime.fromisoformat(seed["when"])
+    print(f"  reusing the database seeded at {seed['when']} ({age} ago: the last "
+          f"{age} of the 30-day range have no seeded events)", flush=True)  # fmt: skip
+    t0 = time.monotonic()
+    await _migrate(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM (ANALYZE)")
+        info = {k: v for k, v in seed.items() if k != "sample"}
+        info["reused"] = True
+        info["rollup_rows"] = await conn.fetchval("SELECT count(*) FROM analytics_rollup")
+        info["migrate_vacuum_s"] = round(time.monotonic() - t0, 1)
+        print(f"  migrated + VACUUM ANALYZE in {info['migrate_vacuum_s']} s", flush=True)
+        info["sample"] = await _sample(conn.fetch, "$1")
+    finally:
+        await conn.close()
     return info
 
 
@@ -732,14 +848,44 @@ async def _pg_explain(dsn: str, statements: list[Any]) -> str:
     return "\n\n".join(out)
 
 
-async def explain_pg_analytics(dsn: str, owner: str | None) -> str:
-    """The statements tusserver.catalog.analytics.report() runs for the default 30 days."""
+class _Recording:
+    """A Database whose units of work run on a real connection that also records each
+    statement: the top files of a report depend on what earlier statements returned."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.statements: list[Any] = []
+        self.dialect = db.dialect
+
+    async def read(self, work: Callable[[Any], Any]) -> Any:
+        outer = self
+
+        class Conn:
+            def __init__(self, conn: Any) -> None:
+                self._conn = conn
+                self.dialect = conn.dialect
+
+            def execute(self, stmt: Any, *args: Any) -> Any:
+                outer.statements.append(stmt)
+                return self._conn.execute(stmt, *args)
+
+        return await self._db.read(lambda conn: work(Conn(conn)))
+
+
+async def explain_pg_analytics(url: str, dsn: str, owner: str | None) -> str:
+    """The statements tusserver.catalog.analytics.report() runs for the default 30 days, run
+    once to record them (which depend on the data), then EXPLAINed."""
     from tusserver.catalog.analytics import report
+    from tusserver.catalog.db import create_database
 
     end = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    cap = _Capture()
-    await report(cap, start=end - dt.timedelta(days=30), end=end, owner=owner)  # type: ignore[arg-type]
-    return await _pg_explain(dsn, cap.statements)
+    db = create_database(url)
+    try:
+        rec = _Recording(db)
+        await report(rec, start=end - dt.timedelta(days=30), end=end, owner=owner)  # type: ignore[arg-type]
+    finally:
+        await db.dispose()
+    return await _pg_explain(dsn, rec.statements)
 
 
 async def explain_sqlite(path: Path, params: dict[str, str]) -> str:
@@ -775,6 +921,54 @@ async def explain_slow(
 # --- main -----------------------------------------------------------------------------------
 
 
+async def run_pg(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    settings = {"shared_buffers": "1GB", "work_mem": "32MB"}
+    kept = KeptPostgres(args.pg_dir, settings) if args.pg_dir else None
+    print(f"PostgreSQL: starting {'the cluster in ' + str(kept.dir) if kept else 'a throwaway cluster'}",
+          flush=True)  # fmt: skip
+    with kept or PostgresServer(settings=settings) as pg:
+        seed = kept.seeded(args.pg_files, args.pg_events) if kept else None
+        dsn = pg.dsn("searchbench")
+        if kept is not None and seed is not None:
+            url = pg.url("searchbench")
+            info = await reuse_pg(dsn, url, seed)
+        else:
+            if kept is not None:
+                kept.seed_file.unlink(missing_ok=True)
+            url = pg.create_database("searchbench")
+            info = await seed_pg(dsn, url, args.pg_files, args.pg_events, args.events_budget)
+            if kept is not None:
+                kept.seed_file.write_text(
+                    json.dumps(
+                        {**info, "requested_events": args.pg_events, "when": NOW.isoformat()},
+                        default=str,
+                    )
+                )
+        sample = info.pop("sample")
+        info.update(owner_files_max=sample["owner_files_max"],
+                    owner_files_median=sample["owner_files_median"])  # fmt: skip
+        if args.seed_only:
+            return {"data": info}
+        server = Server({"TUSSERVER_DATABASE_URL": url}, work / "pg-data", work / "pg-server.log")
+        try:
+            await server.wait_ready()
+            print("  queries (sequential, one client):", flush=True)
+            res = await run_queries(server.base, sample, args.requests, args.query_budget)
+        finally:
+            server.stop()
+        plans = await explain_slow(res, lambda p: explain_pg(dsn, p))
+        for name, owner in (("analytics 30d service", None),
+                            ("analytics 30d ?user=", sample["owners"][0])):  # fmt: skip
+            if args.explain_analytics or (res[name]["p99_ms"] or 0) > SLOW_MS:
+                try:
+                    plans[name] = await explain_pg_analytics(url, dsn, owner)
+                except Exception as exc:
+                    plans[name] = f"explain failed: {exc!r}"
+        for name, plan in plans.items():
+            print(f"\n  EXPLAIN ANALYZE [{name}]:\n{plan}\n", flush=True)
+        return {"data": info, "queries": res, "explain": plans}
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -788,6 +982,25 @@ async def main() -> int:
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
     ap.add_argument("--out", default="", help="results file name (default search.json)")
+    ap.add_argument(
+        "--pg-dir",
+        type=Path,
+        help="keep the PostgreSQL cluster in this directory instead of a throwaway one: "
+        "seeded the first time, reused as it is by later runs with the same --pg-files and "
+        "--pg-events (migrated to the current revision first; seeding takes ~10 min); "
+        "delete the directory to seed afresh",
+    )
+    ap.add_argument(
+        "--explain-analytics",
+        action="store_true",
+        help="EXPLAIN ANALYZE the analytics statements on PostgreSQL even when they are fast",
+    )
+    ap.add_argument(
+        "--seed-only",
+        action="store_true",
+        help="seed PostgreSQL (or migrate a kept --pg-dir cluster) and stop: no queries, no "
+        "SQLite, no results file",
+    )
     args = ap.parse_args()
     if args.quick:
         args.pg_files, args.pg_events = 20_000, 100_000
@@ -802,34 +1015,9 @@ async def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tus-searchbench-"))
     try:
         if not args.skip_pg:
-            print("PostgreSQL: starting a throwaway cluster", flush=True)
-            with PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "32MB"}) as pg:
-                url = pg.create_database("searchbench")
-                dsn = pg.dsn("searchbench")
-                info = await seed_pg(dsn, url, args.pg_files, args.pg_events, args.events_budget)
-                sample = info.pop("sample")
-                info.update(owner_files_max=sample["owner_files_max"],
-                            owner_files_median=sample["owner_files_median"])  # fmt: skip
-                server = Server(
-                    {"TUSSERVER_DATABASE_URL": url}, work / "pg-data", work / "pg-server.log"
-                )
-                try:
-                    await server.wait_ready()
-                    print("  queries (sequential, one client):", flush=True)
-                    res = await run_queries(server.base, sample, args.requests, args.query_budget)
-                finally:
-                    server.stop()
-                plans = await explain_slow(res, lambda p: explain_pg(dsn, p))
-                for name, owner in (("analytics 30d service", None),
-                                    ("analytics 30d ?user=", sample["owners"][0])):  # fmt: skip
-                    if (res[name]["p99_ms"] or 0) > SLOW_MS:
-                        try:
-                            plans[name] = await explain_pg_analytics(dsn, owner)
-                        except Exception as exc:
-                            plans[name] = f"explain failed: {exc!r}"
-                report["postgresql"] = {"data": info, "queries": res, "explain": plans}
-                for name, plan in plans.items():
-                    print(f"\n  EXPLAIN ANALYZE [{name}]:\n{plan}\n", flush=True)
+            report["postgresql"] = await run_pg(args, work)
+        if args.seed_only:
+            return 0
         if not args.skip_sqlite:
             print("SQLite:", flush=True)
             data = work / "sqlite-data"

@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UTCDateTime",
+    "analytics_daily",
     "analytics_file_blocks",
     "analytics_rollup",
     "audit_log",
@@ -294,6 +295,22 @@ def by_id_params(row_id: str, values: dict[str, Any]) -> dict[str, Any]:
     params["row_id"] = row_id
     return params
 
+
+#: The rows of analytics_rollup summed per UTC day, except the per-file ones ("file:<id>"),
+#: maintained with it (same transaction): a report by day reads these for the whole days of its
+#: range, and the hourly rows only for the hours of its first and last days outside them
+#: (migration 0007). Per-file rows are not kept per day: files are rarely downloaded twice in
+#: a day, so they would be nearly as many.
+analytics_daily = Table(
+    "analytics_daily",
+    metadata,
+    Column("owner", String(64), primary_key=True),  # as in analytics_rollup
+    Column("day", UTCDateTime, primary_key=True),  # midnight UTC
+    Column("kind", String(32), primary_key=True),
+    Column("dim", String(300), primary_key=True),  # "", "type:<mime>" or "reason:<text>"
+    Column("count", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
 
 #: Downloads per file and overlapping block of days, maintained with analytics_rollup (same
 #: transaction, same owners): a block starts every 32 days and spans 64, so every day is in two
