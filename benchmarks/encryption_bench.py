@@ -16,23 +16,31 @@ They run in alternating rounds (off on, on off, off on, ...: ABBA, so a drift of
 load hits both alike), each round with a fresh `tusserver serve` on 127.0.0.1 and a fresh data
 directory. A round:
 
-    upload    --uploads concurrent tus uploads of --mib MiB in --chunk-mib MiB PATCHes;
+    upload    --uploads concurrent tus uploads of --mib MiB in --chunk-mib MiB PATCHes, created
+              with Upload-Defer-Length: 1 so that no file is committed while others still
+              upload (the commit work would bill this phase);
               MB/s = bytes acknowledged / (first POST -> last 204)
-    commit    last 204 of the run -> the last file committed (its committed_at, the server's
-              clock; HEAD on each upload URL is polled for X-File-Status: committed), and per
-              file: its last 204 -> its committed_at
+    commit    one empty PATCH per upload declaring its Upload-Length, all at once: the uploads
+              finish and the pipeline checks and commits them (sha256, type sniffing, move into
+              the object store); MB/s = bytes / (first of those PATCHes -> the last file
+              committed, its committed_at on the server's clock; HEAD on each upload URL is
+              polled for X-File-Status: committed), and per file: its PATCH -> its committed_at.
+              With --known-length, uploads declare their length at creation and the commit
+              phase starts at the last 204 (early files then commit during the upload phase)
     download  GET /file/{id}/content of every file, all at once, bodies read and discarded;
               MB/s = bytes / (first GET -> last body byte)
     ranges    --range-requests random --range-kib KiB Range GETs (206) over those files,
               --uploads at a time: req/s, p50 and p99
     memory    VmHWM (peak RSS) of the server process at the end of the round
 
+Each phase records the server's CPU seconds (/proc, the whole process tree) and reports them
+per byte moved (ns/B; per request for Range GETs): steadier than wall time on a busy machine.
 Every figure is the median over the rounds; the table shows off, on, on/off and the cost of
-encryption (extra time, CPU or memory: on/off - 1 for times, off/on - 1 for rates). The
-server's CPU seconds per phase (/proc) are reported too: less noisy than wall time on a busy
-machine. Correctness is checked along the way: the warm-up round-trips a file byte for byte,
-every upload's sha256 (GET /file/{id}) must equal the client's, every download must have the
-full length and every Range body is compared with the bytes sent.
+encryption (extra time, CPU or memory: on/off - 1 for times, off/on - 1 for rates), and the
+load average at the start and the end of the run. Correctness is checked along the way: the
+warm-up round-trips a file byte for byte, every upload's sha256 (GET /file/{id}) must equal
+the client's, every download must have the full length and every Range body is compared with
+the bytes sent.
 
 Results: a table on stdout and benchmarks/results/encryption.json. See benchmarks/README.md.
 """
@@ -204,9 +212,13 @@ async def tus_upload(
     index: int,
     layout: Layout,
     patch_lat: list[float],
+    defer: bool = False,
 ) -> Uploaded:
+    """POST and PATCH every byte; with ``defer`` the length is not declared yet (see
+    declare_length), so the upload stays unfinished and nothing is committed."""
     size, chunk, source = layout.size, layout.chunk, layout.source
-    async with s.post(endpoint, headers={**TUS, "Upload-Length": str(size)}) as r:
+    length = {"Upload-Defer-Length": "1"} if defer else {"Upload-Length": str(size)}
+    async with s.post(endpoint, headers={**TUS, **length}) as r:
         await r.read()
         if r.status != 201 or "Location" not in r.headers:
             raise BenchError(f"POST -> {r.status}")
@@ -229,6 +241,23 @@ async def tus_upload(
         patch_lat.append(time.perf_counter() - t)
         offset += n
     return Uploaded(index, url, time.perf_counter(), time.time())
+
+
+async def declare_length(s: aiohttp.ClientSession, up: Uploaded, size: int) -> Uploaded:
+    """An empty PATCH declaring the length of an upload that holds all its bytes: it
+    finishes, and the pipeline takes it. Returns it with the time of that PATCH's 204."""
+    headers = {
+        **TUS,
+        "Content-Type": OCTETS,
+        "Content-Length": "0",
+        "Upload-Offset": str(size),
+        "Upload-Length": str(size),
+    }
+    async with s.patch(up.url, data=b"", headers=headers) as r:
+        text = await r.read()
+        if r.status != 204 or r.headers.get("Upload-Offset") != str(size):
+            raise BenchError(f"PATCH declaring the length -> {r.status} {text[:200]!r}")
+    return Uploaded(up.index, up.url, time.perf_counter(), time.time())
 
 
 async def wait_committed(
@@ -290,6 +319,8 @@ class Plan:
     range_size: int
     timeout: float
     expected_sha: tuple[str, ...]
+    #: Declare the length at creation (the commit of early files overlaps the upload phase).
+    known_length: bool = False
 
 
 async def warm_up(server: Server, plan: Plan) -> None:
@@ -346,7 +377,10 @@ async def measure_round(
             cpu0 = tree_cpu_s(pid)
             t0 = time.perf_counter()
             done = await asyncio.gather(
-                *(tus_upload(s, endpoint, i, layout, patch_lat) for i in range(plan.uploads))
+                *(
+                    tus_upload(s, endpoint, i, layout, patch_lat, defer=not plan.known_length)
+                    for i in range(plan.uploads)
+                )
             )
             t1 = time.perf_counter()
             cpu1 = tree_cpu_s(pid)
@@ -359,13 +393,30 @@ async def measure_round(
         "patch_p50_ms": percentile(patch_lat, 50),
         "patch_p99_ms": percentile(patch_lat, 99),
         "server_cpu_s": round(cpu1 - cpu0, 2),
+        "cpu_ns_per_byte": round((cpu1 - cpu0) * 1e9 / total, 3),
     }
-    last = max(done, key=lambda u: u.acked)
-    async with session(2) as s:
-        with phase("commit"):
-            ids = await wait_committed(s, done, plan.timeout)
-            t_seen = time.perf_counter()
-            cpu2 = tree_cpu_s(pid)
+    async with session(plan.uploads) as s:
+        if plan.known_length:
+            # The commit phase starts at the last 204 (the first files are committing by
+            # then already).
+            last = max(done, key=lambda u: u.acked)
+            start_perf, start_wall = last.acked, last.acked_wall
+            cpu1 = tree_cpu_s(pid)
+            with phase("commit"):
+                ids = await wait_committed(s, done, plan.timeout)
+                t_seen = time.perf_counter()
+                cpu2 = tree_cpu_s(pid)
+        else:
+            # Writeback of the upload phase must not bill the commits.
+            run_all._sync()
+            await settle(pid)
+            with phase("commit"):
+                cpu1 = tree_cpu_s(pid)
+                start_perf, start_wall = time.perf_counter(), time.time()
+                done = await asyncio.gather(*(declare_length(s, u, layout.size) for u in done))
+                ids = await wait_committed(s, done, plan.timeout)
+                t_seen = time.perf_counter()
+                cpu2 = tree_cpu_s(pid)
         infos = {i: await file_info(s, base, fid) for i, fid in ids.items()}
     per_file = []
     for up in done:
@@ -377,14 +428,17 @@ async def measure_round(
         committed = dt.datetime.fromisoformat(info["committed_at"]).timestamp()
         per_file.append(committed - up.acked_wall)
     latest = max(dt.datetime.fromisoformat(i["committed_at"]).timestamp() for i in infos.values())
+    commit_s = max(latest - start_wall, 1e-3)
     out["commit"] = {
-        # last 204 of the run -> the last file committed (server clock, same host)
-        "all_s": round(latest - last.acked_wall, 3),
+        # start of the phase -> the last file committed (server clock, same host)
+        "all_s": round(commit_s, 3),
+        "mb_s": round(total / MB / commit_s, 1),
         # the same, seen by the client polling HEAD (resolution ~POLL_INTERVAL)
-        "all_polled_s": round(t_seen - last.acked, 3),
+        "all_polled_s": round(t_seen - start_perf, 3),
         "per_file_p50_s": round(statistics.median(per_file), 3),
         "per_file_max_s": round(max(per_file), 3),
         "server_cpu_s": round(cpu2 - cpu1, 2),
+        "cpu_ns_per_byte": round((cpu2 - cpu1) * 1e9 / total, 3),
     }
     # Anything still running (the sweeper, writeback of the committed files) must not bill
     # the downloads.
@@ -409,6 +463,7 @@ async def measure_round(
         "mib_s": round(total / MiB / wall, 1),
         "ttfb_p50_ms": percentile([t for _, t in got], 50),
         "server_cpu_s": round(cpu1 - cpu0, 2),
+        "cpu_ns_per_byte": round((cpu1 - cpu0) * 1e9 / total, 3),
     }
 
     # -- random Range requests (the same ones in every round and configuration)
@@ -449,9 +504,11 @@ async def measure_round(
         "requests": len(lat),
         "range_bytes": span,
         "req_s": round(len(lat) / wall, 1),
+        "mb_s": round(len(lat) * span / MB / wall, 1),
         "p50_ms": percentile(lat, 50),
         "p99_ms": percentile(lat, 99),
         "server_cpu_s": round(cpu1 - cpu0, 2),
+        "cpu_us_per_request": round((cpu1 - cpu0) * 1e6 / max(len(lat), 1), 1),
     }
     out["rss_peak_mib"] = tree_memory_mib(pid, "VmHWM")
     return out
@@ -507,19 +564,29 @@ async def run_round(
 #: (label, phase, key, kind): kind "rate" (higher is better) or "cost" (lower is better)
 ROWS: list[tuple[str, str, str, str]] = [
     ("upload MB/s", "upload", "mb_s", "rate"),
+    ("upload server CPU ns/B", "upload", "cpu_ns_per_byte", "cost"),
     ("upload PATCH p50 ms", "upload", "patch_p50_ms", "cost"),
-    ("upload server CPU s", "upload", "server_cpu_s", "cost"),
-    ("commit s, last PATCH -> all committed", "commit", "all_s", "cost"),
+    ("commit MB/s", "commit", "mb_s", "rate"),
+    ("commit server CPU ns/B", "commit", "cpu_ns_per_byte", "cost"),
+    ("commit s, all files", "commit", "all_s", "cost"),
     ("commit s, per file p50", "commit", "per_file_p50_s", "cost"),
-    ("commit server CPU s", "commit", "server_cpu_s", "cost"),
     ("download MB/s", "download", "mb_s", "rate"),
-    ("download server CPU s", "download", "server_cpu_s", "cost"),
+    ("download server CPU ns/B", "download", "cpu_ns_per_byte", "cost"),
     ("range req/s", "ranges", "req_s", "rate"),
+    ("range server CPU us/req", "ranges", "cpu_us_per_request", "cost"),
     ("range p50 ms", "ranges", "p50_ms", "cost"),
     ("range p99 ms", "ranges", "p99_ms", "cost"),
-    ("range server CPU s", "ranges", "server_cpu_s", "cost"),
     ("server peak RSS MiB", "", "rss_peak_mib", "cost"),
 ]
+#: The issue's headline figures (MB/s and the server CPU behind them), marked in the table.
+HEADLINE = {
+    "upload MB/s",
+    "upload server CPU ns/B",
+    "commit MB/s",
+    "commit server CPU ns/B",
+    "download MB/s",
+    "download server CPU ns/B",
+}
 
 
 def _get(r: dict[str, Any], phase: str, key: str) -> float | None:
@@ -555,8 +622,11 @@ def print_table(report: dict[str, Any]) -> None:
     m = report["meta"]
     print(
         f"\nmedian of {m['rounds']} rounds: {m['uploads']} x {m['mib']} MiB uploads in "
-        f"{m['chunk_mib']} MiB PATCHes, {m['range_requests']} x {m['range_kib']} KiB ranges, "
-        f"segment {m['segment_size'] // KiB} KiB, {m['cpus']} CPUs, MB = 10^6 bytes"
+        f"{m['chunk_mib']} MiB PATCHes (length declared "
+        f"{'at creation' if m['known_length'] else 'to commit'}), "
+        f"{m['range_requests']} x {m['range_kib']} KiB ranges, segment "
+        f"{m['segment_size'] // KiB} KiB, {m['cpus']} CPUs, load average "
+        f"{m['loadavg_at_start']:.2f} -> {m['loadavg_at_end']:.2f}, MB = 10^6 bytes"
     )
     header = f"{'metric':<40}{'off':>10}{'on':>10}{'on/off':>9}{'cost':>9}"
     print(header)
@@ -569,20 +639,25 @@ def print_table(report: dict[str, Any]) -> None:
         cost = row["cost_pct"]
         flag = " *" if cost is not None and cost > COST_TARGET_PCT else ""
         cost_s = "-" if cost is None else f"{cost:+.1f}%"
+        label = ("> " if row["metric"] in HEADLINE else "  ") + row["metric"]
         print(
-            f"{row['metric']:<40}{fmt(row['off']):>10}{fmt(row['on']):>10}"
+            f"{label:<40}{fmt(row['off']):>10}{fmt(row['on']):>10}"
             f"{fmt(row['on_off']):>9}{cost_s:>9}{flag}"
         )
     print(
         "cost = extra time, CPU or memory with encryption (off/on - 1 for rates, on/off - 1 "
-        f"otherwise); * over the {COST_TARGET_PCT:g}% target"
+        f"otherwise); * over the {COST_TARGET_PCT:g}% target; > the issue's figures"
     )
     print("per round (off | on):")
     for key, label in (
         (("upload", "mb_s"), "upload MB/s"),
-        (("commit", "all_s"), "commit s"),
+        (("upload", "cpu_ns_per_byte"), "upload ns/B"),
+        (("commit", "mb_s"), "commit MB/s"),
+        (("commit", "cpu_ns_per_byte"), "commit ns/B"),
         (("download", "mb_s"), "download MB/s"),
+        (("download", "cpu_ns_per_byte"), "download ns/B"),
         (("ranges", "req_s"), "range req/s"),
+        (("ranges", "cpu_us_per_request"), "range us/req"),
     ):
         offs = [_get(r, *key) for r in report["rounds"]["off"]]
         ons = [_get(r, *key) for r in report["rounds"]["on"]]
@@ -628,6 +703,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         range_size=args.range_kib * KiB,
         timeout=args.timeout,
         expected_sha=expected,
+        known_length=args.known_length,
     )
     key = generate_key()
     segment = args.segment_kib * KiB if args.segment_kib else None
@@ -648,11 +724,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 r["round"] = i + 1
                 rounds[config].append(r)
                 print(
-                    f"round {i + 1} {config:<3}  upload {r['upload']['mb_s']:>7.1f} MB/s  "
-                    f"commit {r['commit']['all_s']:>6.2f} s  "
-                    f"download {r['download']['mb_s']:>7.1f} MB/s  "
-                    f"ranges {r['ranges']['req_s']:>7.1f}/s p99 {r['ranges']['p99_ms']} ms  "
-                    f"peak RSS {r['rss_peak_mib']} MiB",
+                    f"round {i + 1} {config:<3}  "
+                    + "  ".join(
+                        f"{ph} {r[ph]['mb_s']:>6.0f} MB/s {r[ph]['cpu_ns_per_byte']:>5.2f} ns/B"
+                        for ph in ("upload", "commit", "download")
+                    )
+                    + f"  ranges {r['ranges']['req_s']:>6.0f}/s "
+                    f"{r['ranges']['cpu_us_per_request']:>5.0f} us/req  "
+                    f"RSS {r['rss_peak_mib']} MiB  load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         if args.py_spy:
@@ -686,6 +765,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "uploads": args.uploads,
             "mib": args.mib,
             "chunk_mib": args.chunk_mib,
+            "known_length": args.known_length,
             "range_requests": args.range_requests,
             "range_kib": args.range_kib,
             "segment_size": segment or 256 * KiB,
@@ -717,6 +797,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="encryption_segment_size in KiB (default: the server's, 256)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for commits")
+    p.add_argument(
+        "--known-length",
+        action="store_true",
+        help="declare Upload-Length at creation: files commit as soon as they are complete, "
+        "during the upload phase of the others (the phases' CPU figures then mix)",
+    )
     p.add_argument(
         "--py-spy",
         action="store_true",

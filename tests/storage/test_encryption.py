@@ -7,6 +7,7 @@ through :class:`EncryptedObjectStore`; these tests cover what is specific to enc
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 import secrets
@@ -624,6 +625,323 @@ async def test_commit_refuses_a_damaged_or_missing_upload(tmp_path: Path) -> Non
     assert [p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")] == []
     with pytest.raises(UploadDataMissing):
         await up.copy_into("nope", obj, "n.bin", content_type="a/b", metadata={})
+
+
+# --- finish: the last segment sealed as final, the commit a rename -------------------------
+
+
+def no_kernel_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage_backends import encryption
+
+    def refuse(*_args: Any) -> None:
+        raise AssertionError("the sealed upload was copied, not renamed")
+
+    monkeypatch.setattr(encryption, "_copy_range", refuse)
+
+
+async def test_finish_reseals_only_the_last_segment_as_final(tmp_path: Path) -> None:
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    path = tmp_path / "u" / "f"
+    for size in (1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 5):
+        data = plaintext(size, seed=size)
+        await uploaded(up, "f", data)
+        before = path.read_bytes()
+        await up.finish("f")
+        after = path.read_bytes()
+        assert len(after) == len(before) == size + OVERHEAD * -(-size // SEG)
+        # Every segment but the last is untouched; the last one got a fresh nonce.
+        assert segments(after)[:-1] == segments(before)[:-1]
+        assert segments(after)[-1][:12] != segments(before)[-1][:12]
+        assert await up.get_offset("f") == size
+        assert b"".join([b async for b in up.read("f", 0, size)]) == data
+        for start in {0, SEG - 1, size - 1, max(size - SEG - 1, 0)}:
+            n = min(SEG + 2, size - start)
+            got = b"".join([b async for b in up.read("f", start, n)])
+            assert got == data[start : start + n], (size, start)
+        await up.finish("f")  # idempotent: already final
+        assert path.read_bytes() == after
+        await up.delete("f")
+    await up.create("empty")
+    await up.finish("empty")  # nothing to seal: an object's empty segment comes at commit
+    assert (tmp_path / "u" / "empty").read_bytes() == b""
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 5])
+async def test_the_commit_of_a_finished_upload_is_a_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    import os
+
+    no_kernel_copy(monkeypatch)
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    data = plaintext(size, seed=size + 1)
+    await uploaded(up, "r1", data)
+    await up.finish("r1")
+    chunk_path = tmp_path / "u" / "r1"
+    sealed, inode = chunk_path.read_bytes(), os.stat(chunk_path).st_ino
+    meta = {"sha256": "cd" * 32, "tusenc-kid": "forged"}  # a stray envelope field is dropped
+    assert await up.copy_into("r1", obj, "d/r1.bin", content_type="a/b", metadata=meta)
+    obj_path = tmp_path / "o" / "d" / "r1.bin"
+    if size:
+        # The upload's sealed file became the object: same inode, same bytes.
+        assert not chunk_path.exists()
+        assert os.stat(obj_path).st_ino == inode
+        assert obj_path.read_bytes() == sealed
+    else:
+        assert len(obj_path.read_bytes()) == OVERHEAD  # one empty, final segment
+    info = await obj.stat("d/r1.bin")
+    assert info is not None
+    assert (info.size, dict(info.metadata)) == (size, {"sha256": "cd" * 32})
+    assert await read_all(obj, "d/r1.bin") == data
+    for start, n in ((0, 1), (SEG - 1, 2), (SEG, SEG), (size - 1, 1), (1, 3 * SEG)):
+        if 0 <= start < size:
+            assert await read_all(obj, "d/r1.bin", start, n) == data[start : start + n]
+    assert MARKER not in obj_path.read_bytes()
+    assert not [p for p in (tmp_path / "o" / "d").iterdir() if p.name.endswith(".tmp")]
+    # The pipeline then deletes what is left of the upload (its key sidecar).
+    await up.delete("r1")
+    assert not list((tmp_path / "u").glob("r1*"))
+    if size > SEG:
+        # A renamed object is a proper finished object: cut at a segment boundary, detected.
+        raw = obj_path.read_bytes()
+        obj_path.write_bytes(raw[: SEG + OVERHEAD])
+        meta_path = tmp_path / "o" / ".meta" / "d" / "r1.bin.json"
+        doc = json.loads(meta_path.read_text())
+        doc["metadata"]["tusenc-size"] = str(SEG)
+        meta_path.write_text(json.dumps(doc))
+        with pytest.raises(IntegrityError):
+            await read_all(obj, "d/r1.bin")
+
+
+async def test_patches_and_blocks_not_aligned_to_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_kernel_copy(monkeypatch)
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    rnd = random.Random(11)
+    data = plaintext(40 * SEG + 321, seed=12)
+    await up.create("a")
+    offset = 0
+    while offset < len(data):
+        # PATCHes from 1 byte to several segments, starting and ending anywhere in one;
+        # network blocks of any size, up to several segments (the large, inline path).
+        n = min(rnd.choice([1, 5, SEG - 1, SEG + 1, 2 * SEG, 7 * SEG + 3]), len(data) - offset)
+        block = rnd.choice([1, 300, SEG - 7, SEG, 3 * SEG + 11, 20 * SEG])
+        assert await up.write("a", offset, blocks(data[offset : offset + n], block)) == n
+        offset += n
+        assert await up.get_offset("a") == offset
+    await up.finish("a")
+    assert await up.copy_into("a", obj, "a.bin", content_type="a/b", metadata={})
+    assert await read_all(obj, "a.bin") == data
+    for k in range(1, 41, 3):
+        for start in (k * SEG - 1, k * SEG, k * SEG + 1):
+            assert await read_all(obj, "a.bin", start, 3) == data[start : start + 3]
+
+
+async def test_a_torn_finish_is_not_counted_and_is_resent(tmp_path: Path) -> None:
+    # A crash while finish() re-seals the last segment in place leaves one that
+    # authenticates neither as final nor as not final: the upload is not finished (the
+    # service records that only after finish returns), HEAD reports the offset before that
+    # segment, and the client sends those bytes again.
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    for size in (2 * SEG + 100, 3 * SEG):
+        data = plaintext(size, seed=size)
+        key = f"t{size}"
+        await uploaded(up, key, data)
+        await up.finish(key)
+        path = tmp_path / "u" / key
+        raw = bytearray(path.read_bytes())
+        raw[-3] ^= 0x40
+        path.write_bytes(bytes(raw))
+        last = (size - 1) // SEG * SEG
+        assert await up.get_offset(key) == last
+        with pytest.raises(IntegrityError):
+            await up.finish(key)
+        with pytest.raises(IntegrityError):
+            await up.copy_into(key, obj, key, content_type="a/b", metadata={})
+        assert await up.write(key, last, blocks(data[last:])) == size - last
+        assert await up.get_offset(key) == size
+        await up.finish(key)
+        assert await up.copy_into(key, obj, key, content_type="a/b", metadata={})
+        assert await read_all(obj, key) == data
+
+
+async def test_a_final_last_segment_is_resealed_by_a_later_append(tmp_path: Path) -> None:
+    # finish() done but not recorded (a crash in between): the client's retry appends
+    # nothing, or (deferred length) more bytes; the final segment becomes a plain one again,
+    # and finish seals the new last one.
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    data = plaintext(2 * SEG + 10, seed=3)
+    await uploaded(up, "x", data)
+    await up.finish("x")
+    assert await up.write("x", len(data), blocks(b"")) == 0
+    assert await up.get_offset("x") == len(data)
+    more = plaintext(SEG + 7, seed=4)
+    assert await up.write("x", len(data), blocks(more, 999)) == len(more)
+    whole = data + more
+    assert await up.get_offset("x") == len(whole)
+    assert b"".join([b async for b in up.read("x", 0, len(whole))]) == whole
+    await up.finish("x")
+    assert await up.copy_into("x", obj, "x.bin", content_type="a/b", metadata={})
+    assert await read_all(obj, "x.bin") == whole
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_resume_after_a_crash_mid_segment(tmp_path: Path, fsync: bool) -> None:
+    # The connection drops in the middle of a segment (a large block is on its way): what
+    # arrived is sealed as a partial last segment; the next PATCH re-seals it with the rest.
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("c")
+    data = plaintext(30 * SEG + 99, seed=21)
+    cut = 17 * SEG + 1234
+
+    async def dropped() -> AsyncIterator[bytes]:
+        yield data[: 16 * SEG]
+        yield data[16 * SEG : cut]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.write("c", 0, dropped(), fsync=fsync)
+    assert await store.get_offset("c") == cut
+    raw = (tmp_path / "u" / "c").read_bytes()
+    assert len(raw) == cut + OVERHEAD * 18
+    rest = data[cut:]
+    assert await store.write("c", cut, blocks(rest, 20 * SEG), fsync=fsync) == len(rest)
+    await store.finish("c")
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    assert await store.copy_into("c", obj, "c.bin", content_type="a/b", metadata={})
+    assert await read_all(obj, "c.bin") == data
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_large_writes_are_staged_and_written_by_worker_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    # Blocks are sealed on the event loop into staging buffers of about 1 MiB, written by
+    # worker threads; only small writes go to the page cache from the event loop. Blocks
+    # bigger than a staging buffer fill several; blocks of one byte still end up staged.
+    import threading
+    import time
+
+    from storage_backends import encryption
+
+    writes: list[tuple[bool, int, int]] = []  # (from the event loop, position, bytes)
+    real = encryption._pwritev_all
+    loop_thread = threading.get_ident()
+    busy = threading.Lock()
+
+    def spy(fd: int, bufs: list[Any], pos: int) -> int:
+        # Never two writes at once, and in the file's order: after a crash only the last
+        # segment can be damaged (a later one is never written before an earlier one).
+        assert busy.acquire(blocking=False), "two writes at once"
+        try:
+            on_loop = threading.get_ident() == loop_thread
+            writes.append((on_loop, pos, sum(map(len, bufs))))
+            if not on_loop:
+                time.sleep(0.005)  # a slow disk: the event loop must wait for this write
+            return real(fd, bufs, pos)
+        finally:
+            busy.release()
+
+    monkeypatch.setattr(encryption, "_pwritev_all", spy)
+    store = chunks(tmp_path / "u", K1)
+    await store.open()
+    await store.create("s")
+    data = plaintext(960 * SEG + 9, seed=5)  # about 3.7 MiB
+    offset = 0
+
+    async def sizes(piece: bytes, *cuts: int) -> AsyncIterator[bytes]:
+        for a, b in itertools.pairwise((0, *cuts, len(piece))):
+            yield piece[a:b]
+
+    # The last PATCH fills a staging buffer exactly with its first block (its write starts),
+    # then sends small blocks: those wait for that write before going to the page cache.
+    last = 260 * SEG - 1
+    for n, source in (
+        (1, lambda p: blocks(p, 1)),
+        (650 * SEG, lambda p: blocks(p, 300 * SEG + 5)),
+        (50 * SEG + 9, lambda p: blocks(p, 1)),
+        (last, lambda p: sizes(p, 256 * SEG - 8, 257 * SEG - 8, 258 * SEG)),
+    ):
+        first = len(writes)
+        assert await store.write("s", offset, source(data[offset : offset + n]), fsync=fsync)
+        offset += n
+        # One PATCH's writes follow each other in the file, from its partial last segment.
+        mine = writes[first:]
+        assert mine[0][1] == (offset - n) // SEG * (SEG + OVERHEAD)
+        assert all(b[1] == a[1] + a[2] for a, b in itertools.pairwise(mine))
+    assert all(n <= encryption._INLINE_WRITE for on_loop, _, n in writes if on_loop)
+    assert sum(n for on_loop, _, n in writes if not on_loop) > 2 * 1024 * 1024
+    unit = SEG + OVERHEAD
+    staged = max(n for _, _, n in writes)
+    assert staged == (1024 * 1024 // SEG) * unit  # a full staging buffer, never more
+    # The file holds exactly the sealed segments, and they read back.
+    assert await store.get_offset("s") == len(data)
+    assert (tmp_path / "u" / "s").stat().st_size == len(data) + OVERHEAD * 961
+    assert b"".join([b async for b in store.read("s", 0, len(data))]) == data
+
+
+async def test_concatenated_finished_parts_commit_by_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_kernel_copy(monkeypatch)
+    up = chunks(tmp_path / "u", K1)
+    await up.open()
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    parts = [plaintext(n, seed=n) for n in (SEG + 1, 7, 2 * SEG)]
+    for i, part in enumerate(parts):
+        await uploaded(up, f"p{i}", part)
+        await up.finish(f"p{i}")  # a partial upload is finished too before the final one
+    total = await up.concatenate("final", ["p0", "p1", "p2"], fsync=False)
+    assert b"".join([b async for b in up.read("final", 0, total)]) == b"".join(parts)
+    await up.finish("final")
+    assert await up.copy_into("final", obj, "cat.bin", content_type="a/b", metadata={})
+    assert await read_all(obj, "cat.bin") == b"".join(parts)
+
+
+async def test_read_blocks_are_never_views_of_reused_buffers(tmp_path: Path) -> None:
+    import asyncio
+
+    from storage_backends import encryption
+
+    obj = objects(tmp_path / "o", K1)
+    await obj.open()
+    contents = {f"v{i}": plaintext(30 * SEG + i, seed=i) for i in range(4)}
+    for key, data in contents.items():
+        await obj.put_stream(key, blocks(data, 7000), size=len(data), content_type="a", metadata={})
+    rnd = random.Random(2)
+    asks = [
+        (key, start, rnd.choice([1, 100, SEG, 3 * SEG + 5, None]))
+        for key, data in contents.items()
+        for start in (rnd.randrange(len(data)) for _ in range(25))
+    ]
+
+    async def one(key: str, start: int, n: int | None) -> list[bytes]:
+        return [b async for b in obj.get(key, start, n)]
+
+    # Many reads at once, interleaved; every block kept until all are done.
+    results = await asyncio.gather(*(one(*a) for a in asks))
+    for (key, start, n), got in zip(asks, results, strict=True):
+        assert all(type(b) is bytes for b in got)
+        want = contents[key][start:] if n is None else contents[key][start : start + n]
+        assert b"".join(got) == want, (key, start, n)
+    assert encryption._POOL._kept <= encryption._POOL._limit
 
 
 async def test_abandoned_reads_close_their_files(tmp_path: Path) -> None:

@@ -635,7 +635,8 @@ class IetfHandlers:
         ]
         if offset == 0:
             return checks
-        if isinstance(self._service.store, Finisher):
+        store = self._service.store
+        if isinstance(store, Finisher) and not getattr(store, "reads_unfinished", False):
             return []
         try:
             async for block in self._service.read(upload_id, 0, offset):
