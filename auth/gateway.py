@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from aiohttp import web
 
 from tusserver.cache import USERS, Cache, Namespace
@@ -25,6 +26,8 @@ from .principal import UNAUTHENTICATED_OPERATOR, Principal
 from .ratelimit import RateLimiter
 from .tokens import InvalidToken, TokenService
 from .users import AuditLog, User, UserRepository
+
+_log = structlog.get_logger("tusserver.auth")
 
 __all__ = [
     "CSRF_COOKIE",
@@ -243,14 +246,20 @@ class Gateway:
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> None:
         """Take ``cost`` tokens after the fact, into debt if need be: for costs known only
-        once the work is done (a body without Content-Length). Later requests wait."""
+        once the work is done (a body without Content-Length). Later requests wait.
+
+        Never raises: the request's own answer (or error) matters more than the bookkeeping.
+        """
         if not self.enabled or cost <= 0:
             return
         lim = self._limits.get(kind)
         if lim is None or lim.rate <= 0:
             return
         key = f"{kind}:{who or self.client_ip(request)}"
-        await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost, force=True)
+        try:
+            await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost, force=True)
+        except Exception:
+            _log.exception("could not charge a rate limit after the fact", kind=kind, cost=cost)
 
 
 def client_ip(request: web.Request) -> str:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from auth import ratelimit
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
@@ -114,6 +115,36 @@ async def test_chunked_patch_bodies_pay_for_their_bytes(make_client: MakeClient)
     after = await patch(client, owner, path, 100_000, b"x")
     assert after.status == 429, await after.text()
     assert _retry_after(after) >= 30  # 100000 - 60000 burst = 40000 bytes of debt at 1000/s
+
+
+async def test_chunked_ietf_content_pays_for_its_bytes(make_client: MakeClient) -> None:
+    """The same for the IETF draft's uploads: creation with content, without Content-Length."""
+    client = await auth_client(make_client, rate_limit_patch_bytes=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 10_000
+
+    draft = {"Upload-Draft-Interop-Version": "8", **bearer(owner)}
+    resp = await client.post(
+        "/uploads/", data=chunked(), headers={**draft, "Upload-Complete": "?0"}
+    )
+    assert resp.status == 201, await resp.text()
+    assert "Content-Length" not in resp.request_info.headers
+    path = URL(resp.headers["Location"]).path
+    after = await client.patch(
+        path,
+        data=b"y",
+        headers={
+            **draft,
+            "Content-Type": "application/partial-upload",
+            "Upload-Offset": "100000",
+            "Upload-Complete": "?0",
+        },
+    )
+    assert after.status == 429, await after.text()
+    assert _retry_after(after) >= 30
 
 
 # --- quotas --------------------------------------------------------------------------------

@@ -301,7 +301,9 @@ class TusHandlers:
                 )
         finally:
             if declared is None:
-                await self._charge_received(request, principal, reader.received)
+                await self._gate.charge(
+                    request, "patch_bytes", who=principal.user_id, cost=reader.received
+                )
         self._tracker.stored(offset, status.offset, finished=status.finished)
         if reader.interruption is Interruption.RELEASED:
             raise UploadInterrupted(
@@ -314,16 +316,6 @@ class TusHandlers:
                 headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
             )
         return status
-
-    async def _charge_received(
-        self, request: web.Request, principal: Principal, received: int
-    ) -> None:
-        """Charge the bytes of a body without Content-Length, once read. Never raises: the
-        PATCH's own answer (or error) matters more than the bookkeeping."""
-        try:
-            await self._gate.charge(request, "patch_bytes", who=principal.user_id, cost=received)
-        except Exception:
-            _log.exception("could not charge a chunked PATCH's bytes", received=received)
 
     async def shutdown(self, _app: web.Application) -> None:
         """on_shutdown: in-flight PATCHes stop reading, store what they have and answer.

@@ -502,9 +502,6 @@ class IetfHandlers:
             declared=declared,
             recorded=status.record.length,
         )
-        await self._gate.limit(
-            request, "patch_bytes", who=principal.user_id, cost=content_length or 0
-        )
         status = await self._write(
             request,
             principal,
@@ -538,6 +535,14 @@ class IetfHandlers:
         """Append the request's content at ``offset`` through the service."""
         rec = status.record
         upload_id = rec.id
+        # Content without Content-Length pays for its bytes once read (see the tus PATCH).
+        await self._gate.limit(
+            request,
+            "patch_bytes",
+            who=principal.user_id,
+            cost=content_length or 0,
+            require=None if content_length is not None else 1,
+        )
         reader = BodyReader(request.content, self._config.write_buffer_size)
         content_checks = [
             _DigestCheck("Content-Digest", name, expected, _new_hasher(name))
@@ -596,6 +601,11 @@ class IetfHandlers:
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
+        finally:
+            if content_length is None:
+                await self._gate.charge(
+                    request, "patch_bytes", who=principal.user_id, cost=reader.received
+                )
         self._tracker.stored(offset, result.offset, finished=result.finished)
         if reader.interruption is Interruption.RELEASED:
             raise Problem(
