@@ -9,6 +9,8 @@ Fixtures:
     pg_url         session: postgresql+asyncpg URL of this worker's fresh database
     s3_server      session: S3Info(endpoint, access_key, secret_key, bucket, ...), bucket created
     clamd_server   session: ClamdInfo(tcp_url, unix_url, ...)
+    fresh_database_url
+                   function, parametrized sqlite / postgres: a database of the test's own
     private_postgres / private_s3 / private_clamd
                    function: a PRIVATE instance (tests/services.py) that the test may stop and
                    start again (service-down tests) without disturbing the shared ones
@@ -27,6 +29,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,6 +226,23 @@ class S3Info:
             secure=self.secure,
             region=self.region,
         )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A catalog of this test's own, on SQLite and on PostgreSQL (a new database on the
+    shared server, dropped afterwards): for tests that count rows or whole-service numbers."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
+        return
+    env = _require("pg")
+    host, port = env["PG_HOST"], int(env["PG_PORT"])
+    name = f"tus_fresh_{os.urandom(6).hex()}"
+    services.create_database(host, port, name)
+    try:
+        yield f"postgresql+asyncpg://postgres@{host}:{port}/{name}"
+    finally:
+        services.drop_database(host, port, name)
 
 
 @pytest.fixture(scope="session")

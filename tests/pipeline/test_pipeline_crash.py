@@ -16,19 +16,17 @@ import datetime as dt
 import functools
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from auth.principal import UNAUTHENTICATED_OPERATOR
 from storage_backends.base import ObjectStore
 from storage_backends.local import LocalObjectStore
 from storage_backends.s3 import S3ObjectStore, S3Settings
-from tests import services
 from tests.pipeline.test_local_pipeline import png_bytes
 from tusserver import TusServerConfig
 from tusserver.app import Runtime, build_runtime
@@ -45,22 +43,6 @@ class SimulatedCrash(BaseException):
 
 
 # --- fixtures: a fresh database per test, and the object store kinds -------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own (the crash tests count rows and drive run_due_once)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
-        return
-    url = make_url(request.getfixturevalue("pg_url"))
-    assert url.host is not None and url.port is not None
-    name = f"tus_crash_{secrets.token_hex(6)}"
-    services.create_database(url.host, url.port, name)
-    try:
-        yield str(url.set(database=name))
-    finally:
-        services.drop_database(url.host, url.port, name)
 
 
 class Setup:

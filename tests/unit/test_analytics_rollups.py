@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
-from tests import services
 from tusserver.catalog import analytics
 from tusserver.catalog.analytics import KINDS, Event, report, write_events
 from tusserver.catalog.db import Database, create_database
@@ -37,25 +33,9 @@ TYPES = ["image/png", "image/jpeg", "application/pdf", "text/plain"]
 REASONS = ["virus found: Eicar", "type not allowed: x/y", "too large: 5 > 4", "checksum"]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own: service-wide numbers are exact only there."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
-        return
-    url = make_url(request.getfixturevalue("pg_url"))
-    assert url.host is not None and url.port is not None
-    name = f"tus_analytics_{secrets.token_hex(6)}"
-    services.create_database(url.host, url.port, name)
-    try:
-        yield str(url.set(database=name))
-    finally:
-        services.drop_database(url.host, url.port, name)
-
-
 @pytest.fixture
-async def db(fresh_url: str) -> AsyncIterator[Database]:
-    database = create_database(fresh_url)
+async def db(fresh_database_url: str) -> AsyncIterator[Database]:
+    database = create_database(fresh_database_url)
     await upgrade(database)
     try:
         yield database

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import make_url
 
-from tests import services
 from tusserver.catalog.analytics import Event, write_events
 from tusserver.catalog.db import create_database
 from tusserver.catalog.migrate import upgrade
@@ -22,23 +17,8 @@ NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 DAY = 24 * 3600.0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"
-        return
-    url = make_url(request.getfixturevalue("pg_url"))
-    assert url.host is not None and url.port is not None
-    name = f"tus_retention_{secrets.token_hex(6)}"
-    services.create_database(url.host, url.port, name)
-    try:
-        yield str(url.set(database=name))
-    finally:
-        services.drop_database(url.host, url.port, name)
-
-
-async def test_prune_keeps_rollups_and_recent_rows(database_url: str) -> None:
-    db = create_database(database_url)
+async def test_prune_keeps_rollups_and_recent_rows(fresh_database_url: str) -> None:
+    db = create_database(fresh_database_url)
     try:
         await upgrade(db)
         ages = [200, 120, 91, 89, 10, 0]  # days before NOW
