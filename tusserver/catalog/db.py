@@ -68,10 +68,6 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    @property
-    def sync_engine(self) -> Engine | None:
-        return None if self.sqlite is None else self.sqlite.engine
-
     async def read(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
         """Run ``work`` on a connection, outside any explicit transaction.
 
