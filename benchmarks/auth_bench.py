@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -42,7 +41,12 @@ sys.path.insert(0, str(HERE))
 
 from load import percentile  # noqa: E402
 
-from tests.services import free_port  # noqa: E402
+from tusserver.testing import (  # noqa: E402
+    clean_environ,
+    tree_cpu_seconds,
+    tusserver_command,
+    tusserver_process,
+)
 
 RESULTS = HERE / "results"
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -62,59 +66,40 @@ CONFIGS: dict[str, dict[str, str]] = {
 
 
 def _exe() -> str:
-    return str(Path(sys.executable).parent / "tusserver")
+    return tusserver_command()[0]
+
+
+def _settings(extra: dict[str, str]) -> dict[str, str]:
+    return {"TUSSERVER_LOG_LEVEL": "warning", "TUSSERVER_FSYNC": "false", **extra}
 
 
 def _env(data: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
-    env.update(TUSSERVER_DATA_DIR=str(data), TUSSERVER_LOG_LEVEL="warning",
-               TUSSERVER_FSYNC="false", **extra)  # fmt: skip
-    return env
+    return {**clean_environ(), "TUSSERVER_DATA_DIR": str(data), **_settings(extra)}
 
 
 class Server:
+    """One configuration of tusserver (the shared harness of tusserver.testing)."""
+
     def __init__(self, name: str, data: Path) -> None:
         self.name, self.data = name, data
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        self.port = free_port()
-        self.log = self.data.parent / f"{self.name}.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [_exe(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO, env=_env(self.data, CONFIGS[self.name]), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        self.process = tusserver_process(
+            data, _settings(CONFIGS[name]), log_path=data.parent / f"{name}.log", name=name
+        )
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.process.url
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-2000:]}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.options(self.base + "/uploads/") as r:
-                        if r.status < 500:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-2000:]}")
-                await asyncio.sleep(0.1)
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.process.start)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.terminate(timeout=10)
 
 
 def add_user(data: Path) -> None:
@@ -202,9 +187,8 @@ async def _head(s: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> str
 
 
 def server_cpu(pid: int) -> float:
-    """User + system CPU seconds of the server process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of the server's process tree so far."""
+    return tree_cpu_seconds(pid)
 
 
 def _summary(lat: list[float], wall: float, errors: int) -> dict[str, Any]:
@@ -213,9 +197,8 @@ def _summary(lat: list[float], wall: float, errors: int) -> dict[str, Any]:
 
 
 async def one_round(server: Server, conc: int, seconds: float, chunk: int) -> dict[str, Any]:
-    server.start()
+    await server.start()
     try:
-        await server.wait_ready()
         conn = aiohttp.TCPConnector(limit=conc + 4)
         async with aiohttp.ClientSession(connector=conn) as s:
             auth = await login(s, server.base) if server.name != "none" else {}
@@ -223,8 +206,7 @@ async def one_round(server: Server, conc: int, seconds: float, chunk: int) -> di
             # warm-up
             await bench_head(s, urls, auth, 1.0)
             await bench_patch(s, urls, auth, 1.0, chunk)
-            assert server.proc is not None
-            pid = server.proc.pid
+            pid = server.pid
             cpu0 = server_cpu(pid)
             head = await bench_head(s, urls, auth, seconds)
             cpu1 = server_cpu(pid)

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +48,8 @@ sys.path.insert(0, str(HERE))
 
 from load import percentile  # noqa: E402
 
-from tests.services import PostgresServer, free_port  # noqa: E402
+from tests.services import PostgresServer  # noqa: E402
+from tusserver.testing import tusserver_process  # noqa: E402
 
 RESULTS = HERE / "results"
 USER, PASSWORD = "bench", "bench-password-123"
@@ -103,51 +102,32 @@ async def seed(url: str, n_files: int) -> tuple[str, list[str]]:
 
 
 class Server:
+    """tusserver as a subprocess (the shared harness of tusserver.testing)."""
+
     def __init__(self, env: dict[str, str], data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        exe = Path(sys.executable).parent / "tusserver"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
-        base.update(
+        settings = dict(
             TUSSERVER_AUTH="jwt",
             TUSSERVER_JWT_SECRET="b" * 40,
             TUSSERVER_RATE_LIMIT_API="0",
             TUSSERVER_RATE_LIMIT_CREATIONS="0",
             TUSSERVER_SWEEP_INTERVAL="0",
             TUSSERVER_LOG_LEVEL="warning",
-            TUSSERVER_DATA_DIR=str(data_dir),
-            **env,
         )
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO, env=base, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        self.base = f"http://127.0.0.1:{self.port}"
+        settings.update(env)
+        self.process = tusserver_process(data_dir, settings, log_path=log)
+        self.base = self.process.url
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(self.base + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"not ready:\n{self.log.read_text()[-3000:]}")
-                await asyncio.sleep(0.1)
+        """Start it and wait until /healthz answers."""
+        await self.process.astart(deadline=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.terminate(timeout=15)
 
 
 # --- the load -------------------------------------------------------------------------------

@@ -21,14 +21,13 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,15 @@ sys.path.insert(0, str(HERE))
 
 from load import BodySource, KiB, MiB, Scenario, run_scenario  # noqa: E402
 
+from tusserver.testing import (  # noqa: E402
+    ServerError,
+    ServerProcess,
+    process_tree,
+    tree_cpu_seconds,
+    tree_memory_mib,
+)
+
 RESULTS = HERE / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -150,63 +156,9 @@ TARGETS: dict[str, tuple[Callable[[int, Path], tuple[list[str], dict[str, str]]]
 }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# --- /proc sampling (the shared harness of tusserver.testing) ------------------------------
 
-
-# --- /proc sampling -------------------------------------------------------------------------
-
-
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    kids = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_memory_mib(pid: int, key: str) -> float:
-    """Sum of ``key`` (VmHWM: peak RSS, VmRSS: current RSS) over the process and children."""
-    return round(sum(_status_kib(p, key) for p in process_tree(pid)) / 1024, 1)
-
-
-def tree_cpu_s(pid: int) -> float:
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK_TCK
+tree_cpu_s = tree_cpu_seconds
 
 
 async def settle(
@@ -231,85 +183,67 @@ async def settle(
 
 @dataclass
 class Server:
+    """One target as a subprocess (tusserver.testing.ServerProcess), in its own process group."""
+
     name: str
     builder: Callable[[int, Path], tuple[list[str], dict[str, str]]]
     workdir: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(default_factory=Path)
+    process: ServerProcess | None = None
 
     @property
     def data_dir(self) -> Path:
         return self.workdir / f"{self.name}-data"
 
     @property
+    def port(self) -> int:
+        assert self.process is not None
+        return self.process.port
+
+    @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/uploads/"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None and self.process.pid is not None
+        return self.process.pid
+
     def start(self) -> None:
-        self.port = _free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv, env = self.builder(self.port, self.data_dir)
-        self.log_path = self.workdir / f"{self.name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so children die with it
-            )
+        data, builder = self.data_dir, self.builder
+        self.process = ServerProcess(
+            lambda port: builder(port, data)[0],
+            env=builder(0, data)[1],
+            cwd=REPO,
+            log_path=self.workdir / f"{self.name}.log",
+            # Ready once the creation URL answers anything but a server error.
+            ready_path="/uploads/",
+            ready=lambda status: status < 500,
+            name=self.name,
+        )
+        self.process.spawn()
         _LIVE.append(self)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
+        if self.process is None:
             return ""
+        return "\n".join(self.process.log().splitlines()[-lines:])
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.options(self.endpoint) as resp:
-                        if resp.status < 500:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{self.name} not ready after {timeout}s:\n{self.log_tail()}"
-                    )
-                await asyncio.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        end = time.monotonic() + timeout
+        try:
+            code = await asyncio.to_thread(self.process.wait_ready, end)
+        except ServerError as exc:
+            raise RuntimeError(
+                f"{self.name} not ready after {timeout}s:\n{self.log_tail()}"
+            ) from exc
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # Anything the server left behind in its process group goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        self.proc = None
+        if self.process is not None:
+            self.process.terminate(timeout=10)
         if self in _LIVE:
             _LIVE.remove(self)
 

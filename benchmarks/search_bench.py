@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -32,7 +31,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +48,8 @@ sys.path.insert(0, str(HERE))
 
 from load import percentile  # noqa: E402
 
-from tests.services import PostgresServer, free_port  # noqa: E402
+from tests.services import PostgresServer  # noqa: E402
+from tusserver.testing import tusserver_process  # noqa: E402
 
 RESULTS = HERE / "results"
 DAY = dt.timedelta(days=1)
@@ -600,11 +599,10 @@ async def reuse_pg(dsn: str, url: str, seed: dict[str, Any]) -> dict[str, Any]:
 
 
 class Server:
+    """tusserver as a subprocess (the shared harness of tusserver.testing)."""
+
     def __init__(self, env: dict[str, str], data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        exe = Path(sys.executable).parent / "tusserver"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
-        base.update(
+        settings = dict(
             TUSSERVER_AUTH="none",
             TUSSERVER_RATE_LIMIT_API="0",
             # No server-side cache: analytics reports are cached for 5 s, and every request
@@ -612,40 +610,22 @@ class Server:
             TUSSERVER_CACHE_TTL="0",
             TUSSERVER_AUTO_MIGRATE="true",
             TUSSERVER_LOG_LEVEL="warning",
-            TUSSERVER_DATA_DIR=str(data_dir),
-            **env,
         )
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO, env=base, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        self.base = f"http://127.0.0.1:{self.port}"
+        settings.update(env)
+        self.process = tusserver_process(data_dir, settings, log_path=log)
+        self.base = self.process.url
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(self.base + "/api/v1/files?limit=1") as r:
-                        if r.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"not ready:\n{self.log.read_text()[-3000:]}")
-                await asyncio.sleep(0.2)
+        """Start it and wait until /healthz answers."""
+        await self.process.astart(deadline=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.terminate(timeout=15)
 
 
 # --- queries --------------------------------------------------------------------------------

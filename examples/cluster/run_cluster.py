@@ -29,11 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from tusserver.testing import ServerError, free_port, tusserver_process
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -104,12 +104,6 @@ def render_nginx_conf(
     if "{{" in text:
         raise ClusterError("nginx template: unknown placeholder left: " + text[text.index("{{") :])
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
@@ -231,77 +225,48 @@ class Nginx:
 
 
 class Instance:
-    """One ``tusserver serve`` process on 127.0.0.1:``port``."""
+    """One ``tusserver serve`` process on 127.0.0.1:``port`` (tusserver.testing's harness).
+
+    It inherits this process's environment: settings the caller exported win over ``env``.
+    """
 
     def __init__(self, name: str, data_dir: Path, env: Mapping[str, str]) -> None:
         self.name = name
         self.data_dir = data_dir
-        self.env = dict(env)
-        self.port = free_port()
-        self.log_path = data_dir / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process = tusserver_process(
+            data_dir, {**env, **os.environ}, name=name, inherit_settings=True
+        )
+        self.log_path = self.process.log_path
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self.process.url
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        exe = Path(sys.executable).with_name("tusserver")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tusserver.cli"]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                *cmd,
-                "--data-dir",
-                str(self.data_dir),
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-            start_new_session=True,
-        )
+        self.process.spawn()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                raise ClusterError(f"{self.name} exited:\n{self.log()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp,  # noqa: S310
-            ):
-                if resp.status == 200:
-                    return
-            if time.monotonic() > end:
-                raise ClusterError(f"{self.name} did not answer /healthz:\n{self.log()}")
-            time.sleep(0.1)
+        try:
+            code = self.process.wait_ready(time.monotonic() + timeout)
+        except ServerError as exc:
+            raise ClusterError(str(exc)) from None
+        if code is not None:
+            raise ClusterError(f"{self.name} exited ({code}):\n{self.log()}")
 
-    def stop(self, timeout: float = 35.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # graceful: requests in flight end, pipeline leases handed back
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def stop(self, timeout: float = 35.0) -> int | None:
+        # graceful: requests in flight end, pipeline leases handed back
+        return self.process.terminate(timeout)
 
     def log(self, tail: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return "(no log)"
+        return self.process.log(tail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,9 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Ctrl-C stops everything.", flush=True)
         while True:
             for inst in instances:
-                if inst.proc is not None and inst.proc.poll() is not None:
-                    print(f"{inst.name} exited ({inst.proc.returncode}); see {inst.log_path}")
-                    inst.proc = None
+                if inst.process.proc is not None and not inst.running:
+                    code = inst.stop()
+                    print(f"{inst.name} exited ({code}); see {inst.log_path}")
             if nginx.proc is None or nginx.proc.poll() is not None:
                 print(f"nginx exited:\n{nginx.log()}")
                 break
