@@ -1,8 +1,11 @@
 """The tus load generator: real tus 1.0.0 requests from one asyncio process (aiohttp client).
 
-Each upload is a POST with Upload-Length, then PATCHes of ``chunk`` bytes with
-``Content-Type: application/offset+octet-stream`` and ``Upload-Offset``; every response is
-checked (201 + Location, 204 + the expected Upload-Offset). Bodies are cut from one
+In ``patch`` mode each upload is a POST with Upload-Length, then PATCHes of ``chunk`` bytes
+with ``Content-Type: application/offset+octet-stream`` and ``Upload-Offset``; every response
+is checked (201 + Location, 204 + the expected Upload-Offset). In ``cwu`` mode (the small
+upload workload: creation-with-upload, which every tus server advertises) the POST carries the
+whole body and must answer 201 with ``Upload-Offset`` equal to the size, and a HEAD per upload
+then verifies the offset. Bodies are cut from one
 preallocated random buffer and streamed in 256 KiB slices (memoryviews, no copies), so the
 client holds a few MiB whatever the upload size.
 """
@@ -35,8 +38,15 @@ class Scenario:
     size: int
     chunk: int
     concurrency: int
+    #: ``patch``: POST, then PATCHes of ``chunk``; ``cwu``: creation-with-upload, then HEAD.
+    mode: str = "patch"
 
     def describe(self) -> str:
+        if self.mode == "cwu":
+            return (
+                f"{self.uploads} x {_fmt_size(self.size)} by creation-with-upload + HEAD, "
+                f"concurrency {self.concurrency}"
+            )
         return (
             f"{self.uploads} x {_fmt_size(self.size)} in {_fmt_size(self.chunk)} PATCHes, "
             f"concurrency {self.concurrency}"
@@ -123,6 +133,9 @@ async def _one_upload(
     source: BodySource,
     stats: _Stats,
 ) -> None:
+    if scenario.mode == "cwu":
+        await _one_cwu_upload(session, endpoint, scenario, index, source, stats)
+        return
     size, chunk = scenario.size, scenario.chunk
     t0 = time.perf_counter()
     async with session.post(endpoint, headers={**TUS, "Upload-Length": str(size)}) as resp:
@@ -154,6 +167,39 @@ async def _one_upload(
         stats.patch.append(time.perf_counter() - t)
         offset += n
         stats.bytes_acked += n
+    stats.completed += 1
+
+
+async def _one_cwu_upload(
+    session: aiohttp.ClientSession,
+    endpoint: URL,
+    scenario: Scenario,
+    index: int,
+    source: BodySource,
+    stats: _Stats,
+) -> None:
+    size = scenario.size
+    headers = {
+        **TUS,
+        "Upload-Length": str(size),
+        "Content-Type": OCTETS,
+        "Content-Length": str(size),
+    }
+    t0 = time.perf_counter()
+    async with session.post(endpoint, data=source.body(index, size), headers=headers) as resp:
+        await resp.read()
+        got = resp.headers.get("Upload-Offset")
+        if resp.status != 201 or "Location" not in resp.headers or got != str(size):
+            raise _UploadFailed(f"POST with body -> {resp.status}, Upload-Offset {got!r}")
+        location = resp.headers["Location"]
+    stats.post.append(time.perf_counter() - t0)
+    t = time.perf_counter()
+    async with session.head(endpoint.join(URL(location)), headers=TUS) as resp:
+        got = resp.headers.get("Upload-Offset")
+        if resp.status != 200 or got != str(size):
+            raise _UploadFailed(f"HEAD -> {resp.status}, Upload-Offset {got!r}")
+    stats.patch.append(time.perf_counter() - t)
+    stats.bytes_acked += size
     stats.completed += 1
 
 

@@ -75,10 +75,12 @@ class Plan:
 FULL = Plan(
     large=Scenario("large", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=8),
     medium=Scenario("medium", uploads=64, size=4 * MiB, chunk=4 * MiB, concurrency=16),
-    small=Scenario("small", uploads=2000, size=4 * KiB, chunk=4 * KiB, concurrency=32),
+    small=Scenario("small", uploads=2000, size=4 * KiB, chunk=4 * KiB, concurrency=32, mode="cwu"),
     memory=Scenario("memory", uploads=32, size=32 * MiB, chunk=32 * MiB, concurrency=32),
     warmup=(
-        Scenario("warmup-small", uploads=100, size=4 * KiB, chunk=4 * KiB, concurrency=16),
+        Scenario(
+            "warmup-small", uploads=100, size=4 * KiB, chunk=4 * KiB, concurrency=16, mode="cwu"
+        ),
         Scenario("warmup-large", uploads=4, size=8 * MiB, chunk=2 * MiB, concurrency=4),
     ),
     scenario_timeout=180.0,
@@ -89,9 +91,13 @@ FULL = Plan(
 QUICK = Plan(
     large=Scenario("large", uploads=4, size=8 * MiB, chunk=2 * MiB, concurrency=4),
     medium=Scenario("medium", uploads=16, size=1 * MiB, chunk=1 * MiB, concurrency=8),
-    small=Scenario("small", uploads=200, size=4 * KiB, chunk=4 * KiB, concurrency=32),
+    small=Scenario("small", uploads=200, size=4 * KiB, chunk=4 * KiB, concurrency=32, mode="cwu"),
     memory=Scenario("memory", uploads=8, size=8 * MiB, chunk=8 * MiB, concurrency=8),
-    warmup=(Scenario("warmup-small", uploads=20, size=4 * KiB, chunk=4 * KiB, concurrency=8),),
+    warmup=(
+        Scenario(
+            "warmup-small", uploads=20, size=4 * KiB, chunk=4 * KiB, concurrency=8, mode="cwu"
+        ),
+    ),
     scenario_timeout=60.0,
     repeat=1,
     repeat_budget_s=0.0,
@@ -449,6 +455,21 @@ def _metric(targets: dict[str, Any], name: str, scenario: str, key: str) -> floa
     return float(value) if value is not None else None
 
 
+def cpu_ms_per_upload(targets: dict[str, Any], name: str, key: str) -> float | None:
+    """Server CPU per small upload in ms; ``key`` server_cpu_s (during the requests) or
+    server_cpu_s_incl_settle (until the server is idle again: the pipeline's work too)."""
+    res = targets.get(name, {}).get("scenarios", {}).get("small")
+    if not res or res["errors"] or res["timed_out"] or not res["completed"]:
+        return None
+    cpu = res["server_cpu_s"] if key == "server_cpu_s" else res["extra"].get(key)
+    return None if cpu is None else round(cpu / res["completed"] * 1000, 3)
+
+
+def _per_upload(targets: dict[str, Any], name: str, key: str) -> str:
+    v = cpu_ms_per_upload(targets, name, key)
+    return "-" if v is None else f"{v:g}"
+
+
 def compute_ratios(targets: dict[str, Any]) -> dict[str, float | None]:
     def m(n: str, s: str, k: str) -> float | None:
         return _metric(targets, n, s, k)
@@ -469,6 +490,13 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, float | None]:
         "tusserver_fsync_small_uploads_s_vs_tus_node": _ratio(
             m("tusserver-fsync", "small", "uploads_per_s"),
             m("tus-node", "small", "uploads_per_s"),
+        ),
+        "tusserver_small_cpu_per_upload_incl_pipeline_vs_tus_node": _ratio(
+            cpu_ms_per_upload(targets, "tusserver", "server_cpu_s_incl_settle"),
+            cpu_ms_per_upload(targets, "tus-node", "server_cpu_s_incl_settle"),
+        ),
+        "tusserver_small_post_p99_vs_tus_node": _ratio(
+            m("tusserver", "small", "post_p99_ms"), m("tus-node", "small", "post_p99_ms")
         ),
         "tusserver_large_mib_s_vs_tus_node": _ratio(
             m("tusserver", "large", "mib_per_s"), m("tus-node", "large", "mib_per_s")
@@ -530,6 +558,20 @@ def print_tables(report: dict[str, Any]) -> None:
                 f"{settle_cell(name, s):>{w}}"
                 for s, w in (("large", 12), ("medium", 8), ("small", 8))
             )
+        )
+    header = (
+        f"{'small uploads':<16}{'up/s':>9}{'CPU ms/up':>11}{'+pipeline':>11}"
+        f"{'POST p50':>10}{'POST p99':>10}{'HEAD p99':>10}"
+    )
+    print("\n" + header + "   (CPU per upload: server CPU / uploads; +pipeline incl. settle)")
+    print("-" * len(header))
+    for name in targets:
+        print(
+            f"{name:<16}{cell(name, 'small', 'uploads_per_s'):>9}"
+            f"{_per_upload(targets, name, 'server_cpu_s'):>11}"
+            f"{_per_upload(targets, name, 'server_cpu_s_incl_settle'):>11}"
+            f"{cell(name, 'small', 'post_p50_ms'):>10}{cell(name, 'small', 'post_p99_ms'):>10}"
+            f"{cell(name, 'small', 'patch_p99_ms'):>10}"
         )
     mem = report.get("memory")
     if mem:
