@@ -25,11 +25,11 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
+from ..errors import BadRequest, NotFound, TusError
+from ..errors import StateConflict as Conflict
 from ..http_util import not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
-from ..protocol.errors import BadRequest, NotFound, TusError
-from ..protocol.errors import StateConflict as Conflict
 from ..protocol.handlers import stream_bytes
 from ..protocol.headers import format_http_date
 from ..uploads.service import UploadService

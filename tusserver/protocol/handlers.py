@@ -18,12 +18,7 @@ from auth.gateway import Gate, OpenGate
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
-from ..http_util import content_disposition, parse_range
-from ..metrics import Metrics
-from ..pipeline.pipeline import Pipeline
-from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
-from .body import BodyReader, Interruption
-from .errors import (
+from ..errors import (
     BadRequest,
     Forbidden,
     MethodNotAllowed,
@@ -33,6 +28,11 @@ from .errors import (
     TusError,
     UnsupportedMediaType,
 )
+from ..http_util import content_disposition, parse_range
+from ..metrics import Metrics
+from ..pipeline.pipeline import Pipeline
+from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
+from .body import BodyReader, Interruption
 from .headers import (
     SUPPORTED_CHECKSUMS,
     TUS_VERSION,

@@ -38,12 +38,12 @@ from storage_backends.base import Finisher, StorageError
 
 from ..catalog.analytics import Event, EventRecorder
 from ..config import TusServerConfig
+from ..errors import ChecksumMismatch, Conflict, PayloadTooLarge, TusError
 from ..events import HookRejection
 from ..metrics import Metrics
 from ..uploads.service import UploadService, UploadStatus
 from . import sfv
 from .body import BodyReader, Interruption
-from .errors import ChecksumMismatch, Conflict, PayloadTooLarge, TusError
 from .headers import Checksum, is_valid_upload_id
 from .tracking import AppendTracker
 

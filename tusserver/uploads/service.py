@@ -33,8 +33,7 @@ from storage_backends.base import (
 
 from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
 from ..config import TusServerConfig
-from ..events import CreateContext, Hooks
-from ..protocol.errors import (
+from ..errors import (
     BadRequest,
     ChecksumMismatch,
     Conflict,
@@ -45,6 +44,7 @@ from ..protocol.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from ..events import CreateContext, Hooks
 from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
 from .locks import Locker
 
