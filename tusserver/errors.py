@@ -6,6 +6,8 @@ responses. Nothing below the protocol layer builds HTTP responses itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
     "BadRequest",
     "ChecksumMismatch",
@@ -18,11 +20,14 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "Progress",
     "ServiceUnavailable",
     "StateConflict",
     "TusError",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UploadInterrupted",
+    "UploadSuspended",
 ]
 
 
@@ -41,6 +46,31 @@ class TusError(Exception):
 class BadRequest(TusError):
     status = 400
     code = "bad_request"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where an upload stands after a body stopped early (for the adapters' headers)."""
+
+    offset: int
+    length: int | None
+    finished: bool
+
+
+class UploadInterrupted(BadRequest):
+    """The body ended early (connection lost or released to a newer request)."""
+
+    code = "upload_interrupted"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.progress = progress
 
 
 class Unauthorized(TusError):
@@ -113,3 +143,17 @@ class ChecksumMismatch(TusError):
 class ServiceUnavailable(TusError):
     status = 503
     code = "unavailable"
+
+
+class UploadSuspended(ServiceUnavailable):
+    """The server is shutting down: what arrived is stored, the client resumes later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.progress = progress
