@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from tusserver.cache import USERS, Cache, Namespace
-from tusserver.protocol.errors import TusError, Unauthorized
+from tusserver.errors import TusError, Unauthorized
 
 from .principal import UNAUTHENTICATED_OPERATOR, Principal
 from .ratelimit import RateLimiter

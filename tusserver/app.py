@@ -53,6 +53,7 @@ from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValid
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
 from .uploads.locks import InProcessLocker, Locker
+from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
 from .web import web_routes
@@ -212,6 +213,7 @@ def build_runtime(
         else None
     )
     recorder = EventRecorder(db)
+    service.observer = RecordingObserver(metrics=metrics, events=recorder)
     pipeline = Pipeline(
         events=recorder,
         metrics=metrics,
@@ -466,7 +468,6 @@ def create_tus_subapp(
         files=rt.files,
         pipeline=rt.pipeline,
         gate=gate,
-        events=rt.events,
         metrics=rt.metrics,
     )
     app.add_routes(handlers.routes("/"))
@@ -537,7 +538,6 @@ def create_app(
         gate=gate,
         events=rt.events,
         metrics=rt.metrics,
-        write_buffer_size=config.write_buffer_size,
         redirect_for=config.download_redirect,
     )
     app.add_routes(files_api.routes(""))

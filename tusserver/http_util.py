@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .protocol.errors import TusError
+from .errors import TusError
 
 __all__ = [
     "ByteRange",

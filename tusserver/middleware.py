@@ -15,9 +15,9 @@ from aiohttp.typedefs import Handler, Middleware
 from storage_backends.base import StorageError
 from storage_backends.encryption import EncryptionKeyError, IntegrityError
 
+from .errors import TusError
 from .events import HookRejection
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
-from .protocol.errors import TusError
 from .protocol.headers import TUS_VERSION
 
 __all__ = ["RESPONSE_HEADERS", "add_response_headers", "cors_middleware", "error_middleware"]

@@ -36,6 +36,7 @@ from tusserver.catalog.schema import file_uploads
 from tusserver.catalog.schema import files as files_table
 from tusserver.pipeline import pipeline as pipeline_module
 from tusserver.pipeline.validators import Candidate, ChecksumValidator, Verdict
+from tusserver.uploads.observer import Caller
 
 
 class SimulatedCrash(BaseException):
@@ -127,7 +128,7 @@ async def source(data: bytes, block: int = 4096) -> AsyncIterator[bytes]:
 
 async def finished_upload(rt: Runtime, data: bytes) -> str:
     status = await rt.uploads.create(
-        UNAUTHENTICATED_OPERATOR,
+        Caller(UNAUTHENTICATED_OPERATOR),
         length=len(data),
         metadata={"filename": "фото отпуска.png".encode(), "filetype": b"image/png"},
     )

@@ -20,7 +20,7 @@ from auth.gateway import Gate
 from ..cache import ANALYTICS, Cache, Namespace
 from ..catalog.analytics import EventRecorder, report
 from ..catalog.db import Database
-from ..protocol.errors import BadRequest
+from ..errors import BadRequest
 from .common import parse_when, text_param
 
 __all__ = ["ANALYTICS_MAX_TTL", "AnalyticsApi"]

@@ -17,7 +17,7 @@ from auth.passwords import hash_password, verify_password, verify_password_or_du
 from auth.users import User, UserExists, valid_username
 
 from ..config import TusServerConfig
-from ..protocol.errors import BadRequest, Conflict, Forbidden, Unauthorized
+from ..errors import BadRequest, Conflict, Forbidden, Unauthorized
 from .common import read_json, string_field
 
 __all__ = ["AuthApi"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..protocol.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = ["parse_when", "read_json", "string_field", "text_param"]
 

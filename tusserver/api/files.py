@@ -13,10 +13,9 @@ import binascii
 import datetime as dt
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, StreamReader, web
 
 from auth import Principal
 from auth.gateway import Gate
@@ -25,14 +24,14 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
+from ..errors import BadRequest, NotFound, TusError, UploadInterrupted, UploadSuspended
+from ..errors import StateConflict as Conflict
+from ..http_io import caller_of, stream_bytes
 from ..http_util import not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
-from ..protocol.errors import BadRequest, NotFound, TusError
-from ..protocol.errors import StateConflict as Conflict
-from ..protocol.handlers import stream_bytes
 from ..protocol.headers import format_http_date
-from ..uploads.service import UploadService
+from ..uploads.service import UploadService, UploadStatus
 from .common import parse_when, read_json, text_param
 
 __all__ = ["FilesApi", "file_json", "normalize_folder"]
@@ -204,7 +203,6 @@ class FilesApi:
         gate: Gate,
         events: EventRecorder | None = None,
         metrics: Metrics | None = None,
-        write_buffer_size: int = 1024 * 1024,
         redirect_for: float = 0.0,
     ) -> None:
         self._redirect_for = redirect_for
@@ -215,7 +213,6 @@ class FilesApi:
         self._uploads = uploads
         self._gate = gate
         self._events = events
-        self._block = write_buffer_size
 
     def routes(self, prefix: str = "") -> list[web.RouteDef]:
         return [
@@ -445,7 +442,12 @@ class FilesApi:
                 else:
                     await part.release()
                 continue
-            results.append(await self._one_form_file(request, principal, part, folder))
+            entry, stopped = await self._one_form_file(request, principal, part, folder)
+            results.append(entry)
+            if stopped:
+                # The body was stopped (shutdown, or a newer request for the upload): the
+                # parts after this one cannot be read.
+                break
         if not results:
             raise BadRequest("no file fields in the form")
         base = self._base(request)
@@ -462,38 +464,22 @@ class FilesApi:
         principal: Principal,
         part: BodyPartReader,
         folder: str | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
+        """Upload one file part; its entry, and whether the request's body was stopped."""
         name = part.filename or "file"
         ctype = part.headers.get("Content-Type", "application/octet-stream")
         entry: dict[str, Any] = {"filename": name}
+
+        def created(status: UploadStatus) -> None:
+            entry["upload_id"] = status.record.id
+
         try:
-            await self._gate.limit(request, "creations", who=principal.user_id)
-            status = await self._uploads.create(
-                principal,
-                length=None,
+            final = await self._uploads.upload_whole(
+                caller_of(self._gate, request, principal),
                 metadata={"filename": name.encode(), "filetype": ctype.encode()},
+                body=PartStream(part, request.content),
+                on_created=created,
             )
-            upload_id = status.record.id
-            entry["upload_id"] = upload_id
-            if self._events is not None:
-                self._events.record(
-                    Event(
-                        "upload.started",
-                        at=status.record.created_at,
-                        owner=principal.user_id,
-                        upload_id=upload_id,
-                        client=request.headers.get("User-Agent"),
-                    )
-                )
-            final = await self._uploads.append(
-                principal,
-                upload_id,
-                offset=0,
-                source=_part_blocks(part, self._block),
-                complete_at_end=True,
-            )
-            if not final.finished:
-                raise BadRequest("the file ended early")
             entry["size"] = final.offset
             entry["file_id"] = final.record.file_id
             if folder and final.record.file_id:
@@ -503,22 +489,34 @@ class FilesApi:
             f = await self._files.get(final.record.file_id or "")
             entry["status"] = f.status.value if f else "received"
         except TusError as exc:
-            await part.release()
+            stopped = isinstance(exc, UploadInterrupted | UploadSuspended)
+            if not stopped:
+                await part.release()
             entry["error"] = exc.code
             entry["message"] = exc.message
             entry["status_code"] = exc.status
-        return entry
+            return entry, stopped
+        return entry, False
 
 
-async def _part_blocks(part: BodyPartReader, block: int) -> AsyncIterator[bytes]:
-    buf = bytearray()
-    while True:
-        chunk = await part.read_chunk(256 * 1024)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) >= block:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
+class PartStream:
+    """One part of a multipart body as the lifecycle reads bodies (a ``ByteStream``).
+
+    Stopping it (lock breaking, shutdown) stops the request's whole body: the parts after
+    it are not read.
+    """
+
+    __slots__ = ("_content", "_part")
+
+    def __init__(self, part: BodyPartReader, content: StreamReader) -> None:
+        self._part = part
+        self._content = content
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._part.read_chunk(n if n > 0 else BodyPartReader.chunk_size)
+
+    def is_eof(self) -> bool:
+        return self._part.at_eof()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._content.set_exception(exc)

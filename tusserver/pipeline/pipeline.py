@@ -43,9 +43,9 @@ from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
 from ..config import TusServerConfig
+from ..errors import UnsupportedMediaType
 from ..events import Hooks
 from ..metrics import Metrics
-from ..protocol.errors import UnsupportedMediaType
 from .keys import object_key
 from .validators import (
     SNIFF_BYTES,

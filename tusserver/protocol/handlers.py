@@ -6,33 +6,27 @@ honours it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-
 import structlog
 from aiohttp import web
 
 from auth import Principal
 from auth.gateway import Gate, OpenGate
 
-from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
-from ..http_util import content_disposition, parse_range
-from ..metrics import Metrics
-from ..pipeline.pipeline import Pipeline
-from ..uploads.service import UploadInterrupted, UploadService, UploadStatus
-from .body import BodyReader, Interruption
-from .errors import (
+from ..errors import (
     BadRequest,
     Forbidden,
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
-    ServiceUnavailable,
     TusError,
     UnsupportedMediaType,
 )
+from ..http_io import ByteReader, caller_of, stream_bytes
+from ..metrics import Metrics
+from ..pipeline.pipeline import Pipeline
+from ..uploads.service import UploadService, UploadStatus
 from .headers import (
     SUPPORTED_CHECKSUMS,
     TUS_VERSION,
@@ -47,7 +41,6 @@ from .headers import (
     parse_non_negative_int,
 )
 from .ietf import IetfHandlers
-from .tracking import AppendTracker
 
 __all__ = ["TusHandlers", "stream_bytes"]
 
@@ -65,12 +58,9 @@ class TusHandlers:
         files: FileRepository,
         pipeline: Pipeline,
         gate: Gate | None = None,
-        events: EventRecorder | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._events = events
         self._metrics = metrics
-        self._tracker = AppendTracker(metrics)
         self._config = config
         self._service = service
         self._files = files
@@ -82,9 +72,6 @@ class TusHandlers:
             service=service,
             gate=self._gate,
             location=self._location,
-            metrics=metrics,
-            events=events,
-            tracker=self._tracker,
         )
 
     def routes(self, base_path: str) -> list[web.RouteDef]:
@@ -187,23 +174,12 @@ class TusHandlers:
         if with_body:
             _require_offset_octet_stream(request)
         principal = await self._gate.principal(request)
-        await self._gate.limit(request, "creations", who=principal.user_id)
         status = await self._service.create(
-            principal, length=length, metadata=metadata, concat=concat
+            caller_of(self._gate, request, principal),
+            length=length,
+            metadata=metadata,
+            concat=concat,
         )
-        self._gate.audit(request, "upload.create", actor=principal.user_id, target=status.record.id)
-        if self._metrics is not None:
-            self._metrics.uploads.labels("created").inc()
-        if self._events is not None:
-            self._events.record(
-                Event(
-                    "upload.started",
-                    at=status.record.created_at,
-                    owner=principal.user_id,
-                    upload_id=status.record.id,
-                    client=request.headers.get("User-Agent"),
-                )
-            )
         location = self._location(request, status.record.id)
         headers = {"Location": location}
         if with_body:
@@ -271,51 +247,19 @@ class TusHandlers:
         self, request: web.Request, principal: Principal, upload_id: str, offset: int
     ) -> UploadStatus:
         h = request.headers
-        declared = request.content_length
-        # A body without Content-Length (chunked) pays for its bytes once they are in; until
-        # then it needs a budget out of debt.
-        await self._gate.limit(
-            request,
-            "patch_bytes",
-            who=principal.user_id,
-            cost=declared or 0,
-            require=None if declared is not None else 1,
-        )
         checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
         new_length = None
         if "Upload-Length" in h:
             new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
-        reader = BodyReader(request.content, self._config.write_buffer_size)
-        try:
-            with self._tracker.receiving(reader):
-                status = await self._service.append(
-                    principal,
-                    upload_id,
-                    offset=offset,
-                    source=reader,
-                    on_release=reader.request_release,
-                    content_length=declared,
-                    new_length=new_length,
-                    checksum=checksum,
-                    interrupted=lambda: reader.interruption is not Interruption.NONE,
-                )
-        finally:
-            if declared is None:
-                await self._gate.charge(
-                    request, "patch_bytes", who=principal.user_id, cost=reader.received
-                )
-        self._tracker.stored(offset, status.offset, finished=status.finished)
-        if reader.interruption is Interruption.RELEASED:
-            raise UploadInterrupted(
-                "the upload was taken over by a newer request; resume from Upload-Offset",
-                headers={"Upload-Offset": str(status.offset)},
-            )
-        if reader.interruption is Interruption.SHUTDOWN:
-            raise ServiceUnavailable(
-                "the server is restarting; resume from Upload-Offset shortly",
-                headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
-            )
-        return status
+        return await self._service.receive(
+            caller_of(self._gate, request, principal),
+            upload_id,
+            offset=offset,
+            body=request.content,
+            content_length=request.content_length,
+            new_length=new_length,
+            checksum=checksum,
+        )
 
     async def shutdown(self, _app: web.Application) -> None:
         """on_shutdown: in-flight PATCHes stop reading, store what they have and answer.
@@ -323,7 +267,7 @@ class TusHandlers:
         Without this, aiohttp stops delivering body bytes at shutdown and every PATCH in
         flight would wait for the whole shutdown timeout.
         """
-        self._tracker.release_all()
+        self._service.release_all()
 
     # --- DELETE (termination) ---------------------------------------------------------------
 
@@ -380,62 +324,6 @@ class TusHandlers:
         if scheme not in ("http", "https"):
             scheme = "http"
         return f"{scheme}://{host}{path}"
-
-
-ByteReader = Callable[[int, int], AsyncIterator[bytes]]
-
-
-async def stream_bytes(
-    request: web.Request,
-    *,
-    size: int,
-    name: str | None,
-    reader: ByteReader,
-    content_type: str = "application/octet-stream",
-    extra_headers: dict[str, str] | None = None,
-    on_sent: Callable[[int], None] | None = None,
-) -> web.StreamResponse:
-    """Stream a representation with single-range support and a safe attachment name."""
-    rng = parse_range(request.headers.get("Range"), size)
-    headers = {
-        "Content-Type": content_type,
-        "Content-Disposition": content_disposition(name),
-        "Accept-Ranges": "bytes",
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, no-store",
-        **(extra_headers or {}),
-    }
-    start, length, status = 0, size, 200
-    if rng is not None:
-        start, length, status = rng.start, rng.length, 206
-        headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
-    blocks = reader(start, length) if length and request.method != "HEAD" else None
-    # The first block is read before anything is sent, so a missing object is a clean error.
-    first = await anext(blocks, b"") if blocks is not None else b""
-    resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = length
-    await resp.prepare(request)
-    if blocks is not None:
-        sent = 0
-        try:
-            await resp.write(first)
-            sent += len(first)
-            async for block in blocks:
-                await resp.write(block)
-                sent += len(block)
-        except (ConnectionError, asyncio.CancelledError):
-            raise
-        except Exception:
-            # Headers are gone: the only honest signal left is to cut the connection.
-            _log.exception("download failed mid-stream", path=request.path)
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        finally:
-            if on_sent is not None:
-                on_sent(sent)
-    await resp.write_eof()
-    return resp
 
 
 def _first(value: str | None) -> str | None:

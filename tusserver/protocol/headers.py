@@ -1,7 +1,7 @@
 """Parsing and formatting of tus headers: pure functions, no I/O.
 
 Every value a client sends is hostile until one of these functions accepted it. Each parser
-either returns a well-typed value or raises :class:`~tusserver.protocol.errors.BadRequest`
+either returns a well-typed value or raises :class:`~tusserver.errors.BadRequest`
 (or the specific error the spec asks for) with a message naming the header.
 """
 
@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 __all__ = [
     "MAX_INT",

@@ -36,16 +36,22 @@ from auth import Principal
 from auth.gateway import Gate
 from storage_backends.base import Finisher, StorageError
 
-from ..catalog.analytics import Event, EventRecorder
 from ..config import TusServerConfig
+from ..errors import (
+    ChecksumMismatch,
+    Conflict,
+    PayloadTooLarge,
+    Progress,
+    TusError,
+    UploadInterrupted,
+    UploadSuspended,
+)
 from ..events import HookRejection
-from ..metrics import Metrics
+from ..http_io import caller_of
+from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
 from . import sfv
-from .body import BodyReader, Interruption
-from .errors import ChecksumMismatch, Conflict, PayloadTooLarge, TusError
 from .headers import Checksum, is_valid_upload_id
-from .tracking import AppendTracker
 
 __all__ = [
     "COMPLETED_UPLOAD",
@@ -229,18 +235,11 @@ class IetfHandlers:
         service: UploadService,
         gate: Gate,
         location: Callable[[web.Request, str], str],
-        metrics: Metrics | None = None,
-        events: EventRecorder | None = None,
-        tracker: AppendTracker | None = None,
     ) -> None:
         self._config = config
         self._service = service
         self._gate = gate
         self._location = location
-        self._metrics = metrics
-        self._events = events
-        #: Bodies being read, shared with the tus handlers: a graceful shutdown stops them.
-        self._tracker = tracker or AppendTracker(metrics)
 
     @staticmethod
     def handles(request: web.Request, method: str) -> bool:
@@ -356,7 +355,6 @@ class IetfHandlers:
     # --- creation (POST, PUT or PATCH on the creation URL) ----------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
-        h = request.headers
         # "A client can start a resumable upload from any request that can carry content by
         # including the Upload-Complete header field"
         complete = sfv.parse_boolean(_field(request, "Upload-Complete"))
@@ -375,25 +373,13 @@ class IetfHandlers:
         repr_digests = _digests(request, "Repr-Digest")
         metadata = _creation_metadata(request, repr_digests)
         principal = await self._gate.principal(request)
-        await self._gate.limit(request, "creations", who=principal.user_id)
         try:
-            status = await self._service.create(principal, length=length, metadata=metadata)
+            status = await self._service.create(
+                caller_of(self._gate, request, principal), length=length, metadata=metadata
+            )
         except PayloadTooLarge as exc:
             raise self._problem_of(exc) from None
         upload_id = status.record.id
-        self._gate.audit(request, "upload.create", actor=principal.user_id, target=upload_id)
-        if self._metrics is not None:
-            self._metrics.uploads.labels("created").inc()
-        if self._events is not None:
-            self._events.record(
-                Event(
-                    "upload.started",
-                    at=status.record.created_at,
-                    owner=principal.user_id,
-                    upload_id=upload_id,
-                    client=h.get("User-Agent"),
-                )
-            )
         location = self._location(request, upload_id)
         limits = self._limit_header(self._upload_limits(status))
         # "the server SHOULD announce the upload resource by sending an interim response with
@@ -535,15 +521,6 @@ class IetfHandlers:
         """Append the request's content at ``offset`` through the service."""
         rec = status.record
         upload_id = rec.id
-        # Content without Content-Length pays for its bytes once read (see the tus PATCH).
-        await self._gate.limit(
-            request,
-            "patch_bytes",
-            who=principal.user_id,
-            cost=content_length or 0,
-            require=None if content_length is not None else 1,
-        )
-        reader = BodyReader(request.content, self._config.write_buffer_size)
         content_checks = [
             _DigestCheck("Content-Digest", name, expected, _new_hasher(name))
             for name, expected in content_digests.items()
@@ -565,25 +542,28 @@ class IetfHandlers:
         if not repr_checks:
             # Nothing is compared after the content digests: the service checks the first.
             content_checks = content_checks[1:]
-        source: BodyReader | _DigestTee = reader
-        if content_checks or repr_checks:
-            source = _DigestTee(reader, content_checks, repr_checks, start=offset, length=length)
+        readers: list[BodyReader] = []
+
+        def tee(reader: BodyReader) -> BodyReader | _DigestTee:
+            readers.append(reader)
+            if content_checks or repr_checks:
+                return _DigestTee(reader, content_checks, repr_checks, start=offset, length=length)
+            return reader
+
         try:
-            with self._tracker.receiving(reader):
-                result = await self._service.append(
-                    principal,
-                    upload_id,
-                    offset=offset,
-                    source=source,
-                    on_release=reader.request_release,
-                    content_length=content_length,
-                    new_length=length if rec.length is None else None,
-                    checksum=checksum,
-                    interrupted=lambda: reader.interruption is not Interruption.NONE,
-                    # Upload-Complete: ?1 without a known length: the length is the offset at
-                    # the end of this request.
-                    complete_at_end=complete and length is None,
-                )
+            result = await self._service.receive(
+                caller_of(self._gate, request, principal),
+                upload_id,
+                offset=offset,
+                body=request.content,
+                content_length=content_length,
+                new_length=length if rec.length is None else None,
+                checksum=checksum,
+                # Upload-Complete: ?1 without a known length: the length is the offset at
+                # the end of this request.
+                complete_at_end=complete and length is None,
+                wrap=tee,
+            )
         except _DigestMismatch as exc:
             raise await self._digest_failure(principal, upload_id, offset, exc.check) from None
         except ChecksumMismatch:
@@ -601,26 +581,13 @@ class IetfHandlers:
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
-        finally:
-            if content_length is None:
-                await self._gate.charge(
-                    request, "patch_bytes", who=principal.user_id, cost=reader.received
-                )
-        self._tracker.stored(offset, result.offset, finished=result.finished)
-        if reader.interruption is Interruption.RELEASED:
-            raise Problem(
-                400,
-                "the upload was taken over by a newer request; resume from Upload-Offset",
-                headers=self._state_headers(result),
-            )
-        if reader.interruption is Interruption.SHUTDOWN:
-            # What arrived is stored; the client resumes from the offset after the restart.
-            raise Problem(
-                503,
-                "the server is restarting; resume from Upload-Offset shortly",
-                headers={**self._state_headers(result), "Retry-After": "2"},
-            )
-        if complete and not result.finished and reader.interruption is Interruption.NONE:
+        except (UploadInterrupted, UploadSuspended) as exc:
+            # Released to a newer request, or the server is restarting: what arrived is
+            # stored, the client resumes from the offset.
+            headers = {**exc.headers, **_progress_headers(exc.progress)}
+            raise Problem(exc.status, exc.message, headers=headers) from None
+        stopped = readers and readers[0].interruption is not Interruption.NONE
+        if complete and not result.finished and not stopped:
             # The client said this was the end, but the bytes fall short of the length.
             raise _inconsistent_length(
                 "Upload-Complete: ?1, but the upload's length is not reached",
@@ -692,6 +659,19 @@ class IetfHandlers:
         # Takes the lock, so an append still running is made to stop first.
         await self._service.terminate(principal, upload_id)
         return web.Response(status=204)
+
+
+def _progress_headers(progress: Progress | None) -> dict[str, str]:
+    """The state headers of an upload whose append stopped early."""
+    if progress is None:
+        return {}
+    headers = {
+        "Upload-Offset": str(progress.offset),
+        "Upload-Complete": _BOOL[progress.finished],
+    }
+    if progress.length is not None:
+        headers["Upload-Length"] = str(progress.length)
+    return headers
 
 
 # --- request helpers ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..protocol.errors import LockTimeout
+from ..errors import LockTimeout
 
 __all__ = ["InProcessLocker", "Locker"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from ..protocol.errors import LockTimeout, ServiceUnavailable
+from ..errors import LockTimeout, ServiceUnavailable
 from .locks import InProcessLocker, ReleaseCallback
 
 __all__ = ["PostgresLocker", "advisory_key"]

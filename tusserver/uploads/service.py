@@ -33,8 +33,7 @@ from storage_backends.base import (
 
 from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
 from ..config import TusServerConfig
-from ..events import CreateContext, Hooks
-from ..protocol.errors import (
+from ..errors import (
     BadRequest,
     ChecksumMismatch,
     Conflict,
@@ -42,23 +41,23 @@ from ..protocol.errors import (
     Gone,
     NotFound,
     PayloadTooLarge,
+    Progress,
     ServiceUnavailable,
     UnsupportedMediaType,
+    UploadInterrupted,
+    UploadSuspended,
 )
+from ..events import CreateContext, Hooks
 from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
+from .body import BodyReader, ByteStream, Interruption
 from .locks import Locker
+from .observer import Caller, NullObserver, UploadObserver
 
-__all__ = ["UploadInterrupted", "UploadService", "UploadStatus"]
+__all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspended"]
 
 _log = structlog.get_logger("tusserver.uploads")
 
 _HASH_IN_THREAD = 256 * 1024
-
-
-class UploadInterrupted(BadRequest):
-    """The body ended early (connection lost or released to a newer request)."""
-
-    code = "upload_interrupted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +94,7 @@ class UploadService:
         clock: Callable[[], dt.datetime] = _utcnow,
         on_finished: Callable[[UploadRecord], Awaitable[object]] | None = None,
         first_bytes_check: Callable[[UploadRecord, bytes], Awaitable[None]] | None = None,
+        observer: UploadObserver | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -108,6 +108,10 @@ class UploadService:
         self.first_bytes_check = first_bytes_check
         #: Bytes of storage the caller may still use (None: no quota).
         self.quota_remaining: Callable[[Principal], Awaitable[int | None]] | None = None
+        #: Told of creations and of the bytes received (metrics, analytics, audit).
+        self.observer: UploadObserver = observer or NullObserver()
+        #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
+        self._receiving: set[BodyReader] = set()
 
     # --- what we can do -------------------------------------------------------------------
 
@@ -133,6 +137,22 @@ class UploadService:
     # --- creation -------------------------------------------------------------------------
 
     async def create(
+        self,
+        caller: Caller,
+        *,
+        length: int | None,
+        metadata: Mapping[str, bytes | None],
+        concat: ConcatPartial | ConcatFinal | None = None,
+    ) -> UploadStatus:
+        """Create an upload (every entry path): the creations budget, limits, quota, hooks."""
+        await caller.admission.limit("creations")
+        status = await self._create(
+            caller.principal, length=length, metadata=metadata, concat=concat
+        )
+        self.observer.created(caller, status.record)
+        return status
+
+    async def _create(
         self,
         principal: Principal,
         *,
@@ -282,6 +302,90 @@ class UploadService:
             return None
         return now + dt.timedelta(seconds=self.config.expiration)
 
+    # --- receiving a body -------------------------------------------------------------------
+
+    async def receive(
+        self,
+        caller: Caller,
+        upload_id: str,
+        *,
+        offset: int,
+        body: ByteStream,
+        content_length: int | None,
+        new_length: int | None = None,
+        checksum: Checksum | None = None,
+        complete_at_end: bool = False,
+        wrap: Callable[[BodyReader], ChunkSource] | None = None,
+    ) -> UploadStatus:
+        """Append a request body at ``offset`` (every entry path): the byte budget, the
+        tracking that lets a newer request or a shutdown stop the body, metrics.
+
+        ``wrap`` lets an adapter see the bytes on their way (the IETF draft's digests).
+        Raises :class:`UploadInterrupted` (released to a newer request) or
+        :class:`UploadSuspended` (shutdown) once what arrived is stored.
+        """
+        # A body without a declared length pays for its bytes once they are in; until then
+        # it needs a budget out of debt.
+        await caller.admission.limit(
+            "patch_bytes",
+            cost=content_length or 0,
+            require=None if content_length is not None else 1,
+        )
+        reader = BodyReader(body, self.config.write_buffer_size)
+        self._receiving.add(reader)
+        try:
+            with self.observer.receiving():
+                status = await self.append(
+                    caller.principal,
+                    upload_id,
+                    offset=offset,
+                    source=wrap(reader) if wrap is not None else reader,
+                    on_release=reader.request_release,
+                    content_length=content_length,
+                    new_length=new_length,
+                    checksum=checksum,
+                    interrupted=lambda: reader.interruption is not Interruption.NONE,
+                    complete_at_end=complete_at_end,
+                )
+        finally:
+            self._receiving.discard(reader)
+            if content_length is None:
+                await caller.admission.charge("patch_bytes", cost=reader.received)
+        self.observer.stored(offset, status.offset, finished=status.finished)
+        _raise_if_stopped(reader.interruption, status)
+        return status
+
+    async def upload_whole(
+        self,
+        caller: Caller,
+        *,
+        metadata: Mapping[str, bytes | None],
+        body: ByteStream,
+        content_length: int | None = None,
+        on_created: Callable[[UploadStatus], None] | None = None,
+    ) -> UploadStatus:
+        """A plain (non-resumable) upload: create, receive the whole body, finish."""
+        status = await self.create(caller, length=content_length, metadata=metadata)
+        if on_created is not None:
+            on_created(status)
+        if not status.finished:
+            status = await self.receive(
+                caller,
+                status.record.id,
+                offset=0,
+                body=body,
+                content_length=content_length,
+                complete_at_end=True,
+            )
+        if not status.finished:
+            raise BadRequest("the file ended early")
+        return status
+
+    def release_all(self) -> None:
+        """At shutdown: every body being received stops here; what arrived is kept."""
+        for reader in list(self._receiving):
+            reader.stop(Interruption.SHUTDOWN)
+
     # --- appending ------------------------------------------------------------------------
 
     async def append(
@@ -298,7 +402,11 @@ class UploadService:
         interrupted: Callable[[], bool] = lambda: False,
         complete_at_end: bool = False,
     ) -> UploadStatus:
-        """PATCH: append the body at ``offset`` and return the new state."""
+        """Append ``source`` at ``offset`` under the upload's lock; returns the new state.
+
+        The bytes go through :class:`_Guard` (length, quota and store limits, the early type
+        check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
+        """
         async with self.locker.lock(upload_id, on_release=on_release):
             rec = await self._get_live(principal, upload_id)
             if rec.is_final:
@@ -315,92 +423,133 @@ class UploadService:
                 if rec.length is None:
                     await self._check_quota(principal, new_length - current)
                 rec = await self._declare_length(rec, new_length, current)
-            budget = self._budget(rec, current)
-            if rec.length is None and self.quota_remaining is not None:
-                # Deferred length: the quota is enforced as the bytes arrive.
-                left = await self.quota_remaining(principal)
-                if left is not None:
-                    budget = left if budget is None else min(budget, left)
-            append_limit = getattr(self.store, "append_limit", None)
-            if append_limit is not None and rec.state is UploadState.RECEIVING:
-                # The store's own limits (S3 parts) are known before any byte is stored.
-                left = await append_limit(rec.id, current)
-                budget = left if budget is None else min(budget, left)
+            budget = await self._append_budget(principal, rec, current)
             if content_length is not None and budget is not None and content_length > budget:
                 raise PayloadTooLarge(
                     f"the body of {content_length} bytes goes past the upload's "
                     f"{'length' if rec.length is not None else 'maximum size'}"
                 )
             if rec.state is UploadState.FINISHED:
-                # Its bytes may already have moved on to the object store: never touch the
-                # chunk store again. An empty PATCH just reports the final offset.
-                if content_length:
-                    raise PayloadTooLarge("the upload is already complete")
-                async for block in source:
-                    if block:
-                        raise PayloadTooLarge("the upload is already complete")
+                await _refuse_more(source, content_length)
                 return status
-            hasher = hashlib.new(checksum.algorithm) if checksum else None
-            first_check = None
-            if current == 0 and self.first_bytes_check is not None:
-                check, upload = self.first_bytes_check, rec
-
-                async def first_check(head: bytes) -> None:
-                    await check(upload, head)
-
-            guard = _Guard(source, budget, hasher, first_check)
-            verify = None
-            if checksum is not None:
-
-                def verify() -> None:
-                    if interrupted():
-                        raise UploadInterrupted("the body ended early; the chunk was discarded")
-                    if guard.exceeded:
-                        raise PayloadTooLarge("the body goes past the upload's length")
-                    if hasher is None or hasher.digest() != checksum.digest:
-                        raise ChecksumMismatch("the chunk does not match Upload-Checksum")
-
-            try:
-                written = await self.store.write(
-                    rec.id, current, guard, verify=verify, fsync=self.config.fsync
-                )
-            except UploadDataMissing:
-                raise Gone("the upload's data is gone") from None
-            except StorageLimitExceeded as exc:
-                raise PayloadTooLarge(str(exc)) from None
-            except StorageError as exc:
-                # Bytes the store did keep show up in HEAD; the client resumes from there.
-                raise ServiceUnavailable(
-                    f"storage is unavailable ({exc}); resume from HEAD's Upload-Offset",
-                    headers={"Retry-After": "5"},
-                ) from None
-            except UnsupportedMediaType:
-                # Refused at its first bytes: nothing more of this upload is accepted.
-                await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
-                await self.store.delete(rec.id)
-                raise
-            new_offset = current + written
-            if complete_at_end and rec.length is None and not guard.exceeded and not interrupted():
-                # A plain (non-resumable) upload: its length is what arrived.
-                rec = await self._declare_length(rec, new_offset, new_offset)
-            finishing = rec.length is not None and new_offset >= rec.length and not status.finished
-            if finishing:
-                # One write records both the progress and the finish.
-                final = UploadStatus(await self._finish(rec, new_offset), new_offset, status.parts)
-            elif written:
-                final = UploadStatus(
-                    await self._record_progress(rec, new_offset), new_offset, status.parts
-                )
-            else:
-                final = status
-            if guard.exceeded:
-                raise PayloadTooLarge(
-                    "the body goes past the upload's "
-                    f"{'length' if rec.length is not None else 'maximum size'}",
-                    headers={"Upload-Offset": str(new_offset)},
-                )
+            guard = self._guard(rec, current, source, budget, checksum)
+            written = await self._write(rec, current, guard, checksum, interrupted)
+            final = await self._record_append(
+                rec,
+                status,
+                current + written,
+                written=written,
+                guard=guard,
+                complete_at_end=complete_at_end and not interrupted(),
+            )
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
+        return final
+
+    async def _append_budget(
+        self, principal: Principal, rec: UploadRecord, current: int
+    ) -> int | None:
+        """How many bytes this append may store: length or maximum size, quota, store."""
+        budget = self._budget(rec, current)
+        if rec.length is None and self.quota_remaining is not None:
+            # Deferred length: the quota is enforced as the bytes arrive.
+            left = await self.quota_remaining(principal)
+            if left is not None:
+                budget = left if budget is None else min(budget, left)
+        append_limit = getattr(self.store, "append_limit", None)
+        if append_limit is not None and rec.state is UploadState.RECEIVING:
+            # The store's own limits (S3 parts) are known before any byte is stored.
+            left = await append_limit(rec.id, current)
+            budget = left if budget is None else min(budget, left)
+        return budget
+
+    def _guard(
+        self,
+        rec: UploadRecord,
+        current: int,
+        source: ChunkSource,
+        budget: int | None,
+        checksum: Checksum | None,
+    ) -> _Guard:
+        first_check = None
+        if current == 0 and self.first_bytes_check is not None:
+            check = self.first_bytes_check
+
+            async def first_check(head: bytes) -> None:
+                await check(rec, head)
+
+        hasher = hashlib.new(checksum.algorithm) if checksum else None
+        return _Guard(source, budget, hasher, first_check)
+
+    async def _write(
+        self,
+        rec: UploadRecord,
+        current: int,
+        guard: _Guard,
+        checksum: Checksum | None,
+        interrupted: Callable[[], bool],
+    ) -> int:
+        """Hand the guarded body to the store; returns the bytes it kept."""
+        verify = None
+        if checksum is not None:
+
+            def verify() -> None:
+                if interrupted():
+                    raise UploadInterrupted("the body ended early; the chunk was discarded")
+                if guard.exceeded:
+                    raise PayloadTooLarge("the body goes past the upload's length")
+                if guard.hasher is None or guard.hasher.digest() != checksum.digest:
+                    raise ChecksumMismatch("the chunk does not match Upload-Checksum")
+
+        try:
+            return await self.store.write(
+                rec.id, current, guard, verify=verify, fsync=self.config.fsync
+            )
+        except UploadDataMissing:
+            raise Gone("the upload's data is gone") from None
+        except StorageLimitExceeded as exc:
+            raise PayloadTooLarge(str(exc)) from None
+        except StorageError as exc:
+            # Bytes the store did keep show up in HEAD; the client resumes from there.
+            raise ServiceUnavailable(
+                f"storage is unavailable ({exc}); resume from HEAD's Upload-Offset",
+                headers={"Retry-After": "5"},
+            ) from None
+        except UnsupportedMediaType:
+            # Refused at its first bytes: nothing more of this upload is accepted.
+            await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
+            await self.store.delete(rec.id)
+            raise
+
+    async def _record_append(
+        self,
+        rec: UploadRecord,
+        status: UploadStatus,
+        new_offset: int,
+        *,
+        written: int,
+        guard: _Guard,
+        complete_at_end: bool,
+    ) -> UploadStatus:
+        """Make the new offset durable (and finish the upload when it is whole)."""
+        if complete_at_end and rec.length is None and not guard.exceeded:
+            # A plain (non-resumable) upload: its length is what arrived.
+            rec = await self._declare_length(rec, new_offset, new_offset)
+        if rec.length is not None and new_offset >= rec.length and not status.finished:
+            # One write records both the progress and the finish.
+            final = UploadStatus(await self._finish(rec, new_offset), new_offset, status.parts)
+        elif written:
+            final = UploadStatus(
+                await self._record_progress(rec, new_offset), new_offset, status.parts
+            )
+        else:
+            final = status
+        if guard.exceeded:
+            raise PayloadTooLarge(
+                "the body goes past the upload's "
+                f"{'length' if rec.length is not None else 'maximum size'}",
+                headers={"Upload-Offset": str(new_offset)},
+            )
         return final
 
     async def _declare_length(self, rec: UploadRecord, length: int, offset: int) -> UploadRecord:
@@ -548,6 +697,35 @@ class UploadService:
         return len(ids)
 
 
+async def _refuse_more(source: ChunkSource, content_length: int | None) -> None:
+    """A finished upload's bytes may already have moved on to the object store: never touch
+    the chunk store again. An empty body just reports the final offset."""
+    if content_length:
+        raise PayloadTooLarge("the upload is already complete")
+    async for block in source:
+        if block:
+            raise PayloadTooLarge("the upload is already complete")
+
+
+def _raise_if_stopped(interruption: Interruption, status: UploadStatus) -> None:
+    """After what arrived is stored: tell the client why its body was cut short."""
+    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN):
+        return
+    assert status.offset is not None
+    progress = Progress(status.offset, status.record.length, status.finished)
+    if interruption is Interruption.RELEASED:
+        raise UploadInterrupted(
+            "the upload was taken over by a newer request; resume from Upload-Offset",
+            headers={"Upload-Offset": str(status.offset)},
+            progress=progress,
+        )
+    raise UploadSuspended(
+        "the server is restarting; resume from Upload-Offset shortly",
+        headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
+        progress=progress,
+    )
+
+
 class _Guard:
     """Pass the body through, hashing it and stopping at ``budget`` bytes.
 
@@ -564,13 +742,13 @@ class _Guard:
     ) -> None:
         self._source = source
         self._budget = budget
-        self._hasher = hasher
+        self.hasher = hasher
         self._first_check = first_check
         self.exceeded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
-        budget, hasher = self._budget, self._hasher
+        budget, hasher = self._budget, self.hasher
         async for block in self._source:
             if self._first_check is not None:
                 check, self._first_check = self._first_check, None

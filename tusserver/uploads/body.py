@@ -1,14 +1,29 @@
-"""Reading a request body in bounded blocks, stoppable by lock breaking."""
+"""Reading a request body in bounded blocks, stoppable by lock breaking and at shutdown.
+
+The lifecycle (:class:`~tusserver.uploads.service.UploadService`) wraps every body it
+receives in a :class:`BodyReader`, whatever the entry path: a tus or IETF-draft PATCH body
+(aiohttp's ``StreamReader``) or one part of a form upload (:class:`PartStream`).
+"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-from aiohttp import StreamReader
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["BodyReader", "Interruption"]
+__all__ = ["BodyReader", "ByteStream", "Interruption"]
+
+
+class ByteStream(Protocol):
+    """What a body is read from (aiohttp's ``StreamReader`` is one)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    def is_eof(self) -> bool: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
 
 
 class Interruption(enum.Enum):
@@ -33,7 +48,7 @@ class BodyReader:
     the bytes received so far are still yielded, so the store keeps them.
     """
 
-    def __init__(self, content: StreamReader, block_size: int) -> None:
+    def __init__(self, content: ByteStream, block_size: int) -> None:
         self._content = content
         self._block_size = block_size
         self.interruption = Interruption.NONE
