@@ -23,7 +23,7 @@ from tests.ietf.helpers import (
     problem,
 )
 
-BAD_VERSIONS = ["7", "9", "0", "-8", "8.0", "8.5", '"8"', "?1", "abc", "", "8, 8", "8 8", "x" * 500]
+BAD_VERSIONS = ["2", "9", "0", "-8", "8.0", "8.5", '"8"', "?1", "abc", "", "8, 8", "8 8", "x" * 500]
 
 
 @pytest.mark.parametrize("version", BAD_VERSIONS)
@@ -42,7 +42,7 @@ async def test_wrong_interop_versions_on_every_request(client: Client, version: 
         resp = await client.request(method, url, data=b"zz", headers={**bad, **headers})
         doc = await problem(resp, 400)
         if method != "HEAD":
-            assert doc["supported-interop-versions"] == [8]
+            assert doc["supported-interop-versions"] == [3, 4, 5, 6, 7, 8]
     # Nothing happened to the upload.
     state = await head(client, path)
     assert (state.status, state.headers["Upload-Offset"]) == (204, "3")

@@ -20,17 +20,12 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import json
-import re
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from auth import Principal
 from auth.gateway import Gate
@@ -52,12 +47,26 @@ from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
 from . import sfv
 from .headers import Checksum, is_valid_upload_id
+from .ietf_versions import (
+    COMPLETED_UPLOAD,
+    INCONSISTENT_LENGTH,
+    INTEROP_HEADER,
+    MISMATCHING_OFFSET,
+    PARTIAL_UPLOAD,
+    Dialect,
+    Problem,
+    dialect_of,
+    field,
+    inconsistent_length,
+    mismatching_offset,
+    representation_metadata,
+    send_104,
+)
 
 __all__ = [
     "COMPLETED_UPLOAD",
     "INCONSISTENT_LENGTH",
     "INTEROP_HEADER",
-    "INTEROP_VERSION",
     "MISMATCHING_OFFSET",
     "PARTIAL_UPLOAD",
     "IetfHandlers",
@@ -65,15 +74,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("tusserver.ietf")
-
-INTEROP_VERSION = 8
-INTEROP_HEADER = "Upload-Draft-Interop-Version"
-PARTIAL_UPLOAD = "application/partial-upload"
-
-_PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
-MISMATCHING_OFFSET = _PROBLEM_TYPES + "mismatching-upload-offset"
-COMPLETED_UPLOAD = _PROBLEM_TYPES + "completed-upload"
-INCONSISTENT_LENGTH = _PROBLEM_TYPES + "inconsistent-upload-length"
 
 #: RFC 9530 algorithm names -> (hashlib name, digest size). Others are ignored, as RFC 9530
 #: lets a recipient do; the deprecated ones (md5, sha, crc32c, ...) are never trusted.
@@ -86,78 +86,7 @@ DIGEST_ALGORITHMS: Mapping[str, tuple[str, int]] = {
 _REPR_METADATA = {"sha-256": "sha256", "sha-512": "sha512"}
 
 _HASH_IN_THREAD = 256 * 1024
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
-#: Content types that say nothing about the file (curl's default for --data-binary, ...).
-_GENERIC_TYPES = frozenset(
-    {"application/octet-stream", "application/x-www-form-urlencoded", PARTIAL_UPLOAD}
-)
 _CREATE_METHODS = ("POST", "PUT", "PATCH")
-_BOOL = {True: "?1", False: "?0"}
-
-
-class Problem(Exception):
-    """An error answered as an RFC 9457 problem document.
-
-    ``type_`` defaults to ``about:blank`` (the title is then the status phrase); the
-    draft's own types carry their extension members in ``members``.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        type_: str = "about:blank",
-        title: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        members: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.type = type_
-        self.title = title or HTTPStatus(status).phrase
-        self.headers: dict[str, str] = dict(headers or {})
-        self.members: dict[str, Any] = dict(members or {})
-
-    def response(self) -> web.Response:
-        doc: dict[str, Any] = {
-            "type": self.type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            **self.members,
-        }
-        resp = web.Response(
-            status=self.status,
-            body=json.dumps(doc).encode("utf-8"),
-            content_type="application/problem+json",
-        )
-        resp.headers.update(self.headers)
-        return resp
-
-
-def _mismatching_offset(expected: int, provided: int) -> Problem:
-    # "the server MUST reject the request with a 409 (Conflict) status code. The response
-    # MUST include the correct offset in the Upload-Offset header field."
-    return Problem(
-        409,
-        f"Upload-Offset {provided} does not match the upload's offset {expected}",
-        type_=MISMATCHING_OFFSET,
-        title="offset from request does not match offset of resource",
-        headers={"Upload-Offset": str(expected)},
-        members={"expected-offset": expected, "provided-offset": provided},
-    )
-
-
-def _inconsistent_length(detail: str, headers: Mapping[str, str] | None = None) -> Problem:
-    return Problem(
-        400,
-        detail,
-        type_=INCONSISTENT_LENGTH,
-        title="inconsistent length values for upload",
-        headers=headers,
-    )
 
 
 @dataclass(slots=True)
@@ -250,33 +179,45 @@ class IetfHandlers:
         return INTEROP_HEADER in request.headers and method != "GET"
 
     # --- entry points ---------------------------------------------------------------------
+    # Each request is answered in the interop version it was sent in: its Dialect reads the
+    # request's fields and writes the response; what happens in between is the same for all.
 
     async def collection(self, request: web.Request, method: str) -> web.StreamResponse:
         try:
-            _check_interop_version(request)
+            dialect = dialect_of(request)
+        except Problem as exc:
+            return exc.response()
+        try:
             if method == "OPTIONS":
-                return self._options("OPTIONS, POST, PUT, PATCH")
+                return self._options(dialect, "OPTIONS, POST, PUT, PATCH")
             if method in _CREATE_METHODS:
-                return await self._create(request)
+                return await self._create(request, dialect)
             raise Problem(
                 405,
                 f"{method} is not allowed on the creation URL",
                 headers={"Allow": "OPTIONS, POST, PUT, PATCH"},
             )
         except Exception as exc:
-            return self._error_response(exc)
+            return self._error_response(exc, dialect)
 
     async def item(self, request: web.Request, method: str, upload_id: str) -> web.StreamResponse:
         try:
-            _check_interop_version(request)
+            dialect = dialect_of(request)
+        except Problem as exc:
+            return exc.response()
+        try:
             if method == "OPTIONS":
-                return self._options("OPTIONS, HEAD, PATCH, DELETE, GET")
+                return self._options(dialect, "OPTIONS, HEAD, PATCH, DELETE, GET")
+            if method == "HEAD":
+                dialect.refuse(request, dialect.refused_on_head)
+            elif method == "DELETE":
+                dialect.refuse(request, dialect.refused_on_delete)
             if not is_valid_upload_id(upload_id):
                 raise Problem(404, "no such upload")
             if method == "HEAD":
-                return await self._head(request, upload_id)
+                return await self._head(request, dialect, upload_id)
             if method == "PATCH":
-                return await self._append_request(request, upload_id)
+                return await self._append_request(request, dialect, upload_id)
             if method == "DELETE":
                 return await self._cancel(request, upload_id)
             raise Problem(
@@ -285,24 +226,24 @@ class IetfHandlers:
                 headers={"Allow": "OPTIONS, HEAD, PATCH, DELETE, GET"},
             )
         except Exception as exc:
-            return self._error_response(exc)
+            return self._error_response(exc, dialect)
 
-    def _error_response(self, exc: Exception) -> web.Response:
-        if isinstance(exc, Problem):
-            return exc.response()
+    def _error_response(self, exc: Exception, dialect: Dialect) -> web.Response:
         if isinstance(exc, TusError):
-            return self._problem_of(exc).response()
-        if isinstance(exc, HookRejection):
-            return Problem(exc.status, exc.message).response()
+            exc = self._problem_of(exc, dialect)
+        elif isinstance(exc, HookRejection):
+            exc = Problem(exc.status, exc.message)
+        if isinstance(exc, Problem):
+            return dialect.response(exc)
         raise exc
 
-    def _problem_of(self, exc: TusError) -> Problem:
+    def _problem_of(self, exc: TusError, dialect: Dialect) -> Problem:
         """A service error as a problem document (its headers, e.g. Retry-After, kept)."""
         if isinstance(exc, PayloadTooLarge):
             # "A server responding with a 413 ... as a result of its upload limits MUST
             # include the Upload-Limit header in this response"
             headers = dict(exc.headers)
-            headers.update(self._limit_header(self._creation_limits()))
+            headers.update(dialect.limit_header(self._creation_limits()))
             return Problem(413, exc.message, headers=headers)
         if isinstance(exc, ChecksumMismatch):
             return Problem(400, exc.message, headers=exc.headers)
@@ -311,12 +252,15 @@ class IetfHandlers:
 
     # --- OPTIONS ----------------------------------------------------------------------------
 
-    def _options(self, allow: str) -> web.Response:
-        # "the server MUST include the Accept-Patch header field in the response ... MUST
-        # include the full application/partial-upload media type"; "The Upload-Limit header
-        # field SHOULD be included in the response to an OPTIONS request if limits apply."
-        headers = {"Accept-Patch": PARTIAL_UPLOAD, "Allow": allow}
-        headers.update(self._limit_header(self._creation_limits()))
+    def _options(self, dialect: Dialect, allow: str) -> web.Response:
+        # From 6: "MUST include the Upload-Limit header field with the corresponding limits
+        # in a response to an OPTIONS request"; from 8: "the server MUST include the
+        # Accept-Patch header field ... the full application/partial-upload media type".
+        # Before 6 the draft has no OPTIONS, nor the media type, nor limits.
+        headers = {"Allow": allow}
+        if dialect.partial_upload:
+            headers["Accept-Patch"] = PARTIAL_UPLOAD
+        headers.update(dialect.limit_header(self._creation_limits()))
         return web.Response(status=204, headers=headers)
 
     # --- limits -----------------------------------------------------------------------------
@@ -343,24 +287,13 @@ class IetfHandlers:
             limits["max-age"] = max(0, int(remaining))
         return limits
 
-    @staticmethod
-    def _limit_header(limits: Mapping[str, int]) -> dict[str, str]:
-        # An empty Dictionary is not sent at all (RFC 9651 section 4.1); a structured-field
-        # Integer has at most 15 digits, so a larger limit is announced as that maximum.
-        if not limits:
-            return {}
-        bounded = {k: min(v, sfv.MAX_INTEGER) for k, v in limits.items()}
-        return {"Upload-Limit": sfv.serialize_dictionary(bounded)}
-
     # --- creation (POST, PUT or PATCH on the creation URL) ----------------------------------
 
-    async def _create(self, request: web.Request) -> web.Response:
+    async def _create(self, request: web.Request, dialect: Dialect) -> web.Response:
         # "A client can start a resumable upload from any request that can carry content by
-        # including the Upload-Complete header field"
-        complete = sfv.parse_boolean(_field(request, "Upload-Complete"))
-        if complete is None:
-            raise Problem(400, "Upload-Complete must be the structured-field Boolean ?0 or ?1")
-        declared = sfv.parse_non_negative_integer(_field(request, "Upload-Length"))
+        # including the Upload-Complete header field" (Upload-Incomplete in version 3)
+        complete = dialect.read_complete(request, creating=True)
+        declared = dialect.read_length(request)
         content_length = _content_length(request)
         length = _deduce_length(
             complete=complete,
@@ -378,18 +311,20 @@ class IetfHandlers:
                 caller_of(self._gate, request, principal), length=length, metadata=metadata
             )
         except PayloadTooLarge as exc:
-            raise self._problem_of(exc) from None
+            raise self._problem_of(exc, dialect) from None
         upload_id = status.record.id
         location = self._location(request, upload_id)
-        limits = self._limit_header(self._upload_limits(status))
+        limits = dialect.limit_header(self._upload_limits(status))
         # "the server SHOULD announce the upload resource by sending an interim response with
         # the 104 (Upload Resumption Supported) status code ... it MUST include Location ...
-        # and MUST include the Upload-Limit header field"
-        await _send_104(request, {"Location": location, **limits})
+        # and MUST include the Upload-Limit header field" (a MAY in 6 and 7; no limits
+        # before 6)
+        await send_104(request, dialect, {"Location": location, **limits})
         try:
             if not status.finished and (content_length != 0 or complete):
                 status = await self._write(
                     request,
+                    dialect,
                     principal,
                     status,
                     offset=0,
@@ -403,21 +338,22 @@ class IetfHandlers:
             # The upload exists: the client may resume it (unless it was cancelled).
             problem = exc if isinstance(exc, Problem) else None
             if problem is None and isinstance(exc, TusError):
-                problem = self._problem_of(exc)
+                problem = self._problem_of(exc, dialect)
             if problem is None:
                 raise
             problem.headers.setdefault("Location", location)
             raise problem from None
         # "If the Upload-Complete header field is set to false ... the server MUST include
-        # the Location response header field ... and MUST include the Upload-Limit header"
-        headers = {"Location": location, **self._state_headers(status)}
+        # the Location response header field ... and MUST include the Upload-Limit header";
+        # up to 6: "201 (Created)" with the offset, complete or not.
+        headers = {"Location": location, **self._state_headers(dialect, status)}
         if not status.finished:
-            headers.update(self._limit_header(self._upload_limits(status)))
+            headers.update(dialect.limit_header(self._upload_limits(status)))
         return web.Response(status=201, headers=headers)
 
     # --- offset retrieval (HEAD) ------------------------------------------------------------
 
-    async def _head(self, request: web.Request, upload_id: str) -> web.Response:
+    async def _head(self, request: web.Request, dialect: Dialect, upload_id: str) -> web.Response:
         principal = await self._gate.principal(request)
         # Takes the upload's lock: a stale request still appending is made to let go first,
         # so the offset sent here is one the next append will be accepted at.
@@ -425,52 +361,95 @@ class IetfHandlers:
         # "MUST include the offset ..., the completeness state ..., the length ... (unless
         # the client has not supplied one), MUST indicate the limits ... SHOULD include
         # Cache-Control: no-store"
-        headers = self._state_headers(status)
-        headers.update(self._limit_header(self._upload_limits(status)))
+        headers = self._state_headers(dialect, status)
+        headers.update(dialect.limit_header(self._upload_limits(status)))
         headers["Cache-Control"] = "no-store"
         return web.Response(status=204, headers=headers)
 
     @staticmethod
-    def _state_headers(status: UploadStatus) -> dict[str, str]:
-        headers = {
-            "Upload-Offset": str(status.offset or 0),
-            "Upload-Complete": _BOOL[status.finished],
-        }
-        if status.record.length is not None:
-            headers["Upload-Length"] = str(status.record.length)
-        return headers
+    def _state_headers(dialect: Dialect, status: UploadStatus) -> dict[str, str]:
+        return dialect.state_headers(status.offset or 0, status.finished, status.record.length)
+
+    @staticmethod
+    def _progress_headers(dialect: Dialect, progress: Progress | None) -> dict[str, str]:
+        """The state headers of an upload whose append stopped early."""
+        if progress is None:
+            return {}
+        return dialect.state_headers(progress.offset, progress.finished, progress.length)
 
     # --- append (PATCH on an upload URL) ----------------------------------------------------
 
-    async def _append_request(self, request: web.Request, upload_id: str) -> web.Response:
+    async def _append_request(
+        self, request: web.Request, dialect: Dialect, upload_id: str
+    ) -> web.Response:
         ctype = request.headers.get("Content-Type", "")
-        if ctype.split(";", 1)[0].strip().lower() != PARTIAL_UPLOAD:
-            # RFC 5789: an unsupported patch document is a 415 with Accept-Patch.
+        if dialect.partial_upload and ctype.split(";", 1)[0].strip().lower() != PARTIAL_UPLOAD:
+            # From 6: "The request MUST use the PATCH method with the application/partial-
+            # upload media type"; RFC 5789: an unsupported patch document is a 415.
             raise Problem(
                 415,
                 f"appending takes Content-Type: {PARTIAL_UPLOAD}",
                 headers={"Accept-Patch": PARTIAL_UPLOAD},
             )
         # "The client MUST indicate the offset ... by including the Upload-Offset header"
-        offset = sfv.parse_non_negative_integer(_field(request, "Upload-Offset"))
+        offset = sfv.parse_non_negative_integer(field(request, "Upload-Offset"))
         if offset is None:
             raise Problem(400, "Upload-Offset must be a non-negative structured-field Integer")
-        # "The request MUST include the Upload-Complete header field."
-        complete = sfv.parse_boolean(_field(request, "Upload-Complete"))
-        if complete is None:
-            raise Problem(400, "Upload-Complete must be the structured-field Boolean ?0 or ?1")
-        declared = sfv.parse_non_negative_integer(_field(request, "Upload-Length"))
+        # "The request MUST include the Upload-Complete header field." (from 7; before, an
+        # absent field has the meaning its version gives it)
+        complete = dialect.read_complete(request, creating=False)
+        declared = dialect.read_length(request)
         content_length = _content_length(request)
         content_digests = _digests(request, "Content-Digest")
         repr_digests = _digests(request, "Repr-Digest")
         principal = await self._gate.principal(request)
         status = await self._service.status(principal, upload_id)
+        try:
+            status = await self._append(
+                request,
+                dialect,
+                principal,
+                status,
+                offset=offset,
+                complete=complete,
+                declared=declared,
+                content_length=content_length,
+                content_digests=content_digests,
+                repr_digests=repr_digests,
+            )
+        except (Problem, TusError) as exc:
+            problem = exc if isinstance(exc, Problem) else self._problem_of(exc, dialect)
+            if dialect.offset_on_errors:
+                # Up to 6: the offset in every answer about an active upload, failures too.
+                problem.headers.setdefault("Upload-Offset", str(status.offset or 0))
+            if dialect.complete_on_errors and not complete:
+                problem.headers.update(dialect.completeness(False))
+            raise problem from None
+        headers = self._state_headers(dialect, status)
+        # Up to 6: "201 (Created)" (complete or not); from 7: a 2xx with Upload-Complete, the
+        # draft's examples answer 204 while incomplete and 200 once complete.
+        return web.Response(status=dialect.append_status[status.finished], headers=headers)
+
+    async def _append(
+        self,
+        request: web.Request,
+        dialect: Dialect,
+        principal: Principal,
+        status: UploadStatus,
+        *,
+        offset: int,
+        complete: bool,
+        declared: int | None,
+        content_length: int | None,
+        content_digests: dict[str, bytes],
+        repr_digests: dict[str, bytes],
+    ) -> UploadStatus:
         if status.finished:
             # "If the upload is already complete, the server MUST NOT modify the upload
             # resource and MUST reject the request."
-            state = self._state_headers(status)
+            state = self._state_headers(dialect, status)
             if content_length != 0:
-                raise _inconsistent_length("the upload is already complete", state)
+                raise inconsistent_length("the upload is already complete", state)
             raise Problem(
                 400,
                 "the upload is already complete",
@@ -480,7 +459,7 @@ class IetfHandlers:
             )
         current = status.offset or 0
         if offset != current:
-            raise _mismatching_offset(current, offset)
+            raise mismatching_offset(current, offset)
         length = _deduce_length(
             complete=complete,
             offset=offset,
@@ -488,8 +467,9 @@ class IetfHandlers:
             declared=declared,
             recorded=status.record.length,
         )
-        status = await self._write(
+        return await self._write(
             request,
+            dialect,
             principal,
             status,
             offset=offset,
@@ -499,15 +479,11 @@ class IetfHandlers:
             content_digests=content_digests,
             repr_digests=repr_digests,
         )
-        headers = self._state_headers(status)
-        if status.finished:
-            # "the response MUST include the Upload-Complete header field with a true value"
-            return web.Response(status=200, headers=headers)
-        return web.Response(status=204, headers=headers)
 
     async def _write(
         self,
         request: web.Request,
+        dialect: Dialect,
         principal: Principal,
         status: UploadStatus,
         *,
@@ -571,27 +547,27 @@ class IetfHandlers:
             raise await self._digest_failure(principal, upload_id, offset, primary) from None
         except Conflict as exc:
             expected = sfv.parse_non_negative_integer(exc.headers.get("Upload-Offset"))
-            raise _mismatching_offset(expected or 0, offset) from None
+            raise mismatching_offset(expected or 0, offset) from None
         except PayloadTooLarge as exc:
             if "Upload-Offset" in exc.headers and (length is not None or rec.length is not None):
                 # The content went past the upload's length while it was read (no
                 # Content-Length to refuse it upfront): what fitted is stored, no more.
-                raise _inconsistent_length(
+                raise inconsistent_length(
                     "the content goes past the upload's length", exc.headers
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
-            raise self._problem_of(exc) from None
+            raise self._problem_of(exc, dialect) from None
         except (UploadInterrupted, UploadSuspended) as exc:
             # Released to a newer request, or the server is restarting: what arrived is
             # stored, the client resumes from the offset.
-            headers = {**exc.headers, **_progress_headers(exc.progress)}
+            headers = {**exc.headers, **self._progress_headers(dialect, exc.progress)}
             raise Problem(exc.status, exc.message, headers=headers) from None
         stopped = readers and readers[0].interruption is not Interruption.NONE
         if complete and not result.finished and not stopped:
             # The client said this was the end, but the bytes fall short of the length.
-            raise _inconsistent_length(
+            raise inconsistent_length(
                 "Upload-Complete: ?1, but the upload's length is not reached",
-                self._state_headers(result),
+                self._state_headers(dialect, result),
             )
         return result
 
@@ -661,39 +637,7 @@ class IetfHandlers:
         return web.Response(status=204)
 
 
-def _progress_headers(progress: Progress | None) -> dict[str, str]:
-    """The state headers of an upload whose append stopped early."""
-    if progress is None:
-        return {}
-    headers = {
-        "Upload-Offset": str(progress.offset),
-        "Upload-Complete": _BOOL[progress.finished],
-    }
-    if progress.length is not None:
-        headers["Upload-Length"] = str(progress.length)
-    return headers
-
-
 # --- request helpers ----------------------------------------------------------------------
-
-
-def _field(request: web.Request, name: str) -> str | None:
-    """A field's value, its lines joined as RFC 9651 section 4.2 asks (None if absent)."""
-    values = request.headers.getall(name, [])
-    return ", ".join(values) if values else None
-
-
-def _check_interop_version(request: web.Request) -> None:
-    version = sfv.parse_integer(_field(request, INTEROP_HEADER))
-    if version != INTEROP_VERSION:
-        # No 104 is ever sent for such a request ("MUST NOT send a 104 ... when the interop
-        # version ... is missing or mismatching").
-        raise Problem(
-            400,
-            f"this server implements Upload-Draft-Interop-Version {INTEROP_VERSION} "
-            "(draft-ietf-httpbis-resumable-upload) and tus 1.0.0",
-            members={"supported-interop-versions": [INTEROP_VERSION]},
-        )
 
 
 def _content_length(request: web.Request) -> int | None:
@@ -719,7 +663,7 @@ def _deduce_length(
     by_content = offset + content_length if complete and content_length is not None else None
     known = {n for n in (by_content, declared, recorded) if n is not None}
     if len(known) > 1:
-        raise _inconsistent_length(
+        raise inconsistent_length(
             "the length indicated by "
             + ", ".join(
                 f"{what} ({n})"
@@ -735,10 +679,10 @@ def _deduce_length(
     length = known.pop() if known else None
     if length is not None:
         if length < offset:
-            raise _inconsistent_length(f"the length {length} is below the offset {offset}")
+            raise inconsistent_length(f"the length {length} is below the offset {offset}")
         if content_length is not None and offset + content_length > length:
             # "the server MUST prevent the offset from exceeding the upload length"
-            raise _inconsistent_length(
+            raise inconsistent_length(
                 f"{content_length} bytes at offset {offset} go past the length {length}"
             )
     return length
@@ -751,7 +695,7 @@ def _digests(request: web.Request, name: str) -> dict[str, bytes]:
     an integrity check the client asked for is never silently dropped. Unknown algorithms are
     ignored; a supported one with a digest of the wrong size is malformed too.
     """
-    raw = _field(request, name)
+    raw = field(request, name)
     if raw is None:
         return {}
     try:
@@ -804,80 +748,7 @@ def _creation_metadata(
     "metadata MUST be validated and/or sanitized if the server takes its values into
     consideration": the name is reduced to a plain file name, the type to a media type.
     """
-    metadata: dict[str, bytes | None] = {}
-    name = _filename(request.headers.get("Content-Disposition"))
-    if name:
-        metadata["filename"] = name.encode("utf-8")
-    ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if _MEDIA_TYPE.fullmatch(ctype) and ctype not in _GENERIC_TYPES:
-        metadata["filetype"] = ctype.encode("ascii")
+    metadata: dict[str, bytes | None] = dict(representation_metadata(request))
     for algorithm, digest in repr_digests.items():
         metadata[_REPR_METADATA[algorithm]] = base64.b64encode(digest)
     return metadata
-
-
-_DISPOSITION_EXT = re.compile(r"(?:^|;)\s*filename\*\s*=\s*([^;]*)", re.IGNORECASE)
-_DISPOSITION = re.compile(r'(?:^|;)\s*filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', re.IGNORECASE)
-_EXT_VALUE = re.compile(r"(utf-8|iso-8859-1)'[^']*'(.*)", re.IGNORECASE)
-
-
-def _filename(disposition: str | None) -> str | None:
-    """The file name of a Content-Disposition (RFC 6266), ``filename*`` preferred."""
-    if not disposition or len(disposition) > 2048:
-        return None
-    name: str | None = None
-    ext = _DISPOSITION_EXT.search(disposition)
-    if ext is not None:
-        m = _EXT_VALUE.fullmatch(ext.group(1).strip())
-        if m is not None:
-            try:
-                name = urllib.parse.unquote(m.group(2), encoding=m.group(1), errors="strict")
-            except (UnicodeDecodeError, LookupError):
-                name = None
-    if name is None:
-        plain = _DISPOSITION.search(disposition)
-        if plain is not None:
-            value = plain.group(1).strip()
-            if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            name = value
-    if name is None:
-        return None
-    # Never a path: the last segment only, without control characters.
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(c for c in name if c.isprintable()).strip()
-    if name in ("", ".", ".."):
-        return None
-    return name[:255]
-
-
-async def _send_104(request: web.Request, headers: Mapping[str, str]) -> None:
-    """Send the interim ``104 (Upload Resumption Supported)`` response.
-
-    aiohttp has no API for informational responses; it writes ``100 Continue`` itself by
-    writing the raw status line to ``request.writer`` before the response is prepared, and
-    this does the same. Only HTTP/1.1 clients get it (HTTP/1.0 knows no 1xx responses).
-    "Server implementations of draft versions ... MUST also send a header field
-    Upload-Draft-Interop-Version with the interop version as its value to the 104".
-    """
-    if request.version != HttpVersion11:
-        return
-    lines = ["HTTP/1.1 104 Upload Resumption Supported"]
-    for key, value in {**headers, INTEROP_HEADER: str(INTEROP_VERSION)}.items():
-        if "\r" in value or "\n" in value:
-            return
-        lines.append(f"{key}: {value}")
-    try:
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    except UnicodeEncodeError:
-        return
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        return
-    writer = request.writer
-    try:
-        await writer.write(data)
-    except ConnectionError:
-        return  # the content read that follows sees the disconnect
-    # As aiohttp does after 100 Continue: the final response's byte count starts here.
-    writer.output_size = 0
