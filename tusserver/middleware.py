@@ -44,8 +44,9 @@ _EXPOSE = ", ".join(
         "Retry-After",
         "X-File-Id",
         "X-File-Status",
-        # Resumable Uploads for HTTP (IETF draft)
+        # Resumable Uploads for HTTP (IETF draft; Upload-Incomplete in interop version 3)
         "Upload-Complete",
+        "Upload-Incomplete",
         "Upload-Draft-Interop-Version",
         "Upload-Limit",
         "Content-Digest",
@@ -71,8 +72,9 @@ _ALLOW_HEADERS = ", ".join(
         "Upload-Checksum",
         "Range",
         "If-None-Match",
-        # Resumable Uploads for HTTP (IETF draft)
+        # Resumable Uploads for HTTP (IETF draft; Upload-Incomplete in interop version 3)
         "Upload-Complete",
+        "Upload-Incomplete",
         "Upload-Draft-Interop-Version",
         "Upload-Limit",
         "Content-Digest",
