@@ -203,3 +203,78 @@ async def test_interrupted_then_resumed(
     assert "POST 201" not in result["methods"]
     assert aborted["acceptedOffset"] <= result["resumeOffset"] < size
     assert await download_sha256(result["url"]) == (size, digest)
+
+
+# --- the IETF draft modes: protocol 'ietf-draft-03' (interop 5) and 'ietf-draft-05' (6) -------
+
+
+async def draft_head(url: str, version: int) -> aiohttp.ClientResponse:
+    headers = {"Upload-Draft-Interop-Version": str(version)}
+    async with aiohttp.ClientSession() as session, session.head(url, headers=headers) as resp:
+        assert resp.status == 204
+        return resp
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)], ids=["03", "05"]
+)
+@pytest.mark.parametrize("chunk_size", [None, 256 * 1024], ids=["one-request", "chunked"])
+async def test_ietf_draft_modes(
+    node: str,
+    shared_server: ServerProcess,
+    tmp_path: Path,
+    protocol: str,
+    version: int,
+    chunk_size: int | None,
+) -> None:
+    size = MiB + 7
+    path, digest = make_file(tmp_path / "src.bin", size, seed=14)
+    args: dict[str, Any] = {"endpoint": shared_server.endpoint, "file": str(path)}
+    args["protocol"] = protocol
+    if chunk_size:
+        args["chunkSize"] = chunk_size
+    result = await run_tus_js(node, **args)
+    methods = result["methods"]
+    # The draft's versions 5 and 6 answer creation and every append with 201 (tus: 204).
+    assert methods[0] == "POST 201", methods
+    patches = [m for m in methods if m.startswith("PATCH")]
+    assert patches and all(m == "PATCH 201" for m in patches), methods
+    if chunk_size:
+        assert len(patches) == -(-size // chunk_size)
+    state = await draft_head(result["url"], version)
+    assert (state.headers["Upload-Offset"], state.headers["Upload-Complete"]) == (str(size), "?1")
+    assert await download_sha256(result["url"]) == (size, digest)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)], ids=["03", "05"]
+)
+async def test_ietf_draft_modes_dropped_request_resumed(
+    node: str, shared_server: ServerProcess, tmp_path: Path, protocol: str, version: int
+) -> None:
+    """A PATCH is dropped mid-body; a new Upload resumes the same upload URL (HEAD for the
+    offset in the draft's version, then the rest) and the file ends byte-exact."""
+    size = 10 * MiB + 3
+    chunk_size = 4 * MiB
+    path, digest = make_file(tmp_path / "src.bin", size, seed=15)
+    result = await run_tus_js(
+        node,
+        endpoint=shared_server.endpoint,
+        file=str(path),
+        protocol=protocol,
+        chunkSize=chunk_size,
+        abortAfterBytes=chunk_size + 1,
+        resumeWith="uploadUrl",
+    )
+    aborted = result["aborted"]
+    assert aborted is not None and aborted["acceptedOffset"] >= chunk_size
+    assert result["url"] == aborted["url"]
+    # The draft's offset retrieval answers 204; no new upload was created.
+    assert result["methods"][0] == "HEAD 204", result["methods"]
+    assert "POST 201" not in result["methods"]
+    assert aborted["acceptedOffset"] <= result["resumeOffset"] < size
+    state = await draft_head(result["url"], version)
+    assert state.headers["Upload-Complete"] == "?1"
+    if version == 6:  # Upload-Length exists from 6 on (tus-js-client sends it at creation)
+        assert state.headers["Upload-Length"] == str(size)
+    assert await download_sha256(result["url"]) == (size, digest)

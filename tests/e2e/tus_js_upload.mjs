@@ -16,6 +16,8 @@
 //                    "findPreviousUploads": both Uploads use a FileUrlStorage at
 //                    `urlStoragePath` and the second finds and resumes the first through it
 //   urlStoragePath   file for FileUrlStorage (needed by "findPreviousUploads")
+//   protocol         tus-js-client's protocol option: "tus-v1" (default), "ietf-draft-03"
+//                    (Upload-Draft-Interop-Version 5) or "ietf-draft-05" (6)
 //
 // Output (stdout, one line): {"url", "bytesUploaded", "size", "aborted": null | {"url",
 // "bytesSent", "acceptedOffset"}, "resumeOffset": null | number, "methods": [...]}
@@ -79,6 +81,7 @@ function run(args, extra, { abortAfterBytes = null, prepare = null } = {}) {
       },
     }
     if (args.chunkSize) options.chunkSize = args.chunkSize
+    if (args.protocol) options.protocol = args.protocol
     if (args.parallelUploads) options.parallelUploads = args.parallelUploads
     const upload = new Upload(source(args), options)
     Promise.resolve(prepare ? prepare(upload) : null)

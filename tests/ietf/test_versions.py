@@ -33,7 +33,7 @@ class Version:
     field: str
     #: PATCH must be application/partial-upload (from 6).
     partial: bool
-    #: Upload-Length exists (from 6).
+    #: Upload-Length exists, so HEAD answers it (from 6).
     length: bool
     #: Upload-Limit's lifetime key; None: no Upload-Limit at all (3 to 5).
     lifetime: str | None
@@ -206,6 +206,18 @@ async def test_append_and_completion(client: Client, v: Version) -> None:
     resp = await append(client, v, path, 10, b"k", True)
     assert resp.status == 400
     assert resp.headers["Content-Type"].startswith(PROBLEM)
+
+
+async def test_declared_length_is_the_uploads(client: Client, v: Version) -> None:
+    """Upload-Length (defined from 6 on, read in every version as tusd does: tus-js-client's
+    ietf-draft-03 mode relies on it) is the upload's length; reaching it completes."""
+    path = await created(client, v, b"ab", {"Upload-Length": "4"})
+    tus = await client.head(path, headers=TUS)
+    assert (tus.headers["Upload-Length"], tus.headers["Upload-Offset"]) == ("4", "2")
+    resp = await append(client, v, path, 2, b"cd", False)
+    assert resp.status == v.append_status[1], await resp.text()
+    assert v.says_complete(resp.headers)
+    assert await download(client, path) == b"abcd"
 
 
 async def test_append_media_type(client: Client, v: Version) -> None:

@@ -141,7 +141,8 @@ class Dialect:
     #: not complete (False), or a 400 (None).
     absent_on_create: bool | None
     absent_on_append: bool | None
-    #: ``Upload-Length`` exists (a request may declare it; HEAD answers it): from 6 (-05).
+    #: ``Upload-Length`` exists, so responses carry it: from 6 (-05). Requests of every
+    #: version may declare it (see :meth:`read_length`).
     length_field: bool
     #: An append must be ``Content-Type: application/partial-upload``: from 6 (-04).
     partial_upload: bool
@@ -180,10 +181,15 @@ class Dialect:
             )
         return not value if self.completeness_field == "Upload-Incomplete" else value
 
-    def read_length(self, request: web.Request) -> int | None:
-        """``Upload-Length``, where the version has it (other values are ignored)."""
-        if not self.length_field:
-            return None
+    @staticmethod
+    def read_length(request: web.Request) -> int | None:
+        """``Upload-Length`` (other values are ignored), in every version.
+
+        3 to 5 do not define the field, but tusd reads it in every version and
+        tus-js-client's ``ietf-draft-03`` mode (interop 5) sends it at creation and relies
+        on it: its last append does not always say ``Upload-Complete: ?1``, and the upload
+        then finishes because its offset reaches that length.
+        """
         return sfv.parse_non_negative_integer(field(request, "Upload-Length"))
 
     def refuse(self, request: web.Request, fields: tuple[str, ...]) -> None:
@@ -241,7 +247,7 @@ _V7_PROBLEMS = _V6_PROBLEMS | {INCONSISTENT_LENGTH}
 
 
 def _legacy(version: int, drafts: str, completeness: str, absent_create: bool | None) -> Dialect:
-    """Versions 3 to 5: no Upload-Length, no Upload-Limit, no problem types, 201s."""
+    """Versions 3 to 5: no Upload-Length answered, no Upload-Limit, no problem types, 201s."""
     return Dialect(
         version=version,
         drafts=drafts,
