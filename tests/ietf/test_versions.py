@@ -16,6 +16,8 @@ import pytest
 
 from tests.app_fixtures import TUS
 from tests.ietf.helpers import (
+    COMPLETED_UPLOAD,
+    INCONSISTENT_LENGTH,
     MISMATCHING_OFFSET,
     Client,
     RawConnection,
@@ -206,6 +208,10 @@ async def test_append_and_completion(client: Client, v: Version) -> None:
     resp = await append(client, v, path, 10, b"k", True)
     assert resp.status == 400
     assert resp.headers["Content-Type"].startswith(PROBLEM)
+    # 6 has completed-upload only; 7 adds inconsistent-upload-length, which content sent to
+    # a complete upload is from then on; before 6 there are no problem types.
+    expected = {6: COMPLETED_UPLOAD, 7: INCONSISTENT_LENGTH, 8: INCONSISTENT_LENGTH}
+    assert json.loads(await resp.text())["type"] == expected.get(v.n, "about:blank")
 
 
 async def test_declared_length_is_the_uploads(client: Client, v: Version) -> None:

@@ -448,7 +448,8 @@ class IetfHandlers:
             # "If the upload is already complete, the server MUST NOT modify the upload
             # resource and MUST reject the request."
             state = self._state_headers(dialect, status)
-            if content_length != 0:
+            if content_length != 0 and INCONSISTENT_LENGTH in dialect.problem_types:
+                # From 7: content for a complete upload is an inconsistent length.
                 raise inconsistent_length("the upload is already complete", state)
             raise Problem(
                 400,
