@@ -205,3 +205,23 @@ async def test_urlsession_shaped_client_cut_off_and_resumed(
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     final = await client.head(path, headers=draft(version))
     assert final.headers["Upload-Offset"] == str(len(data))
+
+
+async def test_browsers_may_send_and_read_upload_incomplete(client: Client) -> None:
+    """CORS: interop 3's field is allowed in requests and exposed in responses."""
+    origin = {"Origin": "https://app.example"}
+    pre = await client.options(
+        "/uploads/",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "upload-draft-interop-version,upload-incomplete",
+        },
+    )
+    assert pre.status == 204
+    assert "Upload-Incomplete" in pre.headers["Access-Control-Allow-Headers"]
+    resp = await client.post(
+        "/uploads/", data=b"ab", headers={**origin, **draft(3, **{"Upload-Incomplete": "?1"})}
+    )
+    assert resp.status == 201
+    assert "Upload-Incomplete" in resp.headers["Access-Control-Expose-Headers"]

@@ -342,6 +342,8 @@ class IetfHandlers:
             if problem is None:
                 raise
             problem.headers.setdefault("Location", location)
+            if dialect.offset_on_errors:
+                problem.headers.setdefault("Upload-Offset", str(status.offset or 0))
             raise problem from None
         # "If the Upload-Complete header field is set to false ... the server MUST include
         # the Location response header field ... and MUST include the Upload-Limit header";
