@@ -218,6 +218,7 @@ async def test_finished_partials_expire_and_free_the_quota(make_client: MakeClie
     assert (await _fill(client, owner, part, b"p" * 400, length=False)).status == 204
     h = await _head(client, owner, part)
     assert h.status == 200 and h.headers["Upload-Offset"] == "400"
+    assert "Upload-Expires" in h.headers  # finished, and still expiring
     assert (await _me(client, owner))["usage_bytes"] == 400
     await asyncio.sleep(1.7)
     assert (await _head(client, owner, part)).status == 410

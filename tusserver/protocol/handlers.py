@@ -364,7 +364,7 @@ def _require_offset_octet_stream(request: web.Request) -> None:
 
 def _add_expires(headers: dict[str, str], status: UploadStatus) -> None:
     # "The Upload-Expires response header indicates the time after which the unfinished
-    # upload expires." Finished uploads do not expire.
+    # upload expires." Finished uploads do not expire, except partial ones.
     rec = status.record
-    if rec.expires_at is not None and not status.finished:
+    if rec.expires_at is not None and (not status.finished or rec.is_partial):
         headers["Upload-Expires"] = format_http_date(rec.expires_at)
