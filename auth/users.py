@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from tusserver.cache import USERS, Invalidator, NotifyOnly
 from tusserver.catalog.db import Database
-from tusserver.catalog.schema import audit_log, files, refresh_tokens, uploads, users
+from tusserver.catalog.schema import audit_log, refresh_tokens, users
+from tusserver.catalog.usage import used_bytes
 
 __all__ = ["AuditLog", "User", "UserExists", "UserRepository", "valid_username"]
 
@@ -135,30 +136,8 @@ class UserRepository:
         await self.invalidator.run(self._db, work, (USERS, user_id))
 
     async def usage_bytes(self, user_id: str) -> int:
-        """Bytes the user holds: files not rejected or failed, plus uploads in progress."""
-        async with self._db.engine.connect() as conn:
-            stored = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(files.c.size), 0)).where(
-                        files.c.owner == user_id,
-                        files.c.status.in_(["received", "validating", "committed"]),
-                    )
-                )
-            ).scalar_one()
-            pending = (
-                await conn.execute(
-                    select(
-                        func.coalesce(
-                            func.sum(func.coalesce(uploads.c.length, uploads.c.offset)), 0
-                        )
-                    ).where(
-                        uploads.c.owner == user_id,
-                        uploads.c.state.in_(["receiving", "concatenating"]),
-                        uploads.c.is_partial.is_(False),
-                    )
-                )
-            ).scalar_one()
-        return int(stored) + int(pending)
+        """Bytes the service holds for the user: the catalog's one accounting query."""
+        return await self._db.read(lambda conn: used_bytes(conn, user_id))
 
     # --- refresh tokens ---------------------------------------------------------------------
 

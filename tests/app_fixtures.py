@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from tusserver import TusServerConfig, create_app
@@ -60,3 +61,18 @@ def make_client(
 @pytest.fixture
 async def client(make_client: MakeClient) -> TestClient[Any, Any]:
     return await make_client(max_size=10 * 1024 * 1024)
+
+
+async def get_committed(
+    client: TestClient[Any, Any], path: str, *, timeout: float = 15.0, **kwargs: Any
+) -> ClientResponse:
+    """tus GET of a finished upload once its file is committed: until the pipeline has
+    validated it the answer is 409 with Retry-After, whoever asks."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        resp = await client.get(path, **kwargs)
+        if resp.status != 409 or "Retry-After" not in resp.headers or loop.time() > deadline:
+            return resp
+        resp.release()
+        await asyncio.sleep(0.05)

@@ -18,7 +18,6 @@ import structlog
 from aiohttp import web
 from sqlalchemy import text
 
-from auth import Principal
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from auth.tokens import TokenService
@@ -42,6 +41,7 @@ from .catalog.files import FileRepository
 from .catalog.migrate import upgrade
 from .catalog.retention import Retention
 from .catalog.uploads import UploadRepository
+from .catalog.usage import quota_limit
 from .config import TusServerConfig
 from .events import Hooks
 from .metrics import Metrics
@@ -231,7 +231,7 @@ def build_runtime(
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus)
     if config.auth == "jwt":
-        service.quota_remaining = _quota_check(config, gateway)
+        service.quota_limit = _quota_limit(config, gateway)
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
@@ -336,20 +336,21 @@ def _generated_secret(config: TusServerConfig) -> str:
     return secret
 
 
-def _quota_check(
+def _quota_limit(
     config: TusServerConfig, gateway: Gateway
-) -> Callable[[Principal], Awaitable[int | None]]:
-    async def remaining(principal: Principal) -> int | None:
-        if principal.user_id is None or principal.is_admin:
+) -> Callable[[str | None], Awaitable[int | None]]:
+    async def limit(owner: str | None) -> int | None:
+        if owner is None:
             return None
         # The gateway's short-lived user cache: no extra query per creation without a quota.
-        user = await gateway.cached_user(principal.user_id)
-        quota = (user.quota_bytes if user else None) or config.default_quota
-        if not quota:
-            return None
-        return max(0, quota - await gateway.users.usage_bytes(principal.user_id))
+        user = await gateway.cached_user(owner)
+        if user is None:
+            return config.default_quota or None
+        return quota_limit(
+            role=user.role, quota_bytes=user.quota_bytes, default=config.default_quota
+        )
 
-    return remaining
+    return limit
 
 
 def _cache_bus(db: Database, cache: Cache) -> LocalBus:

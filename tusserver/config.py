@@ -69,6 +69,13 @@ class TusServerConfig:
             "Largest upload in bytes, advertised as Tus-Max-Size. 0: no limit beyond the store's."
         ),
     )
+    max_concat_parts: int = field(
+        default=100,
+        metadata=_doc(
+            "Most partial uploads a final upload (`Upload-Concat: final;...`) may name; "
+            "each at most once."
+        ),
+    )
     expiration: float = field(
         default=24 * 3600.0,
         metadata=_doc("Seconds of inactivity after which an unfinished upload expires (0: never)."),
@@ -451,7 +458,12 @@ class TusServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative")
-        for name in ("s3_parallel_parts", "pipeline_max_attempts", "cache_max_entries"):
+        for name in (
+            "s3_parallel_parts",
+            "pipeline_max_attempts",
+            "cache_max_entries",
+            "max_concat_parts",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.write_buffer_size < 4096:

@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from tests.app_fixtures import MakeClient
+from tests.app_fixtures import MakeClient, get_committed
 from tests.ietf.helpers import (
     DRAFT,
     INCONSISTENT_LENGTH,
@@ -141,7 +141,7 @@ async def test_methods_not_allowed(client: Client) -> None:
 
 async def test_get_with_the_interop_header_downloads(client: Client) -> None:
     path = await created(client, b"abc", complete=True)
-    resp = await client.get(path, headers=DRAFT)
+    resp = await get_committed(client, path, headers=DRAFT)
     assert (resp.status, await resp.read()) == (200, b"abc")
 
 

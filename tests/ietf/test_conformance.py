@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.app_fixtures import MakeClient
+from tests.app_fixtures import MakeClient, get_committed
 from tests.ietf.helpers import (
     COMPLETED_UPLOAD,
     DRAFT,
@@ -608,7 +608,7 @@ async def test_offset_from_head_is_accepted_after_a_stale_append(client: Client)
     await stale.close()
     final = await head(client, path)
     assert (final.headers["Upload-Offset"], final.headers["Upload-Complete"]) == ("10", "?1")
-    download = await client.get(path)
+    download = await get_committed(client, path)
     assert await download.read() == data
 
 

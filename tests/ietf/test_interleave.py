@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.app_fixtures import OCTET, TUS
+from tests.app_fixtures import OCTET, TUS, get_committed
 from tests.ietf.helpers import (
     DRAFT,
     Client,
@@ -39,7 +39,7 @@ async def tus_patch(client: Client, path: str, offset: int, body: bytes, **heade
 
 
 async def download(client: Client, path: str) -> bytes:
-    resp = await client.get(path)
+    resp = await get_committed(client, path)
     assert resp.status == 200, await resp.text()
     return await resp.read()
 

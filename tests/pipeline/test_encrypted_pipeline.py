@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from storage_backends.encryption import EncryptedObjectStore, generate_key_spec
+from tests.app_fixtures import get_committed
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
 from tests.protocol.test_core import create, patch
 
@@ -60,7 +61,7 @@ async def test_encrypted_upload_commit_and_download(make_client: Any, tmp_path: 
         assert await r.read() == data[start : end + 1]
     r = await client.get(info["content_url"], headers={"Range": "bytes=-10"})
     assert await r.read() == data[-10:]
-    assert await (await client.get(path)).read() == data  # the tus URL too
+    assert await (await get_committed(client, path)).read() == data  # the tus URL too
     assert MARKER not in all_bytes_under(tmp_path / "data")
 
 

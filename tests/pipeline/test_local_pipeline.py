@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.app_fixtures import OCTET, TUS, MakeClient
+from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tests.protocol.test_core import create, head, patch
 
 Client = TestClient[Any, Any]
@@ -72,7 +72,7 @@ async def test_finished_upload_is_committed_with_sha256_and_detected_type(
     body = await (await client.get(info["content_url"])).read()
     assert body == data
     # The tus URL still serves the bytes, now from the object store.
-    assert await (await client.get(path)).read() == data
+    assert await (await get_committed(client, path)).read() == data
     v1 = await client.get(f"/api/v1/file/{info['id']}")
     assert v1.status == 200
 
@@ -108,7 +108,7 @@ async def test_forbidden_type_found_at_the_end_is_rejected_and_never_served(
     assert info["status"] == "rejected"
     assert "image/png" in info["reason"]
     assert (await client.get(info["content_url"])).status == 404
-    assert (await client.get(path)).status == 403
+    assert (await get_committed(client, path)).status == 403
 
 
 async def test_size_policy_per_category(make_client: MakeClient) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from auth import Principal
-from tests.app_fixtures import OCTET, TUS
+from tests.app_fixtures import OCTET, TUS, get_committed
 from tests.pipeline.helpers import file_id_of, file_state, upload_id_of, wait_state
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
 from tests.protocol.test_core import create, patch
@@ -143,7 +143,7 @@ async def test_upload_is_committed_into_s3(
     r = await client.get(info["content_url"], headers={"Range": "bytes=100-199"})
     assert r.status == 206
     assert await r.read() == data[100:200]
-    assert await (await client.get(path)).read() == data
+    assert await (await get_committed(client, path)).read() == data
 
 
 async def test_multipart_sized_file_is_committed_into_s3(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.app_fixtures import OCTET, TUS, MakeClient
+from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 
 Client = TestClient[Any, Any]
 
@@ -157,7 +157,7 @@ async def test_zero_length_upload_is_complete_at_creation(client: Client) -> Non
     resp = await head(client, path)
     assert resp.headers["Upload-Offset"] == "0"
     assert resp.headers["Upload-Length"] == "0"
-    get = await client.get(path)
+    get = await get_committed(client, path)
     assert get.status == 200
     assert await get.read() == b""
 
@@ -189,7 +189,7 @@ async def test_creation_with_upload_stores_the_first_chunk(client: Client) -> No
     r = await patch(client, path, 5, b" world")
     assert r.status == 204
     assert r.headers["Upload-Offset"] == "11"
-    assert await (await client.get(path)).read() == b"hello world"
+    assert await (await get_committed(client, path)).read() == b"hello world"
 
 
 async def test_creation_with_upload_needs_the_offset_content_type(client: Client) -> None:
@@ -252,7 +252,7 @@ async def test_patch_appends_and_reports_the_new_offset(client: Client) -> None:
     r = await patch(client, path, 3, b"def")
     assert r.headers["Upload-Offset"] == "6"
     assert "Upload-Expires" not in r.headers  # finished uploads do not expire
-    assert await (await client.get(path)).read() == b"abcdef"
+    assert await (await get_committed(client, path)).read() == b"abcdef"
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ async def test_offset_mismatch_is_409_and_the_offset_is_unchanged(client: Client
     assert r.status == 409
     assert (await head(client, path)).headers["Upload-Offset"] == "3"
     await patch(client, path, 3, b"def")
-    assert await (await client.get(path)).read() == b"abcdef"
+    assert await (await get_committed(client, path)).read() == b"abcdef"
 
 
 async def test_body_past_the_length_is_413_before_anything_is_stored(client: Client) -> None:
@@ -308,7 +308,7 @@ async def test_chunked_body_past_the_length_keeps_only_the_allowed_bytes(client:
     assert r.status == 413
     resp = await head(client, path)
     assert resp.headers["Upload-Offset"] == "4"
-    assert await (await client.get(path)).read() == b"abcd"
+    assert await (await get_committed(client, path)).read() == b"abcd"
 
 
 async def test_empty_patch_is_accepted_and_changes_nothing(client: Client) -> None:
@@ -340,7 +340,7 @@ async def test_deferred_length_is_declared_by_a_later_patch(client: Client) -> N
     resp = await head(client, path)
     assert resp.headers["Upload-Length"] == "5"
     assert "Upload-Defer-Length" not in resp.headers
-    assert await (await client.get(path)).read() == b"abcde"
+    assert await (await get_committed(client, path)).read() == b"abcde"
 
 
 async def test_length_cannot_change_once_set(client: Client) -> None:
@@ -404,7 +404,7 @@ async def test_get_serves_ranges_and_a_safe_disposition(client: Client) -> None:
     name = base64.b64encode(b'../../evil"\r\nX-Injected: 1.txt').decode()
     path = await create(client, 10, **{"Upload-Metadata": f"filename {name}"})
     await patch(client, path, 0, b"0123456789")
-    full = await client.get(path)
+    full = await get_committed(client, path)
     assert full.status == 200
     assert await full.read() == b"0123456789"
     disp = full.headers["Content-Disposition"]
@@ -420,10 +420,10 @@ async def test_get_serves_ranges_and_a_safe_disposition(client: Client) -> None:
         ("bytes=8-100", 206, b"89"),
         ("bytes=0-1,4-5", 200, b"0123456789"),
     ]:
-        r = await client.get(path, headers={"Range": rng})
+        r = await get_committed(client, path, headers={"Range": rng})
         assert r.status == status, rng
         assert await r.read() == body
-    r = await client.get(path, headers={"Range": "bytes=10-"})
+    r = await get_committed(client, path, headers={"Range": "bytes=10-"})
     assert r.status == 416
     assert r.headers["Content-Range"] == "bytes */10"
 

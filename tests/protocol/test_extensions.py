@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.app_fixtures import OCTET, TUS, MakeClient
+from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, create_tus_subapp
 from tusserver.app import RUNTIME
 from tusserver.catalog.uploads import UploadRecord
@@ -47,7 +47,7 @@ async def test_checksum_mismatch_is_460_and_the_chunk_is_discarded(
     assert (await head(client, path)).headers["Upload-Offset"] == "3"
     r = await patch(client, path, 3, b"def", **{"Upload-Checksum": digest(alg, b"def")})
     assert r.status == 204
-    assert await (await client.get(path)).read() == b"abcdef"
+    assert await (await get_committed(client, path)).read() == b"abcdef"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ async def test_final_upload_concatenates_partials_in_order(client: Client) -> No
     assert h.headers["Upload-Offset"] == "15"
     assert h.headers["Upload-Concat"] == f"final;{a} {b} {c}"
     assert (await head(client, a)).headers["Upload-Concat"] == "partial"
-    assert await (await client.get(final)).read() == b"hello big world"
+    assert await (await get_committed(client, final)).read() == b"hello big world"
     # "The Server MUST respond with 403 Forbidden to PATCH requests against a final upload."
     assert (await patch(client, final, 15, b"x")).status == 403
 
@@ -120,7 +120,7 @@ async def test_final_upload_before_partials_finish(client: Client) -> None:
     assert (await patch(client, a, 0, b"abc")).status == 204
     h = await head(client, final)
     assert h.headers["Upload-Offset"] == "6"
-    assert await (await client.get(final)).read() == b"abcdef"
+    assert await (await get_committed(client, final)).read() == b"abcdef"
 
 
 @pytest.mark.parametrize(
@@ -292,5 +292,5 @@ async def test_embedded_sub_app_under_a_prefix(aiohttp_client: Any, tmp_path: An
     assert r.status == 201
     path = r.headers["Location"][r.headers["Location"].index("/media/tus/") :]
     assert (await patch(client, path, 0, b"abc")).status == 204
-    assert await (await client.get(path)).read() == b"abc"
+    assert await (await get_committed(client, path)).read() == b"abc"
     assert await (await client.get("/")).text() == "host app"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.app_fixtures import OCTET, TUS
+from tests.app_fixtures import OCTET, TUS, get_committed
 from tusserver import TusServerConfig, create_app
 from tusserver.protocol.errors import LockTimeout
 from tusserver.uploads.locks import InProcessLocker
@@ -77,7 +77,7 @@ async def _read_prefix(client: Client, path: str, n: int) -> bytes:
     # Finish the upload with filler so it can be read back.
     if n < 200_000:
         assert (await patch(client, path, n, b"z" * (200_000 - n))).status == 204
-    data = await (await client.get(path)).read()
+    data = await (await get_committed(client, path)).read()
     return data[:n]
 
 

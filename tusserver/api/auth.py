@@ -16,6 +16,7 @@ from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway
 from auth.passwords import hash_password, verify_password, verify_password_or_dummy
 from auth.users import User, UserExists, valid_username
 
+from ..catalog.usage import quota_limit
 from ..config import TusServerConfig
 from ..errors import BadRequest, Conflict, Forbidden, Unauthorized
 from .common import read_json, string_field
@@ -184,7 +185,9 @@ class AuthApi:
             )
         info = _user_json(user)
         info["usage_bytes"] = await self._gw.users.usage_bytes(user.id)
-        info["quota_bytes"] = user.quota_bytes or self._config.default_quota or None
+        info["quota_bytes"] = quota_limit(
+            role=user.role, quota_bytes=user.quota_bytes, default=self._config.default_quota
+        )
         return web.json_response(info)
 
 

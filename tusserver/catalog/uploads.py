@@ -9,11 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import and_, bindparam, delete, insert, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
 from .db import Database
 from .schema import by_id_params, update_by_id, upload_concat_parts, uploads
+from .usage import reserve, used_bytes
 
 __all__ = ["UploadRecord", "UploadRepository", "UploadState"]
 
@@ -81,7 +82,15 @@ class UploadRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert(self, record: UploadRecord, parts: Sequence[str] = ()) -> None:
+    async def insert(
+        self, record: UploadRecord, parts: Sequence[str] = (), *, quota: int | None = None
+    ) -> None:
+        """Insert an upload (and the parts of a final one).
+
+        ``quota``: the owner's quota; the upload's length (0 while deferred) must fit in what
+        is left of it, checked in the same transaction (else
+        :class:`~tusserver.catalog.usage.QuotaExceeded`).
+        """
         values: dict[str, Any] = {
             "id": record.id,
             "owner": record.owner,
@@ -98,11 +107,34 @@ class UploadRepository:
         rows = [{"final_id": record.id, "position": i, "part_id": p} for i, p in enumerate(parts)]
 
         def work(conn: Connection) -> None:
+            if quota is not None and record.owner is not None:
+                reserve(conn, record.owner, limit=quota, asked=record.length or 0)
             conn.execute(_INSERT, values)
             if rows:
                 conn.execute(insert(upload_concat_parts), rows)
 
-        await self._db.write(work, quick=True)
+        await self._db.write(work, quick=quota is None)
+
+    async def update_within_quota(
+        self, upload_id: str, owner: str, *, quota: int, size: int, **values: Any
+    ) -> None:
+        """Update an upload whose size becomes ``size`` (a declared length), in one
+        transaction with the check that it fits in the owner's ``quota``
+        (else :class:`~tusserver.catalog.usage.QuotaExceeded`)."""
+        if "state" in values and isinstance(values["state"], UploadState):
+            values["state"] = values["state"].value
+        stmt = update_by_id(uploads, tuple(values))
+        params = by_id_params(upload_id, values)
+
+        def work(conn: Connection) -> None:
+            reserve(conn, owner, limit=quota, asked=size, exclude_upload=upload_id)
+            conn.execute(stmt, params)
+
+        await self._db.write(work)
+
+    async def used_bytes(self, owner: str) -> int:
+        """Bytes the service holds for ``owner``: see :mod:`tusserver.catalog.usage`."""
+        return await self._db.read(lambda conn: used_bytes(conn, owner))
 
     async def get(self, upload_id: str) -> UploadRecord | None:
         def work(conn: Connection) -> UploadRecord | None:
@@ -151,11 +183,19 @@ class UploadRepository:
         await self._db.write(lambda conn: conn.execute(stmt, params), quick=True)
 
     async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
-        """Unfinished uploads whose expiry has passed."""
+        """Unfinished uploads, and finished partial uploads, whose expiry has passed."""
         query = (
             select(uploads.c.id)
             .where(
-                uploads.c.state.in_([UploadState.RECEIVING.value, UploadState.CONCATENATING.value]),
+                or_(
+                    uploads.c.state.in_(
+                        [UploadState.RECEIVING.value, UploadState.CONCATENATING.value]
+                    ),
+                    and_(
+                        uploads.c.state == UploadState.FINISHED.value,
+                        uploads.c.is_partial.is_(True),
+                    ),
+                ),
                 uploads.c.expires_at.is_not(None),
                 uploads.c.expires_at < now,
             )

@@ -16,6 +16,7 @@ from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..config import TusServerConfig
 from ..errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     MethodNotAllowed,
     NotFound,
@@ -282,25 +283,30 @@ class TusHandlers:
     async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         principal = await self._gate.principal(request)
         rec = await self._service.finished_upload(principal, upload_id)
+        if rec.is_partial:
+            # A partial upload's bytes were never validated (type policy, virus scan): they
+            # are served only as part of a final upload, once that is a committed file.
+            raise Forbidden("a partial upload is not served; concatenate it into a final upload")
         f = await self._files.get(rec.file_id) if rec.file_id else None
         if f is not None and f.status in (FileStatus.REJECTED, FileStatus.FAILED):
             raise Forbidden(f"the file was {f.status.value}: {f.reason}")
-        # While the file is still being validated, the uploader may read back its own bytes
-        # (tus clients verify uploads this way); a rejected file is never served, and the
-        # files API serves only committed files.
+        if f is None or f.status is not FileStatus.COMMITTED:
+            # Nothing is served before the pipeline has validated it, to the uploader either.
+            raise Conflict(
+                "the file is still being validated; try again once it is committed",
+                headers={"Retry-After": "2"},
+            )
         name = rec.metadata.get("filename") or rec.metadata.get("name")
         return await stream_bytes(
             request,
             size=rec.length or 0,
             name=name.decode("utf-8", "replace") if name else None,
-            reader=self._reader(upload_id, f),
+            reader=self._reader(f),
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
 
-    def _reader(self, upload_id: str, f: FileRecord | None) -> ByteReader:
-        if f is not None:
-            return lambda start, length: self._pipeline.read_source(f, start, length)
-        return lambda start, length: self._service.read(upload_id, start, length)
+    def _reader(self, f: FileRecord) -> ByteReader:
+        return lambda start, length: self._pipeline.read_source(f, start, length)
 
     # --- URLs -----------------------------------------------------------------------------
 
@@ -358,7 +364,7 @@ def _require_offset_octet_stream(request: web.Request) -> None:
 
 def _add_expires(headers: dict[str, str], status: UploadStatus) -> None:
     # "The Upload-Expires response header indicates the time after which the unfinished
-    # upload expires." Finished uploads do not expire.
+    # upload expires." Finished uploads do not expire, except partial ones.
     rec = status.record
-    if rec.expires_at is not None and not status.finished:
+    if rec.expires_at is not None and (not status.finished or rec.is_partial):
         headers["Upload-Expires"] = format_http_date(rec.expires_at)

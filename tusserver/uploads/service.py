@@ -32,6 +32,7 @@ from storage_backends.base import (
 )
 
 from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
+from ..catalog.usage import QuotaExceeded
 from ..config import TusServerConfig
 from ..errors import (
     BadRequest,
@@ -58,6 +59,11 @@ __all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspende
 _log = structlog.get_logger("tusserver.uploads")
 
 _HASH_IN_THREAD = 256 * 1024
+
+_FINAL_REFUSED = (
+    "the final upload was refused: its partial uploads add up to more than the maximum size "
+    "or than your storage quota allows"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +112,9 @@ class UploadService:
         self.on_finished = on_finished
         #: Called with the first bytes of an upload; may raise to refuse it (415).
         self.first_bytes_check = first_bytes_check
-        #: Bytes of storage the caller may still use (None: no quota).
-        self.quota_remaining: Callable[[Principal], Awaitable[int | None]] | None = None
+        #: The storage quota of an owner in bytes (None: no quota). Usage is the catalog's
+        #: (tusserver.catalog.usage): see :meth:`quota_remaining`.
+        self.quota_limit: Callable[[str | None], Awaitable[int | None]] | None = None
         #: Told of creations and of the bytes received (metrics, analytics, audit).
         self.observer: UploadObserver = observer or NullObserver()
         #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
@@ -171,9 +178,12 @@ class UploadService:
             length = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
         max_size = self.max_size
         if length is not None and max_size is not None and length > max_size:
-            raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
-        if length is not None and not isinstance(concat, ConcatPartial):
-            await self._check_quota(principal, length)
+            what = "the partial uploads' lengths add up to" if is_final else "Upload-Length"
+            raise PayloadTooLarge(f"{what} {length}, over the maximum of {max_size} bytes")
+        # Every upload counts, partial and final ones included (a final's bytes are a copy).
+        quota = await self._quota_of(principal.user_id, principal)
+        if length is not None:
+            await self._check_quota(principal.user_id, length, quota)
         ctx = CreateContext(
             principal=principal,
             length=length,
@@ -203,7 +213,14 @@ class UploadService:
                 raise ServiceUnavailable(
                     f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
                 ) from None
-        await self.repo.insert(record, [p.id for p in parts])
+        try:
+            # Checked again with the insert, in one transaction: concurrent creations
+            # cannot go past the quota together.
+            await self.repo.insert(record, [p.id for p in parts], quota=quota)
+        except QuotaExceeded as exc:
+            if not is_final:
+                await self.store.delete(record.id)
+            raise PayloadTooLarge(str(exc)) from None
         self.hooks.fire("post_create", self.hooks.post_create, record)
         if is_final:
             await self._try_complete_final(record.id)
@@ -214,23 +231,51 @@ class UploadService:
             return UploadStatus(record, 0)
         return await self._status_of(record.id)
 
-    async def _check_quota(self, principal: Principal, length: int) -> None:
-        if self.quota_remaining is None:
+    async def _quota_of(self, owner: str | None, caller: Principal | None = None) -> int | None:
+        """The owner's quota. Administrators have none (``caller``: an administrator known by
+        its token alone, as with JWKS, acting on its own uploads)."""
+        if self.quota_limit is None or owner is None:
+            return None
+        if caller is not None and caller.is_admin and caller.user_id == owner:
+            return None
+        return await self.quota_limit(owner)
+
+    async def quota_remaining(
+        self, owner: str | None, caller: Principal | None = None
+    ) -> int | None:
+        """Bytes of storage ``owner`` may still use (None: no quota)."""
+        quota = await self._quota_of(owner, caller)
+        if quota is None or owner is None:
+            return None
+        return max(0, quota - await self.repo.used_bytes(owner))
+
+    async def _check_quota(self, owner: str | None, length: int, quota: int | None) -> None:
+        """A first check, with a clear answer before any work; the insert or update that
+        records the bytes checks again in its transaction."""
+        if quota is None or owner is None:
             return
-        left = await self.quota_remaining(principal)
-        if left is not None and length > left:
+        left = max(0, quota - await self.repo.used_bytes(owner))
+        if length > left:
             raise PayloadTooLarge(
                 f"storage quota exceeded: {length} bytes asked, {left} bytes left in your quota"
             )
 
     async def _load_parts(self, principal: Principal, ids: Sequence[str]) -> list[UploadRecord]:
+        limit = self.config.max_concat_parts
+        if len(ids) > limit:
+            raise BadRequest(
+                f"Upload-Concat: {len(ids)} partial uploads named, at most {limit} are allowed"
+            )
+        if len(set(ids)) != len(ids):
+            # Each part is stored once; naming it twice would multiply its bytes.
+            raise BadRequest("Upload-Concat: a partial upload is named more than once")
         found = await self.repo.get_many(ids)
         parts = []
         for upload_id in ids:
             rec = found.get(upload_id)
             # Someone else's upload reads exactly like a missing one: no existence oracle.
             mine = rec is not None and (rec.owner == principal.user_id or principal.is_admin)
-            if rec is None or not mine or rec.is_gone:
+            if rec is None or not mine or rec.is_gone or self._has_expired(rec):
                 raise BadRequest(f"Upload-Concat: {upload_id} is not an upload of yours")
             if not rec.is_partial:
                 raise BadRequest(f"Upload-Concat: {upload_id} is not a partial upload")
@@ -284,6 +329,8 @@ class UploadService:
         rec = await self.repo.get(upload_id)
         if rec is None or not principal.may_access(rec.owner):
             raise NotFound("no such upload")
+        if rec.is_final and rec.state is UploadState.REJECTED:
+            raise PayloadTooLarge(_FINAL_REFUSED)
         if rec.is_gone:
             raise Gone(f"the upload was {rec.state.value}")
         if self._has_expired(rec):
@@ -291,8 +338,12 @@ class UploadService:
         return rec
 
     def _has_expired(self, rec: UploadRecord) -> bool:
+        # A finished partial upload expires too: it counts against the quota while it exists.
         return (
-            rec.state in (UploadState.RECEIVING, UploadState.CONCATENATING)
+            (
+                rec.state in (UploadState.RECEIVING, UploadState.CONCATENATING)
+                or (rec.state is UploadState.FINISHED and rec.is_partial)
+            )
             and rec.expires_at is not None
             and rec.expires_at <= self._clock()
         )
@@ -421,8 +472,9 @@ class UploadService:
                 )
             if new_length is not None:
                 if rec.length is None:
-                    await self._check_quota(principal, new_length - current)
-                rec = await self._declare_length(rec, new_length, current)
+                    quota = await self._quota_of(rec.owner, principal)
+                    await self._check_quota(rec.owner, new_length - current, quota)
+                rec = await self._declare_length(rec, new_length, current, principal)
             budget = await self._append_budget(principal, rec, current)
             if content_length is not None and budget is not None and content_length > budget:
                 raise PayloadTooLarge(
@@ -441,6 +493,7 @@ class UploadService:
                 written=written,
                 guard=guard,
                 complete_at_end=complete_at_end and not interrupted(),
+                caller=principal,
             )
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
@@ -451,9 +504,9 @@ class UploadService:
     ) -> int | None:
         """How many bytes this append may store: length or maximum size, quota, store."""
         budget = self._budget(rec, current)
-        if rec.length is None and self.quota_remaining is not None:
+        if rec.length is None and self.quota_limit is not None:
             # Deferred length: the quota is enforced as the bytes arrive.
-            left = await self.quota_remaining(principal)
+            left = await self.quota_remaining(rec.owner, principal)
             if left is not None:
                 budget = left if budget is None else min(budget, left)
         append_limit = getattr(self.store, "append_limit", None)
@@ -530,11 +583,12 @@ class UploadService:
         written: int,
         guard: _Guard,
         complete_at_end: bool,
+        caller: Principal | None = None,
     ) -> UploadStatus:
         """Make the new offset durable (and finish the upload when it is whole)."""
         if complete_at_end and rec.length is None and not guard.exceeded:
             # A plain (non-resumable) upload: its length is what arrived.
-            rec = await self._declare_length(rec, new_offset, new_offset)
+            rec = await self._declare_length(rec, new_offset, new_offset, caller)
         if rec.length is not None and new_offset >= rec.length and not status.finished:
             # One write records both the progress and the finish.
             final = UploadStatus(await self._finish(rec, new_offset), new_offset, status.parts)
@@ -552,7 +606,9 @@ class UploadService:
             )
         return final
 
-    async def _declare_length(self, rec: UploadRecord, length: int, offset: int) -> UploadRecord:
+    async def _declare_length(
+        self, rec: UploadRecord, length: int, offset: int, caller: Principal | None = None
+    ) -> UploadRecord:
         if rec.length is not None:
             if rec.length != length:
                 raise BadRequest("Upload-Length cannot change once set")
@@ -562,7 +618,16 @@ class UploadService:
             raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
         if length < offset:
             raise BadRequest(f"Upload-Length {length} is smaller than the offset {offset}")
-        await self.repo.update(rec.id, length=length)
+        quota = await self._quota_of(rec.owner, caller)
+        if quota is None or rec.owner is None:
+            await self.repo.update(rec.id, length=length)
+        else:
+            try:
+                await self.repo.update_within_quota(
+                    rec.id, rec.owner, quota=quota, size=length, length=length
+                )
+            except QuotaExceeded as exc:
+                raise PayloadTooLarge(str(exc)) from None
         updated = await self.repo.get(rec.id)
         assert updated is not None
         return updated
@@ -591,12 +656,15 @@ class UploadService:
                     headers={"Retry-After": "5"},
                 ) from None
         now = self._clock()
+        # A finished partial upload still expires (used by a final or not): its bytes count
+        # against the quota until then.
+        expires = self._expiry(now) if rec.is_partial else None
         await self.repo.update(
             rec.id,
             state=UploadState.FINISHED,
             offset=offset,
             length=offset,
-            expires_at=None,
+            expires_at=expires,
             updated_at=now,
         )
         done = dataclasses.replace(
@@ -604,7 +672,7 @@ class UploadService:
             state=UploadState.FINISHED,
             offset=offset,
             length=offset,
-            expires_at=None,
+            expires_at=expires,
             updated_at=now,
         )
         _log.info("upload finished", upload_id=rec.id, length=offset)
@@ -634,12 +702,41 @@ class UploadService:
                 if any(parts.get(p) is None or parts[p].is_gone for p in part_ids):
                     _log.warning("final upload lost a partial", upload_id=final_id)
                 return
+            # The length is known now (deferred lengths included): the maximum size and the
+            # quota are checked, and the length recorded, before any byte is copied.
+            length = sum(parts[p].length or 0 for p in part_ids)
+            if not await self._final_fits(rec, length):
+                await self.repo.update(
+                    final_id, state=UploadState.REJECTED, updated_at=self._clock()
+                )
+                return
             assert isinstance(self.store, Concatenater)
             length = await self.store.concatenate(final_id, part_ids, fsync=self.config.fsync)
             await self.repo.update(final_id, length=length, state=UploadState.RECEIVING)
             rec = await self.repo.get(final_id)
             assert rec is not None
             await self._finish(rec, length)
+
+    async def _final_fits(self, rec: UploadRecord, length: int) -> bool:
+        """Check a final upload's length against the maximum size and its owner's quota, and
+        record it (counted from now on); False if it does not fit."""
+        max_size = self.max_size
+        if max_size is not None and length > max_size:
+            _log.warning("final upload refused", upload_id=rec.id, length=length, max_size=max_size)
+            return False
+        quota = await self._quota_of(rec.owner)
+        if quota is None or rec.owner is None:
+            if rec.length is None:
+                await self.repo.update(rec.id, length=length)
+            return True
+        try:
+            await self.repo.update_within_quota(
+                rec.id, rec.owner, quota=quota, size=length, length=length
+            )
+        except QuotaExceeded as exc:
+            _log.warning("final upload refused", upload_id=rec.id, reason=str(exc))
+            return False
+        return True
 
     # --- termination, reading, expiry -------------------------------------------------------
 
