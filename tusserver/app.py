@@ -21,6 +21,7 @@ from sqlalchemy import text
 from auth import Principal
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
+from auth.signals import SecuritySignals
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, ObjectStore, StorageError
@@ -229,7 +230,7 @@ def build_runtime(
     )
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
-    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus)
+    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
     if config.auth == "jwt":
         service.quota_remaining = _quota_check(config, gateway)
     sweeper = Sweeper(
@@ -272,6 +273,7 @@ def build_gateway(
     *,
     cache: Cache | None = None,
     invalidator: LocalBus | None = None,
+    signals: SecuritySignals | None = None,
 ) -> Gateway:
     """Tokens, users, audit and rate limits as configured (shared state in PostgreSQL).
 
@@ -312,12 +314,16 @@ def build_gateway(
             "creations": Limit(config.rate_limit_creations, config.rate_limit_creations_burst),
             "api": Limit(config.rate_limit_api, config.rate_limit_api_burst),
             "logins": Limit(config.rate_limit_logins, config.rate_limit_logins_burst),
+            "logins_wide": Limit(
+                config.rate_limit_logins_wide, config.rate_limit_logins_wide_burst
+            ),
             # A minute's worth of bytes may come at once, so any sane chunk size fits.
             "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
         revocation_check_interval=config.revocation_check_interval if config.cache_ttl > 0 else 0,
         trust_forwarded=config.trust_proxy_headers,
         cache=cache,
+        signals=signals,
     )
 
 

@@ -387,10 +387,27 @@ class TusServerConfig:
     rate_limit_api_burst: int = field(default=200, metadata=_doc("Burst of API requests."))
     rate_limit_logins: float = field(
         default=0.2,
-        metadata=_doc("Failed logins per second per username and per IP, sustained."),
+        metadata=_doc(
+            "Failed sign-ins (login, password change) per second per username and client "
+            "address together, sustained. Every attempt is charged before the password is "
+            "checked; a right password gets its charge back."
+        ),
     )
     rate_limit_logins_burst: int = field(
-        default=10, metadata=_doc("Failed logins allowed in a burst before throttling.")
+        default=10,
+        metadata=_doc("Failed sign-ins per username and address allowed in a burst."),
+    )
+    rate_limit_logins_wide: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Failed sign-ins per second per username (from every address) and per address "
+            "(for every username), sustained: bounds a guesser with many addresses or "
+            "usernames without letting one address lock an owner out."
+        ),
+    )
+    rate_limit_logins_wide_burst: int = field(
+        default=100,
+        metadata=_doc("Failed sign-ins per username, or per address, allowed in a burst."),
     )
     rate_limit_patch_bytes: int = field(
         default=0,
@@ -447,6 +464,7 @@ class TusServerConfig:
             "rate_limit_creations_burst",
             "rate_limit_api_burst",
             "rate_limit_logins_burst",
+            "rate_limit_logins_wide_burst",
             "rate_limit_patch_bytes",
         ):
             if getattr(self, name) < 0:
@@ -617,6 +635,7 @@ _NON_NEGATIVE_NUMBERS = (
     "rate_limit_creations",
     "rate_limit_api",
     "rate_limit_logins",
+    "rate_limit_logins_wide",
 )
 
 

@@ -57,6 +57,64 @@ class Metrics:
             "tusserver_s3_request_seconds", "S3 request latency by operation", ["op"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        # --- security signals: reasons from short fixed sets, never an identity ------------
+        self.signin_failures = Counter(
+            "tusserver_signin_failures", "Sign-ins refused, by reason (wrong_password, "
+            "unknown_user, disabled, refresh_invalid, refresh_reused)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.throttled_requests = Counter(
+            "tusserver_throttled_requests", "Requests refused by a rate limit (429), by limit",
+            ["limit"], registry=r,
+        )  # fmt: skip
+        self.upload_refusals = Counter(
+            "tusserver_upload_refusals", "Uploads refused for their size, by reason "
+            "(quota, max_size)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.token_rejections = Counter(
+            "tusserver_token_rejections", "Requests with a bad access token, by reason "
+            "(expired, invalid, revoked, disabled)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.probes = Counter(
+            "tusserver_foreign_id_requests", "404s to an authenticated caller for an upload or "
+            "file that exists but is someone else's, by resource", ["resource"], registry=r,
+        )  # fmt: skip
+        self.files_rejected = Counter(
+            "tusserver_files_rejected", "Files the pipeline rejected, by reason (virus, type, "
+            "size, corrupt_media, checksum, scan_failed)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.integrity_errors = Counter(
+            "tusserver_integrity_errors", "Stored bytes that failed an integrity check when "
+            "read, by check", ["check"], registry=r,
+        )  # fmt: skip
+        for reason in (
+            "wrong_password",
+            "unknown_user",
+            "disabled",
+            "refresh_invalid",
+            "refresh_reused",
+        ):
+            self.signin_failures.labels(reason)
+        for limit in ("logins", "logins_wide", "api", "creations", "patch_bytes"):
+            self.throttled_requests.labels(limit)
+        for reason in ("quota", "max_size"):
+            self.upload_refusals.labels(reason)
+        for reason in ("expired", "invalid", "revoked", "disabled"):
+            self.token_rejections.labels(reason)
+        for resource in ("upload", "file"):
+            self.probes.labels(resource)
+        for reason in ("virus", "type", "size", "corrupt_media", "checksum", "scan_failed"):
+            self.files_rejected.labels(reason)
+
+    # --- SecuritySignals (auth.signals): what the gateway and the auth API report --------
+
+    def signin_failed(self, reason: str) -> None:
+        self.signin_failures.labels(reason).inc()
+
+    def throttled(self, limit: str) -> None:
+        self.throttled_requests.labels(limit).inc()
+
+    def token_rejected(self, reason: str) -> None:
+        self.token_rejections.labels(reason).inc()
 
     def middleware(self) -> Middleware:
         @web.middleware
