@@ -11,10 +11,12 @@ import base64
 import binascii
 import dataclasses
 import os
+import re
 import string
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -607,10 +609,40 @@ class TusServerConfig:
                 value = "***"
             elif isinstance(value, Path):
                 value = str(value)
+            elif f.name == "webhook_urls":
+                value = [redact_url(u) for u in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
         return out
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)^(.*[-_.]?)?(token|key|secret|signature|sig|password|passwd|pass|auth|credential"
+    r"|api[-_]?key|access[-_]?token)$"
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: no user name or password, no value of a query parameter
+    whose name says it is a credential (token, key, secret, signature, password...)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = parts.query
+        if query:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            query = "&".join(
+                f"{urllib.parse.quote(k)}=***"
+                if _SECRET_PARAM.match(k)
+                else f"{urllib.parse.quote(k)}={urllib.parse.quote(v)}"
+                for k, v in pairs
+            )
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable url>"
 
 
 #: Durations and rates: numbers that must not be negative (or NaN).
