@@ -156,6 +156,8 @@ class Gateway:
             return UNAUTHENTICATED_OPERATOR
         if _PRINCIPAL in request:
             return request[_PRINCIPAL]
+        # Every log line and audit entry of this request carries the caller's address.
+        structlog.contextvars.bind_contextvars(client_ip=self.client_ip(request))
         token, via_cookie = _token_of(request)
         if token is None:
             raise Unauthorized(

@@ -290,6 +290,10 @@ class AuditLog:
         def clean(v: str | None) -> str | None:
             return None if v is None else v.replace("\x00", "\\x00")
 
+        if ip is None:
+            # Decided below the HTTP layer (the lifecycle): the address the gateway bound.
+            bound = structlog.contextvars.get_contextvars().get("client_ip")
+            ip = bound if isinstance(bound, str) else None
         return {
             "at": _now(),
             "actor": clean(actor),

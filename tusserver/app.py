@@ -39,7 +39,7 @@ from .api.openapi import openapi_handler
 from .cache import Cache, CacheCollector, LocalBus, PostgresBus
 from .catalog.analytics import EventRecorder
 from .catalog.db import Database, create_database
-from .catalog.files import FileRepository
+from .catalog.files import FileRecord, FileRepository
 from .catalog.migrate import upgrade
 from .catalog.retention import Retention
 from .catalog.uploads import UploadRepository
@@ -214,7 +214,6 @@ def build_runtime(
         else None
     )
     recorder = EventRecorder(db)
-    service.observer = RecordingObserver(metrics=metrics, events=recorder)
     pipeline = Pipeline(
         events=recorder,
         metrics=metrics,
@@ -233,6 +232,8 @@ def build_runtime(
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
     if config.auth == "jwt":
         service.quota_remaining = _quota_check(config, gateway)
+    service.observer = RecordingObserver(metrics=metrics, events=recorder, audit=gateway.audit_log)
+    _report_signals(metrics, gateway.audit_log, pipeline)
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
@@ -356,6 +357,36 @@ def _quota_check(
         return max(0, quota - await gateway.users.usage_bytes(principal.user_id))
 
     return remaining
+
+
+def _report_signals(metrics: Metrics, audit: AuditLog, pipeline: Pipeline) -> None:
+    """Security signals of the pipeline, reported where it decides: a counter (no
+    identities in labels) and, when a user is concerned, an audit entry. (The lifecycle's
+    own, quota, size and probes, go through its observer.)"""
+
+    def rejected(owner: str | None, target: str, category: str) -> None:
+        metrics.files_rejected.labels(category).inc()
+        if owner is not None:
+            audit.record_soon(
+                "file.rejected",
+                actor=owner,
+                target=target,
+                outcome="rejected",
+                detail={"reason": category},
+            )
+
+    def integrity_error(f: FileRecord, source: str) -> None:
+        metrics.integrity_errors.labels(source).inc()
+        audit.record_soon(
+            "file.integrity_error",
+            actor=f.owner,
+            target=f.id,
+            outcome="error",
+            detail={"source": source},
+        )
+
+    pipeline.on_rejected = rejected
+    pipeline.on_integrity_error = integrity_error
 
 
 def _cache_bus(db: Database, cache: Cache) -> LocalBus:

@@ -84,7 +84,7 @@ class Metrics:
         )  # fmt: skip
         self.integrity_errors = Counter(
             "tusserver_integrity_errors", "Stored bytes that failed an integrity check when "
-            "read, by check", ["check"], registry=r,
+            "read, by where they were (object, chunks)", ["source"], registry=r,
         )  # fmt: skip
         for reason in (
             "wrong_password",
@@ -104,6 +104,8 @@ class Metrics:
             self.probes.labels(resource)
         for reason in ("virus", "type", "size", "corrupt_media", "checksum", "scan_failed"):
             self.files_rejected.labels(reason)
+        for source in ("object", "chunks"):
+            self.integrity_errors.labels(source)
 
     # --- SecuritySignals (auth.signals): what the gateway and the auth API report --------
 

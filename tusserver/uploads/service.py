@@ -171,6 +171,7 @@ class UploadService:
             length = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
         max_size = self.max_size
         if length is not None and max_size is not None and length > max_size:
+            self.observer.refused(principal, "max_size", None)
             raise PayloadTooLarge(f"Upload-Length {length} exceeds the maximum of {max_size} bytes")
         if length is not None and not isinstance(concat, ConcatPartial):
             await self._check_quota(principal, length)
@@ -219,6 +220,7 @@ class UploadService:
             return
         left = await self.quota_remaining(principal)
         if left is not None and length > left:
+            self.observer.refused(principal, "quota", None)
             raise PayloadTooLarge(
                 f"storage quota exceeded: {length} bytes asked, {left} bytes left in your quota"
             )
@@ -230,6 +232,8 @@ class UploadService:
             rec = found.get(upload_id)
             # Someone else's upload reads exactly like a missing one: no existence oracle.
             mine = rec is not None and (rec.owner == principal.user_id or principal.is_admin)
+            if rec is not None and not mine:
+                self.observer.refused(principal, "probe", upload_id)
             if rec is None or not mine or rec.is_gone:
                 raise BadRequest(f"Upload-Concat: {upload_id} is not an upload of yours")
             if not rec.is_partial:
@@ -282,7 +286,11 @@ class UploadService:
 
     async def _get_live(self, principal: Principal, upload_id: str) -> UploadRecord:
         rec = await self.repo.get(upload_id)
-        if rec is None or not principal.may_access(rec.owner):
+        if rec is not None and not principal.may_access(rec.owner):
+            # Someone else's upload reads exactly like a missing one; a probe is reported.
+            self.observer.refused(principal, "probe", upload_id)
+            raise NotFound("no such upload")
+        if rec is None:
             raise NotFound("no such upload")
         if rec.is_gone:
             raise Gone(f"the upload was {rec.state.value}")
@@ -425,6 +433,9 @@ class UploadService:
                 rec = await self._declare_length(rec, new_length, current)
             budget = await self._append_budget(principal, rec, current)
             if content_length is not None and budget is not None and content_length > budget:
+                if rec.length is None:
+                    reason = await self._size_reason(principal, rec, current)
+                    self.observer.refused(principal, reason, rec.id)
                 raise PayloadTooLarge(
                     f"the body of {content_length} bytes goes past the upload's "
                     f"{'length' if rec.length is not None else 'maximum size'}"
@@ -434,17 +445,33 @@ class UploadService:
                 return status
             guard = self._guard(rec, current, source, budget, checksum)
             written = await self._write(rec, current, guard, checksum, interrupted)
-            final = await self._record_append(
-                rec,
-                status,
-                current + written,
-                written=written,
-                guard=guard,
-                complete_at_end=complete_at_end and not interrupted(),
-            )
+            try:
+                final = await self._record_append(
+                    rec,
+                    status,
+                    current + written,
+                    written=written,
+                    guard=guard,
+                    complete_at_end=complete_at_end and not interrupted(),
+                )
+            except PayloadTooLarge:
+                if rec.length is None:  # a deferred length ran into the quota or max size
+                    reason = await self._size_reason(principal, rec, current)
+                    self.observer.refused(principal, reason, rec.id)
+                raise
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
         return final
+
+    async def _size_reason(self, principal: Principal, rec: UploadRecord, current: int) -> str:
+        """Which limit stopped a deferred-length upload: ``quota`` or ``max_size``."""
+        if self.quota_remaining is None:
+            return "max_size"
+        left = await self.quota_remaining(principal)
+        size_left = self._budget(rec, current)
+        return (
+            "quota" if left is not None and (size_left is None or left < size_left) else "max_size"
+        )
 
     async def _append_budget(
         self, principal: Principal, rec: UploadRecord, current: int
