@@ -520,6 +520,23 @@ def create_tus_subapp(
     return app
 
 
+async def _refresh_health_gauges(rt: Runtime) -> None:
+    """Dependencies up or down, and the data directory's free space, for alerting."""
+    try:
+        async with asyncio.timeout(8):
+            checks = await rt.readiness()
+    except TimeoutError:
+        checks = {"database": "timeout", "object_store": "timeout"}
+    for name, value in checks.items():
+        rt.metrics.dependency_up.labels(name).set(1 if value == "ok" else 0)
+    try:
+        st = await asyncio.to_thread(os.statvfs, rt.config.data_dir)
+    except OSError:
+        return
+    rt.metrics.data_dir_free.set(st.f_bavail * st.f_frsize)
+    rt.metrics.data_dir_size.set(st.f_blocks * st.f_frsize)
+
+
 def create_app(
     config: TusServerConfig,
     *,
@@ -562,6 +579,7 @@ def create_app(
 
     async def refresh_gauges() -> None:
         rt.metrics.pipeline_queue.set(await rt.files.pending_count())
+        await _refresh_health_gauges(rt)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -86,6 +86,21 @@ class Metrics:
             "tusserver_integrity_errors", "Stored bytes that failed an integrity check when "
             "read, by where they were (object, chunks)", ["source"], registry=r,
         )  # fmt: skip
+        # --- health of what the service depends on (refreshed when /metrics is scraped) ----
+        self.dependency_up = Gauge(
+            "tusserver_dependency_up", "1 if the dependency answered the last readiness check "
+            "(database, object_store, scanner)", ["dependency"], registry=r,
+        )  # fmt: skip
+        self.data_dir_free = Gauge(
+            "tusserver_data_dir_free_bytes", "Bytes free for the service on the data directory's "
+            "file system", registry=r,
+        )  # fmt: skip
+        self.data_dir_size = Gauge(
+            "tusserver_data_dir_size_bytes", "Size of the data directory's file system",
+            registry=r,
+        )  # fmt: skip
+        for dependency in ("database", "object_store"):
+            self.dependency_up.labels(dependency)
         for reason in (
             "wrong_password",
             "unknown_user",
