@@ -7,12 +7,12 @@ import contextlib
 import datetime as dt
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -320,6 +320,48 @@ class AuditLog:
         _log.info("audit", **{k: v for k, v in entry.items() if k != "at"})
         async with self._db.engine.begin() as conn:
             await conn.execute(insert(audit_log).values(**entry))
+
+    async def search(
+        self,
+        *,
+        users: Sequence[str] = (),
+        action: str | None = None,
+        outcome: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        ip: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Entries matching every filter given, the newest ``limit`` of them, oldest first.
+
+        ``users``: ids or names; an entry matches when one is its actor or its target (a
+        failed login names the user it tried as target). ``action``: exact, or a prefix
+        ending in ``*`` (``auth.*``).
+        """
+        query = select(audit_log)
+        if users:
+            query = query.where(
+                or_(audit_log.c.actor.in_(list(users)), audit_log.c.target.in_(list(users)))
+            )
+        if action:
+            if action.endswith("*"):
+                prefix = action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                query = query.where(audit_log.c.action.like(prefix + "%", escape="\\"))
+            else:
+                query = query.where(audit_log.c.action == action)
+        if outcome:
+            query = query.where(audit_log.c.outcome == outcome)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        if until is not None:
+            query = query.where(audit_log.c.at < until)
+        if ip:
+            query = query.where(audit_log.c.ip == ip)
+        query = query.order_by(audit_log.c.id.desc()).limit(limit)
+        async with self._db.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        rows.reverse()
+        return rows
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         async with self._db.engine.connect() as conn:
