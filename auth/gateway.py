@@ -24,7 +24,8 @@ from tusserver.errors import TusError, Unauthorized
 
 from .principal import UNAUTHENTICATED_OPERATOR, Principal
 from .ratelimit import RateLimiter
-from .tokens import InvalidToken, TokenService
+from .signals import NoSignals, SecuritySignals
+from .tokens import ExpiredToken, InvalidToken, TokenService
 from .users import AuditLog, User, UserRepository
 
 _log = structlog.get_logger("tusserver.auth")
@@ -136,8 +137,10 @@ class Gateway:
         revocation_check_interval: float,
         trust_forwarded: bool = False,
         cache: Cache | None = None,
+        signals: SecuritySignals | None = None,
     ) -> None:
         self._trust_forwarded = trust_forwarded
+        self.signals: SecuritySignals = signals if signals is not None else NoSignals()
         self.enabled = enabled
         self.tokens = tokens
         self.users = users
@@ -153,6 +156,8 @@ class Gateway:
             return UNAUTHENTICATED_OPERATOR
         if _PRINCIPAL in request:
             return request[_PRINCIPAL]
+        # Every log line and audit entry of this request carries the caller's address.
+        structlog.contextvars.bind_contextvars(client_ip=self.client_ip(request))
         token, via_cookie = _token_of(request)
         if token is None:
             raise Unauthorized(
@@ -162,6 +167,7 @@ class Gateway:
         try:
             claims = await self.tokens.verify(token)
         except InvalidToken as exc:
+            self.signals.token_rejected("expired" if isinstance(exc, ExpiredToken) else "invalid")
             raise Unauthorized(
                 f"invalid token: {exc}",
                 headers={"WWW-Authenticate": 'Bearer realm="tusserver", error="invalid_token"'},
@@ -169,8 +175,10 @@ class Gateway:
         if self.tokens.can_issue:
             user = await self._user(claims.subject)
             if user is None or user.disabled:
+                self.signals.token_rejected("disabled")
                 raise Unauthorized("the account is disabled or gone", headers=_INVALID)
             if user.tokens_valid_after and claims.issued_at <= user.tokens_valid_after:
+                self.signals.token_rejected("revoked")
                 raise Unauthorized("the token was revoked; sign in again", headers=_INVALID)
             principal = Principal(user_id=user.id, is_admin=user.is_admin)
         else:
@@ -219,13 +227,19 @@ class Gateway:
         who: str | None = None,
         cost: float = 1.0,
         require: float | None = None,
+        actor: str | None = None,
+        target: str | None = None,
     ) -> None:
         """Apply the rate limit of a route class; 429 with Retry-After when exceeded.
 
-        ``require`` tokens must be available even when fewer (``cost``) are taken: a login
-        checks for a whole token before the password, and pays only when it fails.
-        With auth off there are no limits either: every request then comes through a front
-        gateway that authenticates (and usually shares one IP), so it must do the limiting.
+        The check and the charge are one atomic step of the limiter, so concurrent requests
+        cannot all pass on the same token. ``require`` tokens must be available even when
+        fewer (``cost``) are taken. With auth off there are no limits either: every request
+        then comes through a front gateway that authenticates (and usually shares one IP),
+        so it must do the limiting.
+
+        A refusal is counted (``throttled``, by ``kind``) and audited: ``actor`` (default
+        ``who``) and ``target`` say whom it concerns.
         """
         if not self.enabled:
             return
@@ -237,10 +251,25 @@ class Gateway:
             key, rate=lim.rate, burst=lim.burst, cost=cost, require=require
         )
         if not decision.allowed:
+            self.signals.throttled(kind)
+            self.audit_log.record_soon(
+                "rate_limit",
+                actor=actor if actor is not None else who,
+                target=target,
+                outcome="throttled",
+                ip=self.client_ip(request),
+                detail={"limit": kind},
+            )
             wait = max(1, int(decision.retry_after + 0.999))
             raise TooManyRequests(
                 "too many requests; slow down", headers={"Retry-After": str(min(wait, 3600))}
             )
+
+    async def refund(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
+    ) -> None:
+        """Give back tokens taken by :meth:`limit` (a sign-in that turned out right)."""
+        await self.charge(request, kind, who=who, cost=-cost)
 
     async def charge(
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
@@ -250,7 +279,7 @@ class Gateway:
 
         Never raises: the request's own answer (or error) matters more than the bookkeeping.
         """
-        if not self.enabled or cost <= 0:
+        if not self.enabled or cost == 0:
             return
         lim = self._limits.get(kind)
         if lim is None or lim.rate <= 0:

@@ -24,15 +24,23 @@ from typing import Any
 
 import jwt
 
-__all__ = ["Claims", "InvalidToken", "TokenService"]
+__all__ = ["Claims", "ExpiredToken", "InvalidToken", "TokenService"]
 
 MAX_TOKEN_LENGTH = 8192
 _REMEMBER_FOR = 60.0
 _REMEMBER_MAX = 10_000
+#: A JWKS key set is fetched again at most this often (seconds), whatever the tokens ask for,
+#: and at the latest after ``_JWKS_LIFESPAN`` (keys an issuer withdraws stop working then).
+JWKS_REFETCH_INTERVAL = 60.0
+_JWKS_LIFESPAN = 300.0
 
 
 class InvalidToken(Exception):
     """The token is malformed, forged, expired or of the wrong kind."""
+
+
+class ExpiredToken(InvalidToken):
+    """The token was good but its time is over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +74,13 @@ class TokenService:
         self._leeway = leeway
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=False) if jwks_url else None
+        #: The issuer's keys by kid, when they were last fetched (or tried), one fetch at a time.
+        self._jwks_keys: dict[str | None, Any] = {}
+        self._jwks_fetched: float | None = None
+        self._jwks_lock = asyncio.Lock()
+        #: How often the key set was fetched (tests and operators: a flood shows here).
+        self.jwks_fetches = 0
         #: access token -> (its claims, monotonic time until which they may be reused)
         self._verified: OrderedDict[str, tuple[Claims, float]] = OrderedDict()
         if algorithm == "HS256":
@@ -130,12 +144,49 @@ class TokenService:
                     self._verified.popitem(last=False)
         return claims
 
+    async def _jwks_key(self, token: str) -> Any:
+        """The issuer's key for this token's ``kid``. An unknown kid (a rotated key, or a
+        forged token) fetches the set again only if the last fetch is a minute old: a flood
+        of made-up kids costs the issuer one request a minute, not one per token."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(kid, str | None):
+            raise InvalidToken("kid must be a string")
+        if self._jwks_due(kid):
+            async with self._jwks_lock:
+                if self._jwks_due(kid):  # another request may have fetched meanwhile
+                    await self._fetch_jwks()
+        keys = self._jwks_keys
+        found = keys.get(kid)
+        if found is None and kid is None and len(keys) == 1:
+            found = next(iter(keys.values()))
+        if found is None:
+            raise InvalidToken(f"no key of the issuer has kid {kid!r}")
+        return found.key
+
+    def _jwks_due(self, kid: str | None) -> bool:
+        if self._jwks_fetched is None:
+            return True
+        age = time.monotonic() - self._jwks_fetched
+        return age >= _JWKS_LIFESPAN or (
+            kid not in self._jwks_keys and age >= JWKS_REFETCH_INTERVAL
+        )
+
+    async def _fetch_jwks(self) -> None:
+        assert self._jwks is not None
+        # Counted before it runs: a failing issuer is not asked again within the interval.
+        self._jwks_fetched = time.monotonic()
+        self.jwks_fetches += 1
+        try:
+            jwk_set = await asyncio.to_thread(self._jwks.get_jwk_set, True)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"the issuer's keys are unavailable: {exc}") from None
+        self._jwks_keys = {k.key_id: k for k in jwk_set.keys if k.public_key_use in ("sig", None)}
+
     async def _verify(self, token: str, token_type: str) -> Claims:
         try:
             key = self._verify_key
             if self._jwks is not None:
-                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-                key = signing_key.key
+                key = await self._jwks_key(token)
             payload = jwt.decode(
                 token,
                 key,
@@ -145,6 +196,8 @@ class TokenService:
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise ExpiredToken(str(exc) or "token expired") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc) or type(exc).__name__) from None
         typ = payload.get("typ", "access")

@@ -7,12 +7,12 @@ import contextlib
 import datetime as dt
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Select, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -141,7 +141,10 @@ class UserRepository:
 
     # --- refresh tokens ---------------------------------------------------------------------
 
-    async def store_refresh(self, jti: str, user_id: str, expires_at: dt.datetime) -> None:
+    async def store_refresh(
+        self, jti: str, user_id: str, expires_at: dt.datetime, *, family: str | None = None
+    ) -> None:
+        """Keep a refresh token a login issued: it starts a family (a session) of its own."""
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 insert(refresh_tokens).values(
@@ -150,27 +153,58 @@ class UserRepository:
                     expires_at=expires_at,
                     revoked=False,
                     created_at=_now(),
+                    family=family or jti,
                 )
             )
 
-    async def use_refresh(self, jti: str) -> str | None:
-        """Consume a refresh token (one use: it is rotated); returns its user id if valid."""
-        async with self._db.engine.begin() as conn:
-            row = (
-                (await conn.execute(select(refresh_tokens).where(refresh_tokens.c.jti == jti)))
-                .mappings()
-                .first()
-            )
-            if row is None or row["revoked"] or row["expires_at"] < _now():
-                return None
-            result = await conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.jti == jti, refresh_tokens.c.revoked.is_(False))
-                .values(revoked=True)
-            )
-            if result.rowcount != 1:
-                return None
-            return str(row["user_id"])
+    async def rotate_refresh(
+        self, jti: str, user_id: str, new_jti: str, new_expires_at: dt.datetime
+    ) -> str:
+        """Use the refresh token ``jti`` of ``user_id`` once, replacing it with ``new_jti``.
+
+        Returns ``"ok"`` (the new token is stored, in the same family), ``"reused"`` (the
+        token was already rotated: someone holds a copy, so the whole family is revoked,
+        the token it was rotated into included) or ``"invalid"`` (unknown, revoked,
+        expired or someone else's). Consuming the old token and storing the new one is one
+        transaction: a reuse that revokes the family cannot miss the new token.
+        """
+
+        def use(conn: Connection) -> tuple[str, str | None]:
+            row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.jti == jti))
+            found = row.mappings().first()
+            if found is None or found["user_id"] != user_id:
+                return "invalid", None
+            family = str(found["family"] or found["jti"])
+            if not found["revoked"] and found["expires_at"] >= _now():
+                used = conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.jti == jti, refresh_tokens.c.revoked.is_(False))
+                    .values(revoked=True, replaced_by=new_jti)
+                )
+                if used.rowcount == 1:
+                    conn.execute(
+                        insert(refresh_tokens).values(
+                            jti=new_jti,
+                            user_id=user_id,
+                            expires_at=new_expires_at,
+                            revoked=False,
+                            created_at=_now(),
+                            family=family,
+                        )
+                    )
+                    return "ok", family
+                return "reused", family  # a concurrent use of the same token won
+            if found["replaced_by"] is None:
+                return "invalid", None  # expired, or revoked by a sign-out: no theft signal
+            return "reused", family
+
+        outcome, family = await self._db.write(use)
+        if outcome == "reused":
+            # One of the two holders is not the owner: revoke the session, in a transaction
+            # of its own, after the winner of a race has committed its new token.
+            revoke = update(refresh_tokens).where(refresh_tokens.c.family == family)
+            await self._db.write(lambda conn: conn.execute(revoke.values(revoked=True)))
+        return outcome
 
     async def revoke_refresh(self, jti: str) -> None:
         async with self._db.engine.begin() as conn:
@@ -235,6 +269,10 @@ class AuditLog:
         def clean(v: str | None) -> str | None:
             return None if v is None else v.replace("\x00", "\\x00")
 
+        if ip is None:
+            # Decided below the HTTP layer (the lifecycle): the address the gateway bound.
+            bound = structlog.contextvars.get_contextvars().get("client_ip")
+            ip = bound if isinstance(bound, str) else None
         return {
             "at": _now(),
             "actor": clean(actor),
@@ -261,6 +299,48 @@ class AuditLog:
         _log.info("audit", **{k: v for k, v in entry.items() if k != "at"})
         async with self._db.engine.begin() as conn:
             await conn.execute(insert(audit_log).values(**entry))
+
+    async def search(
+        self,
+        *,
+        users: Sequence[str] = (),
+        action: str | None = None,
+        outcome: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        ip: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Entries matching every filter given, the newest ``limit`` of them, oldest first.
+
+        ``users``: ids or names; an entry matches when one is its actor or its target (a
+        failed login names the user it tried as target). ``action``: exact, or a prefix
+        ending in ``*`` (``auth.*``).
+        """
+        query = select(audit_log)
+        if users:
+            query = query.where(
+                or_(audit_log.c.actor.in_(list(users)), audit_log.c.target.in_(list(users)))
+            )
+        if action:
+            if action.endswith("*"):
+                prefix = action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                query = query.where(audit_log.c.action.like(prefix + "%", escape="\\"))
+            else:
+                query = query.where(audit_log.c.action == action)
+        if outcome:
+            query = query.where(audit_log.c.outcome == outcome)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        if until is not None:
+            query = query.where(audit_log.c.at < until)
+        if ip:
+            query = query.where(audit_log.c.ip == ip)
+        query = query.order_by(audit_log.c.id.desc()).limit(limit)
+        async with self._db.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        rows.reverse()
+        return rows
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         async with self._db.engine.connect() as conn:

@@ -3,7 +3,8 @@
 # python3 (3.11+). Idempotent: every step first checks whether its work is already done, so on
 # a prepared machine this takes a few seconds.
 #
-#   - Debian packages: postgresql, libmagic1, clamav + clamav-daemon, nodejs + npm (only if
+#   - Debian packages: postgresql, libmagic1, clamav + clamav-daemon, prometheus (for
+#     `promtool`, which checks and unit-tests examples/prometheus/alerts.yml), nodejs + npm (only if
 #     `node`/`npm` are missing), python3-venv (only if `python3 -m venv` cannot work),
 #     chromium (only if tests/ uses playwright and /usr/bin/chromium is missing),
 #     nginx-light (or `nginx` where nginx-light no longer exists; only if nginx is missing: the
@@ -40,6 +41,7 @@ have_pkg libmagic1 || missing+=(libmagic1)
 if ! command -v clamd >/dev/null 2>&1 && [ ! -x /usr/sbin/clamd ]; then
     missing+=(clamav clamav-daemon)
 fi
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 if command -v node >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
     missing+=(npm)
@@ -126,6 +128,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
     || die "PostgreSQL initdb not found"
 [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null 2>&1 || die "clamd not found"
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || die "nginx not found"
+command -v promtool >/dev/null 2>&1 || die "promtool not found (Debian package prometheus)"
 if [ -f package.json ] && grep -q '"uppy"' package.json; then
     [ -f node_modules/uppy/dist/uppy.min.js ] || die "node_modules/uppy/dist/uppy.min.js missing"
 fi

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
+from auth.signals import SecuritySignals
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, ObjectStore, StorageError
@@ -37,7 +38,7 @@ from .api.openapi import openapi_handler
 from .cache import Cache, CacheCollector, LocalBus, PostgresBus
 from .catalog.analytics import EventRecorder
 from .catalog.db import Database, create_database
-from .catalog.files import FileRepository
+from .catalog.files import FileRecord, FileRepository
 from .catalog.migrate import upgrade
 from .catalog.retention import Retention
 from .catalog.uploads import UploadRepository
@@ -213,7 +214,6 @@ def build_runtime(
         else None
     )
     recorder = EventRecorder(db)
-    service.observer = RecordingObserver(metrics=metrics, events=recorder)
     pipeline = Pipeline(
         events=recorder,
         metrics=metrics,
@@ -229,9 +229,11 @@ def build_runtime(
     )
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
-    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus)
+    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
     if config.auth == "jwt":
         service.quota_limit = _quota_limit(config, gateway)
+    service.observer = RecordingObserver(metrics=metrics, events=recorder, audit=gateway.audit_log)
+    _report_signals(metrics, gateway.audit_log, pipeline)
     sweeper = Sweeper(
         service,
         interval=config.sweep_interval,
@@ -272,6 +274,7 @@ def build_gateway(
     *,
     cache: Cache | None = None,
     invalidator: LocalBus | None = None,
+    signals: SecuritySignals | None = None,
 ) -> Gateway:
     """Tokens, users, audit and rate limits as configured (shared state in PostgreSQL).
 
@@ -312,12 +315,16 @@ def build_gateway(
             "creations": Limit(config.rate_limit_creations, config.rate_limit_creations_burst),
             "api": Limit(config.rate_limit_api, config.rate_limit_api_burst),
             "logins": Limit(config.rate_limit_logins, config.rate_limit_logins_burst),
+            "logins_wide": Limit(
+                config.rate_limit_logins_wide, config.rate_limit_logins_wide_burst
+            ),
             # A minute's worth of bytes may come at once, so any sane chunk size fits.
             "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
         revocation_check_interval=config.revocation_check_interval if config.cache_ttl > 0 else 0,
         trust_forwarded=config.trust_proxy_headers,
         cache=cache,
+        signals=signals,
     )
 
 
@@ -351,6 +358,36 @@ def _quota_limit(
         )
 
     return limit
+
+
+def _report_signals(metrics: Metrics, audit: AuditLog, pipeline: Pipeline) -> None:
+    """Security signals of the pipeline, reported where it decides: a counter (no
+    identities in labels) and, when a user is concerned, an audit entry. (The lifecycle's
+    own, quota, size and probes, go through its observer.)"""
+
+    def rejected(owner: str | None, target: str, category: str) -> None:
+        metrics.files_rejected.labels(category).inc()
+        if owner is not None:
+            audit.record_soon(
+                "file.rejected",
+                actor=owner,
+                target=target,
+                outcome="rejected",
+                detail={"reason": category},
+            )
+
+    def integrity_error(f: FileRecord, source: str) -> None:
+        metrics.integrity_errors.labels(source).inc()
+        audit.record_soon(
+            "file.integrity_error",
+            actor=f.owner,
+            target=f.id,
+            outcome="error",
+            detail={"source": source},
+        )
+
+    pipeline.on_rejected = rejected
+    pipeline.on_integrity_error = integrity_error
 
 
 def _cache_bus(db: Database, cache: Cache) -> LocalBus:
@@ -484,6 +521,23 @@ def create_tus_subapp(
     return app
 
 
+async def _refresh_health_gauges(rt: Runtime) -> None:
+    """Dependencies up or down, and the data directory's free space, for alerting."""
+    try:
+        async with asyncio.timeout(8):
+            checks = await rt.readiness()
+    except TimeoutError:
+        checks = {"database": "timeout", "object_store": "timeout"}
+    for name, value in checks.items():
+        rt.metrics.dependency_up.labels(name).set(1 if value == "ok" else 0)
+    try:
+        st = await asyncio.to_thread(os.statvfs, rt.config.data_dir)
+    except OSError:
+        return
+    rt.metrics.data_dir_free.set(st.f_bavail * st.f_frsize)
+    rt.metrics.data_dir_size.set(st.f_blocks * st.f_frsize)
+
+
 def create_app(
     config: TusServerConfig,
     *,
@@ -526,6 +580,7 @@ def create_app(
 
     async def refresh_gauges() -> None:
         rt.metrics.pipeline_queue.set(await rt.files.pending_count())
+        await _refresh_health_gauges(rt)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,4 +1,4 @@
-"""The ``tusserver`` command: serve, migrate, sweep, config show."""
+"""The ``tusserver`` command: serve, migrate, sweep, user, pipeline, audit, config show."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
         help="retry: also the files the pipeline gave up on (attempts start over)",
     )
     add("check", "check that the database, object store and clamd are reachable")
+    aud = add("audit", "list audit entries (who did what, from where)")
+    aud.add_argument("--user", action="append", default=[], help="user name or id (repeatable)")
+    aud.add_argument("--action", help="action, e.g. auth.login, or a prefix: 'auth.*'")
+    aud.add_argument("--outcome", help="ok, denied, throttled, refused, rejected, error")
+    aud.add_argument("--since", help="ISO 8601 time, or an age such as 15m, 2h, 7d")
+    aud.add_argument("--until", help="ISO 8601 time, or an age such as 15m, 2h, 7d")
+    aud.add_argument("--ip", help="client address")
+    aud.add_argument("--limit", type=int, default=1000, help="newest N entries (default 1000)")
+    aud.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     keys = add("keys", "master keys of encryption at rest")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     k_gen = keys_sub.add_parser(
@@ -141,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_pipeline(config, args.action, failed=args.failed))
     if args.command == "check":
         return asyncio.run(_check(config))
+    if args.command == "audit":
+        return asyncio.run(_audit(config, args))
     if args.command == "keys":
         return _keys(config, args)
     if args.command == "config":
@@ -272,6 +283,96 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
         return 0
     finally:
         await db.dispose()
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _when(value: str | None, now: dt.datetime) -> dt.datetime | None:
+    """An ISO 8601 time (UTC unless it says otherwise) or an age before ``now`` (``15m``)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in _AGE_UNITS:
+        return now - dt.timedelta(seconds=int(text[:-1]) * _AGE_UNITS[text[-1]])
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time or an age (15m, 2h, 7d): {value!r}") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+async def _audit(config: TusServerConfig, args: argparse.Namespace) -> int:
+    from auth.users import AuditLog, UserRepository
+
+    from .catalog.db import create_database
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        since, until = _when(args.since, now), _when(args.until, now)
+    except ValueError as exc:
+        print(f"tusserver: {exc}", file=sys.stderr)
+        return 2
+    if args.limit < 1:
+        print("tusserver: --limit must be at least 1", file=sys.stderr)
+        return 2
+    db = create_database(config.effective_database_url)
+    try:
+        users = UserRepository(db)
+        names = {u.id: u.username for u in await users.list()}
+        ids = {name: uid for uid, name in names.items()}
+        wanted: list[str] = []
+        for who in args.user:
+            wanted += [who, ids[who]] if who in ids else [who, names.get(who, who)]
+        entries = await AuditLog(db).search(
+            users=sorted(set(wanted)),
+            action=args.action,
+            outcome=args.outcome,
+            since=since,
+            until=until,
+            ip=args.ip,
+            limit=args.limit,
+        )
+    finally:
+        await db.dispose()
+    rows = []
+    for e in entries:
+        rows.append(
+            {
+                "at": e["at"].astimezone(dt.UTC).isoformat(timespec="seconds"),
+                "user": names.get(e["actor"] or "", e["actor"]),
+                "actor": e["actor"],
+                "action": e["action"],
+                "outcome": e["outcome"],
+                "target": e["target"],
+                "ip": e["ip"],
+                "detail": e["detail"] or {},
+            }
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True, default=str))
+        return 0
+    columns = ["at", "user", "action", "outcome", "target", "ip", "detail"]
+    table = [columns] + [
+        [
+            _cell(row[c] if c != "detail" else json.dumps(row[c], sort_keys=True) if row[c] else "")
+            for c in columns
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cell(value: Any) -> str:
+    """A table cell: '-' for nothing, and no control character of an entry reaches the
+    terminal (targets can be what a client sent, such as a failed login's user name)."""
+    if value is None or value == "":
+        return "-"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
 async def _pipeline(config: TusServerConfig, action: str, *, failed: bool = False) -> int:

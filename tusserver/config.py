@@ -11,10 +11,12 @@ import base64
 import binascii
 import dataclasses
 import os
+import re
 import string
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,10 +396,27 @@ class TusServerConfig:
     rate_limit_api_burst: int = field(default=200, metadata=_doc("Burst of API requests."))
     rate_limit_logins: float = field(
         default=0.2,
-        metadata=_doc("Failed logins per second per username and per IP, sustained."),
+        metadata=_doc(
+            "Failed sign-ins (login, password change) per second per username and client "
+            "address together, sustained. Every attempt is charged before the password is "
+            "checked; a right password gets its charge back."
+        ),
     )
     rate_limit_logins_burst: int = field(
-        default=10, metadata=_doc("Failed logins allowed in a burst before throttling.")
+        default=10,
+        metadata=_doc("Failed sign-ins per username and address allowed in a burst."),
+    )
+    rate_limit_logins_wide: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Failed sign-ins per second per username (from every address) and per address "
+            "(for every username), sustained: bounds a guesser with many addresses or "
+            "usernames without letting one address lock an owner out."
+        ),
+    )
+    rate_limit_logins_wide_burst: int = field(
+        default=100,
+        metadata=_doc("Failed sign-ins per username, or per address, allowed in a burst."),
     )
     rate_limit_patch_bytes: int = field(
         default=0,
@@ -454,6 +473,7 @@ class TusServerConfig:
             "rate_limit_creations_burst",
             "rate_limit_api_burst",
             "rate_limit_logins_burst",
+            "rate_limit_logins_wide_burst",
             "rate_limit_patch_bytes",
         ):
             if getattr(self, name) < 0:
@@ -601,10 +621,40 @@ class TusServerConfig:
                 value = "***"
             elif isinstance(value, Path):
                 value = str(value)
+            elif f.name == "webhook_urls":
+                value = [redact_url(u) for u in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
         return out
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)^(.*[-_.]?)?(token|key|secret|signature|sig|password|passwd|pass|auth|credential"
+    r"|api[-_]?key|access[-_]?token)$"
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: no user name or password, no value of a query parameter
+    whose name says it is a credential (token, key, secret, signature, password...)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = parts.query
+        if query:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            query = "&".join(
+                f"{urllib.parse.quote(k)}=***"
+                if _SECRET_PARAM.match(k)
+                else f"{urllib.parse.quote(k)}={urllib.parse.quote(v)}"
+                for k, v in pairs
+            )
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable url>"
 
 
 #: Durations and rates: numbers that must not be negative (or NaN).
@@ -629,6 +679,7 @@ _NON_NEGATIVE_NUMBERS = (
     "rate_limit_creations",
     "rate_limit_api",
     "rate_limit_logins",
+    "rate_limit_logins_wide",
 )
 
 

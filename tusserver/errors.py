@@ -28,6 +28,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UploadInterrupted",
     "UploadSuspended",
+    "UsernameTaken",
 ]
 
 
@@ -99,6 +100,13 @@ class MethodNotAllowed(TusError):
 class Conflict(TusError):
     status = 409
     code = "offset_mismatch"
+
+
+class UsernameTaken(TusError):
+    """Registration with a username that already exists."""
+
+    status = 409
+    code = "username_taken"
 
 
 class StateConflict(TusError):

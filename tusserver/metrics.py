@@ -57,6 +57,81 @@ class Metrics:
             "tusserver_s3_request_seconds", "S3 request latency by operation", ["op"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        # --- security signals: reasons from short fixed sets, never an identity ------------
+        self.signin_failures = Counter(
+            "tusserver_signin_failures", "Sign-ins refused, by reason (wrong_password, "
+            "unknown_user, disabled, refresh_invalid, refresh_reused)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.throttled_requests = Counter(
+            "tusserver_throttled_requests", "Requests refused by a rate limit (429), by limit",
+            ["limit"], registry=r,
+        )  # fmt: skip
+        self.upload_refusals = Counter(
+            "tusserver_upload_refusals", "Uploads refused for their size, by reason "
+            "(quota, max_size)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.token_rejections = Counter(
+            "tusserver_token_rejections", "Requests with a bad access token, by reason "
+            "(expired, invalid, revoked, disabled)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.probes = Counter(
+            "tusserver_foreign_id_requests", "404s to an authenticated caller for an upload or "
+            "file that exists but is someone else's, by resource", ["resource"], registry=r,
+        )  # fmt: skip
+        self.files_rejected = Counter(
+            "tusserver_files_rejected", "Files the pipeline rejected, by reason (virus, type, "
+            "size, corrupt_media, checksum, scan_failed)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.integrity_errors = Counter(
+            "tusserver_integrity_errors", "Stored bytes that failed an integrity check when "
+            "read, by where they were (object, chunks)", ["source"], registry=r,
+        )  # fmt: skip
+        # --- health of what the service depends on (refreshed when /metrics is scraped) ----
+        self.dependency_up = Gauge(
+            "tusserver_dependency_up", "1 if the dependency answered the last readiness check "
+            "(database, object_store, scanner)", ["dependency"], registry=r,
+        )  # fmt: skip
+        self.data_dir_free = Gauge(
+            "tusserver_data_dir_free_bytes", "Bytes free for the service on the data directory's "
+            "file system", registry=r,
+        )  # fmt: skip
+        self.data_dir_size = Gauge(
+            "tusserver_data_dir_size_bytes", "Size of the data directory's file system",
+            registry=r,
+        )  # fmt: skip
+        for dependency in ("database", "object_store"):
+            self.dependency_up.labels(dependency)
+        for reason in (
+            "wrong_password",
+            "unknown_user",
+            "disabled",
+            "refresh_invalid",
+            "refresh_reused",
+        ):
+            self.signin_failures.labels(reason)
+        for limit in ("logins", "logins_wide", "api", "creations", "patch_bytes"):
+            self.throttled_requests.labels(limit)
+        for reason in ("quota", "max_size"):
+            self.upload_refusals.labels(reason)
+        for reason in ("expired", "invalid", "revoked", "disabled"):
+            self.token_rejections.labels(reason)
+        for resource in ("upload", "file"):
+            self.probes.labels(resource)
+        for reason in ("virus", "type", "size", "corrupt_media", "checksum", "scan_failed"):
+            self.files_rejected.labels(reason)
+        for source in ("object", "chunks"):
+            self.integrity_errors.labels(source)
+
+    # --- SecuritySignals (auth.signals): what the gateway and the auth API report --------
+
+    def signin_failed(self, reason: str) -> None:
+        self.signin_failures.labels(reason).inc()
+
+    def throttled(self, limit: str) -> None:
+        self.throttled_requests.labels(limit).inc()
+
+    def token_rejected(self, reason: str) -> None:
+        self.token_rejections.labels(reason).inc()
 
     def middleware(self) -> Middleware:
         @web.middleware

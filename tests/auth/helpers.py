@@ -52,6 +52,8 @@ async def auth_client(make_client: MakeClient, **overrides: Any) -> Client:
         "revocation_check_interval": 0,
         "rate_limit_logins": 1000,
         "rate_limit_logins_burst": 1000,
+        "rate_limit_logins_wide": 1000,
+        "rate_limit_logins_wide_burst": 1000,
     }
     settings.update(overrides)
     return await make_client(**settings)

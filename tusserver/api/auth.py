@@ -13,12 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway
-from auth.passwords import hash_password, verify_password, verify_password_or_dummy
+from auth.passwords import hash_password, needs_rehash, verify_password_or_dummy
 from auth.users import User, UserExists, valid_username
 
 from ..catalog.usage import quota_limit
 from ..config import TusServerConfig
-from ..errors import BadRequest, Conflict, Forbidden, Unauthorized
+from ..errors import BadRequest, Forbidden, Unauthorized, UsernameTaken
 from .common import read_json, string_field
 
 __all__ = ["AuthApi"]
@@ -60,11 +60,40 @@ class AuthApi:
         try:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
         except UserExists:
-            raise Conflict("that username is taken") from None
+            raise UsernameTaken("that username is taken") from None
         await self._gw.audit_log.record(
             "user.register", actor=user.id, ip=self._gw.client_ip(request)
         )
         return web.json_response(_user_json(user), status=201)
+
+    async def _throttle_sign_in(self, request: web.Request, username: str) -> list[str]:
+        """Charge one attempt to every sign-in bucket of ``username`` from this address,
+        BEFORE the password is checked: each charge is one atomic step of the limiter, so a
+        burst of concurrent guesses checks at most the burst size, and a request over budget
+        is refused (429) whatever its password. Returns the buckets charged (a right password
+        gets them back).
+
+        Buckets: the (username, address) pair, which slows a guesser down; the username from
+        every address and the address for every username, larger, which bound a guesser with
+        many addresses or many usernames. One address alone never locks the owner out.
+        """
+        ip = self._gw.client_ip(request)
+        name = username.lower()
+        buckets = [
+            ("logins", f"user:{name}|ip:{ip}"),
+            ("logins_wide", f"user:{name}"),
+            ("logins_wide", f"ip:{ip}"),
+        ]
+        charged: list[str] = []
+        for kind, who in buckets:
+            await self._gw.limit(request, kind, who=who, actor=None, target=username[:64])
+            charged.append(f"{kind}\n{who}")
+        return charged
+
+    async def _refund_sign_in(self, request: web.Request, charged: list[str]) -> None:
+        for entry in charged:
+            kind, _, who = entry.partition("\n")
+            await self._gw.refund(request, kind, who=who)
 
     async def login(self, request: web.Request) -> web.Response:
         self._require_local_tokens()
@@ -72,27 +101,52 @@ class AuthApi:
         username = string_field(data, "username", max_len=64)
         password = string_field(data, "password", max_len=1024)
         ip = self._gw.client_ip(request)
-        # Throttle by IP and by username before spending a password check.
-        await self._gw.limit(request, "logins", who=f"ip:{ip}", cost=0, require=1)
-        await self._gw.limit(request, "logins", who=f"user:{username.lower()}", cost=0, require=1)
+        charged = await self._throttle_sign_in(request, username)
         user = await self._gw.users.by_name(username) if valid_username(username) else None
         ok = await verify_password_or_dummy(password, user.password_hash if user else None)
         if not ok or user is None or user.disabled:
+            reason = "unknown_user" if user is None else "wrong_password" if not ok else "disabled"
+            self._gw.signals.signin_failed(reason)
             await self._gw.audit_log.record(
-                "auth.login", actor=None, outcome="denied", target=username[:64], ip=ip
+                "auth.login",
+                actor=None,
+                outcome="denied",
+                target=username[:64],
+                ip=ip,
+                detail={"reason": reason},
             )
-            await self._gw.limit(request, "logins", who=f"ip:{ip}")
-            await self._gw.limit(request, "logins", who=f"user:{username.lower()}")
             raise Unauthorized("wrong username or password")
+        await self._refund_sign_in(request, charged)
+        if needs_rehash(user.password_hash):
+            # Parameters older than today's: the password is known now, store a new hash.
+            await self._gw.users.update(user.id, password_hash=await hash_password(password))
         await self._gw.audit_log.record("auth.login", actor=user.id, ip=ip)
         return await self._tokens_response(user, cookie=bool(data.get("cookie")))
 
-    async def _tokens_response(self, user: User, *, cookie: bool) -> web.Response:
+    async def _tokens_response(
+        self, user: User, *, cookie: bool, rotate: str | None = None, ip: str | None = None
+    ) -> web.Response:
+        """New tokens for ``user``; ``rotate``: the jti of the refresh token they replace
+        (401 if it cannot be used: see :meth:`UserRepository.rotate_refresh`)."""
         tokens = self._gw.tokens
         assert tokens is not None
         access, _, _ = tokens.issue(subject=user.id, token_type="access", role=user.role)
         refresh, jti, exp = tokens.issue(subject=user.id, token_type="refresh", role=user.role)
-        await self._gw.users.store_refresh(jti, user.id, exp)
+        if rotate is None:
+            await self._gw.users.store_refresh(jti, user.id, exp)
+        else:
+            outcome = await self._gw.users.rotate_refresh(rotate, user.id, jti, exp)
+            if outcome != "ok":
+                reason = "refresh_reused" if outcome == "reused" else "refresh_invalid"
+                self._gw.signals.signin_failed(reason)
+                await self._gw.audit_log.record(
+                    "auth.refresh",
+                    actor=user.id,
+                    outcome="denied",
+                    ip=ip,
+                    detail={"reason": reason},
+                )
+                raise Unauthorized("invalid refresh token")
         body: dict[str, Any] = {
             "access_token": access,
             "refresh_token": refresh,
@@ -128,21 +182,26 @@ class AuthApi:
         try:
             claims = await self._gw.tokens.verify(token, token_type="refresh")
         except Exception:
+            self._gw.signals.signin_failed("refresh_invalid")
             raise Unauthorized("invalid refresh token") from None
-        user_id = await self._gw.users.use_refresh(claims.jti)
-        user = await self._gw.users.get(user_id) if user_id == claims.subject else None
+        user = await self._gw.users.get(claims.subject)
         if user is None or user.disabled:
+            self._gw.signals.signin_failed("refresh_invalid")
             await self._gw.audit_log.record(
                 "auth.refresh",
                 actor=claims.subject[:64],
                 outcome="denied",
                 ip=self._gw.client_ip(request),
+                detail={"reason": "disabled"},
             )
             raise Unauthorized("invalid refresh token")
+        response = await self._tokens_response(
+            user, cookie=bool(data.get("cookie")), rotate=claims.jti, ip=self._gw.client_ip(request)
+        )
         await self._gw.audit_log.record(
             "auth.refresh", actor=user.id, ip=self._gw.client_ip(request)
         )
-        return await self._tokens_response(user, cookie=bool(data.get("cookie")))
+        return response
 
     async def logout(self, request: web.Request) -> web.Response:
         principal = await self._gw.principal(request)
@@ -163,9 +222,22 @@ class AuthApi:
         if len(new) < MIN_PASSWORD:
             raise BadRequest(f"new_password: at least {MIN_PASSWORD} characters")
         user = await self._gw.users.get(principal.user_id or "")
-        if user is None or not await verify_password(old, user.password_hash):
-            await self._gw.limit(request, "logins", who=f"ip:{self._gw.client_ip(request)}")
+        if user is None:
             raise Unauthorized("the current password is wrong")
+        # Throttled like a login (same buckets): a stolen access token cannot guess the
+        # password, and over budget even the right one is refused.
+        charged = await self._throttle_sign_in(request, user.username)
+        if not await verify_password_or_dummy(old, user.password_hash):
+            self._gw.signals.signin_failed("wrong_password")
+            await self._gw.audit_log.record(
+                "user.password",
+                actor=user.id,
+                outcome="denied",
+                ip=self._gw.client_ip(request),
+                detail={"reason": "wrong_password"},
+            )
+            raise Unauthorized("the current password is wrong")
+        await self._refund_sign_in(request, charged)
         await self._gw.users.update(user.id, password_hash=await hash_password(new))
         await self._gw.users.revoke_tokens(user.id)
         self._gw.forget_user(user.id)

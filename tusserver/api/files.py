@@ -241,6 +241,9 @@ class FilesApi:
             raise NotFound("no such file")
         f = await self._files.get(file_id, cached=cached)
         if f is not None and not principal.may_access(f.owner):
+            # Someone else's file reads exactly like a missing one; a probe is counted.
+            if self._metrics is not None:
+                self._metrics.probes.labels("file").inc()
             self._gate.audit(request, "access.denied", actor=principal.user_id, target=file_id)
             f = None
         if f is None:

@@ -193,7 +193,12 @@ refresh_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # The session: the jti of the token a login issued, shared by every rotation of it.
+    Column("family", String(64), nullable=True),
+    # The jti this token was rotated into (set when it was used): reuse is then theft.
+    Column("replaced_by", String(64), nullable=True),
     Index("ix_refresh_tokens_user_id", "user_id"),
+    Index("ix_refresh_tokens_family", "family"),
 )
 
 audit_log = Table(

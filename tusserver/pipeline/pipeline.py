@@ -38,6 +38,7 @@ from storage_backends.base import (
     StorageError,
     UploadDataMissing,
 )
+from storage_backends.encryption import IntegrityError
 
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
@@ -128,6 +129,11 @@ class Pipeline:
         self._sniffed: OrderedDict[str, tuple[int, bytes, str]] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Told of each file refused, where the pipeline decides it: (owner, file or upload
+        #: id, category from Verdict.category). The early type check reports uploads.
+        self.on_rejected: Callable[[str | None, str, str], None] | None = None
+        #: Told of stored bytes that failed an integrity check when read: (file, which).
+        self.on_integrity_error: Callable[[FileRecord, str], None] | None = None
         #: How long a claim holds a file; a live worker renews it every third of that.
         self.lease = _LEASE
 
@@ -211,6 +217,8 @@ class Pipeline:
             self._sniffed.popitem(last=False)
         reason = self._policy.check_type(detected)
         if reason:
+            if self.on_rejected is not None:
+                self.on_rejected(rec.owner, rec.id, "type")
             raise UnsupportedMediaType(f"rejected: {reason}")
 
     async def recover(self) -> int:
@@ -392,6 +400,8 @@ class Pipeline:
             verdict = await validator.check(candidate)
             self._observe(validator.name, started)
             if verdict.kind is VerdictKind.REJECT:
+                if self.on_rejected is not None:
+                    self.on_rejected(f.owner, f.id, verdict.category)
                 return await self._reject(f, verdict.reason or validator.name, log)
             if verdict.kind is VerdictKind.RETRY:
                 return await self._retry(f, verdict.reason or validator.name, log)
@@ -575,7 +585,19 @@ class Pipeline:
         return count
 
     async def read_source(self, f: FileRecord, start: int, length: int) -> AsyncIterator[bytes]:
-        """The bytes of a file, wherever they are now (object store once committed)."""
+        """The bytes of a file, wherever they are now (object store once committed).
+
+        Bytes that fail an integrity check (decryption refused them) are reported here, the
+        one place every download reads through, and the error goes on to the caller."""
+        try:
+            async for block in self._read_source(f, start, length):
+                yield block
+        except IntegrityError:
+            if self.on_integrity_error is not None:
+                self.on_integrity_error(f, "object" if f.storage_key else "chunks")
+            raise
+
+    async def _read_source(self, f: FileRecord, start: int, length: int) -> AsyncIterator[bytes]:
         if f.status is not FileStatus.COMMITTED and f.upload_id is not None:
             blocks = self._chunks.read(f.upload_id, start, length)
             try:

@@ -90,14 +90,17 @@ class Verdict:
     kind: VerdictKind
     reason: str | None = None
     note: str | None = None
+    #: Why, for monitoring, from a short fixed set: ``virus``, ``type``, ``size``,
+    #: ``corrupt_media``, ``checksum``, ``scan_failed``, ``other``.
+    category: str = "other"
 
     @classmethod
     def accept(cls, note: str | None = None) -> Verdict:
         return cls(VerdictKind.ACCEPT, note=note)
 
     @classmethod
-    def reject(cls, reason: str) -> Verdict:
-        return cls(VerdictKind.REJECT, reason)
+    def reject(cls, reason: str, *, category: str = "other") -> Verdict:
+        return cls(VerdictKind.REJECT, reason, category=category)
 
     @classmethod
     def retry(cls, reason: str) -> Verdict:
@@ -148,12 +151,13 @@ class PolicyValidator:
     async def check(self, candidate: Candidate) -> Verdict:
         reason = self.check_type(candidate.detected_type)
         if reason:
-            return Verdict.reject(reason)
+            return Verdict.reject(reason, category="type")
         limit = self._max.get(candidate.category, 0)
         if limit and candidate.size > limit:
             return Verdict.reject(
                 f"{candidate.category} files may be at most {limit} bytes; "
-                f"this one has {candidate.size}"
+                f"this one has {candidate.size}",
+                category="size",
             )
         return Verdict.accept()
 
@@ -172,9 +176,11 @@ class ChecksumValidator:
         if declared is None:
             return Verdict.accept()
         if declared == "invalid":
-            return Verdict.reject("the declared checksum is malformed")
+            return Verdict.reject("the declared checksum is malformed", category="checksum")
         if declared != candidate.sha256:
-            return Verdict.reject("the file does not match its declared sha256 checksum")
+            return Verdict.reject(
+                "the file does not match its declared sha256 checksum", category="checksum"
+            )
         return Verdict.accept()
 
 
@@ -214,7 +220,7 @@ class ClamAVValidator:
                 return Verdict.retry(f"waiting for the virus scanner: {exc}")
             return Verdict.accept(note="not scanned: the virus scanner was unreachable")
         except ScanError as exc:
-            return Verdict.reject(str(exc))
+            return Verdict.reject(str(exc), category="scan_failed")
         if not result.clean:
-            return Verdict.reject(f"virus found: {result.signature}")
+            return Verdict.reject(f"virus found: {result.signature}", category="virus")
         return Verdict.accept()

@@ -1,4 +1,9 @@
-"""Webhooks for file events: JSON POSTs signed with HMAC-SHA256, retried with backoff."""
+"""Webhooks for file events: JSON POSTs signed with HMAC-SHA256, retried with backoff.
+
+Redirects are never followed (a 3xx is a failed delivery: a webhook endpoint that moves must
+be reconfigured, not obeyed, or a redirect could turn the server against internal hosts),
+and a URL in a log line has its credentials redacted (``redact_url``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import structlog
+
+from ..config import redact_url
 
 __all__ = ["WebhookSender", "sign"]
 
@@ -69,14 +76,18 @@ class WebhookSender:
         delay = self._base_delay
         for attempt in range(1, self._attempts + 1):
             try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                async with self._session.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
                     if resp.status < 300:
                         return
                     problem = f"status {resp.status}"
+                    if 300 <= resp.status < 400:
+                        problem += " (a redirect: not followed; fix the webhook URL)"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = str(exc) or type(exc).__name__
-            _log.warning("webhook failed", url=url, attempt=attempt, problem=problem)
+                problem = (str(exc) or type(exc).__name__).replace(url, redact_url(url))
+            _log.warning("webhook failed", url=redact_url(url), attempt=attempt, problem=problem)
             if attempt < self._attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 300.0)
-        _log.error("webhook given up", url=url, event=event)
+        _log.error("webhook given up", url=redact_url(url), event=event)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from auth import Principal
+from auth.users import AuditLog
 
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.uploads import UploadRecord
@@ -75,6 +76,11 @@ class UploadObserver(Protocol):
     def stored(self, before: int, after: int | None, *, finished: bool) -> None:
         """One append stored ``after - before`` bytes (and maybe finished the upload)."""
 
+    def refused(self, principal: Principal, reason: str, target: str | None) -> None:
+        """A refusal monitoring watches, where the lifecycle decides it: ``quota`` or
+        ``max_size`` (413), or ``probe`` (someone else's existing upload asked for,
+        answered 404 like a missing one). ``target``: the upload id, if any."""
+
 
 class NullObserver:
     def created(self, caller: Caller, record: UploadRecord) -> None:
@@ -86,13 +92,23 @@ class NullObserver:
     def stored(self, before: int, after: int | None, *, finished: bool) -> None:
         return None
 
+    def refused(self, principal: Principal, reason: str, target: str | None) -> None:
+        return None
+
 
 class RecordingObserver:
     """The service's observer: Prometheus metrics, analytics events and the audit log."""
 
-    def __init__(self, *, metrics: Metrics | None, events: EventRecorder | None) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics | None,
+        events: EventRecorder | None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._metrics = metrics
         self._events = events
+        self._audit = audit
 
     def created(self, caller: Caller, record: UploadRecord) -> None:
         caller.admission.audit("upload.create", target=record.id)
@@ -126,3 +142,19 @@ class RecordingObserver:
         self._metrics.bytes_received.inc(after - before)
         if finished:
             self._metrics.uploads.labels("finished").inc()
+
+    def refused(self, principal: Principal, reason: str, target: str | None) -> None:
+        """A counter (reasons only, no identity) and, for a user, an audit entry; the
+        entry's address is the request's (bound to the context by the gateway)."""
+        if reason == "probe":
+            if self._metrics is not None:
+                self._metrics.probes.labels("upload").inc()
+            action, outcome, detail = "access.denied", "denied", {"resource": "upload"}
+        else:
+            if self._metrics is not None:
+                self._metrics.upload_refusals.labels(reason).inc()
+            action, outcome, detail = "upload.refused", "refused", {"reason": reason}
+        if self._audit is not None and principal.user_id is not None:
+            self._audit.record_soon(
+                action, actor=principal.user_id, target=target, outcome=outcome, detail=detail
+            )

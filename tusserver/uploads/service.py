@@ -178,12 +178,13 @@ class UploadService:
             length = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
         max_size = self.max_size
         if length is not None and max_size is not None and length > max_size:
+            self.observer.refused(principal, "max_size", None)
             what = "the partial uploads' lengths add up to" if is_final else "Upload-Length"
             raise PayloadTooLarge(f"{what} {length}, over the maximum of {max_size} bytes")
         # Every upload counts, partial and final ones included (a final's bytes are a copy).
         quota = await self._quota_of(principal.user_id, principal)
         if length is not None:
-            await self._check_quota(principal.user_id, length, quota)
+            await self._check_quota(principal, principal.user_id, length, quota)
         ctx = CreateContext(
             principal=principal,
             length=length,
@@ -249,13 +250,16 @@ class UploadService:
             return None
         return max(0, quota - await self.repo.used_bytes(owner))
 
-    async def _check_quota(self, owner: str | None, length: int, quota: int | None) -> None:
+    async def _check_quota(
+        self, caller: Principal, owner: str | None, length: int, quota: int | None
+    ) -> None:
         """A first check, with a clear answer before any work; the insert or update that
         records the bytes checks again in its transaction."""
         if quota is None or owner is None:
             return
         left = max(0, quota - await self.repo.used_bytes(owner))
         if length > left:
+            self.observer.refused(caller, "quota", None)
             raise PayloadTooLarge(
                 f"storage quota exceeded: {length} bytes asked, {left} bytes left in your quota"
             )
@@ -275,6 +279,8 @@ class UploadService:
             rec = found.get(upload_id)
             # Someone else's upload reads exactly like a missing one: no existence oracle.
             mine = rec is not None and (rec.owner == principal.user_id or principal.is_admin)
+            if rec is not None and not mine:
+                self.observer.refused(principal, "probe", upload_id)
             if rec is None or not mine or rec.is_gone or self._has_expired(rec):
                 raise BadRequest(f"Upload-Concat: {upload_id} is not an upload of yours")
             if not rec.is_partial:
@@ -327,7 +333,11 @@ class UploadService:
 
     async def _get_live(self, principal: Principal, upload_id: str) -> UploadRecord:
         rec = await self.repo.get(upload_id)
-        if rec is None or not principal.may_access(rec.owner):
+        if rec is not None and not principal.may_access(rec.owner):
+            # Someone else's upload reads exactly like a missing one; a probe is reported.
+            self.observer.refused(principal, "probe", upload_id)
+            raise NotFound("no such upload")
+        if rec is None:
             raise NotFound("no such upload")
         if rec.is_final and rec.state is UploadState.REJECTED:
             raise PayloadTooLarge(_FINAL_REFUSED)
@@ -473,10 +483,13 @@ class UploadService:
             if new_length is not None:
                 if rec.length is None:
                     quota = await self._quota_of(rec.owner, principal)
-                    await self._check_quota(rec.owner, new_length - current, quota)
+                    await self._check_quota(principal, rec.owner, new_length - current, quota)
                 rec = await self._declare_length(rec, new_length, current, principal)
             budget = await self._append_budget(principal, rec, current)
             if content_length is not None and budget is not None and content_length > budget:
+                if rec.length is None:
+                    reason = await self._size_reason(principal, rec, current)
+                    self.observer.refused(principal, reason, rec.id)
                 raise PayloadTooLarge(
                     f"the body of {content_length} bytes goes past the upload's "
                     f"{'length' if rec.length is not None else 'maximum size'}"
@@ -486,18 +499,34 @@ class UploadService:
                 return status
             guard = self._guard(rec, current, source, budget, checksum)
             written = await self._write(rec, current, guard, checksum, interrupted)
-            final = await self._record_append(
-                rec,
-                status,
-                current + written,
-                written=written,
-                guard=guard,
-                complete_at_end=complete_at_end and not interrupted(),
-                caller=principal,
-            )
+            try:
+                final = await self._record_append(
+                    rec,
+                    status,
+                    current + written,
+                    written=written,
+                    guard=guard,
+                    complete_at_end=complete_at_end and not interrupted(),
+                    caller=principal,
+                )
+            except PayloadTooLarge:
+                if rec.length is None:  # a deferred length ran into the quota or max size
+                    reason = await self._size_reason(principal, rec, current)
+                    self.observer.refused(principal, reason, rec.id)
+                raise
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
         return final
+
+    async def _size_reason(self, principal: Principal, rec: UploadRecord, current: int) -> str:
+        """Which limit stopped a deferred-length upload: ``quota`` or ``max_size``."""
+        if self.quota_limit is None:
+            return "max_size"
+        left = await self.quota_remaining(rec.owner, principal)
+        size_left = self._budget(rec, current)
+        return (
+            "quota" if left is not None and (size_left is None or left < size_left) else "max_size"
+        )
 
     async def _append_budget(
         self, principal: Principal, rec: UploadRecord, current: int
