@@ -47,6 +47,7 @@ from .events import Hooks
 from .metrics import Metrics
 from .middleware import add_response_headers, cors_middleware, error_middleware
 from .observability import request_context_middleware
+from .pipeline.backlog import Backlog
 from .pipeline.clamav import ClamdClient
 from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
@@ -83,6 +84,7 @@ class Runtime:
     cache: Cache
     cache_bus: LocalBus
     webhooks: WebhookSender | None = None
+    backlog: Backlog | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
 
@@ -113,7 +115,8 @@ class Runtime:
         self.gateway.audit_log.start()
         self.events.start()
         await self.pipeline.recover()
-        self.pipeline.start()
+        if self.config.role != "api":  # an api instance leaves the files to the workers
+            self.pipeline.start()
         self.sweeper.start()
         _log.info(
             "tusserver ready",
@@ -227,6 +230,7 @@ def build_runtime(
         hooks=the_hooks,
         webhooks=webhooks,
     )
+    pipeline.processes_here = config.role != "api"
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus)
@@ -262,6 +266,7 @@ def build_runtime(
         cache=cache,
         cache_bus=cache_bus,
         webhooks=webhooks,
+        backlog=Backlog(db, metrics.registry, stall_after=config.pipeline_stall_after),
         owns_db=database is None,
     )
 
@@ -483,6 +488,30 @@ def create_tus_subapp(
     return app
 
 
+async def refresh_backlog(rt: Runtime) -> dict[str, object] | None:
+    """Read the pipeline backlog (and set its gauges); None if the catalog did not answer."""
+    if rt.backlog is None:
+        return None
+    try:
+        async with asyncio.timeout(5):
+            return (await rt.backlog.refresh()).describe()
+    except Exception as exc:
+        _log.warning("pipeline backlog unreadable", error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+async def readiness_response(rt: Runtime) -> web.Response:
+    """``/readyz``: 200 when the dependencies answer, 503 otherwise; the pipeline's backlog
+    is reported beside them (a stalled backlog does not make an instance unready: uploads
+    still work, the files wait for a worker)."""
+    checks = await rt.readiness()
+    ok = all(v == "ok" for v in checks.values())
+    body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if checks.get("database") == "ok" and (backlog := await refresh_backlog(rt)) is not None:
+        body["pipeline"] = backlog
+    return web.json_response(body, status=200 if ok else 503, headers={"Cache-Control": "no-store"})
+
+
 def create_app(
     config: TusServerConfig,
     *,
@@ -515,16 +544,11 @@ def create_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        checks = await rt.readiness()
-        ok = all(v == "ok" for v in checks.values())
-        return web.json_response(
-            {"status": "ready" if ok else "not ready", "checks": checks},
-            status=200 if ok else 503,
-            headers={"Cache-Control": "no-store"},
-        )
+        return await readiness_response(rt)
 
     async def refresh_gauges() -> None:
         rt.metrics.pipeline_queue.set(await rt.files.pending_count())
+        await refresh_backlog(rt)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -42,6 +42,27 @@ class TusServerConfig:
     # --- server ---------------------------------------------------------------------------
     host: str = field(default="127.0.0.1", metadata=_doc("Address to listen on."))
     port: int = field(default=1080, metadata=_doc("TCP port to listen on."))
+    role: str = field(
+        default="all",
+        metadata=_doc(
+            "What `tusserver serve` runs: `all` (HTTP and the pipeline, the embedded default), "
+            "`api` (HTTP only: finished files wait for a `tusserver worker`) or `worker` (the "
+            "pipeline only, with health and metrics on `worker_port`; what `tusserver worker` "
+            "runs)."
+        ),
+    )
+    workers: str = field(
+        default="1",
+        metadata=_doc(
+            "Server processes sharing `port` (`serve --workers`), supervised by one parent "
+            "that restarts a process that dies; `auto`: one per CPU. With more than one, "
+            "upload locks work across the processes (lock files under `<data_dir>/locks`)."
+        ),
+    )
+    worker_port: int = field(
+        default=1081,
+        metadata=_doc("TCP port of `tusserver worker`: only `/healthz`, `/readyz` and `/metrics`."),
+    )
     data_dir: Path = field(
         default=Path("./data"),
         metadata=_doc("Directory for the embedded default: the SQLite database and local storage."),
@@ -239,6 +260,13 @@ class TusServerConfig:
         default=2.0,
         metadata=_doc("Seconds between looks for due work (retries, other instances' files)."),
     )
+    pipeline_stall_after: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds files may wait with no file committed or rejected by any worker before "
+            "`/readyz` reports the backlog as stalled (no worker running, or all failing)."
+        ),
+    )
     allowed_categories: tuple[str, ...] = field(
         default=("video", "audio", "image", "document", "other"),
         metadata=_doc(
@@ -433,6 +461,12 @@ class TusServerConfig:
     def __post_init__(self) -> None:
         if not (0 < self.port < 65536):
             raise ConfigError(f"port: {self.port} is not a TCP port")
+        if not (0 < self.worker_port < 65536):
+            raise ConfigError(f"worker_port: {self.worker_port} is not a TCP port")
+        if self.role not in ("all", "api", "worker"):
+            raise ConfigError("role: must be 'all', 'api' or 'worker'")
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) >= 1):
+            raise ConfigError(f"workers: {self.workers!r} is not 'auto' or a number of at least 1")
         if not self.base_path.startswith("/") or not self.base_path.endswith("/"):
             raise ConfigError("base_path: must start and end with '/'")
         for name in (
@@ -565,6 +599,15 @@ class TusServerConfig:
             raise ConfigError(f"{name}: {exc}") from None
 
     @property
+    def worker_count(self) -> int:
+        """The number of server processes ``workers`` asks for (``auto``: the usable CPUs)."""
+        if self.workers != "auto":
+            return int(self.workers)
+        if hasattr(os, "sched_getaffinity"):
+            return max(1, len(os.sched_getaffinity(0)))
+        return os.cpu_count() or 1
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
@@ -607,6 +650,7 @@ _NON_NEGATIVE_NUMBERS = (
     "pipeline_retry_base",
     "pipeline_retry_max",
     "pipeline_poll_interval",
+    "pipeline_stall_after",
     "clamd_timeout",
     "quarantine_retention",
     "jwt_leeway",
@@ -618,6 +662,10 @@ _NON_NEGATIVE_NUMBERS = (
     "rate_limit_api",
     "rate_limit_logins",
 )
+
+
+#: String settings that also take a TOML integer.
+_STR_OR_INT = frozenset({"workers"})
 
 
 def _field_types() -> dict[str, Any]:
@@ -661,6 +709,8 @@ def _coerce(name: str, raw: Any, typ: Any, *, from_env: bool) -> Any:
         if typ is str:
             if isinstance(raw, str):
                 return raw
+            if name in _STR_OR_INT and isinstance(raw, int) and not isinstance(raw, bool):
+                return str(raw)  # workers = 4 as well as workers = "auto"
             raise ValueError
         if typ is Path:
             if isinstance(raw, str | Path):
