@@ -46,6 +46,7 @@ from .config import TusServerConfig
 from .events import Hooks
 from .metrics import Metrics
 from .middleware import add_response_headers, cors_middleware, error_middleware
+from .multiproc import metrics_handler
 from .observability import request_context_middleware
 from .pipeline.backlog import Backlog
 from .pipeline.clamav import ClamdClient
@@ -376,6 +377,14 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
             timeout=config.lock_timeout,
             observe_wait=metrics.lock_wait.observe,
         )
+    if config.locker == "file" or (config.locker == "auto" and config.worker_count > 1):
+        from .uploads.filelocks import FileLocker
+
+        return FileLocker(
+            config.data_dir / "locks",
+            timeout=config.lock_timeout,
+            observe_wait=metrics.lock_wait.observe,
+        )
     return InProcessLocker(timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe)
 
 
@@ -552,7 +561,7 @@ def create_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", rt.metrics.handler(refresh_gauges))
+    app.router.add_get("/metrics", metrics_handler(rt.metrics, refresh_gauges))
     gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
     files_api = FilesApi(
         db=rt.db,

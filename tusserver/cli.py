@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -173,12 +173,11 @@ def _serve(config: TusServerConfig) -> int:
     _return_freed_buffers()
     _migrate_in_child(config)
     port = config.port
+    app_factory: Callable[[TusServerConfig], web.Application] = create_app
     if config.role == "worker":
         from .worker import create_worker_app
 
-        app, port = create_worker_app(config), config.worker_port
-    else:
-        app = create_app(config)
+        app_factory, port = create_worker_app, config.worker_port
     ssl_context = None
     if config.tls_cert_file:
         import ssl
@@ -190,8 +189,18 @@ def _serve(config: TusServerConfig) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"tusserver: configuration error: tls_cert_file: {exc}", file=sys.stderr)
             return 2
+    if config.worker_count > 1:
+        from .supervisor import Supervisor
+
+        return Supervisor(
+            config,
+            processes=config.worker_count,
+            port=port,
+            app_factory=app_factory,
+            ssl_context=ssl_context,
+        ).run()
     web.run_app(
-        app,
+        app_factory(config),
         host=config.host,
         port=port,
         ssl_context=ssl_context,

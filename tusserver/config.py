@@ -132,7 +132,9 @@ class TusServerConfig:
         default="auto",
         metadata=_doc(
             "Upload locks: `memory` (one instance), `postgres` (advisory locks shared by every "
-            "instance on the database) or `auto` (postgres when the database is PostgreSQL)."
+            "instance on the database), `file` (lock files under `<data_dir>/locks`, shared by "
+            "the processes of one host) or `auto` (postgres when the database is PostgreSQL, "
+            "else file with `workers` above 1, else memory)."
         ),
     )
     write_buffer_size: int = field(
@@ -547,8 +549,8 @@ class TusServerConfig:
             raise ConfigError("clamd_url: must start with tcp:// or unix://")
         if self.pipeline_workers < 1:
             raise ConfigError("pipeline_workers: must be at least 1")
-        if self.locker not in ("auto", "memory", "postgres"):
-            raise ConfigError("locker: must be auto, memory or postgres")
+        if self.locker not in ("auto", "memory", "postgres", "file"):
+            raise ConfigError("locker: must be auto, memory, postgres or file")
         if self.locker == "postgres" and not self.database_url.startswith("postgresql"):
             raise ConfigError("locker: 'postgres' needs a PostgreSQL database_url")
         if self.auth not in ("jwt", "none"):

@@ -21,6 +21,7 @@ from aiohttp import web
 from .app import RUNTIME, build_runtime, readiness_response, refresh_backlog
 from .config import TusServerConfig
 from .middleware import add_response_headers, error_middleware
+from .multiproc import metrics_handler
 from .observability import request_context_middleware
 
 __all__ = ["create_worker_app"]
@@ -55,5 +56,5 @@ def create_worker_app(config: TusServerConfig) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", rt.metrics.handler(refresh_gauges))
+    app.router.add_get("/metrics", metrics_handler(rt.metrics, refresh_gauges))
     return app

@@ -83,24 +83,23 @@ class Backlog:
         *,
         stall_after: float,
         clock: Callable[[], dt.datetime] = _utcnow,
-        multiprocess: bool = False,
     ) -> None:
         self._db = db
         self._stall_after = dt.timedelta(seconds=stall_after)
         self._clock = clock
-        # Every process reads the same catalog: in multiprocess mode one value, not a sum.
-        mode: dict[str, str] = {"multiprocess_mode": "mostrecent"} if multiprocess else {}
         self.files = Gauge(
             BACKLOG_FILES,
             "Files waiting for the pipeline (validation and commit), on every instance",
             registry=registry,
-            **mode,  # type: ignore[arg-type]
+            # Every process reads the same catalog: with ``--workers`` one value, not a sum.
+            multiprocess_mode="mostrecent",
         )
         self.oldest = Gauge(
             BACKLOG_OLDEST,
             "Seconds the oldest file waiting for the pipeline has waited (0: none waiting)",
             registry=registry,
-            **mode,  # type: ignore[arg-type]
+            # Every process reads the same catalog: with ``--workers`` one value, not a sum.
+            multiprocess_mode="mostrecent",
         )
 
     async def refresh(self) -> BacklogState:
