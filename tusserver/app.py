@@ -47,7 +47,9 @@ from .config import TusServerConfig
 from .events import Hooks
 from .metrics import Metrics
 from .middleware import add_response_headers, cors_middleware, error_middleware
+from .multiproc import metrics_handler
 from .observability import request_context_middleware
+from .pipeline.backlog import Backlog
 from .pipeline.clamav import ClamdClient
 from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
@@ -84,6 +86,7 @@ class Runtime:
     cache: Cache
     cache_bus: LocalBus
     webhooks: WebhookSender | None = None
+    backlog: Backlog | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
 
@@ -114,7 +117,8 @@ class Runtime:
         self.gateway.audit_log.start()
         self.events.start()
         await self.pipeline.recover()
-        self.pipeline.start()
+        if self.config.role != "api":  # an api instance leaves the files to the workers
+            self.pipeline.start()
         self.sweeper.start()
         _log.info(
             "tusserver ready",
@@ -227,6 +231,7 @@ def build_runtime(
         hooks=the_hooks,
         webhooks=webhooks,
     )
+    pipeline.processes_here = config.role != "api"
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
@@ -264,6 +269,7 @@ def build_runtime(
         cache=cache,
         cache_bus=cache_bus,
         webhooks=webhooks,
+        backlog=Backlog(db, metrics.registry, stall_after=config.pipeline_stall_after),
         owns_db=database is None,
     )
 
@@ -409,6 +415,14 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
             timeout=config.lock_timeout,
             observe_wait=metrics.lock_wait.observe,
         )
+    if config.locker == "file" or (config.locker == "auto" and config.worker_count > 1):
+        from .uploads.filelocks import FileLocker
+
+        return FileLocker(
+            config.data_dir / "locks",
+            timeout=config.lock_timeout,
+            observe_wait=metrics.lock_wait.observe,
+        )
     return InProcessLocker(timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe)
 
 
@@ -538,6 +552,30 @@ async def _refresh_health_gauges(rt: Runtime) -> None:
     rt.metrics.data_dir_size.set(st.f_blocks * st.f_frsize)
 
 
+async def refresh_backlog(rt: Runtime) -> dict[str, object] | None:
+    """Read the pipeline backlog (and set its gauges); None if the catalog did not answer."""
+    if rt.backlog is None:
+        return None
+    try:
+        async with asyncio.timeout(5):
+            return (await rt.backlog.refresh()).describe()
+    except Exception as exc:
+        _log.warning("pipeline backlog unreadable", error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+async def readiness_response(rt: Runtime) -> web.Response:
+    """``/readyz``: 200 when the dependencies answer, 503 otherwise; the pipeline's backlog
+    is reported beside them (a stalled backlog does not make an instance unready: uploads
+    still work, the files wait for a worker)."""
+    checks = await rt.readiness()
+    ok = all(v == "ok" for v in checks.values())
+    body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if checks.get("database") == "ok" and (backlog := await refresh_backlog(rt)) is not None:
+        body["pipeline"] = backlog
+    return web.json_response(body, status=200 if ok else 503, headers={"Cache-Control": "no-store"})
+
+
 def create_app(
     config: TusServerConfig,
     *,
@@ -570,21 +608,16 @@ def create_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        checks = await rt.readiness()
-        ok = all(v == "ok" for v in checks.values())
-        return web.json_response(
-            {"status": "ready" if ok else "not ready", "checks": checks},
-            status=200 if ok else 503,
-            headers={"Cache-Control": "no-store"},
-        )
+        return await readiness_response(rt)
 
     async def refresh_gauges() -> None:
         rt.metrics.pipeline_queue.set(await rt.files.pending_count())
         await _refresh_health_gauges(rt)
+        await refresh_backlog(rt)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", rt.metrics.handler(refresh_gauges))
+    app.router.add_get("/metrics", metrics_handler(rt.metrics, refresh_gauges))
     gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
     files_api = FilesApi(
         db=rt.db,

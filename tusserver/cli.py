@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = add("serve", "run the server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--role",
+        choices=["all", "api", "worker"],
+        help="all: HTTP and pipeline (default); api: HTTP only; worker: pipeline only (role)",
+    )
+    serve.add_argument(
+        "--workers", help="server processes on the port: a number or 'auto' (workers)"
+    )
+    worker = add("worker", "run the pipeline only (health and metrics on worker_port)")
+    worker.add_argument("--host")
+    worker.add_argument("--port", type=int, help="port of /healthz, /readyz, /metrics")
     mig = add("migrate", "database migrations")
     mig.add_argument(
         "action", nargs="?", default="upgrade", choices=["upgrade", "downgrade", "current"]
@@ -132,13 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         extra = {}
         if args.command == "serve":
-            extra = {"host": args.host, "port": args.port}
+            extra = {
+                "host": args.host,
+                "port": args.port,
+                "role": args.role,
+                "workers": args.workers,
+            }
+        elif args.command == "worker":
+            extra = {"host": args.host, "worker_port": args.port, "role": "worker"}
         config = _load(args, extra)
     except ConfigError as exc:
         print(f"tusserver: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=config.log_format, level=config.log_level)
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         return _serve(config)
     if args.command == "migrate":
         return asyncio.run(_migrate(config, args.action, args.revision))
@@ -165,7 +183,12 @@ def _serve(config: TusServerConfig) -> int:
 
     _return_freed_buffers()
     _migrate_in_child(config)
-    app = create_app(config)
+    port = config.port
+    app_factory: Callable[[TusServerConfig], web.Application] = create_app
+    if config.role == "worker":
+        from .worker import create_worker_app
+
+        app_factory, port = create_worker_app, config.worker_port
     ssl_context = None
     if config.tls_cert_file:
         import ssl
@@ -177,10 +200,20 @@ def _serve(config: TusServerConfig) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"tusserver: configuration error: tls_cert_file: {exc}", file=sys.stderr)
             return 2
+    if config.worker_count > 1:
+        from .supervisor import Supervisor
+
+        return Supervisor(
+            config,
+            processes=config.worker_count,
+            port=port,
+            app_factory=app_factory,
+            ssl_context=ssl_context,
+        ).run()
     web.run_app(
-        app,
+        app_factory(config),
         host=config.host,
-        port=config.port,
+        port=port,
         ssl_context=ssl_context,
         print=lambda *_: None,
         access_log=None,

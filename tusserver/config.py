@@ -44,6 +44,27 @@ class TusServerConfig:
     # --- server ---------------------------------------------------------------------------
     host: str = field(default="127.0.0.1", metadata=_doc("Address to listen on."))
     port: int = field(default=1080, metadata=_doc("TCP port to listen on."))
+    role: str = field(
+        default="all",
+        metadata=_doc(
+            "What `tusserver serve` runs: `all` (HTTP and the pipeline, the embedded default), "
+            "`api` (HTTP only: finished files wait for a `tusserver worker`) or `worker` (the "
+            "pipeline only, with health and metrics on `worker_port`; what `tusserver worker` "
+            "runs)."
+        ),
+    )
+    workers: str = field(
+        default="1",
+        metadata=_doc(
+            "Server processes sharing `port` (`serve --workers`), supervised by one parent "
+            "that restarts a process that dies; `auto`: one per CPU. With more than one, "
+            "upload locks work across the processes (lock files under `<data_dir>/locks`)."
+        ),
+    )
+    worker_port: int = field(
+        default=1081,
+        metadata=_doc("TCP port of `tusserver worker`: only `/healthz`, `/readyz` and `/metrics`."),
+    )
     data_dir: Path = field(
         default=Path("./data"),
         metadata=_doc("Directory for the embedded default: the SQLite database and local storage."),
@@ -120,7 +141,9 @@ class TusServerConfig:
         default="auto",
         metadata=_doc(
             "Upload locks: `memory` (one instance), `postgres` (advisory locks shared by every "
-            "instance on the database) or `auto` (postgres when the database is PostgreSQL)."
+            "instance on the database), `file` (lock files under `<data_dir>/locks`, shared by "
+            "the processes of one host) or `auto` (postgres when the database is PostgreSQL, "
+            "else file with `workers` above 1, else memory)."
         ),
     )
     write_buffer_size: int = field(
@@ -247,6 +270,13 @@ class TusServerConfig:
     pipeline_poll_interval: float = field(
         default=2.0,
         metadata=_doc("Seconds between looks for due work (retries, other instances' files)."),
+    )
+    pipeline_stall_after: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds files may wait with no file committed or rejected by any worker before "
+            "`/readyz` reports the backlog as stalled (no worker running, or all failing)."
+        ),
     )
     allowed_categories: tuple[str, ...] = field(
         default=("video", "audio", "image", "document", "other"),
@@ -459,6 +489,12 @@ class TusServerConfig:
     def __post_init__(self) -> None:
         if not (0 < self.port < 65536):
             raise ConfigError(f"port: {self.port} is not a TCP port")
+        if not (0 < self.worker_port < 65536):
+            raise ConfigError(f"worker_port: {self.worker_port} is not a TCP port")
+        if self.role not in ("all", "api", "worker"):
+            raise ConfigError("role: must be 'all', 'api' or 'worker'")
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) >= 1):
+            raise ConfigError(f"workers: {self.workers!r} is not 'auto' or a number of at least 1")
         if not self.base_path.startswith("/") or not self.base_path.endswith("/"):
             raise ConfigError("base_path: must start and end with '/'")
         for name in (
@@ -545,8 +581,8 @@ class TusServerConfig:
             raise ConfigError("clamd_url: must start with tcp:// or unix://")
         if self.pipeline_workers < 1:
             raise ConfigError("pipeline_workers: must be at least 1")
-        if self.locker not in ("auto", "memory", "postgres"):
-            raise ConfigError("locker: must be auto, memory or postgres")
+        if self.locker not in ("auto", "memory", "postgres", "file"):
+            raise ConfigError("locker: must be auto, memory, postgres or file")
         if self.locker == "postgres" and not self.database_url.startswith("postgresql"):
             raise ConfigError("locker: 'postgres' needs a PostgreSQL database_url")
         if self.auth not in ("jwt", "none"):
@@ -595,6 +631,15 @@ class TusServerConfig:
             if "active" in str(exc):
                 name = "encryption_active_key"
             raise ConfigError(f"{name}: {exc}") from None
+
+    @property
+    def worker_count(self) -> int:
+        """The number of server processes ``workers`` asks for (``auto``: the usable CPUs)."""
+        if self.workers != "auto":
+            return int(self.workers)
+        if hasattr(os, "sched_getaffinity"):
+            return max(1, len(os.sched_getaffinity(0)))
+        return os.cpu_count() or 1
 
     @property
     def uploads_dir(self) -> Path:
@@ -669,6 +714,7 @@ _NON_NEGATIVE_NUMBERS = (
     "pipeline_retry_base",
     "pipeline_retry_max",
     "pipeline_poll_interval",
+    "pipeline_stall_after",
     "clamd_timeout",
     "quarantine_retention",
     "jwt_leeway",
@@ -681,6 +727,10 @@ _NON_NEGATIVE_NUMBERS = (
     "rate_limit_logins",
     "rate_limit_logins_wide",
 )
+
+
+#: String settings that also take a TOML integer.
+_STR_OR_INT = frozenset({"workers"})
 
 
 def _field_types() -> dict[str, Any]:
@@ -724,6 +774,8 @@ def _coerce(name: str, raw: Any, typ: Any, *, from_env: bool) -> Any:
         if typ is str:
             if isinstance(raw, str):
                 return raw
+            if name in _STR_OR_INT and isinstance(raw, int) and not isinstance(raw, bool):
+                return str(raw)  # workers = 4 as well as workers = "auto"
             raise ValueError
         if typ is Path:
             if isinstance(raw, str | Path):

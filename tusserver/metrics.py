@@ -35,8 +35,9 @@ class Metrics:
         )
         self.files = Counter("tusserver_files", "Pipeline outcomes", ["outcome"], registry=r)
         self.in_flight = Gauge(
-            "tusserver_patches_in_flight", "PATCH requests receiving bytes now", registry=r
-        )
+            "tusserver_patches_in_flight", "PATCH requests receiving bytes now", registry=r,
+            multiprocess_mode="livesum",  # serve --workers: the sum over live processes
+        )  # fmt: skip
         self.patch_seconds = Histogram(
             "tusserver_patch_duration_seconds", "PATCH latency", buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -51,7 +52,7 @@ class Metrics:
         )  # fmt: skip
         self.pipeline_queue = Gauge(
             "tusserver_pipeline_queue_depth", "Files waiting for validation or commit",
-            registry=r,
+            registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.s3_seconds = Histogram(
             "tusserver_s3_request_seconds", "S3 request latency by operation", ["op"],

@@ -17,6 +17,10 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   syncs files stays on the thread too: WAL checkpoints (run when the WAL passes 4 MiB), the
   first write after one (it starts the WAL over, syncing its header) and, with ``durable``
   (``fsync``), every quick write (each commit syncs the WAL).
+- Several processes on one database (``serve --workers N``, a ``worker`` beside ``serve``)
+  queue their writes on a lock file beside it (``flock``): a process whose write found the
+  lock taken waits in the kernel and is woken when it is free, instead of polling SQLite with
+  growing sleeps while the others keep writing (which starved it).
 
 ``Database.engine`` (the async engine) stays for migrations, tests and rare admin work.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -112,10 +117,20 @@ def _is_busy(exc: OperationalError) -> bool:
 class SqliteRunner:
     """The one connection of a SQLite catalog: units run inline or on one thread."""
 
-    def __init__(self, engine: Engine, *, durable: bool, wal_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        durable: bool,
+        wal_path: Path | None = None,
+        writer_lock_path: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.durable = durable
         self._wal_path = wal_path
+        #: Writers of every process queue on this file (see the module docstring).
+        self._writer_lock_path = writer_lock_path
+        self._writer_fd: int | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         #: Held by whoever uses the connection: a unit inline, or the thread.
         self._conn_lock = threading.Lock()
@@ -133,8 +148,12 @@ class SqliteRunner:
         if quick and not (write and self.durable) and self._conn_lock.acquire(blocking=False):
             try:
                 # (Checked under the lock: a checkpoint may have just set it.)
-                if not (write and self._wal_restart):
-                    result = self._unit(work, write)
+                if not (write and self._wal_restart) and (not write or self._writer_lock(False)):
+                    try:
+                        result = self._unit(work, write)
+                    finally:
+                        if write:
+                            self._writer_unlock()
                     if write:
                         self._wrote()
                     return result
@@ -154,6 +173,8 @@ class SqliteRunner:
         pause = 0.001
         while True:
             with self._conn_lock:
+                if write:
+                    self._writer_lock(True)
                 try:
                     result = self._unit(work, write)
                 except _Busy:
@@ -165,8 +186,30 @@ class SqliteRunner:
                     if write:
                         self._wal_restart = False
                     return result
+                finally:
+                    if write:
+                        self._writer_unlock()
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _writer_lock(self, wait: bool) -> bool:
+        """Take the cross-process writer lock (the caller holds ``_conn_lock``); without
+        ``wait``, False when another process holds it."""
+        if self._writer_lock_path is None:
+            return True
+        if self._writer_fd is None:
+            self._writer_fd = os.open(
+                self._writer_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        try:
+            fcntl.flock(self._writer_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _writer_unlock(self) -> None:
+        if self._writer_fd is not None:
+            fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     def _unit(self, work: Callable[[Connection], T], write: bool) -> T:
         """One unit on the connection; the caller holds ``_conn_lock``."""
@@ -238,6 +281,9 @@ class SqliteRunner:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._writer_fd is not None:
+                os.close(self._writer_fd)
+                self._writer_fd = None
             self.engine.dispose()
 
 
@@ -291,7 +337,13 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         _sqlite_pragmas("FULL" if durable else "NORMAL", busy_ms=0, autocheckpoint=False),
     )
     wal = Path(f"{parsed.database}-wal")
-    return Database(engine, SqliteRunner(sync_engine, durable=durable, wal_path=wal))
+    runner = SqliteRunner(
+        sync_engine,
+        durable=durable,
+        wal_path=wal,
+        writer_lock_path=Path(f"{parsed.database}-writer.lock"),
+    )
+    return Database(engine, runner)
 
 
 def _sqlite_pragmas(

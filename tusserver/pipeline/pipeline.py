@@ -136,6 +136,9 @@ class Pipeline:
         self.on_integrity_error: Callable[[FileRecord, str], None] | None = None
         #: How long a claim holds a file; a live worker renews it every third of that.
         self.lease = _LEASE
+        #: False on an ``api`` instance: files are only recorded here, for the workers of
+        #: other processes to claim from the catalog (nothing is queued in this process).
+        self.processes_here = True
 
     @property
     def objects(self) -> ObjectStore:
@@ -162,7 +165,7 @@ class Pipeline:
         )
         now = self._clock()
         created = await self._files.create_for_upload(new, now)
-        if created == file_id:
+        if created == file_id and self.processes_here:
             # The worker starts from this record instead of reading the row back.
             self._fresh[file_id] = FileRecord(
                 id=file_id,
@@ -187,7 +190,8 @@ class Pipeline:
                 committed_at=None,
                 upload_id=rec.id,
             )
-        self._enqueue(created)
+        if self.processes_here:
+            self._enqueue(created)
         if self._events is not None and created == file_id:
             self._events.record(
                 Event(

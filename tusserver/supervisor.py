@@ -1,0 +1,240 @@
+"""``tusserver serve --workers N``: N server processes on one port, under one parent.
+
+The parent binds the listening socket once and forks N children that all accept on it (the
+kernel hands each new connection to one of them). It serves nothing itself; it
+
+- restarts a child that dies (at once, or after a growing pause, up to 10 s, when children
+  keep dying young: a crash loop must not spin);
+- forwards SIGTERM and SIGINT to every child, waits for their graceful stop (in-flight
+  requests finish, uploads are left resumable), kills what is left after the shutdown
+  timeout, and exits 0;
+- collects the metrics of all children in one directory (see :mod:`tusserver.multiproc`),
+  so ``/metrics`` on any child shows the whole.
+
+A child dies with its parent (``PR_SET_PDEATHSIG``): a SIGKILLed parent leaves no orphan
+serving on its own. Only child 0 runs the periodic sweeper (expiry, quarantine, retention);
+every child runs pipeline workers, which share the work through the catalog's leases. On
+SQLite the children's server-side cache is off (an invalidation would reach only the process
+that made the change); rate limits count per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from . import multiproc
+from .config import TusServerConfig
+
+__all__ = ["Supervisor"]
+
+_log = structlog.get_logger("tusserver.supervisor")
+
+#: A child that lived less than this died young: the next start waits, longer each time.
+_YOUNG = 5.0
+_MAX_PAUSE = 10.0
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+
+
+@dataclass
+class _Slot:
+    index: int
+    pid: int | None = None
+    started: float = 0.0
+    pause: float = 0.0
+    restart_at: float | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: TusServerConfig,
+        *,
+        processes: int,
+        port: int,
+        app_factory: Callable[[TusServerConfig], web.Application],
+        ssl_context: ssl.SSLContext | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self._config = config
+        self._processes = processes
+        self._port = port
+        self._app_factory = app_factory
+        self._ssl = ssl_context
+        self._shutdown_timeout = shutdown_timeout
+        self._slots = [_Slot(i) for i in range(processes)]
+        self._sock: socket.socket | None = None
+        self._metrics_dir: Path | None = None
+
+    # --- parent ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        host = self._config.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, self._port), family=family, backlog=1024)
+        self._sock.set_inheritable(True)
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="tusserver-metrics-"))
+        multiproc.enable(self._metrics_dir)
+        self._prepare_shared_state()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        _log.info("supervisor started", processes=self._processes, host=host, port=self._port)
+        try:
+            for slot in self._slots:
+                self._spawn(slot)
+            self._loop()
+        finally:
+            self._sock.close()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        _log.info("supervisor stopped")
+        return 0
+
+    def _prepare_shared_state(self) -> None:
+        """What the children would otherwise race to create: the generated JWT secret."""
+        c = self._config
+        if c.auth == "jwt" and c.jwt_algorithm == "HS256" and not c.jwt_secret and not c.jwks_url:
+            from .app import _generated_secret
+
+            _generated_secret(c)
+
+    def _loop(self) -> None:
+        stopping_since: float | None = None
+        while True:
+            now = time.monotonic()
+            waits = [s.restart_at - now for s in self._slots if s.restart_at is not None]
+            timeout = max(0.05, min([1.0, *waits]))
+            info = signal.sigtimedwait(_SIGNALS, timeout)
+            stop = info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT)
+            if stop and stopping_since is None:
+                stopping_since = time.monotonic()
+                _log.info("stopping the server processes")
+                for slot in self._slots:
+                    slot.restart_at = None
+                    self._signal(slot, signal.SIGTERM)
+            self._reap(restart=stopping_since is None)
+            if stopping_since is not None:
+                if all(s.pid is None for s in self._slots):
+                    return
+                if time.monotonic() - stopping_since > self._shutdown_timeout + 5:
+                    for slot in self._slots:
+                        self._signal(slot, signal.SIGKILL)
+                continue
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.pid is None and slot.restart_at is not None and slot.restart_at <= now:
+                    self._spawn(slot)
+
+    def _reap(self, *, restart: bool) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self._slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            slot.pid = None
+            if self._metrics_dir is not None:
+                with contextlib.suppress(OSError):
+                    multiproc.process_gone(pid, self._metrics_dir)
+            lived = time.monotonic() - slot.started
+            if not restart:
+                _log.info("server process stopped", pid=pid, slot=slot.index, status=status)
+                continue
+            slot.pause = min(max(slot.pause * 2, 0.5), _MAX_PAUSE) if lived < _YOUNG else 0.0
+            slot.restart_at = time.monotonic() + slot.pause
+            _log.warning(
+                "server process died; restarting it",
+                pid=pid,
+                slot=slot.index,
+                status=_describe(status),
+                lived_seconds=round(lived, 1),
+                restart_in=slot.pause,
+            )
+
+    @staticmethod
+    def _signal(slot: _Slot, sig: signal.Signals) -> None:
+        if slot.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, sig)
+
+    def _spawn(self, slot: _Slot) -> None:
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._child(slot.index, parent)  # never returns
+        slot.pid, slot.started, slot.restart_at = pid, time.monotonic(), None
+        _log.info("server process started", pid=pid, slot=slot.index)
+
+    # --- child ----------------------------------------------------------------------------
+
+    def _child(self, index: int, parent: int) -> None:
+        code = 1
+        try:
+            for sig in _SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            _die_with_parent()
+            if os.getppid() != parent:
+                os._exit(1)  # the parent died before the line above
+            assert self._sock is not None
+            web.run_app(
+                self._app_factory(self.child_config(index)),
+                sock=self._sock,
+                ssl_context=self._ssl,
+                print=lambda *_: None,
+                access_log=None,
+                shutdown_timeout=self._shutdown_timeout,
+            )
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def child_config(self, index: int) -> TusServerConfig:
+        """The configuration of child ``index``: child 0 alone sweeps; no cache on SQLite."""
+        changes: dict[str, object] = {}
+        if index > 0:
+            changes["sweep_interval"] = 0.0
+        sqlite = not self._config.effective_database_url.startswith("postgresql")
+        if sqlite and self._config.cache_ttl > 0:
+            changes["cache_ttl"] = 0.0
+        return self._config.replace(**changes) if changes else self._config
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    if os.WIFEXITED(status):
+        return f"exit {os.WEXITSTATUS(status)}"
+    return str(status)
