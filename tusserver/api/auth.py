@@ -17,7 +17,7 @@ from auth.passwords import hash_password, verify_password, verify_password_or_du
 from auth.users import User, UserExists, valid_username
 
 from ..config import TusServerConfig
-from ..errors import BadRequest, Conflict, Forbidden, Unauthorized
+from ..errors import BadRequest, Forbidden, Unauthorized, UsernameTaken
 from .common import read_json, string_field
 
 __all__ = ["AuthApi"]
@@ -59,7 +59,7 @@ class AuthApi:
         try:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
         except UserExists:
-            raise Conflict("that username is taken") from None
+            raise UsernameTaken("that username is taken") from None
         await self._gw.audit_log.record(
             "user.register", actor=user.id, ip=self._gw.client_ip(request)
         )

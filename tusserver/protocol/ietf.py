@@ -46,7 +46,6 @@ from ..errors import (
     UploadInterrupted,
     UploadSuspended,
 )
-from ..events import HookRejection
 from ..http_io import caller_of
 from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
@@ -292,8 +291,6 @@ class IetfHandlers:
             return exc.response()
         if isinstance(exc, TusError):
             return self._problem_of(exc).response()
-        if isinstance(exc, HookRejection):
-            return Problem(exc.status, exc.message).response()
         raise exc
 
     def _problem_of(self, exc: TusError) -> Problem:
