@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -62,10 +63,15 @@ async def verify_password(password: str, stored: str) -> bool:
     return await asyncio.to_thread(_verify_sync, password, stored)
 
 
-_DUMMY = _hash_sync(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy() -> str:
+    """The hash unknown users are checked against: made on first use, not at import."""
+    return _hash_sync(secrets.token_urlsafe(16))
 
 
 async def verify_password_or_dummy(password: str, stored: str | None) -> bool:
     """Verify, spending the same work when there is no user (no timing oracle)."""
-    ok = await verify_password(password, stored if stored is not None else _DUMMY)
+    if stored is None:
+        dummy = await asyncio.to_thread(_dummy)
+    ok = await verify_password(password, stored if stored is not None else dummy)
     return ok and stored is not None

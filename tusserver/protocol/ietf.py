@@ -47,10 +47,11 @@ from ..errors import (
     UploadSuspended,
 )
 from ..http_io import caller_of
+from ..types import Checksum
 from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
 from . import sfv
-from .headers import Checksum, is_valid_upload_id
+from .headers import is_valid_upload_id
 
 __all__ = [
     "COMPLETED_UPLOAD",

@@ -48,7 +48,7 @@ from ..errors import (
     UploadSuspended,
 )
 from ..events import CreateContext, Hooks
-from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
+from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
 from .locks import Locker
 from .observer import Caller, NullObserver, UploadObserver
