@@ -423,10 +423,12 @@ class FilesApi:
         Each file is streamed into the chunk store as it arrives (never held in memory) and
         becomes its own upload; a failure of one file is reported in its entry and does not
         stop the others. An optional ``folder`` field before the files says where they go.
+        Any other body is one file, named by the ``filename`` query parameter
+        (:meth:`_raw_upload`).
         """
         principal = await self._gate.principal(request)
         if not request.content_type.startswith("multipart/form-data"):
-            raise BadRequest("send multipart/form-data with one or more file fields")
+            return await self._raw_upload(request, principal)
         reader = await request.multipart()
         results: list[dict[str, Any]] = []
         folder: str | None = None
@@ -457,6 +459,52 @@ class FilesApi:
         failed = sum(1 for e in results if "error" in e)
         status = 201 if failed < len(results) else 400
         return web.json_response({"files": results}, status=status)
+
+    async def _raw_upload(self, request: web.Request, principal: Principal) -> web.Response:
+        """One file as the whole body: ``POST /upload?filename=a.png&mimetype=image/png``."""
+        query = request.query
+        unknown = sorted(set(query.keys()) - {"filename", "mimetype", "folder"})
+        if unknown:
+            raise BadRequest(f"unknown parameter: {unknown[0][:40]}")
+        raw_name = query.get("filename", "")
+        if not raw_name.strip():
+            raise BadRequest(
+                "send multipart/form-data with one or more file fields, or the file as the "
+                "body with ?filename=...&mimetype=..."
+            )
+        if len(raw_name) > 1024:
+            raise BadRequest("filename: at most 1024 characters")
+        # As for a form's file: the name is kept as sent; the pipeline makes it safe.
+        name = raw_name
+        mimetype = (query.get("mimetype") or "").strip().lower()
+        if not mimetype:
+            declared = request.content_type.lower()
+            mimetype = declared if declared and _MIME.fullmatch(declared) else ""
+        if not mimetype:
+            mimetype = "application/octet-stream"
+        if not _MIME.fullmatch(mimetype) or "*" in mimetype:
+            raise BadRequest("mimetype: a MIME type like image/png")
+        folder = normalize_folder(query["folder"]) if query.get("folder") else None
+        final = await self._uploads.upload_whole(
+            caller_of(self._gate, request, principal),
+            metadata={"filename": name.encode(), "filetype": mimetype.encode()},
+            body=request.content,
+            content_length=request.content_length,
+        )
+        file_id = final.record.file_id
+        if folder and file_id:
+            await self._files.organize(file_id, folder=folder, now=dt.datetime.now(dt.UTC))
+        f = await self._files.get(file_id or "")
+        entry: dict[str, Any] = {"file_id": file_id, "filename": name, "mimetype": mimetype}
+        if f is not None:
+            entry.update(file_json(f, self._base(request)))
+        entry.update(
+            upload_id=final.record.id,
+            size=final.offset,
+            status=f.status.value if f else "received",
+            url=f"{self._base(request)}/file/{file_id}" if file_id else None,
+        )
+        return web.json_response(entry, status=201)
 
     async def _one_form_file(
         self,
