@@ -156,6 +156,16 @@ class RequestTimeout(TusError):
     status = 408
     code = "body_idle_timeout"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.progress = progress
+
 
 class Conflict(TusError):
     """The offset a client sent is not the upload's (tus and the IETF draft)."""

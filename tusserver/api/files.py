@@ -24,9 +24,16 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
-from ..errors import BadRequest, NotFound, TusError, UploadInterrupted, UploadSuspended
+from ..errors import (
+    BadRequest,
+    NotFound,
+    RequestTimeout,
+    TusError,
+    UploadInterrupted,
+    UploadSuspended,
+)
 from ..errors import StateConflict as Conflict
-from ..http_io import caller_of, stream_bytes
+from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
@@ -427,6 +434,7 @@ class FilesApi:
         (:meth:`_raw_upload`).
         """
         principal = await self._gate.principal(request)
+        refuse_encoded_body(request)
         if not request.content_type.startswith("multipart/form-data"):
             return await self._raw_upload(request, principal)
         reader = await request.multipart()
@@ -440,7 +448,7 @@ class FilesApi:
                 raise BadRequest("nested multipart bodies are not supported")
             if part.filename is None:
                 if part.name == "folder":
-                    folder = normalize_folder((await part.read(decode=True))[:1024].decode())
+                    folder = normalize_folder(_text(await part.read(decode=True), "folder"))
                 else:
                     await part.release()
                 continue
@@ -516,6 +524,9 @@ class FilesApi:
         """Upload one file part; its entry, and whether the request's body was stopped."""
         name = part.filename or "file"
         ctype = part.headers.get("Content-Type", "application/octet-stream")
+        if not _encodable(name) or not _encodable(ctype):
+            # Header bytes that are not UTF-8 reach us as lone surrogates.
+            raise BadRequest("a file part's name or Content-Type is not valid UTF-8")
         entry: dict[str, Any] = {"filename": name}
 
         def created(status: UploadStatus) -> None:
@@ -537,7 +548,7 @@ class FilesApi:
             f = await self._files.get(final.record.file_id or "")
             entry["status"] = f.status.value if f else "received"
         except TusError as exc:
-            stopped = isinstance(exc, UploadInterrupted | UploadSuspended)
+            stopped = isinstance(exc, UploadInterrupted | UploadSuspended | RequestTimeout)
             if not stopped:
                 await part.release()
             entry["error"] = exc.code
@@ -545,6 +556,24 @@ class FilesApi:
             entry["status_code"] = exc.status
             return entry, stopped
         return entry, False
+
+
+def _text(raw: bytes, field: str) -> str:
+    """A form field's value as text: UTF-8 (else 400)."""
+    if len(raw) > 4 * 1024:
+        raise BadRequest(f"{field}: at most 1024 characters")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{field}: not valid UTF-8") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class PartStream:

@@ -42,11 +42,12 @@ from ..errors import (
     Conflict,
     PayloadTooLarge,
     Progress,
+    RequestTimeout,
     TusError,
     UploadInterrupted,
     UploadSuspended,
 )
-from ..http_io import caller_of
+from ..http_io import caller_of, refuse_encoded_body
 from ..types import Checksum
 from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
@@ -353,6 +354,7 @@ class IetfHandlers:
     # --- creation (POST, PUT or PATCH on the creation URL) ----------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
+        refuse_encoded_body(request)
         # "A client can start a resumable upload from any request that can carry content by
         # including the Upload-Complete header field"
         complete = sfv.parse_boolean(_field(request, "Upload-Complete"))
@@ -441,6 +443,7 @@ class IetfHandlers:
     # --- append (PATCH on an upload URL) ----------------------------------------------------
 
     async def _append_request(self, request: web.Request, upload_id: str) -> web.Response:
+        refuse_encoded_body(request)
         ctype = request.headers.get("Content-Type", "")
         if ctype.split(";", 1)[0].strip().lower() != PARTIAL_UPLOAD:
             # RFC 5789: an unsupported patch document is a 415 with Accept-Patch.
@@ -579,9 +582,9 @@ class IetfHandlers:
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc) from None
-        except (UploadInterrupted, UploadSuspended) as exc:
-            # Released to a newer request, or the server is restarting: what arrived is
-            # stored, the client resumes from the offset.
+        except (UploadInterrupted, UploadSuspended, RequestTimeout) as exc:
+            # Released to a newer request, the server is restarting or the content stalled:
+            # what arrived is stored, the client resumes from the offset.
             headers = {**exc.headers, **_progress_headers(exc.progress)}
             raise Problem(exc.status, exc.message, headers=headers) from None
         stopped = readers and readers[0].interruption is not Interruption.NONE

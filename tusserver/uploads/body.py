@@ -7,6 +7,7 @@ receives in a :class:`BodyReader`, whatever the entry path: a tus or IETF-draft 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -34,6 +35,8 @@ class Interruption(enum.Enum):
     RELEASED = "released"
     #: The server is shutting down: what arrived is kept, the client resumes later.
     SHUTDOWN = "shutdown"
+    #: The body sent nothing for ``idle_timeout`` seconds: what arrived is kept.
+    IDLE = "idle"
 
 
 class _ReleaseRequested(Exception):
@@ -48,9 +51,13 @@ class BodyReader:
     the bytes received so far are still yielded, so the store keeps them.
     """
 
-    def __init__(self, content: ByteStream, block_size: int) -> None:
+    def __init__(
+        self, content: ByteStream, block_size: int, *, idle_timeout: float | None = None
+    ) -> None:
         self._content = content
         self._block_size = block_size
+        #: Seconds one read may wait for bytes (None: forever).
+        self.idle_timeout = idle_timeout or None
         self.interruption = Interruption.NONE
         self.received = 0
 
@@ -68,12 +75,21 @@ class BodyReader:
         buf = bytearray()
         size = self._block_size
         content = self._content
+        idle = self.idle_timeout
         while True:
             try:
                 # At most what completes the block: readany() would join everything aiohttp
                 # has buffered (often several blocks' worth with many uploads at once).
-                data = await content.read(size - len(buf))
+                if idle is None:
+                    data = await content.read(size - len(buf))
+                else:
+                    async with asyncio.timeout(idle):
+                        data = await content.read(size - len(buf))
             except _ReleaseRequested:
+                break
+            except TimeoutError:
+                # A stalled body: keep what arrived, and read no more of it.
+                self.stop(Interruption.IDLE)
                 break
             except (OSError, HttpProcessingError):
                 if self.interruption is Interruption.NONE:

@@ -4,7 +4,8 @@ The rules it keeps:
 - an offset is reported only after the bytes and the row behind it are written;
 - the chunk store's own byte count is the truth for an upload in progress;
 - one writer per upload (the Locker), and every request on an upload takes the lock, so a
-  HEAD after a dead connection breaks the stale PATCH instead of waiting for it.
+  HEAD after a dead connection breaks the stale PATCH instead of waiting for it; the owner
+  is checked before the lock is asked for, so nobody else can make a PATCH let go.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     Progress,
+    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
     UploadInterrupted,
@@ -241,6 +243,7 @@ class UploadService:
 
     async def status(self, principal: Principal, upload_id: str) -> UploadStatus:
         """The state of an upload for HEAD. Takes the lock, breaking a stale writer."""
+        await self._get_live(principal, upload_id)  # only the owner may break a writer
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
@@ -331,7 +334,9 @@ class UploadService:
             cost=content_length or 0,
             require=None if content_length is not None else 1,
         )
-        reader = BodyReader(body, self.config.write_buffer_size)
+        reader = BodyReader(
+            body, self.config.write_buffer_size, idle_timeout=self.config.body_idle_timeout
+        )
         self._receiving.add(reader)
         try:
             with self.observer.receiving():
@@ -407,6 +412,9 @@ class UploadService:
         The bytes go through :class:`_Guard` (length, quota and store limits, the early type
         check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
         """
+        # Someone else's upload answers 404 before the lock is asked for: only its owner (or
+        # an administrator) can make a request on it let go.
+        await self._get_live(principal, upload_id)
         async with self.locker.lock(upload_id, on_release=on_release):
             rec = await self._get_live(principal, upload_id)
             if rec.is_final:
@@ -644,6 +652,7 @@ class UploadService:
     # --- termination, reading, expiry -------------------------------------------------------
 
     async def terminate(self, principal: Principal, upload_id: str) -> None:
+        await self._get_live(principal, upload_id)  # only the owner may break a writer
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             await self.repo.update(
@@ -709,10 +718,17 @@ async def _refuse_more(source: ChunkSource, content_length: int | None) -> None:
 
 def _raise_if_stopped(interruption: Interruption, status: UploadStatus) -> None:
     """After what arrived is stored: tell the client why its body was cut short."""
-    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN):
+    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN, Interruption.IDLE):
         return
     assert status.offset is not None
     progress = Progress(status.offset, status.record.length, status.finished)
+    if interruption is Interruption.IDLE:
+        raise RequestTimeout(
+            "the body sent nothing for too long; what arrived is stored, resume from "
+            "Upload-Offset",
+            headers={"Upload-Offset": str(status.offset), "Connection": "close"},
+            progress=progress,
+        )
     if interruption is Interruption.RELEASED:
         raise UploadInterrupted(
             "the upload was taken over by a newer request; resume from Upload-Offset",
