@@ -52,7 +52,7 @@ from ..errors import (
 from ..events import CreateContext, Hooks
 from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
-from .locks import Locker
+from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
 __all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspended"]
@@ -243,7 +243,7 @@ class UploadService:
 
     async def status(self, principal: Principal, upload_id: str) -> UploadStatus:
         """The state of an upload for HEAD. Takes the lock, breaking a stale writer."""
-        await self._get_live(principal, upload_id)  # only the owner may break a writer
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
@@ -257,6 +257,19 @@ class UploadService:
                 await self._finish(rec, status.offset)
                 status = await self._status_of(upload_id)
             return status
+
+    async def _owner_before_lock(self, principal: Principal, upload_id: str) -> None:
+        """Someone else's upload answers 404 before the lock is asked for: only its owner (or
+        an administrator) can make a request on it let go.
+
+        A free in-process lock is taken without waking anyone, before the caller awaits
+        anything else: the check under the lock is then enough, and the hot path reads the
+        row once.
+        """
+        locker = self.locker
+        if isinstance(locker, KnowsHolders) and not locker.is_locked(upload_id):
+            return
+        await self._get_live(principal, upload_id)
 
     async def _status_of(self, upload_id: str) -> UploadStatus:
         rec = await self.repo.get(upload_id)
@@ -412,9 +425,7 @@ class UploadService:
         The bytes go through :class:`_Guard` (length, quota and store limits, the early type
         check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
         """
-        # Someone else's upload answers 404 before the lock is asked for: only its owner (or
-        # an administrator) can make a request on it let go.
-        await self._get_live(principal, upload_id)
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id, on_release=on_release):
             rec = await self._get_live(principal, upload_id)
             if rec.is_final:
@@ -652,7 +663,7 @@ class UploadService:
     # --- termination, reading, expiry -------------------------------------------------------
 
     async def terminate(self, principal: Principal, upload_id: str) -> None:
-        await self._get_live(principal, upload_id)  # only the owner may break a writer
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             await self.repo.update(
