@@ -76,36 +76,54 @@ class BodyReader:
         size = self._block_size
         content = self._content
         idle = self.idle_timeout
-        while True:
-            try:
-                # At most what completes the block: readany() would join everything aiohttp
-                # has buffered (often several blocks' worth with many uploads at once).
-                if idle is None:
-                    data = await content.read(size - len(buf))
-                else:
-                    async with asyncio.timeout(idle):
-                        data = await content.read(size - len(buf))
-            except _ReleaseRequested:
-                break
-            except TimeoutError:
+        loop = asyncio.get_running_loop()
+        #: When the current read began waiting (None: not reading); one timer per body
+        #: watches it, cheaper than a timeout around every read.
+        waiting_since: float | None = None
+        watchdog: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal watchdog
+            assert idle is not None
+            now = loop.time()
+            if waiting_since is not None and now - waiting_since >= idle:
                 # A stalled body: keep what arrived, and read no more of it.
+                watchdog = None
                 self.stop(Interruption.IDLE)
-                break
-            except (OSError, HttpProcessingError):
-                if self.interruption is Interruption.NONE:
-                    self.interruption = Interruption.DISCONNECTED
-                break
-            if not data:
-                if self.interruption is Interruption.NONE and not content.is_eof():
-                    self.interruption = Interruption.DISCONNECTED
-                break
-            self.received += len(data)
-            if not buf and len(data) >= size:
-                yield data
-                continue
-            buf += data
-            if len(buf) >= size:
+                return
+            watchdog = loop.call_at((waiting_since or now) + idle, watch)
+
+        if idle is not None:
+            watchdog = loop.call_at(loop.time() + idle, watch)
+        try:
+            while True:
+                try:
+                    # At most what completes the block: readany() would join everything
+                    # aiohttp has buffered (often several blocks' worth with many uploads).
+                    if idle is not None:
+                        waiting_since = loop.time()
+                    data = await content.read(size - len(buf))
+                    waiting_since = None
+                except _ReleaseRequested:
+                    break
+                except (OSError, HttpProcessingError):
+                    if self.interruption is Interruption.NONE:
+                        self.interruption = Interruption.DISCONNECTED
+                    break
+                if not data:
+                    if self.interruption is Interruption.NONE and not content.is_eof():
+                        self.interruption = Interruption.DISCONNECTED
+                    break
+                self.received += len(data)
+                if not buf and len(data) >= size:
+                    yield data
+                    continue
+                buf += data
+                if len(buf) >= size:
+                    yield bytes(buf)
+                    buf.clear()
+            if buf:
                 yield bytes(buf)
-                buf.clear()
-        if buf:
-            yield bytes(buf)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()

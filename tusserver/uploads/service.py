@@ -112,6 +112,8 @@ class UploadService:
         self.quota_remaining: Callable[[Principal], Awaitable[int | None]] | None = None
         #: Told of creations and of the bytes received (metrics, analytics, audit).
         self.observer: UploadObserver = observer or NullObserver()
+        #: The locker, when it knows its holders without waiting (see _owner_before_lock).
+        self._local_locker = locker if isinstance(locker, KnowsHolders) else None
         #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
         self._receiving: set[BodyReader] = set()
 
@@ -267,7 +269,7 @@ class UploadService:
         row once.
         """
         locker = self.locker
-        if isinstance(locker, KnowsHolders) and not locker.is_locked(upload_id):
+        if locker is self._local_locker and locker.is_locked(upload_id) is False:
             return
         await self._get_live(principal, upload_id)
 
