@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from tusserver.cache import USERS, Cache, Namespace
-from tusserver.errors import TusError, Unauthorized
+from tusserver.errors import CsrfRejected, TooManyRequests, Unauthorized
 
 from .principal import UNAUTHENTICATED_OPERATOR, Principal
 from .ratelimit import RateLimiter
@@ -111,11 +111,6 @@ class ResolverGate(OpenGate):
 
     async def principal(self, request: web.Request) -> Principal:
         return await self._resolver(request)
-
-
-class TooManyRequests(TusError):
-    status = 429
-    code = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,8 +311,3 @@ def _check_csrf(request: web.Request) -> None:
     expected = request.cookies.get(CSRF_COOKIE, "")
     if not sent or not expected or not hmac.compare_digest(sent, expected):
         raise CsrfRejected("missing or wrong CSRF token")
-
-
-class CsrfRejected(TusError):
-    status = 403
-    code = "csrf"

@@ -48,15 +48,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar, cast
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-
-if TYPE_CHECKING:
-    from .catalog.db import Database
 
 __all__ = [
     "ANALYTICS",
@@ -84,6 +81,17 @@ ANALYTICS: Final = "analytics"
 
 V = TypeVar("V")
 T = TypeVar("T")
+
+
+class Database(Protocol):
+    """What the buses need of :class:`tusserver.catalog.db.Database` (which imports this
+    module's cache: the catalog depends on the cache, never the other way)."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    async def write(self, work: Callable[[Connection], T], *, quick: bool = False) -> T: ...
+
 
 #: (namespace, key); a key of None stands for the whole namespace.
 Key = tuple[str, str | None]

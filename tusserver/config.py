@@ -137,6 +137,14 @@ class TusServerConfig:
             "holder to release) before it answers 423."
         ),
     )
+    body_idle_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a request body (PATCH, creation with content, POST /upload) may send "
+            "nothing before the request is ended (408); the bytes received are kept and the "
+            "offset reflects them. 0: no limit."
+        ),
+    )
     locker: str = field(
         default="auto",
         metadata=_doc(
@@ -708,6 +716,7 @@ _NON_NEGATIVE_NUMBERS = (
     "expiration",
     "sweep_interval",
     "lock_timeout",
+    "body_idle_timeout",
     "tombstone_retention",
     "event_retention",
     "audit_retention",

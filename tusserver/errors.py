@@ -1,7 +1,44 @@
-"""The typed errors of the service, each with its HTTP status.
+"""The one error table: every exception that maps to an HTTP status, with that status and a
+code that says what happened.
 
-Storage and service code raise these; one middleware (``tusserver.middleware``) turns them into
-responses. Nothing below the protocol layer builds HTTP responses itself.
+Service, lifecycle, auth and API code raise these; one middleware
+(:func:`tusserver.middleware.error_middleware`) turns them into responses: text for tus
+clients, ``{"error": code, "message": ...}`` JSON for the API. The IETF draft's adapter
+answers the same errors as RFC 9457 problem documents (``tusserver.protocol.ietf``).
+Exceptions of the stores (``storage_backends``), which import nothing of ``tusserver``, are
+mapped onto :class:`StorageUnavailable` and :class:`StoredDataUnreadable` by that middleware.
+
+Nothing here imports anything of the service: every layer may raise these.
+
+=========================  ======  ==========================
+exception                  status  code
+=========================  ======  ==========================
+BadRequest                 400     bad_request
+UploadInterrupted          400     upload_interrupted
+Unauthorized               401     unauthorized
+Forbidden                  403     forbidden
+CsrfRejected               403     csrf
+NotFound (FileNotFound)    404     not_found
+MethodNotAllowed           405     method_not_allowed
+RequestTimeout             408     body_idle_timeout
+Conflict (OffsetMismatch)  409     offset_mismatch
+StateConflict              409     conflict
+UsernameTaken              409     username_taken
+Gone                       410     gone
+PreconditionFailed         412     unsupported_version
+PayloadTooLarge            413     too_large
+UnsupportedMediaType       415     unsupported_media_type
+UnsupportedEncoding        415     unsupported_content_encoding
+RangeNotSatisfiable        416     range_not_satisfiable
+LockTimeout                423     locked
+TooManyRequests            429     rate_limited
+ChecksumMismatch           460     checksum_mismatch
+HookRejection              4xx/5x  rejected
+StoredDataUnreadable       500     stored_data_unreadable
+ServiceUnavailable         503     unavailable
+UploadSuspended            503     unavailable
+StorageUnavailable         503     storage_unavailable
+=========================  ======  ==========================
 """
 
 from __future__ import annotations
@@ -12,19 +49,28 @@ __all__ = [
     "BadRequest",
     "ChecksumMismatch",
     "Conflict",
+    "CsrfRejected",
     "FileNotFound",
     "Forbidden",
     "Gone",
+    "HookRejection",
     "LockTimeout",
     "MethodNotAllowed",
     "NotFound",
+    "OffsetMismatch",
     "PayloadTooLarge",
     "PreconditionFailed",
     "Progress",
+    "RangeNotSatisfiable",
+    "RequestTimeout",
     "ServiceUnavailable",
     "StateConflict",
+    "StorageUnavailable",
+    "StoredDataUnreadable",
+    "TooManyRequests",
     "TusError",
     "Unauthorized",
+    "UnsupportedEncoding",
     "UnsupportedMediaType",
     "UploadInterrupted",
     "UploadSuspended",
@@ -44,22 +90,25 @@ class TusError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
 
 
-class BadRequest(TusError):
-    status = 400
-    code = "bad_request"
-
-
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """Where an upload stands after a body stopped early (for the adapters' headers)."""
+    """Where an upload stands after its body stopped early (for the adapters' headers)."""
 
     offset: int
     length: int | None
     finished: bool
 
 
+# --- 4xx ---------------------------------------------------------------------------------
+
+
+class BadRequest(TusError):
+    status = 400
+    code = "bad_request"
+
+
 class UploadInterrupted(BadRequest):
-    """The body ended early (connection lost or released to a newer request)."""
+    """The body ended early: released to a newer request for the same upload."""
 
     code = "upload_interrupted"
 
@@ -84,6 +133,10 @@ class Forbidden(TusError):
     code = "forbidden"
 
 
+class CsrfRejected(Forbidden):
+    code = "csrf"
+
+
 class NotFound(TusError):
     status = 404
     code = "not_found"
@@ -97,7 +150,26 @@ class MethodNotAllowed(TusError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(TusError):
+    """The request's body sent nothing for ``body_idle_timeout`` seconds."""
+
+    status = 408
+    code = "body_idle_timeout"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.progress = progress
+
+
 class Conflict(TusError):
+    """The offset a client sent is not the upload's (tus and the IETF draft)."""
+
     status = 409
     code = "offset_mismatch"
 
@@ -107,6 +179,9 @@ class UsernameTaken(TusError):
 
     status = 409
     code = "username_taken"
+
+
+OffsetMismatch = Conflict
 
 
 class StateConflict(TusError):
@@ -136,6 +211,17 @@ class UnsupportedMediaType(TusError):
     code = "unsupported_media_type"
 
 
+class UnsupportedEncoding(UnsupportedMediaType):
+    """A request body with a Content-Encoding other than identity on an upload route."""
+
+    code = "unsupported_content_encoding"
+
+
+class RangeNotSatisfiable(TusError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
 class LockTimeout(TusError):
     """Another request holds the upload and did not let go in time."""
 
@@ -143,9 +229,36 @@ class LockTimeout(TusError):
     code = "locked"
 
 
+class TooManyRequests(TusError):
+    status = 429
+    code = "rate_limited"
+
+
 class ChecksumMismatch(TusError):
     status = 460
     code = "checksum_mismatch"
+
+
+class HookRejection(TusError):
+    """Raised by a pre-hook to refuse the request with ``status`` and ``message``."""
+
+    code = "rejected"
+
+    def __init__(self, status: int, message: str) -> None:
+        if not 400 <= status < 600:
+            raise ValueError("a rejection needs a 4xx or 5xx status")
+        super().__init__(message)
+        self.status = status
+
+
+# --- 5xx ---------------------------------------------------------------------------------
+
+
+class StoredDataUnreadable(TusError):
+    """Decryption or an integrity check refused stored bytes: never sent."""
+
+    status = 500
+    code = "stored_data_unreadable"
 
 
 class ServiceUnavailable(TusError):
@@ -165,3 +278,9 @@ class UploadSuspended(ServiceUnavailable):
     ) -> None:
         super().__init__(message, headers=headers)
         self.progress = progress
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """A store failed (``storage_backends.base.StorageError``) where no caller handled it."""
+
+    code = "storage_unavailable"

@@ -19,6 +19,7 @@ import structlog
 from auth import Principal
 
 from .catalog.uploads import UploadRecord
+from .errors import HookRejection
 
 if TYPE_CHECKING:
     from .catalog.files import FileRecord
@@ -26,17 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["CreateContext", "FileHook", "HookRejection", "Hooks", "UploadHook"]
 
 _log = structlog.get_logger("tusserver.hooks")
-
-
-class HookRejection(Exception):
-    """Raised by a pre-hook to refuse the request with ``status`` and ``message``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        if not 400 <= status < 600:
-            raise ValueError("a rejection needs a 4xx or 5xx status")
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

@@ -17,10 +17,17 @@ from aiohttp import web
 from auth import Principal
 from auth.gateway import Gate
 
+from .errors import UnsupportedEncoding
 from .http_util import content_disposition, parse_range
 from .uploads.observer import Caller
 
-__all__ = ["ByteReader", "RequestAdmission", "caller_of", "stream_bytes"]
+__all__ = [
+    "ByteReader",
+    "RequestAdmission",
+    "caller_of",
+    "refuse_encoded_body",
+    "stream_bytes",
+]
 
 _log = structlog.get_logger("tusserver.http")
 
@@ -45,6 +52,22 @@ class RequestAdmission:
 
     def audit(self, action: str, *, target: str | None) -> None:
         self._gate.audit(self._request, action, actor=self._who, target=target)
+
+
+def refuse_encoded_body(request: web.Request) -> None:
+    """Upload routes take bodies as they are: a compressed body would be inflated by aiohttp
+    past every size and byte-rate limit that Content-Length decided (415 instead)."""
+    encodings = [
+        token.strip().lower()
+        for value in request.headers.getall("Content-Encoding", [])
+        for token in value.split(",")
+    ]
+    refused = [e for e in encodings if e not in ("", "identity")]
+    if refused:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {refused[0][:32]!r} is not accepted on upload routes: "
+            "send the file's bytes as they are (identity)"
+        )
 
 
 def caller_of(gate: Gate, request: web.Request, principal: Principal) -> Caller:

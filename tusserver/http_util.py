@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .errors import TusError
+from .errors import RangeNotSatisfiable
 
 __all__ = [
     "ByteRange",
@@ -51,11 +51,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
-
-
-class RangeNotSatisfiable(TusError):
-    status = 416
-    code = "range_not_satisfiable"
 
 
 @dataclass(frozen=True, slots=True)

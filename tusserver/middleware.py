@@ -15,8 +15,7 @@ from aiohttp.typedefs import Handler, Middleware
 from storage_backends.base import StorageError
 from storage_backends.encryption import EncryptionKeyError, IntegrityError
 
-from .errors import TusError
-from .events import HookRejection
+from .errors import StorageUnavailable, StoredDataUnreadable, TusError
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.headers import TUS_VERSION
 
@@ -100,29 +99,27 @@ def error_middleware(*, json_body: bool) -> Middleware:
             resp = web.Response(status=status, text=message + "\n", headers=headers)
         return resp
 
+    def answer(exc: TusError) -> web.Response:
+        if exc.status >= 500 and not isinstance(exc, StoredDataUnreadable):
+            _log.warning("request failed", status=exc.status, error=exc.message)
+        return respond(exc.status, exc.code, exc.message, exc.headers)
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except TusError as exc:
-            if exc.status >= 500:
-                _log.warning("request failed", status=exc.status, error=exc.message)
-            return respond(exc.status, exc.code, exc.message, exc.headers)
-        except HookRejection as exc:
-            return respond(exc.status, "rejected", exc.message, {})
+            return answer(exc)
         except (IntegrityError, EncryptionKeyError) as exc:
             # Decryption refused the bytes: say so, never send what could not be verified.
             _log.error("stored data unreadable", path=request.path, error=str(exc))
-            return respond(
-                500,
-                "stored_data_unreadable",
-                "the stored data failed its integrity check and was not sent",
-                {},
+            return answer(
+                StoredDataUnreadable("the stored data failed its integrity check and was not sent")
             )
         except StorageError as exc:
             _log.warning("storage unavailable", path=request.path, error=str(exc))
-            return respond(
-                503, "storage_unavailable", "storage is unavailable", {"Retry-After": "5"}
+            return answer(
+                StorageUnavailable("storage is unavailable", headers={"Retry-After": "5"})
             )
         except web.HTTPException as exc:
             if exc.status < 400:

@@ -141,6 +141,7 @@ async def test_register(make_client: MakeClient) -> None:
     assert body["user"]["id"] == created["id"]
     dup = await client.post(url, json={"username": name, "password": "another password"})
     assert dup.status == 409
+    assert (await dup.json())["error"] == "username_taken"
     for bad in (
         {"username": unique("weak"), "password": "short"},
         {"username": "has space", "password": PASSWORD},

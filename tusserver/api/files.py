@@ -24,9 +24,16 @@ from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.db import Database
 from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
-from ..errors import BadRequest, NotFound, TusError, UploadInterrupted, UploadSuspended
+from ..errors import (
+    BadRequest,
+    NotFound,
+    RequestTimeout,
+    TusError,
+    UploadInterrupted,
+    UploadSuspended,
+)
 from ..errors import StateConflict as Conflict
-from ..http_io import caller_of, stream_bytes
+from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
@@ -426,10 +433,13 @@ class FilesApi:
         Each file is streamed into the chunk store as it arrives (never held in memory) and
         becomes its own upload; a failure of one file is reported in its entry and does not
         stop the others. An optional ``folder`` field before the files says where they go.
+        Any other body is one file, named by the ``filename`` query parameter
+        (:meth:`_raw_upload`).
         """
         principal = await self._gate.principal(request)
+        refuse_encoded_body(request)
         if not request.content_type.startswith("multipart/form-data"):
-            raise BadRequest("send multipart/form-data with one or more file fields")
+            return await self._raw_upload(request, principal)
         reader = await request.multipart()
         results: list[dict[str, Any]] = []
         folder: str | None = None
@@ -441,7 +451,7 @@ class FilesApi:
                 raise BadRequest("nested multipart bodies are not supported")
             if part.filename is None:
                 if part.name == "folder":
-                    folder = normalize_folder((await part.read(decode=True))[:1024].decode())
+                    folder = normalize_folder(_text(await part.read(decode=True), "folder"))
                 else:
                     await part.release()
                 continue
@@ -461,6 +471,52 @@ class FilesApi:
         status = 201 if failed < len(results) else 400
         return web.json_response({"files": results}, status=status)
 
+    async def _raw_upload(self, request: web.Request, principal: Principal) -> web.Response:
+        """One file as the whole body: ``POST /upload?filename=a.png&mimetype=image/png``."""
+        query = request.query
+        unknown = sorted(set(query.keys()) - {"filename", "mimetype", "folder"})
+        if unknown:
+            raise BadRequest(f"unknown parameter: {unknown[0][:40]}")
+        raw_name = query.get("filename", "")
+        if not raw_name.strip():
+            raise BadRequest(
+                "send multipart/form-data with one or more file fields, or the file as the "
+                "body with ?filename=...&mimetype=..."
+            )
+        if len(raw_name) > 1024:
+            raise BadRequest("filename: at most 1024 characters")
+        # As for a form's file: the name is kept as sent; the pipeline makes it safe.
+        name = raw_name
+        mimetype = (query.get("mimetype") or "").strip().lower()
+        if not mimetype:
+            declared = request.content_type.lower()
+            mimetype = declared if declared and _MIME.fullmatch(declared) else ""
+        if not mimetype:
+            mimetype = "application/octet-stream"
+        if not _MIME.fullmatch(mimetype) or "*" in mimetype:
+            raise BadRequest("mimetype: a MIME type like image/png")
+        folder = normalize_folder(query["folder"]) if query.get("folder") else None
+        final = await self._uploads.upload_whole(
+            caller_of(self._gate, request, principal),
+            metadata={"filename": name.encode(), "filetype": mimetype.encode()},
+            body=request.content,
+            content_length=request.content_length,
+        )
+        file_id = final.record.file_id
+        if folder and file_id:
+            await self._files.organize(file_id, folder=folder, now=dt.datetime.now(dt.UTC))
+        f = await self._files.get(file_id or "")
+        entry: dict[str, Any] = {"file_id": file_id, "filename": name, "mimetype": mimetype}
+        if f is not None:
+            entry.update(file_json(f, self._base(request)))
+        entry.update(
+            upload_id=final.record.id,
+            size=final.offset,
+            status=f.status.value if f else "received",
+            url=f"{self._base(request)}/file/{file_id}" if file_id else None,
+        )
+        return web.json_response(entry, status=201)
+
     async def _one_form_file(
         self,
         request: web.Request,
@@ -471,6 +527,9 @@ class FilesApi:
         """Upload one file part; its entry, and whether the request's body was stopped."""
         name = part.filename or "file"
         ctype = part.headers.get("Content-Type", "application/octet-stream")
+        if not _encodable(name) or not _encodable(ctype):
+            # Header bytes that are not UTF-8 reach us as lone surrogates.
+            raise BadRequest("a file part's name or Content-Type is not valid UTF-8")
         entry: dict[str, Any] = {"filename": name}
 
         def created(status: UploadStatus) -> None:
@@ -492,7 +551,7 @@ class FilesApi:
             f = await self._files.get(final.record.file_id or "")
             entry["status"] = f.status.value if f else "received"
         except TusError as exc:
-            stopped = isinstance(exc, UploadInterrupted | UploadSuspended)
+            stopped = isinstance(exc, UploadInterrupted | UploadSuspended | RequestTimeout)
             if not stopped:
                 await part.release()
             entry["error"] = exc.code
@@ -500,6 +559,24 @@ class FilesApi:
             entry["status_code"] = exc.status
             return entry, stopped
         return entry, False
+
+
+def _text(raw: bytes, field: str) -> str:
+    """A form field's value as text: UTF-8 (else 400)."""
+    if len(raw) > 4 * 1024:
+        raise BadRequest(f"{field}: at most 1024 characters")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{field}: not valid UTF-8") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class PartStream:

@@ -106,9 +106,20 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "bytes"}, "206": {"description": "a range"},
                               "304": {"description": "not modified"}, "404": _ERR, "409": _ERR, "416": _ERR}}},
             "/api/v1/upload": {"post": {
-                "summary": "Plain multipart/form-data upload of one or many files",
-                "requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object"}}}},
-                "responses": {"201": {"description": "one entry per file"}, "400": _ERR}}},
+                "summary": "Plain upload: multipart/form-data with one or many files, or one file as the body",
+                "description": "A body that is not multipart/form-data is one file, named by the query parameters.",
+                "parameters": [_param("filename", "the file's name (required for a raw body)", _S),
+                               _param("mimetype", "the declared MIME type (raw body)", _S),
+                               _param("folder", "the folder to put the file in (raw body)", _S)],
+                "requestBody": {"content": {
+                    "multipart/form-data": {"schema": {"type": "object"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"201": {"description": "multipart: one entry per file; raw body: the file's entry",
+                                      "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                          "file_id": _S, "filename": _S, "mimetype": _S, "upload_id": _S,
+                                          "size": _I, "status": _S, "url": _S, "files": {"type": "array"}}}}}},
+                              "400": _ERR, "413": _ERR, "415": _ERR, "429": _ERR}}},
             "/api/v1/folders": {
                 "get": {"summary": "The caller's folder tree", "responses": {"200": {"description": "paths"}}},
                 "post": {"summary": "Create a folder", "requestBody": json_body({"type": "object", "properties": {"path": _S}}),

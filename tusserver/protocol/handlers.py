@@ -24,7 +24,7 @@ from ..errors import (
     TusError,
     UnsupportedMediaType,
 )
-from ..http_io import ByteReader, caller_of, stream_bytes
+from ..http_io import ByteReader, caller_of, refuse_encoded_body, stream_bytes
 from ..metrics import Metrics
 from ..pipeline.pipeline import Pipeline
 from ..uploads.service import UploadService, UploadStatus
@@ -150,6 +150,7 @@ class TusHandlers:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         _require_tus_resumable(request)
+        refuse_encoded_body(request)
         h = request.headers
         concat = None
         if "Upload-Concat" in h:
@@ -234,6 +235,7 @@ class TusHandlers:
         # "All PATCH requests MUST use Content-Type: application/offset+octet-stream,
         # otherwise the server SHOULD return a 415 Unsupported Media Type status."
         _require_offset_octet_stream(request)
+        refuse_encoded_body(request)
         if "Upload-Offset" not in request.headers:
             raise BadRequest("Upload-Offset is required")
         offset = parse_non_negative_int(request.headers["Upload-Offset"], "Upload-Offset")

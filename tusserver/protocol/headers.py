@@ -13,9 +13,9 @@ import datetime as dt
 import email.utils
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from ..errors import BadRequest
+from ..types import MAX_INT, Checksum, ConcatFinal, ConcatPartial
 
 __all__ = [
     "MAX_INT",
@@ -35,7 +35,6 @@ __all__ = [
 
 TUS_VERSION = "1.0.0"
 #: Largest integer accepted in Upload-Offset / Upload-Length (what a signed 64-bit column holds).
-MAX_INT = 2**63 - 1
 #: Algorithms of the checksum extension, by their tus names (lowercase, as the spec requires).
 SUPPORTED_CHECKSUMS: tuple[str, ...] = ("sha1", "md5", "sha256", "sha512")
 
@@ -112,18 +111,6 @@ def format_metadata(metadata: Mapping[str, bytes | None]) -> str:
     return ",".join(items)
 
 
-@dataclass(frozen=True, slots=True)
-class ConcatPartial:
-    """``Upload-Concat: partial``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConcatFinal:
-    """``Upload-Concat: final;URL URL``: the upload ids named, in order."""
-
-    upload_ids: tuple[str, ...]
-
-
 def parse_concat(value: str, base_path: str) -> ConcatPartial | ConcatFinal:
     """Parse Upload-Concat. URLs may be absolute or relative; each must name one of our uploads.
 
@@ -161,12 +148,6 @@ def upload_id_from_url(url: str, base_path: str) -> str:
 
 def is_valid_upload_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Checksum:
-    algorithm: str
-    digest: bytes
 
 
 def parse_checksum(value: str) -> Checksum:

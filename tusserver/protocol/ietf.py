@@ -37,16 +37,17 @@ from ..errors import (
     Conflict,
     PayloadTooLarge,
     Progress,
+    RequestTimeout,
     TusError,
     UploadInterrupted,
     UploadSuspended,
 )
-from ..events import HookRejection
-from ..http_io import caller_of
+from ..http_io import caller_of, refuse_encoded_body
+from ..types import Checksum
 from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
 from . import sfv
-from .headers import Checksum, is_valid_upload_id
+from .headers import is_valid_upload_id
 from .ietf_versions import (
     COMPLETED_UPLOAD,
     INCONSISTENT_LENGTH,
@@ -231,8 +232,6 @@ class IetfHandlers:
     def _error_response(self, exc: Exception, dialect: Dialect) -> web.Response:
         if isinstance(exc, TusError):
             exc = self._problem_of(exc, dialect)
-        elif isinstance(exc, HookRejection):
-            exc = Problem(exc.status, exc.message)
         if isinstance(exc, Problem):
             return dialect.response(exc)
         raise exc
@@ -290,6 +289,7 @@ class IetfHandlers:
     # --- creation (POST, PUT or PATCH on the creation URL) ----------------------------------
 
     async def _create(self, request: web.Request, dialect: Dialect) -> web.Response:
+        refuse_encoded_body(request)
         # "A client can start a resumable upload from any request that can carry content by
         # including the Upload-Complete header field" (Upload-Incomplete in version 3)
         complete = dialect.read_complete(request, creating=True)
@@ -384,6 +384,7 @@ class IetfHandlers:
     async def _append_request(
         self, request: web.Request, dialect: Dialect, upload_id: str
     ) -> web.Response:
+        refuse_encoded_body(request)
         ctype = request.headers.get("Content-Type", "")
         if dialect.partial_upload and ctype.split(";", 1)[0].strip().lower() != PARTIAL_UPLOAD:
             # From 6: "The request MUST use the PATCH method with the application/partial-
@@ -560,9 +561,9 @@ class IetfHandlers:
                 ) from None
             # A length over the maximum size, or a quota: a limit, answered as one.
             raise self._problem_of(exc, dialect) from None
-        except (UploadInterrupted, UploadSuspended) as exc:
-            # Released to a newer request, or the server is restarting: what arrived is
-            # stored, the client resumes from the offset.
+        except (UploadInterrupted, UploadSuspended, RequestTimeout) as exc:
+            # Released to a newer request, the server is restarting or the content stalled:
+            # what arrived is stored, the client resumes from the offset.
             headers = {**exc.headers, **self._progress_headers(dialect, exc.progress)}
             raise Problem(exc.status, exc.message, headers=headers) from None
         stopped = readers and readers[0].interruption is not Interruption.NONE

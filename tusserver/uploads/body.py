@@ -7,6 +7,7 @@ receives in a :class:`BodyReader`, whatever the entry path: a tus or IETF-draft 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -34,6 +35,8 @@ class Interruption(enum.Enum):
     RELEASED = "released"
     #: The server is shutting down: what arrived is kept, the client resumes later.
     SHUTDOWN = "shutdown"
+    #: The body sent nothing for ``idle_timeout`` seconds: what arrived is kept.
+    IDLE = "idle"
 
 
 class _ReleaseRequested(Exception):
@@ -48,9 +51,13 @@ class BodyReader:
     the bytes received so far are still yielded, so the store keeps them.
     """
 
-    def __init__(self, content: ByteStream, block_size: int) -> None:
+    def __init__(
+        self, content: ByteStream, block_size: int, *, idle_timeout: float | None = None
+    ) -> None:
         self._content = content
         self._block_size = block_size
+        #: Seconds one read may wait for bytes (None: forever).
+        self.idle_timeout = idle_timeout or None
         self.interruption = Interruption.NONE
         self.received = 0
 
@@ -68,28 +75,55 @@ class BodyReader:
         buf = bytearray()
         size = self._block_size
         content = self._content
-        while True:
-            try:
-                # At most what completes the block: readany() would join everything aiohttp
-                # has buffered (often several blocks' worth with many uploads at once).
-                data = await content.read(size - len(buf))
-            except _ReleaseRequested:
-                break
-            except (OSError, HttpProcessingError):
-                if self.interruption is Interruption.NONE:
-                    self.interruption = Interruption.DISCONNECTED
-                break
-            if not data:
-                if self.interruption is Interruption.NONE and not content.is_eof():
-                    self.interruption = Interruption.DISCONNECTED
-                break
-            self.received += len(data)
-            if not buf and len(data) >= size:
-                yield data
-                continue
-            buf += data
-            if len(buf) >= size:
+        idle = self.idle_timeout
+        loop = asyncio.get_running_loop()
+        #: When the current read began waiting (None: not reading); one timer per body
+        #: watches it, cheaper than a timeout around every read.
+        waiting_since: float | None = None
+        watchdog: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal watchdog
+            assert idle is not None
+            now = loop.time()
+            if waiting_since is not None and now - waiting_since >= idle:
+                # A stalled body: keep what arrived, and read no more of it.
+                watchdog = None
+                self.stop(Interruption.IDLE)
+                return
+            watchdog = loop.call_at((waiting_since or now) + idle, watch)
+
+        if idle is not None:
+            watchdog = loop.call_at(loop.time() + idle, watch)
+        try:
+            while True:
+                try:
+                    # At most what completes the block: readany() would join everything
+                    # aiohttp has buffered (often several blocks' worth with many uploads).
+                    if idle is not None:
+                        waiting_since = loop.time()
+                    data = await content.read(size - len(buf))
+                    waiting_since = None
+                except _ReleaseRequested:
+                    break
+                except (OSError, HttpProcessingError):
+                    if self.interruption is Interruption.NONE:
+                        self.interruption = Interruption.DISCONNECTED
+                    break
+                if not data:
+                    if self.interruption is Interruption.NONE and not content.is_eof():
+                        self.interruption = Interruption.DISCONNECTED
+                    break
+                self.received += len(data)
+                if not buf and len(data) >= size:
+                    yield data
+                    continue
+                buf += data
+                if len(buf) >= size:
+                    yield bytes(buf)
+                    buf.clear()
+            if buf:
                 yield bytes(buf)
-                buf.clear()
-        if buf:
-            yield bytes(buf)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()

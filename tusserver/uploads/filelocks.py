@@ -34,7 +34,7 @@ from pathlib import Path
 
 import structlog
 
-from ..protocol.errors import LockTimeout
+from ..errors import LockTimeout
 from .locks import InProcessLocker, ReleaseCallback
 
 __all__ = ["FileLocker"]

@@ -13,11 +13,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..errors import LockTimeout
 
-__all__ = ["InProcessLocker", "Locker"]
+__all__ = ["InProcessLocker", "KnowsHolders", "Locker"]
 
 ReleaseCallback = Callable[[], None]
 
@@ -27,6 +27,14 @@ class Locker(Protocol):
         self, upload_id: str, *, on_release: ReleaseCallback | None = None
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold the upload exclusively for the duration of the ``async with`` block."""
+
+
+@runtime_checkable
+class KnowsHolders(Protocol):
+    """A locker that knows, without waiting, whether an upload is held in this process (and
+    whose ``lock`` takes a free lock before it first awaits anything)."""
+
+    def is_locked(self, upload_id: str) -> bool: ...
 
 
 @dataclass(eq=False)

@@ -4,7 +4,8 @@ The rules it keeps:
 - an offset is reported only after the bytes and the row behind it are written;
 - the chunk store's own byte count is the truth for an upload in progress;
 - one writer per upload (the Locker), and every request on an upload takes the lock, so a
-  HEAD after a dead connection breaks the stale PATCH instead of waiting for it.
+  HEAD after a dead connection breaks the stale PATCH instead of waiting for it; the owner
+  is checked before the lock is asked for, so nobody else can make a PATCH let go.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     Progress,
+    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
     UploadInterrupted,
     UploadSuspended,
 )
 from ..events import CreateContext, Hooks
-from ..protocol.headers import Checksum, ConcatFinal, ConcatPartial
+from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
-from .locks import Locker
+from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
 __all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspended"]
@@ -117,6 +119,8 @@ class UploadService:
         self.quota_limit: Callable[[str | None], Awaitable[int | None]] | None = None
         #: Told of creations and of the bytes received (metrics, analytics, audit).
         self.observer: UploadObserver = observer or NullObserver()
+        #: The locker, when it knows its holders without waiting (see _owner_before_lock).
+        self._local_locker = locker if isinstance(locker, KnowsHolders) else None
         #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
         self._receiving: set[BodyReader] = set()
 
@@ -292,6 +296,7 @@ class UploadService:
 
     async def status(self, principal: Principal, upload_id: str) -> UploadStatus:
         """The state of an upload for HEAD. Takes the lock, breaking a stale writer."""
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
@@ -305,6 +310,19 @@ class UploadService:
                 await self._finish(rec, status.offset)
                 status = await self._status_of(upload_id)
             return status
+
+    async def _owner_before_lock(self, principal: Principal, upload_id: str) -> None:
+        """Someone else's upload answers 404 before the lock is asked for: only its owner (or
+        an administrator) can make a request on it let go.
+
+        A free in-process lock is taken without waking anyone, before the caller awaits
+        anything else: the check under the lock is then enough, and the hot path reads the
+        row once.
+        """
+        locker = self.locker
+        if locker is self._local_locker and locker.is_locked(upload_id) is False:
+            return
+        await self._get_live(principal, upload_id)
 
     async def _status_of(self, upload_id: str) -> UploadStatus:
         rec = await self.repo.get(upload_id)
@@ -392,7 +410,9 @@ class UploadService:
             cost=content_length or 0,
             require=None if content_length is not None else 1,
         )
-        reader = BodyReader(body, self.config.write_buffer_size)
+        reader = BodyReader(
+            body, self.config.write_buffer_size, idle_timeout=self.config.body_idle_timeout
+        )
         self._receiving.add(reader)
         try:
             with self.observer.receiving():
@@ -468,6 +488,7 @@ class UploadService:
         The bytes go through :class:`_Guard` (length, quota and store limits, the early type
         check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
         """
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id, on_release=on_release):
             rec = await self._get_live(principal, upload_id)
             if rec.is_final:
@@ -770,6 +791,7 @@ class UploadService:
     # --- termination, reading, expiry -------------------------------------------------------
 
     async def terminate(self, principal: Principal, upload_id: str) -> None:
+        await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             await self.repo.update(
@@ -835,10 +857,16 @@ async def _refuse_more(source: ChunkSource, content_length: int | None) -> None:
 
 def _raise_if_stopped(interruption: Interruption, status: UploadStatus) -> None:
     """After what arrived is stored: tell the client why its body was cut short."""
-    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN):
+    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN, Interruption.IDLE):
         return
     assert status.offset is not None
     progress = Progress(status.offset, status.record.length, status.finished)
+    if interruption is Interruption.IDLE:
+        raise RequestTimeout(
+            "the body sent nothing for too long; what arrived is stored, resume from Upload-Offset",
+            headers={"Upload-Offset": str(status.offset), "Connection": "close"},
+            progress=progress,
+        )
     if interruption is Interruption.RELEASED:
         raise UploadInterrupted(
             "the upload was taken over by a newer request; resume from Upload-Offset",

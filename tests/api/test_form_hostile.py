@@ -1,0 +1,47 @@
+"""POST /upload with broken form fields: a client error (400), never a 500 (#16 item 14)."""
+
+from __future__ import annotations
+
+from tests.app_fixtures import MakeClient
+
+from .helpers import api_client, api_error
+
+BOUNDARY = "hostile-boundary-1b2c"
+
+
+def _multipart(*parts: bytes) -> bytes:
+    body = b"".join(b"--" + BOUNDARY.encode() + b"\r\n" + p + b"\r\n" for p in parts)
+    return body + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+FILE = (
+    b'Content-Disposition: form-data; name="file"; filename="ok.txt"\r\n'
+    b"Content-Type: text/plain\r\n\r\nplain text"
+)
+
+
+async def test_a_folder_that_is_not_utf8_is_a_400(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    folder = b'Content-Disposition: form-data; name="folder"\r\n\r\n/caf\xe9/\xff\xfe'
+    resp = await client.post("/api/v1/upload", data=_multipart(folder, FILE), headers=HEADERS)
+    body = await api_error(resp, 400)
+    assert "folder" in body["message"] and "UTF-8" in body["message"]
+
+
+async def test_a_file_name_that_is_not_utf8_is_a_400(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    bad = (
+        b'Content-Disposition: form-data; name="file"; filename="r\xe9sum\xe9.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nsome text"
+    )
+    resp = await client.post("/api/v1/upload", data=_multipart(bad), headers=HEADERS)
+    body = await api_error(resp, 400)
+    assert "UTF-8" in body["message"]
+
+
+async def test_an_overlong_folder_is_a_400(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    folder = b'Content-Disposition: form-data; name="folder"\r\n\r\n' + b"a" * 10_000
+    resp = await client.post("/api/v1/upload", data=_multipart(folder, FILE), headers=HEADERS)
+    await api_error(resp, 400)

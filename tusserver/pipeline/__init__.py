@@ -1,0 +1,1 @@
+"""The pipeline (worker role): inspect, validate, probe media, thumbnails, commit."""
