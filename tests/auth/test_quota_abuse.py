@@ -354,3 +354,50 @@ async def test_concurrent_creations_cannot_exceed_the_quota_together(
     )
     assert sorted(statuses) == [201] * 3 + [413] * 9, statuses
     assert (await _me(client, owner))["usage_bytes"] == 900
+
+
+async def test_concurrent_bodies_of_deferred_uploads_cannot_exceed_the_quota(
+    make_client: MakeClient,
+) -> None:
+    """Without a length nothing is counted at creation: each body's bytes are reserved
+    before it is read, so bodies sent at once cannot share the same free space."""
+    client = await auth_client(make_client, default_quota=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    deferred = {"Upload-Defer-Length": "1"}
+    paths = [await create_upload(client, owner, None, **deferred) for _ in range(4)]
+    responses = await asyncio.gather(*[patch(client, owner, p, 0, b"x" * 600) for p in paths])
+    assert sorted(r.status for r in responses) == [204, 413, 413, 413]
+    assert (await _me(client, owner))["usage_bytes"] == 600
+
+    # Chunked bodies (no Content-Length): they share the 400 bytes left, never more.
+    async def chunked() -> Any:
+        for _ in range(10):
+            yield b"y" * 100
+            await asyncio.sleep(0.01)
+
+    more = [await create_upload(client, owner, None, **deferred) for _ in range(3)]
+    responses = await asyncio.gather(
+        *[
+            client.patch(
+                p,
+                data=chunked(),
+                headers={
+                    **TUS,
+                    **bearer(owner),
+                    "Content-Type": "application/offset+octet-stream",
+                    "Upload-Offset": "0",
+                },
+            )
+            for p in more
+        ]
+    )
+    assert all(r.status in (204, 413) for r in responses), [r.status for r in responses]
+    stored = [int((await _head(client, owner, p)).headers["Upload-Offset"]) for p in more]
+    assert sum(stored) <= 400, stored
+    assert (await _me(client, owner))["usage_bytes"] == 600 + sum(stored) <= 1000
+    # What a refused body did not bring is not counted: the free space is still usable.
+    left = 1000 - 600 - sum(stored)
+    if left:
+        spare = await create_upload(client, owner, None, **deferred)
+        assert (await patch(client, owner, spare, 0, b"z" * left)).status == 204
+    assert (await _me(client, owner))["usage_bytes"] == 1000

@@ -86,6 +86,8 @@ uploads = Table(
     # NULL while the length is deferred.
     Column("length", BigInteger, nullable=True),
     # Progress as last acknowledged; the chunk store's own count is the truth it came from.
+    # While a body of a deferred-length upload is received under a quota, it also counts the
+    # bytes reserved for that body (catalog/usage.py), settled once the body is in.
     Column("offset", BigInteger, nullable=False, default=0),
     # {key: base64 of the raw value, or null}: values are arbitrary bytes.
     Column("meta", JSON, nullable=False),

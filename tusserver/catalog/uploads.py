@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from .db import Database
 from .schema import by_id_params, update_by_id, upload_concat_parts, uploads
-from .usage import reserve, used_bytes
+from .usage import lock_owner, reserve, used_bytes
 
 __all__ = ["UploadRecord", "UploadRepository", "UploadState"]
 
@@ -132,6 +132,40 @@ class UploadRepository:
 
         await self._db.write(work)
 
+    async def reserve_body(
+        self, upload_id: str, owner: str, *, quota: int, offset: int, want: int | None, exact: bool
+    ) -> tuple[int, bool]:
+        """Before a body of a deferred-length upload at ``offset``: what it may bring within
+        the owner's ``quota`` (``want`` at most; None: all that is left), and whether that is
+        now counted. It is counted at once, under the owner's lock, as the upload's ``offset``
+        column (offset + the bytes granted) until :meth:`settle_offset`, so concurrent bodies
+        cannot go past the quota together. ``exact``: ``want`` or nothing (a body of a known
+        size that does not fit is refused whole, and nothing is counted for it)."""
+
+        def work(conn: Connection) -> tuple[int, bool]:
+            lock_owner(conn, owner)
+            left = max(0, quota - used_bytes(conn, owner, exclude_upload=upload_id) - offset)
+            if exact and want is not None and want > left:
+                return left, False
+            grant = left if want is None else min(left, want)
+            conn.execute(_SET_OFFSET, by_id_params(upload_id, {"offset": offset + grant}))
+            return grant, True
+
+        return await self._db.write(work)
+
+    async def settle_offset(self, upload_id: str, offset: int) -> None:
+        """After a body of a deferred-length upload: count what it really brought."""
+        stmt = (
+            update(uploads)
+            .where(
+                uploads.c.id == upload_id,
+                uploads.c.length.is_(None),
+                uploads.c.state == UploadState.RECEIVING.value,
+            )
+            .values(offset=offset)
+        )
+        await self._db.write(lambda conn: conn.execute(stmt), quick=True)
+
     async def used_bytes(self, owner: str) -> int:
         """Bytes the service holds for ``owner``: see :mod:`tusserver.catalog.usage`."""
         return await self._db.read(lambda conn: used_bytes(conn, owner))
@@ -220,3 +254,4 @@ class UploadRepository:
 #: Built once: the most frequent statements of the tus hot path.
 _BY_ID = select(uploads).where(uploads.c.id == bindparam("id"))
 _INSERT = insert(uploads)
+_SET_OFFSET = update_by_id(uploads, ("offset",))

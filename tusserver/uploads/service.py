@@ -506,35 +506,42 @@ class UploadService:
                     quota = await self._quota_of(rec.owner, principal)
                     await self._check_quota(principal, rec.owner, new_length - current, quota)
                 rec = await self._declare_length(rec, new_length, current, principal)
-            budget = await self._append_budget(principal, rec, current)
-            if content_length is not None and budget is not None and content_length > budget:
-                if rec.length is None:
-                    reason = await self._size_reason(principal, rec, current)
-                    self.observer.refused(principal, reason, rec.id)
-                raise PayloadTooLarge(
-                    f"the body of {content_length} bytes goes past the upload's "
-                    f"{'length' if rec.length is not None else 'maximum size'}"
-                )
-            if rec.state is UploadState.FINISHED:
-                await _refuse_more(source, content_length)
-                return status
-            guard = self._guard(rec, current, source, budget, checksum)
-            written = await self._write(rec, current, guard, checksum, interrupted)
+            budget, reserved = await self._append_budget(principal, rec, current, content_length)
+            written = 0
             try:
-                final = await self._record_append(
-                    rec,
-                    status,
-                    current + written,
-                    written=written,
-                    guard=guard,
-                    complete_at_end=complete_at_end and not interrupted(),
-                    caller=principal,
-                )
-            except PayloadTooLarge:
-                if rec.length is None:  # a deferred length ran into the quota or max size
-                    reason = await self._size_reason(principal, rec, current)
-                    self.observer.refused(principal, reason, rec.id)
-                raise
+                if content_length is not None and budget is not None and content_length > budget:
+                    if rec.length is None:
+                        reason = await self._size_reason(principal, rec, current)
+                        self.observer.refused(principal, reason, rec.id)
+                    raise PayloadTooLarge(
+                        f"the body of {content_length} bytes goes past the upload's "
+                        f"{'length' if rec.length is not None else 'maximum size'}"
+                        f"{' or your storage quota' if reserved is not None else ''}"
+                    )
+                if rec.state is UploadState.FINISHED:
+                    await _refuse_more(source, content_length)
+                    return status
+                guard = self._guard(rec, current, source, budget, checksum)
+                written = await self._write(rec, current, guard, checksum, interrupted)
+                try:
+                    final = await self._record_append(
+                        rec,
+                        status,
+                        current + written,
+                        written=written,
+                        guard=guard,
+                        complete_at_end=complete_at_end and not interrupted(),
+                        caller=principal,
+                    )
+                except PayloadTooLarge:
+                    if rec.length is None:  # a deferred length ran into the quota or max size
+                        reason = await self._size_reason(principal, rec, current)
+                        self.observer.refused(principal, reason, rec.id)
+                    raise
+            finally:
+                if reserved:
+                    # What was reserved for this body and did not arrive is given back.
+                    await self.repo.settle_offset(rec.id, current + written)
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
         return final
@@ -550,21 +557,31 @@ class UploadService:
         )
 
     async def _append_budget(
-        self, principal: Principal, rec: UploadRecord, current: int
-    ) -> int | None:
-        """How many bytes this append may store: length or maximum size, quota, store."""
+        self, principal: Principal, rec: UploadRecord, current: int, content_length: int | None
+    ) -> tuple[int | None, bool | None]:
+        """How many bytes this append may store: length or maximum size, store, quota; and
+        whether a quota reservation was made (None: no quota applies), which the caller
+        settles once the body is in."""
         budget = self._budget(rec, current)
-        if rec.length is None and self.quota_limit is not None:
-            # Deferred length: the quota is enforced as the bytes arrive.
-            left = await self.quota_remaining(rec.owner, principal)
-            if left is not None:
-                budget = left if budget is None else min(budget, left)
         append_limit = getattr(self.store, "append_limit", None)
         if append_limit is not None and rec.state is UploadState.RECEIVING:
             # The store's own limits (S3 parts) are known before any byte is stored.
             left = await append_limit(rec.id, current)
             budget = left if budget is None else min(budget, left)
-        return budget
+        reserved = None
+        if rec.length is None and rec.state is UploadState.RECEIVING:
+            # Deferred length: the quota is enforced as the bytes arrive, and what this body
+            # may bring is counted before it is read, so concurrent bodies cannot go past
+            # the quota together.
+            quota = await self._quota_of(rec.owner, principal)
+            if quota is not None and rec.owner is not None:
+                exact = content_length is not None
+                want = content_length if exact else budget
+                left, reserved = await self.repo.reserve_body(
+                    rec.id, rec.owner, quota=quota, offset=current, want=want, exact=exact
+                )
+                budget = left if budget is None else min(budget, left)
+        return budget, reserved
 
     def _guard(
         self,
