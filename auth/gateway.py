@@ -113,6 +113,13 @@ class ResolverGate(OpenGate):
         return await self._resolver(request)
 
 
+class _Who:
+    """The default actor of a limit's audit entry: the bucket's ``who``."""
+
+
+_WHO = _Who()
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     rate: float
@@ -171,9 +178,11 @@ class Gateway:
             user = await self._user(claims.subject)
             if user is None or user.disabled:
                 self.signals.token_rejected("disabled")
+                self._audit_token(request, claims.subject, "disabled")
                 raise Unauthorized("the account is disabled or gone", headers=_INVALID)
             if user.tokens_valid_after and claims.issued_at <= user.tokens_valid_after:
                 self.signals.token_rejected("revoked")
+                self._audit_token(request, user.id, "revoked")
                 raise Unauthorized("the token was revoked; sign in again", headers=_INVALID)
             principal = Principal(user_id=user.id, is_admin=user.is_admin)
         else:
@@ -185,6 +194,15 @@ class Gateway:
             _check_csrf(request)
         request[_PRINCIPAL] = principal
         return principal
+
+    def _audit_token(self, request: web.Request, user_id: str, reason: str) -> None:
+        self.audit_log.record_soon(
+            "auth.token",
+            actor=user_id[:64],
+            outcome="denied",
+            ip=self.client_ip(request),
+            detail={"reason": reason},
+        )
 
     async def cached_user(self, user_id: str) -> User | None:
         """The user as cached for at most ``revocation_check_interval`` seconds."""
@@ -222,7 +240,7 @@ class Gateway:
         who: str | None = None,
         cost: float = 1.0,
         require: float | None = None,
-        actor: str | None = None,
+        actor: str | _Who | None = _WHO,
         target: str | None = None,
     ) -> None:
         """Apply the rate limit of a route class; 429 with Retry-After when exceeded.
@@ -249,7 +267,7 @@ class Gateway:
             self.signals.throttled(kind)
             self.audit_log.record_soon(
                 "rate_limit",
-                actor=actor if actor is not None else who,
+                actor=who if isinstance(actor, _Who) else actor,
                 target=target,
                 outcome="throttled",
                 ip=self.client_ip(request),

@@ -225,6 +225,7 @@ class AuditLog:
         self._db = db
         self._queue: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -246,10 +247,13 @@ class AuditLog:
                 _log.exception("audit flush failed")
 
     async def flush(self) -> None:
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
-        await self._db.write(lambda conn: conn.execute(insert(audit_log), batch))
+        """Write the queued entries; returns once they (and any batch being written by the
+        background task meanwhile) are in the table."""
+        async with self._flushing:
+            if not self._queue:
+                return
+            batch, self._queue = self._queue, []
+            await self._db.write(lambda conn: conn.execute(insert(audit_log), batch))
 
     def record_soon(self, action: str, *, actor: str | None, **kw: Any) -> None:
         entry = self._entry(action, actor=actor, **kw)
@@ -266,8 +270,8 @@ class AuditLog:
         ip: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        def clean(v: str | None) -> str | None:
-            return None if v is None else v.replace("\x00", "\\x00")
+        def clean(v: str | None, size: int) -> str | None:
+            return None if v is None else v.replace("\x00", "\\x00")[:size]
 
         if ip is None:
             # Decided below the HTTP layer (the lifecycle): the address the gateway bound.
@@ -275,11 +279,11 @@ class AuditLog:
             ip = bound if isinstance(bound, str) else None
         return {
             "at": _now(),
-            "actor": clean(actor),
+            "actor": clean(actor, 64),
             "action": action,
-            "target": clean(target),
+            "target": clean(target, 255),
             "outcome": outcome,
-            "ip": clean(ip),
+            "ip": clean(ip, 64),
             "detail": dict(detail or {}),
         }
 

@@ -90,6 +90,13 @@ async def test_concurrent_wrong_passwords_check_at_most_the_burst(
     assert statuses.count(401) == 5 and statuses.count(429) == 25, statuses
     checked = await metric(client, "tusserver_signin_failures_total", reason="wrong_password")
     assert checked - checked_before == 5
+    # Each password check that failed left one entry: five, not thirty.
+    denied = [
+        e
+        for e in await audit_entries(client, "auth.login")
+        if e["target"] == owner.name and e["outcome"] == "denied"
+    ]
+    assert len(denied) == 5, denied
     # The budget is spent: the right password is refused too, with a Retry-After.
     resp = await _login(client, owner.name, PASSWORD, ip)
     assert resp.status == 429, await resp.text()
@@ -312,3 +319,5 @@ async def test_bad_and_revoked_tokens_are_counted(make_client: MakeClient) -> No
     assert (await client.get(ME, headers=bearer(owner.access))).status == 401
     assert await metric(client, name, reason="invalid") == invalid + 1
     assert await metric(client, name, reason="revoked") == revoked + 1
+    entries = [e for e in await audit_entries(client, "auth.token") if e["actor"] == owner.id]
+    assert [e["detail"] for e in entries] == [{"reason": "revoked"}]

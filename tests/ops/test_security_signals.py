@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+from storage_backends.encryption import generate_key_spec
 from tests.app_fixtures import MakeClient
 from tests.auth.helpers import (
     PASSWORD,
@@ -202,3 +204,36 @@ async def test_expired_tokens_are_counted(make_client: MakeClient) -> None:
     await asyncio.sleep(2.1)
     assert (await client.get("/api/v1/auth/me", headers=bearer(owner.access))).status == 401
     assert await metric(client, "tusserver_token_rejections_total", reason="expired") == before + 1
+
+
+async def test_integrity_errors_at_rest_are_counted_and_audited(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    client = await auth_client(
+        make_client,
+        encryption="envelope",
+        encryption_keys=(generate_key_spec("main"),),
+        encryption_segment_size=4096,
+    )
+    owner = (await make_users(client, owner="user"))["owner"]
+    data = png_bytes(300) + b"tamper-me " * 2000
+    info = await _file_of(client, owner.access, await _upload(client, owner.access, data))
+    assert info["status"] == "committed", info
+    objects = [
+        p
+        for p in (tmp_path / "data" / "objects").rglob("*")
+        if p.is_file() and ".meta" not in p.parts and not p.name.startswith(".tusserver")
+    ]
+    assert len(objects) == 1
+    raw = bytearray(objects[0].read_bytes())
+    raw[60] ^= 0x01  # inside the first sealed segment
+    objects[0].write_bytes(bytes(raw))
+    before = await metric(client, "tusserver_integrity_errors_total", source="object")
+    resp = await client.get(f"/api/v1/file/{info['id']}/content", headers=bearer(owner.access))
+    assert resp.status == 500
+    assert (await resp.json())["error"] == "stored_data_unreadable"
+    assert await metric(client, "tusserver_integrity_errors_total", source="object") == before + 1
+    entries = [
+        e for e in await audit_entries(client, "file.integrity_error") if e["target"] == info["id"]
+    ]
+    assert len(entries) == 1 and entries[0]["actor"] == owner.id, entries
