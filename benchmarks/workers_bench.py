@@ -34,6 +34,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 from load import BodySource, KiB, MiB, Scenario, run_scenario  # noqa: E402
 from run_all import (  # noqa: E402
@@ -42,11 +43,11 @@ from run_all import (  # noqa: E402
     _base_env,
     _sync,
     _tusserver_bin,
-    process_tree,
     settle,
     stop_all,
-    tree_cpu_s,
 )
+
+from tusserver.testing import process_tree, tree_cpu_seconds  # noqa: E402
 
 
 def _builder(workers: int) -> Callable[[int, Path], tuple[list[str], dict[str, str]]]:
@@ -77,10 +78,10 @@ async def _one(
         await run_scenario(server.endpoint, warm, source, timeout=120)
         await settle(server.pid)
         _sync()
-        server_cpu0, client_cpu0 = tree_cpu_s(server.pid), time.process_time()
+        server_cpu0, client_cpu0 = tree_cpu_seconds(server.pid), time.process_time()
         res = await run_scenario(server.endpoint, scenario, source, timeout=600)
         out = res.as_dict()
-        out["server_cpu_s"] = round(tree_cpu_s(server.pid) - server_cpu0, 2)
+        out["server_cpu_s"] = round(tree_cpu_seconds(server.pid) - server_cpu0, 2)
         out["client_cpu_s"] = round(time.process_time() - client_cpu0, 2)
         out["cores_busy"] = round((out["server_cpu_s"] + out["client_cpu_s"]) / res.wall_s, 2)
         out["server_processes"] = len(process_tree(server.pid))

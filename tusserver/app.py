@@ -415,7 +415,8 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
             timeout=config.lock_timeout,
             observe_wait=metrics.lock_wait.observe,
         )
-    if config.locker == "file" or (config.locker == "auto" and config.worker_count > 1):
+    several = config.worker_count > 1 or config.role != "all"  # other processes share the data
+    if config.locker == "file" or (config.locker == "auto" and several):
         from .uploads.filelocks import FileLocker
 
         return FileLocker(

@@ -151,7 +151,7 @@ class TusServerConfig:
             "Upload locks: `memory` (one instance), `postgres` (advisory locks shared by every "
             "instance on the database), `file` (lock files under `<data_dir>/locks`, shared by "
             "the processes of one host) or `auto` (postgres when the database is PostgreSQL, "
-            "else file with `workers` above 1, else memory)."
+            "else file with `workers` above 1 or a `role` other than `all`, else memory)."
         ),
     )
     write_buffer_size: int = field(

@@ -11,7 +11,6 @@ processes on PostgreSQL + S3, and ``serve --workers N`` on the embedded default.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -22,16 +21,18 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from tusserver.testing import HOST, ServerProcess, clean_environ, tusserver_command
+
 from .. import services
 from ..conftest import S3Info
-from ..e2e.server import HOST, ServerProcess, _command
+from ..e2e.server import _defaults
 
 __all__ = ["RoleFactory", "RoleProcess", "RolesEnv"]
 
 
 class RoleProcess(ServerProcess):
-    """A ``tusserver serve --role ROLE`` or ``tusserver worker`` process (``extra_args``
-    are added to the command, e.g. ``["--workers", "2"]``)."""
+    """A ``tusserver serve`` or ``tusserver worker`` process on ``data_dir`` (``extra_args``
+    are added to the command, e.g. ``("--role", "api")`` or ``("--workers", "2")``)."""
 
     def __init__(
         self,
@@ -42,45 +43,33 @@ class RoleProcess(ServerProcess):
         extra_args: tuple[str, ...] = (),
         start: bool = True,
     ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.command = command
-        self.extra_args = extra_args
-        super().__init__(data_dir, env, start=start)
+        environ = clean_environ()
+        environ["PYTHONUNBUFFERED"] = "1"
+        environ.update(_defaults())
+        environ.update(env or {})
+        base = tusserver_command()
+        data = str(self.data_dir)
 
-    def _spawn(self) -> None:
-        import subprocess
+        def argv_for(port: int) -> list[str]:
+            where = ["--host", HOST, "--port", str(port)]
+            return [*base, "--data-dir", data, command, *where, *extra_args]
 
-        self._close_log()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log
-        self._log.write(f"--- starting tusserver {self.command} on port {self.port} ---\n".encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            [
-                *_command(),
-                "--data-dir",
-                str(self.data_dir),
-                self.command,
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-                *self.extra_args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            start_new_session=True,
+        super().__init__(
+            argv_for,
+            log_path=self.data_dir / "server.log",
+            env=environ,
+            name=f"tusserver {command}",
         )
+        if start:
+            self.start()
 
-    def close(self) -> None:
-        """Kill the process and every process of its session (``--workers`` children)."""
-        import signal
-
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        super().close()
+    @property
+    def endpoint(self) -> str:
+        """The tus creation URL."""
+        return f"{self.url}/uploads/"
 
 
 RoleFactory = Callable[..., RoleProcess]

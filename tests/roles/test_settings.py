@@ -48,6 +48,9 @@ def test_auto_locker_is_a_file_locker_with_several_processes(tmp_path: Path) -> 
     assert isinstance(_locker(one, db, Metrics()), InProcessLocker)
     assert isinstance(_locker(one.replace(workers="2"), db, Metrics()), FileLocker)
     assert isinstance(_locker(one.replace(locker="file"), db, Metrics()), FileLocker)
+    # an api instance and a worker on one data directory are several processes too
+    assert isinstance(_locker(one.replace(role="api"), db, Metrics()), FileLocker)
+    assert isinstance(_locker(one.replace(role="worker"), db, Metrics()), FileLocker)
 
 
 def test_only_the_first_process_sweeps_and_sqlite_children_do_not_cache(tmp_path: Path) -> None:

@@ -216,9 +216,10 @@ class Pipeline:
         detected = await sniff_type(head)
         # Remembered so the final check need not run libmagic again on the same bytes
         # (0.2-1 ms of CPU per call: a large part of a small upload's cost).
-        self._sniffed[rec.id] = (len(head), _digest(head), detected)
-        while len(self._sniffed) > _SNIFF_MEMO:
-            self._sniffed.popitem(last=False)
+        if self.processes_here:  # (on an api instance a worker elsewhere does the final check)
+            self._sniffed[rec.id] = (len(head), _digest(head), detected)
+            while len(self._sniffed) > _SNIFF_MEMO:
+                self._sniffed.popitem(last=False)
         reason = self._policy.check_type(detected)
         if reason:
             if self.on_rejected is not None:
