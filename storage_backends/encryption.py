@@ -44,13 +44,14 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .base import (
     ChunkSource,
+    Lifecycle,
     ObjectInfo,
     ObjectStore,
     StorageError,
@@ -437,9 +438,8 @@ class EncryptedObjectStore:
             await self._write_check(records)
 
     async def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            await close()
+        if isinstance(self._inner, Lifecycle):
+            await self._inner.close()
 
     async def _read_check(self) -> dict[str, str]:
         if await self._inner.stat(self._check_key) is None:
@@ -933,7 +933,7 @@ class EncryptedChunkStore:
 
     #: A Finisher that can still read an upload back before it is finished (S3's chunk store
     #: cannot): the IETF handler relies on it to check Repr-Digest on a resumed upload.
-    reads_unfinished = True
+    reads_unfinished: Literal[True] = True
 
     def __init__(
         self,
@@ -970,6 +970,9 @@ class EncryptedChunkStore:
         if self._keys.active_id not in records:
             records[self._keys.active_id] = self._keys.check_record(self._keys.active_id)
             await asyncio.to_thread(_write_atomic, check, json.dumps(records).encode())
+
+    async def close(self) -> None:
+        await self._files.close()
 
     def _key_path(self, upload_id: str) -> Path:
         return self._files.path(upload_id).with_name(upload_id + ".key")

@@ -58,6 +58,9 @@ class LocalChunkStore:
     async def open(self) -> None:
         await aiofiles.os.makedirs(self._root, exist_ok=True)
 
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""
+
     def path(self, upload_id: str) -> Path:
         """The file of an upload; ids are ours, and the path is checked to stay inside root."""
         if not _SAFE_ID.fullmatch(upload_id):
@@ -212,6 +215,9 @@ class LocalObjectStore:
 
     async def open(self) -> None:
         await aiofiles.os.makedirs(self._meta_root, exist_ok=True)
+
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""
 
     def path(self, key: str) -> Path:
         segments = key.split("/")

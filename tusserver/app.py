@@ -23,7 +23,7 @@ from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
-from storage_backends.base import ChunkStore, ObjectStore, StorageError
+from storage_backends.base import ChunkStore, Lifecycle, ObjectStore, StorageError
 from storage_backends.encryption import (
     EncryptedChunkStore,
     EncryptedObjectStore,
@@ -93,9 +93,8 @@ class Runtime:
         if self.config.auto_migrate:
             await upgrade(self.db)
         for resource in (self.store, self.locker):
-            open_resource = getattr(resource, "open", None)
-            if open_resource is not None:
-                await open_resource()
+            if isinstance(resource, Lifecycle):
+                await resource.open()
         try:
             await self.objects.open()
         except EncryptionKeyError:
@@ -160,9 +159,8 @@ class Runtime:
             await self.webhooks.stop()
         await self.cache_bus.stop()
         for resource in (self.objects, self.locker, self.store):
-            close_resource = getattr(resource, "close", None)
-            if close_resource is not None:
-                await close_resource()
+            if isinstance(resource, Lifecycle):
+                await resource.close()
         if self.owns_db:
             await self.db.dispose()
 

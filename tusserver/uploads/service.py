@@ -26,6 +26,7 @@ from storage_backends.base import (
     ChunkStore,
     Concatenater,
     Finisher,
+    PartLimited,
     StorageError,
     StorageLimitExceeded,
     UploadDataMissing,
@@ -456,10 +457,9 @@ class UploadService:
             left = await self.quota_remaining(principal)
             if left is not None:
                 budget = left if budget is None else min(budget, left)
-        append_limit = getattr(self.store, "append_limit", None)
-        if append_limit is not None and rec.state is UploadState.RECEIVING:
+        if isinstance(self.store, PartLimited) and rec.state is UploadState.RECEIVING:
             # The store's own limits (S3 parts) are known before any byte is stored.
-            left = await append_limit(rec.id, current)
+            left = await self.store.append_limit(rec.id, current)
             budget = left if budget is None else min(budget, left)
         return budget
 
