@@ -810,11 +810,16 @@ class S3ChunkStore:
             if _is_missing(exc):
                 raise UploadDataMissing(upload_id) from None
             raise
-        if first is None:
-            return
-        yield first
-        async for block in blocks:
-            yield block
+        got = 0
+        if first is not None:
+            got += len(first)
+            yield first
+            async for block in blocks:
+                got += len(block)
+                yield block
+        if got < length:
+            # As the other chunk stores: a short read is an error, never a silent truncation.
+            raise StorageError(f"upload {upload_id} is shorter than expected")
 
     async def delete(self, upload_id: str) -> None:
         mp = self._info_cache.pop(upload_id, None)
