@@ -448,8 +448,6 @@ async def test_a_broken_body_in_large_blocks_keeps_every_byte_received(tmp_path:
 async def test_short_writes_are_resumed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
-    from storage_backends import encryption
-
     real = os.pwritev
 
     def short(fd: int, bufs: list[Any], pos: int) -> int:
@@ -462,7 +460,7 @@ async def test_short_writes_are_resumed(monkeypatch: pytest.MonkeyPatch, tmp_pat
                 break
         return real(fd, out, pos)
 
-    monkeypatch.setattr(encryption.os, "pwritev", short)
+    monkeypatch.setattr(os, "pwritev", short)
     store = chunks(tmp_path / "u", K1)
     await store.open()
     await store.create("s")
@@ -631,12 +629,12 @@ async def test_commit_refuses_a_damaged_or_missing_upload(tmp_path: Path) -> Non
 
 
 def no_kernel_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from storage_backends import encryption
+    from storage_backends.encryption import chunks as chunk_module
 
     def refuse(*_args: Any) -> None:
         raise AssertionError("the sealed upload was copied, not renamed")
 
-    monkeypatch.setattr(encryption, "_copy_range", refuse)
+    monkeypatch.setattr(chunk_module, "copy_range", refuse)
 
 
 async def test_finish_reseals_only_the_last_segment_as_final(tmp_path: Path) -> None:
@@ -838,10 +836,11 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
     import threading
     import time
 
-    from storage_backends import encryption
+    from storage_backends import fileio
+    from storage_backends.encryption import chunks as chunk_module
 
     writes: list[tuple[bool, int, int]] = []  # (from the event loop, position, bytes)
-    real = encryption._pwritev_all
+    real = chunk_module.pwritev_all
     loop_thread = threading.get_ident()
     busy = threading.Lock()
 
@@ -858,7 +857,7 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
         finally:
             busy.release()
 
-    monkeypatch.setattr(encryption, "_pwritev_all", spy)
+    monkeypatch.setattr(chunk_module, "pwritev_all", spy)
     store = chunks(tmp_path / "u", K1)
     await store.open()
     await store.create("s")
@@ -885,7 +884,7 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
         mine = writes[first:]
         assert mine[0][1] == (offset - n) // SEG * (SEG + OVERHEAD)
         assert all(b[1] == a[1] + a[2] for a, b in itertools.pairwise(mine))
-    assert all(n <= encryption._INLINE_WRITE for on_loop, _, n in writes if on_loop)
+    assert all(n <= fileio.INLINE_WRITE for on_loop, _, n in writes if on_loop)
     assert sum(n for on_loop, _, n in writes if not on_loop) > 2 * 1024 * 1024
     unit = SEG + OVERHEAD
     staged = max(n for _, _, n in writes)
@@ -918,7 +917,7 @@ async def test_concatenated_finished_parts_commit_by_rename(
 async def test_read_blocks_are_never_views_of_reused_buffers(tmp_path: Path) -> None:
     import asyncio
 
-    from storage_backends import encryption
+    from storage_backends.encryption import segments
 
     obj = objects(tmp_path / "o", K1)
     await obj.open()
@@ -941,7 +940,7 @@ async def test_read_blocks_are_never_views_of_reused_buffers(tmp_path: Path) -> 
         assert all(type(b) is bytes for b in got)
         want = contents[key][start:] if n is None else contents[key][start : start + n]
         assert b"".join(got) == want, (key, start, n)
-    assert encryption._POOL._kept <= encryption._POOL._limit
+    assert segments.POOL._kept <= segments.POOL._limit
 
 
 async def test_abandoned_reads_close_their_files(tmp_path: Path) -> None:

@@ -1,491 +1,40 @@
-"""S3 / MinIO object store through the ``minio`` SDK.
-
-The SDK is synchronous: every call runs in a bounded thread pool owned by the store, so a
-slow S3 never stalls the event loop, and the pool size bounds what one instance asks of S3.
-
-Server-side encryption (``S3Settings.sse``): ``"s3"`` asks S3 to encrypt every object with its
-own keys (SSE-S3), ``"c"`` with a key this server holds and sends with every request (SSE-C).
-Both stores apply it to every call that writes or reads object data. Before a store writes
-anything (at ``open()``, or at the first write if ``open()`` failed), it proves with a probe
-object that the S3 server really encrypts; until a probe passes, every write is refused.
-"""
+"""The S3 chunk store: uploads in progress as S3 multipart uploads."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import datetime as dt
 import io
 import json
-import secrets
 import tempfile
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote, unquote
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
-import aiofiles.os
-from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.datatypes import Part
-from minio.error import S3Error
-from minio.sse import Sse, SseCustomerKey, SseS3
+from minio.sse import Sse
 
-from .base import (
+from ..base import (
     ChunkSource,
-    ObjectInfo,
     StorageError,
     StorageLimitExceeded,
     StoreCapabilities,
     UploadDataMissing,
 )
+from .objects import S3ObjectStore
+from .settings import (
+    MAX_OBJECT,
+    MAX_PARTS,
+    MIN_PART,
+    S3Settings,
+    T,
+    encode_meta,
+    is_missing,
+    is_not_implemented,
+    part_size_for,
+)
 
-__all__ = ["SSE_MODES", "S3ChunkStore", "S3ObjectStore", "S3Settings", "part_size_for"]
-
-T = TypeVar("T")
-_READ_BLOCK = 256 * 1024
-_MIN_PART = 5 * 1024 * 1024
-_MAX_PARTS = 10_000
-
-#: Server-side encryption modes: none, SSE-S3 (keys managed by S3), SSE-C (our key).
-SSE_MODES = {"": "none", "s3": "SSE-S3", "c": "SSE-C"}
-
-
-class S3Settings:
-    """Connection settings shared by the S3 object store and the S3 chunk store."""
-
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        bucket: str,
-        region: str | None = None,
-        secure: bool = True,
-        part_size: int = 16 * 1024 * 1024,
-        parallel_parts: int = 4,
-        max_workers: int = 16,
-        sse: str = "",
-        sse_customer_key: bytes | None = None,
-    ) -> None:
-        if part_size < _MIN_PART:
-            raise ValueError("part_size must be at least 5 MiB")
-        if sse not in SSE_MODES:
-            raise ValueError("sse must be '' (none), 's3' (SSE-S3) or 'c' (SSE-C)")
-        if (sse == "c") != (sse_customer_key is not None):
-            raise ValueError("sse_customer_key is required with sse='c', and only then")
-        self._ssec = SseCustomerKey(sse_customer_key) if sse_customer_key is not None else None
-        self.endpoint = endpoint
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.bucket = bucket
-        self.region = region or None
-        self.secure = secure
-        self.part_size = part_size
-        self.parallel_parts = parallel_parts
-        self.max_workers = max_workers
-        self.sse = sse
-
-    @property
-    def sse_label(self) -> str:
-        """The encryption mode for messages: "none", "SSE-S3" or "SSE-C"."""
-        return SSE_MODES[self.sse]
-
-    @property
-    def write_sse(self) -> Sse | None:
-        """What to pass as ``sse=`` when an object (or a multipart upload) is created."""
-        if self.sse == "s3":
-            return SseS3()
-        return self._ssec
-
-    @property
-    def ssec(self) -> SseCustomerKey | None:
-        """The SSE-C key every read (get, stat, copy source) and part upload must carry."""
-        return self._ssec
-
-    def client(self) -> Minio:
-        return Minio(
-            self.endpoint,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            secure=self.secure,
-            region=self.region,
-        )
-
-
-def part_size_for(size: int, preferred: int) -> int:
-    """The smallest part size >= preferred that keeps ``size`` within 10,000 parts."""
-    part = max(preferred, _MIN_PART)
-    while size > part * _MAX_PARTS:
-        part *= 2
-    return part
-
-
-_EMPTY = "%"  # quote() never produces a lone '%': it stands for an empty value
-
-
-def _encode_meta(metadata: Mapping[str, str]) -> dict[str, str]:
-    """S3 user metadata must be ASCII, and HTTP trims spaces and drops empty values:
-    percent-encode every value (spaces included) and mark empty ones."""
-    return {k: quote(v, safe="!#$&'()*+,/:;=?@[]~") or _EMPTY for k, v in metadata.items()}
-
-
-def _decode_meta(value: str) -> str:
-    return "" if value == _EMPTY else unquote(value)
-
-
-class S3ObjectStore:
-    kind = "s3"
-
-    def __init__(
-        self,
-        settings: S3Settings,
-        *,
-        observe: Callable[[str, float], None] | None = None,
-    ) -> None:
-        self._observe = observe
-        self._s = settings
-        self._client = settings.client()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.max_workers, thread_name_prefix="s3"
-        )
-        #: Where the encryption probe is written (the chunk store sets its prefix).
-        self._probe_prefix = ""
-        self._sse_proven = not settings.sse
-        self._sse_lock = asyncio.Lock()
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        except S3Error as exc:
-            raise StorageError(f"S3 {exc.code}: {exc.message}") from exc
-        except (OSError, ValueError) as exc:  # connection refused, urllib3 errors, ...
-            raise StorageError(f"S3 unreachable: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("urllib3"):
-                raise StorageError(f"S3 unreachable: {exc}") from exc
-            raise
-        finally:
-            if self._observe is not None:
-                self._observe(getattr(fn, "__name__", "call"), time.perf_counter() - started)
-
-    @property
-    def bucket(self) -> str:
-        return self._s.bucket
-
-    def same_server(self, other: S3Settings) -> bool:
-        return (self._s.endpoint, self._s.access_key, self._s.secure) == (
-            other.endpoint,
-            other.access_key,
-            other.secure,
-        )
-
-    async def open(self) -> None:
-        if not await self._run(self._client.bucket_exists, self._s.bucket):
-            try:
-                await self._run(self._client.make_bucket, self._s.bucket)
-            except StorageError:
-                if not await self._run(self._client.bucket_exists, self._s.bucket):
-                    raise
-        await self._ensure_sse()
-
-    async def _ensure_sse(self) -> None:
-        """Prove the configured encryption works, once, before anything is written.
-
-        The application goes on when the object store fails to open (commits wait and are
-        retried), so open() alone could not stop a write to a server that ignores the SSE
-        headers: every write path calls this first.
-        """
-        if self._sse_proven:
-            return
-        async with self._sse_lock:
-            if not self._sse_proven:
-                await self._probe_sse()
-                self._sse_proven = True
-
-    async def _probe_sse(self) -> None:
-        """Write, check and read back a tiny object with the configured encryption.
-
-        Some S3 servers ignore encryption headers they do not implement and store plaintext,
-        others refuse them: either way this raises StorageError naming the mode. An S3 that
-        cannot be reached raises its usual error (the probe runs again at the next write).
-        """
-        key = f"{self._probe_prefix}.tusserver-sse-probe-{secrets.token_hex(8)}"
-        body = secrets.token_bytes(64)
-        mode = f"{self._s.sse_label} (s3_sse = {self._s.sse!r})"
-        try:
-            await self._run(
-                self._client.put_object,
-                self._s.bucket,
-                key,
-                io.BytesIO(body),
-                len(body),
-                sse=self._s.write_sse,
-            )
-            st = await self._run(self._client.stat_object, self._s.bucket, key, ssec=self._s.ssec)
-            headers = {k.lower(): v for k, v in (st.metadata or {}).items()}
-            if self._s.sse == "s3":
-                said = headers.get("x-amz-server-side-encryption")
-            else:
-                said = headers.get("x-amz-server-side-encryption-customer-algorithm")
-            if said != "AES256":
-                raise StorageError(f"the probe object was stored unencrypted (said {said!r})")
-            if await self._read_probe(key, self._s.ssec) != body:
-                raise StorageError("the probe object read back differently")
-            if self._s.ssec is not None:
-                try:
-                    await self._read_probe(key, None)
-                except StorageError as exc:
-                    if not isinstance(exc.__cause__, S3Error):
-                        raise  # unreachable, not a refusal
-                else:
-                    raise StorageError("the probe object could be read without the key")
-        except StorageError as exc:
-            if exc.__cause__ is not None and not isinstance(exc.__cause__, S3Error):
-                raise  # unreachable: says nothing about encryption
-            raise StorageError(
-                f"the S3 server at {self._s.endpoint} does not support server-side encryption "
-                f"{mode}: {exc}"
-            ) from exc
-        finally:
-            with contextlib.suppress(StorageError):
-                await self.delete(key)
-
-    async def _read_probe(self, key: str, ssec: SseCustomerKey | None) -> bytes:
-        def read() -> bytes:
-            resp = self._client.get_object(self._s.bucket, key, ssec=ssec)
-            try:
-                return bytes(resp.read())
-            finally:
-                resp.close()
-                resp.release_conn()
-
-        return await self._run(read)
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def put_file(
-        self,
-        key: str,
-        path: Path,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        consume: bool = False,
-    ) -> None:
-        await self._ensure_sse()
-        size = (await aiofiles.os.stat(path)).st_size
-        await self._run(
-            self._client.fput_object,
-            self._s.bucket,
-            key,
-            str(path),
-            content_type=content_type,
-            metadata=_encode_meta(metadata),
-            sse=self._s.write_sse,
-            part_size=part_size_for(size, self._s.part_size),
-            num_parallel_uploads=self._s.parallel_parts,
-        )
-
-    async def put_stream(
-        self,
-        key: str,
-        source: AsyncIterable[bytes],
-        *,
-        size: int,
-        content_type: str,
-        metadata: Mapping[str, str],
-    ) -> None:
-        await self._ensure_sse()
-        loop = asyncio.get_running_loop()
-        reader = _AsyncToSyncReader(source, loop, size)
-        await self._run(
-            self._client.put_object,
-            self._s.bucket,
-            key,
-            reader,
-            size,
-            content_type=content_type,
-            metadata=_encode_meta(metadata),
-            sse=self._s.write_sse,
-            part_size=part_size_for(size, self._s.part_size),
-            num_parallel_uploads=1,
-        )
-        if await reader.has_more():
-            await self.delete(key)
-            raise StorageError("the source has more bytes than its declared size")
-
-    async def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            st = await self._run(self._client.stat_object, self._s.bucket, key, ssec=self._s.ssec)
-        except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, S3Error) and cause.code in ("NoSuchKey", "NoSuchObject"):
-                return None
-            raise
-        meta = {}
-        for k, v in (st.metadata or {}).items():
-            low = k.lower()
-            if low.startswith("x-amz-meta-"):
-                meta[low[len("x-amz-meta-") :]] = _decode_meta(v)
-        return ObjectInfo(
-            key=key,
-            size=st.size or 0,
-            content_type=st.content_type or "application/octet-stream",
-            metadata=meta,
-        )
-
-    async def get(
-        self, key: str, start: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
-        kwargs: dict[str, Any] = {"offset": start, "ssec": self._s.ssec}
-        if length is not None:
-            if length == 0:
-                return
-            kwargs["length"] = length
-        resp = await self._run(self._client.get_object, self._s.bucket, key, **kwargs)
-        try:
-            while True:
-                block = await self._run(resp.read, _READ_BLOCK)
-                if not block:
-                    break
-                yield block
-        finally:
-            resp.close()
-            resp.release_conn()
-
-    async def delete(self, key: str) -> None:
-        await self._run(self._client.remove_object, self._s.bucket, key)
-
-    async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
-    ) -> str | None:
-        """A presigned GET URL, or None with SSE-C.
-
-        An SSE-C object can only be read by a request carrying the key in its headers: a
-        browser following a URL cannot, and handing it the key would defeat SSE-C. None makes
-        the API stream the download through this server instead. (SSE-S3 objects are
-        decrypted by S3 for any authorized request, presigned ones included.)
-        """
-        if self._s.ssec is not None:
-            return None
-        headers = {}
-        if filename is not None:
-            ascii_name = filename.encode("ascii", "replace").decode()
-            for bad in '?"\\':
-                ascii_name = ascii_name.replace(bad, "_")
-            headers["response-content-disposition"] = (
-                f'attachment; filename="{ascii_name}"; '
-                f"filename*=UTF-8''{quote(filename, safe='')}"
-            )
-        url: str = await self._run(
-            self._client.presigned_get_object,
-            self._s.bucket,
-            key,
-            expires=expires,
-            response_headers=headers or None,
-        )
-        return url
-
-    async def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
-        """New user metadata, same bytes: a server-side copy of the object onto itself.
-
-        The bytes never pass through this process (S3 has no other way to change metadata).
-        """
-        info = await self.stat(key)
-        if info is None:
-            raise StorageError(f"object {key} is missing")
-        await self._run(
-            self._client.copy_object,
-            self._s.bucket,
-            key,
-            CopySource(self._s.bucket, key, ssec=self._s.ssec),
-            sse=self._s.write_sse,
-            metadata={"Content-Type": info.content_type, **_encode_meta(metadata)},
-            metadata_directive="REPLACE",
-        )
-
-    async def list_keys(self) -> AsyncIterator[str]:
-        """Every object key in the bucket, listed a page at a time in a worker thread."""
-        listing = iter(self._client.list_objects(self._s.bucket, recursive=True))
-        while True:
-            page = await self._run(_next_page, listing, 1000)
-            for name in page:
-                yield name
-            if len(page) < 1000:
-                return
-
-
-def _next_page(listing: Any, n: int) -> list[str]:
-    out: list[str] = []
-    for obj in listing:
-        if obj.object_name is not None and not obj.is_dir:
-            out.append(obj.object_name)
-        if len(out) >= n:
-            break
-    return out
-
-
-class _AsyncToSyncReader(io.RawIOBase):
-    """A blocking file-like over an async byte source, for the SDK's worker thread."""
-
-    def __init__(
-        self, source: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop, size: int
-    ) -> None:
-        self._it = source.__aiter__()
-        self._loop = loop
-        self._buf = b""
-        self._eof = False
-        self._left = size  # bytes the source must still deliver, exactly
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        chunks = [self._buf]
-        have = len(self._buf)
-        while not self._eof and (size < 0 or have < size):
-            fut = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
-            block = fut.result()
-            if block is None:
-                self._eof = True
-                if self._left != 0:
-                    raise StorageError(f"the source ended {self._left} bytes early")
-                break
-            self._left -= len(block)
-            if self._left < 0:
-                raise StorageError("the source has more bytes than its declared size")
-            chunks.append(block)
-            have += len(block)
-        data = b"".join(chunks)
-        if size < 0:
-            self._buf = b""
-            return data
-        self._buf = data[size:]
-        return data[:size]
-
-    async def has_more(self) -> bool:
-        """After the SDK read its ``size`` bytes: does the source still hold any?"""
-        if self._buf:
-            return True
-        if self._eof:
-            return False
-        while (block := await self._next()) is not None:
-            if block:
-                return True
-        return False
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await self._it.__anext__()
-        except StopAsyncIteration:
-            return None
+__all__ = ["S3ChunkStore"]
 
 
 class S3ChunkStore:
@@ -517,7 +66,7 @@ class S3ChunkStore:
         self._s = settings
         self._client = self._objects._client
         self._prefix = prefix
-        limit = min(max_size or _MAX_OBJECT, _MAX_OBJECT)
+        limit = min(max_size or MAX_OBJECT, MAX_OBJECT)
         #: Uploads of deferred length: parts large enough for the configured maximum size, or
         #: the preferred size without one (then such an upload may grow to 10,000 parts; a
         #: PATCH past that is refused with 413 before any byte is stored).
@@ -554,7 +103,7 @@ class S3ChunkStore:
         info = await self._read_info(upload_id)
         mp = info.get("mp")
         part = info.get("part_size")
-        if isinstance(part, int) and part >= _MIN_PART:
+        if isinstance(part, int) and part >= MIN_PART:
             self._part_sizes[upload_id] = part
         if isinstance(mp, str):
             self._info_cache[upload_id] = mp
@@ -568,7 +117,7 @@ class S3ChunkStore:
         try:
             data = b"".join([b async for b in self._objects.get(self._key(upload_id, ".info"))])
         except StorageError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise UploadDataMissing(upload_id) from None
             raise
         try:
@@ -603,7 +152,7 @@ class S3ChunkStore:
                     part_number_marker=marker,
                 )
             except StorageError as exc:
-                if _is_missing(exc):
+                if is_missing(exc):
                     raise UploadDataMissing(upload_id) from None
                 raise
             parts.extend(result.parts)
@@ -620,7 +169,7 @@ class S3ChunkStore:
     async def create(self, upload_id: str, *, length: int | None = None) -> None:
         # The part size is chosen per upload: the preferred size, grown only as much as
         # this upload's length needs to stay within 10,000 parts.
-        part = part_size_for(length if length is not None else _MAX_OBJECT, self._s.part_size)
+        part = part_size_for(length if length is not None else MAX_OBJECT, self._s.part_size)
         if length is None:
             part = self._deferred_part_size
         await self._objects._ensure_sse()
@@ -638,7 +187,7 @@ class S3ChunkStore:
     async def append_limit(self, upload_id: str, offset: int) -> int:
         """Bytes this upload may still take before S3's 10,000-part limit."""
         await self._multipart_id(upload_id)
-        return max(0, _MAX_PARTS * self._part_size(upload_id) - offset)
+        return max(0, MAX_PARTS * self._part_size(upload_id) - offset)
 
     async def get_offset(self, upload_id: str) -> int:
         mp = await self._multipart_id(upload_id)
@@ -701,7 +250,7 @@ class S3ChunkStore:
                 spool += block
                 written += len(block)
                 while len(spool) >= part_size:
-                    if number > _MAX_PARTS:
+                    if number > MAX_PARTS:
                         raise StorageLimitExceeded("the upload would exceed 10,000 S3 parts")
                     data = bytes(spool[:part_size])
                     del spool[:part_size]
@@ -750,7 +299,7 @@ class S3ChunkStore:
         try:
             data = b"".join([b async for b in self._objects.get(key)])
         except StorageError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return b""
             raise
         await self._objects.delete(key)
@@ -807,7 +356,7 @@ class S3ChunkStore:
         try:
             first = await anext(blocks, None)
         except StorageError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise UploadDataMissing(upload_id) from None
             raise
         got = 0
@@ -851,7 +400,7 @@ class S3ChunkStore:
             sizes.append(info.size)
         key = self._key(upload_id)
         total = sum(sizes)
-        if len(parts) > 1 and all(s >= _MIN_PART for s in sizes[:-1]) and sizes[-1] > 0:
+        if len(parts) > 1 and all(s >= MIN_PART for s in sizes[:-1]) and sizes[-1] > 0:
             ssec = self._s.ssec
             sources = [ComposeSource(self._s.bucket, self._key(p), ssec=ssec) for p in parts]
             if await self._compose(self._s.bucket, key, sources, sse=self._s.write_sse):
@@ -888,7 +437,7 @@ class S3ChunkStore:
             return False
         await objects._ensure_sse()
         ssec = self._s.ssec
-        meta = {"Content-Type": content_type, **_encode_meta(metadata)}
+        meta = {"Content-Type": content_type, **encode_meta(metadata)}
         size_info = await self._objects.stat(self._key(upload_id))
         if size_info is None:
             raise UploadDataMissing(upload_id)
@@ -925,14 +474,11 @@ class S3ChunkStore:
                 self._client.compose_object, bucket, key, sources, sse=sse, metadata=metadata
             )
         except StorageError as exc:
-            if with_ssec and _is_not_implemented(exc):
+            if with_ssec and is_not_implemented(exc):
                 self._ssec_part_copy = False
                 return False
             raise
         return True
-
-
-_MAX_OBJECT = 5 * 1024**4
 
 
 def _contiguous(parts: list[Part]) -> list[Part]:
@@ -944,21 +490,6 @@ def _contiguous(parts: list[Part]) -> list[Part]:
             break
         result.append(part)
     return result
-
-
-def _is_not_implemented(exc: StorageError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, S3Error) and cause.code == "NotImplemented"
-
-
-def _is_missing(exc: StorageError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, S3Error) and cause.code in (
-        "NoSuchKey",
-        "NoSuchObject",
-        "NoSuchUpload",
-        "NotFound",
-    )
 
 
 async def _file_blocks(fh: Any, size: int, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
