@@ -40,6 +40,7 @@ __all__ = [
     "PartLimited",
     "ServerSideCopier",
     "StorageError",
+    "StorageFull",
     "StorageLimitExceeded",
     "StoreCapabilities",
     "UnfinishedReader",
@@ -52,6 +53,15 @@ ChunkSource = AsyncIterable[bytes]
 
 class StorageError(Exception):
     """The store could not do what was asked (disk full, S3 unreachable, ...)."""
+
+
+class StorageFull(StorageError):
+    """The store has no room left: the disk or quota is full (ENOSPC, EDQUOT), the S3
+    server says it is out of space, or the catalog's database could not grow.
+
+    What was stored before the error stays (an upload's offset says exactly how much);
+    the same request succeeds once space is freed. Mapped to 507 Insufficient Storage.
+    """
 
 
 class UploadDataMissing(StorageError):

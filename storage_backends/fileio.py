@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import aiofiles.os
 
-from .base import StorageError
+from .base import StorageError, StorageFull
 
 __all__ = [
     "COPY_BLOCK",
@@ -35,7 +37,9 @@ __all__ = [
     "copy_range",
     "create_empty",
     "finish_file",
+    "full_disk_is_storage_full",
     "in_worker",
+    "is_full",
     "pwrite_all",
     "pwritev_all",
     "read_into",
@@ -47,6 +51,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 Bytes = bytes | bytearray | memoryview
 
 #: Writes up to this size without fsync go straight to the page cache from the event loop.
@@ -59,6 +64,33 @@ INLINE_UNLINK = 1024 * 1024
 IOV_MAX = 512
 #: Every file the stores create: readable and writable by the server's user only.
 FILE_MODE = 0o600
+
+
+#: The errors of a full filesystem: no space left, or the user's disk quota exceeded.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the filesystem is full."""
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def full_disk_is_storage_full(
+    fn: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Decorate a store's method: a full filesystem raises :class:`StorageFull` (507 to the
+    client) rather than a bare OSError (which would be a 500)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except OSError as exc:
+            if is_full(exc):
+                raise StorageFull(f"no space left on the device ({exc.strerror})") from exc
+            raise
+
+    return wrapper
 
 
 async def in_worker(fn: Callable[..., _T], *args: Any) -> _T:

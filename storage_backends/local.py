@@ -35,6 +35,7 @@ from .fileio import (
     INLINE_WRITE,
     copy_range,
     create_empty,
+    full_disk_is_storage_full,
     pwrite_all,
     remove,
     write_atomic,
@@ -76,6 +77,7 @@ class LocalChunkStore:
     def local_path(self, upload_id: str) -> Path:
         return self.path(upload_id)
 
+    @full_disk_is_storage_full
     async def create(self, upload_id: str, *, length: int | None = None) -> None:
         # Inline: creating an empty file is a metadata operation of microseconds, and a
         # thread hop costs more CPU than it (see the module docstring).
@@ -87,6 +89,7 @@ class LocalChunkStore:
         except FileNotFoundError:
             raise UploadDataMissing(upload_id) from None
 
+    @full_disk_is_storage_full
     async def write(
         self,
         upload_id: str,
@@ -188,6 +191,7 @@ class LocalChunkStore:
         for p in (path, path.with_name(upload_id + ".stage")):
             await remove(p)
 
+    @full_disk_is_storage_full
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         target = self.path(upload_id)
         sources = [self.path(p) for p in parts]
@@ -236,6 +240,7 @@ class LocalObjectStore:
     def _meta_path(self, key: str) -> Path:
         return self._meta_root.joinpath(*key.split("/")).with_name(key.split("/")[-1] + ".json")
 
+    @full_disk_is_storage_full
     async def put_file(
         self,
         key: str,
@@ -257,6 +262,7 @@ class LocalObjectStore:
                     raise
         await asyncio.to_thread(_place_file, path, dest, consume, self._fsync)
 
+    @full_disk_is_storage_full
     async def put_stream(
         self,
         key: str,
@@ -287,6 +293,7 @@ class LocalObjectStore:
         await asyncio.to_thread(os.close, fd)
         await aiofiles.os.replace(tmp, dest)
 
+    @full_disk_is_storage_full
     async def put_built(
         self,
         key: str,
@@ -376,6 +383,7 @@ class LocalObjectStore:
     ) -> str | None:
         return None
 
+    @full_disk_is_storage_full
     async def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
         """Rewrite the sidecar (atomically) and leave the object's bytes alone."""
         info = await self.stat(key)

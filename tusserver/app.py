@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from auth import Principal
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
@@ -138,6 +139,7 @@ class Runtime:
             checks["object_store"] = "ok"
         except Exception as exc:
             checks["object_store"] = f"unreachable: {type(exc).__name__}"
+        checks["storage"] = await asyncio.to_thread(self._storage_space)
         if self.config.clamd_url:
             try:
                 ok = await ClamdClient(self.config.clamd_url, timeout=5).ping()
@@ -145,6 +147,40 @@ class Runtime:
             except Exception as exc:
                 checks["scanner"] = f"unreachable: {type(exc).__name__}"
         return checks
+
+    def _storage_space(self) -> str:
+        """ "ok", or "full" naming the local directories the server writes to (data, the
+        SQLite catalog, the local stores) whose filesystem has (almost) no space left.
+
+        Once space is freed the check is "ok" again. S3 has no way to ask for free space: a
+        full S3 answers 507 to the requests it refuses, and is logged.
+        """
+        config = self.config
+        dirs = [config.data_dir]
+        if config.chunk_store != "s3":
+            dirs.append(config.uploads_dir)
+        if config.object_store != "s3":
+            dirs.append(config.objects_dir)
+        if config.database_url:
+            url = make_url(config.database_url)
+            if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+                dirs.append(Path(url.database).parent)
+        full: list[str] = []
+        seen: set[int] = set()
+        for d in dirs:
+            try:
+                st = os.statvfs(d)
+                dev = os.stat(d).st_dev
+            except OSError:
+                continue  # not created yet: nothing written there
+            if dev in seen:
+                continue
+            seen.add(dev)
+            # root may write into the blocks a filesystem reserves for it; others may not
+            blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+            if blocks * st.f_frsize < _MIN_FREE_BYTES:
+                full.append(str(d))
+        return "ok" if not full else f"full: no space left under {', '.join(full)}"
 
     async def stop(self) -> None:
         if not self._started:
@@ -166,6 +202,8 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
+#: /readyz reports a local filesystem with less free space than this as full.
+_MIN_FREE_BYTES = 64 * 1024
 
 
 def build_runtime(

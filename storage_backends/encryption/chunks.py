@@ -23,6 +23,7 @@ from ..fileio import (
     Bytes,
     copy_range,
     finish_file,
+    full_disk_is_storage_full,
     in_worker,
     pwritev_all,
     read_small,
@@ -95,6 +96,7 @@ class EncryptedChunkStore:
     def root(self) -> Path:
         return self._files.root
 
+    @full_disk_is_storage_full
     async def open(self) -> None:
         await self._files.open()
         check = self.root / CHECK_NAME
@@ -133,6 +135,7 @@ class EncryptedChunkStore:
         except FileNotFoundError:
             raise UploadDataMissing(upload_id) from None
 
+    @full_disk_is_storage_full
     async def create(self, upload_id: str, *, length: int | None = None) -> None:
         _, env = self._keys.new_envelope(upload_id, self._segment)
         # The sidecar first: data never exists without the key that opens it. Inline: a
@@ -153,6 +156,7 @@ class EncryptedChunkStore:
         finally:
             os.close(fd)
 
+    @full_disk_is_storage_full
     async def write(
         self,
         upload_id: str,
@@ -198,6 +202,7 @@ class EncryptedChunkStore:
         finally:
             os.close(fd)
 
+    @full_disk_is_storage_full
     async def finish(self, upload_id: str) -> None:
         """The upload has all its bytes: re-seal its last segment as final (idempotent).
 
@@ -236,6 +241,7 @@ class EncryptedChunkStore:
         finally:
             os.close(fd)
 
+    @full_disk_is_storage_full
     async def copy_into(
         self,
         upload_id: str,
@@ -313,6 +319,7 @@ class EncryptedChunkStore:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.remove, self._key_path(upload_id))
 
+    @full_disk_is_storage_full
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         key_path = self._key_path(upload_id)
         if not await asyncio.to_thread(key_path.exists):
@@ -325,6 +332,7 @@ class EncryptedChunkStore:
             total += await self.write(upload_id, total, self.read(part, 0, size), fsync=fsync)
         return total
 
+    @full_disk_is_storage_full
     async def rotate(self) -> RotationReport:
         """Re-wrap the data key of every upload in progress under the active master key."""
         report = RotationReport()

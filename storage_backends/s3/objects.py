@@ -19,8 +19,16 @@ from minio.commonconfig import CopySource
 from minio.error import S3Error
 from minio.sse import SseCustomerKey
 
-from ..base import ObjectInfo, StorageError
-from .settings import READ_BLOCK, S3Settings, T, decode_meta, encode_meta, part_size_for
+from ..base import ObjectInfo, StorageError, StorageFull
+from .settings import (
+    READ_BLOCK,
+    S3Settings,
+    T,
+    decode_meta,
+    encode_meta,
+    is_full,
+    part_size_for,
+)
 
 __all__ = ["S3ObjectStore"]
 
@@ -51,6 +59,8 @@ class S3ObjectStore:
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except S3Error as exc:
+            if is_full(exc):
+                raise StorageFull(f"S3 is full: {exc.code}: {exc.message}") from exc
             raise StorageError(f"S3 {exc.code}: {exc.message}") from exc
         except (OSError, ValueError) as exc:  # connection refused, urllib3 errors, ...
             raise StorageError(f"S3 unreachable: {exc}") from exc

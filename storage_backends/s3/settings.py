@@ -15,6 +15,7 @@ from minio.sse import Sse, SseCustomerKey, SseS3
 from ..base import StorageError
 
 __all__ = [
+    "FULL_CODES",
     "MAX_OBJECT",
     "MAX_PARTS",
     "MIN_PART",
@@ -23,6 +24,7 @@ __all__ = [
     "S3Settings",
     "decode_meta",
     "encode_meta",
+    "is_full",
     "is_missing",
     "is_not_implemented",
     "part_size_for",
@@ -121,6 +123,18 @@ def encode_meta(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def decode_meta(value: str) -> str:
     return "" if value == EMPTY else unquote(value)
+
+
+#: Error codes by which S3 servers say they are out of space (MinIO's, and the generic ones
+#: some S3-compatible servers use); HTTP 507 means the same whatever the code.
+FULL_CODES = frozenset(
+    {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "StorageFull", "QuotaExceeded"}
+)
+
+
+def is_full(exc: S3Error) -> bool:
+    """Whether the S3 server refused because it (or the bucket's quota) is full."""
+    return exc.code in FULL_CODES or exc.response.status == 507
 
 
 def is_not_implemented(exc: StorageError) -> bool:

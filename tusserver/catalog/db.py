@@ -38,10 +38,10 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["Database", "create_database"]
+__all__ = ["Database", "create_database", "is_disk_full"]
 
 T = TypeVar("T")
 
@@ -97,6 +97,25 @@ class Database:
 
 class _Busy(Exception):
     """The database is locked by another connection (inline attempts never wait)."""
+
+
+#: PostgreSQL's SQLSTATE for "disk full" (class 53, insufficient resources).
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: DBAPIError) -> bool:
+    """Whether the database refused because its disk is full: SQLite's SQLITE_FULL
+    ("database or disk is full"), or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code: int | None = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF == sqlite3.SQLITE_FULL
+        return "database or disk is full" in str(orig)
+    return bool(
+        getattr(orig, "sqlstate", None) == _PG_DISK_FULL
+        or getattr(orig, "pgcode", None) == _PG_DISK_FULL
+    )
 
 
 def _is_busy(exc: OperationalError) -> bool:

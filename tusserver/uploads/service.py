@@ -28,6 +28,7 @@ from storage_backends.base import (
     Finisher,
     PartLimited,
     StorageError,
+    StorageFull,
     StorageLimitExceeded,
     UploadDataMissing,
 )
@@ -200,6 +201,8 @@ class UploadService:
         if not is_final:
             try:
                 await self.store.create(record.id, length=length)
+            except StorageFull:
+                raise  # 507, where errors are mapped
             except StorageError as exc:
                 raise ServiceUnavailable(
                     f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
@@ -509,6 +512,9 @@ class UploadService:
             raise Gone("the upload's data is gone") from None
         except StorageLimitExceeded as exc:
             raise PayloadTooLarge(str(exc)) from None
+        except StorageFull:
+            # 507: the bytes stored before the disk filled stay; HEAD says how many.
+            raise
         except StorageError as exc:
             # Bytes the store did keep show up in HEAD; the client resumes from there.
             raise ServiceUnavailable(
@@ -585,6 +591,8 @@ class UploadService:
         if isinstance(self.store, Finisher):
             try:
                 await self.store.finish(rec.id)
+            except StorageFull:
+                raise  # 507; the upload completes on a request once space is freed
             except StorageError as exc:
                 raise ServiceUnavailable(
                     f"storage is unavailable ({exc}); the upload completes on the next request",
