@@ -243,6 +243,16 @@ class ObjectStore(Protocol):
         """Remove the object; no error when absent."""
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
-        """A short-lived URL to download the object directly, or None if not supported."""
+        """A short-lived URL to download the object directly, or None if not supported.
+
+        The download is served as ``application/octet-stream`` with ``content_disposition``
+        (built by the caller, the same header as a download through the server), or an
+        attachment named ``filename``; a header value with a control character is refused.
+        """

@@ -379,7 +379,12 @@ class LocalObjectStore:
             await remove(p)
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
         return None
 

@@ -25,6 +25,8 @@ from storage_backends.encryption import EncryptionKeyError, KeyRing
 __all__ = ["ConfigError", "TusServerConfig", "load_config"]
 
 ENV_PREFIX = "TUSSERVER_"
+#: The longest a presigned download URL may stay valid, in seconds (docs/security.md).
+MAX_DOWNLOAD_REDIRECT = 300
 
 
 class ConfigError(Exception):
@@ -182,8 +184,9 @@ class TusServerConfig:
         default=0.0,
         metadata=_doc(
             "Seconds a presigned S3 URL stays valid when `GET /file/{id}/content` redirects "
-            "to it (307) instead of streaming through the server; 0: always stream. Only "
-            "where the store can presign (S3 without SSE-C or envelope encryption)."
+            "to it (307) instead of streaming through the server; 0: always stream; at most "
+            "300 (a URL cannot be revoked: see docs/security.md). Only where the store can "
+            "presign (S3 without SSE-C or envelope encryption)."
         ),
     )
     s3_chunk_prefix: str = field(
@@ -460,6 +463,11 @@ class TusServerConfig:
             # "not >= 0" also refuses NaN.
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: must be a non-negative number")
+        if self.download_redirect > MAX_DOWNLOAD_REDIRECT:
+            raise ConfigError(
+                f"download_redirect: at most {MAX_DOWNLOAD_REDIRECT} seconds (a presigned URL "
+                "cannot be revoked once handed out)"
+            )
         if self.object_store not in ("local", "s3"):
             raise ConfigError("object_store: must be 'local' or 's3'")
         if self.chunk_store not in ("local", "s3"):

@@ -246,7 +246,12 @@ class EncryptedObjectStore:
         await self._inner.delete(key)
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
         return None
 

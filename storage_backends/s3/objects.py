@@ -262,7 +262,12 @@ class S3ObjectStore:
         await self._run(self._client.remove_object, self._s.bucket, key)
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
         """A presigned GET URL, or None with SSE-C.
 
@@ -273,15 +278,21 @@ class S3ObjectStore:
         """
         if self._s.ssec is not None:
             return None
-        headers = {}
-        if filename is not None:
-            ascii_name = filename.encode("ascii", "replace").decode()
+        # What S3 answers with: never the stored type (a browser must not render an upload),
+        # always an attachment.
+        headers = {"response-content-type": "application/octet-stream"}
+        if content_disposition is None and filename is not None:
+            plain = "".join("_" if _is_control(ch) else ch for ch in filename)
+            ascii_name = plain.encode("ascii", "replace").decode()
             for bad in '?"\\':
                 ascii_name = ascii_name.replace(bad, "_")
-            headers["response-content-disposition"] = (
-                f'attachment; filename="{ascii_name}"; '
-                f"filename*=UTF-8''{quote(filename, safe='')}"
+            content_disposition = (
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(plain, safe='')}"
             )
+        if content_disposition is not None:
+            if any(_is_control(ch) for ch in content_disposition):
+                raise ValueError("a Content-Disposition must not hold control characters")
+            headers["response-content-disposition"] = content_disposition
         url: str = await self._run(
             self._client.presigned_get_object,
             self._s.bucket,
@@ -318,6 +329,11 @@ class S3ObjectStore:
                 yield name
             if len(page) < 1000:
                 return
+
+
+def _is_control(ch: str) -> bool:
+    """CR, LF and the other characters a header value must not carry."""
+    return ord(ch) < 0x20 or ord(ch) == 0x7F
 
 
 def _next_page(listing: Any, n: int) -> list[str]:

@@ -27,7 +27,7 @@ from ..catalog.files import FileQuery, FileRecord, FileRepository, FileStatus
 from ..errors import BadRequest, NotFound, TusError, UploadInterrupted, UploadSuspended
 from ..errors import StateConflict as Conflict
 from ..http_io import caller_of, stream_bytes
-from ..http_util import not_modified, safe_filename
+from ..http_util import content_disposition, not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
 from ..protocol.headers import format_http_date
@@ -293,7 +293,11 @@ class FilesApi:
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         if self._redirect_for > 0 and request.method == "GET" and f.storage_key:
             url = await self._pipeline.objects.presign_get(
-                f.storage_key, expires=dt.timedelta(seconds=self._redirect_for), filename=f.name
+                f.storage_key,
+                expires=dt.timedelta(seconds=self._redirect_for),
+                filename=f.name,
+                # The very header a download through the server gets (stream_bytes).
+                content_disposition=content_disposition(f.name),
             )
             if url is not None:
                 # The client fetches the bytes (Range included) from S3 directly.
