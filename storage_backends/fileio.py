@@ -9,7 +9,8 @@ thread pool costs 50-100 us of CPU and a GIL hand-off, which dominated the cost 
 uploads and of Range requests. Big reads and writes, copies and fsync run in worker threads
 (:func:`in_worker`, or ``asyncio.to_thread``).
 
-Every file is created with mode 0600 (the process umask can only make it stricter).
+Every file is created with mode 0600 and every directory 0700 (:func:`private_dirs`); the
+process umask can only make them stricter.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .base import StorageError, StorageFull
 
 __all__ = [
     "COPY_BLOCK",
+    "DIR_MODE",
     "FILE_MODE",
     "INLINE_UNLINK",
     "INLINE_WRITE",
@@ -40,6 +42,8 @@ __all__ = [
     "full_disk_is_storage_full",
     "in_worker",
     "is_full",
+    "private_dirs",
+    "private_file",
     "pwrite_all",
     "pwritev_all",
     "read_into",
@@ -64,6 +68,47 @@ INLINE_UNLINK = 1024 * 1024
 IOV_MAX = 512
 #: Every file the stores create: readable and writable by the server's user only.
 FILE_MODE = 0o600
+#: Every directory they create: the server's user only.
+DIR_MODE = 0o700
+
+
+def private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each with :data:`DIR_MODE` (os.makedirs
+    gives intermediate directories the default mode); inline: metadata calls."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=DIR_MODE)
+
+
+def _umask() -> int:
+    # There is no way to read the umask without setting it; done only at start-up.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def private_file(path: Path, *, create: bool = False) -> None:
+    """Make an existing file (or, with ``create``, a new empty one) private: mode 0600, or
+    stricter if the umask says so. Used at start for files other libraries create (SQLite
+    gives its -wal and -shm files the mode of the database file)."""
+    mode = FILE_MODE & ~_umask()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not create:
+            return
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        return
+    if st.st_mode & 0o777 & ~mode:
+        os.chmod(path, st.st_mode & 0o777 & mode)
 
 
 #: The errors of a full filesystem: no space left, or the user's disk quota exceeded.
@@ -186,7 +231,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         fd = os.open(tmp, flags, FILE_MODE)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         fd = os.open(tmp, flags, FILE_MODE)
     try:
         try:

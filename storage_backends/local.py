@@ -36,6 +36,7 @@ from .fileio import (
     copy_range,
     create_empty,
     full_disk_is_storage_full,
+    private_dirs,
     pwrite_all,
     remove,
     write_atomic,
@@ -60,7 +61,7 @@ class LocalChunkStore:
         return self._root
 
     async def open(self) -> None:
-        await aiofiles.os.makedirs(self._root, exist_ok=True)
+        private_dirs(self._root)  # inline: metadata calls
 
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own file."""
@@ -221,7 +222,7 @@ class LocalObjectStore:
         self._fsync = fsync
 
     async def open(self) -> None:
-        await aiofiles.os.makedirs(self._meta_root, exist_ok=True)
+        private_dirs(self._meta_root)
 
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own file."""
@@ -274,7 +275,7 @@ class LocalObjectStore:
     ) -> None:
         dest = self.path(key)
         await self._write_meta(key, content_type, metadata)
-        await aiofiles.os.makedirs(dest.parent, exist_ok=True)
+        private_dirs(dest.parent)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
@@ -420,7 +421,7 @@ def _build_file(tmp: Path, build: Callable[[int], object], fsync: bool) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileNotFoundError:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(tmp.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         build(fd)
@@ -442,13 +443,13 @@ def _place_file(src: Path, dest: Path, consume: bool, fsync: bool, *, copy: bool
             except FileNotFoundError:
                 if not os.path.exists(src):
                     raise
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(dest.parent)
                 os.replace(src, dest)
             return
         except OSError as exc:
             if exc.errno != errno.EXDEV or not copy:  # another filesystem: copy instead
                 raise
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:

@@ -30,6 +30,7 @@ from storage_backends.encryption import (
     EncryptedObjectStore,
     EncryptionKeyError,
 )
+from storage_backends.fileio import private_dirs
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
 from .api.analytics import ANALYTICS_MAX_TTL, AnalyticsApi
@@ -364,7 +365,7 @@ def _generated_secret(config: TusServerConfig) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

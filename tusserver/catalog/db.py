@@ -41,6 +41,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from storage_backends.fileio import private_dirs, private_file
+
 __all__ = ["Database", "create_database", "is_disk_full"]
 
 T = TypeVar("T")
@@ -260,6 +262,17 @@ class SqliteRunner:
             self.engine.dispose()
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The catalog holds password hashes and the audit log: its directory is created 0700
+    and its files are 0600 (or stricter, by the umask). The database file is created here
+    with that mode, since SQLite gives its -wal and -shm files the mode of the database
+    file; files an older version left readable by others are tightened."""
+    private_dirs(path.parent)
+    private_file(path, create=True)
+    for suffix in ("-wal", "-shm", "-journal"):
+        private_file(path.with_name(path.name + suffix))
+
+
 def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> Database:
     """An engine for ``url``. SQLite gets WAL, a busy timeout and foreign keys.
 
@@ -271,7 +284,7 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30}
         if parsed.database and parsed.database != ":memory:":
             # One connection: SQLite serializes writers anyway, and with several connections
