@@ -33,6 +33,7 @@ __all__ = [
     "ChunkStore",
     "Concatenater",
     "Finisher",
+    "IntegrityError",
     "Lifecycle",
     "LocalFileAccess",
     "ObjectInfo",
@@ -62,6 +63,11 @@ class StorageFull(StorageError):
     What was stored before the error stays (an upload's offset says exactly how much);
     the same request succeeds once space is freed. Mapped to 507 Insufficient Storage.
     """
+
+
+class IntegrityError(StorageError):
+    """Stored bytes failed an integrity check (authentication of ciphertext, a missing
+    envelope, the recorded sha256): tampered with or damaged. Never served."""
 
 
 class UploadDataMissing(StorageError):

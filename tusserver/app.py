@@ -465,7 +465,10 @@ def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> Ob
         inner = LocalObjectStore(config.objects_dir, fsync=config.fsync)
     if config.encryption == "envelope":
         return EncryptedObjectStore(
-            inner, config.key_ring(), segment_size=config.encryption_segment_size
+            inner,
+            config.key_ring(),
+            segment_size=config.encryption_segment_size,
+            allow_plaintext=config.encryption_allow_plaintext,
         )
     return inner
 

@@ -198,7 +198,8 @@ class TusServerConfig:
         metadata=_doc(
             "`none`, or `envelope`: AES-256-GCM in segments with a data key per file, wrapped "
             "by a master key, for the local chunk store and the object store (local, or S3 as "
-            "client-side encryption). Files stored before it was turned on stay readable."
+            "client-side encryption). Files stored before it was turned on are refused "
+            "unless `encryption_allow_plaintext` is on."
         ),
     )
     encryption_keys: tuple[str, ...] = field(
@@ -222,6 +223,15 @@ class TusServerConfig:
         metadata=_doc(
             "Plaintext bytes per encrypted segment (4 KiB to 16 MiB): the unit a Range read "
             "decrypts; recorded per file, so changing it is safe."
+        ),
+    )
+    encryption_allow_plaintext: bool = field(
+        default=False,
+        metadata=_doc(
+            "With `encryption = envelope`, serve objects that have no encryption envelope "
+            "(stored before encryption was turned on) as they are. Off: such an object is an "
+            "integrity error (logged, 500), since whoever can write to the store could "
+            "otherwise substitute a file. Turn on only while migrating old files."
         ),
     )
     # --- validation pipeline -----------------------------------------------------------------

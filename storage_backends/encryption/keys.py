@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..base import StorageError
+from ..base import IntegrityError, StorageError
 
 __all__ = [
     "CHECK_NAME",
@@ -47,10 +47,6 @@ CHECK_NAME = ".tusserver-encryption.json"
 
 class EncryptionKeyError(StorageError):
     """A master key is missing, malformed or does not open what it should: fix the config."""
-
-
-class IntegrityError(StorageError):
-    """Stored ciphertext failed authentication: it was tampered with or damaged."""
 
 
 @dataclass(slots=True)

@@ -55,7 +55,9 @@ class MetadataRewriter(Protocol):
 class EncryptedObjectStore:
     """Any object store, with every object sealed before it leaves the process.
 
-    Objects written before encryption was turned on (no envelope) are still read as they are.
+    An object without an envelope is an integrity error when read: whoever can write to the
+    store could otherwise substitute plaintext unnoticed. Only with ``allow_plaintext`` (a
+    migration setting) are objects written before encryption was turned on read as they are.
     Presigned URLs are never handed out: the client could not decrypt what it fetched.
     """
 
@@ -66,8 +68,10 @@ class EncryptedObjectStore:
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         check_key: str = CHECK_NAME,
+        allow_plaintext: bool = False,
     ) -> None:
         self._inner = inner
+        self._allow_plaintext = allow_plaintext
         self._keys = keys
         self._segment = segment_size
         self._check_key = check_key
@@ -185,6 +189,14 @@ class EncryptedObjectStore:
             async for block in blocks:
                 yield block
 
+    def _plaintext(self, key: str) -> None:
+        """An object without an envelope is about to be read: allowed only when configured."""
+        if not self._allow_plaintext:
+            raise IntegrityError(
+                f"object {key} has no encryption envelope (set encryption_allow_plaintext "
+                "only to read objects stored before encryption was turned on)"
+            )
+
     def _opener(self, key: str, env: Envelope, stored_size: int) -> tuple[SegmentCipher, int]:
         """(cipher, plaintext size) of an object, once its envelope is checked."""
         if env.size is None:
@@ -219,6 +231,7 @@ class EncryptedObjectStore:
                 return
         finally:
             os.close(fd)
+        self._plaintext(key)
         async with closing(inner.get(key, start, length)) as plain:  # from before encryption
             async for block in plain:
                 yield block
@@ -229,6 +242,7 @@ class EncryptedObjectStore:
             raise StorageError(f"object {key} is missing")
         env = Envelope.from_metadata(info.metadata)
         if env is None:
+            self._plaintext(key)
             async with closing(self._inner.get(key, start, length)) as plain:
                 async for block in plain:
                     yield block

@@ -247,14 +247,42 @@ async def test_envelopes_cannot_be_swapped_between_objects(tmp_path: Path) -> No
         await read_all(store, "b")
 
 
-async def test_objects_stored_before_encryption_stay_readable(tmp_path: Path) -> None:
+async def test_objects_without_envelope_are_refused_unless_plaintext_is_allowed(
+    tmp_path: Path,
+) -> None:
+    """#16 item 15: plaintext in an encrypted store is an integrity error by default (it
+    could be a substitution); the migration setting reads objects stored before encryption."""
     plain = LocalObjectStore(tmp_path / "o")
     await plain.open()
     await plain.put_stream("old.bin", blocks(b"legacy!"), size=7, content_type="a/b", metadata={})
     store = objects(tmp_path / "o", K1)
     await store.open()
-    assert await read_all(store, "old.bin") == b"legacy!"
-    assert await read_all(store, "old.bin", 2, 3) == b"gac"
+    with pytest.raises(IntegrityError, match="no encryption envelope"):
+        await read_all(store, "old.bin")
+    with pytest.raises(IntegrityError):
+        await read_all(store, "old.bin", 2, 3)
+    ring = KeyRing.from_specs([K1])
+    for inner in (LocalObjectStore(tmp_path / "o"), _Streamed(LocalObjectStore(tmp_path / "o"))):
+        strict = EncryptedObjectStore(inner, ring, segment_size=SEG)
+        with pytest.raises(IntegrityError):
+            await read_all(strict, "old.bin")
+        migrating = EncryptedObjectStore(inner, ring, segment_size=SEG, allow_plaintext=True)
+        assert await read_all(migrating, "old.bin") == b"legacy!"
+        assert await read_all(migrating, "old.bin", 2, 3) == b"gac"
+
+
+class _Streamed:
+    """A local object store seen only through the ObjectStore protocol (as S3 is): the
+    encrypted store's generic read path, not its local-file fast path."""
+
+    def __init__(self, inner: LocalObjectStore) -> None:
+        self._inner = inner
+        self.kind = "streamed"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("path", "read_sidecar", "replace_metadata", "list_keys", "put_built"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 async def test_rotation_rewraps_without_rewriting_data(tmp_path: Path) -> None:
