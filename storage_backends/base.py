@@ -1,9 +1,23 @@
-"""The storage interfaces: small async protocols, optional capabilities detected at runtime.
+"""The storage interfaces: small async protocols, and every optional ability named.
 
 Like tusd's StoreComposer, a store declares what it can do by implementing the optional
-protocols (:class:`Concatenater`), and the protocol layer advertises Tus-Extension from that.
-Stores never raise HTTP errors: they raise :class:`StorageError` (or let the caller's
-exceptions from the source pass through) and the service maps them.
+protocols below, and callers ask with ``isinstance`` (never ``getattr``/``hasattr`` probes):
+
+=======================  ==================================================================
+:class:`ChunkStore`      required of every chunk store (uploads in progress)
+:class:`ObjectStore`     required of every object store (finished files)
+:class:`Lifecycle`       ``open()`` before use, ``close()`` at shutdown
+:class:`Finisher`        told when an upload has all its bytes (``finish``)
+:class:`Concatenater`    builds an upload from others (tus ``concatenation``)
+:class:`PartLimited`     caps what one upload may still take (``append_limit``: S3 parts)
+:class:`UnfinishedReader` a Finisher that still reads an upload back before ``finish``
+:class:`ServerSideCopier` commits an upload into an object store without streaming it
+:class:`LocalFileAccess` the upload's bytes are a plain local file (``local_path``)
+=======================  ==================================================================
+
+The protocol layer advertises Tus-Extension from these. Stores never raise HTTP errors:
+they raise :class:`StorageError` (or let the caller's exceptions from the source pass
+through) and the service maps them; :class:`StorageFull` says the disk or bucket is full.
 """
 
 from __future__ import annotations
@@ -12,19 +26,25 @@ import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ChunkSource",
     "ChunkStore",
     "Concatenater",
     "Finisher",
+    "IntegrityError",
+    "Lifecycle",
     "LocalFileAccess",
     "ObjectInfo",
     "ObjectStore",
+    "PartLimited",
+    "ServerSideCopier",
     "StorageError",
+    "StorageFull",
     "StorageLimitExceeded",
     "StoreCapabilities",
+    "UnfinishedReader",
     "UploadDataMissing",
 ]
 
@@ -34,6 +54,20 @@ ChunkSource = AsyncIterable[bytes]
 
 class StorageError(Exception):
     """The store could not do what was asked (disk full, S3 unreachable, ...)."""
+
+
+class StorageFull(StorageError):
+    """The store has no room left: the disk or quota is full (ENOSPC, EDQUOT), the S3
+    server says it is out of space, or the catalog's database could not grow.
+
+    What was stored before the error stays (an upload's offset says exactly how much);
+    the same request succeeds once space is freed. Mapped to 507 Insufficient Storage.
+    """
+
+
+class IntegrityError(StorageError):
+    """Stored bytes failed an integrity check (authentication of ciphertext, a missing
+    envelope, the recorded sha256): tampered with or damaged. Never served."""
 
 
 class UploadDataMissing(StorageError):
@@ -106,6 +140,58 @@ class StorageLimitExceeded(StorageError):
 
 
 @runtime_checkable
+class PartLimited(Protocol):
+    """Optional capability: the store caps how many more bytes one upload may take.
+
+    S3 allows 10,000 parts per multipart upload; the service asks before reading a body,
+    so a PATCH past the limit is refused (413) before any byte is stored.
+    """
+
+    async def append_limit(self, upload_id: str, offset: int) -> int:
+        """Bytes the upload, now holding ``offset`` bytes, may still take."""
+
+
+@runtime_checkable
+class UnfinishedReader(Protocol):
+    """Optional capability of a :class:`Finisher`: it reads an upload back before ``finish``.
+
+    A plain chunk store (not a Finisher) always can; S3's cannot (an unfinished upload is a
+    multipart upload), the encrypted chunk store can. The IETF handler needs it to check
+    Repr-Digest over the bytes of a resumed upload.
+    """
+
+    reads_unfinished: Literal[True]
+
+
+@runtime_checkable
+class ServerSideCopier(Protocol):
+    """Optional capability: commit an upload into an object store without streaming it."""
+
+    async def copy_into(
+        self,
+        upload_id: str,
+        objects: object,
+        key: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        """Store the upload's bytes as object ``key`` in ``objects``; False when this store
+        cannot for that object store (the caller then streams the bytes)."""
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Optional capability: a resource opened before use and closed at shutdown."""
+
+    async def open(self) -> None:
+        """Prepare (directories, bucket, connections); raise StorageError if unreachable."""
+
+    async def close(self) -> None:
+        """Release what ``open`` or use acquired (thread pools, connections); idempotent."""
+
+
+@runtime_checkable
 class LocalFileAccess(Protocol):
     """Optional capability: the upload's bytes are a plain local file (enables fast paths)."""
 
@@ -163,6 +249,16 @@ class ObjectStore(Protocol):
         """Remove the object; no error when absent."""
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
-        """A short-lived URL to download the object directly, or None if not supported."""
+        """A short-lived URL to download the object directly, or None if not supported.
+
+        The download is served as ``application/octet-stream`` with ``content_disposition``
+        (built by the caller, the same header as a download through the server), or an
+        attachment named ``filename``; a header value with a control character is refused.
+        """

@@ -3,11 +3,9 @@
 Writes go through a fixed-size buffer handed to a worker thread (``os.pwrite``), with one
 write in flight while the next block is read from the network: memory per upload is bounded
 by two blocks, and the event loop never waits on a large write or an fsync.
-Metadata calls (create, stat, open, rename, unlinking a small file), small reads (an
-object's metadata sidecar) and a small write without fsync (at most 64 KiB into the page
-cache) run inline: they take microseconds, and a trip through the thread pool costs 50-100
-us of CPU and a GIL hand-off, which dominated the cost of small uploads and of Range
-requests. Big reads and writes, copies and fsync run in worker threads.
+Metadata calls, small reads and small writes without fsync run inline, the rest in worker
+threads, by the rules of :mod:`storage_backends.fileio` (the file I/O this module shares
+with the encrypted stores).
 """
 
 from __future__ import annotations
@@ -32,16 +30,23 @@ from .base import (
     StoreCapabilities,
     UploadDataMissing,
 )
+from .fileio import (
+    FILE_MODE,
+    INLINE_WRITE,
+    copy_range,
+    create_empty,
+    full_disk_is_storage_full,
+    private_dirs,
+    pwrite_all,
+    remove,
+    write_atomic,
+    write_once,
+)
 
 __all__ = ["LocalChunkStore", "LocalObjectStore"]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READ_BLOCK = 256 * 1024
-#: Writes up to this size without fsync go straight to the page cache from the event loop.
-_INLINE_WRITE = 64 * 1024
-_COPY_BLOCK = 8 * 1024 * 1024
-#: Unlinking a bigger file frees many extents (milliseconds): that goes to a thread.
-_INLINE_UNLINK = 1024 * 1024
 
 
 class LocalChunkStore:
@@ -56,7 +61,10 @@ class LocalChunkStore:
         return self._root
 
     async def open(self) -> None:
-        await aiofiles.os.makedirs(self._root, exist_ok=True)
+        private_dirs(self._root)  # inline: metadata calls
+
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""
 
     def path(self, upload_id: str) -> Path:
         """The file of an upload; ids are ours, and the path is checked to stay inside root."""
@@ -70,10 +78,11 @@ class LocalChunkStore:
     def local_path(self, upload_id: str) -> Path:
         return self.path(upload_id)
 
+    @full_disk_is_storage_full
     async def create(self, upload_id: str, *, length: int | None = None) -> None:
         # Inline: creating an empty file is a metadata operation of microseconds, and a
         # thread hop costs more CPU than it (see the module docstring).
-        _create_empty(self.path(upload_id))
+        create_empty(self.path(upload_id))
 
     async def get_offset(self, upload_id: str) -> int:
         try:
@@ -81,6 +90,7 @@ class LocalChunkStore:
         except FileNotFoundError:
             raise UploadDataMissing(upload_id) from None
 
+    @full_disk_is_storage_full
     async def write(
         self,
         upload_id: str,
@@ -117,13 +127,13 @@ class LocalChunkStore:
             # or inline when it is a small write into the page cache.
             data = first or b""
             try:
-                if not fsync and len(data) <= _INLINE_WRITE:
-                    return _write_once(path, flags, data, offset, False)
-                return await asyncio.to_thread(_write_once, path, flags, data, offset, fsync)
+                if not fsync and len(data) <= INLINE_WRITE:
+                    return write_once(path, flags, data, offset, False)
+                return await asyncio.to_thread(write_once, path, flags, data, offset, fsync)
             except FileNotFoundError:
                 raise UploadDataMissing(path.name) from None
         try:
-            fd = await asyncio.to_thread(os.open, path, flags, 0o600)
+            fd = await asyncio.to_thread(os.open, path, flags, FILE_MODE)
         except FileNotFoundError:
             raise UploadDataMissing(path.name) from None
         written = 0
@@ -141,7 +151,7 @@ class LocalChunkStore:
                 if pending is not None:
                     written += await asyncio.shield(pending)
                     pending = None
-                pending = loop.run_in_executor(None, _pwrite_all, fd, block, offset + written)
+                pending = loop.run_in_executor(None, pwrite_all, fd, block, offset + written)
             if pending is not None:
                 written += await asyncio.shield(pending)
                 pending = None
@@ -166,7 +176,7 @@ class LocalChunkStore:
             pos, end = start, start + length
             while pos < end:
                 want = min(_READ_BLOCK, end - pos)
-                if length <= _INLINE_WRITE:
+                if length <= INLINE_WRITE:
                     block = os.pread(fd, want, pos)  # a small file: one page-cache read
                 else:
                     block = await asyncio.to_thread(os.pread, fd, want, pos)
@@ -180,8 +190,9 @@ class LocalChunkStore:
     async def delete(self, upload_id: str) -> None:
         path = self.path(upload_id)
         for p in (path, path.with_name(upload_id + ".stage")):
-            await _remove(p)
+            await remove(p)
 
+    @full_disk_is_storage_full
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         target = self.path(upload_id)
         sources = [self.path(p) for p in parts]
@@ -211,7 +222,10 @@ class LocalObjectStore:
         self._fsync = fsync
 
     async def open(self) -> None:
-        await aiofiles.os.makedirs(self._meta_root, exist_ok=True)
+        private_dirs(self._meta_root)
+
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""
 
     def path(self, key: str) -> Path:
         segments = key.split("/")
@@ -227,6 +241,7 @@ class LocalObjectStore:
     def _meta_path(self, key: str) -> Path:
         return self._meta_root.joinpath(*key.split("/")).with_name(key.split("/")[-1] + ".json")
 
+    @full_disk_is_storage_full
     async def put_file(
         self,
         key: str,
@@ -248,6 +263,7 @@ class LocalObjectStore:
                     raise
         await asyncio.to_thread(_place_file, path, dest, consume, self._fsync)
 
+    @full_disk_is_storage_full
     async def put_stream(
         self,
         key: str,
@@ -259,13 +275,13 @@ class LocalObjectStore:
     ) -> None:
         dest = self.path(key)
         await self._write_meta(key, content_type, metadata)
-        await aiofiles.os.makedirs(dest.parent, exist_ok=True)
+        private_dirs(dest.parent)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             pos = 0
             async for block in source:
-                pos += await asyncio.to_thread(_pwrite_all, fd, block, pos)
+                pos += await asyncio.to_thread(pwrite_all, fd, block, pos)
             if pos != size:
                 raise StorageError(f"expected {size} bytes, got {pos}")
             if self._fsync:
@@ -278,6 +294,7 @@ class LocalObjectStore:
         await asyncio.to_thread(os.close, fd)
         await aiofiles.os.replace(tmp, dest)
 
+    @full_disk_is_storage_full
     async def put_built(
         self,
         key: str,
@@ -308,7 +325,7 @@ class LocalObjectStore:
     async def _write_meta(self, key: str, content_type: str, metadata: Mapping[str, str]) -> None:
         meta_path = self._meta_path(key)
         doc = json.dumps({"content_type": content_type, "metadata": dict(metadata)})
-        _write_atomic(meta_path, doc.encode())  # inline: a small file and a rename
+        write_atomic(meta_path, doc.encode())  # inline: a small file and a rename
 
     def read_sidecar(self, key: str) -> tuple[str, dict[str, str]]:
         """The object's (content type, metadata) from its sidecar; read inline (a small file)."""
@@ -360,13 +377,19 @@ class LocalObjectStore:
 
     async def delete(self, key: str) -> None:
         for p in (self.path(key), self._meta_path(key)):
-            await _remove(p)
+            await remove(p)
 
     async def presign_get(
-        self, key: str, *, expires: dt.timedelta, filename: str | None
+        self,
+        key: str,
+        *,
+        expires: dt.timedelta,
+        filename: str | None,
+        content_disposition: str | None = None,
     ) -> str | None:
         return None
 
+    @full_disk_is_storage_full
     async def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
         """Rewrite the sidecar (atomically) and leave the object's bytes alone."""
         info = await self.stat(key)
@@ -379,19 +402,6 @@ class LocalObjectStore:
         keys = await asyncio.to_thread(_walk_keys, self._root)
         for key in keys:
             yield key
-
-
-async def _remove(path: Path) -> None:
-    """Unlink ``path`` if it exists: inline when it is small or missing (metadata calls)."""
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return
-    with contextlib.suppress(FileNotFoundError):
-        if size <= _INLINE_UNLINK:
-            os.unlink(path)
-        else:
-            await aiofiles.os.remove(path)
 
 
 def _walk_keys(root: Path) -> list[str]:
@@ -407,29 +417,12 @@ def _walk_keys(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write-then-rename: readers see the old or the new sidecar, never half of one.
-
-    No fsync: the sidecar repeats what the catalog row holds (the source of truth), so a
-    power loss can at worst cost the copy, not the information.
-    """
-    try:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fh = open(tmp, "wb")  # noqa: SIM115 - closed right below, before the rename
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(tmp, "wb")  # noqa: SIM115
-    with fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def _build_file(tmp: Path, build: Callable[[int], object], fsync: bool) -> None:
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileNotFoundError:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        private_dirs(tmp.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         build(fd)
         if fsync:
@@ -450,19 +443,19 @@ def _place_file(src: Path, dest: Path, consume: bool, fsync: bool, *, copy: bool
             except FileNotFoundError:
                 if not os.path.exists(src):
                     raise
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(dest.parent)
                 os.replace(src, dest)
             return
         except OSError as exc:
             if exc.errno != errno.EXDEV or not copy:  # another filesystem: copy instead
                 raise
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:
-        d = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        d = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            _copy_range(s, d, 0, 0, os.fstat(s).st_size)
+            copy_range(s, d, 0, 0, os.fstat(s).st_size)
             if fsync:
                 os.fsync(d)
         finally:
@@ -474,48 +467,6 @@ def _place_file(src: Path, dest: Path, consume: bool, fsync: bool, *, copy: bool
         os.remove(src)
 
 
-def _write_once(path: Path, flags: int, data: bytes, offset: int, fsync: bool) -> int:
-    fd = os.open(path, flags, 0o600)
-    try:
-        written = _pwrite_all(fd, data, offset) if data else 0
-        if fsync:
-            os.fsync(fd)
-        return written
-    finally:
-        os.close(fd)
-
-
-def _create_empty(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> int:
-    view = memoryview(data)
-    total = 0
-    while total < len(view):
-        n = os.pwrite(fd, view[total:], pos + total)
-        if n == 0:
-            raise StorageError("short write")
-        total += n
-    return total
-
-
-def _copy_range(src_fd: int, dst_fd: int, src_pos: int, dst_pos: int, count: int) -> None:
-    """Copy bytes between files in the kernel where possible."""
-    done = 0
-    while done < count:
-        want = min(_COPY_BLOCK, count - done)
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, want, src_pos + done, dst_pos + done)
-        except OSError:
-            data = os.pread(src_fd, want, src_pos + done)
-            n = _pwrite_all(dst_fd, data, dst_pos + done) if data else 0
-        if n == 0:
-            raise StorageError("source ended early while copying")
-        done += n
-
-
 def _append_file(stage: Path, target: Path, offset: int, count: int, fsync: bool) -> None:
     src = os.open(stage, os.O_RDONLY)
     try:
@@ -524,7 +475,7 @@ def _append_file(stage: Path, target: Path, offset: int, count: int, fsync: bool
         except FileNotFoundError:
             raise UploadDataMissing(target.name) from None
         try:
-            _copy_range(src, dst, 0, offset, count)
+            copy_range(src, dst, 0, offset, count)
             if fsync:
                 os.fsync(dst)
         finally:
@@ -534,14 +485,14 @@ def _append_file(stage: Path, target: Path, offset: int, count: int, fsync: bool
 
 
 def _concat_files(target: Path, sources: list[Path], fsync: bool) -> int:
-    dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         pos = 0
         for src_path in sources:
             src = os.open(src_path, os.O_RDONLY)
             try:
                 size = os.fstat(src).st_size
-                _copy_range(src, dst, 0, pos, size)
+                copy_range(src, dst, 0, pos, size)
                 pos += size
             finally:
                 os.close(src)

@@ -17,18 +17,20 @@ from typing import Any
 import structlog
 from aiohttp import web
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from auth.gateway import Gate, Gateway, Limit, PrincipalResolver, ResolverGate
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from auth.signals import SecuritySignals
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
-from storage_backends.base import ChunkStore, ObjectStore, StorageError
+from storage_backends.base import ChunkStore, Lifecycle, ObjectStore, StorageError
 from storage_backends.encryption import (
     EncryptedChunkStore,
     EncryptedObjectStore,
     EncryptionKeyError,
 )
+from storage_backends.fileio import private_dirs
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
 from .api.analytics import ANALYTICS_MAX_TTL, AnalyticsApi
@@ -97,9 +99,8 @@ class Runtime:
         if self.config.auto_migrate:
             await upgrade(self.db)
         for resource in (self.store, self.locker):
-            open_resource = getattr(resource, "open", None)
-            if open_resource is not None:
-                await open_resource()
+            if isinstance(resource, Lifecycle):
+                await resource.open()
         try:
             await self.objects.open()
         except EncryptionKeyError:
@@ -144,6 +145,7 @@ class Runtime:
             checks["object_store"] = "ok"
         except Exception as exc:
             checks["object_store"] = f"unreachable: {type(exc).__name__}"
+        checks["storage"] = await asyncio.to_thread(self._storage_space)
         if self.config.clamd_url:
             try:
                 ok = await ClamdClient(self.config.clamd_url, timeout=5).ping()
@@ -151,6 +153,40 @@ class Runtime:
             except Exception as exc:
                 checks["scanner"] = f"unreachable: {type(exc).__name__}"
         return checks
+
+    def _storage_space(self) -> str:
+        """ "ok", or "full" naming the local directories the server writes to (data, the
+        SQLite catalog, the local stores) whose filesystem has (almost) no space left.
+
+        Once space is freed the check is "ok" again. S3 has no way to ask for free space: a
+        full S3 answers 507 to the requests it refuses, and is logged.
+        """
+        config = self.config
+        dirs = [config.data_dir]
+        if config.chunk_store != "s3":
+            dirs.append(config.uploads_dir)
+        if config.object_store != "s3":
+            dirs.append(config.objects_dir)
+        if config.database_url:
+            url = make_url(config.database_url)
+            if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+                dirs.append(Path(url.database).parent)
+        full: list[str] = []
+        seen: set[int] = set()
+        for d in dirs:
+            try:
+                st = os.statvfs(d)
+                dev = os.stat(d).st_dev
+            except OSError:
+                continue  # not created yet: nothing written there
+            if dev in seen:
+                continue
+            seen.add(dev)
+            # root may write into the blocks a filesystem reserves for it; others may not
+            blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+            if blocks * st.f_frsize < _MIN_FREE_BYTES:
+                full.append(str(d))
+        return "ok" if not full else f"full: no space left under {', '.join(full)}"
 
     async def stop(self) -> None:
         if not self._started:
@@ -165,14 +201,15 @@ class Runtime:
             await self.webhooks.stop()
         await self.cache_bus.stop()
         for resource in (self.objects, self.locker, self.store):
-            close_resource = getattr(resource, "close", None)
-            if close_resource is not None:
-                await close_resource()
+            if isinstance(resource, Lifecycle):
+                await resource.close()
         if self.owns_db:
             await self.db.dispose()
 
 
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
+#: /readyz reports a local filesystem with less free space than this as full.
+_MIN_FREE_BYTES = 64 * 1024
 
 
 def build_runtime(
@@ -341,7 +378,7 @@ def _generated_secret(config: TusServerConfig) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -481,7 +518,10 @@ def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> Ob
         inner = LocalObjectStore(config.objects_dir, fsync=config.fsync)
     if config.encryption == "envelope":
         return EncryptedObjectStore(
-            inner, config.key_ring(), segment_size=config.encryption_segment_size
+            inner,
+            config.key_ring(),
+            segment_size=config.encryption_segment_size,
+            allow_plaintext=config.encryption_allow_plaintext,
         )
     return inner
 

@@ -27,6 +27,8 @@ from storage_backends.encryption import EncryptionKeyError, KeyRing
 __all__ = ["ConfigError", "TusServerConfig", "load_config"]
 
 ENV_PREFIX = "TUSSERVER_"
+#: The longest a presigned download URL may stay valid, in seconds (docs/security.md).
+MAX_DOWNLOAD_REDIRECT = 300
 
 
 class ConfigError(Exception):
@@ -222,8 +224,9 @@ class TusServerConfig:
         default=0.0,
         metadata=_doc(
             "Seconds a presigned S3 URL stays valid when `GET /file/{id}/content` redirects "
-            "to it (307) instead of streaming through the server; 0: always stream. Only "
-            "where the store can presign (S3 without SSE-C or envelope encryption)."
+            "to it (307) instead of streaming through the server; 0: always stream; at most "
+            "300 (a URL cannot be revoked: see docs/security.md). Only where the store can "
+            "presign (S3 without SSE-C or envelope encryption)."
         ),
     )
     s3_chunk_prefix: str = field(
@@ -235,7 +238,8 @@ class TusServerConfig:
         metadata=_doc(
             "`none`, or `envelope`: AES-256-GCM in segments with a data key per file, wrapped "
             "by a master key, for the local chunk store and the object store (local, or S3 as "
-            "client-side encryption). Files stored before it was turned on stay readable."
+            "client-side encryption). Files stored before it was turned on are refused "
+            "unless `encryption_allow_plaintext` is on."
         ),
     )
     encryption_keys: tuple[str, ...] = field(
@@ -259,6 +263,15 @@ class TusServerConfig:
         metadata=_doc(
             "Plaintext bytes per encrypted segment (4 KiB to 16 MiB): the unit a Range read "
             "decrypts; recorded per file, so changing it is safe."
+        ),
+    )
+    encryption_allow_plaintext: bool = field(
+        default=False,
+        metadata=_doc(
+            "With `encryption = envelope`, serve objects that have no encryption envelope "
+            "(stored before encryption was turned on) as they are. Off: such an object is an "
+            "integrity error (logged, 500), since whoever can write to the store could "
+            "otherwise substitute a file. Turn on only while migrating old files."
         ),
     )
     # --- validation pipeline -----------------------------------------------------------------
@@ -536,6 +549,11 @@ class TusServerConfig:
             # "not >= 0" also refuses NaN.
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: must be a non-negative number")
+        if self.download_redirect > MAX_DOWNLOAD_REDIRECT:
+            raise ConfigError(
+                f"download_redirect: at most {MAX_DOWNLOAD_REDIRECT} seconds (a presigned URL "
+                "cannot be revoked once handed out)"
+            )
         if self.object_store not in ("local", "s3"):
             raise ConfigError("object_store: must be 'local' or 's3'")
         if self.chunk_store not in ("local", "s3"):

@@ -11,10 +11,12 @@ from collections.abc import Iterable
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from sqlalchemy.exc import DBAPIError
 
-from storage_backends.base import StorageError
+from storage_backends.base import StorageError, StorageFull
 from storage_backends.encryption import EncryptionKeyError, IntegrityError
 
+from .catalog.db import is_disk_full
 from .errors import StorageUnavailable, StoredDataUnreadable, TusError
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.headers import TUS_VERSION
@@ -84,6 +86,12 @@ _ALLOW_HEADERS = ", ".join(
 _ALLOW_METHODS = "POST, PUT, GET, HEAD, PATCH, DELETE, OPTIONS"
 
 
+_FULL_MESSAGE = (
+    "storage is full: the server has no space left for this request; what was stored "
+    "before stays (HEAD gives an upload's offset), retry once space is freed"
+)
+
+
 def error_middleware(*, json_body: bool) -> Middleware:
     """Map errors to responses: text for tus clients, ``{"error", "message"}`` JSON for the API.
 
@@ -116,6 +124,15 @@ def error_middleware(*, json_body: bool) -> Middleware:
             return answer(
                 StoredDataUnreadable("the stored data failed its integrity check and was not sent")
             )
+        except StorageFull as exc:
+            _log.error("storage full", path=request.path, error=str(exc))
+            return respond(507, "storage_full", _FULL_MESSAGE, {"Retry-After": "60"})
+        except DBAPIError as exc:
+            if not is_disk_full(exc):
+                _log.exception("unhandled error", method=request.method, path=request.path)
+                return respond(500, "internal_error", "internal server error", {})
+            _log.error("catalog full", path=request.path, error=str(exc.orig))
+            return respond(507, "storage_full", _FULL_MESSAGE, {"Retry-After": "60"})
         except StorageError as exc:
             _log.warning("storage unavailable", path=request.path, error=str(exc))
             return answer(

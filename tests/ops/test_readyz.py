@@ -43,7 +43,7 @@ def test_readyz_follows_the_database(
     assert _get(healthz)[0] == 200
     status, body = _get(readyz)
     assert status == 200, body
-    assert body["checks"] == {"database": "ok", "object_store": "ok"}
+    assert body["checks"] == {"database": "ok", "object_store": "ok", "storage": "ok"}
 
     private_postgres.stop_server()
     status, body = _get(readyz)

@@ -134,12 +134,12 @@ async def test_finished_uploads_are_committed_by_a_rename(
     # The store seals an upload's last segment as final when the upload has all its bytes
     # (EncryptedChunkStore.finish): the sealed file is then the object, and the commit moves
     # it into place without copying a byte, also for a length declared only at the end.
-    from storage_backends import encryption
+    from storage_backends.encryption import chunks
 
     def refuse(*_args: Any) -> None:
         raise AssertionError("the sealed upload was copied, not renamed")
 
-    monkeypatch.setattr(encryption, "_copy_range", refuse)
+    monkeypatch.setattr(chunks, "copy_range", refuse)
     client = await make_client(**enc_settings())
     for size in (1, 4096, 3 * 4096 + 5):
         data = (png_bytes() + MARKER * 2000)[:size]

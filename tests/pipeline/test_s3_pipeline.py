@@ -287,3 +287,54 @@ async def test_downloads_redirect_to_a_presigned_url_when_configured(
     info2 = await wait_file(plain, await upload(plain, data, filename="p.png"))
     r2 = await plain.get(info2["content_url"], allow_redirects=False)
     assert r2.status == 200 and await r2.read() == data
+
+
+async def test_presigned_downloads_keep_the_promises_of_proxied_downloads(
+    make_s3_client: MakeS3Client, s3_server: Any
+) -> None:
+    """#16 item 17: S3 serves a presigned download as application/octet-stream, with the
+    very Content-Disposition the server sends when it streams the file, and the URL lives
+    download_redirect seconds (at most 300)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import aiohttp
+
+    from tusserver.config import ConfigError
+
+    prefix = f"p{secrets.token_hex(6)}"
+    name = "Straße ☃ report.png"
+    client = await make_s3_client(
+        s3_server,
+        bucket=s3_server.bucket,
+        object_key_template=prefix + "/{file_id}/{name}",
+        download_redirect=45,
+    )
+    data = png_bytes(extra=5_000)
+    info = await wait_file(client, await upload(client, data, filename=name, filetype="image/png"))
+    assert info["status"] == "committed", info
+    r = await client.get(info["content_url"], allow_redirects=False)
+    assert r.status == 307
+    url = r.headers["Location"]
+    query = parse_qs(urlsplit(url).query)
+    assert query["X-Amz-Expires"] == ["45"]
+    assert query["response-content-type"] == ["application/octet-stream"]
+    # The header a download through the server gets (HEAD skips the redirect).
+    proxied = await client.head(info["content_url"])
+    assert proxied.status == 200
+    expected = proxied.headers["Content-Disposition"]
+    async with aiohttp.ClientSession() as session, session.get(url) as direct:
+        assert direct.status == 200
+        assert await direct.read() == data
+        assert direct.headers["Content-Type"] == "application/octet-stream"
+        assert direct.headers["Content-Disposition"] == expected
+    # A longer life than docs/security.md promises is refused at start.
+    with pytest.raises(ConfigError, match="download_redirect"):
+        TusServerConfig(
+            data_dir=Path("/nonexistent"),
+            object_store="s3",
+            s3_endpoint=s3_server.endpoint,
+            s3_access_key="a",
+            s3_secret_key="b",
+            s3_bucket="c",
+            download_redirect=301,
+        )

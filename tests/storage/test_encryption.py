@@ -247,14 +247,42 @@ async def test_envelopes_cannot_be_swapped_between_objects(tmp_path: Path) -> No
         await read_all(store, "b")
 
 
-async def test_objects_stored_before_encryption_stay_readable(tmp_path: Path) -> None:
+async def test_objects_without_envelope_are_refused_unless_plaintext_is_allowed(
+    tmp_path: Path,
+) -> None:
+    """#16 item 15: plaintext in an encrypted store is an integrity error by default (it
+    could be a substitution); the migration setting reads objects stored before encryption."""
     plain = LocalObjectStore(tmp_path / "o")
     await plain.open()
     await plain.put_stream("old.bin", blocks(b"legacy!"), size=7, content_type="a/b", metadata={})
     store = objects(tmp_path / "o", K1)
     await store.open()
-    assert await read_all(store, "old.bin") == b"legacy!"
-    assert await read_all(store, "old.bin", 2, 3) == b"gac"
+    with pytest.raises(IntegrityError, match="no encryption envelope"):
+        await read_all(store, "old.bin")
+    with pytest.raises(IntegrityError):
+        await read_all(store, "old.bin", 2, 3)
+    ring = KeyRing.from_specs([K1])
+    for inner in (LocalObjectStore(tmp_path / "o"), _Streamed(LocalObjectStore(tmp_path / "o"))):
+        strict = EncryptedObjectStore(inner, ring, segment_size=SEG)
+        with pytest.raises(IntegrityError):
+            await read_all(strict, "old.bin")
+        migrating = EncryptedObjectStore(inner, ring, segment_size=SEG, allow_plaintext=True)
+        assert await read_all(migrating, "old.bin") == b"legacy!"
+        assert await read_all(migrating, "old.bin", 2, 3) == b"gac"
+
+
+class _Streamed:
+    """A local object store seen only through the ObjectStore protocol (as S3 is): the
+    encrypted store's generic read path, not its local-file fast path."""
+
+    def __init__(self, inner: LocalObjectStore) -> None:
+        self._inner = inner
+        self.kind = "streamed"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("path", "read_sidecar", "replace_metadata", "list_keys", "put_built"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 async def test_rotation_rewraps_without_rewriting_data(tmp_path: Path) -> None:
@@ -448,8 +476,6 @@ async def test_a_broken_body_in_large_blocks_keeps_every_byte_received(tmp_path:
 async def test_short_writes_are_resumed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
-    from storage_backends import encryption
-
     real = os.pwritev
 
     def short(fd: int, bufs: list[Any], pos: int) -> int:
@@ -462,7 +488,7 @@ async def test_short_writes_are_resumed(monkeypatch: pytest.MonkeyPatch, tmp_pat
                 break
         return real(fd, out, pos)
 
-    monkeypatch.setattr(encryption.os, "pwritev", short)
+    monkeypatch.setattr(os, "pwritev", short)
     store = chunks(tmp_path / "u", K1)
     await store.open()
     await store.create("s")
@@ -631,12 +657,12 @@ async def test_commit_refuses_a_damaged_or_missing_upload(tmp_path: Path) -> Non
 
 
 def no_kernel_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from storage_backends import encryption
+    from storage_backends.encryption import chunks as chunk_module
 
     def refuse(*_args: Any) -> None:
         raise AssertionError("the sealed upload was copied, not renamed")
 
-    monkeypatch.setattr(encryption, "_copy_range", refuse)
+    monkeypatch.setattr(chunk_module, "copy_range", refuse)
 
 
 async def test_finish_reseals_only_the_last_segment_as_final(tmp_path: Path) -> None:
@@ -838,10 +864,11 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
     import threading
     import time
 
-    from storage_backends import encryption
+    from storage_backends import fileio
+    from storage_backends.encryption import chunks as chunk_module
 
     writes: list[tuple[bool, int, int]] = []  # (from the event loop, position, bytes)
-    real = encryption._pwritev_all
+    real = chunk_module.pwritev_all
     loop_thread = threading.get_ident()
     busy = threading.Lock()
 
@@ -858,7 +885,7 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
         finally:
             busy.release()
 
-    monkeypatch.setattr(encryption, "_pwritev_all", spy)
+    monkeypatch.setattr(chunk_module, "pwritev_all", spy)
     store = chunks(tmp_path / "u", K1)
     await store.open()
     await store.create("s")
@@ -885,7 +912,7 @@ async def test_large_writes_are_staged_and_written_by_worker_threads(
         mine = writes[first:]
         assert mine[0][1] == (offset - n) // SEG * (SEG + OVERHEAD)
         assert all(b[1] == a[1] + a[2] for a, b in itertools.pairwise(mine))
-    assert all(n <= encryption._INLINE_WRITE for on_loop, _, n in writes if on_loop)
+    assert all(n <= fileio.INLINE_WRITE for on_loop, _, n in writes if on_loop)
     assert sum(n for on_loop, _, n in writes if not on_loop) > 2 * 1024 * 1024
     unit = SEG + OVERHEAD
     staged = max(n for _, _, n in writes)
@@ -918,7 +945,7 @@ async def test_concatenated_finished_parts_commit_by_rename(
 async def test_read_blocks_are_never_views_of_reused_buffers(tmp_path: Path) -> None:
     import asyncio
 
-    from storage_backends import encryption
+    from storage_backends.encryption import segments
 
     obj = objects(tmp_path / "o", K1)
     await obj.open()
@@ -941,7 +968,7 @@ async def test_read_blocks_are_never_views_of_reused_buffers(tmp_path: Path) -> 
         assert all(type(b) is bytes for b in got)
         want = contents[key][start:] if n is None else contents[key][start : start + n]
         assert b"".join(got) == want, (key, start, n)
-    assert encryption._POOL._kept <= encryption._POOL._limit
+    assert segments.POOL._kept <= segments.POOL._limit
 
 
 async def test_abandoned_reads_close_their_files(tmp_path: Path) -> None:

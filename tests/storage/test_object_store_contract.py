@@ -459,3 +459,26 @@ async def test_s3_open_creates_a_missing_bucket(s3_server: Any) -> None:
     finally:
         await store.close()
         s3_server.client().remove_bucket(bucket)
+
+
+async def test_presigned_headers_never_carry_control_characters(obj: Store) -> None:
+    if obj.kind != "s3":
+        pytest.skip("only S3 presigns")
+    key = obj.key("presigned/crlf.bin")
+    await obj.store.put_stream(key, blocks(b"hello"), size=5, content_type="x/y", metadata={})
+    with pytest.raises(ValueError):
+        await obj.store.presign_get(
+            key,
+            expires=dt.timedelta(minutes=1),
+            filename=None,
+            content_disposition='attachment; filename="a"\r\nSet-Cookie: x=1',
+        )
+    url = await obj.store.presign_get(
+        key, expires=dt.timedelta(minutes=1), filename="a\r\nSet-Cookie: x=1.pdf"
+    )
+    assert url is not None
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert "Set-Cookie" not in resp.headers
+        assert "\r" not in resp.headers["Content-Disposition"]

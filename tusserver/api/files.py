@@ -8,17 +8,22 @@ from strings.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
 import re
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import structlog
 from aiohttp import BodyPartReader, StreamReader, web
 
 from auth import Principal
 from auth.gateway import Gate
+from storage_backends.base import IntegrityError
 
 from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
@@ -34,12 +39,14 @@ from ..errors import (
 )
 from ..errors import StateConflict as Conflict
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
-from ..http_util import not_modified, safe_filename
+from ..http_util import content_disposition, not_modified, safe_filename
 from ..metrics import Metrics
 from ..pipeline.validators import CATEGORIES
 from ..protocol.headers import format_http_date
 from ..uploads.service import UploadService, UploadStatus
 from .common import parse_when, read_json, text_param
+
+_log = structlog.get_logger("tusserver.api.files")
 
 __all__ = ["FilesApi", "file_json", "normalize_folder"]
 
@@ -303,7 +310,11 @@ class FilesApi:
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         if self._redirect_for > 0 and request.method == "GET" and f.storage_key:
             url = await self._pipeline.objects.presign_get(
-                f.storage_key, expires=dt.timedelta(seconds=self._redirect_for), filename=f.name
+                f.storage_key,
+                expires=dt.timedelta(seconds=self._redirect_for),
+                filename=f.name,
+                # The very header a download through the server gets (stream_bytes).
+                content_disposition=content_disposition(f.name),
             )
             if url is not None:
                 # The client fetches the bytes (Range included) from S3 directly.
@@ -312,11 +323,18 @@ class FilesApi:
                     status=307,
                     headers={**validators, "Location": url, "Cache-Control": "private, no-store"},
                 )
+
+        def reader(start: int, length: int) -> AsyncIterator[bytes]:
+            blocks: AsyncIterator[bytes] = self._pipeline.read_source(f, start, length)
+            if start == 0 and length == f.size and f.sha256:
+                return _checked(blocks, f.sha256, f"file {f.id}")
+            return blocks  # a Range: its bytes alone cannot be checked
+
         resp = await stream_bytes(
             request,
             size=f.size,
             name=f.name,
-            reader=lambda start, length: self._pipeline.read_source(f, start, length),
+            reader=reader,
             extra_headers={**validators, "Cache-Control": "private, no-cache"},
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
@@ -600,3 +618,38 @@ class PartStream:
 
     def set_exception(self, exc: BaseException) -> None:
         self._content.set_exception(exc)
+
+
+#: Blocks at least this big are hashed in a worker thread (hashlib releases the GIL).
+_HASH_IN_THREAD = 256 * 1024
+
+
+async def _checked(
+    blocks: AsyncIterator[bytes], sha256_hex: str, what: str
+) -> AsyncIterator[bytes]:
+    """The blocks of a whole file, checked against the sha256 the catalog recorded.
+
+    Every block but the last is passed on as it comes (nothing is buffered); the last is
+    held back until all the bytes are hashed, and if they do not match, IntegrityError is
+    raised instead: a file of one block is then refused before anything is sent (500), a
+    longer one is cut short, so the client never receives it whole.
+    """
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    try:
+        async for block in blocks:
+            if held is not None:
+                yield held
+            if len(block) >= _HASH_IN_THREAD:
+                await asyncio.to_thread(digest.update, block)
+            else:
+                digest.update(block)
+            held = block
+    finally:
+        if isinstance(blocks, AsyncGenerator):
+            await blocks.aclose()
+    if digest.hexdigest() != sha256_hex:
+        _log.error("download does not match its sha256", file=what)
+        raise IntegrityError(f"{what} does not match its recorded sha256")
+    if held is not None:
+        yield held

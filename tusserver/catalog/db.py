@@ -43,10 +43,12 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["Database", "create_database"]
+from storage_backends.fileio import private_dirs, private_file
+
+__all__ = ["Database", "create_database", "is_disk_full"]
 
 T = TypeVar("T")
 
@@ -102,6 +104,25 @@ class Database:
 
 class _Busy(Exception):
     """The database is locked by another connection (inline attempts never wait)."""
+
+
+#: PostgreSQL's SQLSTATE for "disk full" (class 53, insufficient resources).
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: DBAPIError) -> bool:
+    """Whether the database refused because its disk is full: SQLite's SQLITE_FULL
+    ("database or disk is full"), or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code: int | None = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF == sqlite3.SQLITE_FULL
+        return "database or disk is full" in str(orig)
+    return bool(
+        getattr(orig, "sqlstate", None) == _PG_DISK_FULL
+        or getattr(orig, "pgcode", None) == _PG_DISK_FULL
+    )
 
 
 def _is_busy(exc: OperationalError) -> bool:
@@ -287,6 +308,17 @@ class SqliteRunner:
             self.engine.dispose()
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The catalog holds password hashes and the audit log: its directory is created 0700
+    and its files are 0600 (or stricter, by the umask). The database file is created here
+    with that mode, since SQLite gives its -wal and -shm files the mode of the database
+    file; files an older version left readable by others are tightened."""
+    private_dirs(path.parent)
+    private_file(path, create=True)
+    for suffix in ("-wal", "-shm", "-journal"):
+        private_file(path.with_name(path.name + suffix))
+
+
 def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> Database:
     """An engine for ``url``. SQLite gets WAL, a busy timeout and foreign keys.
 
@@ -298,7 +330,7 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30}
         if parsed.database and parsed.database != ":memory:":
             # One connection: SQLite serializes writers anyway, and with several connections

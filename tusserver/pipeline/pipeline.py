@@ -35,6 +35,7 @@ from storage_backends.base import (
     ChunkStore,
     LocalFileAccess,
     ObjectStore,
+    ServerSideCopier,
     StorageError,
     UploadDataMissing,
 )
@@ -445,8 +446,8 @@ class Pipeline:
             "original-name": f.name,
             "sha256": c.sha256,
         }
-        copy_into = getattr(self._chunks, "copy_into", None)
-        if copy_into is not None and await copy_into(
+        chunks = self._chunks
+        if isinstance(chunks, ServerSideCopier) and await chunks.copy_into(
             f.upload_id, self._objects, key, content_type=c.detected_type, metadata=meta
         ):
             pass  # committed by a server-side copy: no byte went through this process

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from auth import Principal
 from auth.gateway import Gate
-from storage_backends.base import Finisher, StorageError
+from storage_backends.base import Finisher, StorageError, UnfinishedReader
 
 from ..config import TusServerConfig
 from ..errors import (
@@ -593,7 +593,7 @@ class IetfHandlers:
         if offset == 0:
             return checks
         store = self._service.store
-        if isinstance(store, Finisher) and not getattr(store, "reads_unfinished", False):
+        if isinstance(store, Finisher) and not isinstance(store, UnfinishedReader):
             return []
         try:
             async for block in self._service.read(upload_id, 0, offset):

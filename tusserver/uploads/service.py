@@ -27,7 +27,9 @@ from storage_backends.base import (
     ChunkStore,
     Concatenater,
     Finisher,
+    PartLimited,
     StorageError,
+    StorageFull,
     StorageLimitExceeded,
     UploadDataMissing,
 )
@@ -214,6 +216,8 @@ class UploadService:
         if not is_final:
             try:
                 await self.store.create(record.id, length=length)
+            except StorageFull:
+                raise  # 507, where errors are mapped
             except StorageError as exc:
                 raise ServiceUnavailable(
                     f"storage is unavailable: {exc}", headers={"Retry-After": "5"}
@@ -563,10 +567,9 @@ class UploadService:
         whether a quota reservation was made (None: no quota applies), which the caller
         settles once the body is in."""
         budget = self._budget(rec, current)
-        append_limit = getattr(self.store, "append_limit", None)
-        if append_limit is not None and rec.state is UploadState.RECEIVING:
+        if isinstance(self.store, PartLimited) and rec.state is UploadState.RECEIVING:
             # The store's own limits (S3 parts) are known before any byte is stored.
-            left = await append_limit(rec.id, current)
+            left = await self.store.append_limit(rec.id, current)
             budget = left if budget is None else min(budget, left)
         reserved = None
         if rec.length is None and rec.state is UploadState.RECEIVING:
@@ -629,6 +632,9 @@ class UploadService:
             raise Gone("the upload's data is gone") from None
         except StorageLimitExceeded as exc:
             raise PayloadTooLarge(str(exc)) from None
+        except StorageFull:
+            # 507: the bytes stored before the disk filled stay; HEAD says how many.
+            raise
         except StorageError as exc:
             # Bytes the store did keep show up in HEAD; the client resumes from there.
             raise ServiceUnavailable(
@@ -717,6 +723,8 @@ class UploadService:
         if isinstance(self.store, Finisher):
             try:
                 await self.store.finish(rec.id)
+            except StorageFull:
+                raise  # 507; the upload completes on a request once space is freed
             except StorageError as exc:
                 raise ServiceUnavailable(
                     f"storage is unavailable ({exc}); the upload completes on the next request",

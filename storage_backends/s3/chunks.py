@@ -1,0 +1,502 @@
+"""The S3 chunk store: uploads in progress as S3 multipart uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import Part
+from minio.sse import Sse
+
+from ..base import (
+    ChunkSource,
+    StorageError,
+    StorageLimitExceeded,
+    StoreCapabilities,
+    UploadDataMissing,
+)
+from .objects import S3ObjectStore
+from .settings import (
+    MAX_OBJECT,
+    MAX_PARTS,
+    MIN_PART,
+    S3Settings,
+    T,
+    encode_meta,
+    is_missing,
+    is_not_implemented,
+    part_size_for,
+)
+
+__all__ = ["S3ChunkStore"]
+
+
+class S3ChunkStore:
+    """Uploads in progress as S3 multipart uploads: no instance keeps local state.
+
+    Layout under ``prefix``: ``<id>`` is the multipart upload (the object once complete),
+    ``<id>.info`` records its multipart id, ``<id>.part`` holds a tail shorter than the 5 MiB
+    minimum part size, prepended to the next PATCH. The offset is always derived from what S3
+    holds (listed parts + tail), so a restart of any instance loses nothing acknowledged.
+    The tail object is removed before the parts that include its bytes are uploaded: a crash
+    in between makes the offset smaller (the client resends), never larger.
+
+    With server-side encryption all three are encrypted: the multipart upload is created with
+    the SSE headers and, with SSE-C, every part is uploaded (and the upload completed) with
+    the key too; the tail and info objects are written and read like any other object.
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        prefix: str = "tus/",
+        max_size: int | None = None,
+        parts_in_flight: int = 2,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._objects = S3ObjectStore(settings, observe=observe)
+        self._objects._probe_prefix = prefix
+        self._s = settings
+        self._client = self._objects._client
+        self._prefix = prefix
+        limit = min(max_size or MAX_OBJECT, MAX_OBJECT)
+        #: Uploads of deferred length: parts large enough for the configured maximum size, or
+        #: the preferred size without one (then such an upload may grow to 10,000 parts; a
+        #: PATCH past that is refused with 413 before any byte is stored).
+        self._deferred_part_size = (
+            part_size_for(limit, settings.part_size) if max_size else settings.part_size
+        )
+        self.capabilities = StoreCapabilities(max_size=limit)
+        self._part_sizes: dict[str, int] = {}
+        self._in_flight = parts_in_flight
+        self._info_cache: dict[str, str] = {}
+        #: False once the server answered NotImplemented to UploadPartCopy with an SSE-C
+        #: source (SeaweedFS 4.48 does): compose is then not tried again.
+        self._ssec_part_copy = True
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._objects._run(fn, *args, **kwargs)
+
+    def _key(self, upload_id: str, suffix: str = "") -> str:
+        return f"{self._prefix}{upload_id}{suffix}"
+
+    async def open(self) -> None:
+        await self._objects.open()
+
+    async def close(self) -> None:
+        await self._objects.close()
+
+    # --- state ------------------------------------------------------------------------------
+
+    async def _multipart_id(self, upload_id: str) -> str | None:
+        """The multipart id, or None once the upload is a complete object."""
+        cached = self._info_cache.get(upload_id)
+        if cached is not None:
+            return cached
+        info = await self._read_info(upload_id)
+        mp = info.get("mp")
+        part = info.get("part_size")
+        if isinstance(part, int) and part >= MIN_PART:
+            self._part_sizes[upload_id] = part
+        if isinstance(mp, str):
+            self._info_cache[upload_id] = mp
+            return mp
+        return None
+
+    def _part_size(self, upload_id: str) -> int:
+        return self._part_sizes.get(upload_id, self._deferred_part_size)
+
+    async def _read_info(self, upload_id: str) -> dict[str, Any]:
+        try:
+            data = b"".join([b async for b in self._objects.get(self._key(upload_id, ".info"))])
+        except StorageError as exc:
+            if is_missing(exc):
+                raise UploadDataMissing(upload_id) from None
+            raise
+        try:
+            info = json.loads(data)
+        except ValueError:
+            raise StorageError(f"corrupt info object of upload {upload_id}") from None
+        return info if isinstance(info, dict) else {}
+
+    async def _write_info(self, upload_id: str, info: dict[str, Any]) -> None:
+        body = json.dumps(info).encode()
+        await self._run(
+            self._client.put_object,
+            self._s.bucket,
+            self._key(upload_id, ".info"),
+            io.BytesIO(body),
+            len(body),
+            content_type="application/json",
+            sse=self._s.write_sse,
+        )
+
+    async def _parts(self, upload_id: str, mp: str) -> list[Part]:
+        parts: list[Part] = []
+        marker: str | None = None
+        while True:
+            try:
+                result = await self._run(
+                    self._client._list_parts,
+                    self._s.bucket,
+                    self._key(upload_id),
+                    mp,
+                    max_parts=1000,
+                    part_number_marker=marker,
+                )
+            except StorageError as exc:
+                if is_missing(exc):
+                    raise UploadDataMissing(upload_id) from None
+                raise
+            parts.extend(result.parts)
+            if not result.is_truncated:
+                return _contiguous(parts)
+            marker = str(result.next_part_number_marker)
+
+    async def _tail_size(self, upload_id: str) -> int:
+        info = await self._objects.stat(self._key(upload_id, ".part"))
+        return 0 if info is None else info.size
+
+    # --- the ChunkStore protocol ------------------------------------------------------------
+
+    async def create(self, upload_id: str, *, length: int | None = None) -> None:
+        # The part size is chosen per upload: the preferred size, grown only as much as
+        # this upload's length needs to stay within 10,000 parts.
+        part = part_size_for(length if length is not None else MAX_OBJECT, self._s.part_size)
+        if length is None:
+            part = self._deferred_part_size
+        await self._objects._ensure_sse()
+        headers = {"Content-Type": "application/octet-stream"}
+        sse = self._s.write_sse
+        if sse is not None:
+            headers.update(sse.headers())  # SSE-S3 or SSE-C: asked for when the upload starts
+        mp = await self._run(
+            self._client._create_multipart_upload, self._s.bucket, self._key(upload_id), headers
+        )
+        await self._write_info(upload_id, {"mp": mp, "part_size": part})
+        self._info_cache[upload_id] = mp
+        self._part_sizes[upload_id] = part
+
+    async def append_limit(self, upload_id: str, offset: int) -> int:
+        """Bytes this upload may still take before S3's 10,000-part limit."""
+        await self._multipart_id(upload_id)
+        return max(0, MAX_PARTS * self._part_size(upload_id) - offset)
+
+    async def get_offset(self, upload_id: str) -> int:
+        mp = await self._multipart_id(upload_id)
+        if mp is not None:
+            try:
+                parts = await self._parts(upload_id, mp)
+            except UploadDataMissing:
+                if self._info_cache.pop(upload_id, None) is None:
+                    raise
+                # Another instance completed the upload after we cached its multipart id.
+                mp = await self._multipart_id(upload_id)
+            else:
+                return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+        if mp is not None:
+            parts = await self._parts(upload_id, mp)
+            return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+        info = await self._objects.stat(self._key(upload_id))
+        if info is None:
+            raise UploadDataMissing(upload_id)
+        return info.size
+
+    async def write(
+        self,
+        upload_id: str,
+        offset: int,
+        source: ChunkSource,
+        *,
+        verify: Callable[[], None] | None = None,
+        fsync: bool = False,
+    ) -> int:
+        mp = await self._multipart_id(upload_id)
+        if mp is None:
+            async for block in source:
+                if block:
+                    raise StorageError("the upload is already complete")
+            return 0
+        if verify is not None:
+            # Nothing may reach S3 before the chunk is verified: spool it to a temp file.
+            with tempfile.TemporaryFile(prefix="tus-chunk-") as spool:
+                size = 0
+                async for block in source:
+                    await asyncio.to_thread(spool.write, block)
+                    size += len(block)
+                verify()
+                await asyncio.to_thread(spool.seek, 0)
+                return await self._append(upload_id, mp, _file_blocks(spool, size))
+        return await self._append(upload_id, mp, source)
+
+    async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
+        parts = await self._parts(upload_id, mp)
+        number = len(parts) + 1
+        part_size = self._part_size(upload_id)
+        tail = await self._take_tail(upload_id)
+        spool = bytearray(tail)
+        pending: list[asyncio.Task[None]] = []
+        written = 0
+        failed = False
+        try:
+            async for block in source:
+                spool += block
+                written += len(block)
+                while len(spool) >= part_size:
+                    if number > MAX_PARTS:
+                        raise StorageLimitExceeded("the upload would exceed 10,000 S3 parts")
+                    data = bytes(spool[:part_size])
+                    del spool[:part_size]
+                    while len(pending) >= self._in_flight:
+                        await pending.pop(0)
+                    pending.append(
+                        asyncio.ensure_future(self._upload_part(upload_id, mp, number, data))
+                    )
+                    number += 1
+            for task in pending:
+                await task
+            pending.clear()
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            for task in pending:
+                # Let started parts finish; a part that failed leaves a gap, and only the
+                # parts before the first gap count (see _contiguous).
+                try:
+                    await task
+                except Exception:
+                    failed = True
+            if spool and not failed:
+                await self._put_tail(upload_id, bytes(spool))
+        return written
+
+    async def _upload_part(self, upload_id: str, mp: str, number: int, data: bytes) -> None:
+        # SSE-C: every part carries the key (S3 encrypts each part with it; SeaweedFS 4.48
+        # accepts a part without it and the completed object is then unreadable). SSE-S3
+        # needs nothing here: it was set when the upload was created.
+        ssec = self._s.ssec
+        headers = ssec.headers() if ssec is not None else None
+        await self._run(
+            self._client._upload_part,
+            self._s.bucket,
+            self._key(upload_id),
+            data,
+            headers,
+            mp,
+            number,
+        )
+
+    async def _take_tail(self, upload_id: str) -> bytes:
+        key = self._key(upload_id, ".part")
+        try:
+            data = b"".join([b async for b in self._objects.get(key)])
+        except StorageError as exc:
+            if is_missing(exc):
+                return b""
+            raise
+        await self._objects.delete(key)
+        return data
+
+    async def _put_tail(self, upload_id: str, data: bytes) -> None:
+        await self._run(
+            self._client.put_object,
+            self._s.bucket,
+            self._key(upload_id, ".part"),
+            io.BytesIO(data),
+            len(data),
+            sse=self._s.write_sse,
+        )
+
+    async def finish(self, upload_id: str) -> None:
+        mp = await self._multipart_id(upload_id)
+        if mp is None:
+            return
+        parts = await self._parts(upload_id, mp)
+        tail = await self._take_tail(upload_id)
+        if tail:
+            await self._upload_part(upload_id, mp, len(parts) + 1, tail)
+            parts = await self._parts(upload_id, mp)
+        key = self._key(upload_id)
+        if not parts:
+            # S3 cannot complete an empty multipart upload: a zero-byte object instead.
+            with contextlib.suppress(StorageError):
+                await self._run(self._client._abort_multipart_upload, self._s.bucket, key, mp)
+            await self._run(
+                self._client.put_object,
+                self._s.bucket,
+                key,
+                io.BytesIO(b""),
+                0,
+                sse=self._s.write_sse,
+            )
+        else:
+            done = [Part(p.part_number, p.etag) for p in sorted(parts, key=lambda p: p.part_number)]
+            await self._run(
+                self._client._complete_multipart_upload,
+                self._s.bucket,
+                key,
+                mp,
+                done,
+                self._s.ssec,
+            )
+        await self._write_info(upload_id, {"mp": None})
+        self._info_cache.pop(upload_id, None)
+        self._part_sizes.pop(upload_id, None)
+
+    async def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
+        blocks = self._objects.get(self._key(upload_id), start, length)
+        try:
+            first = await anext(blocks, None)
+        except StorageError as exc:
+            if is_missing(exc):
+                raise UploadDataMissing(upload_id) from None
+            raise
+        got = 0
+        if first is not None:
+            got += len(first)
+            yield first
+            async for block in blocks:
+                got += len(block)
+                yield block
+        if got < length:
+            # As the other chunk stores: a short read is an error, never a silent truncation.
+            raise StorageError(f"upload {upload_id} is shorter than expected")
+
+    async def delete(self, upload_id: str) -> None:
+        mp = self._info_cache.pop(upload_id, None)
+        if mp is None:
+            with contextlib.suppress(StorageError):
+                info = await self._read_info(upload_id)
+                mp = info.get("mp") if isinstance(info.get("mp"), str) else None
+        if mp is not None:
+            with contextlib.suppress(StorageError):
+                await self._run(
+                    self._client._abort_multipart_upload, self._s.bucket, self._key(upload_id), mp
+                )
+        for suffix in ("", ".part", ".info"):
+            with contextlib.suppress(StorageError):
+                await self._objects.delete(self._key(upload_id, suffix))
+
+    async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
+        """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB.
+
+        Otherwise, or when the server cannot copy SSE-C parts, the bytes are read and
+        uploaded again through this process.
+        """
+        await self._objects._ensure_sse()
+        sizes = []
+        for part in parts:
+            info = await self._objects.stat(self._key(part))
+            if info is None:
+                raise UploadDataMissing(part)
+            sizes.append(info.size)
+        key = self._key(upload_id)
+        total = sum(sizes)
+        if len(parts) > 1 and all(s >= MIN_PART for s in sizes[:-1]) and sizes[-1] > 0:
+            ssec = self._s.ssec
+            sources = [ComposeSource(self._s.bucket, self._key(p), ssec=ssec) for p in parts]
+            if await self._compose(self._s.bucket, key, sources, sse=self._s.write_sse):
+                await self._write_info(upload_id, {"mp": None})
+                return total
+        await self.create(upload_id, length=total)
+        mp = self._info_cache[upload_id]
+
+        async def chained() -> AsyncIterator[bytes]:
+            for part in parts:
+                async for block in self._objects.get(self._key(part)):
+                    yield block
+
+        await self._append(upload_id, mp, chained())
+        await self.finish(upload_id)
+        return total
+
+    async def copy_into(
+        self,
+        upload_id: str,
+        objects: object,
+        key: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        """Commit by a server-side copy into the same S3 server's object store, if it is one.
+
+        The source is read with this store's SSE-C key (if any), the copy is written with the
+        object store's encryption. False (the caller then streams the bytes) when the stores
+        are on different servers, or the server cannot copy a large SSE-C object in parts.
+        """
+        if not isinstance(objects, S3ObjectStore) or not objects.same_server(self._s):
+            return False
+        await objects._ensure_sse()
+        ssec = self._s.ssec
+        meta = {"Content-Type": content_type, **encode_meta(metadata)}
+        size_info = await self._objects.stat(self._key(upload_id))
+        if size_info is None:
+            raise UploadDataMissing(upload_id)
+        dest_sse = objects._s.write_sse
+        if size_info.size >= 5 * 1024**3:
+            compose = [ComposeSource(self._s.bucket, self._key(upload_id), ssec=ssec)]
+            return await self._compose(objects.bucket, key, compose, sse=dest_sse, metadata=meta)
+        await self._run(
+            self._client.copy_object,
+            objects.bucket,
+            key,
+            CopySource(self._s.bucket, self._key(upload_id), ssec=ssec),
+            sse=dest_sse,
+            metadata=meta,
+            metadata_directive="REPLACE",
+        )
+        return True
+
+    async def _compose(
+        self,
+        bucket: str,
+        key: str,
+        sources: list[ComposeSource],
+        *,
+        sse: Sse | None,
+        metadata: dict[str, str] | None = None,
+    ) -> bool:
+        """compose_object (UploadPartCopy); False if the server cannot with SSE-C sources."""
+        with_ssec = any(src.ssec is not None for src in sources)
+        if with_ssec and not self._ssec_part_copy:
+            return False
+        try:
+            await self._run(
+                self._client.compose_object, bucket, key, sources, sse=sse, metadata=metadata
+            )
+        except StorageError as exc:
+            if with_ssec and is_not_implemented(exc):
+                self._ssec_part_copy = False
+                return False
+            raise
+        return True
+
+
+def _contiguous(parts: list[Part]) -> list[Part]:
+    """Parts 1..k without a gap: bytes after a failed part never count as received."""
+    ordered = sorted(parts, key=lambda p: p.part_number)
+    result = []
+    for expected, part in enumerate(ordered, start=1):
+        if part.part_number != expected:
+            break
+        result.append(part)
+    return result
+
+
+async def _file_blocks(fh: Any, size: int, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    left = size
+    while left > 0:
+        data = await asyncio.to_thread(fh.read, min(block, left))
+        if not data:
+            raise StorageError("spool file ended early")
+        left -= len(data)
+        yield data

@@ -1,0 +1,222 @@
+"""A full disk is 507 Insufficient Storage, never a 500, and nothing is lost (#16 item 13).
+
+The data directory is a real, small filesystem (a tmpfs of 2 MiB, mounted for the test: it
+needs root), filled up in the middle of a PATCH through HTTP against the server. The client
+gets 507 saying that storage is full, HEAD gives exactly the bytes stored, /readyz reports
+the condition and recovers once space is freed, and the upload then resumes byte-exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from minio.error import S3Error
+
+from storage_backends.base import StorageError, StorageFull
+from storage_backends.encryption import generate_key_spec
+from storage_backends.local import LocalChunkStore, LocalObjectStore
+from storage_backends.s3 import S3ObjectStore, S3Settings
+from tests.app_fixtures import TUS, MakeClient
+from tests.pipeline.test_local_pipeline import png_bytes, wait_file
+from tests.protocol.test_core import OCTET, create, head
+
+KiB = 1024
+_KEY = generate_key_spec("full-disk")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a filesystem that really fills up (ENOSPC)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def fill(path: Path, leave: int) -> Path:
+    """A filler file that leaves about ``leave`` bytes free (all of it: until ENOSPC)."""
+    filler = path / "filler"
+    want = max(0, free_bytes(path) - leave)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC when asked to leave nothing
+            while want > 0:
+                want -= os.write(fd, b"\0" * min(64 * KiB, want))
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def patch(client: Any, path: str, offset: int, body: bytes) -> Any:
+    headers = {**TUS, **OCTET, "Upload-Offset": str(offset)}
+    return await client.patch(path, data=io.BytesIO(body), headers=headers)
+
+
+async def readyz(client: Any) -> tuple[int, dict[str, Any]]:
+    resp = await client.get("/readyz")
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("store", ["local", "encrypted"])
+async def test_a_patch_that_fills_the_disk_gets_507_and_resumes_byte_exact(
+    make_client: MakeClient, small_fs: Path, store: str
+) -> None:
+    settings: dict[str, Any] = {"data_dir": small_fs, "max_size": 8 * 1024 * KiB}
+    if store == "encrypted":
+        settings.update(encryption="envelope", encryption_keys=(_KEY,))
+    client = await make_client(**settings)
+    status, body = await readyz(client)
+    assert status == 200 and body["checks"]["storage"] == "ok", body
+
+    data = png_bytes() + os.urandom(1024 * KiB)
+    path = await create(
+        client, len(data), **{"Upload-Metadata": "filename ZnVsbC5wbmc="}
+    )  # full.png
+    filler = fill(small_fs, leave=400 * KiB)
+
+    resp = await patch(client, path, 0, data)
+    assert resp.status == 507, await resp.text()
+    assert "storage is full" in await resp.text()
+
+    h = await head(client, path)
+    assert h.status == 200
+    stored = int(h.headers["Upload-Offset"])
+    assert 0 < stored < len(data)
+    if store == "local":
+        # The offset is exactly what the file holds, and the bytes are the ones sent.
+        (chunk,) = [p for p in (small_fs / "uploads").iterdir() if "." not in p.name]
+        assert chunk.read_bytes() == data[:stored]
+
+    status, body = await readyz(client)
+    assert status == 503 and body["checks"]["storage"].startswith("full"), body
+    # Still full: a retry gets 507 again and the offset does not move.
+    resp = await patch(client, path, stored, data[stored:])
+    assert resp.status == 507
+    assert int((await head(client, path)).headers["Upload-Offset"]) == stored
+
+    filler.unlink()  # space is back
+    status, body = await readyz(client)
+    assert status == 200 and body["checks"]["storage"] == "ok", body
+
+    stored = int((await head(client, path)).headers["Upload-Offset"])
+    resp = await patch(client, path, stored, data[stored:])
+    assert resp.status == 204, await resp.text()
+    assert int(resp.headers["Upload-Offset"]) == len(data)
+    info = await wait_file(client, path)
+    assert info["status"] == "committed", info
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    got = await (await client.get(info["content_url"])).read()
+    assert got == data
+
+
+async def test_a_full_catalog_is_507_and_recovers(
+    make_client: MakeClient, small_fs: Path, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the SQLite catalog is the one in the data directory")
+    db = small_fs / "catalog.db"
+    client = await make_client(data_dir=small_fs, database_url=f"sqlite+aiosqlite:///{db}")
+    await create(client, 10)
+    filler = fill(small_fs, leave=0)
+    # Enough rows that SQLite must grow its files (the WAL, the database) on a full disk.
+    statuses = set()
+    for _ in range(200):
+        resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": "10"})
+        statuses.add(resp.status)
+        if resp.status != 201:
+            assert resp.status == 507, await resp.text()
+            assert "storage is full" in await resp.text()
+            break
+    assert 507 in statuses, statuses
+    status, body = await readyz(client)
+    assert status == 503 and body["checks"]["storage"].startswith("full"), body
+    filler.unlink()
+    await create(client, 10)
+    status, body = await readyz(client)
+    assert status == 200, body
+
+
+async def test_local_stores_raise_storage_full(small_fs: Path) -> None:
+    chunks = LocalChunkStore(small_fs / "uploads")
+    objects = LocalObjectStore(small_fs / "objects")
+    await chunks.open()
+    await objects.open()
+    await chunks.create("u1")
+    filler = fill(small_fs, leave=100 * KiB)
+    data = os.urandom(300 * KiB)
+
+    async def body() -> Any:
+        yield data
+
+    with pytest.raises(StorageFull):
+        await chunks.write("u1", 0, body())
+    stored = await chunks.get_offset("u1")
+    assert 0 < stored < len(data)
+    assert (small_fs / "uploads" / "u1").read_bytes() == data[:stored]
+
+    with pytest.raises(StorageFull):
+        await objects.put_stream("a/b", body(), size=len(data), content_type="a/b", metadata={})
+    assert await objects.stat("a/b") is None
+    leftovers = [p.name for p in (small_fs / "objects").rglob("*.tmp")]
+    assert leftovers == [], leftovers  # no temporary file left behind
+    filler.unlink()
+    await objects.put_stream("a/b", body(), size=len(data), content_type="a/b", metadata={})
+    assert b"".join([b async for b in objects.get("a/b")]) == data
+
+
+def _s3_error(code: str, status: int) -> S3Error:
+    response = urllib3.HTTPResponse(body=io.BytesIO(b""), status=status)
+    return S3Error(response, code, "refused", "/b/k", "req", "host")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "full"),
+    [
+        ("XMinioStorageFull", 507, True),
+        ("XMinioAdminBucketQuotaExceeded", 400, True),
+        ("InternalError", 507, True),
+        ("InternalError", 500, False),
+        ("AccessDenied", 403, False),
+    ],
+)
+async def test_s3_errors_that_mean_full_are_storage_full(
+    code: str, status: int, full: bool
+) -> None:
+    store = S3ObjectStore(
+        S3Settings(endpoint="127.0.0.1:9", access_key="a", secret_key="b", bucket="c")
+    )
+    try:
+
+        def refuse() -> None:
+            raise _s3_error(code, status)
+
+        with pytest.raises(StorageError) as caught:
+            await store._run(refuse)
+        assert isinstance(caught.value, StorageFull) is full
+    finally:
+        await store.close()
