@@ -11,7 +11,6 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -56,7 +55,7 @@ from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
-from .web import web_routes
+from .web import default_assets_dir, web_routes
 
 __all__ = ["RUNTIME", "Runtime", "build_runtime", "create_app", "create_tus_subapp"]
 
@@ -553,10 +552,5 @@ def create_app(
     app.add_routes(analytics.routes(""))
     app.add_routes(analytics.routes("/api/v1"))
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
-    assets = (
-        Path(config.web_assets_dir)
-        if config.web_assets_dir
-        else Path(__file__).resolve().parent.parent / "node_modules"
-    )
-    app.add_routes(web_routes(config, assets))
+    app.add_routes(web_routes(config, default_assets_dir(config.web_assets_dir)))
     return app

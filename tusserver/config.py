@@ -405,8 +405,9 @@ class TusServerConfig:
     web_assets_dir: str = field(
         default="",
         metadata=_doc(
-            "Directory holding the npm packages of the web UI (uppy, chart.js): the "
-            "`node_modules` of `npm ci`. Empty: the source checkout's `node_modules`."
+            "Directory holding the npm packages of the web UI (uppy, chart.js), laid out like "
+            "the `node_modules` of `npm ci`. Empty: the copies inside the installed package "
+            "(a built wheel carries them), else the source checkout's `node_modules`."
         ),
     )
     # --- cache ----------------------------------------------------------------------------

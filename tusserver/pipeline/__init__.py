@@ -1,0 +1,1 @@
+"""The file pipeline: inspect, validate, commit (runs in ``serve`` or in ``worker``)."""
