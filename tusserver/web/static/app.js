@@ -1322,14 +1322,14 @@
         ? h('div', {}, h('h2', { text: 'No files match' }), h('p', { class: 'muted', text: 'Try other words or fewer filters.' }))
         : h('div', {}, h('h2', { text: 'No files here yet' }), h('p', { class: 'muted' }, 'Upload something and it shows up here. ', h('a', { href: '#/upload', text: 'Upload files' }))));
     };
-    show(first.items || [], first.next_cursor);
+    show(first.files || [], first.next_cursor);
     more.addEventListener('click', async () => {
       more.disabled = true;
       more.textContent = 'Loading…';
       try {
         const page = await api('/api/v1/files', { query: { ...query, cursor } });
         if (!ctx.alive()) return;
-        show(page.items || [], page.next_cursor);
+        show(page.files || [], page.next_cursor);
       } catch (e) {
         toast(errorMessage(e), 'error');
       } finally {
@@ -1358,7 +1358,7 @@
       h('td', { class: 'cell-name' }, link,
         f.tags && f.tags.length ? h('span', { class: 'row-tags' }, f.tags.slice(0, 4).map((t) => h('span', { class: 'tag', text: t }))) : null),
       h('td', { class: 'cell-size', 'data-label': 'Size', text: formatBytes(f.size) }),
-      h('td', { class: 'cell-type', 'data-label': 'Type', text: f.detected_type || f.declared_type || '—' }),
+      h('td', { class: 'cell-type', 'data-label': 'Type', text: f.type || '—' }),
       h('td', { class: 'cell-status', 'data-label': 'Status' }, badge(f.status)),
       h('td', { class: 'cell-date', 'data-label': 'Uploaded' }, h('time', { datetime: f.created_at, text: formatDate(f.created_at) })),
       actions);
