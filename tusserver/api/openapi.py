@@ -135,6 +135,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/auth/refresh": {"post": {"summary": "New tokens for a refresh token", "security": [], "responses": {"200": {"description": "tokens"}, "401": _ERR}}},
             "/api/v1/auth/logout": {"post": {"summary": "Revoke the caller's tokens", "responses": {"200": {"description": "signed out"}}}},
             "/api/v1/auth/me": {"get": {"summary": "The caller", "responses": {"200": {"description": "user"}}}},
+            "/api/v1/auth/session": {"get": {
+                "summary": "Whether the caller is signed in (200 either way)", "security": [{}, {"bearer": []}],
+                "responses": {"200": {"description": "authenticated, and the user when it is", **json_body({
+                    "type": "object", "required": ["authenticated"],
+                    "properties": {"authenticated": {"type": "boolean"}, "user": {"type": "object"}}})}}}},
             "/api/v1/auth/password": {"post": {
                 "summary": "Change the caller's password (revokes its tokens)",
                 "requestBody": json_body({"type": "object", "properties": {"old_password": _S, "new_password": _S}}),

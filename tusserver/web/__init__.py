@@ -142,6 +142,8 @@ def limits_json(config: TusServerConfig) -> dict[str, object]:
         "tus_endpoint": config.base_path,
         "auth": config.auth,
         "registration_enabled": config.registration_enabled,
+        # Whether files are scanned for viruses (clamd configured): the pages say so only then.
+        "virus_scan": bool(config.clamd_url),
         "version": __version__,
     }
 
