@@ -164,6 +164,7 @@ class Runtime:
                 await close_resource()
         if self.owns_db:
             await self.db.dispose()
+        _log.info("tusserver stopped")
 
 
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
@@ -507,6 +508,11 @@ def create_app(
         await rt.stop()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def stopping(_app: web.Application) -> None:
+        _log.info("tusserver stopping: no new connections, finishing requests in flight")
+
+    app.on_shutdown.insert(0, stopping)
     tus = create_tus_subapp(config, runtime=rt, principal=principal)
     app.add_subapp(config.base_path.rstrip("/"), tus)
 
