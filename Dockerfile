@@ -1,4 +1,5 @@
-# tusserver image: the server with the s3 and postgres extras, running as an unprivileged user.
+# tusserver image: the server's wheel (web UI included) with the s3 and postgres extras,
+# installed in a slim image and running as an unprivileged user.
 #
 #   docker build -t tusserver .
 #   docker run -p 127.0.0.1:1080:1080 -v tusserver-data:/data tusserver
@@ -12,15 +13,16 @@ WORKDIR /assets
 COPY package.json package-lock.json ./
 RUN npm ci --omit=optional --no-audit --no-fund
 
-# --- build: install the project and its dependencies into a virtual environment -----------
+# --- build: the wheel, with the web UI's bundles inside it (setup.py copies them) ----------
 FROM python:3.11-slim AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/tusserver
+RUN pip install build
 WORKDIR /src
 COPY . .
-RUN /opt/tusserver/bin/pip install '.[s3,postgres]'
+COPY --from=assets /assets/node_modules ./node_modules
+RUN python -m build --wheel --outdir /wheels .
 
 # --- runtime ------------------------------------------------------------------------------
 FROM python:3.11-slim
@@ -36,15 +38,17 @@ RUN groupadd --system --gid 10001 tusserver \
     && mkdir /data \
     && chown tusserver:tusserver /data
 
-COPY --from=build /opt/tusserver /opt/tusserver
-COPY --from=assets /assets/node_modules/uppy/dist /opt/tusserver-web/uppy/dist
-COPY --from=assets /assets/node_modules/chart.js/dist /opt/tusserver-web/chart.js/dist
+# The wheel and its dependencies (s3 and postgres extras); nothing of the build stays.
+COPY --from=build /wheels /tmp/wheels
+RUN python -m venv /opt/tusserver \
+    && /opt/tusserver/bin/pip install --no-cache-dir --disable-pip-version-check \
+        "$(ls /tmp/wheels/tusserver-*.whl)[s3,postgres]" \
+    && rm -rf /tmp/wheels
 
 ENV PATH=/opt/tusserver/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TUSSERVER_DATA_DIR=/data \
-    TUSSERVER_HOST=0.0.0.0 \
-    TUSSERVER_WEB_ASSETS_DIR=/opt/tusserver-web
+    TUSSERVER_HOST=0.0.0.0
 
 USER tusserver
 WORKDIR /data

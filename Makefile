@@ -1,9 +1,11 @@
 # tusserver developer entry points.
 #   make run     install the service in .venv and serve on http://127.0.0.1:1080 (data in ./data)
+#   make run PORT=8080 HOST=0.0.0.0 DATA_DIR=/srv/tus   the same, elsewhere
 #   make test    install everything the tests need (scripts/setup-test-env.sh), run pytest -n auto
 #   make lint    ruff check + mypy
 #   make bench   benchmarks/run_all.py
-# Variables: PYTHON (python3), VENV (.venv), PYTEST_ARGS, BENCH_ARGS.
+# Variables: HOST (127.0.0.1), PORT (1080), DATA_DIR (./data), PYTHON (python3), VENV (.venv),
+# PYTEST_ARGS, BENCH_ARGS.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,6 +15,11 @@ PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Plain assignments: set them on the command line (make run PORT=8080 HOST=0.0.0.0); a HOST
+# or PORT variable of the environment (some shells set HOST) is not taken.
+HOST = 127.0.0.1
+PORT = 1080
+DATA_DIR = ./data
 
 .PHONY: help run setup test lint bench clean
 
@@ -32,13 +39,14 @@ run: $(VENV)/.run-deps
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libmagic1; \
 	fi
 	@# The web UI's Uppy and Chart.js come from npm (package-lock.json), never from a CDN.
-	@if [ ! -f node_modules/uppy/dist/uppy.min.js ]; then \
+	@if ! $(PYTHON) scripts/node_modules_current.py; then \
+		echo "npm ci: node_modules does not match package-lock.json"; \
 		command -v npm >/dev/null 2>&1 || { echo "installing nodejs and npm"; \
 			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }; \
-		npm ci --no-audit --no-fund --loglevel=error; \
+		npm ci --no-audit --no-fund --loglevel=error && $(PYTHON) scripts/node_modules_current.py --stamp; \
 	fi
-	exec $(BIN)/tusserver --data-dir ./data serve --host 127.0.0.1 --port 1080
+	exec $(BIN)/tusserver --data-dir $(DATA_DIR) serve --host $(HOST) --port $(PORT)
 
 setup:
 	@bash scripts/setup-test-env.sh

@@ -109,12 +109,14 @@ fi
 # --- node packages ------------------------------------------------------------------------
 if [ -f package.json ]; then
     if [ -f package-lock.json ]; then
-        nstamp=node_modules/.tusserver-lock-sha
-        nwant=$(sha256sum package-lock.json | cut -d' ' -f1)
-        if [ "$(cat "$nstamp" 2>/dev/null || true)" != "$nwant" ]; then
+        # Only when node_modules does not hold what the lock file pins (a stamp of the lock
+        # file, or npm's own record of the install: scripts/node_modules_current.py).
+        if ! "$PYTHON" scripts/node_modules_current.py; then
             log "npm ci"
             npm ci --no-audit --no-fund --loglevel=error
-            printf '%s\n' "$nwant" >"$nstamp"
+            "$PYTHON" scripts/node_modules_current.py --stamp
+        else
+            log "node_modules matches package-lock.json: no npm ci"
         fi
     elif [ ! -d node_modules ]; then
         log "npm install (no package-lock.json)"

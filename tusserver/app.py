@@ -61,7 +61,7 @@ from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
-from .web import web_routes
+from .web import default_assets_dir, web_routes
 
 __all__ = ["RUNTIME", "Runtime", "build_runtime", "create_app", "create_tus_subapp"]
 
@@ -205,6 +205,7 @@ class Runtime:
                 await resource.close()
         if self.owns_db:
             await self.db.dispose()
+        _log.info("tusserver stopped")
 
 
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
@@ -642,6 +643,11 @@ def create_app(
         await rt.stop()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def stopping(_app: web.Application) -> None:
+        _log.info("tusserver stopping: no new connections, finishing requests in flight")
+
+    app.on_shutdown.insert(0, stopping)
     tus = create_tus_subapp(config, runtime=rt, principal=principal)
     app.add_subapp(config.base_path.rstrip("/"), tus)
 
@@ -683,10 +689,5 @@ def create_app(
     app.add_routes(analytics.routes(""))
     app.add_routes(analytics.routes("/api/v1"))
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
-    assets = (
-        Path(config.web_assets_dir)
-        if config.web_assets_dir
-        else Path(__file__).resolve().parent.parent / "node_modules"
-    )
-    app.add_routes(web_routes(config, assets))
+    app.add_routes(web_routes(config, default_assets_dir(config.web_assets_dir)))
     return app

@@ -156,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tusserver: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=config.log_format, level=config.log_level)
+    if args.command in ("serve", "worker", "migrate", "sweep", "user", "pipeline"):
+        # Settings that name outside things (database, S3): one line each, never a traceback.
+        from .preflight import preflight
+
+        needs_objects = args.command in ("serve", "worker", "sweep", "pipeline")
+        problems = asyncio.run(preflight(config, objects=needs_objects))
+        for problem in problems:
+            print(f"tusserver: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     if args.command in ("serve", "worker"):
         return _serve(config)
     if args.command == "migrate":
@@ -552,30 +562,36 @@ async def _rotate(config: TusServerConfig) -> int:
 
 async def _check(config: TusServerConfig) -> int:
     """Reach every dependency; print what fails; non-zero when anything does."""
-    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
 
     from .app import _object_store
-    from .catalog.db import create_database
     from .pipeline.clamav import ClamdClient, ScannerUnavailable
+    from .preflight import Problem, check_database, check_object_store
 
+    # The same checks and the same lines as the start of `serve` and `migrate`.
     problems = 0
-    db = create_database(config.effective_database_url)
-    try:
-        async with db.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        print(f"ok    database ({db.dialect})")
-    except Exception as exc:
+    dialect = make_url(config.effective_database_url).get_backend_name()
+    if (db_problem := await check_database(config)) is None:
+        print(f"ok    database ({dialect})")
+    else:
         problems += 1
-        print(f"FAIL  database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    finally:
-        await db.dispose()
+        print(f"FAIL  database: {db_problem}")
     objects = _object_store(config)
-    try:
-        await objects.open()
+    store_problem: Problem | str | None = await check_object_store(config)
+    if store_problem is None:
+        try:
+            await objects.open()
+        except Exception as exc:
+            store_problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            close = getattr(objects, "close", None)
+            if close is not None:
+                await close()
+    if store_problem is None:
         print(f"ok    object store ({objects.kind})")
-    except Exception as exc:
+    else:
         problems += 1
-        print(f"FAIL  object store ({objects.kind}): {exc}")
+        print(f"FAIL  object store ({objects.kind}): {store_problem}")
     if config.clamd_url:
         try:
             ok = await ClamdClient(config.clamd_url, timeout=10).ping()

@@ -92,6 +92,48 @@ class Result:
     error: str | None = None
 
 
+@dataclass
+class _Progress:
+    """A file's bar and the bytes of it counted in the total bar."""
+
+    bar: Any
+    total_bar: Any
+    counted: int = 0
+
+    def start_at(self, offset: int) -> None:
+        """Show ``offset`` bytes as already there, without counting them as sent now: they
+        go into the bars' ``initial``, which tqdm leaves out of the rate."""
+        _skip(self.bar, offset - self.bar.n)
+        _skip(self.total_bar, offset - self.counted)
+        self.counted = offset
+
+    def sent(self, n: int) -> None:
+        self.bar.update(n)
+        self.total_bar.update(n)
+        self.counted += n
+
+
+def _skip(bar: Any, n: int) -> None:
+    if n == 0 or getattr(bar, "disable", False):
+        return
+    bar.n += n
+    bar.initial += n
+    bar.last_print_n = bar.n
+    bar.refresh()
+
+
+async def _resume_point(
+    session: aiohttp.ClientSession, url: str | None, headers: dict[str, str]
+) -> tuple[str | None, int]:
+    """(upload URL, offset) to go on from, or (None, 0) when it must start over."""
+    if url is None:
+        return None, 0
+    async with session.head(url, headers={**TUS, **headers}) as resp:
+        if resp.status == 200 and "Upload-Offset" in resp.headers:
+            return url, int(resp.headers["Upload-Offset"])
+    return None, 0
+
+
 async def _upload_one(
     session: aiohttp.ClientSession,
     path: Path,
@@ -100,19 +142,14 @@ async def _upload_one(
     headers: dict[str, str],
     chunk_size: int,
     store: ResumeStore,
-    bar: Any,
-    total_bar: Any,
+    progress: _Progress,
+    start: tuple[str | None, int] | None = None,
 ) -> Result:
     size = os.stat(path).st_size
     key = fingerprint(path, endpoint)
-    url = store.get(key)
-    offset = 0
-    if url is not None:
-        async with session.head(url, headers={**TUS, **headers}) as resp:
-            if resp.status == 200 and "Upload-Offset" in resp.headers:
-                offset = int(resp.headers["Upload-Offset"])
-            else:
-                url = None
+    if start is None:  # a retry: ask the server again
+        start = await _resume_point(session, store.get(key), headers)
+    url, offset = start
     if url is None:
         whole = await asyncio.to_thread(_sha256_file, path)
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -125,8 +162,7 @@ async def _upload_one(
                 raise UploadFailed(f"creation refused: {resp.status} {(await resp.text())[:200]}")
             url = str(resp.url.join(URL(resp.headers["Location"])))
         store.put(key, url)
-    bar.update(offset)
-    total_bar.update(offset)
+    progress.start_at(offset)
     setbacks = 0
     with open(path, "rb") as fh:  # noqa: ASYNC230 - reads happen in a thread below
         while offset < size:
@@ -157,8 +193,10 @@ async def _upload_one(
                     new = await _server_offset(session, url, headers)
                 else:
                     raise UploadFailed(f"PATCH refused: {resp.status} {text}")
-            bar.update(new - offset)
-            total_bar.update(new - offset)
+            if new >= offset:
+                progress.sent(new - offset)
+            else:  # the server kept less than we thought
+                progress.start_at(new)
             offset = new
     file_id = None
     async with session.head(url, headers={**TUS, **headers}) as resp:
@@ -197,15 +235,21 @@ async def upload_files(
     total = sum(p.stat().st_size for p in paths)
     sem = asyncio.Semaphore(parallel)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
-    total_bar = tqdm(
-        total=total, unit="B", unit_scale=True, desc="total", disable=quiet, position=0
-    )
     sizes = {p: p.stat().st_size for p in paths}
 
-    async def run(i: int, path: Path) -> Result:
+    async def resume_point(path: Path) -> tuple[str | None, int] | None:
+        """Where an earlier run stopped; None when the server cannot say now (retried)."""
+        try:
+            return await _resume_point(session, store.get(fingerprint(path, endpoint)), headers)
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def run(i: int, path: Path, start: tuple[str | None, int] | None) -> Result:
         async with sem:
+            # The bar starts where the upload resumes; those bytes are not in its rate.
             bar = tqdm(
                 total=sizes[path],
+                initial=start[1] if start else 0,
                 unit="B",
                 unit_scale=True,
                 desc=path.name[:30],
@@ -213,18 +257,19 @@ async def upload_files(
                 leave=True,
                 disable=quiet,
             )
+            progress = _Progress(bar, total_bar, counted=start[1] if start else 0)
             try:
                 for attempt in range(3):
                     try:
                         return await _upload_one(
                             session, path, endpoint=endpoint, headers=headers,
-                            chunk_size=chunk_size, store=store, bar=bar, total_bar=total_bar,
+                            chunk_size=chunk_size, store=store, progress=progress,
+                            start=start if attempt == 0 and start is not None else None,
                         )  # fmt: skip
                     except (aiohttp.ClientError, TimeoutError) as exc:
                         if attempt == 2:
                             return Result(path, error=f"network: {exc}")
                         await asyncio.sleep(1 + attempt * 2)
-                        bar.reset()
                 return Result(path, error="gave up")
             except UploadFailed as exc:
                 return Result(path, error=str(exc))
@@ -232,28 +277,87 @@ async def upload_files(
                 bar.close()
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        results = await asyncio.gather(*(run(i, p) for i, p in enumerate(paths)))
-    total_bar.close()
+        # Ask first where each file stands, so every bar starts at its resumed offset.
+        starts = await asyncio.gather(*(resume_point(p) for p in paths))
+        resumed = sum(s[1] for s in starts if s is not None)
+        total_bar = tqdm(
+            total=total,
+            initial=resumed,
+            unit="B",
+            unit_scale=True,
+            desc="total",
+            disable=quiet,
+            position=0,
+        )
+        try:
+            results = await asyncio.gather(
+                *(run(i, p, s) for i, (p, s) in enumerate(zip(paths, starts, strict=True)))
+            )
+        finally:
+            total_bar.close()
     return list(results)
 
 
+DEFAULT_ENDPOINT = "http://127.0.0.1:1080/uploads/"
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+DEFAULT_PARALLEL = 4
+
+
+def default_resume_store() -> Path:
+    """``$XDG_CACHE_HOME/tusserver/resume.json`` (``~/.cache/...`` without XDG_CACHE_HOME)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tusserver" / "resume.json"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tusup", description="Upload files to a tus server")
-    p.add_argument("files", nargs="+", type=Path)
+    store = default_resume_store()
+    p = argparse.ArgumentParser(
+        prog="tusup",
+        description=(
+            "Upload files to a tus server, resumably: several at once, a sha256 checksum on\n"
+            "every chunk and on the whole file. Run it again after an interruption and each\n"
+            "file goes on from where the server has it (its progress bar starts there)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""environment:
+  TUSUP_TOKEN     the access token (Authorization: Bearer), when --token is not given;
+                  get one with POST /api/v1/auth/login (it is valid 15 minutes)
+  TUSUP_ENDPOINT  the tus creation URL, when --endpoint is not given
+  XDG_CACHE_HOME  where the resume file lives (default ~/.cache)
+
+resume file:
+  {store}
+  It maps each file (path, size, modification time) and endpoint to its upload URL while
+  the upload is unfinished; a file that finished leaves it. Delete it to start over.""",
+    )
+    p.add_argument("files", nargs="+", type=Path, help="files to upload")
     p.add_argument(
         "--endpoint",
-        default=os.environ.get("TUSUP_ENDPOINT", "http://127.0.0.1:1080/uploads/"),
-        help="tus creation URL (TUSUP_ENDPOINT)",
+        default=os.environ.get("TUSUP_ENDPOINT", DEFAULT_ENDPOINT),
+        help=f"tus creation URL (default: $TUSUP_ENDPOINT, else {DEFAULT_ENDPOINT})",
     )
-    p.add_argument("--token", default=os.environ.get("TUSUP_TOKEN"), help="bearer token")
-    p.add_argument("--chunk-size", type=int, default=8 * 1024 * 1024)
-    p.add_argument("--parallel", type=int, default=4, help="files uploaded at once")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("TUSUP_TOKEN"),
+        help="bearer access token (default: $TUSUP_TOKEN; none: no Authorization header)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"bytes per PATCH request (default: {DEFAULT_CHUNK_SIZE}, 8 MiB; at least 1024)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"files uploaded at once (default: {DEFAULT_PARALLEL})",
+    )
     p.add_argument(
         "--resume-store",
         type=Path,
-        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "tusserver"
-        / "resume.json",
+        default=store,
+        help=f"the resume file (default: {store})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

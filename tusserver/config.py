@@ -24,7 +24,7 @@ from typing import Any
 
 from storage_backends.encryption import EncryptionKeyError, KeyRing
 
-__all__ = ["ConfigError", "TusServerConfig", "load_config"]
+__all__ = ["ConfigError", "TusServerConfig", "load_config", "normalize_database_url"]
 
 ENV_PREFIX = "TUSSERVER_"
 #: The longest a presigned download URL may stay valid, in seconds (docs/security.md).
@@ -74,8 +74,9 @@ class TusServerConfig:
     database_url: str = field(
         default="",
         metadata=_doc(
-            "SQLAlchemy async URL of the catalog, e.g. "
-            "`postgresql+asyncpg://user:pass@host/db`. Empty: SQLite at `<data_dir>/tusserver.db`.",
+            "URL of the catalog: `postgresql://user:pass@host/db` (also `postgres://`; both use "
+            "asyncpg), `sqlite:///path/to/file.db`, or an explicit SQLAlchemy async URL such as "
+            "`postgresql+asyncpg://...`. Empty: SQLite at `<data_dir>/tusserver.db`.",
             secret=True,
         ),
     )
@@ -481,8 +482,9 @@ class TusServerConfig:
     web_assets_dir: str = field(
         default="",
         metadata=_doc(
-            "Directory holding the npm packages of the web UI (uppy, chart.js): the "
-            "`node_modules` of `npm ci`. Empty: the source checkout's `node_modules`."
+            "Directory holding the npm packages of the web UI (uppy, chart.js), laid out like "
+            "the `node_modules` of `npm ci`. Empty: the copies inside the installed package "
+            "(a built wheel carries them), else the source checkout's `node_modules`."
         ),
     )
     # --- cache ----------------------------------------------------------------------------
@@ -609,7 +611,8 @@ class TusServerConfig:
             raise ConfigError("pipeline_workers: must be at least 1")
         if self.locker not in ("auto", "memory", "postgres", "file"):
             raise ConfigError("locker: must be auto, memory, postgres or file")
-        if self.locker == "postgres" and not self.database_url.startswith("postgresql"):
+        database_url = normalize_database_url(self.database_url) if self.database_url else ""
+        if self.locker == "postgres" and not database_url.startswith("postgresql"):
             raise ConfigError("locker: 'postgres' needs a PostgreSQL database_url")
         if self.auth not in ("jwt", "none"):
             raise ConfigError("auth: must be 'jwt' or 'none'")
@@ -641,7 +644,7 @@ class TusServerConfig:
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return normalize_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'tusserver.db').resolve()}"
 
     def key_ring(self) -> KeyRing:
@@ -726,6 +729,56 @@ def redact_url(url: str) -> str:
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
         return "<unparseable url>"
+
+
+#: URL schemes accepted in ``database_url`` -> the SQLAlchemy async driver URL scheme.
+_DATABASE_SCHEMES = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgres+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg_async",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+#: Synchronous drivers SQLAlchemy knows, refused with a pointer to the async one.
+_SYNC_DRIVERS = {"psycopg2", "psycopg2cffi", "pg8000", "pysqlite", "pysqlcipher", "pygresql"}
+
+_DATABASE_URL_HELP = (
+    "use postgresql://user:password@host:port/db (asyncpg) or sqlite:///path/to/file.db"
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The SQLAlchemy async URL for a ``database_url`` setting (no I/O, no imports).
+
+    ``postgresql://`` and ``postgres://`` (what psql and most platforms' ``DATABASE_URL``
+    use) get asyncpg; ``sqlite://`` gets aiosqlite; explicit async driver URLs stay as they
+    are. Anything else raises :class:`ConfigError` naming ``database_url`` and the fix.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or not scheme:
+        raise ConfigError(f"database_url: not a URL; {_DATABASE_URL_HELP}")
+    key = scheme.lower()
+    target = _DATABASE_SCHEMES.get(key)
+    if target is None:
+        backend, _, driver = key.partition("+")
+        if backend in ("postgresql", "postgres", "sqlite") and driver in _SYNC_DRIVERS:
+            raise ConfigError(
+                f"database_url: the driver {driver!r} is synchronous and tusserver needs an "
+                f"async one; {_DATABASE_URL_HELP}"
+            )
+        raise ConfigError(f"database_url: unsupported scheme {scheme!r}; {_DATABASE_URL_HELP}")
+    if target == "postgresql+asyncpg" and "sslmode=" in rest:
+        # libpq's sslmode (in most platforms' URLs) is asyncpg's ssl, with the same values.
+        base, _, query = rest.partition("?")
+        params = [
+            f"ssl={p.partition('=')[2]}" if p.startswith("sslmode=") else p
+            for p in query.split("&")
+        ]
+        rest = f"{base}?{'&'.join(params)}"
+    return f"{target}://{rest}"
 
 
 #: Durations and rates: numbers that must not be negative (or NaN).

@@ -50,6 +50,14 @@ The configuration is checked once, at start. An unknown key in the TOML file, an
 the key (`tusserver config show` is a quick way to check a configuration). Variables starting
 with `{ENV_PREFIX}TEST_` are left to the test suite and ignored.
 
+Then `serve`, `migrate` (and `user`, `sweep`, `pipeline`) reach what the settings point at
+before doing anything else: the database and, when a store is `s3`, the S3 bucket. Each
+unusable setting stops the program (exit status 2) with one line that names it and says what
+to do: an unknown URL scheme or a synchronous driver in `database_url`, a driver that is not
+installed, a database that does not answer, refuses the user or does not exist, an S3 server
+that does not answer or refuses the credentials, a bucket that is missing and cannot be
+created. `tusserver check` prints the same lines after `FAIL`.
+
 ### Values in the TOML file
 
 Values must have their TOML type: `port = 1080`, not `port = "1080"`. A float setting also

@@ -143,7 +143,7 @@ async def test_boundary_values_are_accepted(client: Client) -> None:
     ]:
         resp = await files_query(client, owner=token(), **params)
         assert resp.status == 200, f"{params}: {await resp.text()}"
-        assert (await resp.json())["items"] == []
+        assert (await resp.json())["files"] == []
 
 
 async def _cursor(client: Client, owner: str, sort: str) -> str:
@@ -204,14 +204,14 @@ async def test_sql_and_like_wildcards_in_q_are_literal(seeded: tuple[Client, str
               "' OR '1'='1", "\\%", "\\_"]:  # fmt: skip
         resp = await files_query(client, owner=owner, q=q, sort="name", limit=200)
         assert resp.status == 200, f"{q!r}: {await resp.text()}"
-        got = [i["name"] for i in (await resp.json())["items"]]
+        got = [i["name"] for i in (await resp.json())["files"]]
         want = sorted(
             (r["name"] for r in rows if q.casefold() in r["name"].casefold()), key=str.casefold
         )
         assert got == want, q
     # The catalog is still there.
     resp = await files_query(client, owner=owner, limit=200)
-    assert len((await resp.json())["items"]) == len(rows)
+    assert len((await resp.json())["files"]) == len(rows)
 
 
 @pytest.mark.parametrize("raw", ["%00", "a%00b", "%FF", "%ED%A0%80", "%C0%AF", "%0A"])
@@ -226,7 +226,7 @@ async def test_odd_bytes_in_text_parameters_never_fail(
     resp = await client.get(url)
     assert resp.status < 500, await resp.text()
     if resp.status == 200:
-        assert (await resp.json())["items"] == []
+        assert (await resp.json())["files"] == []
     else:
         await api_error(resp, 400)
 

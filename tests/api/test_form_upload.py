@@ -90,7 +90,7 @@ async def test_three_files_in_one_request_are_committed(make_client: MakeClient)
 
 async def _search(client: Client, **params: Any) -> list[str]:
     resp = await client.get("/api/v1/files", params={"limit": 200, **params})
-    return [i["id"] for i in (await resp.json())["items"]]
+    return [i["id"] for i in (await resp.json())["files"]]
 
 
 async def test_policy_violations_are_reported_per_file(make_client: MakeClient) -> None:

@@ -37,7 +37,7 @@ async def patch(client: Client, file_id: str, body: dict[str, Any]) -> dict[str,
 async def search(client: Client, **params: Any) -> list[str]:
     resp = await client.get("/api/v1/files", params={"limit": 200, **params})
     assert resp.status == 200, await resp.text()
-    return [i["id"] for i in (await resp.json())["items"]]
+    return [i["id"] for i in (await resp.json())["files"]]
 
 
 async def folders(client: Client) -> list[str]:

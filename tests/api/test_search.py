@@ -159,13 +159,13 @@ async def collect(client: Client, params: dict[str, Any], *, headers: Any = None
         resp = await client.get("/api/v1/files", params=query, headers=headers)
         assert resp.status == 200, await resp.text()
         body = await resp.json()
-        assert len(body["items"]) <= limit
-        ids += [item["id"] for item in body["items"]]
+        assert len(body["files"]) <= limit
+        ids += [item["id"] for item in body["files"]]
         cursor = body["next_cursor"]
         if cursor is None:
-            assert len(body["items"]) < limit or not body["items"]
+            assert len(body["files"]) < limit or not body["files"]
             return ids
-        assert len(body["items"]) == limit
+        assert len(body["files"]) == limit
     raise AssertionError("pagination never ended")
 
 
@@ -252,9 +252,9 @@ async def test_search_answers_on_both_api_paths_and_without_owner(catalog: Catal
     )
     assert old.status == new.status == 200
     old_body, new_body = await old.json(), await new.json()
-    assert [i["id"] for i in old_body["items"]] == [i["id"] for i in new_body["items"]]
-    assert old_body["items"][0]["content_url"].startswith("/file/")
-    assert new_body["items"][0]["content_url"].startswith("/api/v1/file/")
+    assert [i["id"] for i in old_body["files"]] == [i["id"] for i in new_body["files"]]
+    assert old_body["files"][0]["content_url"].startswith("/file/")
+    assert new_body["files"][0]["content_url"].startswith("/api/v1/file/")
     # The operator (auth off) without ?owner= sees both owners' rows.
     got = set(await collect(catalog.client, {"q": "日本語", "limit": 200}))
     seeded = {r["id"] for r in catalog.rows if "日本語" in r["name"]}
@@ -395,9 +395,9 @@ async def test_default_sort_is_newest_first_and_default_limit_50(catalog: Catalo
     resp = await catalog.client.get("/api/v1/files", params={"owner": catalog.owner_b})
     body = await resp.json()
     want = expected(catalog.of(catalog.owner_b), lambda r: True, "-date")
-    assert [i["id"] for i in body["items"]] == want[:50]
+    assert [i["id"] for i in body["files"]] == want[:50]
     assert body["next_cursor"]
-    item = body["items"][0]
+    item = body["files"][0]
     row = next(r for r in catalog.rows if r["id"] == item["id"])
     assert item["name"] == row["name"]
     assert item["size"] == row["size"]
@@ -419,7 +419,7 @@ async def test_pagination_is_stable_while_files_are_added_and_removed(catalog: C
         if cursor:
             params["cursor"] = cursor
         body = await (await client.get("/api/v1/files", params=params)).json()
-        ids = [i["id"] for i in body["items"]]
+        ids = [i["id"] for i in body["files"]]
         got += ids
         cursor = body["next_cursor"]
         if cursor is None:
@@ -434,7 +434,7 @@ async def test_pagination_is_stable_while_files_are_added_and_removed(catalog: C
             )
             for k in range(3)
         ]
-        fresh.append(file_row(name=body["items"][-1]["name"], owner=owner, created_at=now))
+        fresh.append(file_row(name=body["files"][-1]["name"], owner=owner, created_at=now))
         await insert_files(client, fresh)
         added |= {r["id"] for r in fresh}
         # ... and some already seen ones are deleted, the cursor's own row included.

@@ -574,7 +574,9 @@ def test_masked_hides_database_url() -> None:
 
 @pytest.mark.parametrize("name", SECRETS)
 def test_masked_hides_every_secret(name: str) -> None:
-    masked = load_config(environ={f"TUSSERVER_{name.upper()}": "hunter2-secret"}).masked()
+    # (database_url must be a URL: the secret is its password)
+    value = "postgres://u:hunter2-secret@h/db" if name == "database_url" else "hunter2-secret"
+    masked = load_config(environ={f"TUSSERVER_{name.upper()}": value}).masked()
     assert masked[name] == "***"
     assert "hunter2" not in json.dumps(masked)
 

@@ -39,6 +39,7 @@ class AuthApi:
             web.post(f"{prefix}/logout", self.logout),
             web.post(f"{prefix}/password", self.change_password),
             web.get(f"{prefix}/me", self.me),
+            web.get(f"{prefix}/session", self.session),
         ]
 
     def _require_local_tokens(self) -> None:
@@ -247,20 +248,32 @@ class AuthApi:
         return web.json_response({"status": "password changed; sign in again"})
 
     async def me(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._me(request))
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Whether the caller is signed in: 200 either way (the web UI asks at every load,
+        and not being signed in yet is no error). ``user`` is what ``/me`` answers."""
+        try:
+            user = await self._me(request)
+        except Unauthorized:
+            body: dict[str, Any] = {"authenticated": False}
+        else:
+            body = {"authenticated": True, "user": user}
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def _me(self, request: web.Request) -> dict[str, Any]:
         principal = await self._gw.principal(request)
         if principal.user_id is None:
-            return web.json_response({"id": None, "username": None, "role": "admin"})
+            return {"id": None, "username": None, "role": "admin"}
         user = await self._gw.users.get(principal.user_id)
         if user is None:
-            return web.json_response(
-                {"id": principal.user_id, "role": "admin" if principal.is_admin else "user"}
-            )
+            return {"id": principal.user_id, "role": "admin" if principal.is_admin else "user"}
         info = _user_json(user)
         info["usage_bytes"] = await self._gw.users.usage_bytes(user.id)
         info["quota_bytes"] = quota_limit(
             role=user.role, quota_bytes=user.quota_bytes, default=self._config.default_quota
         )
-        return web.json_response(info)
+        return info
 
 
 def _user_json(user: User) -> dict[str, Any]:

@@ -61,6 +61,8 @@ def file_json(f: FileRecord, base: str = "") -> dict[str, Any]:
     return {
         "id": f.id,
         "name": f.name,
+        # The detected MIME type (the declared one until the pipeline has looked at the bytes).
+        "type": f.detected_type or f.declared_type,
         "folder": f.folder,
         "size": f.size,
         "status": f.status.value,
@@ -278,8 +280,10 @@ class FilesApi:
         next_cursor = (
             _encode_cursor(sort, items[-1]) if len(items) == query.limit and items else None
         )
+        listed = [file_json(f, base) for f in items]
         return web.json_response(
-            {"items": [file_json(f, base) for f in items], "next_cursor": next_cursor},
+            # "items": the same list under its old name, deprecated (see docs/api.md).
+            {"files": listed, "next_cursor": next_cursor, "items": listed},
             headers={"Cache-Control": "private, no-cache"},
         )
 

@@ -54,6 +54,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "id": _S, "name": _S, "folder": _S, "size": _I,
+                        "type": {"type": ["string", "null"],
+                                 "description": "detected MIME type (declared until detected)"},
                         "status": {"enum": ["received", "validating", "committed", "rejected", "failed"]},
                         "reason": {"type": ["string", "null"]},
                         "detected_type": {"type": ["string", "null"]},
@@ -88,7 +90,11 @@ def openapi_document() -> dict[str, Any]:
                     _param("limit", "1..200 (default 50)", _I),
                 ],
                 "responses": {"200": {"description": "a page", **json_body({"type": "object", "properties": {
-                    "items": {"type": "array", "items": file_ref}, "next_cursor": {"type": ["string", "null"]}}})},
+                    "files": {"type": "array", "items": file_ref},
+                    "next_cursor": {"type": ["string", "null"]},
+                    "items": {"type": "array", "items": file_ref, "deprecated": True,
+                              "description": "the same list as files (removed in the next release)"}},
+                    "required": ["files", "next_cursor"]})},
                     "400": _ERR, "401": _ERR},
             }},
             "/api/v1/file/{file_id}": {
@@ -140,6 +146,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/auth/refresh": {"post": {"summary": "New tokens for a refresh token", "security": [], "responses": {"200": {"description": "tokens"}, "401": _ERR}}},
             "/api/v1/auth/logout": {"post": {"summary": "Revoke the caller's tokens", "responses": {"200": {"description": "signed out"}}}},
             "/api/v1/auth/me": {"get": {"summary": "The caller", "responses": {"200": {"description": "user"}}}},
+            "/api/v1/auth/session": {"get": {
+                "summary": "Whether the caller is signed in (200 either way)", "security": [{}, {"bearer": []}],
+                "responses": {"200": {"description": "authenticated, and the user when it is", **json_body({
+                    "type": "object", "required": ["authenticated"],
+                    "properties": {"authenticated": {"type": "boolean"}, "user": {"type": "object"}}})}}}},
             "/api/v1/auth/password": {"post": {
                 "summary": "Change the caller's password (revokes its tokens)",
                 "requestBody": json_body({"type": "object", "properties": {"old_password": _S, "new_password": _S}}),

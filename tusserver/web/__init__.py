@@ -5,8 +5,9 @@
 - ``/`` redirects to ``/app/``; ``/app/...`` serves the page (hash routes do the rest)
 - ``/static/<name>``: our own JS/CSS from ``tusserver/web/static``
 - ``/vendor/uppy.min.js``, ``/vendor/uppy.min.css``, ``/vendor/chart.js``: third-party
-  bundles read from ``assets_dir`` (the project's ``node_modules``); 503 with a clear text
-  when they are missing
+  bundles read from ``assets_dir`` (see :func:`default_assets_dir`: the copies an installed
+  package carries, else the checkout's ``node_modules``); 503 with a clear text when they
+  are missing
 - ``/api/v1/limits``: what the upload page needs to know before sending anything
 
 Asset URLs in the page carry ``?v=<content hash>``; a request with the current hash is cached
@@ -29,9 +30,24 @@ from .. import __version__
 from ..config import TusServerConfig
 from ..pipeline.validators import _DOCUMENT_TYPES, CATEGORIES
 
-__all__ = ["STATIC_DIR", "WebUI", "limits_json", "web_routes"]
+__all__ = ["STATIC_DIR", "VENDOR_DIR", "WebUI", "default_assets_dir", "limits_json", "web_routes"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The bundles a built package carries (setup.py copies them from node_modules; same layout).
+VENDOR_DIR = Path(__file__).resolve().parent / "vendor"
+#: A source checkout's node_modules (development, editable installs).
+CHECKOUT_NODE_MODULES = Path(__file__).resolve().parent.parent.parent / "node_modules"
+
+
+def default_assets_dir(configured: str = "") -> Path:
+    """Where the vendor bundles are read: ``web_assets_dir`` when set, else the package's own
+    copies (an installed wheel), else the source checkout's ``node_modules``."""
+    if configured:
+        return Path(configured)
+    if (VENDOR_DIR / "versions.json").is_file():
+        return VENDOR_DIR
+    return CHECKOUT_NODE_MODULES
+
 
 #: Vendor URL name -> candidate paths below ``assets_dir`` (the first that exists wins).
 VENDOR_FILES: dict[str, tuple[str, ...]] = {
@@ -127,6 +143,8 @@ def limits_json(config: TusServerConfig) -> dict[str, object]:
         "tus_endpoint": config.base_path,
         "auth": config.auth,
         "registration_enabled": config.registration_enabled,
+        # Whether files are scanned for viruses (clamd configured): the pages say so only then.
+        "virus_scan": bool(config.clamd_url),
         "version": __version__,
     }
 

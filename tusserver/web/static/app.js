@@ -598,11 +598,16 @@
   // ---------------------------------------------------------------------------------------
   // Sign in / sign up
 
+  /** Whether the server scans files for viruses (clamd configured): only then do we say so. */
+  function virusScan() {
+    return Boolean(state.limits && state.limits.virus_scan);
+  }
+
   function authShell(...content) {
     return h('div', { class: 'auth-wrap' },
       h('div', { class: 'auth-brand' }, brandMark(), h('span', { text: 'tusserver' })),
       h('div', { class: 'card auth-card' }, content),
-      h('p', { class: 'auth-foot', text: 'Resumable uploads · virus-checked · yours only' }));
+      h('p', { class: 'auth-foot', text: virusScan() ? 'Resumable uploads · virus-checked · yours only' : 'Resumable uploads · yours only' }));
   }
 
   function brandMark() {
@@ -757,7 +762,7 @@
       const resumables = h('div', { class: 'resumables', id: 'resumables', hidden: true });
       const dash = h('div', { id: 'uppy-dashboard', class: 'dashboard-wrap' });
       const list = h('ul', { class: 'results', id: 'upload-results', 'aria-live': 'polite' });
-      const empty = h('p', { class: 'muted results-empty', text: 'Finished uploads appear here while they are checked for viruses and file type.' });
+      const empty = h('p', { class: 'muted results-empty', text: virusScan() ? 'Finished uploads appear here while they are checked for viruses and file type.' : 'Finished uploads appear here while their file type is checked.' });
       const clear = h('button', { type: 'button', class: 'btn btn-ghost btn-sm', text: 'Clear list', hidden: true });
       clear.addEventListener('click', () => {
         this.results = this.results.filter((r) => !r.final);
@@ -1322,14 +1327,14 @@
         ? h('div', {}, h('h2', { text: 'No files match' }), h('p', { class: 'muted', text: 'Try other words or fewer filters.' }))
         : h('div', {}, h('h2', { text: 'No files here yet' }), h('p', { class: 'muted' }, 'Upload something and it shows up here. ', h('a', { href: '#/upload', text: 'Upload files' }))));
     };
-    show(first.items || [], first.next_cursor);
+    show(first.files || [], first.next_cursor);
     more.addEventListener('click', async () => {
       more.disabled = true;
       more.textContent = 'Loading…';
       try {
         const page = await api('/api/v1/files', { query: { ...query, cursor } });
         if (!ctx.alive()) return;
-        show(page.items || [], page.next_cursor);
+        show(page.files || [], page.next_cursor);
       } catch (e) {
         toast(errorMessage(e), 'error');
       } finally {
@@ -1358,7 +1363,7 @@
       h('td', { class: 'cell-name' }, link,
         f.tags && f.tags.length ? h('span', { class: 'row-tags' }, f.tags.slice(0, 4).map((t) => h('span', { class: 'tag', text: t }))) : null),
       h('td', { class: 'cell-size', 'data-label': 'Size', text: formatBytes(f.size) }),
-      h('td', { class: 'cell-type', 'data-label': 'Type', text: f.detected_type || f.declared_type || '—' }),
+      h('td', { class: 'cell-type', 'data-label': 'Type', text: f.type || '—' }),
       h('td', { class: 'cell-status', 'data-label': 'Status' }, badge(f.status)),
       h('td', { class: 'cell-date', 'data-label': 'Uploaded' }, h('time', { datetime: f.created_at, text: formatDate(f.created_at) })),
       actions);
@@ -1425,7 +1430,7 @@
       } else if (f.status !== 'committed') {
         callouts.push(h('div', { class: 'callout callout-info', role: 'status' },
           h('strong', { text: 'Checking this file…' }),
-          h('p', { text: 'It is being scanned for viruses and its type verified. This page updates by itself.' })));
+          h('p', { text: virusScan() ? 'It is being scanned for viruses and its type verified. This page updates by itself.' : 'Its type is being verified. This page updates by itself.' })));
       } else if (f.reason) {
         callouts.push(h('div', { class: 'callout callout-info' }, h('p', { text: f.reason })));
       }
@@ -1835,7 +1840,9 @@
     state.authOff = state.limits.auth === 'none';
     for (;;) {
       try {
-        const me = await api('/api/v1/auth/me', { recover: false });
+        // 200 whether signed in or not: no failed request in the console before sign-in.
+        const session = await api('/api/v1/auth/session', { recover: false });
+        const me = session && session.authenticated ? session.user : null;
         state.user = me && me.id === null ? { id: null, username: 'operator', role: 'admin' } : me;
         break;
       } catch (e) {
