@@ -16,9 +16,8 @@ from tusserver.cache import (
     CacheCollector,
     LocalBus,
     Namespace,
-    _decode,
-    _payload,
 )
+from tusserver.cache.bus import _decode, _payload
 from tusserver.catalog.db import create_database
 
 FILES: Namespace[str] = Namespace("file", 30.0)
