@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.app_fixtures import OCTET, TUS
+from tests.app_fixtures import OCTET, TUS, get_committed
 from tests.ietf.helpers import Client, RawConnection, path_of
 
 
@@ -24,7 +24,8 @@ def draft(version: int, **headers: str) -> dict[str, str]:
 
 
 async def download(client: Client, path: str) -> bytes:
-    resp = await client.get(path)
+    # tus GET serves a finished upload once the pipeline has committed its file.
+    resp = await get_committed(client, path)
     assert resp.status == 200, await resp.text()
     return await resp.read()
 

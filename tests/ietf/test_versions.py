@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.app_fixtures import TUS
+from tests.app_fixtures import TUS, get_committed
 from tests.ietf.helpers import (
     COMPLETED_UPLOAD,
     INCONSISTENT_LENGTH,
@@ -106,7 +106,8 @@ async def append(
 
 
 async def download(client: Client, path: str) -> bytes:
-    resp = await client.get(path)
+    # tus GET serves a finished upload once the pipeline has committed its file.
+    resp = await get_committed(client, path)
     assert resp.status == 200, await resp.text()
     return await resp.read()
 
