@@ -57,6 +57,8 @@ class RequestAdmission:
 def refuse_encoded_body(request: web.Request) -> None:
     """Upload routes take bodies as they are: a compressed body would be inflated by aiohttp
     past every size and byte-rate limit that Content-Length decided (415 instead)."""
+    if "Content-Encoding" not in request.headers:
+        return
     encodings = [
         token.strip().lower()
         for value in request.headers.getall("Content-Encoding", [])

@@ -19,6 +19,7 @@ from aiohttp import FormData
 
 from tests.app_fixtures import OCTET, TUS, MakeClient
 from tests.auth.helpers import auth_client, bearer, create_upload, make_users
+from tusserver.app import RUNTIME
 
 DRAFT = {"Upload-Draft-Interop-Version": "8"}
 
@@ -27,6 +28,15 @@ async def _head_offset(client: Any, path: str, token: str | None = None) -> int:
     resp = await client.head(path, headers={**TUS, **bearer(token)})
     assert resp.status == 200, resp.status
     return int(resp.headers["Upload-Offset"])
+
+
+async def _until_received(client: Any, count: int) -> None:
+    """Wait until the server has read ``count`` bytes of a body (it then holds the lock)."""
+    service = client.server.app[RUNTIME].uploads
+    deadline = asyncio.get_running_loop().time() + 20
+    while not any(r.received >= count for r in service._receiving):
+        assert asyncio.get_running_loop().time() < deadline, "the body never arrived"
+        await asyncio.sleep(0.02)
 
 
 async def test_another_user_cannot_make_a_patch_let_go(make_client: MakeClient) -> None:
@@ -47,7 +57,7 @@ async def test_another_user_cannot_make_a_patch_let_go(make_client: MakeClient) 
         client.patch(path, data=body(), headers={**TUS, **OCTET, **bearer(a), "Upload-Offset": "0"})
     )
     await asyncio.wait_for(first_sent.wait(), 10)
-    await asyncio.sleep(0.3)  # the PATCH now holds the upload's lock, reading its body
+    await _until_received(client, 100_000)  # the PATCH holds the upload's lock, reading
     assert not patch.done()
     # B: every method on A's upload is a 404, and none of them makes A's PATCH let go.
     resp = await client.head(path, headers={**TUS, **bearer(b)})
@@ -86,7 +96,7 @@ async def test_the_owner_can_still_make_a_stale_patch_let_go(make_client: MakeCl
         client.patch(path, data=body(), headers={**TUS, **OCTET, **bearer(a), "Upload-Offset": "0"})
     )
     await asyncio.wait_for(first_sent.wait(), 10)
-    await asyncio.sleep(0.3)
+    await _until_received(client, 50_000)
     assert await _head_offset(client, path, a) == 50_000
     resp = await asyncio.wait_for(patch, 10)
     assert resp.status == 400
