@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import random
+import time
 from pathlib import Path
 
 import aiohttp
+import requests
 from yarl import URL
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -45,10 +48,32 @@ def parse_metadata(header: str) -> dict[str, bytes]:
     return out
 
 
-async def download_sha256(url: str) -> tuple[int, str]:
-    """GET ``url`` (a finished upload); returns (bytes received, sha256 hex). Asserts 200."""
+def get_committed_sync(url: str, timeout: float = 30.0) -> requests.Response:
+    """GET a finished upload once its file is committed (409 with Retry-After until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = requests.get(url, timeout=10)
+        if resp.status_code != 409 or "Retry-After" not in resp.headers:
+            return resp
+        if time.monotonic() > deadline:
+            return resp
+        time.sleep(0.1)
+
+
+async def download_sha256(url: str, timeout: float = 30.0) -> tuple[int, str]:
+    """GET ``url`` (a finished upload) once its file is committed; returns (bytes received,
+    sha256 hex). Asserts 200."""
     h = hashlib.sha256()
     n = 0
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(url) as early:
+                if early.status != 409 or "Retry-After" not in early.headers:
+                    break
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
     async with (
         aiohttp.ClientSession() as session,
         session.get(url) as resp,

@@ -8,7 +8,15 @@ import pytest
 import requests
 from tusclient import client
 
-from .helpers import TUS, MiB, download_sha256, make_bytes, parse_metadata, sha256
+from .helpers import (
+    TUS,
+    MiB,
+    download_sha256,
+    get_committed_sync,
+    make_bytes,
+    parse_metadata,
+    sha256,
+)
 from .server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +97,7 @@ def test_metadata_round_trip(shared_server: ServerProcess) -> None:
     got = parse_metadata(_head(uploader.url).headers["Upload-Metadata"])
     assert got == {k: v.encode("utf-8") for k, v in metadata.items()}
 
-    resp = requests.get(uploader.url, timeout=10)
+    resp = get_committed_sync(uploader.url)
     assert resp.status_code == 200
     assert resp.content == data
 

@@ -26,7 +26,8 @@ class UploadState(enum.StrEnum):
     FINISHED = "finished"
     TERMINATED = "terminated"
     EXPIRED = "expired"
-    #: Refused at the first bytes (forbidden type); nothing more is accepted.
+    #: Refused at the first bytes (forbidden type), or a final upload whose length went past
+    #: the maximum size or the quota at concatenation; nothing more is accepted.
     REJECTED = "rejected"
 
 
