@@ -220,6 +220,8 @@ def _serve(config: TusServerConfig) -> int:
             app_factory=app_factory,
             ssl_context=ssl_context,
         ).run()
+    loop = asyncio.new_event_loop()
+    _stop_once_on_signals(loop)
     web.run_app(
         app_factory(config),
         host=config.host,
@@ -228,8 +230,39 @@ def _serve(config: TusServerConfig) -> int:
         print=lambda *_: None,
         access_log=None,
         shutdown_timeout=30.0,
+        handle_signals=False,
+        loop=loop,
     )
     return 0
+
+
+def _stop_once_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGINT/SIGTERM start the graceful shutdown once; a repeat is logged and ignored.
+
+    Ctrl-C on ``make run`` reaches the server twice (from the terminal and relayed by make),
+    as repeated SIGTERMs from supervisors do: a second GracefulExit in the middle of the
+    shutdown would abort it with a traceback before requests in flight have finished.
+    """
+    import contextlib
+    import signal
+
+    import structlog
+    from aiohttp.web_runner import GracefulExit
+
+    log = structlog.get_logger("tusserver")
+    stopping = False
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping:
+            log.info("tusserver already stopping: finishing requests in flight")
+            return
+        stopping = True
+        raise GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+            loop.add_signal_handler(sig, on_signal)
 
 
 async def _migrate(config: TusServerConfig, action: str, revision: str | None) -> int:

@@ -75,14 +75,22 @@ def test_make_run_with_port_and_host(tmp_path: Path) -> None:
         with pytest.raises(OSError):  # not on the default address
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert (tmp_path / "data" / "tusserver.db").exists()  # DATA_DIR got through too
+        # make's recipe exec-ed the server: make's only child.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        server_pid = int(children[0])
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)  # as Ctrl-C reaches make and the server
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # make may end first; the server finishes its requests, then says it stopped.
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
     out = log_path.read_text()
     assert "npm ci" not in out, out  # node_modules matches the lock file
     assert "tusserver ready" in out, out

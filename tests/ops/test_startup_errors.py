@@ -31,32 +31,37 @@ def _failure_line(res: subprocess.CompletedProcess[str]) -> str:
     return lines[0].removeprefix("tusserver: ")
 
 
-def _serve(args: list[str | Path], settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``tusserver ... serve`` that must refuse to start (killed if it serves instead)."""
-    proc = popen([*args, "serve", "--port", str(free_port())], settings)
+def _finish(proc: subprocess.Popen[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"serve started despite the bad setting\n{out}\n{err}")
+        pytest.fail(f"{what} did not stop: it ignored the bad setting\n{out}\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _all_say(data: Path, settings: dict[str, str], setting: str, *words: str) -> str:
-    """serve, migrate and check all refuse with the same line naming ``setting``."""
-    args: list[str | Path] = ["--data-dir", data]
-    served = _failure_line(_serve(args, settings))
+    """serve, migrate and check all refuse with the same line naming ``setting``.
+
+    The three run side by side (each on its own data directory): a loaded machine makes
+    every start of the CLI slow, and they share nothing."""
+    procs = {
+        cmd: popen(["--data-dir", data / cmd, cmd, *extra], settings)
+        for cmd, extra in (("serve", ["--port", str(free_port())]), ("migrate", []), ("check", []))
+    }
+    done = {cmd: _finish(proc, cmd) for cmd, proc in procs.items()}
+    served = _failure_line(done["serve"])
     assert served.startswith(f"{setting}: "), served
     for word in words:
         assert word in served, served
-    assert not (data / "objects").exists(), "a refused start must not get that far"
-    migrated = run([*args, "migrate"], settings)
+    assert not (data / "serve" / "objects").exists(), "a refused start must not get that far"
+    migrated = done["migrate"]
     if setting.startswith("s3_"):  # migrate needs no object store
         assert migrated.returncode == 0, describe(migrated)
     else:
         assert _failure_line(migrated) == served
-    checked = run([*args, "check"], settings)
+    checked = done["check"]
     assert checked.returncode != 0, describe(checked)
     assert "Traceback" not in checked.stdout + checked.stderr, describe(checked)
     fails = [line for line in checked.stdout.splitlines() if line.startswith("FAIL")]
@@ -82,17 +87,19 @@ def test_plain_postgresql_urls_use_asyncpg(pg_url: str, tmp_path: Path, scheme: 
         migrated = run([*args, "migrate"], settings)
         assert migrated.returncode == 0, describe(migrated)
         assert migrated.stdout.strip() and "(empty)" not in migrated.stdout, describe(migrated)
-        checked = run([*args, "check"], settings)
+        checking = popen([*args, "check"], settings)
+        adding = popen([*args, "user", "add", "alice"], settings, stdin=subprocess.PIPE)
+        out, err = adding.communicate("a long password\n", timeout=90)
+        assert adding.returncode == 0, (out, err)
+        checked = _finish(checking, "check")
         assert checked.returncode == 0, describe(checked)
         assert "ok    database (postgresql)" in checked.stdout, describe(checked)
-        added = run([*args, "user", "add", "alice"], settings, stdin="a long password\n")
-        assert added.returncode == 0, describe(added)
-        listed = run([*args, "user", "list"], settings)
-        assert listed.stdout.startswith("alice\t"), describe(listed)
-        # The same catalog through the explicit SQLAlchemy URL: nothing else changed.
+        # The same catalog through the plain and the explicit SQLAlchemy URL.
         explicit = {"TUSSERVER_DATABASE_URL": f"postgresql+asyncpg://postgres@{host_port}/{name}"}
-        listed = run([*args, "user", "list"], explicit)
-        assert listed.returncode == 0 and listed.stdout.startswith("alice\t"), describe(listed)
+        listings = [popen([*args, "user", "list"], env) for env in (settings, explicit)]
+        for proc in listings:
+            listed = _finish(proc, "user list")
+            assert listed.returncode == 0 and listed.stdout.startswith("alice\t"), describe(listed)
     finally:
         services.drop_database(host, int(port), name)
 
@@ -103,12 +110,16 @@ def test_unknown_scheme_and_sync_driver(tmp_path: Path) -> None:
         ("postgresql+psycopg2://tus@127.0.0.1/tus", ["serve"], "'psycopg2' is synchronous"),
         ("just-a-name", ["migrate"], "not a URL"),
     ]
-    for url, commands, words in cases:
-        for command in commands:
-            res = run(["--data-dir", tmp_path / "data", command], {"TUSSERVER_DATABASE_URL": url})
-            line = _failure_line(res)
-            assert "database_url: " in line and words in line, describe(res)
-            assert "postgresql://user:password@host:port/db" in line, describe(res)
+    procs = [
+        (words, popen(["--data-dir", tmp_path / "data", command], {"TUSSERVER_DATABASE_URL": url}))
+        for url, commands, words in cases
+        for command in commands
+    ]  # side by side: each is a separate process start
+    for words, proc in procs:
+        res = _finish(proc, "the command")
+        line = _failure_line(res)
+        assert "database_url: " in line and words in line, describe(res)
+        assert "postgresql://user:password@host:port/db" in line, describe(res)
     assert not (tmp_path / "data").exists()
 
 
