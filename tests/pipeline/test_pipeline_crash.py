@@ -68,17 +68,20 @@ class Setup:
         )
 
     def stored_objects(self) -> list[str]:
-        """Every object the store holds for this test (keys), metadata sidecars excluded."""
+        """Every object the store holds for this test (keys), metadata sidecars and the media
+        step's thumbnails (``<key>.thumb-<size>.webp``, tests/media) excluded."""
         if self.s3 is None:
             root = self.config.objects_dir
-            return sorted(
+            keys = [
                 p.relative_to(root).as_posix()
                 for p in root.rglob("*")
                 if p.is_file() and ".meta" not in p.relative_to(root).parts
-            )
-        client = self.s3.client()
-        listing = client.list_objects(self.s3.bucket, prefix=self.prefix + "/", recursive=True)
-        return sorted(o.object_name for o in listing)
+            ]
+        else:
+            client = self.s3.client()
+            listing = client.list_objects(self.s3.bucket, prefix=self.prefix + "/", recursive=True)
+            keys = [o.object_name for o in listing]
+        return sorted(k for k in keys if ".thumb-" not in k)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -33,7 +33,11 @@ __all__ = ["MediaOutcome", "MediaProcessor", "MediaTools"]
 
 _log = structlog.get_logger("tusserver.media")
 WORKER = Path(__file__).resolve().parent / "worker.py"
-_COPY_BLOCK = 1024 * 1024
+#: Memory-backed file system for the subprocess's files (source copy, thumbnails, stripped copy):
+#: nothing decrypted from an encrypted store reaches the disk. Copies of larger sources go to
+#: ``work_dir`` on disk instead (deleted as soon as the file is done).
+_SHM = Path("/dev/shm")  # noqa: S108 - only ever a parent of mkdtemp's private (0700) dirs
+_SHM_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +142,11 @@ class MediaProcessor:
         kind = probe_kind(mime)
         if kind is None or not self.wants(mime):
             return MediaOutcome(Verdict.accept())
-        await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
-        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "media-", self._work_dir))
+        parent = self._work_dir
+        if (source is not None or candidate.size <= _SHM_MAX) and os.access(_SHM, os.W_OK):
+            parent = _SHM
+        await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "tusserver-media-", parent))
         outcome = MediaOutcome(Verdict.accept(), workdir=workdir)
         try:
             if source is None:

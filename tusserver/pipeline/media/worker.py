@@ -73,6 +73,8 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
     Image.MAX_IMAGE_PIXELS = None
     try:
         im = Image.open(path)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise MediaRejected(f"cannot be decoded as an image: {_short(exc)}") from None
     with im:
@@ -99,6 +101,8 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
             im.draft("RGB", (max(sizes), max(sizes)))
         try:
             im.load()
+        except MemoryError:
+            raise
         except Exception as exc:
             raise MediaRejected(f"cannot be decoded: {_short(exc)}") from None
         shown_w, shown_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
