@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.app_fixtures import MakeClient
 from tests.media.conftest import needs_ffmpeg
@@ -65,7 +66,11 @@ async def test_without_ffmpeg_video_is_stored_unprobed_and_images_still_checked(
 ) -> None:
     python_dir = str(Path(os.__file__).parent)
     monkeypatch.setenv("PATH", python_dir)  # nothing of ffmpeg on it
-    client = await media_client(make_client)
+    with capture_logs() as logs:
+        client = await media_client(make_client)
+    off = [e for e in logs if e["event"] == "media probing is off"]
+    assert len(off) == 1 and "ffprobe/ffmpeg not found" in off[0]["detail"]
+    assert off[0]["log_level"] == "warning"
     rt = client.server.app[RUNTIME]
     assert rt.pipeline.media is not None and rt.pipeline.media.tools.ffprobe is None
     video = await wait_done(
