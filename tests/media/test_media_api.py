@@ -3,6 +3,7 @@ stripping, deletion with the file, previews not counted as downloads."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -310,5 +311,10 @@ async def test_previews_and_thumbnails_are_not_downloads(
     # A real download still counts.
     resp = await client.get(f"/api/v1/file/{f['id']}/content")
     await resp.read()
+    # Recorded once the response is sent, which may be just after the client has it all.
+    for _ in range(100):
+        if await _rows(client, events, events.c.kind == "file.downloaded"):
+            break
+        await asyncio.sleep(0.05)
     assert len(await _rows(client, events, events.c.kind == "file.downloaded")) == 1
     assert len(await _rows(client, audit_log, audit_log.c.action == "file.download")) == 1
