@@ -38,6 +38,12 @@ run: $(VENV)/.run-deps
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libmagic1; \
 	fi
+	@# Video and audio probing and posters: ffprobe and ffmpeg (images need only Pillow, from pip).
+	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then \
+		echo "installing ffmpeg"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; \
+	fi
 	@# The web UI's Uppy and Chart.js come from npm (package-lock.json), never from a CDN.
 	@if ! $(PYTHON) scripts/node_modules_current.py; then \
 		echo "npm ci: node_modules does not match package-lock.json"; \

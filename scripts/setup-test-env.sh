@@ -3,8 +3,9 @@
 # python3 (3.11+). Idempotent: every step first checks whether its work is already done, so on
 # a prepared machine this takes a few seconds.
 #
-#   - Debian packages: postgresql, libmagic1, clamav + clamav-daemon, prometheus (for
-#     `promtool`, which checks and unit-tests examples/prometheus/alerts.yml), nodejs + npm (only if
+#   - Debian packages: postgresql, libmagic1, ffmpeg (ffprobe + ffmpeg: media probing and the
+#     media test fixtures), clamav + clamav-daemon, prometheus (for `promtool`, which checks and
+#     unit-tests examples/prometheus/alerts.yml), nodejs + npm (only if
 #     `node`/`npm` are missing), python3-venv (only if `python3 -m venv` cannot work),
 #     chromium (only if tests/ uses playwright and /usr/bin/chromium is missing),
 #     nginx-light (or `nginx` where nginx-light no longer exists; only if nginx is missing: the
@@ -38,6 +39,10 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     missing+=(postgresql)
 fi
 have_pkg libmagic1 || missing+=(libmagic1)
+# Media probing and the media tests' fixtures (ffmpeg's lavfi encoders): ffmpeg with ffprobe.
+if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then
+    missing+=(ffmpeg)
+fi
 if ! command -v clamd >/dev/null 2>&1 && [ ! -x /usr/sbin/clamd ]; then
     missing+=(clamav clamav-daemon)
 fi
@@ -96,7 +101,7 @@ fi
 # Reinstall only when the dependency declarations changed (or the install is broken).
 stamp="$VENV/.tusserver-test-deps"
 check_py='import importlib.util as u, sys
-sys.exit(any(u.find_spec(m) is None for m in ("tusserver", "pytest", "xdist", "minio", "asyncpg")))'
+sys.exit(any(u.find_spec(m) is None for m in ("tusserver", "pytest", "xdist", "minio", "asyncpg", "PIL")))'
 want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
     || ! "$VENV/bin/python" -c "$check_py" >/dev/null 2>&1 \
@@ -131,6 +136,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null 2>&1 || die "clamd not found"
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || die "nginx not found"
 command -v promtool >/dev/null 2>&1 || die "promtool not found (Debian package prometheus)"
+command -v ffprobe >/dev/null 2>&1 || die "ffprobe not found (Debian package ffmpeg)"
 if [ -f package.json ] && grep -q '"uppy"' package.json; then
     [ -f node_modules/uppy/dist/uppy.min.js ] || die "node_modules/uppy/dist/uppy.min.js missing"
 fi

@@ -53,6 +53,7 @@ from .multiproc import metrics_handler
 from .observability import request_context_middleware
 from .pipeline.backlog import Backlog
 from .pipeline.clamav import ClamdClient
+from .pipeline.media import Limits, MediaProcessor, MediaTools
 from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
@@ -112,6 +113,8 @@ class Runtime:
             await self.webhooks.start()
         if not self.config.clamd_url:
             _log.warning("no virus scan: clamd_url is not set")
+        for problem in media_problems(self.config, self.pipeline.media):
+            _log.warning("media probing is off", detail=problem)
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
         await self.cache_bus.start()
@@ -257,6 +260,7 @@ def build_runtime(
     )
     recorder = EventRecorder(db)
     pipeline = Pipeline(
+        media=media_processor(config),
         events=recorder,
         metrics=metrics,
         config=config,
@@ -310,6 +314,33 @@ def build_runtime(
         backlog=Backlog(db, metrics.registry, stall_after=config.pipeline_stall_after),
         owns_db=database is None,
     )
+
+
+def media_processor(
+    config: TusServerConfig, tools: MediaTools | None = None
+) -> MediaProcessor | None:
+    """The pipeline's media step as configured, or None when media probing is off."""
+    if not config.media_probe:
+        return None
+    return MediaProcessor(
+        tools=tools or MediaTools.detect(),
+        limits=Limits(
+            cpu_seconds=config.media_cpu_limit,
+            memory_bytes=config.media_memory_limit,
+            wall_seconds=config.media_timeout,
+        ),
+        work_dir=config.data_dir / "tmp" / "media",
+        max_pixels=config.max_image_pixels,
+        max_duration=config.max_media_duration,
+        strip_location=config.strip_location,
+    )
+
+
+def media_problems(config: TusServerConfig, media: MediaProcessor | None) -> list[str]:
+    """What of media probing is off and why (for the start-up log and `tusserver check`)."""
+    if not config.media_probe:
+        return ["media_probe is false: media files are stored without checks or thumbnails"]
+    return media.tools.problems() if media is not None else []
 
 
 def build_gateway(

@@ -635,6 +635,13 @@ async def _check(config: TusServerConfig) -> int:
             print(f"FAIL  clamd: {exc}")
     else:
         print("warn  clamd: not configured, files are not scanned for viruses")
+    from .app import media_problems, media_processor
+
+    media_off = media_problems(config, media_processor(config))
+    for problem in media_off:
+        print(f"warn  media: {problem}")
+    if not media_off:
+        print("ok    media: images (Pillow) and video/audio (ffprobe, ffmpeg) are probed")
     if config.auth == "none":
         print("warn  auth: off (auth = 'none')")
     return 1 if problems else 0

@@ -336,6 +336,54 @@ class TusServerConfig:
     clamd_timeout: float = field(
         default=60.0, metadata=_doc("Seconds to wait on clamd for one scan.")
     )
+    media_probe: bool = field(
+        default=True,
+        metadata=_doc(
+            "Probe, validate and thumbnail images (Pillow) and video/audio (ffprobe/ffmpeg) in "
+            "a sandboxed subprocess per file. Missing tools turn their part off (logged, and "
+            "shown by `tusserver check`); false turns all of it off."
+        ),
+    )
+    max_image_pixels: int = field(
+        default=100_000_000,
+        metadata=_doc(
+            "Largest image in pixels (width x height, as declared in its header, checked "
+            "before decoding: decompression bombs are rejected). 0: no limit."
+        ),
+    )
+    max_media_duration: float = field(
+        default=0.0,
+        metadata=_doc("Longest video or audio file in seconds (0: no limit)."),
+    )
+    strip_location: bool = field(
+        default=False,
+        metadata=_doc(
+            "Remove GPS metadata from stored JPEG, PNG and WebP files (and the location tags "
+            "of MP4/MOV files, remuxed by ffmpeg) before they are committed; the file says "
+            "`location_stripped: true` and its sha256 is that of the stored bytes."
+        ),
+    )
+    media_timeout: float = field(
+        default=120.0,
+        metadata=_doc(
+            "Wall-clock seconds the media subprocess may take for one file before it is "
+            "killed (the file is retried, then failed)."
+        ),
+    )
+    media_cpu_limit: int = field(
+        default=60,
+        metadata=_doc(
+            "CPU seconds the media subprocess (and each decoder it starts) may use for one "
+            "file (RLIMIT_CPU); past it the file is rejected."
+        ),
+    )
+    media_memory_limit: int = field(
+        default=1024 * 1024 * 1024,
+        metadata=_doc(
+            "Bytes of address space of the media subprocess and each decoder it starts "
+            "(RLIMIT_AS); past it the file is rejected."
+        ),
+    )
     quarantine_retention: float = field(
         default=7 * 24 * 3600.0,
         metadata=_doc("Seconds a rejected file's bytes are kept (never served) before removal."),
@@ -528,6 +576,7 @@ class TusServerConfig:
             "max_size_image",
             "max_size_document",
             "max_size_other",
+            "max_image_pixels",
             "default_quota",
             "rate_limit_creations_burst",
             "rate_limit_api_burst",
@@ -542,9 +591,12 @@ class TusServerConfig:
             "pipeline_max_attempts",
             "cache_max_entries",
             "max_concat_parts",
+            "media_cpu_limit",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
+        if self.media_memory_limit < 64 * 1024 * 1024:
+            raise ConfigError("media_memory_limit: must be at least 64 MiB (67108864)")
         if self.write_buffer_size < 4096:
             raise ConfigError("write_buffer_size: must be at least 4096")
         for name in _NON_NEGATIVE_NUMBERS:
@@ -796,6 +848,8 @@ _NON_NEGATIVE_NUMBERS = (
     "pipeline_poll_interval",
     "pipeline_stall_after",
     "clamd_timeout",
+    "max_media_duration",
+    "media_timeout",
     "quarantine_retention",
     "jwt_leeway",
     "access_token_ttl",

@@ -86,7 +86,10 @@ async def test_a_tampered_object_is_an_error_not_garbage(make_client: Any, tmp_p
     objects = [
         p
         for p in (tmp_path / "data" / "objects").rglob("*")
-        if p.is_file() and ".meta" not in p.parts and not p.name.startswith(".tusserver")
+        if p.is_file()
+        and ".meta" not in p.parts
+        and not p.name.startswith(".tusserver")
+        and ".thumb-" not in p.name  # the thumbnails stored beside it
     ]
     assert len(objects) == 1
     raw = bytearray(objects[0].read_bytes())
@@ -104,11 +107,22 @@ async def test_the_commit_copies_ciphertext_instead_of_reencrypting(
 ) -> None:
     # The encrypted chunk store commits into the encrypted local object store by copying
     # the sealed file (EncryptedChunkStore.copy_into): the streaming path is never taken.
-    async def refuse(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("the commit streamed the plaintext through put_stream/put_file")
+    real = {
+        "put_file": EncryptedObjectStore.put_file,
+        "put_stream": EncryptedObjectStore.put_stream,
+    }
 
-    monkeypatch.setattr(EncryptedObjectStore, "put_stream", refuse)
-    monkeypatch.setattr(EncryptedObjectStore, "put_file", refuse)
+    def thumbnails_only(name: str) -> Any:
+        async def put(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
+            # The media step's WebP thumbnails are new objects (encrypted like any other).
+            if ".thumb-" not in key:
+                raise AssertionError(f"the commit streamed the plaintext through {name}")
+            await real[name](self, key, *args, **kwargs)
+
+        return put
+
+    monkeypatch.setattr(EncryptedObjectStore, "put_stream", thumbnails_only("put_stream"))
+    monkeypatch.setattr(EncryptedObjectStore, "put_file", thumbnails_only("put_file"))
     client = await make_client(**enc_settings())
     for size in (0, 4096, 3 * 4096 + 5):
         data = (png_bytes() + MARKER * 2000)[:size]

@@ -76,8 +76,10 @@ def make_s3_client(aiohttp_client: Any, tmp_path: Path) -> MakeS3Client:
 
 
 def object_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    """The files' objects (the media step's thumbnails beside them are tested in tests/media)."""
     client = s3.client()
-    return sorted(o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True))
+    listing = client.list_objects(bucket, prefix=prefix, recursive=True)
+    return sorted(o.object_name for o in listing if ".thumb-" not in o.object_name)
 
 
 def object_meta(s3: Any, bucket: str, key: str) -> tuple[str, dict[str, str]]:

@@ -41,6 +41,8 @@ from ..errors import StateConflict as Conflict
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import content_disposition, not_modified, safe_filename
 from ..metrics import Metrics
+from ..pipeline.media import delete_thumbnails, thumbnail_key
+from ..pipeline.media.probe import IMAGE_TYPES
 from ..pipeline.validators import CATEGORIES
 from ..protocol.headers import format_http_date
 from ..uploads.service import UploadService, UploadStatus
@@ -79,7 +81,15 @@ def file_json(f: FileRecord, base: str = "") -> dict[str, Any]:
         "created_at": f.created_at.isoformat(),
         "committed_at": f.committed_at.isoformat() if f.committed_at else None,
         "content_url": f"{base}/file/{f.id}/content",
+        "media": dict(f.media) if f.media else None,
+        "thumbnail_sizes": _thumbnail_sizes(f),
+        "thumbnail_url": f"{base}/file/{f.id}/thumbnail" if _thumbnail_sizes(f) else None,
+        "location_stripped": f.location_stripped,
     }
+
+
+def _thumbnail_sizes(f: FileRecord) -> list[int]:
+    return sorted(int(k) for k in (f.thumbnails or {}))
 
 
 def normalize_folder(raw: str) -> str:
@@ -107,6 +117,15 @@ def _int_param(query: Any, name: str, *, minimum: int, maximum: int) -> int | No
     if not minimum <= value <= maximum:
         raise BadRequest(f"{name}: must be between {minimum} and {maximum}")
     return value
+
+
+def _seconds_param(query: Any, name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", raw):
+        raise BadRequest(f"{name}: seconds, like 90 or 12.5")
+    return float(raw)
 
 
 def _encode_cursor(sort: str, f: FileRecord) -> str:
@@ -152,6 +171,7 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
     known = {
         "q", "match", "type", "category", "min_size", "max_size", "from", "to", "tag",
         "folder", "status", "sort", "cursor", "limit", "owner",
+        "orientation", "min_width", "min_height", "min_duration", "max_duration",
     }  # fmt: skip
     unknown = sorted(set(query.keys()) - known)
     if unknown:
@@ -186,8 +206,16 @@ def parse_query(query: Any, principal: Principal) -> tuple[FileQuery, str]:
         owner = wanted_owner
     elif wanted_owner and wanted_owner != principal.user_id:
         raise BadRequest("owner: only admins may search other users' files")
+    orientation = query.get("orientation") or None
+    if orientation is not None and orientation not in ("landscape", "portrait", "square"):
+        raise BadRequest("orientation: landscape, portrait or square")
     cursor = query.get("cursor")
     fq = FileQuery(
+        orientation=orientation,
+        min_width=_int_param(query, "min_width", minimum=0, maximum=2**31 - 1),
+        min_height=_int_param(query, "min_height", minimum=0, maximum=2**31 - 1),
+        min_duration=_seconds_param(query, "min_duration"),
+        max_duration=_seconds_param(query, "max_duration"),
         owner=owner,
         q=q,
         match=match,
@@ -237,6 +265,7 @@ class FilesApi:
             web.patch(f"{prefix}/file/{{file_id}}", self.update_file),
             web.delete(f"{prefix}/file/{{file_id}}", self.delete_file),
             web.get(f"{prefix}/file/{{file_id}}/content", self.content),
+            web.get(f"{prefix}/file/{{file_id}}/thumbnail", self.thumbnail),
             web.get(f"{prefix}/folders", self.get_folders),
             web.post(f"{prefix}/folders", self.post_folder),
             web.delete(f"{prefix}/folders", self.delete_folder),
@@ -311,6 +340,8 @@ class FilesApi:
         validators = {"ETag": etag, "Last-Modified": format_http_date(modified)}
         if not_modified(request, etag, modified):
             return web.Response(status=304, headers=validators)
+        if request.query.get("preview") == "1":
+            return await self._preview(request, principal, f, validators)
         self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         if self._redirect_for > 0 and request.method == "GET" and f.storage_key:
             url = await self._pipeline.objects.presign_get(
@@ -344,6 +375,70 @@ class FilesApi:
         )
         if request.method == "GET":
             self._record_download(request, f, resp.content_length or 0)
+        return resp
+
+    async def _preview(
+        self,
+        request: web.Request,
+        principal: Principal,
+        f: FileRecord,
+        validators: dict[str, str],
+    ) -> web.StreamResponse:
+        """The bytes for the page's own player or image (``?preview=1``): not a download in
+        analytics or the audit log, and labelled with the detected type when it is media the
+        browser may render. Range requests of a player are answered as usual."""
+        if request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):
+            # Audited once per viewing: a player's later range requests are not.
+            self._gate.audit(request, "file.preview", actor=principal.user_id, target=f.id)
+        mime = f.detected_type or ""
+        playable = mime in IMAGE_TYPES or mime.startswith(("video/", "audio/"))
+        return await stream_bytes(
+            request,
+            size=f.size,
+            name=f.name,
+            reader=lambda start, length: self._pipeline.read_source(f, start, length),
+            content_type=mime if playable else "application/octet-stream",
+            extra_headers={
+                **validators,
+                "Cache-Control": "private, no-cache",
+                "Content-Disposition": content_disposition(f.name, inline=True),
+            },
+            on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
+        )
+
+    async def thumbnail(self, request: web.Request) -> web.StreamResponse:
+        """``GET /file/{id}/thumbnail?size=256``: a WebP made by the pipeline; 404 if none."""
+        principal = await self._caller(request)
+        f = await self._load(request, principal, request.match_info["file_id"], cached=True)
+        sizes = _thumbnail_sizes(f)
+        raw = request.query.get("size", "256")
+        if not re.fullmatch(r"[0-9]{1,5}", raw):
+            raise BadRequest("size: a whole number of pixels")
+        size = int(raw)
+        if f.status is not FileStatus.COMMITTED or not f.storage_key or not sizes:
+            raise NotFound("this file has no thumbnail")
+        if size not in sizes:
+            raise NotFound(f"no thumbnail of size {size}; sizes: {', '.join(map(str, sizes))}")
+        length = int((f.thumbnails or {})[str(size)])
+        etag = f'"{f.sha256}-t{size}"'
+        modified = f.committed_at or f.created_at
+        validators = {
+            "ETag": etag,
+            "Last-Modified": format_http_date(modified),
+            # The thumbnail of a file id never changes: cached by the browser for a year.
+            "Cache-Control": "private, max-age=31536000, immutable",
+        }
+        if not_modified(request, etag, modified):
+            return web.Response(status=304, headers=validators)
+        key = thumbnail_key(f.storage_key, size)
+        resp = await stream_bytes(
+            request,
+            size=length,
+            name=None,
+            reader=lambda start, count: self._pipeline.objects.get(key, start, count),
+            content_type="image/webp",
+            extra_headers={**validators, "Content-Disposition": "inline"},
+        )
         return resp
 
     def _record_download(self, request: web.Request, f: FileRecord, nbytes: int) -> None:
@@ -404,6 +499,7 @@ class FilesApi:
         if f.status in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             raise Conflict("the file is still being processed; delete it when it is done")
         if f.storage_key and f.status is FileStatus.COMMITTED:
+            await delete_thumbnails(self._pipeline.objects, f.storage_key, _thumbnail_sizes(f))
             await self._pipeline.objects.delete(f.storage_key)
         if f.upload_id:
             # The tus URL of the upload answers 410 from now on.

@@ -66,6 +66,14 @@ def openapi_document() -> dict[str, Any]:
                         "tags": {"type": "array", "items": _S},
                         "created_at": {"type": "string", "format": "date-time"},
                         "content_url": _S,
+                        "media": {"type": ["object", "null"], "description": (
+                            "image: kind, format, width, height, orientation; video: kind, "
+                            "container, width, height, duration, video_codec, audio_codec, "
+                            "frame_rate; audio: kind, container, duration, audio_codec, "
+                            "sample_rate, channels")},
+                        "thumbnail_sizes": {"type": "array", "items": _I},
+                        "thumbnail_url": {"type": ["string", "null"]},
+                        "location_stripped": {"type": "boolean"},
                     },
                 },
             },
@@ -85,6 +93,12 @@ def openapi_document() -> dict[str, Any]:
                     _param("tag", "has this tag (repeatable: all must match)", _S),
                     _param("folder", "in this folder, e.g. /photos/", _S),
                     _param("status", "pipeline status", _S),
+                    _param("orientation", "landscape, portrait or square (media)",
+                           {"enum": ["landscape", "portrait", "square"]}),
+                    _param("min_width", "pixels, as displayed", _I),
+                    _param("min_height", "pixels, as displayed", _I),
+                    _param("min_duration", "seconds (video, audio)", {"type": "number"}),
+                    _param("max_duration", "seconds (video, audio)", {"type": "number"}),
                     _param("sort", "date, name or size; '-' prefix for descending (default -date)", _S),
                     _param("cursor", "next_cursor of the previous page", _S),
                     _param("limit", "1..200 (default 50)", _I),
@@ -107,8 +121,15 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {"summary": "Delete the file and its object", "parameters": [_FILE_ID],
                            "responses": {"204": {"description": "deleted"}, "404": _ERR, "409": _ERR}},
             },
+            "/api/v1/file/{file_id}/thumbnail": {"get": {
+                "summary": "WebP thumbnail of an image or video (ETag, long private caching)",
+                "parameters": [_FILE_ID, _param("size", "longest side: 256 (default) or 1024", _I)],
+                "responses": {"200": {"description": "image/webp"}, "304": {"description": "not modified"},
+                              "400": _ERR, "404": _ERR}}},
             "/api/v1/file/{file_id}/content": {"get": {
-                "summary": "Download (Range, ETag/If-None-Match)", "parameters": [_FILE_ID],
+                "summary": "Download (Range, ETag/If-None-Match); preview=1: for the page's own "
+                           "viewer, not counted as a download",
+                "parameters": [_FILE_ID, _param("preview", "1: a preview, not a download", _S)],
                 "responses": {"200": {"description": "bytes"}, "206": {"description": "a range"},
                               "304": {"description": "not modified"}, "404": _ERR, "409": _ERR, "416": _ERR}}},
             "/api/v1/upload": {"post": {

@@ -62,6 +62,11 @@ class FileRecord:
     updated_at: dt.datetime
     committed_at: dt.datetime | None
     upload_id: str | None = None
+    #: The `media` object of the files API (None: not media, or not probed).
+    media: Mapping[str, Any] | None = None
+    #: Thumbnail sizes stored next to the object, with their byte lengths ({"256": n}).
+    thumbnails: Mapping[str, int] | None = None
+    location_stripped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,9 @@ def _record(row: RowMapping) -> FileRecord:
         updated_at=row["updated_at"],
         committed_at=row["committed_at"],
         upload_id=row.get("upload_id"),
+        media=row.get("media_info"),
+        thumbnails=row.get("thumbnails"),
+        location_stripped=bool(row.get("location_stripped")),
     )
 
 
@@ -388,6 +396,11 @@ class FileQuery:
     tags: tuple[str, ...] = ()
     folder: str | None = None
     status: str | None = None
+    orientation: str | None = None  # landscape | portrait | square
+    min_width: int | None = None
+    min_height: int | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
     sort: str = "date"
     descending: bool = True
     after: tuple[Any, str] | None = None  # keyset: (sort value, id) of the last item seen
@@ -455,6 +468,16 @@ def search_statement(query: FileQuery) -> Select[Any]:
         conds.append(files.c.folder == query.folder)
     if query.status is not None:
         conds.append(files.c.status == query.status)
+    if query.orientation is not None:
+        conds.append(files.c.media_orientation == query.orientation)
+    if query.min_width is not None:
+        conds.append(files.c.media_width >= query.min_width)
+    if query.min_height is not None:
+        conds.append(files.c.media_height >= query.min_height)
+    if query.min_duration is not None:
+        conds.append(files.c.media_duration >= query.min_duration)
+    if query.max_duration is not None:
+        conds.append(files.c.media_duration <= query.max_duration)
     if query.after is not None:
         value, last_id = query.after
         if query.descending:

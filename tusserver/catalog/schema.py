@@ -146,6 +146,19 @@ files = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("committed_at", UTCDateTime, nullable=True),
     Column("quarantine_until", UTCDateTime, nullable=True),
+    # What the media probe found (migration 0008): image, video or audio; NULL otherwise.
+    Column("media_kind", String(8), nullable=True),
+    # As displayed (after EXIF orientation or a video's rotation).
+    Column("media_width", Integer, nullable=True),
+    Column("media_height", Integer, nullable=True),
+    Column("media_duration", Float, nullable=True),  # seconds
+    # landscape | portrait | square, from width and height (the `orientation` search filter).
+    Column("media_orientation", String(10), nullable=True),
+    # The files API's `media` object, exactly.
+    Column("media_info", JSON, nullable=True),
+    # {"256": bytes, "1024": bytes}: the WebP thumbnails stored next to the object.
+    Column("thumbnails", JSON, nullable=True),
+    Column("location_stripped", Boolean, nullable=False, default=False),
     Index("ix_files_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_files_owner_created_at_id", "owner", "created_at", "id"),
     Index("ix_files_owner_name_folded_id", "owner", "name_folded", "id"),
@@ -154,6 +167,13 @@ files = Table(
     Index("ix_files_owner_folder", "owner", "folder"),
     Index("ix_files_name_folded", "name_folded"),
     Index("ix_files_size", "size"),
+    # The media search filters within an owner's files (migration 0008).
+    Index(
+        "ix_files_owner_media_orientation_created_at", "owner", "media_orientation", "created_at"
+    ),
+    Index("ix_files_owner_media_width", "owner", "media_width"),
+    Index("ix_files_owner_media_height", "owner", "media_height"),
+    Index("ix_files_owner_media_duration", "owner", "media_duration"),
     # PostgreSQL only (migrations 0004, 0006): ix_files_name_trgm, a trigram index for
     # substrings, and ix_files_name_folded_pattern (name_folded text_pattern_ops) for prefixes
     # under any collation.

@@ -49,6 +49,7 @@ from ..errors import UnsupportedMediaType
 from ..events import Hooks
 from ..metrics import Metrics
 from .keys import object_key
+from .media import MediaOutcome, MediaProcessor, store_thumbnails
 from .validators import (
     SNIFF_BYTES,
     Candidate,
@@ -109,7 +110,9 @@ class Pipeline:
         events: EventRecorder | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
+        media: MediaProcessor | None = None,
     ) -> None:
+        self._media = media
         self._metrics = metrics
         self._claimed: set[str] = set()
         self._events = events
@@ -144,6 +147,10 @@ class Pipeline:
     @property
     def objects(self) -> ObjectStore:
         return self._objects
+
+    @property
+    def media(self) -> MediaProcessor | None:
+        return self._media
 
     # --- intake -----------------------------------------------------------------------------
 
@@ -413,8 +420,26 @@ class Pipeline:
                 return await self._retry(f, verdict.reason or validator.name, log)
             if verdict.note:
                 candidate.notes.append(verdict.note)
+        media: MediaOutcome | None = None
+        if self._media is not None and self._media.wants(detected):
+            started = time.perf_counter()
+            local = (
+                self._chunks.local_path(f.upload_id or "")
+                if isinstance(self._chunks, LocalFileAccess)
+                else None
+            )
+            media = await self._media.process(candidate, local)
+            self._observe("media", started)
+            if media.verdict.kind is VerdictKind.REJECT:
+                return await self._reject(f, media.verdict.reason or "media", log)
+            if media.verdict.kind is VerdictKind.RETRY:
+                return await self._retry(f, media.verdict.reason or "media", log)
         started = time.perf_counter()
-        status = await self._commit(f, candidate, log)
+        try:
+            status = await self._commit(f, candidate, log, media)
+        finally:
+            if media is not None:
+                await media.cleanup()
         self._observe("commit", started)
         return status
 
@@ -437,15 +462,26 @@ class Pipeline:
             await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
         return digest.hexdigest(), bytes(head)
 
-    async def _commit(self, f: FileRecord, c: Candidate, log: Any) -> FileStatus:
+    async def _commit(
+        self, f: FileRecord, c: Candidate, log: Any, media: MediaOutcome | None = None
+    ) -> FileStatus:
         assert f.upload_id is not None and f.storage_key is not None
         key = f.storage_key
+        if media is not None:
+            f = await self._store_media(f, c, media)
+        assert f.upload_id is not None
         meta = {
             "file-id": f.id,
             "owner": f.owner or "",
             "original-name": f.name,
             "sha256": c.sha256,
         }
+        if media is not None and media.stripped is not None:
+            # The copy without location metadata is what is stored (and hashed).
+            await self._objects.put_file(
+                key, media.stripped, content_type=c.detected_type, metadata=meta, consume=True
+            )
+            return await self._mark_committed(f, "; ".join(c.notes) or None, log)
         chunks = self._chunks
         if isinstance(chunks, ServerSideCopier) and await chunks.copy_into(
             f.upload_id, self._objects, key, content_type=c.detected_type, metadata=meta
@@ -468,6 +504,33 @@ class Pipeline:
                 metadata=meta,
             )
         return await self._mark_committed(f, "; ".join(c.notes) or None, log)
+
+    async def _store_media(self, f: FileRecord, c: Candidate, media: MediaOutcome) -> FileRecord:
+        """Thumbnails into the object store, the media facts (and, for a stripped copy, its
+        size and sha256) into the row: all before the file's own object is written."""
+        assert f.storage_key is not None
+        values: dict[str, Any] = {}
+        if media.facts is not None:
+            values.update(media.facts.columns())
+        if media.thumbnails:
+            values["thumbnails"] = await store_thumbnails(
+                self._objects, f.storage_key, media.thumbnails, file_id=f.id
+            )
+        if media.stripped is not None:
+            c.sha256, c.size = await asyncio.to_thread(_hash_file, media.stripped)
+            values.update(sha256=c.sha256, size=c.size, location_stripped=True)
+        if not values:
+            return f
+        values["updated_at"] = self._clock()
+        await self._files.update(f.id, **values)
+        return dataclasses.replace(
+            f,
+            sha256=c.sha256,
+            size=c.size,
+            media=values.get("media_info"),
+            thumbnails=values.get("thumbnails"),
+            location_stripped=media.stripped is not None,
+        )
 
     async def _mark_committed(self, f: FileRecord, note: str | None, log: Any) -> FileStatus:
         # The chunk copy goes first: a crash before the row is written leaves the object
@@ -628,6 +691,17 @@ class Pipeline:
 
 
 _SNIFF_MEMO = 4096
+
+
+def _hash_file(path: Any) -> tuple[str, int]:
+    """sha256 and size of a local file (blocking: run in a thread)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def _digest(head: bytes) -> bytes:

@@ -1259,14 +1259,16 @@
     const more = h('button', { type: 'button', class: 'btn', hidden: true, text: 'Load more' });
     const emptyState = h('div', { class: 'empty', hidden: true });
 
+    const tableWrap = h('div', { class: 'table-wrap' }, table);
     v.replaceChildren(
       pageHeader('Files', null, h('a', { class: 'btn btn-primary', href: '#/upload' }, icon('upload'), h('span', { text: 'Upload' }))),
       searchForm, panel,
       h('div', { class: 'files-bar' },
         h('nav', { 'aria-label': 'Folder' }, crumbs),
-        h('div', { class: 'files-bar-actions' }, newFolder, delFolder, sortSel)),
+        h('div', { class: 'files-bar-actions' }, newFolder, delFolder, sortSel,
+          window.tusMedia ? window.tusMedia.viewToggle(tableWrap) : null)),
       summary, folderList,
-      h('div', { class: 'table-wrap' }, table),
+      tableWrap,
       emptyState,
       h('div', { class: 'load-more' }, more));
 
@@ -1350,8 +1352,9 @@
 
   function fileRow(f, onDeleted) {
     const cat = fileCategory(f);
+    const typeIcon = h('span', { class: `file-icon cat-${cat}` }, icon(cat === 'other' ? 'file' : cat));
     const link = h('a', { class: 'file-link', href: `#/file/${encodeURIComponent(f.id)}` },
-      h('span', { class: `file-icon cat-${cat}` }, icon(cat === 'other' ? 'file' : cat)),
+      (window.tusMedia && window.tusMedia.thumb(f, typeIcon)) || typeIcon,
       h('span', { class: 'file-name', text: f.name }));
     const actions = h('td', { class: 'actions' });
     if (f.status === 'committed') {
@@ -1504,6 +1507,7 @@
           : (f.declared_type || '—')],
         ['Category', CATEGORY_LABELS[f.category] || f.category || '—'],
         ['Tags', tagList],
+        ...(window.tusMedia ? window.tusMedia.factRows(f) : []),
         ['Uploaded', h('time', { datetime: f.created_at, text: formatDate(f.created_at) })],
         ['Stored', f.committed_at ? h('time', { datetime: f.committed_at, text: formatDate(f.committed_at) }) : '—'],
         ['SHA-256', h('code', { class: 'hash', text: f.sha256 || '—' })],
@@ -1555,7 +1559,8 @@
       return h('div', { class: 'preview-empty' }, icon(cat === 'other' ? 'file' : cat, 'icon icon-xl'),
         h('p', { class: 'muted', text: f.status === 'rejected' || f.status === 'failed' ? 'No preview: the file was not accepted.' : 'The preview appears once the file is accepted.' }));
     }
-    const src = contentUrl(f);
+    // A preview, not a download (the server does not count it as one).
+    const src = window.tusMedia ? window.tusMedia.previewUrl(f) : contentUrl(f);
     const fallback = (text) => h('div', { class: 'preview-empty' }, icon(cat === 'other' ? 'file' : cat, 'icon icon-xl'), h('p', { class: 'muted', text }));
     if (cat === 'image') {
       const img = h('img', { class: 'preview-media', src, alt: `Preview of ${f.name}`, decoding: 'async' });
@@ -1567,7 +1572,7 @@
         h('audio', { class: 'preview-media', controls: true, preload: 'metadata', src, 'aria-label': `Play ${f.name}` }));
     }
     if (cat === 'video') {
-      return h('video', { class: 'preview-media', controls: true, preload: 'metadata', playsinline: true, src, 'aria-label': `Play ${f.name}` });
+      return h('video', { class: 'preview-media', controls: true, preload: 'metadata', playsinline: true, src, poster: window.tusMedia && window.tusMedia.poster(f), 'aria-label': `Play ${f.name}` });
     }
     if (isTextual(mime)) {
       const pre = h('pre', { class: 'preview-text', tabindex: '0', 'aria-label': `Beginning of ${f.name}`, text: 'Loading preview…' });

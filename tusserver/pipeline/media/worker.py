@@ -1,0 +1,470 @@
+"""The media subprocess: probe, validate, thumbnail and strip the location of one file.
+
+Run as ``python -I worker.py`` by :mod:`tusserver.pipeline.media.step` through the sandbox
+(limits set by the parent before the request is read). It imports nothing of tusserver (a
+child that loaded the whole server would cost more CPU than the work) and only the standard
+library and Pillow; it starts ``ffprobe``/``ffmpeg`` for video and audio, which inherit its
+limits.
+
+Request (JSON on standard input)::
+
+    {"path": FILE, "kind": "image" | "av", "mime": MIME, "max_pixels": N (0: none),
+     "thumb_dir": DIR or null, "sizes": [256, 1024], "strip_to": FILE or null,
+     "ffprobe": PATH, "ffmpeg": PATH, "container": NAME}
+
+Answer (JSON on standard output, exit status 0)::
+
+    {"ok": true, "media": {...}, "thumbnails": {"256": FILE, ...},
+     "stripped": FILE or null, "location_found": bool}
+    {"ok": false, "reason": "...", "limit": null | "cpu" | "memory" | "crash"}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from fractions import Fraction
+from typing import Any
+
+__all__ = [
+    "MediaRejected",
+    "av_facts",
+    "handle",
+    "main",
+    "strip_jpeg",
+    "strip_png",
+    "strip_webp",
+]
+
+#: EXIF tags: Orientation, and the pointer to the GPS IFD.
+ORIENTATION = 0x0112
+GPS_IFD = 0x8825
+#: Formats Pillow decodes that we probe (others are accepted unprobed).
+IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+WEBP_QUALITY = 80
+
+
+class MediaRejected(Exception):
+    """The file is not valid media of its type: the reason is shown on the file."""
+
+    def __init__(self, reason: str, limit: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.limit = limit
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def _image(req: dict[str, Any]) -> dict[str, Any]:
+    from PIL import Image, ImageOps
+
+    path = req["path"]
+    max_pixels = int(req.get("max_pixels") or 0)
+    # Opening reads the header only; the declared size is checked below, before decoding
+    # (Pillow's own guard would refuse at open with a less precise message).
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        im = Image.open(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise MediaRejected(f"cannot be decoded as an image: {_short(exc)}") from None
+    with im:
+        fmt = im.format or ""
+        width, height = im.size
+        if max_pixels and width * height > max_pixels:
+            raise MediaRejected(
+                f"the image declares {width} x {height} = {width * height:,} pixels; "
+                f"at most {max_pixels:,} are accepted"
+            )
+        if fmt not in IMAGE_FORMATS:
+            raise MediaRejected(f"image format {fmt or 'unknown'} is not supported")
+        try:
+            exif = im.getexif()
+            orientation = int(exif.get(ORIENTATION, 1) or 1)
+            has_gps = GPS_IFD in exif
+        except Exception:
+            orientation, has_gps = 1, False
+        if orientation not in range(1, 9):
+            orientation = 1
+        sizes = sorted(int(s) for s in req.get("sizes") or ())
+        if sizes and fmt == "JPEG":
+            # Decode at the smallest DCT scale that still covers the largest thumbnail.
+            im.draft("RGB", (max(sizes), max(sizes)))
+        try:
+            im.load()
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise MediaRejected(f"cannot be decoded: {_short(exc)}") from None
+        shown_w, shown_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        media = {
+            "kind": "image",
+            "format": fmt.lower(),
+            "width": shown_w,
+            "height": shown_h,
+            "orientation": orientation,
+        }
+        thumbs: dict[str, str] = {}
+        if req.get("thumb_dir") and sizes:
+            upright = ImageOps.exif_transpose(im)
+            thumbs = _thumbnails(upright, req["thumb_dir"], sizes)
+    stripped = None
+    if req.get("strip_to") and has_gps:
+        stripped = _strip_image(path, fmt, req["strip_to"])
+    return {
+        "ok": True,
+        "media": media,
+        "thumbnails": thumbs,
+        "stripped": stripped,
+        "location_found": has_gps,
+    }
+
+
+def _thumbnails(im: Any, out_dir: str, sizes: list[int]) -> dict[str, str]:
+    """WebP thumbnails, longest side at most each size (never enlarged), without metadata."""
+    from PIL import Image
+
+    if im.mode not in ("RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    out: dict[str, str] = {}
+    current = im
+    for size in sorted(sizes, reverse=True):
+        current = current.copy()
+        current.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        # A fresh image: nothing of the source's info (EXIF, XMP, ICC) can be carried over.
+        clean = Image.new(current.mode, current.size)
+        clean.paste(current)
+        path = os.path.join(out_dir, f"thumb-{size}.webp")
+        clean.save(path, "WEBP", quality=WEBP_QUALITY, method=4)
+        out[str(size)] = path
+    return out
+
+
+def _strip_image(path: str, fmt: str, dest: str) -> str | None:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if fmt == "JPEG":
+        new = strip_jpeg(data)
+    elif fmt == "PNG":
+        new = strip_png(data)
+    elif fmt == "WEBP":
+        new = strip_webp(data)
+    else:
+        return None
+    if new == data:
+        return None
+    with open(dest, "wb") as fh:
+        fh.write(new)
+    return dest
+
+
+def _exif_without_gps(raw: bytes) -> bytes:
+    """TIFF-structured EXIF (no ``Exif\\0\\0`` prefix) with the GPS IFD removed."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.load(raw)
+    if GPS_IFD in exif:
+        del exif[GPS_IFD]
+    out: bytes = exif.tobytes()
+    return out[6:] if out.startswith(b"Exif\x00\x00") else out
+
+
+def strip_jpeg(data: bytes) -> bytes:
+    """The JPEG without GPS: EXIF rewritten without its GPS IFD, XMP naming GPS dropped.
+    The image data is copied untouched (no re-encoding)."""
+    if not data.startswith(b"\xff\xd8"):
+        return data
+    out = bytearray(data[:2])
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):  # start of scan: the rest is image data
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            out += data[pos : pos + 2]
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            new = b"Exif\x00\x00" + _exif_without_gps(body[6:])
+            out += b"\xff\xe1" + struct.pack(">H", len(new) + 2) + new
+        elif marker == 0xE1 and b"GPS" in body and body.startswith(b"http://ns.adobe.com/"):
+            pass  # XMP with GPS properties: dropped
+        else:
+            out += data[pos : pos + 2 + length]
+        pos += 2 + length
+    out += data[pos:]
+    return bytes(out)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def strip_png(data: bytes) -> bytes:
+    """The PNG without GPS: its eXIf chunk rewritten, text chunks carrying EXIF/XMP with GPS
+    dropped; image chunks copied untouched."""
+    sig = b"\x89PNG\r\n\x1a\n"
+    if not data.startswith(sig):
+        return data
+    out = bytearray(sig)
+    pos = len(sig)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        whole = data[pos : pos + 12 + length]
+        pos += 12 + length
+        if kind == b"eXIf":
+            out += _png_chunk(kind, _exif_without_gps(body))
+        elif kind in (b"tEXt", b"zTXt", b"iTXt") and (
+            body.startswith((b"Raw profile type exif", b"Raw profile type APP1"))
+            or (body.startswith(b"XML:com.adobe.xmp") and b"GPS" in body)
+        ):
+            pass
+        else:
+            out += whole
+        if kind == b"IEND":
+            break
+    return bytes(out)
+
+
+def strip_webp(data: bytes) -> bytes:
+    """The WebP without GPS: its EXIF chunk rewritten, an XMP chunk naming GPS dropped."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return data
+    chunks = bytearray()
+    pos = 12
+    dropped_xmp = False
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 8 + length + (length & 1)
+        if kind == b"EXIF":
+            raw = body[6:] if body.startswith(b"Exif\x00\x00") else body
+            body = _exif_without_gps(raw)
+        elif kind == b"XMP " and b"GPS" in body:
+            dropped_xmp = True
+            continue
+        chunks += kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+    if dropped_xmp and chunks[:4] == b"VP8X":
+        flags = chunks[8] & ~0x04  # the XMP flag
+        chunks[8] = flags
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)
+
+
+# --- video and audio ----------------------------------------------------------------------
+
+
+def _run(argv: list[str], *, stdout_max: int = 64 * 1024 * 1024) -> bytes:
+    path = argv[argv.index("-i") + 1] if "-i" in argv else argv[-1]
+    """Run a tool; its failure becomes a rejection, its death by a limit says which."""
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        if sig in (signal.SIGXCPU, signal.SIGKILL):
+            raise MediaRejected("the decoder exceeded its CPU time limit", "cpu")
+        raise MediaRejected(f"the decoder crashed ({signal.Signals(sig).name})", "crash")
+    err = proc.stderr.decode("utf-8", "replace")
+    if "Cannot allocate memory" in err or "out of memory" in err.lower():
+        raise MediaRejected("the decoder exceeded its memory limit", "memory")
+    if proc.returncode != 0:
+        raise MediaRejected(_first_line(err, path) or f"exit status {proc.returncode}")
+    return proc.stdout[:stdout_max]
+
+
+def _first_line(text: str, path: str = "") -> str:
+    """The tool's complaint, without its file path and ``[demuxer @ 0x...]`` prefixes."""
+    seen: list[str] = []
+    for line in text.splitlines():
+        line = re.sub(r"^\[[^\]]*@ ?0x[0-9a-f]+\] ?", "", line.strip())
+        if path:
+            line = line.replace(path + ": ", "").replace(path, "the file")
+        if line and line not in seen:
+            seen.append(line)
+    return "; ".join(seen[:3])[:300]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n == n and n not in (float("inf"), float("-inf")) and n >= 0 else None
+
+
+def _rate(value: Any) -> float | None:
+    try:
+        frac = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return round(float(frac), 3) if frac > 0 else None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list") or ():
+        if "rotation" in side:
+            try:
+                return int(float(side["rotation"])) % 360
+            except (TypeError, ValueError):
+                return 0
+    try:
+        return int((stream.get("tags") or {}).get("rotate", 0)) % 360
+    except (TypeError, ValueError):
+        return 0
+
+
+def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
+    """The ``media`` object of a video or audio file from ffprobe's JSON (pure, tested)."""
+    streams = info.get("streams") or []
+    fmt = info.get("format") or {}
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video"
+            and not (s.get("disposition") or {}).get("attached_pic")
+            and s.get("width")
+            and s.get("height")
+        ),
+        None,
+    )
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None and audio is None:
+        raise MediaRejected("has no audio or video stream")
+    duration = _number(fmt.get("duration"))
+    if duration is None:
+        duration = _number((video or audio or {}).get("duration"))
+    duration = round(duration, 3) if duration is not None else None
+    if video is not None:
+        width, height = int(video["width"]), int(video["height"])
+        if _rotation(video) in (90, 270):
+            width, height = height, width
+        return {
+            "kind": "video",
+            "container": container,
+            "width": width,
+            "height": height,
+            "duration": duration,
+            "video_codec": video.get("codec_name"),
+            "audio_codec": audio.get("codec_name") if audio else None,
+            "frame_rate": _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")),
+        }
+    assert audio is not None
+    sample_rate = audio.get("sample_rate")
+    return {
+        "kind": "audio",
+        "container": container,
+        "duration": duration,
+        "audio_codec": audio.get("codec_name"),
+        "sample_rate": int(sample_rate) if str(sample_rate or "").isdigit() else None,
+        "channels": audio.get("channels"),
+    }
+
+
+def _location_tags(info: dict[str, Any]) -> bool:
+    tags = {k.lower() for k in ((info.get("format") or {}).get("tags") or {})}
+    return any("location" in k or k.endswith("xyz") for k in tags)
+
+
+def _av(req: dict[str, Any]) -> dict[str, Any]:
+    path, ffprobe, ffmpeg = req["path"], req["ffprobe"], req["ffmpeg"]
+    raw = _run(
+        [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+         "--", path]
+    )  # fmt: skip
+    try:
+        info = json.loads(raw or b"{}")
+    except ValueError:
+        raise MediaRejected("cannot be parsed: unreadable ffprobe output") from None
+    media = av_facts(info, req.get("container") or "")
+    duration = media.get("duration") or 0.0
+    thumbs: dict[str, str] = {}
+    sizes = sorted(int(s) for s in req.get("sizes") or ())
+    if media["kind"] == "video":
+        at = duration / 10 if duration else 0.0
+        biggest = max(sizes) if sizes else 64
+        scale = (
+            f"scale=w='min(iw,{biggest})':h='min(ih,{biggest})':"
+            "force_original_aspect_ratio=decrease"
+        )
+        frame = _run(
+            [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i", path,
+             "-map", "0:v:0", "-frames:v", "1", "-vf", scale, "-f", "image2pipe", "-c:v", "ppm",
+             "-"]
+        )  # fmt: skip
+        if not frame:
+            raise MediaRejected("cannot be decoded: no video frame could be read")
+        if req.get("thumb_dir") and sizes:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(frame)) as im:
+                im.load()
+                thumbs = _thumbnails(im, req["thumb_dir"], sizes)
+    else:
+        # The first seconds must decode.
+        _run(
+            [ffmpeg, "-nostdin", "-v", "error", "-xerror", "-i", path, "-map", "0:a:0", "-t",
+             "2", "-f", "null", "-"]
+        )  # fmt: skip
+    stripped = None
+    found = _location_tags(info)
+    if req.get("strip_to") and found and req.get("container") in ("mp4", "mov"):
+        dest = req["strip_to"]
+        _run(
+            [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-map", "0", "-c", "copy",
+             "-map_metadata", "-1", "-f", req["container"], "-y", dest]
+        )  # fmt: skip
+        stripped = dest
+    return {
+        "ok": True,
+        "media": media,
+        "thumbnails": thumbs,
+        "stripped": stripped,
+        "location_found": found,
+    }
+
+
+# --- entry -------------------------------------------------------------------------------
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def handle(req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        if req.get("kind") == "image":
+            return _image(req)
+        return _av(req)
+    except MediaRejected as exc:
+        return {"ok": False, "reason": exc.reason, "limit": exc.limit}
+    except MemoryError:
+        return {"ok": False, "reason": "the decoder exceeded its memory limit", "limit": "memory"}
+
+
+def main() -> int:
+    req = json.loads(sys.stdin.buffer.read() or b"{}")
+    answer = handle(req)
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
