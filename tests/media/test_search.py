@@ -21,6 +21,14 @@ def database_url(fresh_database_url: str) -> str:
 @needs_ffmpeg
 async def test_media_filters(make_client: MakeClient, media: dict[str, Path]) -> None:
     client = await media_client(make_client)
+    try:
+        await _check_filters(client, media)
+    finally:
+        # The app (and its last analytics flush) stops before the test's database is dropped.
+        await client.close()
+
+
+async def _check_filters(client: Any, media: dict[str, Path]) -> None:
     names = {
         "photo.jpg": "image/jpeg",  # 1200 x 1600 portrait (after orientation 6)
         "image.png": "image/png",  # 300 x 200 landscape

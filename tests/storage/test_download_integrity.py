@@ -29,7 +29,10 @@ def stored_object(data_dir: Path) -> tuple[Path, Path]:
     (obj,) = [
         p
         for p in root.rglob("*")
-        if p.is_file() and ".meta" not in p.parts and not p.name.startswith(".tusserver")
+        if p.is_file()
+        and ".meta" not in p.parts
+        and not p.name.startswith(".tusserver")
+        and ".thumb-" not in p.name  # the media step's thumbnails sit next to the file
     ]
     rel = obj.relative_to(root)
     return obj, root / ".meta" / rel.parent / (rel.name + ".json")
