@@ -253,6 +253,30 @@ class FileRepository:
             quick=True,
         )
 
+    async def claim_with(
+        self, file_id: str, now: dt.datetime, lease: dt.timedelta, **values: Any
+    ) -> bool:
+        """:meth:`claim` and an update of ``values`` in one statement: the claim of a file
+        this process has just created, made with the first write its worker needs anyway.
+        False (nothing written) if another worker has it."""
+        stmt = (
+            update(files)
+            .where(
+                files.c.id == file_id,
+                files.c.status.in_(PENDING),
+                or_(files.c.lease_until.is_(None), files.c.lease_until < now),
+            )
+            .values(
+                lease_until=now + lease,
+                status=FileStatus.VALIDATING.value,
+                attempts=files.c.attempts + 1,
+                **values,
+            )
+        )
+        return await self.invalidator.run(
+            self._db, lambda conn: conn.execute(stmt).rowcount == 1, (FILES, file_id), quick=True
+        )
+
     async def renew_leases(
         self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime
     ) -> int:
