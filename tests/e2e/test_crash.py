@@ -213,9 +213,9 @@ async def _file_status(session: aiohttp.ClientSession, url: str) -> str | None:
 
 async def test_sigkill_during_burst_of_small_uploads(server_factory: ServerFactory) -> None:
     """SIGKILL while many small creation-with-upload requests arrive and their files are being
-    committed (a file this process created is claimed by its first pipeline write): after a
-    restart no acknowledged upload is lost, and every upload acknowledged as finished
-    becomes a committed file with its bytes (those committed before the kill included)."""
+    committed: after a restart no acknowledged upload is lost, and every upload acknowledged
+    as finished becomes a committed file with its bytes (those committed before the kill
+    included). A short pipeline_lease lets files claimed at the kill be taken again soon."""
     size, count, kill_after = 4096, 400, 120
     env = {"TUSSERVER_PIPELINE_LEASE": "3", "TUSSERVER_PIPELINE_POLL_INTERVAL": "0.2"}
     srv = server_factory(env)

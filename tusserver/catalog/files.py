@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -143,13 +142,6 @@ _CLAIM = (
 )
 
 
-@functools.cache
-def _claim_with(columns: tuple[str, ...]) -> Update:
-    """:data:`_CLAIM` that also sets ``columns`` (parameters ``v_<column>``), built once per
-    column set (a statement object built per call costs more CPU than running it)."""
-    return _CLAIM.values({name: bindparam("v_" + name) for name in columns})
-
-
 class FileRepository:
     """Rows of ``files``. Every write of a row goes through the invalidator, which drops the
     row's cache entry on commit on every instance (see tusserver.cache); ``get(cached=True)``
@@ -257,23 +249,6 @@ class FileRepository:
         return await self.invalidator.run(
             self._db,
             lambda conn: conn.execute(_CLAIM, params).rowcount == 1,
-            (FILES, file_id),
-            quick=True,
-        )
-
-    async def claim_with(
-        self, file_id: str, now: dt.datetime, lease: dt.timedelta, **values: Any
-    ) -> bool:
-        """:meth:`claim` and an update of ``values`` in one statement: the claim of a file
-        this process has just created, made with the first write its worker needs anyway.
-        False (nothing written) if another worker has it."""
-        params = by_id_params(file_id, values)
-        params["now"] = now
-        params["v_lease_until"] = now + lease
-        stmt = _claim_with(tuple(values))
-        return await self.invalidator.run(
-            self._db,
-            lambda conn: conn.execute(stmt, params).rowcount == 1,
             (FILES, file_id),
             quick=True,
         )

@@ -315,15 +315,12 @@ class Pipeline:
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
     async def _claim_and_process(self, file_id: str) -> bool:
-        # A file this process has just created is claimed by the first write its processing
-        # makes anyway (claim_with): one statement less per file.
-        claim_with_first_write = file_id in self._fresh
-        if not claim_with_first_write:
-            if not await self._files.claim(file_id, self._clock(), self.lease):
-                return False
-            self._claimed.add(file_id)
+        if not await self._files.claim(file_id, self._clock(), self.lease):
+            self._fresh.pop(file_id, None)
+            return False
+        self._claimed.add(file_id)
         try:
-            await self._run(file_id, claim_with_first_write)
+            await self.process(file_id)
         except asyncio.CancelledError:
             raise  # shutdown: stop() hands the lease back
         except BaseException:
@@ -344,38 +341,26 @@ class Pipeline:
     # --- one file ---------------------------------------------------------------------------
 
     async def process(self, file_id: str) -> FileStatus:
-        return await self._run(file_id, False)
-
-    async def _run(self, file_id: str, claim: bool) -> FileStatus:
-        """``claim``: the file is not claimed yet; its first write claims it (see
-        :meth:`FileRepository.claim_with`), and nothing is written before."""
         f = self._fresh.pop(file_id, None) or await self._files.get(file_id)
         if f is None:
             return FileStatus.FAILED
         if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             return f.status
         log = _log.bind(file_id=f.id, upload_id=f.upload_id)
-        unclaimed = [claim]
         try:
-            return await self._process(f, log, unclaimed)
+            return await self._process(f, log)
+        except (StorageError, OSError) as exc:
+            return await self._retry(f, f"storage unavailable: {exc}", log)
         except Exception as exc:
-            if unclaimed[0]:
-                # Not claimed, nothing written: the file stays pending, for a worker's scan
-                # to claim and retry (or for the worker that holds it).
-                raise
-            if isinstance(exc, (StorageError, OSError)):
-                return await self._retry(f, f"storage unavailable: {exc}", log)
             log.exception("pipeline step failed")
             return await self._retry(f, f"internal error: {type(exc).__name__}", log)
 
-    async def _process(self, f: FileRecord, log: Any, unclaimed: list[bool]) -> FileStatus:
+    async def _process(self, f: FileRecord, log: Any) -> FileStatus:
         assert f.upload_id is not None
         started = time.perf_counter()
         try:
             sha256, head = await self._inspect(f.upload_id, f.size)
         except UploadDataMissing:
-            if unclaimed[0]:
-                raise  # another worker may have it: the file stays for a claim to sort out
             return await self._recover_missing(f, log)
         memo = self._sniffed.pop(f.upload_id, None)
         if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
@@ -403,23 +388,16 @@ class Pipeline:
         )
         # The key and sha256 are recorded before the object exists: a retry after a crash
         # finds the object by its key and checks it by its sha256.
-        details: dict[str, Any] = {
-            "sha256": sha256,
-            "detected_type": detected,
-            "category": candidate.category,
-            "type_mismatch": mismatch,
-            "storage_key": key,
-            "store": self._objects.kind,
-        }
-        now = self._clock()
-        if unclaimed[0]:
-            if not await self._files.claim_with(f.id, now, self.lease, updated_at=now, **details):
-                return f.status  # another worker has it
-            unclaimed[0] = False
-            self._claimed.add(f.id)
-            f = dataclasses.replace(f, status=FileStatus.VALIDATING, attempts=f.attempts + 1)
-        else:
-            await self._files.update(f.id, updated_at=now, **details)
+        await self._files.update(
+            f.id,
+            sha256=sha256,
+            detected_type=detected,
+            category=candidate.category,
+            type_mismatch=mismatch,
+            storage_key=key,
+            store=self._objects.kind,
+            updated_at=self._clock(),
+        )
         f = dataclasses.replace(
             f,
             sha256=sha256,
