@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from .conftest import ServerFactory
 from .helpers import (
@@ -201,3 +202,62 @@ async def test_graceful_restart_keeps_partial_upload(server_factory: ServerFacto
     assert await _offset(url) == MiB
     await _finish(url, data, MiB)
     assert await download_sha256(url) == (size, sha256(data))
+
+
+async def _file_status(session: aiohttp.ClientSession, url: str) -> str | None:
+    async with session.head(url, headers=OCTET) as resp:
+        assert resp.status == 200, (url, resp.status)
+        assert resp.headers["Upload-Offset"] == resp.headers["Upload-Length"]
+        return resp.headers.get("X-File-Status")
+
+
+async def test_sigkill_during_burst_of_small_uploads(server_factory: ServerFactory) -> None:
+    """SIGKILL while many small creation-with-upload requests arrive and their files are being
+    committed: after a restart no acknowledged upload is lost, and every upload acknowledged
+    as finished becomes a committed file with its bytes (those committed before the kill
+    included). A short pipeline_lease lets files claimed at the kill be taken again soon."""
+    size, count, kill_after = 4096, 400, 120
+    env = {"TUSSERVER_PIPELINE_LEASE": "3", "TUSSERVER_PIPELINE_POLL_INTERVAL": "0.2"}
+    srv = server_factory(env)
+    payloads = {i: make_bytes(size, seed=1000 + i) for i in range(count)}
+    acknowledged: dict[str, bytes] = {}
+    enough = asyncio.Event()
+    sem = asyncio.Semaphore(32)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        async with sem:
+            if enough.is_set():
+                return
+            async with session.post(
+                srv.endpoint,
+                data=payloads[i],
+                headers={**OCTET, "Upload-Length": str(size)},
+            ) as resp:
+                if resp.status != 201:
+                    return
+                assert resp.headers["Upload-Offset"] == str(size)
+                url = str(resp.url.join(URL(resp.headers["Location"])))
+            acknowledged[url] = payloads[i]
+            if len(acknowledged) >= kill_after:
+                enough.set()
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(one(session, i)) for i in range(count)]
+        await asyncio.wait_for(enough.wait(), 60)
+        srv.kill()
+        await asyncio.gather(*tasks, return_exceptions=True)  # in flight: refused or cut
+    assert len(acknowledged) >= kill_after
+    srv.start()
+    async with aiohttp.ClientSession() as session:
+        deadline = asyncio.get_running_loop().time() + 60
+        pending = set(acknowledged)
+        while pending:
+            for url in sorted(pending):
+                if await _file_status(session, url) == "committed":
+                    pending.discard(url)
+            if not pending:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"not committed: {pending}"
+            await asyncio.sleep(0.3)
+    for url, data in acknowledged.items():
+        assert await download_sha256(url) == (size, sha256(data))

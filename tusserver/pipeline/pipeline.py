@@ -64,7 +64,6 @@ __all__ = ["Pipeline", "file_name_of", "text_metadata"]
 
 _log = structlog.get_logger("tusserver.pipeline")
 _HASH_IN_THREAD = 256 * 1024
-_LEASE = dt.timedelta(minutes=15)
 #: Heads shorter than this say little about the type; unless the file is that small, the
 #: early check waits for a longer first chunk (the final check always runs).
 _MIN_SNIFF = 512
@@ -139,7 +138,7 @@ class Pipeline:
         #: Told of stored bytes that failed an integrity check when read: (file, which).
         self.on_integrity_error: Callable[[FileRecord, str], None] | None = None
         #: How long a claim holds a file; a live worker renews it every third of that.
-        self.lease = _LEASE
+        self.lease = dt.timedelta(seconds=config.pipeline_lease)
         #: False on an ``api`` instance: files are only recorded here, for the workers of
         #: other processes to claim from the catalog (nothing is queued in this process).
         self.processes_here = True

@@ -13,6 +13,7 @@ from auth import Principal
 from auth.gateway import Gate, OpenGate
 
 from ..catalog.files import FileRecord, FileRepository, FileStatus
+from ..catalog.uploads import UploadRecord
 from ..config import TusServerConfig
 from ..errors import (
     BadRequest,
@@ -187,7 +188,9 @@ class TusHandlers:
         if with_body:
             # creation-with-upload: the body is the first chunk, at offset 0.
             try:
-                status = await self._append(request, principal, status.record.id, 0)
+                status = await self._append(
+                    request, principal, status.record.id, 0, created=status.record
+                )
             except TusError as exc:
                 # The upload exists: tell the client where, so it can resume.
                 exc.headers.setdefault("Location", location)
@@ -247,7 +250,13 @@ class TusHandlers:
         return web.Response(status=204, headers=headers)
 
     async def _append(
-        self, request: web.Request, principal: Principal, upload_id: str, offset: int
+        self,
+        request: web.Request,
+        principal: Principal,
+        upload_id: str,
+        offset: int,
+        *,
+        created: UploadRecord | None = None,
     ) -> UploadStatus:
         h = request.headers
         checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
@@ -262,6 +271,7 @@ class TusHandlers:
             content_length=request.content_length,
             new_length=new_length,
             checksum=checksum,
+            created=created,
         )
 
     async def shutdown(self, _app: web.Application) -> None:

@@ -399,11 +399,15 @@ class UploadService:
         checksum: Checksum | None = None,
         complete_at_end: bool = False,
         wrap: Callable[[BodyReader], ChunkSource] | None = None,
+        created: UploadRecord | None = None,
     ) -> UploadStatus:
         """Append a request body at ``offset`` (every entry path): the byte budget, the
         tracking that lets a newer request or a shutdown stop the body, metrics.
 
         ``wrap`` lets an adapter see the bytes on their way (the IETF draft's digests).
+        ``created``: the record :meth:`create` just returned in this request (creation with
+        upload), used instead of reading the row back: no client knows the upload's URL yet,
+        so nothing can have changed it.
         Raises :class:`UploadInterrupted` (released to a newer request) or
         :class:`UploadSuspended` (shutdown) once what arrived is stored.
         """
@@ -431,6 +435,7 @@ class UploadService:
                     checksum=checksum,
                     interrupted=lambda: reader.interruption is not Interruption.NONE,
                     complete_at_end=complete_at_end,
+                    created=created,
                 )
         finally:
             self._receiving.discard(reader)
@@ -461,6 +466,7 @@ class UploadService:
                 body=body,
                 content_length=content_length,
                 complete_at_end=True,
+                created=status.record,
             )
         if not status.finished:
             raise BadRequest("the file ended early")
@@ -486,15 +492,19 @@ class UploadService:
         checksum: Checksum | None = None,
         interrupted: Callable[[], bool] = lambda: False,
         complete_at_end: bool = False,
+        created: UploadRecord | None = None,
     ) -> UploadStatus:
         """Append ``source`` at ``offset`` under the upload's lock; returns the new state.
 
         The bytes go through :class:`_Guard` (length, quota and store limits, the early type
         check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
         """
-        await self._owner_before_lock(principal, upload_id)
+        if created is not None and created.id != upload_id:
+            raise ValueError("created is the record of another upload")
+        if created is None:
+            await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id, on_release=on_release):
-            rec = await self._get_live(principal, upload_id)
+            rec = created or await self._get_live(principal, upload_id)
             if rec.is_final:
                 raise Forbidden("a final concatenated upload cannot be patched")
             status = await self._status(rec)
