@@ -35,6 +35,7 @@ TooManyRequests            429     rate_limited
 ChecksumMismatch           460     checksum_mismatch
 HookRejection              4xx/5x  rejected
 StoredDataUnreadable       500     stored_data_unreadable
+InsufficientStorage        507     storage_full
 ServiceUnavailable         503     unavailable
 UploadSuspended            503     unavailable
 StorageUnavailable         503     storage_unavailable
@@ -54,6 +55,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "HookRejection",
+    "InsufficientStorage",
     "LockTimeout",
     "MethodNotAllowed",
     "NotFound",
@@ -259,6 +261,13 @@ class StoredDataUnreadable(TusError):
 
     status = 500
     code = "stored_data_unreadable"
+
+
+class InsufficientStorage(TusError):
+    """The disk, the bucket or the catalog is full: what was stored stays, retry later."""
+
+    status = 507
+    code = "storage_full"
 
 
 class ServiceUnavailable(TusError):

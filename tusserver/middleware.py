@@ -17,7 +17,7 @@ from storage_backends.base import StorageError, StorageFull
 from storage_backends.encryption import EncryptionKeyError, IntegrityError
 
 from .catalog.db import is_disk_full
-from .errors import StorageUnavailable, StoredDataUnreadable, TusError
+from .errors import InsufficientStorage, StorageUnavailable, StoredDataUnreadable, TusError
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.headers import TUS_VERSION
 
@@ -108,7 +108,7 @@ def error_middleware(*, json_body: bool) -> Middleware:
         return resp
 
     def answer(exc: TusError) -> web.Response:
-        if exc.status >= 500 and not isinstance(exc, StoredDataUnreadable):
+        if exc.status >= 500 and not isinstance(exc, StoredDataUnreadable | InsufficientStorage):
             _log.warning("request failed", status=exc.status, error=exc.message)
         return respond(exc.status, exc.code, exc.message, exc.headers)
 
@@ -126,13 +126,13 @@ def error_middleware(*, json_body: bool) -> Middleware:
             )
         except StorageFull as exc:
             _log.error("storage full", path=request.path, error=str(exc))
-            return respond(507, "storage_full", _FULL_MESSAGE, {"Retry-After": "60"})
+            return answer(InsufficientStorage(_FULL_MESSAGE, headers={"Retry-After": "60"}))
         except DBAPIError as exc:
             if not is_disk_full(exc):
                 _log.exception("unhandled error", method=request.method, path=request.path)
                 return respond(500, "internal_error", "internal server error", {})
             _log.error("catalog full", path=request.path, error=str(exc.orig))
-            return respond(507, "storage_full", _FULL_MESSAGE, {"Retry-After": "60"})
+            return answer(InsufficientStorage(_FULL_MESSAGE, headers={"Retry-After": "60"}))
         except StorageError as exc:
             _log.warning("storage unavailable", path=request.path, error=str(exc))
             return answer(

@@ -522,9 +522,19 @@ class UploadService:
                 rec = await self._declare_length(rec, new_length, current, principal)
             budget, reserved = await self._append_budget(principal, rec, current, content_length)
             written = 0
+            settled = not reserved
+
+            async def settle() -> None:
+                # What was reserved for this body and did not arrive is given back, once.
+                nonlocal settled
+                if not settled:
+                    settled = True
+                    await self.repo.settle_offset(rec.id, current + written)
+
             try:
                 if content_length is not None and budget is not None and content_length > budget:
                     if rec.length is None:
+                        await settle()
                         reason = await self._size_reason(principal, rec, current)
                         self.observer.refused(principal, reason, rec.id)
                     raise PayloadTooLarge(
@@ -549,13 +559,16 @@ class UploadService:
                     )
                 except PayloadTooLarge:
                     if rec.length is None:  # a deferred length ran into the quota or max size
+                        # Settled first: the reason is judged on what the upload really holds.
+                        await settle()
                         reason = await self._size_reason(principal, rec, current)
                         self.observer.refused(principal, reason, rec.id)
                     raise
             finally:
-                if reserved:
-                    # What was reserved for this body and did not arrive is given back.
-                    await self.repo.settle_offset(rec.id, current + written)
+                try:
+                    await settle()
+                except Exception:  # never mask the error that ended the body
+                    _log.warning("reservation_not_settled", upload_id=rec.id, exc_info=True)
         if written:
             self.hooks.fire("post_receive", self.hooks.post_receive, final.record)
         return final
