@@ -297,7 +297,8 @@ class TusServerConfig:
         default=900.0,
         metadata=_doc(
             "Seconds a worker's claim holds a file (renewed every third of it while the worker "
-            "lives). A file claimed by an instance that died is taken again after this."
+            "lives). A file claimed by an instance that died is taken again after this (at once by "
+            "the next process started on the same host)."
         ),
     )
     pipeline_stall_after: float = field(
@@ -604,7 +605,7 @@ class TusServerConfig:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.media_memory_limit < 64 * 1024 * 1024:
             raise ConfigError("media_memory_limit: must be at least 64 MiB (67108864)")
-        if self.pipeline_lease <= 0:
+        if not self.pipeline_lease > 0:  # NaN too
             raise ConfigError("pipeline_lease: must be positive")
         if self.write_buffer_size < 4096:
             raise ConfigError("write_buffer_size: must be at least 4096")

@@ -12,6 +12,7 @@ Object stores: the local one (which moves the chunk copy into place) and S3 (whi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -34,7 +35,9 @@ from tusserver.catalog.files import FileStatus
 from tusserver.catalog.migrate import upgrade
 from tusserver.catalog.schema import file_uploads
 from tusserver.catalog.schema import files as files_table
+from tusserver.pipeline import holders as holders_module
 from tusserver.pipeline import pipeline as pipeline_module
+from tusserver.pipeline.holders import Holder
 from tusserver.pipeline.validators import Candidate, ChecksumValidator, Verdict
 from tusserver.uploads.observer import Caller
 
@@ -417,6 +420,103 @@ async def test_a_long_validation_keeps_its_lease(setup: Setup) -> None:
         assert row["lease_until"] is None
     finally:
         await drop_runtime(rt)
+
+
+async def claimed_by(setup: Setup, holder: Holder) -> tuple[str, str]:
+    """A finished upload whose file ``holder`` claimed for 15 minutes, then nothing more ran:
+    (upload id, file id)."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        upload_id = await finished_upload(rt, DATA)
+        async with rt.db.engine.connect() as conn:
+            query = select(file_uploads.c.file_id).where(file_uploads.c.upload_id == upload_id)
+            file_id = (await conn.execute(query)).scalar_one()
+        now = dt.datetime.now(dt.UTC)
+        assert await rt.files.claim(file_id, now, dt.timedelta(minutes=15), str(holder))
+    finally:
+        await drop_runtime(rt)
+    return upload_id, file_id
+
+
+@pytest.mark.parametrize("death", ["same_pid", "other_pid", "reboot"])
+async def test_a_process_that_died_on_this_host_is_not_waited_for(setup: Setup, death: str) -> None:
+    """SIGKILL, then a restart (with the same PID - as in a container - or another one, or
+    after a reboot): the files the dead process held are taken again at once, not after their
+    15-minute leases (real clock here)."""
+    me = Holder.of_this_process()
+    if death == "same_pid":
+        holder = dataclasses.replace(me, start=str(int(me.start) - 1))
+    elif death == "reboot":
+        holder = dataclasses.replace(me, boot="0" * 32)
+    else:
+        gone = await asyncio.create_subprocess_exec("true")
+        start = holders_module._start_time(Path("/proc"), gone.pid)
+        await gone.wait()
+        holder = dataclasses.replace(me, pid=gone.pid, start=start or "1")
+    upload_id, _ = await claimed_by(setup, holder)
+    rt = build_runtime(setup.config, objects=setup.object_store())
+    await rt.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await rows_for(rt, upload_id))[0]["status"] == "validating":
+            assert asyncio.get_running_loop().time() < deadline, "the dead process's lease held"
+            await asyncio.sleep(0.05)
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await rt.stop()
+
+
+async def test_leases_of_live_or_foreign_holders_are_kept(setup: Setup) -> None:
+    """A holder that still runs (another process on this host), one on another host and one in
+    another container (PID namespace) keep their leases: only the lease can free them."""
+    me = Holder.of_this_process()
+    sleeper = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        live = dataclasses.replace(Holder.of_this_process(), pid=sleeper.pid)
+        live = dataclasses.replace(live, start=holders_module._start_time(Path("/proc"), live.pid))
+        assert live.start
+        kept = [
+            live,
+            dataclasses.replace(me, host="elsewhere", start="1"),
+            dataclasses.replace(me, pidns="4026599999", start="1"),
+        ]
+        for holder in kept:
+            _, file_id = await claimed_by(setup, holder)
+            rt = await open_runtime(setup.config, objects=setup.object_store())
+            try:
+                assert await rt.pipeline.take_back_leases() == 0
+                row = await file_state_of(rt, file_id)
+                assert row["status"] == "validating" and row["lease_holder"] == str(holder)
+                assert row["lease_until"] is not None
+            finally:
+                await drop_runtime(rt)
+        # The same judge does take back the lease once the process is gone.
+        sleeper.kill()
+        await sleeper.wait()
+        rt = await open_runtime(setup.config, objects=setup.object_store())
+        try:
+            assert await rt.pipeline.take_back_leases() == 1
+        finally:
+            await drop_runtime(rt)
+    finally:
+        if sleeper.returncode is None:
+            sleeper.kill()
+            await sleeper.wait()
+
+
+async def file_state_of(rt: Runtime, file_id: str) -> dict[str, Any]:
+    async with rt.db.engine.connect() as conn:
+        query = select(files_table).where(files_table.c.id == file_id)
+        return dict((await conn.execute(query)).mappings().one())
+
+
+def test_holder_names_survive_the_catalog() -> None:
+    me = Holder.of_this_process()
+    assert Holder.parse(str(me)) == me
+    assert str(me).startswith(me.scope)
+    assert len(str(me)) <= 160
+    assert Holder.parse("not/a/holder") is None
+    assert not me.knows_gone(me)
 
 
 class UnavailableValidator:

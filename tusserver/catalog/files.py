@@ -135,6 +135,7 @@ _CLAIM = (
     )
     .values(
         lease_until=bindparam("v_lease_until"),
+        lease_holder=bindparam("v_lease_holder"),
         status=FileStatus.VALIDATING.value,
         attempts=files.c.attempts + 1,
         updated_at=bindparam("now"),
@@ -243,15 +244,44 @@ class FileRepository:
         )
         return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
-    async def claim(self, file_id: str, now: dt.datetime, lease: dt.timedelta) -> bool:
+    async def claim(
+        self, file_id: str, now: dt.datetime, lease: dt.timedelta, holder: str | None = None
+    ) -> bool:
         """Take a pending file for one worker (any instance); False if someone else has it."""
-        params = {"row_id": file_id, "now": now, "v_lease_until": now + lease}
+        params = {
+            "row_id": file_id,
+            "now": now,
+            "v_lease_until": now + lease,
+            "v_lease_holder": holder,
+        }
         return await self.invalidator.run(
             self._db,
             lambda conn: conn.execute(_CLAIM, params).rowcount == 1,
             (FILES, file_id),
             quick=True,
         )
+
+    async def leases_held_in(self, scope: str, now: dt.datetime) -> list[tuple[str, str]]:
+        """(file id, holder) of the live leases whose holder names start with ``scope``."""
+        query = select(files.c.id, files.c.lease_holder).where(
+            files.c.status == FileStatus.VALIDATING.value,
+            files.c.lease_until > now,
+            files.c.lease_holder.startswith(scope, autoescape=True),
+        )
+        return await self._db.read(lambda conn: [(row[0], row[1]) for row in conn.execute(query)])
+
+    async def release_lease(self, file_id: str, holder: str) -> bool:
+        """Hand back the lease ``holder`` has on ``file_id`` (a holder known to be gone)."""
+        stmt = (
+            update(files)
+            .where(
+                files.c.id == file_id,
+                files.c.status == FileStatus.VALIDATING.value,
+                files.c.lease_holder == holder,
+            )
+            .values(lease_until=None, lease_holder=None)
+        )
+        return await self._db.write(lambda conn: conn.execute(stmt).rowcount == 1)
 
     async def renew_leases(
         self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime

@@ -142,6 +142,8 @@ files = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
+    # Who holds the lease (migration 0010): see tusserver.pipeline.holders.
+    Column("lease_holder", String(160), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("committed_at", UTCDateTime, nullable=True),

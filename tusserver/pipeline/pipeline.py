@@ -48,6 +48,7 @@ from ..config import TusServerConfig
 from ..errors import UnsupportedMediaType
 from ..events import Hooks
 from ..metrics import Metrics
+from .holders import Holder
 from .keys import object_key
 from .media import MediaOutcome, MediaProcessor, store_thumbnails
 from .validators import (
@@ -139,6 +140,8 @@ class Pipeline:
         self.on_integrity_error: Callable[[FileRecord, str], None] | None = None
         #: How long a claim holds a file; a live worker renews it every third of that.
         self.lease = dt.timedelta(seconds=config.pipeline_lease)
+        #: Named in every claim, so a successor on this host can take back what it held.
+        self.holder = Holder.of_this_process()
         #: False on an ``api`` instance: files are only recorded here, for the workers of
         #: other processes to claim from the catalog (nothing is queued in this process).
         self.processes_here = True
@@ -297,10 +300,33 @@ class Pipeline:
             except Exception:
                 _log.exception("pipeline worker error", worker=n, file_id=file_id)
 
+    async def take_back_leases(self) -> int:
+        """Hand back the leases held by processes of this host that are gone (a crash, a
+        SIGKILL, a reboot), so their files are taken again now rather than when the leases
+        run out; returns how many. Holders on other hosts or in other containers are left
+        to their leases."""
+        me = self.holder
+        taken = 0
+        for file_id, name in await self._files.leases_held_in(me.scope, self._clock()):
+            other = Holder.parse(name)
+            if other is None or not me.knows_gone(other):
+                continue
+            if await self._files.release_lease(file_id, name):
+                taken += 1
+                self._enqueue(file_id)
+        if taken:
+            _log.info("pipeline took back leases of a process that is gone", files=taken)
+        return taken
+
     async def _keep_leases(self) -> None:
         """Renew the leases of the files being processed here, so a long validation (a big
-        scan, a slow copy) is not taken over by another worker while this one is alive."""
+        scan, a slow copy) is not taken over by another worker while this one is alive; and
+        take back at once those of a predecessor on this host that died."""
         while True:
+            try:
+                await self.take_back_leases()
+            except Exception:
+                _log.exception("pipeline could not look for leases of dead processes")
             await asyncio.sleep(self.lease.total_seconds() / 3)
             if not self._claimed:
                 continue
@@ -315,7 +341,7 @@ class Pipeline:
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
     async def _claim_and_process(self, file_id: str) -> bool:
-        if not await self._files.claim(file_id, self._clock(), self.lease):
+        if not await self._files.claim(file_id, self._clock(), self.lease, str(self.holder)):
             self._fresh.pop(file_id, None)
             return False
         self._claimed.add(file_id)
