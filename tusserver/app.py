@@ -192,22 +192,35 @@ class Runtime:
         return "ok" if not full else f"full: no space left under {', '.join(full)}"
 
     async def stop(self) -> None:
+        """Stop everything, in order; a step that fails (the database went away, S3 does not
+        answer) is logged and the others still run, so files and connections are released."""
         if not self._started:
             return
         self._started = False
-        await self.sweeper.stop()
-        await self.pipeline.stop()
-        await self.gateway.audit_log.stop()
-        await self.events.stop()
-        await self.hooks.drain()
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("sweeper", self.sweeper.stop),
+            ("pipeline", self.pipeline.stop),
+            ("audit log", self.gateway.audit_log.stop),
+            ("analytics", self.events.stop),
+            ("hooks", self.hooks.drain),
+        ]
         if self.webhooks is not None:
-            await self.webhooks.stop()
-        await self.cache_bus.stop()
-        for resource in (self.objects, self.locker, self.store):
+            steps.append(("webhooks", self.webhooks.stop))
+        steps.append(("cache bus", self.cache_bus.stop))
+        for name, resource in (
+            ("object store", self.objects),
+            ("locker", self.locker),
+            ("chunk store", self.store),
+        ):
             if isinstance(resource, Lifecycle):
-                await resource.close()
+                steps.append((name, resource.close))
         if self.owns_db:
-            await self.db.dispose()
+            steps.append(("database", self.db.dispose))
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:
+                _log.exception("stopping failed; going on with the rest", step=name)
         _log.info("tusserver stopped")
 
 
@@ -514,6 +527,8 @@ def _s3_settings(config: TusServerConfig) -> Any:
         parallel_parts=config.s3_parallel_parts,
         sse=config.s3_sse,
         sse_customer_key=base64.b64decode(customer_key) if customer_key else None,
+        connect_timeout=config.s3_connect_timeout,
+        read_timeout=config.s3_read_timeout,
     )
 
 

@@ -196,6 +196,16 @@ class TusServerConfig:
     s3_parallel_parts: int = field(
         default=4, metadata=_doc("Multipart parts uploaded in parallel per object.")
     )
+    s3_connect_timeout: float = field(
+        default=5.0, metadata=_doc("Seconds to wait for a connection to S3 before failing.")
+    )
+    s3_read_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds S3 may stay silent within one request before the call fails (retried "
+            "twice): a hung S3 answers uploads and downloads with 503 instead of holding them."
+        ),
+    )
     s3_sse: str = field(
         default="",
         metadata=_doc(
@@ -605,8 +615,9 @@ class TusServerConfig:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.media_memory_limit < 64 * 1024 * 1024:
             raise ConfigError("media_memory_limit: must be at least 64 MiB (67108864)")
-        if not self.pipeline_lease > 0:  # NaN too
-            raise ConfigError("pipeline_lease: must be positive")
+        for name in ("pipeline_lease", "s3_connect_timeout", "s3_read_timeout"):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ConfigError(f"{name}: must be positive")
         if self.write_buffer_size < 4096:
             raise ConfigError("write_buffer_size: must be at least 4096")
         for name in _NON_NEGATIVE_NUMBERS:

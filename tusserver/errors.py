@@ -39,6 +39,7 @@ InsufficientStorage        507     storage_full
 ServiceUnavailable         503     unavailable
 UploadSuspended            503     unavailable
 StorageUnavailable         503     storage_unavailable
+CatalogUnavailable         503     catalog_unavailable
 =========================  ======  ==========================
 """
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BadRequest",
+    "CatalogUnavailable",
     "ChecksumMismatch",
     "Conflict",
     "CsrfRejected",
@@ -293,3 +295,9 @@ class StorageUnavailable(ServiceUnavailable):
     """A store failed (``storage_backends.base.StorageError``) where no caller handled it."""
 
     code = "storage_unavailable"
+
+
+class CatalogUnavailable(ServiceUnavailable):
+    """The database did not answer (restarting, unreachable) where no caller handled it."""
+
+    code = "catalog_unavailable"

@@ -16,8 +16,14 @@ from sqlalchemy.exc import DBAPIError
 from storage_backends.base import StorageError, StorageFull
 from storage_backends.encryption import EncryptionKeyError, IntegrityError
 
-from .catalog.db import is_disk_full
-from .errors import InsufficientStorage, StorageUnavailable, StoredDataUnreadable, TusError
+from .catalog.db import is_disk_full, is_unreachable
+from .errors import (
+    CatalogUnavailable,
+    InsufficientStorage,
+    StorageUnavailable,
+    StoredDataUnreadable,
+    TusError,
+)
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .protocol.headers import TUS_VERSION
 
@@ -112,6 +118,12 @@ def error_middleware(*, json_body: bool) -> Middleware:
             _log.warning("request failed", status=exc.status, error=exc.message)
         return respond(exc.status, exc.code, exc.message, exc.headers)
 
+    def catalog_unavailable(request: web.Request, exc: BaseException) -> web.Response:
+        _log.warning("catalog unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        return answer(
+            CatalogUnavailable("the catalog database is unavailable", headers={"Retry-After": "5"})
+        )
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -128,6 +140,8 @@ def error_middleware(*, json_body: bool) -> Middleware:
             _log.error("storage full", path=request.path, error=str(exc))
             return answer(InsufficientStorage(_FULL_MESSAGE, headers={"Retry-After": "60"}))
         except DBAPIError as exc:
+            if is_unreachable(exc):
+                return catalog_unavailable(request, exc)
             if not is_disk_full(exc):
                 _log.exception("unhandled error", method=request.method, path=request.path)
                 return respond(500, "internal_error", "internal server error", {})
@@ -144,7 +158,9 @@ def error_middleware(*, json_body: bool) -> Middleware:
             headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
             code = exc.reason.lower().replace(" ", "_")
             return respond(exc.status, code, exc.text or exc.reason, headers)
-        except Exception:
+        except Exception as exc:
+            if is_unreachable(exc):
+                return catalog_unavailable(request, exc)
             _log.exception("unhandled error", method=request.method, path=request.path)
             return respond(500, "internal_error", "internal server error", {})
         return response

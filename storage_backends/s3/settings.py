@@ -4,10 +4,13 @@ the reading of S3 errors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from minio.sse import Sse, SseCustomerKey, SseS3
@@ -58,7 +61,11 @@ class S3Settings:
         max_workers: int = 16,
         sse: str = "",
         sse_customer_key: bytes | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
     ) -> None:
+        if not (connect_timeout > 0 and read_timeout > 0):
+            raise ValueError("connect_timeout and read_timeout must be positive")
         if part_size < MIN_PART:
             raise ValueError("part_size must be at least 5 MiB")
         if sse not in SSE_MODES:
@@ -76,6 +83,8 @@ class S3Settings:
         self.parallel_parts = parallel_parts
         self.max_workers = max_workers
         self.sse = sse
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
 
     @property
     def sse_label(self) -> str:
@@ -95,12 +104,27 @@ class S3Settings:
         return self._ssec
 
     def client(self) -> Minio:
+        """A client whose calls fail (``StorageError`` where the stores call it) when S3 does
+        not answer: the SDK's own default waits five minutes per attempt, six attempts, so a
+        hung S3 would hold requests and pipeline workers for half an hour. A read timeout is
+        the longest silence within one response, not a limit on a large transfer."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
+            # One connection per thread that may call S3, so none is thrown away.
+            maxsize=max(10, self.max_workers),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
         return Minio(
             self.endpoint,
             access_key=self.access_key,
             secret_key=self.secret_key,
             secure=self.secure,
             region=self.region,
+            http_client=http,
         )
 
 

@@ -125,6 +125,40 @@ def is_disk_full(exc: DBAPIError) -> bool:
     )
 
 
+#: SQLSTATE classes that say the server went away: connection exception (08) and operator
+#: intervention (57: shutting down, restarting, a cancelled statement).
+_PG_GONE_CLASSES = ("08", "57")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (down, restarting, the
+    connection dropped), as opposed to a fault of the statement: the request may be retried.
+
+    Connection failures reach the caller wrapped by SQLAlchemy (``connection_invalidated``)
+    or raw, from the pool's connect (asyncpg raises ``OSError`` subclasses); a raw one counts
+    only if it came out of the database layer."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(state, str) and state[:2] in _PG_GONE_CLASSES:
+            return True
+        cause = getattr(orig, "__cause__", None)
+        return isinstance(orig, ConnectionError) or isinstance(cause, ConnectionError)
+    if not isinstance(exc, OSError | TimeoutError) and not type(exc).__module__.startswith(
+        "asyncpg"
+    ):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("sqlalchemy.", "asyncpg.")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _is_busy(exc: OperationalError) -> bool:
     orig = exc.orig
     if not isinstance(orig, sqlite3.OperationalError):
