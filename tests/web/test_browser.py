@@ -268,6 +268,11 @@ async def _flow(web_server: ServerProcess, browser: Any, page: Any, tmp_path: Pa
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    scripts: list[str] = []  # our modules, as the browser asked for them
+    page.on(
+        "request",
+        lambda r: scripts.append(r.url) if "/static/" in r.url and ".js" in r.url else None,
+    )
     tus = TusLog()
     page.on("response", tus.on_response)
 
@@ -512,6 +517,13 @@ async def _flow(web_server: ServerProcess, browser: Any, page: Any, tmp_path: Pa
     assert not page_errors, page_errors
     csp = [m for m in console_errors if "Content Security Policy" in m]
     assert not csp, csp
+    # Every module was loaded under its hashed URL (the import map, allowed by the CSP, works).
+    assert scripts and all(re.search(r"\.js\?v=[0-9a-f]{16}$", u) for u in scripts), scripts
+    assert {u.split("/static/")[1].split("?")[0] for u in scripts} >= {
+        "app.js",
+        "app-dom.js",
+        "media.js",
+    }
     assert time.monotonic() - started < 120
 
 

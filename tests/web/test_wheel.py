@@ -10,6 +10,7 @@ minutes and prove nothing about the wheel). ``tusserver`` itself is imported fro
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import free_port
+from tests.web.modgraph import Fetch, walk
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +189,21 @@ def test_installed_wheel_serves_the_upload_page(served: str) -> None:
     status, got, _ = _get(served + by_path["/static/app.js"])
     assert status == 200
     assert got == (ROOT / "tusserver/web/static/app.js").read_bytes()
+    # Every module app.js imports, directly or not, is in the wheel and served.
+    graph = asyncio.run(walk(html, _fetch_from(served)))
+    assert graph.failures == []
+    assert set(graph.modules) == {
+        f"/static/{p.name}" for p in (ROOT / "tusserver/web/static").glob("*.js")
+    }
+
+
+def _fetch_from(base: str) -> Fetch:
+    async def fetch(url: str) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            with urllib.request.urlopen(base + url, timeout=10) as resp:
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                return resp.status, resp.read(), headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), {k.lower(): v for k, v in exc.headers.items()}
+
+    return fetch

@@ -11,8 +11,10 @@
 - ``/api/v1/limits``: what the upload page needs to know before sending anything
 
 Asset URLs in the page carry ``?v=<content hash>``; a request with the current hash is cached
-for a year (``immutable``), anything else is revalidated (``no-cache`` + ETag). Files are
-re-read when they change on disk, so a deploy or an ``npm ci`` needs no restart.
+for a year (``immutable``), anything else is revalidated (``no-cache`` + ETag). The UI's code
+is native ES modules (``app.js`` imports ``app-*.js`` and ``media.js``; no build step): the
+page's import map gives each imported module its hashed URL too (see :mod:`.modules`). Files
+are re-read when they change on disk, so a deploy or an ``npm ci`` needs no restart.
 """
 
 from __future__ import annotations
@@ -29,8 +31,19 @@ from aiohttp import web
 from .. import __version__
 from ..config import TusServerConfig
 from ..pipeline.validators import _DOCUMENT_TYPES, CATEGORIES
+from .modules import import_map_html, module_graph
 
-__all__ = ["STATIC_DIR", "VENDOR_DIR", "WebUI", "default_assets_dir", "limits_json", "web_routes"]
+__all__ = [
+    "CSP",
+    "ENTRY_MODULE",
+    "STATIC_DIR",
+    "VENDOR_DIR",
+    "WebUI",
+    "default_assets_dir",
+    "limits_json",
+    "page_csp",
+    "web_routes",
+]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: The bundles a built package carries (setup.py copies them from node_modules; same layout).
@@ -72,8 +85,12 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.:-]+)\s*\}\}")
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
 
+#: The module the page starts (``<script type="module">``); the import map covers what it imports.
+ENTRY_MODULE = "app.js"
+
 #: The page's Content-Security-Policy: everything from this origin, nothing inline but styles
-#: (Uppy sets style attributes), blob: for Uppy's thumbnails.
+#: (Uppy sets style attributes) and the page's import map (allowed by its hash, see
+#: :func:`page_csp`), blob: for Uppy's thumbnails.
 CSP = "; ".join(
     [
         "default-src 'self'",
@@ -89,6 +106,13 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+def page_csp(script_sources: str = "") -> str:
+    """:data:`CSP` with ``script_sources`` (e.g. the import map's ``'sha256-...'``) allowed."""
+    if not script_sources:
+        return CSP
+    return CSP.replace("script-src 'self'", f"script-src 'self' {script_sources}", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +262,15 @@ class WebUI:
             )
         text = template.body.decode("utf-8")
         urls: dict[str, str] = {}
+        script_sources = ""
         for key in set(_PLACEHOLDER.findall(text)):
             kind, _, name = key.partition(":")
             if kind in ("static", "vendor") and name:
                 urls[key] = await self._asset_url(kind, name)
             elif key == "version":
                 urls[key] = __version__
+            elif key == "importmap":
+                urls[key], script_sources = import_map_html(await self._module_urls())
         html = _PLACEHOLDER.sub(lambda m: urls.get(m.group(1), ""), text).encode("utf-8")
         rendered = _Loaded(
             template.stamp,
@@ -256,8 +283,28 @@ class WebUI:
             rendered,
             _CONTENT_TYPES[".html"],
             immutable=False,
-            extra={"Content-Security-Policy": CSP},
+            extra={"Content-Security-Policy": page_csp(script_sources)},
         )
+
+    async def _module_urls(self) -> dict[str, str]:
+        """``/static/<module>`` -> ``/static/<module>?v=<hash>`` for every module the entry
+        module imports, directly or not (a missing one is left out: the browser's request for
+        it gets the 404)."""
+        return await asyncio.to_thread(self._module_urls_blocking)
+
+    def _module_urls_blocking(self) -> dict[str, str]:
+        digests: dict[str, str] = {}
+
+        def read(name: str) -> bytes | None:
+            path = self._static_path(name)
+            loaded = self._cache.get(path) if path is not None else None
+            if loaded is None:
+                return None
+            digests[name] = loaded.digest
+            return loaded.body
+
+        found, _missing = module_graph(ENTRY_MODULE, read)
+        return {f"/static/{name}": f"/static/{name}?v={digests[name]}" for name in found}
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -1,9 +1,8 @@
 /* tusserver web UI: media (ES module). Thumbnails in the files list, the grid view, the
  * media facts of the details page and the URLs of previews (not counted as downloads).
  *
- * app.js (a classic script) calls these through window.tusMedia when it is there, so the
- * page still works without this module. Every value from the server goes into the page as
- * text or a DOM property, never as HTML.
+ * Imported by the files list (app-files.js) and the file page (app-file.js). Every value from
+ * the server goes into the page as text or a DOM property, never as HTML.
  */
 
 const GRID_KEY = 'tusserver.filesView';
@@ -108,5 +107,3 @@ export function viewToggle(target) {
   wrap.append(list, grid);
   return wrap;
 }
-
-window.tusMedia = { thumb, thumbnailUrl, previewUrl, factRows, poster, viewToggle, formatDuration };
