@@ -31,7 +31,7 @@ from aiohttp import web
 from .. import __version__
 from ..config import TusServerConfig
 from ..pipeline.validators import _DOCUMENT_TYPES, CATEGORIES
-from .modules import import_map_html, module_graph
+from .modules import import_map_html, imports_of, module_graph
 
 __all__ = [
     "CSP",
@@ -183,6 +183,7 @@ class WebUI:
         self._assets_dir = Path(assets_dir)
         self._static_dir = Path(static_dir)
         self._cache = _FileCache()
+        self._imports: dict[str, tuple[str, ...]] = {}  # module digest -> what it imports
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -295,15 +296,21 @@ class WebUI:
     def _module_urls_blocking(self) -> dict[str, str]:
         digests: dict[str, str] = {}
 
-        def read(name: str) -> bytes | None:
+        def imports(name: str) -> tuple[str, ...] | None:
             path = self._static_path(name)
             loaded = self._cache.get(path) if path is not None else None
             if loaded is None:
                 return None
             digests[name] = loaded.digest
-            return loaded.body
+            found = self._imports.get(loaded.digest)
+            if found is None:
+                if len(self._imports) >= 256:  # old versions of files edited in place
+                    self._imports.clear()
+                found = tuple(imports_of(loaded.body.decode("utf-8", "replace")))
+                self._imports[loaded.digest] = found
+            return found
 
-        found, _missing = module_graph(ENTRY_MODULE, read)
+        found, _missing = module_graph(ENTRY_MODULE, imports)
         return {f"/static/{name}": f"/static/{name}?v={digests[name]}" for name in found}
 
     async def static(self, request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["import_map_html", "imports_of", "module_graph"]
 
@@ -38,22 +38,22 @@ def imports_of(source: str) -> list[str]:
     return list(seen)
 
 
-def module_graph(entry: str, read: Callable[[str], bytes | None]) -> tuple[list[str], list[str]]:
+def module_graph(
+    entry: str, imports: Callable[[str], Sequence[str] | None]
+) -> tuple[list[str], list[str]]:
     """Every module reachable from ``entry`` (breadth first, ``entry`` excluded) and the
-    imported names that ``read`` could not find (``read(name)`` gives the bytes or None; it
-    may block: call this in a thread)."""
+    imported names that are not there (``imports(name)`` gives what a module imports, or None
+    when it does not exist; it may block: call this in a thread)."""
     found: list[str] = []
     missing: list[str] = []
     queue = [entry]
     seen = {entry}
     while queue:
         name = queue.pop(0)
-        body = read(name)
+        deps = imports(name)
         if name != entry:
-            (found if body is not None else missing).append(name)
-        if body is None:
-            continue
-        for dep in imports_of(body.decode("utf-8", "replace")):
+            (found if deps is not None else missing).append(name)
+        for dep in deps or ():
             if dep not in seen:
                 seen.add(dep)
                 queue.append(dep)
