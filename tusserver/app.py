@@ -58,6 +58,7 @@ from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
+from .uploads.body import READ_PIECE
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
@@ -599,6 +600,10 @@ def create_tus_subapp(
             error_middleware(json_body=False),
         ],
         client_max_size=1024**2,
+        # aiohttp buffers up to twice this per connection before it stops reading the
+        # socket (its default, 256 KiB, let every upload hold 512 KiB there); bodies are
+        # read in pieces of this size (tusserver.uploads.body).
+        handler_args={"read_bufsize": READ_PIECE},
     )
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)
