@@ -59,6 +59,7 @@ from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValid
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
 from .uploads.body import READ_PIECE
+from .uploads.digests import RunningDigests
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
@@ -288,6 +289,13 @@ def build_runtime(
         webhooks=webhooks,
     )
     pipeline.processes_here = config.role != "api"
+    if (
+        isinstance(the_locker, InProcessLocker)
+        and config.role == "all"
+        and config.worker_count == 1
+    ):
+        # This process alone writes its uploads: it can hash them as they arrive.
+        service.digests = pipeline.digests = RunningDigests()
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
