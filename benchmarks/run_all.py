@@ -58,7 +58,8 @@ class Plan:
     large: Scenario
     medium: Scenario
     small: Scenario
-    memory: Scenario
+    #: Peak-RSS scenarios, each on a fresh tusserver (one big PATCH per upload).
+    memory: tuple[Scenario, ...]
     warmup: tuple[Scenario, ...]
     scenario_timeout: float
     #: Runs of each main scenario; the run with the median headline figure is reported.
@@ -76,7 +77,10 @@ FULL = Plan(
     large=Scenario("large", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=8),
     medium=Scenario("medium", uploads=64, size=4 * MiB, chunk=4 * MiB, concurrency=16),
     small=Scenario("small", uploads=2000, size=4 * KiB, chunk=4 * KiB, concurrency=32, mode="cwu"),
-    memory=Scenario("memory", uploads=32, size=32 * MiB, chunk=32 * MiB, concurrency=32),
+    memory=(
+        Scenario("memory-8x64", uploads=8, size=64 * MiB, chunk=64 * MiB, concurrency=8),
+        Scenario("memory-32x32", uploads=32, size=32 * MiB, chunk=32 * MiB, concurrency=32),
+    ),
     warmup=(
         Scenario(
             "warmup-small", uploads=100, size=4 * KiB, chunk=4 * KiB, concurrency=16, mode="cwu"
@@ -92,7 +96,10 @@ QUICK = Plan(
     large=Scenario("large", uploads=4, size=8 * MiB, chunk=2 * MiB, concurrency=4),
     medium=Scenario("medium", uploads=16, size=1 * MiB, chunk=1 * MiB, concurrency=8),
     small=Scenario("small", uploads=200, size=4 * KiB, chunk=4 * KiB, concurrency=32, mode="cwu"),
-    memory=Scenario("memory", uploads=8, size=8 * MiB, chunk=8 * MiB, concurrency=8),
+    memory=(
+        Scenario("memory-4x16", uploads=4, size=16 * MiB, chunk=16 * MiB, concurrency=4),
+        Scenario("memory-8x8", uploads=8, size=8 * MiB, chunk=8 * MiB, concurrency=8),
+    ),
     warmup=(
         Scenario(
             "warmup-small", uploads=20, size=4 * KiB, chunk=4 * KiB, concurrency=8, mode="cwu"
@@ -368,6 +375,7 @@ async def bench_target(
                     res.extra["py_spy"] = _stop_py_spy(spy, spy_out)
                 res.extra["settle_s"] = await settle(server.pid)
                 res.extra["server_cpu_s_incl_settle"] = round(tree_cpu_s(server.pid) - cpu0, 2)
+                res.extra["mib_per_s_incl_settle"] = _incl_settle(res.as_dict())
                 runs.append(res.as_dict())
                 _print_progress(runs[-1])
             out["scenarios"][scenario.name] = _median_run(runs)
@@ -383,21 +391,30 @@ async def bench_target(
     return out
 
 
-async def bench_memory(name: str, workdir: Path, plan: Plan, source: BodySource) -> dict[str, Any]:
-    """Peak RSS of a fresh server while ``plan.memory`` runs (one big PATCH per upload)."""
+def _incl_settle(r: dict[str, Any]) -> float | None:
+    """MiB/s counting the server's work after the last response (its pipeline) as time."""
+    span = r["wall_s"] + (r["extra"].get("settle_s") or 0.0)
+    return round(r["bytes_acked"] / MiB / span, 1) if span else None
+
+
+async def bench_memory(
+    name: str, workdir: Path, scenario: Scenario, source: BodySource, timeout: float
+) -> dict[str, Any]:
+    """Peak RSS of a fresh server while ``scenario`` runs (one big PATCH per upload), and
+    of its pipeline's work on the finished files."""
     builder = TARGETS[name][0]
-    server = Server(f"{name}-mem", builder, workdir)
-    out: dict[str, Any] = {"target": name, "description": plan.memory.describe()}
-    print(f"\n== memory: {name}, {plan.memory.describe()}", flush=True)
+    server = Server(f"{name}-{scenario.name}", builder, workdir)
+    out: dict[str, Any] = {"target": name, "description": scenario.describe()}
+    print(f"\n== {scenario.name}: {name}, {scenario.describe()}", flush=True)
     try:
         server.start()
         await server.wait_ready()
         out["rss_idle_mib"] = tree_memory_mib(server.pid, "VmRSS")
         cpu0 = tree_cpu_s(server.pid)
-        res = await run_scenario(
-            server.endpoint, plan.memory, source, timeout=plan.scenario_timeout
-        )
+        res = await run_scenario(server.endpoint, scenario, source, timeout=timeout)
         res.server_cpu_s = round(tree_cpu_s(server.pid) - cpu0, 2)
+        res.extra["settle_s"] = await settle(server.pid)
+        res.extra["server_cpu_s_incl_settle"] = round(tree_cpu_s(server.pid) - cpu0, 2)
         out["rss_peak_mib"] = tree_memory_mib(server.pid, "VmHWM")
         out["result"] = res.as_dict()
         _print_progress(res.as_dict())
@@ -451,7 +468,7 @@ def _metric(targets: dict[str, Any], name: str, scenario: str, key: str) -> floa
     res = targets.get(name, {}).get("scenarios", {}).get(scenario)
     if not res or res["errors"] or res["timed_out"]:
         return None
-    value = res[key]
+    value = res[key] if key in res else res["extra"].get(key)
     return float(value) if value is not None else None
 
 
@@ -477,6 +494,10 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, float | None]:
     return {
         "tusserver_large_mib_s_vs_sink": _ratio(
             m("tusserver", "large", "mib_per_s"), m("sink", "large", "mib_per_s")
+        ),
+        # The pipeline's work on the finished files counted (MiB / (wall + settle)).
+        "tusserver_large_mib_s_incl_pipeline_vs_sink": _ratio(
+            m("tusserver", "large", "mib_per_s_incl_settle"), m("sink", "large", "mib_per_s")
         ),
         "tusserver_fsync_large_mib_s_vs_sink": _ratio(
             m("tusserver-fsync", "large", "mib_per_s"), m("sink", "large", "mib_per_s")
@@ -573,10 +594,9 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{cell(name, 'small', 'post_p50_ms'):>10}{cell(name, 'small', 'post_p99_ms'):>10}"
             f"{cell(name, 'small', 'patch_p99_ms'):>10}"
         )
-    mem = report.get("memory")
-    if mem:
+    for name, mem in (report.get("memory") or {}).items():
         print(
-            f"\nmemory ({mem['target']}, {mem['description']}): peak RSS "
+            f"\n{name} ({mem['target']}, {mem['description']}): peak RSS "
             f"{mem.get('rss_peak_mib', 'FAIL')} MiB (idle {mem.get('rss_idle_mib', '-')} MiB)"
         )
     print("\nratios:")
@@ -625,15 +645,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_at_start": os.getloadavg()[0],
             "workdir": str(workdir),
             "units": "MiB = 2**20 bytes; latencies in ms; CPU in seconds; RSS in MiB",
-            "scenarios": {s.name: s.describe() for s in (*plan.main, plan.memory)},
+            "scenarios": {s.name: s.describe() for s in (*plan.main, *plan.memory)},
         },
         "targets": {},
     }
     try:
-        for name in args.targets:
+        for name in [] if args.memory_only else args.targets:
             report["targets"][name] = await bench_target(name, workdir, plan, source, args.py_spy)
         if not args.skip_memory:
-            report["memory"] = await bench_memory("tusserver", workdir, plan, source)
+            report["memory"] = {
+                s.name: await bench_memory("tusserver", workdir, s, source, plan.scenario_timeout)
+                for s in plan.memory
+            }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["ratios"] = compute_ratios(report["targets"])
@@ -653,7 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="targets to run (default: all)",
     )
     p.add_argument("--repeat", type=int, help="runs per scenario (default: 3, --quick: 1)")
-    p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS scenario")
+    p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS scenarios")
+    p.add_argument(
+        "--memory-only", action="store_true", help="only the peak-RSS scenarios (no targets)"
+    )
     p.add_argument(
         "--py-spy",
         action="store_true",

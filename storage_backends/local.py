@@ -138,20 +138,20 @@ class LocalChunkStore:
             raise UploadDataMissing(path.name) from None
         written = 0
         pending: asyncio.Future[int] | None = None
-
-        async def chained() -> AsyncIterator[bytes]:
-            assert first is not None and second is not None
-            yield first
-            yield second
-            async for more in blocks:
-                yield more
+        # A block is referenced here only until it is handed to its write: it lives as long
+        # as that write, so an upload holds the block being written and the one being read
+        # (the two read ahead included), whatever the length of its body.
+        assert first is not None
+        ahead = [first, second]
+        del first, second
 
         try:
-            async for block in chained():
+            while (block := ahead.pop(0) if ahead else await anext(blocks, None)) is not None:
                 if pending is not None:
                     written += await asyncio.shield(pending)
                     pending = None
                 pending = loop.run_in_executor(None, pwrite_all, fd, block, offset + written)
+                del block
             if pending is not None:
                 written += await asyncio.shield(pending)
                 pending = None

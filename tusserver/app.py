@@ -58,6 +58,8 @@ from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
+from .uploads.body import READ_PIECE
+from .uploads.digests import RunningDigests
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
 from .uploads.service import UploadService
@@ -287,6 +289,13 @@ def build_runtime(
         webhooks=webhooks,
     )
     pipeline.processes_here = config.role != "api"
+    if (
+        isinstance(the_locker, InProcessLocker)
+        and config.role == "all"
+        and config.worker_count == 1
+    ):
+        # This process alone writes its uploads: it can hash them as they arrive.
+        service.digests = pipeline.digests = RunningDigests()
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
     gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
@@ -599,6 +608,10 @@ def create_tus_subapp(
             error_middleware(json_body=False),
         ],
         client_max_size=1024**2,
+        # aiohttp buffers up to twice this per connection before it stops reading the
+        # socket (its default, 256 KiB, let every upload hold 512 KiB there); bodies are
+        # read in pieces of this size (tusserver.uploads.body).
+        handler_args={"read_bufsize": READ_PIECE},
     )
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)

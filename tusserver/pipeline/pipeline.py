@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -60,6 +60,9 @@ from .validators import (
     sniff_type,
 )
 from .webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from ..uploads.digests import RunningDigests
 
 __all__ = ["Pipeline", "file_name_of", "text_metadata"]
 
@@ -126,6 +129,9 @@ class Pipeline:
         self._hooks = hooks
         self._webhooks = webhooks
         self._clock = clock
+        #: sha256 states of uploads hashed as they arrived (tusserver.uploads.digests):
+        #: a whole one spares the pass over the file. None: every file is read.
+        self.digests: RunningDigests | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._fresh: dict[str, FileRecord] = {}
@@ -473,7 +479,16 @@ class Pipeline:
             self._metrics.pipeline_step.labels(step).observe(time.perf_counter() - started)
 
     async def _inspect(self, upload_id: str, size: int) -> tuple[str, bytes]:
-        """One streaming pass: sha256 of the whole file and its first bytes."""
+        """One streaming pass: sha256 of the whole file and its first bytes; only the first
+        bytes when the upload was hashed as it arrived."""
+        known = self.digests.take_whole(upload_id, size) if self.digests is not None else None
+        if known is not None:
+            head = bytearray()
+            async for block in self._chunks.read(upload_id, 0, min(size, SNIFF_BYTES)):
+                head += block
+            if size == 0:
+                await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
+            return known, bytes(head)
         digest = hashlib.sha256()
         head = bytearray()
         async for block in self._chunks.read(upload_id, 0, size):

@@ -14,7 +14,12 @@ from typing import Protocol
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["BodyReader", "ByteStream", "Interruption"]
+__all__ = ["READ_PIECE", "BodyReader", "ByteStream", "Interruption"]
+
+#: The most one read asks of the body: no more than aiohttp's read buffer (the server's
+#: ``read_bufsize``, set to this in :func:`tusserver.app.create_app`), so a read never
+#: raises the buffer's limit.
+READ_PIECE = 64 * 1024
 
 
 class ByteStream(Protocol):
@@ -49,6 +54,12 @@ class BodyReader:
     Memory is bounded by one block plus aiohttp's own flow-controlled buffer. A lost
     connection or a release request ends the iteration early (``interruption`` says which):
     the bytes received so far are still yielded, so the store keeps them.
+
+    The body is read in pieces of at most :data:`READ_PIECE` bytes, collected in a list and
+    joined once per block: asking aiohttp's ``StreamReader`` for a whole block at once would
+    raise its flow-control high-water mark to twice the block (``set_read_chunk_size``), so
+    every connection could hold two more blocks in aiohttp's buffer, and growing a bytearray
+    then copying it out cost two copies where the join costs one.
     """
 
     def __init__(
@@ -72,7 +83,8 @@ class BodyReader:
             self._content.set_exception(_ReleaseRequested())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        buf = bytearray()
+        pieces: list[bytes] = []
+        have = 0
         size = self._block_size
         content = self._content
         idle = self.idle_timeout
@@ -98,11 +110,9 @@ class BodyReader:
         try:
             while True:
                 try:
-                    # At most what completes the block: readany() would join everything
-                    # aiohttp has buffered (often several blocks' worth with many uploads).
                     if idle is not None:
                         waiting_since = loop.time()
-                    data = await content.read(size - len(buf))
+                    data = await content.read(min(READ_PIECE, size - have))
                     waiting_since = None
                 except _ReleaseRequested:
                     break
@@ -115,15 +125,21 @@ class BodyReader:
                         self.interruption = Interruption.DISCONNECTED
                     break
                 self.received += len(data)
-                if not buf and len(data) >= size:
-                    yield data
-                    continue
-                buf += data
-                if len(buf) >= size:
-                    yield bytes(buf)
-                    buf.clear()
-            if buf:
-                yield bytes(buf)
+                pieces.append(data)
+                have += len(data)
+                if have >= size:
+                    have = 0
+                    yield _take(pieces)
+            if pieces:
+                yield _take(pieces)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+
+
+def _take(pieces: list[bytes]) -> bytes:
+    """The pieces as one block, and the list emptied (no reference left behind: the block
+    lives only as long as its consumer keeps it)."""
+    block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    pieces.clear()
+    return block

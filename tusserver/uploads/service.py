@@ -55,6 +55,7 @@ from ..errors import (
 from ..events import CreateContext, Hooks
 from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
+from .digests import RunningDigests
 from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
@@ -125,6 +126,9 @@ class UploadService:
         self._local_locker = locker if isinstance(locker, KnowsHolders) else None
         #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
         self._receiving: set[BodyReader] = set()
+        #: sha256 states of the uploads being received, for the pipeline (None: not kept;
+        #: see tusserver.uploads.digests).
+        self.digests: RunningDigests | None = None
 
     # --- what we can do -------------------------------------------------------------------
 
@@ -545,8 +549,17 @@ class UploadService:
                 if rec.state is UploadState.FINISHED:
                     await _refuse_more(source, content_length)
                     return status
-                guard = self._guard(rec, current, source, budget, checksum)
+                digests = self.digests
+                content = (
+                    digests.take_for_append(rec.id, current, rec.length)
+                    if digests is not None
+                    else None
+                )
+                guard = self._guard(rec, current, source, budget, checksum, content)
                 written = await self._write(rec, current, guard, checksum, interrupted)
+                if digests is not None and content is not None and guard.total == written:
+                    # The store kept every byte hashed: the state goes on (else it is dropped).
+                    digests.put(rec.id, current + written, content)
                 try:
                     final = await self._record_append(
                         rec,
@@ -616,6 +629,7 @@ class UploadService:
         source: ChunkSource,
         budget: int | None,
         checksum: Checksum | None,
+        content: Any | None = None,
     ) -> _Guard:
         first_check = None
         if current == 0 and self.first_bytes_check is not None:
@@ -625,7 +639,7 @@ class UploadService:
                 await check(rec, head)
 
         hasher = hashlib.new(checksum.algorithm) if checksum else None
-        return _Guard(source, budget, hasher, first_check)
+        return _Guard(source, budget, hasher, first_check, content)
 
     async def _write(
         self,
@@ -932,7 +946,10 @@ class _Guard:
     """Pass the body through, hashing it and stopping at ``budget`` bytes.
 
     Bytes past the budget are never handed to the store; ``exceeded`` tells the caller to
-    answer 413 after recording what was stored.
+    answer 413 after recording what was stored. ``hasher`` is the request's checksum,
+    ``content`` the upload's running sha256 (tusserver.uploads.digests): both see exactly
+    the bytes handed to the store (``total`` of them), in one trip to a worker thread per
+    big block.
     """
 
     def __init__(
@@ -941,16 +958,19 @@ class _Guard:
         budget: int | None,
         hasher: Any,
         first_check: Callable[[bytes], Awaitable[None]] | None = None,
+        content: Any | None = None,
     ) -> None:
         self._source = source
         self._budget = budget
         self.hasher = hasher
         self._first_check = first_check
+        self._hashers = tuple(h for h in (hasher, content) if h is not None)
         self.exceeded = False
+        self.total = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
-        budget, hasher = self._budget, self.hasher
+        budget, hashers = self._budget, self._hashers
         async for block in self._source:
             if self._first_check is not None:
                 check, self._first_check = self._first_check, None
@@ -960,12 +980,19 @@ class _Guard:
                 block = block[: budget - total]
                 if not block:
                     return
-            if hasher is not None:
+            if hashers:
                 if len(block) >= _HASH_IN_THREAD:
-                    await asyncio.to_thread(hasher.update, block)
+                    await asyncio.to_thread(_update_all, hashers, block)
                 else:
-                    hasher.update(block)
+                    _update_all(hashers, block)
             total += len(block)
+            self.total = total
             yield block
+            del block  # the store has it; not kept while the next one is read
             if self.exceeded:
                 return
+
+
+def _update_all(hashers: Sequence[Any], block: bytes) -> None:
+    for h in hashers:
+        h.update(block)
