@@ -1,12 +1,14 @@
 """A trivial aiohttp "tus-shaped" sink: the floor a Python/aiohttp upload server can reach.
 
-    python benchmarks/sink.py --port PORT --data-dir DIR
+    python benchmarks/sink.py --port PORT --data-dir DIR [--processes N]
 
 POST /uploads/ -> 201 with Location (a body, creation-with-upload, is written to the file
 and answered with Upload-Offset); PATCH /uploads/<id> -> the body streamed to a file with
 aiofiles, then 204 with Upload-Offset; HEAD /uploads/<id> -> Upload-Offset from the file's size.
 No validation, no database, no locking, no fsync, nothing else: it only exists to measure what
-tusserver costs on top of aiohttp. Bodies of a POST are small (the small-upload workload) and
+tusserver costs on top of aiohttp. ``--processes N`` forks N-1 more processes before serving,
+each with its own listening socket on the port (SO_REUSEPORT: the kernel spreads the new
+connections over them): the ceiling of N aiohttp processes on the machine. Bodies of a POST are small (the small-upload workload) and
 written with a plain write, the cheapest path a bare handler has.
 """
 
@@ -76,12 +78,17 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--processes", type=int, default=1)
     args = p.parse_args()
     os.makedirs(args.data_dir, exist_ok=True)
+    for _ in range(args.processes - 1):
+        if os.fork() == 0:
+            break  # a child serves too (the parent's process group is stopped as a whole)
     web.run_app(
         make_app(args.data_dir),
         host=args.host,
         port=args.port,
+        reuse_port=args.processes > 1,
         access_log=None,
         print=lambda *_: None,
     )
