@@ -19,14 +19,6 @@ parent serves nothing itself; it
 - collects the metrics of all children in one directory (see :mod:`tusserver.multiproc`),
   so ``/metrics`` on any child shows the whole.
 
-Each child accepts one connection per turn of its event loop (asyncio accepts up to 100 at
-once): with one shared socket, the child that woke first would otherwise take a whole burst
-of new connections, and a client's keep-alive connections would then all stay on one process
-(measured: 89 % of the requests on one of two processes, and ``--workers 2`` slower than 1).
-One at a time, the children take turns, and a busy child leaves new connections to an idle
-one; nothing waits in a child's own queue, so a child that dies loses no connection that it
-had not accepted yet (SO_REUSEPORT sockets would drop theirs).
-
 A child dies with its parent (``PR_SET_PDEATHSIG``): a SIGKILLed parent leaves no orphan
 serving on its own. Only child 0 runs the periodic sweeper (expiry, quarantine, retention);
 every child runs pipeline workers, which share the work through the catalog's leases. On
@@ -36,7 +28,6 @@ that made the change); rate limits count per process.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import os
@@ -51,7 +42,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -213,10 +203,13 @@ class Supervisor:
             if os.getppid() != parent:
                 os._exit(1)  # the parent died before the line above
             assert self._sock is not None
+            host, port = self._sock.getsockname()[:2]
+            sock = _bind(host, port, self._sock.family)
+            self._sock.close()
+            sock.listen(1024)
             web.run_app(
                 self._app_factory(self.child_config(index)),
-                loop=_TakingTurnsLoop(),
-                sock=self._sock,
+                sock=sock,
                 ssl_context=self._ssl,
                 print=lambda *_: None,
                 access_log=None,
@@ -239,23 +232,6 @@ class Supervisor:
         if sqlite and self._config.cache_ttl > 0:
             changes["cache_ttl"] = 0.0
         return self._config.replace(**changes) if changes else self._config
-
-
-class _TakingTurnsLoop(asyncio.SelectorEventLoop):
-    """An event loop that accepts one connection each time the listening socket is ready
-    (the loop's other work runs in between), instead of up to ``backlog`` at once.
-
-    ``_accept_connection`` is the selector loop's (private) accept callback, unchanged since
-    Python 3.11 in its positional arguments: (protocol_factory, sock, sslcontext, server,
-    backlog, ...); only ``backlog``, the number of accepts per call, is replaced.
-    """
-
-    def _accept_connection(self, *args: Any, **kwargs: Any) -> None:
-        if len(args) >= 5:
-            args = (*args[:4], 1, *args[5:])
-        elif "backlog" in kwargs:
-            kwargs["backlog"] = 1
-        super()._accept_connection(*args, **kwargs)  # type: ignore[misc]
 
 
 def _bind(host: str, port: int, family: socket.AddressFamily) -> socket.socket:

@@ -17,10 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tusserver.testing import listens
+
 from ..e2e.helpers import OCTET, TUS, MiB, create, download_sha256, make_bytes, sha256
 from ..ops.helpers import samples
 from .conftest import RoleFactory, RoleProcess
-from .procs import RawConnection, children, connect_to, wait_children
+from .procs import RawConnection, children, connect, connect_to, wait_children
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +32,13 @@ SETTINGS = {"TUSSERVER_LOCK_TIMEOUT": "10", "TUSSERVER_PIPELINE_POLL_INTERVAL": 
 def _start(role_factory: RoleFactory) -> tuple[RoleProcess, list[int]]:
     srv = role_factory("all", SETTINGS, extra_args=("--workers", "2"))
     assert srv.pid is not None
-    return srv, wait_children(srv.pid, 2)
+    pids = wait_children(srv.pid, 2)
+    # each process listens on a socket of its own once its app has started
+    deadline = time.monotonic() + 30
+    while not all(listens(pid, srv.port) for pid in pids):
+        assert time.monotonic() < deadline, "a server process does not listen"
+        time.sleep(0.05)
+    return srv, pids
 
 
 def _path(url: str) -> str:
@@ -88,6 +96,26 @@ async def test_200_concurrent_uploads_are_byte_exact(role_factory: RoleFactory) 
     assert children(srv.pid or 0) == pids, "no process died on the way"
 
 
+async def test_a_burst_of_connections_is_spread_over_the_processes(
+    role_factory: RoleFactory,
+) -> None:
+    """A client opening its keep-alive connections at once (a load generator, a browser
+    uploading many files) is served by every process, not by whichever woke first."""
+    srv, pids = _start(role_factory)
+    conns = await asyncio.gather(*(connect(srv.port, pids) for _ in range(16)))
+    try:
+        owners = [conn.owner for conn in conns]
+        for pid in pids:
+            assert owners.count(pid) >= 1, f"process {pid} accepted none of 16: {owners}"
+        # and each connection is served by the process that accepted it
+        for conn in conns:
+            status, _, _ = await conn.request("OPTIONS", "/uploads/", TUS)
+            assert status in (200, 204), status
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def test_patches_on_both_processes_never_interleave(role_factory: RoleFactory) -> None:
     """Rounds of PATCHes at the same offset, each with bytes of its own, sent at once on
     connections of both processes. One writer at a time means: at most one 204 per round,
@@ -139,9 +167,17 @@ async def test_patches_on_both_processes_never_interleave(role_factory: RoleFact
         offset = new
     assert all(reached.values()), f"a process got no PATCH: {reached}"
 
-    async with aiohttp.ClientSession() as session, session.get(f"{srv.url}{path}") as resp:
-        assert resp.status == 200
-        content = await resp.read()
+    # read back once the file is committed (409 + Retry-After while the pipeline validates it)
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{srv.url}{path}") as resp:
+                waiting = resp.status == 409 and "Retry-After" in resp.headers
+                if not waiting or time.monotonic() > deadline:
+                    assert resp.status == 200, resp.status
+                    content = await resp.read()
+                    break
+            await asyncio.sleep(0.1)
     assert len(content) == size
     for before, after, bodies in rounds:
         added = content[before:after]
