@@ -12,8 +12,8 @@ A state describes exactly the bytes stored, or it is dropped:
 
 - the request that appends takes it (:meth:`RunningDigests.take_for_append`, under the
   upload's lock), only if it ends exactly at the offset the request appends at;
-- the bytes the store is handed are hashed on their way (``_Guard`` in
-  :mod:`tusserver.uploads.service`), and the state is put back (:meth:`RunningDigests.put`)
+- the bytes the store is handed are hashed on their way (``BodyGuard`` in
+  :mod:`tusserver.uploads.guard`), and the state is put back (:meth:`RunningDigests.put`)
   only if the store kept every one of them; any error leaves it dropped;
 - the pipeline takes it (:meth:`RunningDigests.take_whole`) only if it ends at the file's
   size.

@@ -6,11 +6,16 @@ The rules it keeps:
 - one writer per upload (the Locker), and every request on an upload takes the lock, so a
   HEAD after a dead connection breaks the stale PATCH instead of waiting for it; the owner
   is checked before the lock is asked for, so nobody else can make a PATCH let go.
+
+Why one module of about 900 lines: this is the lifecycle every entry path (tus, the IETF
+draft, form uploads) goes through, and the order of its checks - owner, lock, offset,
+length, budget and quota, the byte guard, the record, the finish - is the contract. Its
+parts that stand alone live beside it: the body reader (``body.py``), the byte guard
+(``guard.py``), running digests (``digests.py``), events, metrics and audit (``observer.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -45,8 +50,6 @@ from ..errors import (
     Gone,
     NotFound,
     PayloadTooLarge,
-    Progress,
-    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
     UploadInterrupted,
@@ -56,6 +59,7 @@ from ..events import CreateContext, Hooks
 from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
 from .digests import RunningDigests
+from .guard import BodyGuard, raise_if_stopped, refuse_more
 from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
@@ -63,7 +67,6 @@ __all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspende
 
 _log = structlog.get_logger("tusserver.uploads")
 
-_HASH_IN_THREAD = 256 * 1024
 
 _FINAL_REFUSED = (
     "the final upload was refused: its partial uploads add up to more than the maximum size "
@@ -446,7 +449,7 @@ class UploadService:
             if content_length is None:
                 await caller.admission.charge("patch_bytes", cost=reader.received)
         self.observer.stored(offset, status.offset, finished=status.finished)
-        _raise_if_stopped(reader.interruption, status)
+        raise_if_stopped(reader.interruption, status)
         return status
 
     async def upload_whole(
@@ -500,8 +503,9 @@ class UploadService:
     ) -> UploadStatus:
         """Append ``source`` at ``offset`` under the upload's lock; returns the new state.
 
-        The bytes go through :class:`_Guard` (length, quota and store limits, the early type
-        check, the checksum) on their way to the store. Entry paths call :meth:`receive`.
+        The bytes go through :class:`~tusserver.uploads.guard.BodyGuard` (length, quota and
+        store limits, the early type check, the checksum) on their way to the store.
+        Entry paths call :meth:`receive`.
         """
         if created is not None and created.id != upload_id:
             raise ValueError("created is the record of another upload")
@@ -547,7 +551,7 @@ class UploadService:
                         f"{' or your storage quota' if reserved is not None else ''}"
                     )
                 if rec.state is UploadState.FINISHED:
-                    await _refuse_more(source, content_length)
+                    await refuse_more(source, content_length)
                     return status
                 digests = self.digests
                 content = (
@@ -630,7 +634,7 @@ class UploadService:
         budget: int | None,
         checksum: Checksum | None,
         content: Any | None = None,
-    ) -> _Guard:
+    ) -> BodyGuard:
         first_check = None
         if current == 0 and self.first_bytes_check is not None:
             check = self.first_bytes_check
@@ -639,13 +643,13 @@ class UploadService:
                 await check(rec, head)
 
         hasher = hashlib.new(checksum.algorithm) if checksum else None
-        return _Guard(source, budget, hasher, first_check, content)
+        return BodyGuard(source, budget, hasher, first_check, content)
 
     async def _write(
         self,
         rec: UploadRecord,
         current: int,
-        guard: _Guard,
+        guard: BodyGuard,
         checksum: Checksum | None,
         interrupted: Callable[[], bool],
     ) -> int:
@@ -691,7 +695,7 @@ class UploadService:
         new_offset: int,
         *,
         written: int,
-        guard: _Guard,
+        guard: BodyGuard,
         complete_at_end: bool,
         caller: Principal | None = None,
     ) -> UploadStatus:
@@ -905,94 +909,3 @@ class UploadService:
         for upload_id in ids:
             await self.repo.delete(upload_id)
         return len(ids)
-
-
-async def _refuse_more(source: ChunkSource, content_length: int | None) -> None:
-    """A finished upload's bytes may already have moved on to the object store: never touch
-    the chunk store again. An empty body just reports the final offset."""
-    if content_length:
-        raise PayloadTooLarge("the upload is already complete")
-    async for block in source:
-        if block:
-            raise PayloadTooLarge("the upload is already complete")
-
-
-def _raise_if_stopped(interruption: Interruption, status: UploadStatus) -> None:
-    """After what arrived is stored: tell the client why its body was cut short."""
-    if interruption not in (Interruption.RELEASED, Interruption.SHUTDOWN, Interruption.IDLE):
-        return
-    assert status.offset is not None
-    progress = Progress(status.offset, status.record.length, status.finished)
-    if interruption is Interruption.IDLE:
-        raise RequestTimeout(
-            "the body sent nothing for too long; what arrived is stored, resume from Upload-Offset",
-            headers={"Upload-Offset": str(status.offset), "Connection": "close"},
-            progress=progress,
-        )
-    if interruption is Interruption.RELEASED:
-        raise UploadInterrupted(
-            "the upload was taken over by a newer request; resume from Upload-Offset",
-            headers={"Upload-Offset": str(status.offset)},
-            progress=progress,
-        )
-    raise UploadSuspended(
-        "the server is restarting; resume from Upload-Offset shortly",
-        headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
-        progress=progress,
-    )
-
-
-class _Guard:
-    """Pass the body through, hashing it and stopping at ``budget`` bytes.
-
-    Bytes past the budget are never handed to the store; ``exceeded`` tells the caller to
-    answer 413 after recording what was stored. ``hasher`` is the request's checksum,
-    ``content`` the upload's running sha256 (tusserver.uploads.digests): both see exactly
-    the bytes handed to the store (``total`` of them), in one trip to a worker thread per
-    big block.
-    """
-
-    def __init__(
-        self,
-        source: ChunkSource,
-        budget: int | None,
-        hasher: Any,
-        first_check: Callable[[bytes], Awaitable[None]] | None = None,
-        content: Any | None = None,
-    ) -> None:
-        self._source = source
-        self._budget = budget
-        self.hasher = hasher
-        self._first_check = first_check
-        self._hashers = tuple(h for h in (hasher, content) if h is not None)
-        self.exceeded = False
-        self.total = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
-        budget, hashers = self._budget, self._hashers
-        async for block in self._source:
-            if self._first_check is not None:
-                check, self._first_check = self._first_check, None
-                await check(block)
-            if budget is not None and total + len(block) > budget:
-                self.exceeded = True
-                block = block[: budget - total]
-                if not block:
-                    return
-            if hashers:
-                if len(block) >= _HASH_IN_THREAD:
-                    await asyncio.to_thread(_update_all, hashers, block)
-                else:
-                    _update_all(hashers, block)
-            total += len(block)
-            self.total = total
-            yield block
-            del block  # the store has it; not kept while the next one is read
-            if self.exceeded:
-                return
-
-
-def _update_all(hashers: Sequence[Any], block: bytes) -> None:
-    for h in hashers:
-        h.update(block)
