@@ -69,8 +69,8 @@ async def test_writes_and_reads_match_sqlalchemy(db: Database) -> None:
 
 
 async def test_file_rows_match_sqlalchemy(db: Database) -> None:
-    """The file statements of the pipeline (JSON columns, a join, a statement with Python
-    defaults that takes the plain path)."""
+    """The file statements of the pipeline (JSON columns, a join, a constant Python-side
+    default filled in as SQLAlchemy would)."""
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
     def row(file_id: str) -> dict[str, Any]:
@@ -115,6 +115,9 @@ async def test_file_rows_match_sqlalchemy(db: Database) -> None:
         assert fast["type_mismatch"] is True and fast["tags"] == ["x"]
         unlinked = fastsql.first(conn, files_module._BY_ID, {"id": "f2"})
         assert unlinked is not None and unlinked["upload_id"] is None
+        assert unlinked["location_stripped"] is False  # the column's default
+        plan = fastsql._plan(conn, files_module._INSERT_FILE, tuple(row("f3")))
+        assert plan is not None and plan.fixed["location_stripped"] is False
 
     await db.write(work)
 

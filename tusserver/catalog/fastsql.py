@@ -6,11 +6,11 @@ upload runs about ten of them. :func:`execute` and :func:`first` compile a state
 (per statement object and parameter names), then run it on the DBAPI cursor with the same
 bind and result processors SQLAlchemy would apply: the same SQL, the same values in and out.
 
-Only for statements that need nothing else from SQLAlchemy: no Python-side column defaults,
-no expanding ``IN``, no ``RETURNING``. Anything else, and every dialect but SQLite, goes
-through ``Connection.execute`` as before. The statement objects must be built once (module
-constants, or cached like :func:`~tusserver.catalog.schema.update_by_id`): the cache keeps them
-by identity.
+Only for statements that need nothing else from SQLAlchemy: no Python-side column defaults
+but constants, no expanding ``IN``, no ``RETURNING``. Anything else, and every dialect but
+SQLite, goes through ``Connection.execute`` as before. The statement objects must be built
+once (module constants, or cached like :func:`~tusserver.catalog.schema.update_by_id`): the
+cache keeps them by identity.
 """
 
 from __future__ import annotations
@@ -59,9 +59,16 @@ def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _
     if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
         return None
     compiled: Any = stmt.compile(dialect=dialect, column_keys=list(names))
+    # Python-side column defaults: constants are filled in as SQLAlchemy would; anything
+    # else (a callable, a sequence) takes the plain path.
+    defaults: dict[str, Any] = {}
+    for column in getattr(compiled, "insert_prefetch", None) or ():
+        default = column.default
+        if default is None or not default.is_scalar:
+            return None
+        defaults[column.key] = default.arg
     if (
-        getattr(compiled, "insert_prefetch", None)
-        or getattr(compiled, "update_prefetch", None)
+        getattr(compiled, "update_prefetch", None)
         or getattr(compiled, "postfetch", None)
         or getattr(compiled, "returning", None)
         or getattr(compiled, "_numeric_binds", False)
@@ -76,6 +83,7 @@ def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _
         for name, b in compiled.binds.items()
         if name not in names and not b.required
     }
+    fixed.update((name, value) for name, value in defaults.items() if name not in names)
     if any(name not in names and name not in fixed for name, _ in binds):
         return None  # a parameter the caller must give is missing: let SQLAlchemy say so
     columns = tuple(
