@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,28 @@ async def test_statements_it_cannot_run_take_the_plain_path(db: Database) -> Non
         assert got is not None and got["state"] == "finished"
 
     await db.write(work)
+
+
+async def test_other_dialects_take_the_plain_path_even_after_sqlite(
+    db: Database, pg_url: str
+) -> None:
+    """Plans are made for SQLite: a statement first run on SQLite and then on PostgreSQL (in
+    the same process) goes through Connection.execute there."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    await db.write(lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload("s", now)))
+    upload_id = "fastsql-" + secrets.token_hex(8)  # (a database shared by the session)
+    pg = create_database(pg_url)
+    try:
+        await upgrade(pg)
+        assert (
+            await pg.write(
+                lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload(upload_id, now))
+            )
+            == 1
+        )
+        got = await pg.read(
+            lambda conn: fastsql.first(conn, uploads_module._BY_ID, {"id": upload_id})
+        )
+        assert got is not None and got["created_at"] == now
+    finally:
+        await pg.dispose()

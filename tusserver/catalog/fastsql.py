@@ -42,6 +42,8 @@ _MAX_PLANS = 512
 
 
 def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
+    if conn.dialect.name != "sqlite":
+        return None  # (one process may use several databases: tests, embedders)
     key = (id(stmt), names)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is stmt:
