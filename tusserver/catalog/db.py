@@ -22,6 +22,13 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   written, and pages read back from the map cost no system call and no copy, where ``read()``
   cost both (measured with two processes: about 0.4 ms of CPU less per small upload). Pages
   still in the WAL are read as before.
+- Group commit: quick writes are not run at once but at the next turn of the event loop,
+  together with the other quick writes of that turn, in one transaction (one commit, and one
+  WAL append for the pages they share); units on the thread run in groups the same way, one
+  sync for all of them with ``durable``. Each caller gets its result only once its group has
+  committed; if one unit of a group fails, the group is rolled back and its units run again
+  one by one, so that the error is that unit's alone (units may run twice anyway, see
+  :meth:`Database.write`). Hot statements run through :mod:`.fastsql`.
 - Several processes on one database (``serve --workers N``, a ``worker`` beside ``serve``)
   queue their writes on a lock file beside it (``flock``): a process whose write found the
   lock taken waits in the kernel and is woken when it is free, instead of polling SQLite with
