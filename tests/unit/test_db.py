@@ -153,7 +153,6 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
 ) -> None:
     """The first write after opening or after a checkpoint starts the WAL over (SQLite syncs
     its header then): it runs on the thread; the quick writes after it run inline."""
-    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
     monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     db = await _file_db(tmp_path)
     assert db.sqlite is not None
@@ -168,6 +167,9 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
         await db.write(write, quick=True)
         await db.write(write, quick=True)
         assert where[0].startswith("sqlite") and where[1] == "MainThread", where
+        # (Checkpoints from here on: with this threshold from the start, the migrations' WAL
+        # could start one right after the first write, and the second would rightly wait.)
+        monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
         checkpointed = threading.Event()
         writes_before: list[int] = []
         original = db.sqlite._checkpoint

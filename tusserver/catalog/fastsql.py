@@ -15,11 +15,13 @@ cache keeps them by identity.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
 __all__ = ["execute", "first"]
@@ -42,8 +44,11 @@ _MAX_PLANS = 512
 
 
 def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
-    if conn.dialect.name != "sqlite":
-        return None  # (one process may use several databases: tests, embedders)
+    dialect = conn.dialect
+    if dialect.name != "sqlite" or dialect.driver != "pysqlite":
+        # (One process may use several databases: tests, embedders. aiosqlite, used for an
+        # in-memory catalog, has an asynchronous cursor.)
+        return None
     key = (id(stmt), names)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is stmt:
@@ -100,7 +105,16 @@ def _cursor(conn: Connection, plan: _Plan, params: Mapping[str, Any]) -> Any:
         value = params[name] if name in params else plan.fixed[name]
         values.append(value if proc is None or value is None else proc(value))
     raw: Any = conn.connection.driver_connection
-    return raw.execute(plan.sql, values)
+    try:
+        return raw.execute(plan.sql, values)
+    except sqlite3.Error as exc:
+        # The exception SQLAlchemy would raise (IntegrityError, OperationalError...): callers
+        # and the runner (a lock held by another process) tell them apart by it.
+        raise _wrap(exc, plan.sql, values) from exc
+
+
+def _wrap(exc: sqlite3.Error, sql: str, values: Any) -> Exception:
+    return DBAPIError.instance(sql, values, exc, sqlite3.Error)
 
 
 def execute(conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
@@ -125,6 +139,8 @@ def first(conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) 
     cur = _cursor(conn, plan, params)
     try:
         row = cur.fetchone()
+    except sqlite3.Error as exc:
+        raise _wrap(exc, plan.sql, params) from exc
     finally:
         cur.close()
     if row is None:
