@@ -36,6 +36,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO))  # tests.services (the PostgreSQL of the tusserver-pg target)
 
 from load import BodySource, KiB, MiB, Scenario, run_scenario  # noqa: E402
 
@@ -68,9 +69,13 @@ class Plan:
     #: keeps the slow cases (tusserver's small uploads, fsync) from stretching the run.
     repeat_budget_s: float
 
+    #: The main scenarios to run, by name (``--scenarios``); empty: all.
+    only: tuple[str, ...] = ()
+
     @property
     def main(self) -> tuple[Scenario, ...]:
-        return (self.large, self.medium, self.small)
+        every = (self.large, self.medium, self.small)
+        return tuple(s for s in every if not self.only or s.name in self.only)
 
 
 FULL = Plan(
@@ -129,7 +134,9 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
 
 
-def _tusserver(fsync: bool) -> Callable[[int, Path], tuple[list[str], dict[str, str]]]:
+def _tusserver(
+    fsync: bool, *, postgres: bool = False
+) -> Callable[[int, Path], tuple[list[str], dict[str, str]]]:
     def build(port: int, data: Path) -> tuple[list[str], dict[str, str]]:
         argv = [_tusserver_bin(), "--data-dir", str(data), "serve"]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
@@ -139,9 +146,31 @@ def _tusserver(fsync: bool) -> Callable[[int, Path], tuple[list[str], dict[str, 
         # The tus protocol is measured here; auth has its own benchmark (auth on vs off).
         env["TUSSERVER_AUTH"] = "none"
         env["TUSSERVER_RATE_LIMIT_CREATIONS"] = "0"
+        if postgres:
+            # The catalog on PostgreSQL (started by this script, see _postgres_url); the
+            # upload and object stores stay on the local disk.
+            env["TUSSERVER_DATABASE_URL"] = _postgres_url(data.name)
         return argv, env
 
     return build
+
+
+#: The throwaway PostgreSQL cluster of the ``tusserver-pg`` target (tests/services.py),
+#: started on first use and stopped by stop_all().
+_PG: list[Any] = []
+
+
+def _postgres_url(name: str) -> str:
+    from tests.services import PostgresServer
+
+    if not _PG:
+        _PG.append(PostgresServer().start())
+    pg = _PG[0]
+    db = name.replace("-", "_")
+    if db not in _PG[1:]:
+        _PG.append(db)
+        pg.create_database(db)
+    return str(pg.url(db))
 
 
 def _sink(port: int, data: Path) -> tuple[list[str], dict[str, str]]:
@@ -165,6 +194,10 @@ TARGETS: dict[str, tuple[Callable[[int, Path], tuple[list[str], dict[str, str]]]
     "sink": (_sink, "trivial aiohttp + aiofiles sink (no tus logic)"),
     "tusserver": (_tusserver(False), "tusserver, SQLite + local disk, fsync off"),
     "tusserver-fsync": (_tusserver(True), "tusserver, SQLite + local disk, fsync on"),
+    "tusserver-pg": (
+        _tusserver(False, postgres=True),
+        "tusserver, PostgreSQL catalog (local cluster, fsync off) + local disk, fsync off",
+    ),
     "tus-node": (_tus_node, "@tus/server + @tus/file-store (Node)"),
 }
 
@@ -268,6 +301,10 @@ def stop_all() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop()
+    if _PG:
+        with contextlib.suppress(Exception):
+            _PG[0].close()
+        _PG.clear()
 
 
 # --- py-spy (optional) ----------------------------------------------------------------------
@@ -516,6 +553,13 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, float | None]:
             cpu_ms_per_upload(targets, "tusserver", "server_cpu_s_incl_settle"),
             cpu_ms_per_upload(targets, "tus-node", "server_cpu_s_incl_settle"),
         ),
+        "tusserver_pg_small_uploads_s_vs_tus_node": _ratio(
+            m("tusserver-pg", "small", "uploads_per_s"), m("tus-node", "small", "uploads_per_s")
+        ),
+        "tusserver_pg_small_cpu_per_upload_incl_pipeline_vs_tus_node": _ratio(
+            cpu_ms_per_upload(targets, "tusserver-pg", "server_cpu_s_incl_settle"),
+            cpu_ms_per_upload(targets, "tus-node", "server_cpu_s_incl_settle"),
+        ),
         "tusserver_small_post_p99_vs_tus_node": _ratio(
             m("tusserver", "small", "post_p99_ms"), m("tus-node", "small", "post_p99_ms")
         ),
@@ -624,6 +668,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     if args.repeat:
         plan = dataclasses.replace(plan, repeat=args.repeat)
+    if args.scenarios:
+        plan = dataclasses.replace(plan, only=tuple(args.scenarios))
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="tusbench-", dir=args.tmp_dir))
     source = BodySource()
@@ -676,6 +722,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="targets to run (default: all)",
     )
     p.add_argument("--repeat", type=int, help="runs per scenario (default: 3, --quick: 1)")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=["large", "medium", "small"],
+        help="main scenarios to run (default: all three)",
+    )
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS scenarios")
     p.add_argument(
         "--memory-only", action="store_true", help="only the peak-RSS scenarios (no targets)"

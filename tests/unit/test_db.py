@@ -153,7 +153,6 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
 ) -> None:
     """The first write after opening or after a checkpoint starts the WAL over (SQLite syncs
     its header then): it runs on the thread; the quick writes after it run inline."""
-    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
     monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     db = await _file_db(tmp_path)
     assert db.sqlite is not None
@@ -168,6 +167,9 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
         await db.write(write, quick=True)
         await db.write(write, quick=True)
         assert where[0].startswith("sqlite") and where[1] == "MainThread", where
+        # (Checkpoints from here on: with this threshold from the start, the migrations' WAL
+        # could start one right after the first write, and the second would rightly wait.)
+        monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
         checkpointed = threading.Event()
         writes_before: list[int] = []
         original = db.sqlite._checkpoint
@@ -205,3 +207,80 @@ def _row(upload_id: str) -> dict[str, object]:
         "updated_at": now,
         "expires_at": None,
     }
+
+
+def _count_commits(db: Database) -> list[int]:
+    """Commits of the runner's connection (SQLAlchemy's commit event), counted in a list."""
+    from sqlalchemy import event
+
+    assert db.sqlite is not None
+    commits = [0]
+
+    def on_commit(_conn: Connection) -> None:
+        commits[0] += 1
+
+    event.listen(db.sqlite.engine, "commit", on_commit)
+    return commits
+
+
+@pytest.mark.parametrize(("durable", "quick"), [(False, True), (True, True), (False, False)])
+async def test_concurrent_units_share_one_transaction_and_one_commit(
+    tmp_path: Path, durable: bool, quick: bool
+) -> None:
+    """Group commit: the writes of concurrent requests (inline on the event loop, or on the
+    thread with fsync or for units that are not quick) commit together; each caller gets its
+    own result once that commit is done."""
+    db = await _file_db(tmp_path, durable=durable)
+    try:
+        await db.write(lambda conn: conn.execute(insert(uploads_table), _row("first")))
+        commits = _count_commits(db)
+
+        def write(upload_id: str) -> object:
+            def work(conn: Connection) -> str:
+                conn.execute(insert(uploads_table), _row(upload_id))
+                return upload_id
+
+            return db.write(work, quick=quick)
+
+        got = await asyncio.gather(*(write(f"g{i}") for i in range(40)))
+        assert got == [f"g{i}" for i in range(40)]
+        assert 1 <= commits[0] < 10, commits  # not one commit per unit
+        check = sqlite3.connect(tmp_path / "c.db")
+        try:
+            (n,) = check.execute("SELECT count(*) FROM uploads WHERE id LIKE 'g%'").fetchone()
+        finally:
+            check.close()
+        assert n == 40  # committed, and visible to another connection
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_a_failing_unit_fails_alone_in_its_group(tmp_path: Path, quick: bool) -> None:
+    """One unit's error rolls back its group; the others run again on their own and commit,
+    and the failed unit leaves nothing behind."""
+    db = await _file_db(tmp_path)
+    try:
+        repo = UploadRepository(db)
+        await repo.insert(_record("taken"))
+
+        def insert_row(upload_id: str, *, then_fail: bool = False) -> object:
+            def work(conn: Connection) -> str:
+                conn.execute(insert(uploads_table), _row(upload_id))
+                if then_fail:
+                    conn.execute(insert(uploads_table), _row("taken"))  # UNIQUE violation
+                return upload_id
+
+            return db.write(work, quick=quick)
+
+        results = await asyncio.gather(
+            insert_row("a1"),
+            insert_row("bad", then_fail=True),
+            insert_row("a2"),
+            return_exceptions=True,
+        )
+        assert results[0] == "a1" and results[2] == "a2"
+        assert isinstance(results[1], IntegrityError)
+        assert set((await repo.get_many(["a1", "a2", "bad"])).keys()) == {"a1", "a2"}
+    finally:
+        await db.dispose()

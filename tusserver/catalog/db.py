@@ -22,6 +22,13 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   written, and pages read back from the map cost no system call and no copy, where ``read()``
   cost both (measured with two processes: about 0.4 ms of CPU less per small upload). Pages
   still in the WAL are read as before.
+- Group commit: quick writes are not run at once but at the next turn of the event loop,
+  together with the other quick writes of that turn, in one transaction (one commit, and one
+  WAL append for the pages they share); units on the thread run in groups the same way, one
+  sync for all of them with ``durable``. Each caller gets its result only once its group has
+  committed; if one unit of a group fails, the group is rolled back and its units run again
+  one by one, so that the error is that unit's alone (units may run twice anyway, see
+  :meth:`Database.write`). Hot statements run through :mod:`.fastsql`.
 - Several processes on one database (``serve --workers N``, a ``worker`` beside ``serve``)
   queue their writes on a lock file beside it (``flock``): a process whose write found the
   lock taken waits in the kernel and is woken when it is free, instead of polling SQLite with
@@ -70,6 +77,8 @@ _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 #: its largest otherwise). Below the threshold above, so the file's size tells how much the
 #: WAL holds once it passes the threshold.
 _WAL_SIZE_LIMIT = 1024 * 1024
+#: At most this many units share one transaction on the thread (group commit).
+_MAX_GROUP = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +185,16 @@ def _is_busy(exc: OperationalError) -> bool:
     return "locked" in str(orig)
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A unit of work waiting for the SQLite thread."""
+
+    work: Callable[[Connection], Any]
+    write: bool
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
 class SqliteRunner:
     """The one connection of a SQLite catalog: units run inline or on one thread."""
 
@@ -194,6 +213,14 @@ class SqliteRunner:
         self._writer_lock_path = writer_lock_path
         self._writer_fd: int | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        #: Units waiting for the thread, which runs them in groups (:meth:`_drain`).
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        #: A drain is submitted to the thread or running (it goes on while units are queued).
+        self._draining = False
+        #: Quick writes waiting for the next turn of the event loop (:meth:`_flush_inline`).
+        self._inline: list[_Queued] = []
+        self._inline_scheduled = False
         #: Held by whoever uses the connection: a unit inline, or the thread.
         self._conn_lock = threading.Lock()
         self._checkpointing = False
@@ -207,27 +234,141 @@ class SqliteRunner:
     async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
         if self._closed:
             raise RuntimeError("the database is closed")
-        if quick and not (write and self.durable) and self._conn_lock.acquire(blocking=False):
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        unit = _Queued(work, write, future, loop)
+        if quick and write and not self.durable:
+            # Grouped with the other quick writes of this turn of the event loop: one
+            # transaction and one commit for all of them (see _flush_inline).
+            self._inline.append(unit)
+            if not self._inline_scheduled:
+                self._inline_scheduled = True
+                loop.call_soon(self._flush_inline)
+            return await future
+        if quick and not write and self._conn_lock.acquire(blocking=False):
             try:
-                # (Checked under the lock: a checkpoint may have just set it.)
-                if not (write and self._wal_restart) and (not write or self._writer_lock(False)):
-                    try:
-                        result = self._unit(work, write)
-                    finally:
-                        if write:
-                            self._writer_unlock()
-                    if write:
-                        self._wrote()
-                    return result
+                return self._unit(work, False)
             except _Busy:
                 pass  # retried on the thread, which may wait
             finally:
                 self._conn_lock.release()
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._thread, self._unit_waiting, work, write)
-        if write:
+        self._to_thread([unit])
+        return await future
+
+    def _flush_inline(self) -> None:
+        """On the event loop: the quick writes queued since the last turn, in one
+        transaction inline when nothing else holds the connection, else on the thread."""
+        self._inline_scheduled = False
+        group = [q for q in self._inline[:_MAX_GROUP] if not q.future.done()]
+        del self._inline[:_MAX_GROUP]
+        if self._inline:
+            self._inline_scheduled = True
+            group[0].loop.call_soon(self._flush_inline)
+        if not group:
+            return
+        if self._closed:
+            for q in group:
+                q.future.set_exception(RuntimeError("the database is closed"))
+            return
+        if self._conn_lock.acquire(blocking=False):
+            try:
+                # (Checked under the lock: a checkpoint may have just set it.)
+                if not self._wal_restart and self._writer_lock(False):
+                    try:
+                        outcomes = self._run_group(group, inline=True)
+                    finally:
+                        self._writer_unlock()
+                    # Units the inline attempt could not run (a lock held by another
+                    # process) go to the thread, which waits.
+                    left = [q for q, o in zip(group, outcomes, strict=True) if o is None]
+                    self._deliver(
+                        [(q, o) for q, o in zip(group, outcomes, strict=True) if o is not None]
+                    )
+                    group = left
+            finally:
+                self._conn_lock.release()
+        if group:
+            self._to_thread(group)
+
+    def _to_thread(self, units: list[_Queued]) -> None:
+        with self._queue_lock:
+            self._queue.extend(units)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._thread.submit(self._drain)
+
+    def _drain(self) -> None:
+        """On the thread: run the queued units, all that queued up meanwhile in one group
+        (one transaction, one commit, one sync with ``durable``). While more are queued it
+        submits itself again, behind what else waits for the thread (a checkpoint)."""
+        with self._queue_lock:
+            group = self._queue[:_MAX_GROUP]
+            del self._queue[:_MAX_GROUP]
+        # (A unit whose caller gave up before it started is not run.)
+        group = [q for q in group if not q.future.done()]
+        outcomes: list[tuple[bool, Any] | None]
+        try:
+            outcomes = self._run_group(group, inline=False) if group else []
+        except BaseException as exc:  # never leave callers waiting
+            outcomes = [(False, exc)] * len(group)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Queued, tuple[bool, Any]]]] = {}
+        for q, outcome in zip(group, outcomes, strict=True):
+            assert outcome is not None
+            by_loop.setdefault(q.loop, []).append((q, outcome))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                loop.call_soon_threadsafe(self._deliver, done)
+        with self._queue_lock:
+            if not self._queue:
+                self._draining = False
+                return
+        self._thread.submit(self._drain)
+
+    def _deliver(self, done: list[tuple[_Queued, tuple[bool, Any]]]) -> None:
+        """On the event loop: hand a group's results (or errors) to the units' callers."""
+        wrote = False
+        for q, (ok, value) in done:
+            wrote = wrote or q.write
+            if q.future.done():  # cancelled meanwhile
+                continue
+            if ok:
+                q.future.set_result(value)
+            else:
+                q.future.set_exception(value)
+        if wrote:
             self._wrote()
-        return result
+
+    def _run_group(self, group: list[_Queued], *, inline: bool) -> list[tuple[bool, Any] | None]:
+        """Run ``group`` (the caller holds the locks inline; the thread takes them): all in
+        one transaction, committed once. A result is delivered only once its group has
+        committed. If any unit fails, the group is rolled back and its units run again one
+        by one, each in its own transaction (units may run twice: see
+        :meth:`Database.write`), so that one unit's error is its own.
+
+        Inline, a unit that meets a lock held by another process is not run (None): it and
+        the ones after it go to the thread.
+        """
+        run: Callable[[Callable[[Connection], Any], bool], Any] = (
+            self._unit if inline else self._unit_waiting
+        )
+        if len(group) > 1:
+            works = [q.work for q in group]
+            with contextlib.suppress(Exception):
+                results = run(
+                    lambda conn: [work(conn) for work in works], any(q.write for q in group)
+                )
+                return [(True, r) for r in results]
+        outcomes: list[tuple[bool, Any] | None] = []
+        for i, q in enumerate(group):
+            try:
+                outcomes.append((True, run(q.work, q.write)))
+            except _Busy:
+                outcomes += [None] * (len(group) - i)
+                break
+            except BaseException as exc:
+                outcomes.append((False, exc))
+        return outcomes
 
     def _unit_waiting(self, work: Callable[[Connection], T], write: bool) -> T:
         """On the thread: run the unit, retrying while another process holds the lock."""

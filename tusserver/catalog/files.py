@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from ..cache import FILES, Cache, Invalidator, Namespace, NotifyOnly
+from . import fastsql
 from .db import Database
 from .schema import (
     by_id_params,
@@ -196,9 +197,9 @@ class FileRepository:
         point_back = by_id_params(new.upload_id, {"file_id": new.id})
 
         def work(conn: Connection) -> None:
-            conn.execute(_INSERT_FILE, row)
-            conn.execute(_INSERT_LINK, link)
-            conn.execute(_POINT_BACK, point_back)
+            fastsql.execute(conn, _INSERT_FILE, row)
+            fastsql.execute(conn, _INSERT_LINK, link)
+            fastsql.execute(conn, _POINT_BACK, point_back)
 
         try:
             await self._db.write(work, quick=True)
@@ -225,7 +226,7 @@ class FileRepository:
 
     async def _read(self, file_id: str) -> FileRecord | None:
         def work(conn: Connection) -> FileRecord | None:
-            row = conn.execute(_BY_ID, {"id": file_id}).mappings().first()
+            row = fastsql.first(conn, _BY_ID, {"id": file_id})
             return None if row is None else _record(row)
 
         return await self._db.read(work, quick=True)
@@ -307,7 +308,10 @@ class FileRepository:
         if "created_at" not in values:
             stmt, params = update_by_id(files, tuple(values)), by_id_params(file_id, values)
             await self.invalidator.run(
-                self._db, lambda conn: conn.execute(stmt, params), (FILES, file_id), quick=True
+                self._db,
+                lambda conn: fastsql.execute(conn, stmt, params),
+                (FILES, file_id),
+                quick=True,
             )
             return
         stmt = update(files).where(files.c.id == file_id).values(**values)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
+from . import fastsql
 from .db import Database
 from .schema import by_id_params, update_by_id, upload_concat_parts, uploads
 from .usage import lock_owner, reserve, used_bytes
@@ -110,7 +111,7 @@ class UploadRepository:
         def work(conn: Connection) -> None:
             if quota is not None and record.owner is not None:
                 reserve(conn, record.owner, limit=quota, asked=record.length or 0)
-            conn.execute(_INSERT, values)
+            fastsql.execute(conn, _INSERT, values)
             if rows:
                 conn.execute(insert(upload_concat_parts), rows)
 
@@ -173,7 +174,7 @@ class UploadRepository:
 
     async def get(self, upload_id: str) -> UploadRecord | None:
         def work(conn: Connection) -> UploadRecord | None:
-            row = conn.execute(_BY_ID, {"id": upload_id}).mappings().first()
+            row = fastsql.first(conn, _BY_ID, {"id": upload_id})
             return None if row is None else _record(row)
 
         return await self._db.read(work, quick=True)
@@ -215,7 +216,7 @@ class UploadRepository:
             values["state"] = values["state"].value
         stmt = update_by_id(uploads, tuple(values))
         params = by_id_params(upload_id, values)
-        await self._db.write(lambda conn: conn.execute(stmt, params), quick=True)
+        await self._db.write(lambda conn: fastsql.execute(conn, stmt, params), quick=True)
 
     async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
         """Unfinished uploads, and finished partial uploads, whose expiry has passed."""

@@ -1,0 +1,165 @@
+"""fastsql: the hot statements on the DBAPI cursor give what Connection.execute gives."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from tusserver.catalog import fastsql
+from tusserver.catalog import files as files_module
+from tusserver.catalog import uploads as uploads_module
+from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.migrate import upgrade
+from tusserver.catalog.schema import by_id_params, files, update_by_id, uploads
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Any:
+    database = create_database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+def _upload(upload_id: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": upload_id,
+        "owner": "bob",
+        "length": None,
+        "offset": 0,
+        "meta": uploads_module._encode_meta({"name": "é.txt".encode(), "flag": None}),
+        "is_partial": False,
+        "is_final": True,
+        "state": "receiving",
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": None,
+        **extra,
+    }
+
+
+async def test_writes_and_reads_match_sqlalchemy(db: Database) -> None:
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+
+    def work(conn: Connection) -> None:
+        # One row by the fast path, one by SQLAlchemy: the rows read back are the same.
+        assert fastsql.execute(conn, uploads_module._INSERT, _upload("fast", now)) == 1
+        conn.execute(uploads_module._INSERT, _upload("slow", now))
+        later = now + dt.timedelta(hours=1)
+        values = {"offset": 7, "state": "finished", "expires_at": later}
+        stmt = update_by_id(uploads, tuple(values))
+        assert fastsql.execute(conn, stmt, by_id_params("fast", values)) == 1
+        conn.execute(stmt, by_id_params("slow", values))
+        assert fastsql.execute(conn, stmt, by_id_params("nobody", values)) == 0  # rowcount
+        fast = fastsql.first(conn, uploads_module._BY_ID, {"id": "fast"})
+        slow = conn.execute(uploads_module._BY_ID, {"id": "slow"}).mappings().first()
+        assert slow is not None
+        assert fast == {**slow, "id": "fast"}
+        assert fast["expires_at"] == later and fast["is_final"] is True
+        assert fast["length"] is None
+        assert uploads_module._record(fast).metadata == {"name": "é.txt".encode(), "flag": None}
+        assert fastsql.first(conn, uploads_module._BY_ID, {"id": "missing"}) is None
+
+    await db.write(work)
+
+
+async def test_file_rows_match_sqlalchemy(db: Database) -> None:
+    """The file statements of the pipeline (JSON columns, a join, a constant Python-side
+    default filled in as SQLAlchemy would)."""
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+    def row(file_id: str) -> dict[str, Any]:
+        return {
+            "id": file_id,
+            "owner": None,
+            "name": "a b.txt",
+            "name_folded": "a b.txt",
+            "folder": "/",
+            "size": 3,
+            "declared_type": "text/plain",
+            "type_mismatch": False,
+            "status": "received",
+            "meta": {"k": "v", "n": None},
+            "tags": ["x"],
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def work(conn: Connection) -> None:
+        for file_id in ("f1", "f2"):
+            fastsql.execute(conn, files_module._INSERT_FILE, row(file_id))
+        conn.execute(uploads_module._INSERT, _upload("u1", now))
+        link = {
+            "file_id": "f1",
+            "upload_id": "u1",
+            "protocol": "tus",
+            "client": None,
+            "started_at": now,
+            "finished_at": now,
+            "bytes": 3,
+        }
+        assert fastsql.execute(conn, files_module._INSERT_LINK, link) == 1
+        values = {"sha256": "ab" * 32, "type_mismatch": True, "updated_at": now}
+        fastsql.execute(conn, update_by_id(files, tuple(values)), by_id_params("f1", values))
+        fast = fastsql.first(conn, files_module._BY_ID, {"id": "f1"})
+        slow = conn.execute(files_module._BY_ID, {"id": "f1"}).mappings().first()
+        assert fast == dict(slow or {})
+        assert fast["upload_id"] == "u1" and fast["meta"] == {"k": "v", "n": None}
+        assert fast["type_mismatch"] is True and fast["tags"] == ["x"]
+        unlinked = fastsql.first(conn, files_module._BY_ID, {"id": "f2"})
+        assert unlinked is not None and unlinked["upload_id"] is None
+        assert unlinked["location_stripped"] is False  # the column's default
+        plan = fastsql._plan(conn, files_module._INSERT_FILE, tuple(row("f3")))
+        assert plan is not None and plan.fixed["location_stripped"] is False
+
+    await db.write(work)
+
+
+async def test_statements_it_cannot_run_take_the_plain_path(db: Database) -> None:
+    """An expanding IN, and a value fixed in the statement: the same results either way."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    many = select(uploads.c.id).where(uploads.c.id.in_(["a", "b"])).order_by(uploads.c.id)
+    fixed = update(uploads).where(uploads.c.id == bindparam("row_id")).values(state="finished")
+
+    def work(conn: Connection) -> None:
+        for upload_id in ("a", "b"):
+            conn.execute(uploads_module._INSERT, _upload(upload_id, now))
+        assert fastsql.first(conn, many) == {"id": "a"}
+        assert fastsql.execute(conn, fixed, {"row_id": "b"}) == 1
+        got = fastsql.first(conn, uploads_module._BY_ID, {"id": "b"})
+        assert got is not None and got["state"] == "finished"
+
+    await db.write(work)
+
+
+async def test_other_dialects_take_the_plain_path_even_after_sqlite(
+    db: Database, pg_url: str
+) -> None:
+    """Plans are made for SQLite: a statement first run on SQLite and then on PostgreSQL (in
+    the same process) goes through Connection.execute there."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    await db.write(lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload("s", now)))
+    upload_id = "fastsql-" + secrets.token_hex(8)  # (a database shared by the session)
+    pg = create_database(pg_url)
+    try:
+        await upgrade(pg)
+        assert (
+            await pg.write(
+                lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload(upload_id, now))
+            )
+            == 1
+        )
+        got = await pg.read(
+            lambda conn: fastsql.first(conn, uploads_module._BY_ID, {"id": upload_id})
+        )
+        assert got is not None and got["created_at"] == now
+    finally:
+        await pg.dispose()
