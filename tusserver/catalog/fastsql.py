@@ -38,26 +38,28 @@ class _Plan:
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
 
-#: (statement, parameter names) -> plan, or None where the plain path must be used.
-_PLANS: dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, _Plan | None]] = {}
+#: Where a connection keeps its plans: (statement id, parameter names) -> (statement, plan or
+#: None where the plain path must be used). Kept per DBAPI connection (``Connection.info``),
+#: so plans live and die with the connection they were compiled for.
+_PLANS_KEY = "tusserver.fastsql.plans"
 _MAX_PLANS = 512
+
+_Plans = dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, "_Plan | None"]]
 
 
 def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
-    dialect = conn.dialect
-    if dialect.name != "sqlite" or dialect.driver != "pysqlite":
-        # (One process may use several databases: tests, embedders. aiosqlite, used for an
-        # in-memory catalog, has an asynchronous cursor.)
-        return None
+    if conn.dialect.name != "sqlite":
+        return None  # (one process may use several databases: tests, embedders)
+    plans: _Plans = conn.info.setdefault(_PLANS_KEY, {})
     key = (id(stmt), names)
-    hit = _PLANS.get(key)
+    hit = plans.get(key)
     if hit is not None and hit[0] is stmt:
         return hit[1]
     plan = _compile(conn, stmt, names)
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
     # (The statement is kept with its plan: its id cannot be reused while it is cached.)
-    _PLANS[key] = (stmt, plan)
+    plans[key] = (stmt, plan)
     return plan
 
 
