@@ -48,8 +48,11 @@ _Plans = dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, "_Plan | None"]]
 
 
 def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
-    if conn.dialect.name != "sqlite":
-        return None  # (one process may use several databases: tests, embedders)
+    dialect = conn.dialect
+    if dialect.name != "sqlite" or dialect.driver != "pysqlite":
+        # (One process may use several databases: tests, embedders. aiosqlite, used for an
+        # in-memory catalog, has an asynchronous cursor.)
+        return None
     plans: _Plans = conn.info.setdefault(_PLANS_KEY, {})
     key = (id(stmt), names)
     hit = plans.get(key)
