@@ -16,7 +16,8 @@ tenth of the duration). Each file goes through every side in turn, in a rotating
 B C A, ...), so the machine's load drifts over all sides alike:
 
 - ``pipeline``: :class:`tusserver.pipeline.media.MediaProcessor`, exactly as the pipeline runs
-  it: a sandboxed ``python -I -S worker.py`` per file (limits, its own session, niced);
+  it: a sandboxed ``python -I -S worker.py`` per file (limits, its own session; not niced
+  here, unlike in the server: the CPU time is the same, the wait on a busy machine is not);
 - ``vipsthumbnail``: ``vipsthumbnail F -s 1024`` then ``vipsthumbnail F-1024.webp -s 256``
   (the 256 from the 1024, as the worker does: one decode of the JPEG);
 - ``pyvips``: the alternative image library, in the same subprocess-per-file model as the
@@ -188,7 +189,9 @@ def _pipeline_work(kind: str, out: Path, rss: RssLog) -> Callable[[Path], None]:
     wrapper.chmod(0o755)
     processor = MediaProcessor(
         tools=MediaTools.detect(),
-        limits=Limits(cpu_seconds=60, memory_bytes=1024**3, wall_seconds=300),
+        # Not niced here (the server's default): this part measures the work, and a niced
+        # worker on a busy machine would only wait longer for the same CPU time.
+        limits=Limits(cpu_seconds=60, memory_bytes=1024**3, wall_seconds=300, nice=0),
         work_dir=out,
         max_pixels=100_000_000,
         max_duration=0,
