@@ -1,5 +1,5 @@
 """Thumbnails are bytes held for the owner: they count in the usage and against the quota,
-through HTTP, on SQLite and PostgreSQL; migration 0010 fills the count in for older files."""
+through HTTP, on SQLite and PostgreSQL; migration 0011 fills the count in for older files."""
 
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ async def db(fresh_database_url: str) -> AsyncIterator[Database]:
         await database.dispose()
 
 
-async def test_migration_0010_counts_the_thumbnails_of_older_files(db: Database) -> None:
-    await upgrade(db, "0009")
+async def test_migration_0011_counts_the_thumbnails_of_older_files(db: Database) -> None:
+    await upgrade(db, "0010")
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     row: dict[str, Any] = {
         "owner": "alice", "name": "x", "name_folded": "x", "folder": "/", "size": 10,
@@ -93,13 +93,13 @@ async def test_migration_0010_counts_the_thumbnails_of_older_files(db: Database)
     # b: SQL NULL (no thumbnails, as the pipeline leaves it), d: a JSON null
     thumbs = {"a": {"256": 1234, "1024": 56789}, "b": null(), "c": {"256": 7}, "d": None}
 
-    # The table as it is at 0009: no thumbnail_bytes yet (nor its default).
+    # The table as it is at 0010: no thumbnail_bytes yet (nor its default).
     names = {"id", "thumbnails", *row}
-    at_0009 = table("files", *(column(c.name, c.type) for c in files.c if c.name in names))
+    at_0010 = table("files", *(column(c.name, c.type) for c in files.c if c.name in names))
 
     def seed(conn: Any) -> None:
         for file_id, sizes in thumbs.items():
-            conn.execute(insert(at_0009).values(id=file_id, thumbnails=sizes, **row))
+            conn.execute(insert(at_0010).values(id=file_id, thumbnails=sizes, **row))
 
     await db.write(seed)
     await upgrade(db)
@@ -109,6 +109,6 @@ async def test_migration_0010_counts_the_thumbnails_of_older_files(db: Database)
         return {r[0]: r[1] for r in rows}
 
     assert await db.read(read) == {"a": 1234 + 56789, "b": 0, "c": 7, "d": 0}
-    await downgrade(db, "0009")
+    await downgrade(db, "0010")
     await upgrade(db)
     assert await db.read(read) == {"a": 1234 + 56789, "b": 0, "c": 7, "d": 0}

@@ -1,7 +1,7 @@
 """files: thumbnail_bytes, the bytes of a file's thumbnails (counted in the owner's usage)
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-06
 
 The WebP thumbnails stored next to a file (migration 0008) are bytes the service holds for
@@ -13,8 +13,8 @@ the usage query a sum of columns. Existing rows are filled in from the JSON.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
