@@ -484,7 +484,9 @@ async def part2(
         stop_all()
     summary: dict[str, Any] = {"runs": runs, "median_uploads_per_s": {}}
     for key, rs in runs.items():
-        summary["median_uploads_per_s"][key] = statistics.median(r["uploads_per_s"] for r in rs)
+        summary["median_uploads_per_s"][key] = round(
+            statistics.median(r["uploads_per_s"] for r in rs), 1
+        )
     med = summary["median_uploads_per_s"]
     for config in ("one process", "api + worker"):
         quiet, busy = med.get(f"{config}, quiet"), med.get(f"{config}, media")
