@@ -480,6 +480,12 @@ async def part2(
                     f"/{r['backlog']}  errors {r['errors']}  load {r['load_avg']:.1f}",
                     flush=True,
                 )
+                if r["media_busy_throughout"] is False:
+                    print(
+                        "    the backlog was done before the uploads: part of this run was "
+                        "quiet (raise --backlog)",
+                        flush=True,
+                    )
     finally:
         stop_all()
     summary: dict[str, Any] = {"runs": runs, "median_uploads_per_s": {}}
