@@ -128,6 +128,8 @@ async def test_video_and_audio_facts(make_client: MakeClient, media: dict[str, P
     # Posters of the videos; none for audio.
     im = await thumbnail(client, got["video.mp4"]["id"], 256)
     assert im.size == (256, 192)
+    # The video carries a location tag: nothing of its metadata reaches the poster.
+    assert not im.getexif() and not {"exif", "xmp", "icc_profile"} & set(im.info)
     assert (await thumbnail(client, got["video.webm"]["id"], 1024)).size == (240, 320)
     assert got["audio.mp3"]["thumbnail_sizes"] == [] and got["audio.mp3"]["thumbnail_url"] is None
     resp = await client.get(f"/api/v1/file/{got['audio.mp3']['id']}/thumbnail?size=256")

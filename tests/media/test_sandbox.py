@@ -55,6 +55,26 @@ async def test_limits_are_in_place_before_the_child_reads_its_input() -> None:
     assert res.stdout.split() == [b"7", str(300 * 1024**2).encode()]
 
 
+async def test_the_child_and_its_tools_run_niced() -> None:
+    """Decoding yields the cores to the upload path: the child, and what it starts, are
+    niced by ``Limits.nice`` relative to the server (19 at most)."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    code = (
+        "import os, subprocess, sys; sys.stdin.read(); "
+        "print(os.getpriority(os.PRIO_PROCESS, 0)); sys.stdout.flush(); "
+        "subprocess.run(['sh', '-c', 'cut -d\\  -f19 /proc/self/stat'])"
+    )
+    res = await _python(code, GENEROUS)
+    assert res.outcome is Outcome.OK, res
+    want = str(min(19, own + GENEROUS.nice)).encode()
+    assert GENEROUS.nice == 10 and res.stdout.split() == [want, want], res
+    res = await _python(
+        "import os, sys; sys.stdin.read(); print(os.getpriority(os.PRIO_PROCESS, 0))",
+        Limits(cpu_seconds=30, memory_bytes=1024**3, wall_seconds=60, nice=0),
+    )
+    assert res.stdout.split() == [str(own).encode()], res
+
+
 async def test_wall_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
     code = (

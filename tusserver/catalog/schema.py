@@ -161,6 +161,8 @@ files = Table(
     # {"256": bytes, "1024": bytes}: the WebP thumbnails stored next to the object.
     Column("thumbnails", JSON, nullable=True),
     Column("location_stripped", Boolean, nullable=False, default=False),
+    # The sum of the thumbnails' bytes (migration 0011): held for the owner, so in the usage.
+    Column("thumbnail_bytes", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_files_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_files_owner_created_at_id", "owner", "created_at", "id"),
     Index("ix_files_owner_name_folded_id", "owner", "name_folded", "id"),

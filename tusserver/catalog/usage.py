@@ -4,6 +4,9 @@ Everything the service keeps for an owner counts against the owner's quota:
 
 - files in every state (received, validating, committed, failed), and rejected files while
   their bytes are kept in quarantine (``quarantine_until`` is set until they are purged);
+- the thumbnails stored next to a file (``thumbnail_bytes``), with the file: they are made
+  after the upload was accepted, so they may take an owner a few hundred kilobytes past the
+  quota once, and the next creation sees them;
 - uploads in progress, by their declared length, or by the bytes so far while the length is
   deferred (final uploads of a concatenation included, once their length is known);
 - partial uploads of a concatenation, in progress or finished, until they expire or are
@@ -77,7 +80,7 @@ def _held_by(owner: str, exclude_upload: str | None) -> tuple[ColumnElement[int]
         .scalar_subquery()
     )
     in_files = (
-        select(func.coalesce(func.sum(files.c.size), 0))
+        select(func.coalesce(func.sum(files.c.size + files.c.thumbnail_bytes), 0))
         .where(
             files.c.owner == owner,
             or_(

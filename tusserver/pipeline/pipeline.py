@@ -556,6 +556,8 @@ class Pipeline:
             values["thumbnails"] = await store_thumbnails(
                 self._objects, f.storage_key, media.thumbnails, file_id=f.id
             )
+            # Bytes held for the owner: counted in the usage (catalog/usage.py).
+            values["thumbnail_bytes"] = sum(values["thumbnails"].values())
         if media.stripped is not None:
             c.sha256, c.size = await asyncio.to_thread(_hash_file, media.stripped)
             values.update(sha256=c.sha256, size=c.size, location_stripped=True)

@@ -4,7 +4,9 @@ The limits are set by the parent on the child (``prlimit``) before the child is 
 work on standard input, so no code of the child runs on the input unlimited, and nothing runs
 between fork and exec (no ``preexec_fn``, which is unsafe in a threaded parent). Processes the
 child starts (ffprobe, ffmpeg) inherit the limits. The child has a session of its own: the wall
-timeout kills the whole group, grandchildren included.
+timeout kills the whole group, grandchildren included. It also runs at a lower CPU priority
+(``nice``, inherited by its tools as well): when the cores are busy, the requests of the
+upload path come first and the decoding takes what is left.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Limits:
     cpu_seconds: int
     memory_bytes: int
     wall_seconds: float
+    #: Added to the parent's nice value for the child (capped at 19); 0 keeps the parent's.
+    nice: int = 10
 
 
 class Outcome(enum.Enum):
@@ -71,6 +75,10 @@ def _limit(pid: int, limits: Limits) -> None:
     resource.prlimit(pid, resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
     resource.prlimit(pid, resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+    if limits.nice > 0:
+        # Raising one's own child's nice value needs no privilege (lowering it would).
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, own + limits.nice))
 
 
 def _kill_group(pid: int) -> None:

@@ -47,15 +47,21 @@ class MediaTools:
     pillow: bool
     ffprobe: str | None
     ffmpeg: str | None
+    #: The directory Pillow is imported from: the worker runs without ``site`` (``-S``:
+    #: no site-packages, no ``.pth`` files to process at each start) and is given just that.
+    pillow_path: str | None = None
 
     @classmethod
     def detect(cls) -> MediaTools:
         ffprobe, ffmpeg = shutil.which("ffprobe"), shutil.which("ffmpeg")
         both = ffprobe is not None and ffmpeg is not None
+        spec = importlib.util.find_spec("PIL")
+        locations = list(spec.submodule_search_locations or ()) if spec is not None else []
         return cls(
-            pillow=importlib.util.find_spec("PIL") is not None,
+            pillow=spec is not None,
             ffprobe=ffprobe if both else None,
             ffmpeg=ffmpeg if both else None,
+            pillow_path=str(Path(locations[0]).parent) if locations else None,
         )
 
     @property
@@ -164,8 +170,11 @@ class MediaProcessor:
                 "ffprobe": self.tools.ffprobe,
                 "ffmpeg": self.tools.ffmpeg,
             }
+            argv = [self._python, "-I", "-S", str(WORKER)]
+            if self.tools.pillow_path is not None:
+                argv.append(self.tools.pillow_path)
             result = await run_limited(
-                [self._python, "-I", str(WORKER)],
+                argv,
                 json.dumps(request).encode(),
                 self._limits,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},

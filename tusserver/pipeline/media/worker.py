@@ -1,10 +1,10 @@
 """The media subprocess: probe, validate, thumbnail and strip the location of one file.
 
-Run as ``python -I worker.py`` by :mod:`tusserver.pipeline.media.step` through the sandbox
-(limits set by the parent before the request is read). It imports nothing of tusserver (a
-child that loaded the whole server would cost more CPU than the work) and only the standard
-library and Pillow; it starts ``ffprobe``/``ffmpeg`` for video and audio, which inherit its
-limits.
+Run as ``python -I -S worker.py PILLOW_DIR`` by :mod:`tusserver.pipeline.media.step` through
+the sandbox (limits set by the parent before the request is read). It imports nothing of
+tusserver (a child that loaded the whole server would cost more CPU than the work) and only
+the standard library and Pillow; it starts ``ffprobe``/``ffmpeg`` for video and audio, which
+inherit its limits (ffmpeg decodes the poster frame and encodes its WebP thumbnails itself).
 
 Request (JSON on standard input)::
 
@@ -21,7 +21,6 @@ Answer (JSON on standard output, exit status 0)::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -376,6 +375,44 @@ def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
     }
 
 
+def _fit(size: int) -> str:
+    """ffmpeg's scale filter: longest side at most ``size``, never enlarged, aspect kept."""
+    return f"scale=w='min(iw,{size})':h='min(ih,{size})':force_original_aspect_ratio=decrease"
+
+
+def _poster_thumbnails(
+    ffmpeg: str, path: str, at: float, out_dir: str, sizes: list[int]
+) -> dict[str, str]:
+    """The frame at ``at`` seconds, decoded once by ffmpeg and written as a WebP per size
+    (each size scaled from the one above it), without metadata.
+
+    ffmpeg encodes the WebPs itself (libwebp, as Pillow does for images): a raw frame through
+    a pipe into Pillow cost a Python import, a copy and a second conversion per file."""
+    order = sorted(sizes, reverse=True)
+    graph, last = [], "0:v:0"
+    outputs: list[str] = []
+    files: dict[str, str] = {}
+    for i, size in enumerate(order):
+        more = i + 1 < len(order)
+        split = f",split=2[t{i}][r{i}]" if more else f"[t{i}]"
+        graph.append(f"[{last}]{_fit(size)}{split}")
+        last = f"r{i}"
+        dest = os.path.join(out_dir, f"thumb-{size}.webp")
+        outputs += [
+            "-map", f"[t{i}]", "-frames:v", "1", "-map_metadata", "-1", "-c:v", "libwebp",
+            "-quality", str(WEBP_QUALITY), "-f", "webp", "-y", dest,
+        ]  # fmt: skip
+        files[str(size)] = dest
+    _run(
+        [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i", path,
+         "-filter_complex", ";".join(graph), *outputs]
+    )  # fmt: skip
+    for dest in files.values():
+        if not os.path.exists(dest) or os.path.getsize(dest) == 0:
+            raise MediaRejected("cannot be decoded: no video frame could be read")
+    return files
+
+
 def _location_tags(info: dict[str, Any]) -> bool:
     tags = {k.lower() for k in ((info.get("format") or {}).get("tags") or {})}
     return any("location" in k or k.endswith("xyz") for k in tags)
@@ -397,24 +434,17 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
     sizes = sorted(int(s) for s in req.get("sizes") or ())
     if media["kind"] == "video":
         at = duration / 10 if duration else 0.0
-        biggest = max(sizes) if sizes else 64
-        scale = (
-            f"scale=w='min(iw,{biggest})':h='min(ih,{biggest})':"
-            "force_original_aspect_ratio=decrease"
-        )
-        frame = _run(
-            [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i", path,
-             "-map", "0:v:0", "-frames:v", "1", "-vf", scale, "-f", "image2pipe", "-c:v", "ppm",
-             "-"]
-        )  # fmt: skip
-        if not frame:
-            raise MediaRejected("cannot be decoded: no video frame could be read")
         if req.get("thumb_dir") and sizes:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(frame)) as im:
-                im.load()
-                thumbs = _thumbnails(im, req["thumb_dir"], sizes)
+            thumbs = _poster_thumbnails(ffmpeg, path, at, req["thumb_dir"], sizes)
+        else:
+            # Validation only: one frame must decode.
+            frame = _run(
+                [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i",
+                 path, "-map", "0:v:0", "-frames:v", "1", "-vf", _fit(64), "-f", "image2pipe",
+                 "-c:v", "ppm", "-"]
+            )  # fmt: skip
+            if not frame:
+                raise MediaRejected("cannot be decoded: no video frame could be read")
     else:
         # The first seconds must decode.
         _run(
@@ -459,6 +489,8 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    # Run with -I -S (no site-packages: a quicker start); the parent names Pillow's directory.
+    sys.path.extend(sys.argv[1:2])
     req = json.loads(sys.stdin.buffer.read() or b"{}")
     answer = handle(req)
     sys.stdout.write(json.dumps(answer))

@@ -1,0 +1,114 @@
+"""Thumbnails are bytes held for the owner: they count in the usage and against the quota,
+through HTTP, on SQLite and PostgreSQL; migration 0011 fills the count in for older files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import column, insert, null, select, table
+
+from tests.api.helpers import NO_LIMITS
+from tests.app_fixtures import TUS, MakeClient
+from tests.auth.helpers import auth_client, bearer, make_users
+from tests.media.helpers import upload_file, wait_done
+from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.migrate import downgrade, upgrade
+from tusserver.catalog.schema import files
+
+ME = "/api/v1/auth/me"
+
+
+@pytest.fixture
+def database_url(fresh_database_url: str) -> str:
+    """SQLite and PostgreSQL (the media suite's default is SQLite alone)."""
+    return fresh_database_url
+
+
+async def _usage(client: Any, headers: dict[str, str]) -> int:
+    resp = await client.get(ME, headers=headers)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return int(body["usage_bytes"])
+
+
+async def test_thumbnails_count_in_the_usage_and_the_quota(
+    make_client: MakeClient, media: dict[str, Path]
+) -> None:
+    quota = 2_000_000
+    client = await auth_client(
+        make_client, **NO_LIMITS, pipeline_poll_interval=0.1, default_quota=quota
+    )
+    try:
+        owner = bearer((await make_users(client, owner="user"))["owner"].access)
+        photo = media["photo.jpg"]
+        file_id = await upload_file(client, photo, content_type="image/jpeg", headers=owner)
+        f = await wait_done(client, file_id, headers=owner)
+        assert f["status"] == "committed", f["reason"]
+        assert f["size"] == photo.stat().st_size and f["thumbnail_sizes"] == [256, 1024]
+        thumbs = 0
+        for size in (256, 1024):
+            resp = await client.get(f"/api/v1/file/{file_id}/thumbnail?size={size}", headers=owner)
+            assert resp.status == 200, await resp.text()
+            thumbs += len(await resp.read())
+        assert thumbs > 1000
+        used = await _usage(client, owner)
+        assert used == f["size"] + thumbs
+        # What is left after the file and its thumbnails is exactly what a creation may take.
+        left = quota - used
+        resp = await client.post(
+            "/uploads/", headers={**TUS, **owner, "Upload-Length": str(left + 1)}
+        )
+        assert resp.status == 413, await resp.text()
+        # Deleting the file frees its thumbnails too.
+        resp = await client.delete(f"/api/v1/file/{file_id}", headers=owner)
+        assert resp.status == 204, await resp.text()
+        assert await _usage(client, owner) == 0
+        resp = await client.post("/uploads/", headers={**TUS, **owner, "Upload-Length": str(quota)})
+        assert resp.status == 201, await resp.text()
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def db(fresh_database_url: str) -> AsyncIterator[Database]:
+    database = create_database(fresh_database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def test_migration_0011_counts_the_thumbnails_of_older_files(db: Database) -> None:
+    await upgrade(db, "0010")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    row: dict[str, Any] = {
+        "owner": "alice", "name": "x", "name_folded": "x", "folder": "/", "size": 10,
+        "status": "committed", "type_mismatch": False,
+        "meta": {}, "tags": [], "attempts": 0, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    # b: SQL NULL (no thumbnails, as the pipeline leaves it), d: a JSON null
+    thumbs = {"a": {"256": 1234, "1024": 56789}, "b": null(), "c": {"256": 7}, "d": None}
+
+    # The table as it is at 0010: no thumbnail_bytes yet (nor its default).
+    names = {"id", "thumbnails", *row}
+    at_0010 = table("files", *(column(c.name, c.type) for c in files.c if c.name in names))
+
+    def seed(conn: Any) -> None:
+        for file_id, sizes in thumbs.items():
+            conn.execute(insert(at_0010).values(id=file_id, thumbnails=sizes, **row))
+
+    await db.write(seed)
+    await upgrade(db)
+
+    def read(conn: Any) -> dict[str, int]:
+        rows = conn.execute(select(files.c.id, files.c.thumbnail_bytes)).all()
+        return {r[0]: r[1] for r in rows}
+
+    assert await db.read(read) == {"a": 1234 + 56789, "b": 0, "c": 7, "d": 0}
+    await downgrade(db, "0010")
+    await upgrade(db)
+    assert await db.read(read) == {"a": 1234 + 56789, "b": 0, "c": 7, "d": 0}
