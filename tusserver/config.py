@@ -22,8 +22,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from storage_backends.encryption import EncryptionKeyError, KeyRing
-
 from .settings import (
     MAX_DOWNLOAD_REDIRECT,
     AuthSettings,
@@ -89,22 +87,11 @@ class TusServerConfig(
             sections.server.effective_database_url.startswith("postgresql")
         ):
             raise ConfigError("locker: 'postgres' needs a PostgreSQL database_url")
-        if sections.encryption.enabled:
-            if sections.storage.chunk_store == "s3":
-                raise ConfigError(
-                    "encryption: 'envelope' covers the local chunk store only; with "
-                    "chunk_store = 's3' use s3_sse"
-                )
-            self.key_ring()  # a missing, malformed or unknown key fails here, at start
-        for name in (
-            "tls_cert_file",
-            "tls_key_file",
-            "jwt_private_key_file",
-            "jwt_public_key_file",
-        ):
-            value = getattr(self, name)
-            if value and not os.access(value, os.R_OK):
-                raise ConfigError(f"{name}: {value} is not a readable file")
+        if sections.encryption.enabled and sections.storage.chunk_store == "s3":
+            raise ConfigError(
+                "encryption: 'envelope' covers the local chunk store only; with "
+                "chunk_store = 's3' use s3_sse"
+            )
 
     @cached_property
     def sections(self) -> Sections:
@@ -125,20 +112,6 @@ class TusServerConfig(
 
     def _section(self, cls: type[_S]) -> _S:
         return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
-
-    def key_ring(self) -> KeyRing:
-        """The master keys of envelope encryption (raises ConfigError naming the key)."""
-        try:
-            return KeyRing.from_specs(
-                self.encryption_keys,
-                key_file=Path(self.encryption_key_file) if self.encryption_key_file else None,
-                active=self.encryption_active_key,
-            )
-        except EncryptionKeyError as exc:
-            name = "encryption_key_file" if "key file" in str(exc) else "encryption_keys"
-            if "active" in str(exc):
-                name = "encryption_active_key"
-            raise ConfigError(f"{name}: {exc}") from None
 
     def replace(self, **changes: Any) -> TusServerConfig:
         return dataclasses.replace(self, **changes)

@@ -64,6 +64,8 @@ class EncryptionSettings:
             raise ConfigError("encryption: must be 'none' or 'envelope'")
         if not 4096 <= self.encryption_segment_size <= 16 * 1024 * 1024:
             raise ConfigError("encryption_segment_size: must be between 4096 and 16777216")
+        if self.enabled and not self.encryption_keys and not self.encryption_key_file:
+            raise ConfigError("encryption_keys: encryption is on but no master key is configured")
 
     @property
     def enabled(self) -> bool:
