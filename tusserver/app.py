@@ -59,7 +59,7 @@ from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
-from .settings import StorageSettings
+from .settings import PipelineSettings, StorageSettings
 from .startup import Resolved, resolve
 from .uploads.body import READ_PIECE
 from .uploads.digests import RunningDigests
@@ -118,7 +118,7 @@ class Runtime:
             await self.webhooks.start()
         if not self.config.clamd_url:
             _log.warning("no virus scan: clamd_url is not set")
-        for problem in media_problems(self.config, self.pipeline.media):
+        for problem in media_problems(self.config.sections.pipeline, self.pipeline.media):
             _log.warning("media probing is off", detail=problem)
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
@@ -257,8 +257,9 @@ def build_runtime(
     object_store = objects or _object_store(config, metrics, key_ring=resolved.key_ring)
     the_locker = locker or _locker(config, db, metrics)
     the_hooks = hooks or Hooks()
+    sections = config.sections
     service = UploadService(
-        config=config,
+        config=sections.uploads,
         store=chunk_store,
         repo=UploadRepository(db),
         locker=the_locker,
@@ -284,10 +285,11 @@ def build_runtime(
     )
     recorder = EventRecorder(db)
     pipeline = Pipeline(
-        media=media_processor(config),
+        media=media_processor(sections.pipeline, config.data_dir),
         events=recorder,
         metrics=metrics,
-        config=config,
+        config=sections.pipeline,
+        key_template=sections.storage.object_key_template,
         chunks=chunk_store,
         files=files,
         uploads=service.repo,
@@ -350,7 +352,7 @@ def build_runtime(
 
 
 def media_processor(
-    config: TusServerConfig, tools: MediaTools | None = None
+    config: PipelineSettings, data_dir: Path, tools: MediaTools | None = None
 ) -> MediaProcessor | None:
     """The pipeline's media step as configured, or None when media probing is off."""
     if not config.media_probe:
@@ -362,14 +364,14 @@ def media_processor(
             memory_bytes=config.media_memory_limit,
             wall_seconds=config.media_timeout,
         ),
-        work_dir=config.data_dir / "tmp" / "media",
+        work_dir=data_dir / "tmp" / "media",
         max_pixels=config.max_image_pixels,
         max_duration=config.max_media_duration,
         strip_location=config.strip_location,
     )
 
 
-def media_problems(config: TusServerConfig, media: MediaProcessor | None) -> list[str]:
+def media_problems(config: PipelineSettings, media: MediaProcessor | None) -> list[str]:
     """What of media probing is off and why (for the start-up log and `tusserver check`)."""
     if not config.media_probe:
         return ["media_probe is false: media files are stored without checks or thumbnails"]
@@ -640,7 +642,8 @@ def create_tus_subapp(
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)
     handlers = TusHandlers(
-        config=config,
+        config=config.sections.http,
+        base_path=config.base_path,
         service=rt.uploads,
         files=rt.files,
         pipeline=rt.pipeline,
@@ -761,7 +764,7 @@ def create_app(
     )
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))
-    app.add_routes(AuthApi(config=config, gateway=rt.gateway).routes())
+    app.add_routes(AuthApi(config=config.sections.auth, gateway=rt.gateway).routes())
     analytics = AnalyticsApi(
         db=rt.db,
         gate=gate,

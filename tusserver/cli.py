@@ -608,13 +608,13 @@ async def _check(config: TusServerConfig, resolved: Resolved) -> int:
     # The same checks and the same lines as the start of `serve` and `migrate`.
     problems = 0
     dialect = make_url(config.effective_database_url).get_backend_name()
-    if (db_problem := await check_database(config)) is None:
+    if (db_problem := await check_database(config.sections.server)) is None:
         print(f"ok    database ({dialect})")
     else:
         problems += 1
         print(f"FAIL  database: {db_problem}")
     objects = _object_store(config, key_ring=resolved.key_ring)
-    store_problem: Problem | str | None = await check_object_store(config)
+    store_problem: Problem | str | None = await check_object_store(config.sections.storage)
     if store_problem is None:
         try:
             await objects.open()
@@ -641,7 +641,8 @@ async def _check(config: TusServerConfig, resolved: Resolved) -> int:
         print("warn  clamd: not configured, files are not scanned for viruses")
     from .app import media_problems, media_processor
 
-    media_off = media_problems(config, media_processor(config))
+    pipeline = config.sections.pipeline
+    media_off = media_problems(pipeline, media_processor(pipeline, config.data_dir))
     for problem in media_off:
         print(f"warn  media: {problem}")
     if not media_off:
