@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             extra = {"host": args.host, "worker_port": args.port, "role": "worker"}
         config = _load(args, extra)
-        resolved = resolve(config)  # the key files and the files served: read and checked once
+        resolved = resolve(config)  # key files and the files served, checked before anything
     except ConfigError as exc:
         print(f"tusserver: configuration error: {exc}", file=sys.stderr)
         return 2
