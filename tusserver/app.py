@@ -29,6 +29,7 @@ from storage_backends.encryption import (
     EncryptedChunkStore,
     EncryptedObjectStore,
     EncryptionKeyError,
+    KeyRing,
 )
 from storage_backends.fileio import private_dirs
 from storage_backends.local import LocalChunkStore, LocalObjectStore
@@ -58,6 +59,8 @@ from .pipeline.pipeline import Pipeline
 from .pipeline.validators import ChecksumValidator, ClamAVValidator, PolicyValidator, Validator
 from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
+from .settings import PipelineSettings, StorageSettings
+from .startup import Resolved, resolve
 from .uploads.body import READ_PIECE
 from .uploads.digests import RunningDigests
 from .uploads.locks import InProcessLocker, Locker
@@ -115,7 +118,7 @@ class Runtime:
             await self.webhooks.start()
         if not self.config.clamd_url:
             _log.warning("no virus scan: clamd_url is not set")
-        for problem in media_problems(self.config, self.pipeline.media):
+        for problem in media_problems(self.config.sections.pipeline, self.pipeline.media):
             _log.warning("media probing is off", detail=problem)
         if self.config.auth == "none":
             _log.warning("auth is off: every request is trusted (auth = 'none')")
@@ -240,16 +243,23 @@ def build_runtime(
     locker: Locker | None = None,
     objects: ObjectStore | None = None,
     validators: list[Validator] | None = None,
+    resolved: Resolved | None = None,
 ) -> Runtime:
-    """Wire the services from the config; any dependency may be passed in instead."""
+    """Wire the services from the config; any dependency may be passed in instead.
+
+    ``resolved`` is what the start-up step read (:func:`tusserver.startup.resolve`); it is
+    read here when not given, so a key file that cannot be used raises ConfigError now.
+    """
+    resolved = resolved or resolve(config)
     metrics = Metrics()
     db = database or create_database(config.effective_database_url, durable=config.fsync)
-    chunk_store = store or _chunk_store(config, metrics)
-    object_store = objects or _object_store(config, metrics)
+    chunk_store = store or _chunk_store(config, metrics, key_ring=resolved.key_ring)
+    object_store = objects or _object_store(config, metrics, key_ring=resolved.key_ring)
     the_locker = locker or _locker(config, db, metrics)
     the_hooks = hooks or Hooks()
+    sections = config.sections
     service = UploadService(
-        config=config,
+        config=sections.uploads,
         store=chunk_store,
         repo=UploadRepository(db),
         locker=the_locker,
@@ -275,10 +285,11 @@ def build_runtime(
     )
     recorder = EventRecorder(db)
     pipeline = Pipeline(
-        media=media_processor(config),
+        media=media_processor(sections.pipeline, config.data_dir),
         events=recorder,
         metrics=metrics,
-        config=config,
+        config=sections.pipeline,
+        key_template=sections.storage.object_key_template,
         chunks=chunk_store,
         files=files,
         uploads=service.repo,
@@ -298,7 +309,9 @@ def build_runtime(
         service.digests = pipeline.digests = RunningDigests()
     service.on_finished = pipeline.take_upload
     service.first_bytes_check = pipeline.early_check
-    gateway = build_gateway(config, db, cache=cache, invalidator=cache_bus, signals=metrics)
+    gateway = build_gateway(
+        config, db, resolved=resolved, cache=cache, invalidator=cache_bus, signals=metrics
+    )
     if config.auth == "jwt":
         service.quota_limit = _quota_limit(config, gateway)
     service.observer = RecordingObserver(metrics=metrics, events=recorder, audit=gateway.audit_log)
@@ -339,7 +352,7 @@ def build_runtime(
 
 
 def media_processor(
-    config: TusServerConfig, tools: MediaTools | None = None
+    config: PipelineSettings, data_dir: Path, tools: MediaTools | None = None
 ) -> MediaProcessor | None:
     """The pipeline's media step as configured, or None when media probing is off."""
     if not config.media_probe:
@@ -351,14 +364,14 @@ def media_processor(
             memory_bytes=config.media_memory_limit,
             wall_seconds=config.media_timeout,
         ),
-        work_dir=config.data_dir / "tmp" / "media",
+        work_dir=data_dir / "tmp" / "media",
         max_pixels=config.max_image_pixels,
         max_duration=config.max_media_duration,
         strip_location=config.strip_location,
     )
 
 
-def media_problems(config: TusServerConfig, media: MediaProcessor | None) -> list[str]:
+def media_problems(config: PipelineSettings, media: MediaProcessor | None) -> list[str]:
     """What of media probing is off and why (for the start-up log and `tusserver check`)."""
     if not config.media_probe:
         return ["media_probe is false: media files are stored without checks or thumbnails"]
@@ -369,6 +382,7 @@ def build_gateway(
     config: TusServerConfig,
     db: Database,
     *,
+    resolved: Resolved,
     cache: Cache | None = None,
     invalidator: LocalBus | None = None,
     signals: SecuritySignals | None = None,
@@ -394,10 +408,8 @@ def build_gateway(
             secret = config.jwt_secret or ("" if config.jwks_url else _generated_secret(config))
             tokens = TokenService(secret=secret, **common)
         else:
-            tokens = TokenService.from_files(
-                private_key_file=config.jwt_private_key_file,
-                public_key_file=config.jwt_public_key_file,
-                **common,
+            tokens = TokenService(
+                private_key=resolved.jwt_private_key, public_key=resolved.jwt_public_key, **common
             )
     limiter: RateLimiter = (
         PostgresRateLimiter(db) if db.dialect == "postgresql" else MemoryRateLimiter()
@@ -518,7 +530,7 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
     return InProcessLocker(timeout=config.lock_timeout, observe_wait=metrics.lock_wait.observe)
 
 
-def _s3_settings(config: TusServerConfig) -> Any:
+def _s3_settings(config: StorageSettings) -> Any:
     import base64
 
     from storage_backends.s3 import S3Settings
@@ -547,37 +559,51 @@ def _s3_observer(metrics: Metrics | None) -> Callable[[str, float], None] | None
     return lambda op, seconds: metrics.s3_seconds.labels(op).observe(seconds)
 
 
-def _chunk_store(config: TusServerConfig, metrics: Metrics) -> ChunkStore:
-    if config.chunk_store == "s3":
+def _key_ring(ring: KeyRing | None) -> KeyRing:
+    if ring is None:  # a wiring mistake, never a setting's: resolve() reads it when on
+        raise RuntimeError("envelope encryption without its keys: call startup.resolve first")
+    return ring
+
+
+def _chunk_store(
+    config: TusServerConfig, metrics: Metrics, *, key_ring: KeyRing | None
+) -> ChunkStore:
+    storage, encryption = config.sections.storage, config.sections.encryption
+    if storage.chunk_store == "s3":
         from storage_backends.s3 import S3ChunkStore
 
         return S3ChunkStore(
-            _s3_settings(config),
-            prefix=config.s3_chunk_prefix,
-            max_size=config.max_size or None,
+            _s3_settings(storage),
+            prefix=storage.s3_chunk_prefix,
+            max_size=config.sections.uploads.max_size or None,
             observe=_s3_observer(metrics),
         )
-    if config.encryption == "envelope":
+    if encryption.enabled:
         return EncryptedChunkStore(
-            config.uploads_dir, config.key_ring(), segment_size=config.encryption_segment_size
+            config.uploads_dir,
+            _key_ring(key_ring),
+            segment_size=encryption.encryption_segment_size,
         )
     return LocalChunkStore(config.uploads_dir)
 
 
-def _object_store(config: TusServerConfig, metrics: Metrics | None = None) -> ObjectStore:
+def _object_store(
+    config: TusServerConfig, metrics: Metrics | None = None, *, key_ring: KeyRing | None
+) -> ObjectStore:
+    storage, encryption = config.sections.storage, config.sections.encryption
     inner: ObjectStore
-    if config.object_store == "s3":
+    if storage.object_store == "s3":
         from storage_backends.s3 import S3ObjectStore
 
-        inner = S3ObjectStore(_s3_settings(config), observe=_s3_observer(metrics))
+        inner = S3ObjectStore(_s3_settings(storage), observe=_s3_observer(metrics))
     else:
-        inner = LocalObjectStore(config.objects_dir, fsync=config.fsync)
-    if config.encryption == "envelope":
+        inner = LocalObjectStore(config.objects_dir, fsync=config.sections.uploads.fsync)
+    if encryption.enabled:
         return EncryptedObjectStore(
             inner,
-            config.key_ring(),
-            segment_size=config.encryption_segment_size,
-            allow_plaintext=config.encryption_allow_plaintext,
+            _key_ring(key_ring),
+            segment_size=encryption.encryption_segment_size,
+            allow_plaintext=encryption.encryption_allow_plaintext,
         )
     return inner
 
@@ -616,7 +642,8 @@ def create_tus_subapp(
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)
     handlers = TusHandlers(
-        config=config,
+        config=config.sections.http,
+        base_path=config.base_path,
         service=rt.uploads,
         files=rt.files,
         pipeline=rt.pipeline,
@@ -737,7 +764,7 @@ def create_app(
     )
     app.add_routes(files_api.routes(""))
     app.add_routes(files_api.routes("/api/v1"))
-    app.add_routes(AuthApi(config=config, gateway=rt.gateway).routes())
+    app.add_routes(AuthApi(config=config.sections.auth, gateway=rt.gateway).routes())
     analytics = AnalyticsApi(
         db=rt.db,
         gate=gate,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .config import ConfigError, TusServerConfig, load_config
 from .observability import configure_logging
+from .startup import Resolved, resolve
 
 __all__ = ["main"]
 
@@ -152,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             extra = {"host": args.host, "worker_port": args.port, "role": "worker"}
         config = _load(args, extra)
+        resolved = resolve(config)  # key files and the files served, checked before anything
     except ConfigError as exc:
         print(f"tusserver: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -177,11 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pipeline":
         return asyncio.run(_pipeline(config, args.action, failed=args.failed))
     if args.command == "check":
-        return asyncio.run(_check(config))
+        return asyncio.run(_check(config, resolved))
     if args.command == "audit":
         return asyncio.run(_audit(config, args))
     if args.command == "keys":
-        return _keys(config, args)
+        return _keys(config, args, resolved)
     if args.command == "config":
         print(json.dumps(config.masked(), indent=2, sort_keys=True))
         return 0
@@ -541,7 +543,7 @@ def _return_freed_buffers() -> None:
         return
 
 
-def _keys(config: TusServerConfig, args: argparse.Namespace) -> int:
+def _keys(config: TusServerConfig, args: argparse.Namespace, resolved: Resolved) -> int:
     from storage_backends.base import StorageError
     from storage_backends.encryption import generate_key_spec
 
@@ -556,22 +558,24 @@ def _keys(config: TusServerConfig, args: argparse.Namespace) -> int:
         print("tusserver: encryption is off (encryption = 'none'): nothing to rotate")
         return 2
     try:
-        return asyncio.run(_rotate(config))
+        return asyncio.run(_rotate(config, resolved))
     except StorageError as exc:
         print(f"tusserver: key rotation stopped: {exc}", file=sys.stderr)
         return 1
 
 
-async def _rotate(config: TusServerConfig) -> int:
+async def _rotate(config: TusServerConfig, resolved: Resolved) -> int:
     """Re-wrap data keys of uploads in progress and of objects; safe to run again."""
     from storage_backends.encryption import EncryptedChunkStore, EncryptedObjectStore
 
     from .app import _chunk_store, _object_store
     from .metrics import Metrics
 
-    active = config.key_ring().active_id
-    chunks = _chunk_store(config, Metrics())
-    objects = _object_store(config)
+    ring = resolved.key_ring
+    assert ring is not None  # encryption is on: resolve() read the keys
+    active = ring.active_id
+    chunks = _chunk_store(config, Metrics(), key_ring=ring)
+    objects = _object_store(config, key_ring=ring)
     if isinstance(chunks, EncryptedChunkStore):
         await chunks.open()
         report = await chunks.rotate()
@@ -593,7 +597,7 @@ async def _rotate(config: TusServerConfig) -> int:
     return 0
 
 
-async def _check(config: TusServerConfig) -> int:
+async def _check(config: TusServerConfig, resolved: Resolved) -> int:
     """Reach every dependency; print what fails; non-zero when anything does."""
     from sqlalchemy.engine import make_url
 
@@ -604,13 +608,13 @@ async def _check(config: TusServerConfig) -> int:
     # The same checks and the same lines as the start of `serve` and `migrate`.
     problems = 0
     dialect = make_url(config.effective_database_url).get_backend_name()
-    if (db_problem := await check_database(config)) is None:
+    if (db_problem := await check_database(config.sections.server)) is None:
         print(f"ok    database ({dialect})")
     else:
         problems += 1
         print(f"FAIL  database: {db_problem}")
-    objects = _object_store(config)
-    store_problem: Problem | str | None = await check_object_store(config)
+    objects = _object_store(config, key_ring=resolved.key_ring)
+    store_problem: Problem | str | None = await check_object_store(config.sections.storage)
     if store_problem is None:
         try:
             await objects.open()
@@ -637,7 +641,8 @@ async def _check(config: TusServerConfig) -> int:
         print("warn  clamd: not configured, files are not scanned for viruses")
     from .app import media_problems, media_processor
 
-    media_off = media_problems(config, media_processor(config))
+    pipeline = config.sections.pipeline
+    media_off = media_problems(pipeline, media_processor(pipeline, config.data_dir))
     for problem in media_off:
         print(f"warn  media: {problem}")
     if not media_off:

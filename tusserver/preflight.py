@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TusServerConfig
+from .settings import ServerSettings, StorageSettings
 
 __all__ = ["Problem", "check_database", "check_object_store", "preflight"]
 
@@ -61,9 +62,9 @@ async def preflight(
 ) -> list[Problem]:
     """Every problem found (empty: the settings work)."""
     problems: list[Problem] = []
-    if database and (p := await check_database(config)) is not None:
+    if database and (p := await check_database(config.sections.server)) is not None:
         problems.append(p)
-    if objects and (p := await check_object_store(config)) is not None:
+    if objects and (p := await check_object_store(config.sections.storage)) is not None:
         problems.append(p)
     return problems
 
@@ -71,7 +72,7 @@ async def preflight(
 # --- database ---------------------------------------------------------------------------------
 
 
-async def check_database(config: TusServerConfig, wait: float = TIMEOUT) -> Problem | None:
+async def check_database(config: ServerSettings, wait: float = TIMEOUT) -> Problem | None:
     """Whether the catalog's driver is installed and the database answers ``SELECT 1``."""
     from sqlalchemy.engine import make_url
 
@@ -174,9 +175,9 @@ def _database_problem(exc: Exception, where: str, user: str, dbname: str) -> Pro
 # --- object store -----------------------------------------------------------------------------
 
 
-async def check_object_store(config: TusServerConfig, wait: float = TIMEOUT) -> Problem | None:
+async def check_object_store(config: StorageSettings, wait: float = TIMEOUT) -> Problem | None:
     """With S3: the credentials are accepted and the bucket exists (or is created)."""
-    if config.object_store != "s3" and config.chunk_store != "s3":
+    if not config.uses_s3:
         return None
     if importlib.util.find_spec("minio") is None:
         return Problem(
@@ -186,7 +187,7 @@ async def check_object_store(config: TusServerConfig, wait: float = TIMEOUT) -> 
     return await asyncio.to_thread(_check_s3, config, wait)
 
 
-def _check_s3(config: TusServerConfig, timeout: float) -> Problem | None:
+def _check_s3(config: StorageSettings, timeout: float) -> Problem | None:
     import urllib3
     from minio import Minio
     from minio.error import S3Error

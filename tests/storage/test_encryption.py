@@ -29,7 +29,9 @@ from storage_backends.encryption import (
     parse_key_spec,
 )
 from storage_backends.local import LocalObjectStore
+from tusserver.app import create_app
 from tusserver.config import ConfigError, TusServerConfig
+from tusserver.startup import resolve
 
 SEG = 4096
 MARKER = b"PLAINTEXT-MARKER-7f3a"
@@ -84,23 +86,9 @@ def test_malformed_master_keys_are_refused_clearly(spec: str, message: str) -> N
 
 
 def test_config_names_the_key_setting(tmp_path: Path) -> None:
+    # No key at all is a value mistake: the config refuses it when built.
     with pytest.raises(ConfigError, match=r"encryption_keys: .*no master key"):
         TusServerConfig(data_dir=tmp_path, encryption="envelope")
-    with pytest.raises(ConfigError, match=r"encryption_keys: .*32 bytes"):
-        TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_keys=("k:AAAA",))
-    with pytest.raises(ConfigError, match="encryption_active_key"):
-        TusServerConfig(
-            data_dir=tmp_path,
-            encryption="envelope",
-            encryption_keys=(K1,),
-            encryption_active_key="k9",
-        )
-    with pytest.raises(ConfigError, match="encryption_key_file"):
-        TusServerConfig(
-            data_dir=tmp_path, encryption="envelope", encryption_key_file=str(tmp_path / "nope")
-        )
-    with pytest.raises(ConfigError, match="configured twice"):
-        TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_keys=(K1, K1))
     with pytest.raises(ConfigError, match="s3_sse"):
         TusServerConfig(
             data_dir=tmp_path,
@@ -111,13 +99,29 @@ def test_config_names_the_key_setting(tmp_path: Path) -> None:
             s3_access_key="a",
             s3_secret_key="b",
         )
+    # The keys themselves (and the key file) are read by the start-up step, which create_app
+    # runs, and the CLI before anything else.
+    refused = {
+        r"encryption_keys: .*32 bytes": {"encryption_keys": ("k:AAAA",)},
+        "encryption_active_key": {"encryption_keys": (K1,), "encryption_active_key": "k9"},
+        "encryption_key_file": {"encryption_key_file": str(tmp_path / "nope")},
+        "configured twice": {"encryption_keys": (K1, K1)},
+    }
+    for message, settings in refused.items():
+        config = TusServerConfig(data_dir=tmp_path, encryption="envelope", **settings)
+        with pytest.raises(ConfigError, match=message):
+            resolve(config)
+        with pytest.raises(ConfigError, match=message):
+            create_app(config)
+    assert not (tmp_path / "uploads").exists()
 
 
 def test_key_file_with_comments(tmp_path: Path) -> None:
     f = tmp_path / "keys"
     f.write_text(f"# rotated in March\n{K2}\n\n{K1}\n")
     cfg = TusServerConfig(data_dir=tmp_path, encryption="envelope", encryption_key_file=str(f))
-    ring = cfg.key_ring()
+    ring = resolve(cfg).key_ring
+    assert ring is not None
     assert ring.key_ids == ["k2", "k1"]
     assert ring.active_id == "k2"
 

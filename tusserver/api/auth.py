@@ -17,8 +17,8 @@ from auth.passwords import hash_password, needs_rehash, verify_password_or_dummy
 from auth.users import User, UserExists, valid_username
 
 from ..catalog.usage import quota_limit
-from ..config import TusServerConfig
 from ..errors import BadRequest, Forbidden, Unauthorized, UsernameTaken
+from ..settings import AuthSettings
 from .common import read_json, string_field
 
 __all__ = ["AuthApi"]
@@ -27,7 +27,7 @@ MIN_PASSWORD = 8
 
 
 class AuthApi:
-    def __init__(self, *, config: TusServerConfig, gateway: Gateway) -> None:
+    def __init__(self, *, config: AuthSettings, gateway: Gateway) -> None:
         self._config = config
         self._gw = gateway
 

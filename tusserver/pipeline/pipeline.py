@@ -44,10 +44,10 @@ from storage_backends.encryption import IntegrityError
 from ..catalog.analytics import Event, EventRecorder
 from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
-from ..config import TusServerConfig
 from ..errors import UnsupportedMediaType
 from ..events import Hooks
 from ..metrics import Metrics
+from ..settings import PipelineSettings
 from .holders import Holder
 from .keys import object_key
 from .media import MediaOutcome, MediaProcessor, store_thumbnails
@@ -101,7 +101,8 @@ class Pipeline:
     def __init__(
         self,
         *,
-        config: TusServerConfig,
+        config: PipelineSettings,
+        key_template: str,
         chunks: ChunkStore,
         files: FileRepository,
         uploads: UploadRepository,
@@ -120,6 +121,8 @@ class Pipeline:
         self._claimed: set[str] = set()
         self._events = events
         self._config = config
+        #: ``object_key_template`` of the storage settings: where a committed file goes.
+        self._key_template = key_template
         self._chunks = chunks
         self._files = files
         self._uploads = uploads
@@ -411,7 +414,7 @@ class Pipeline:
         )
         mismatch = f.declared_type is not None and f.declared_type != detected
         key = f.storage_key or object_key(
-            self._config.object_key_template,
+            self._key_template,
             owner=f.owner,
             file_id=f.id,
             name=f.name,

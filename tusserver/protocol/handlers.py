@@ -14,7 +14,6 @@ from auth.gateway import Gate, OpenGate
 
 from ..catalog.files import FileRecord, FileRepository, FileStatus
 from ..catalog.uploads import UploadRecord
-from ..config import TusServerConfig
 from ..errors import (
     BadRequest,
     Conflict,
@@ -28,6 +27,7 @@ from ..errors import (
 from ..http_io import ByteReader, caller_of, refuse_encoded_body, stream_bytes
 from ..metrics import Metrics
 from ..pipeline.pipeline import Pipeline
+from ..settings import HttpSettings
 from ..uploads.service import UploadService, UploadStatus
 from .headers import (
     SUPPORTED_CHECKSUMS,
@@ -55,7 +55,8 @@ class TusHandlers:
     def __init__(
         self,
         *,
-        config: TusServerConfig,
+        config: HttpSettings,
+        base_path: str,
         service: UploadService,
         files: FileRepository,
         pipeline: Pipeline,
@@ -64,13 +65,14 @@ class TusHandlers:
     ) -> None:
         self._metrics = metrics
         self._config = config
+        self._default_base_path = base_path
         self._service = service
         self._files = files
         self._pipeline = pipeline
         self._gate = gate or OpenGate()
         # Resumable Uploads for HTTP (the IETF draft), on the same URLs and upload records.
         self._ietf = IetfHandlers(
-            config=config,
+            config=service.config,
             service=service,
             gate=self._gate,
             location=self._location,
@@ -325,7 +327,7 @@ class TusHandlers:
     def _base_path(self, request: web.Request) -> str:
         """The creation URL's path as mounted (sub-app prefix included), ending in '/'."""
         resource = request.match_info.route.resource
-        canonical = resource.canonical if resource is not None else self._config.base_path
+        canonical = resource.canonical if resource is not None else self._default_base_path
         if canonical.endswith("{upload_id}"):
             canonical = canonical[: -len("{upload_id}")]
         return canonical if canonical.endswith("/") else canonical + "/"

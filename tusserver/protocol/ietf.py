@@ -31,7 +31,6 @@ from auth import Principal
 from auth.gateway import Gate
 from storage_backends.base import Finisher, StorageError, UnfinishedReader
 
-from ..config import TusServerConfig
 from ..errors import (
     ChecksumMismatch,
     Conflict,
@@ -43,6 +42,7 @@ from ..errors import (
     UploadSuspended,
 )
 from ..http_io import caller_of, refuse_encoded_body
+from ..settings import UploadSettings
 from ..types import Checksum
 from ..uploads.body import BodyReader, Interruption
 from ..uploads.service import UploadService, UploadStatus
@@ -161,7 +161,7 @@ class IetfHandlers:
     def __init__(
         self,
         *,
-        config: TusServerConfig,
+        config: UploadSettings,
         service: UploadService,
         gate: Gate,
         location: Callable[[web.Request, str], str],

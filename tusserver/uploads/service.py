@@ -41,7 +41,6 @@ from storage_backends.base import (
 
 from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
 from ..catalog.usage import QuotaExceeded
-from ..config import TusServerConfig
 from ..errors import (
     BadRequest,
     ChecksumMismatch,
@@ -56,6 +55,7 @@ from ..errors import (
     UploadSuspended,
 )
 from ..events import CreateContext, Hooks
+from ..settings import UploadSettings
 from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
 from .digests import RunningDigests
@@ -100,7 +100,7 @@ class UploadService:
     def __init__(
         self,
         *,
-        config: TusServerConfig,
+        config: UploadSettings,
         store: ChunkStore,
         repo: UploadRepository,
         locker: Locker,
