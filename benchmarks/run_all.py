@@ -401,7 +401,7 @@ async def bench_target(
                 _sync()
                 spy = None
                 spy_out = RESULTS / f"py-spy-{name}-{scenario.name}.txt"
-                if py_spy and name == "tusserver" and scenario.name == "small" and i == 0:
+                if py_spy and name.startswith("tusserver") and scenario.name == "small" and i == 0:
                     spy = _start_py_spy(server.pid, spy_out)
                 cpu0 = tree_cpu_s(server.pid)
                 res = await run_scenario(
