@@ -8,7 +8,6 @@ from strings.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -38,6 +37,7 @@ from ..errors import (
     UploadSuspended,
 )
 from ..errors import StateConflict as Conflict
+from ..hashing import update_all
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import content_disposition, not_modified, safe_filename
 from ..metrics import Metrics
@@ -720,10 +720,6 @@ class PartStream:
         self._content.set_exception(exc)
 
 
-#: Blocks at least this big are hashed in a worker thread (hashlib releases the GIL).
-_HASH_IN_THREAD = 256 * 1024
-
-
 async def _checked(
     blocks: AsyncIterator[bytes], sha256_hex: str, what: str
 ) -> AsyncIterator[bytes]:
@@ -740,10 +736,7 @@ async def _checked(
         async for block in blocks:
             if held is not None:
                 yield held
-            if len(block) >= _HASH_IN_THREAD:
-                await asyncio.to_thread(digest.update, block)
-            else:
-                digest.update(block)
+            await update_all((digest,), block)
             held = block
     finally:
         if isinstance(blocks, AsyncGenerator):

@@ -46,6 +46,7 @@ from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
 from ..errors import UnsupportedMediaType
 from ..events import Hooks
+from ..hashing import update_all
 from ..metrics import Metrics
 from ..settings import PipelineSettings
 from .holders import Holder
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "file_name_of", "text_metadata"]
 
 _log = structlog.get_logger("tusserver.pipeline")
-_HASH_IN_THREAD = 256 * 1024
 #: Heads shorter than this say little about the type; unless the file is that small, the
 #: early check waits for a longer first chunk (the final check always runs).
 _MIN_SNIFF = 512
@@ -497,10 +497,7 @@ class Pipeline:
         async for block in self._chunks.read(upload_id, 0, size):
             if len(head) < SNIFF_BYTES:
                 head += block[: SNIFF_BYTES - len(head)]
-            if len(block) >= _HASH_IN_THREAD:
-                await asyncio.to_thread(digest.update, block)
-            else:
-                digest.update(block)
+            await update_all((digest,), block)
         if size == 0:
             await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
         return digest.hexdigest(), bytes(head)

@@ -15,7 +15,6 @@ honours it; docs/ietf-draft.md describes what is and is not supported.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -41,6 +40,7 @@ from ..errors import (
     UploadInterrupted,
     UploadSuspended,
 )
+from ..hashing import update_all
 from ..http_io import caller_of, refuse_encoded_body
 from ..settings import UploadSettings
 from ..types import Checksum
@@ -86,7 +86,6 @@ DIGEST_ALGORITHMS: Mapping[str, tuple[str, int]] = {
 #: the keys the pipeline's checksum validator already reads (``sha256``) and ``sha512``.
 _REPR_METADATA = {"sha-256": "sha256", "sha-512": "sha512"}
 
-_HASH_IN_THREAD = 256 * 1024
 _CREATE_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -133,14 +132,10 @@ class _DigestTee:
         self._length = length
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        checks = self._content + self._representation
+        hashers = [c.hasher for c in self._content + self._representation]
         total = 0
         async for block in self._source:
-            for check in checks:
-                if len(block) >= _HASH_IN_THREAD:
-                    await asyncio.to_thread(check.hasher.update, block)
-                else:
-                    check.hasher.update(block)
+            await update_all(hashers, block)
             total += len(block)
             yield block
         if self._source.interruption is not Interruption.NONE:
@@ -596,12 +591,9 @@ class IetfHandlers:
         if isinstance(store, Finisher) and not isinstance(store, UnfinishedReader):
             return []
         try:
+            hashers = [c.hasher for c in checks]
             async for block in self._service.read(upload_id, 0, offset):
-                for check in checks:
-                    if len(block) >= _HASH_IN_THREAD:
-                        await asyncio.to_thread(check.hasher.update, block)
-                    else:
-                        check.hasher.update(block)
+                await update_all(hashers, block)
         except StorageError:
             _log.warning("cannot read an upload back for Repr-Digest", upload_id=upload_id)
             return []

@@ -6,22 +6,19 @@ only; kept apart so the lifecycle reads as the order of its steps.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from storage_backends.base import ChunkSource
 
 from ..errors import PayloadTooLarge, Progress, RequestTimeout, UploadInterrupted, UploadSuspended
+from ..hashing import update_all
 from .body import Interruption
 
 if TYPE_CHECKING:
     from .service import UploadStatus
 
 __all__ = ["BodyGuard", "raise_if_stopped", "refuse_more"]
-
-#: Blocks at least this big are hashed on a worker thread (hashlib releases the GIL).
-_HASH_IN_THREAD = 256 * 1024
 
 
 async def refuse_more(source: ChunkSource, content_length: int | None) -> None:
@@ -97,19 +94,10 @@ class BodyGuard:
                 block = block[: budget - total]
                 if not block:
                     return
-            if hashers:
-                if len(block) >= _HASH_IN_THREAD:
-                    await asyncio.to_thread(_update_all, hashers, block)
-                else:
-                    _update_all(hashers, block)
+            await update_all(hashers, block)
             total += len(block)
             self.total = total
             yield block
             del block  # the store has it; not kept while the next one is read
             if self.exceeded:
                 return
-
-
-def _update_all(hashers: Sequence[Any], block: bytes) -> None:
-    for h in hashers:
-        h.update(block)
