@@ -19,7 +19,6 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -91,12 +90,6 @@ class TokenService:
         else:
             self._sign_key = private_key
             self._verify_key = public_key
-
-    @classmethod
-    def from_files(cls, *, private_key_file: str, public_key_file: str, **kw: Any) -> TokenService:
-        private = Path(private_key_file).read_text() if private_key_file else None
-        public = Path(public_key_file).read_text() if public_key_file else None
-        return cls(private_key=private, public_key=public, **kw)
 
     @property
     def can_issue(self) -> bool:
