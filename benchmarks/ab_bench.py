@@ -29,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from load import BodySource, MiB, Scenario, run_scenario  # noqa: E402
+from load import BodySource, KiB, MiB, Scenario, run_scenario  # noqa: E402
 from run_all import settle  # noqa: E402
 
 from tusserver.testing import (  # noqa: E402
@@ -44,6 +44,10 @@ SCENARIOS = {
     "m32x32": Scenario("m32x32", uploads=32, size=32 * MiB, chunk=32 * MiB, concurrency=32),
     "large": Scenario("large", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=8),
     "large4": Scenario("large4", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=4),
+    # The small-upload workload of run_all (issue #21): creation-with-upload, then a HEAD.
+    "small": Scenario(
+        "small", uploads=2000, size=4 * KiB, chunk=4 * KiB, concurrency=32, mode="cwu"
+    ),
 }
 
 
@@ -98,6 +102,7 @@ async def one_run(
         mib = res.bytes_acked / MiB
         return {
             "label": label,
+            "uploads": scenario.uploads,
             "scenario": scenario.name,
             "ok": not res.errors and not res.timed_out,
             "first_error": res.first_error,
@@ -108,6 +113,8 @@ async def one_run(
             "settle_s": settled,
             "server_cpu_s": round(cpu, 2),
             "server_cpu_s_incl_settle": round(tree_cpu_seconds(pid) - cpu0, 2),
+            "uploads_per_s": res.uploads_per_s,
+            "post_p99_ms": res.post_p99_ms,
             "loadavg": round(os.getloadavg()[0], 1),
         }
     finally:
@@ -150,11 +157,15 @@ def main() -> int:
     rows = asyncio.run(main_async(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n{'variant':<12}{'scenario':<10}{'peak RSS':>10}{'MiB/s':>8}{'incl':>8}{'CPU s':>8}")
+    print(
+        f"\n{'variant':<12}{'scenario':<10}{'peak RSS':>10}{'MiB/s':>8}{'incl':>8}{'CPU s':>8}"
+        f"{'up/s':>8}{'ms/up':>7}"
+    )
     for r in rows:
         print(
             f"{r['label']:<12}{r['scenario']:<10}{r['rss_peak_mib']:>10}{r['mib_per_s']:>8}"
             f"{r['mib_per_s_incl_settle']:>8}{r['server_cpu_s_incl_settle']:>8}"
+            f"{r['uploads_per_s']:>8}{1000 * r['server_cpu_s_incl_settle'] / r['uploads']:>7.2f}"
             f"{'' if r['ok'] else '  FAILED: ' + str(r['first_error'])}"
         )
     return 0 if all(r["ok"] for r in rows) else 1
