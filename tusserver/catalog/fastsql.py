@@ -79,9 +79,10 @@ def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _
         if default is None or not default.is_scalar:
             return None
         defaults[column.key] = default.arg
+    # (``postfetch`` lists columns the database computes, such as ``attempts + 1`` in a SET:
+    # Core fetches nothing back for them either, so they need nothing here.)
     if (
         getattr(compiled, "update_prefetch", None)
-        or getattr(compiled, "postfetch", None)
         or getattr(compiled, "returning", None)
         or getattr(compiled, "_numeric_binds", False)
         or any(b.expanding for b in compiled.binds.values())

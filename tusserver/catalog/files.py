@@ -131,7 +131,9 @@ _CLAIM = (
     update(files)
     .where(
         files.c.id == bindparam("row_id"),
-        files.c.status.in_(PENDING),
+        # (Spelled out rather than IN: a statement without an expanding parameter takes the
+        # cheaper path of catalog.fastsql on SQLite.)
+        or_(*(files.c.status == status for status in PENDING)),
         or_(files.c.lease_until.is_(None), files.c.lease_until < bindparam("now")),
     )
     .values(
@@ -257,7 +259,7 @@ class FileRepository:
         }
         return await self.invalidator.run(
             self._db,
-            lambda conn: conn.execute(_CLAIM, params).rowcount == 1,
+            lambda conn: fastsql.execute(conn, _CLAIM, params) == 1,
             (FILES, file_id),
             quick=True,
         )
