@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -135,6 +136,10 @@ class Metrics:
         self.token_rejections.labels(reason).inc()
 
     def middleware(self) -> Middleware:
+        # The labelled children, by (method, status): ``labels()`` takes a lock and builds
+        # a key on every call, per request otherwise.
+        children: dict[tuple[str, int], Any] = {}
+
         @web.middleware
         async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
             started = time.perf_counter()
@@ -148,7 +153,12 @@ class Metrics:
                 raise
             finally:
                 method = request.method if request.method.isalpha() else "OTHER"
-                self.requests.labels(method[:10], str(status)).inc()
+                child = children.get((method, status))
+                if child is None:
+                    child = self.requests.labels(method[:10], str(status))
+                    if len(children) < 256:  # methods are any token: keep it bounded
+                        children[(method, status)] = child
+                child.inc()
                 if method == "PATCH":
                     self.patch_seconds.observe(time.perf_counter() - started)
 
