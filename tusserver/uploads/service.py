@@ -520,7 +520,8 @@ class UploadService:
             rec = created or await self._get_live(principal, upload_id)
             if rec.is_final:
                 raise Forbidden("a final concatenated upload cannot be patched")
-            status = await self._status(rec)
+            # A record created by this request holds nothing yet: the store need not be asked.
+            status = UploadStatus(rec, 0) if created is not None else await self._status(rec)
             current = status.offset
             assert current is not None
             if offset != current:
