@@ -27,10 +27,14 @@ class StorageSettings:
         metadata=doc("Where committed files go: `local` (under `<data_dir>/objects`) or `s3`."),
     )
     object_key_template: str = field(
-        default="{owner}/{yyyy}/{mm}/{dd}/{file_id}/{name}",
+        # (No directory per file: on a local object store each would cost an inode and a
+        # directory block per committed file.)
+        default="{owner}/{yyyy}/{mm}/{dd}/{file_id}-{name}",
         metadata=doc(
             "Object key of a committed file. Fields: owner, yyyy, mm, dd, file_id, name, ext, "
-            "category; each is sanitized, and file_id must appear so keys are unique."
+            "category; each is sanitized, and file_id must appear so keys are unique. A "
+            "file's key is recorded when it is committed: changing the template moves no "
+            "existing object."
         ),
     )
     s3_endpoint: str = field(
