@@ -21,8 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 __all__ = ["Claims", "ExpiredToken", "InvalidToken", "TokenService"]
 
 MAX_TOKEN_LENGTH = 8192
@@ -73,6 +71,10 @@ class TokenService:
         self._leeway = leeway
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        # pyjwt (and the cryptography it loads, about 9 MiB of resident memory together) is
+        # imported where tokens are made or checked: a server with auth off never loads it.
+        import jwt
+
         self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=False) if jwks_url else None
         #: The issuer's keys by kid, when they were last fetched (or tried), one fetch at a time.
         self._jwks_keys: dict[str | None, Any] = {}
@@ -97,6 +99,8 @@ class TokenService:
 
     def issue(self, *, subject: str, token_type: str, role: str) -> tuple[str, str, dt.datetime]:
         """A signed token; returns (token, jti, expiry)."""
+        import jwt
+
         if not self.can_issue:
             raise InvalidToken("this server only verifies tokens of an external issuer")
         now = dt.datetime.now(dt.UTC)
@@ -141,6 +145,8 @@ class TokenService:
         """The issuer's key for this token's ``kid``. An unknown kid (a rotated key, or a
         forged token) fetches the set again only if the last fetch is a minute old: a flood
         of made-up kids costs the issuer one request a minute, not one per token."""
+        import jwt
+
         kid = jwt.get_unverified_header(token).get("kid")
         if not isinstance(kid, str | None):
             raise InvalidToken("kid must be a string")
@@ -165,6 +171,8 @@ class TokenService:
         )
 
     async def _fetch_jwks(self) -> None:
+        import jwt
+
         assert self._jwks is not None
         # Counted before it runs: a failing issuer is not asked again within the interval.
         self._jwks_fetched = time.monotonic()
@@ -176,6 +184,8 @@ class TokenService:
         self._jwks_keys = {k.key_id: k for k in jwk_set.keys if k.public_key_use in ("sig", None)}
 
     async def _verify(self, token: str, token_type: str) -> Claims:
+        import jwt
+
         try:
             key = self._verify_key
             if self._jwks is not None:

@@ -25,12 +25,7 @@ from auth.signals import SecuritySignals
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
 from storage_backends.base import ChunkStore, Lifecycle, ObjectStore, StorageError
-from storage_backends.encryption import (
-    EncryptedChunkStore,
-    EncryptedObjectStore,
-    EncryptionKeyError,
-    KeyRing,
-)
+from storage_backends.encryption import EncryptionKeyError, KeyRing
 from storage_backends.fileio import private_dirs
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 
@@ -579,6 +574,8 @@ def _chunk_store(
             observe=_s3_observer(metrics),
         )
     if encryption.enabled:
+        from storage_backends.encryption import EncryptedChunkStore  # loads cryptography
+
         return EncryptedChunkStore(
             config.uploads_dir,
             _key_ring(key_ring),
@@ -599,6 +596,8 @@ def _object_store(
     else:
         inner = LocalObjectStore(config.objects_dir, fsync=config.sections.uploads.fsync)
     if encryption.enabled:
+        from storage_backends.encryption import EncryptedObjectStore  # loads cryptography
+
         return EncryptedObjectStore(
             inner,
             _key_ring(key_ring),

@@ -33,8 +33,10 @@ segment cipher and streaming seal/open), :mod:`.objects` (the object store) and
 with the plaintext local stores.
 """
 
-from .chunks import EncryptedChunkStore
+from typing import TYPE_CHECKING, Any
+
 from .keys import (
+    NONCE,
     EncryptionKeyError,
     Envelope,
     IntegrityError,
@@ -43,16 +45,44 @@ from .keys import (
     generate_key_spec,
     parse_key_spec,
 )
-from .objects import EncryptedObjectStore, MetadataRewriter
-from .segments import (
-    DEFAULT_SEGMENT_SIZE,
-    NONCE,
-    OVERHEAD,
-    TAG,
-    SegmentCipher,
-    sealed_size,
-    segment_count,
-)
+
+if TYPE_CHECKING:
+    from .chunks import EncryptedChunkStore
+    from .objects import EncryptedObjectStore, MetadataRewriter
+    from .segments import (
+        DEFAULT_SEGMENT_SIZE,
+        OVERHEAD,
+        TAG,
+        SegmentCipher,
+        sealed_size,
+        segment_count,
+    )
+
+#: The stores and the segment cipher load cryptography: imported on first use (PEP 562), so
+#: a server without encryption that only needs the error types above never loads it.
+_LAZY = {
+    "EncryptedChunkStore": "chunks",
+    "EncryptedObjectStore": "objects",
+    "MetadataRewriter": "objects",
+    "DEFAULT_SEGMENT_SIZE": "segments",
+    "OVERHEAD": "segments",
+    "TAG": "segments",
+    "SegmentCipher": "segments",
+    "sealed_size": "segments",
+    "segment_count": "segments",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",

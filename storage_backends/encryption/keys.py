@@ -17,11 +17,12 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from ..base import IntegrityError, StorageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "CHECK_NAME",
@@ -160,6 +161,11 @@ class KeyRing:
         return list(self._keys)
 
     def _master(self, kid: str) -> AESGCM:
+        # cryptography is imported by the first use of a key, not by importing this module:
+        # the error types above are needed by every server, the cipher only with encryption
+        # on (loading cryptography costs about 6 MiB of resident memory).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             return AESGCM(self._keys[kid])
         except KeyError:
@@ -177,6 +183,8 @@ class KeyRing:
         return nonce + self._master(kid).encrypt(nonce, data_key, self._aad(kid, context))
 
     def unwrap(self, env: Envelope, context: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         master = self._master(env.key_id)
         w = env.wrapped_key
         try:
@@ -193,6 +201,8 @@ class KeyRing:
     def new_envelope(
         self, context: str, segment_size: int, size: int | None = None
     ) -> tuple[bytes, Envelope]:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         data_key = AESGCM.generate_key(bit_length=256)
         wrapped = self.wrap(data_key, context)
         return data_key, Envelope(self.active_id, wrapped, segment_size, size)
@@ -210,6 +220,8 @@ class KeyRing:
         return base64.b64encode(sealed).decode()
 
     def verify_records(self, records: Mapping[str, str], where: str) -> None:
+        from cryptography.exceptions import InvalidTag
+
         for kid, b64 in records.items():
             if kid not in self._keys:
                 raise EncryptionKeyError(
