@@ -100,3 +100,15 @@ def test_a_server_without_auth_or_encryption_loads_neither_pyjwt_nor_cryptograph
         """
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_server_on_sqlite_loads_no_postgresql_dialect() -> None:
+    done = _python(
+        """
+        import sys
+        import tusserver.cli, tusserver.app, tusserver.catalog.analytics
+        loaded = [m for m in sys.modules if m.startswith("sqlalchemy.dialects.postgresql")]
+        assert not loaded, loaded
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

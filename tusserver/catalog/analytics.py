@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import importlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,7 +39,6 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .db import Database
@@ -267,7 +267,14 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
 
 def _increment(dialect: str, table: Table, columns: tuple[str, ...]) -> Any:
     """INSERT a row, or add its ``columns`` to those of the row with the same primary key."""
-    upsert_mod: Any = postgresql if dialect == "postgresql" else sqlite
+    # The dialect's module is imported here, not with this module: SQLAlchemy's postgresql
+    # package (2 MiB resident) is not loaded by a server on SQLite. An already imported
+    # module costs a dictionary lookup.
+    upsert_mod: Any = importlib.import_module(
+        "sqlalchemy.dialects.postgresql"
+        if dialect == "postgresql"
+        else "sqlalchemy.dialects.sqlite"
+    )
     stmt = upsert_mod.insert(table)
     return stmt.on_conflict_do_update(
         index_elements=[c.name for c in table.primary_key.columns],
