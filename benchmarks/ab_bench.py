@@ -42,6 +42,8 @@ from tusserver.testing import (  # noqa: E402
 SCENARIOS = {
     "m8x64": Scenario("m8x64", uploads=8, size=64 * MiB, chunk=64 * MiB, concurrency=8),
     "m32x32": Scenario("m32x32", uploads=32, size=32 * MiB, chunk=32 * MiB, concurrency=32),
+    # One upload alone: what a single client gets (no other upload to overlap its writes).
+    "s1x256": Scenario("s1x256", uploads=1, size=256 * MiB, chunk=256 * MiB, concurrency=1),
     "large": Scenario("large", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=8),
     "large4": Scenario("large4", uploads=8, size=64 * MiB, chunk=8 * MiB, concurrency=4),
     # The small-upload workload of run_all (issue #21): creation-with-upload, then a HEAD.
