@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import functools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from .base import (
     UploadDataMissing,
 )
 from .fileio import (
+    DIR_MODE,
     FILE_MODE,
     INLINE_WRITE,
     copy_range,
@@ -202,12 +204,35 @@ class LocalChunkStore:
 
 _KEY_SEGMENT = re.compile(r"[^/\x00]{1,255}")
 
+#: The extended attribute holding an object's metadata (JSON: content type and metadata).
+META_XATTR = "user.tusserver.meta"
+#: setxattr errors meaning the filesystem has no user xattrs: the sidecar from then on.
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+#: setxattr errors meaning this value does not fit (ext4: ENOSPC past one block; the VFS:
+#: E2BIG past 64 KiB; ERANGE on some others): the sidecar for this object. A really full
+#: disk fails the sidecar's write too, with ENOSPC, which the caller reports as full.
+_TOO_BIG = frozenset({errno.E2BIG, errno.ENOSPC, errno.ERANGE})
+#: getxattr errors after which the sidecar is read: no such attribute, or no user xattrs.
+_NOT_IN_XATTR = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+#: Where to set or read an object's metadata: the path of its file, or an open descriptor.
+_Target = Path | int
+
 
 class LocalObjectStore:
-    """Finished files under one directory, keyed by relative paths; metadata in a sidecar.
+    """Finished files under one directory, keyed by relative paths; the metadata of each in
+    an extended attribute of its own file (:data:`META_XATTR`), else in a sidecar.
 
-    Objects appear atomically (written to a temporary name, then renamed); the sidecar with
-    the metadata is written first, so an object never exists without its metadata.
+    Objects appear atomically (written to a temporary name, then renamed), and the metadata
+    is set on that file before the rename: extended attributes belong to the inode, so an
+    object appears with its metadata, in one step, as OpenStack Swift keeps them. That costs
+    one setxattr where a sidecar cost a file (an inode, its directory, a rename) per object.
+
+    The sidecar ``.meta/<key>.json`` is written instead when the filesystem has no user
+    extended attributes (remembered after the first refusal) or the metadata does not fit in
+    one (ext4: about 4 KiB); it is written before the object's rename, and that object then
+    carries no attribute. Reads take the attribute first and fall back to the sidecar, which
+    is where objects stored by earlier versions keep their metadata.
     """
 
     kind = "local"
@@ -218,9 +243,11 @@ class LocalObjectStore:
         #: fsync an object's bytes before it is renamed into place (off: the operator chose
         #: speed over surviving a power loss, as with ``fsync = false`` for uploads).
         self._fsync = fsync
+        #: False once the filesystem refused a user xattr: metadata goes to sidecars.
+        self._xattrs = True
 
     async def open(self) -> None:
-        private_dirs(self._meta_root)
+        private_dirs(self._root)
 
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own file."""
@@ -250,16 +277,24 @@ class LocalObjectStore:
         consume: bool = False,
     ) -> None:
         dest = self.path(key)
-        await self._write_meta(key, content_type, metadata)
+        doc = _meta_doc(content_type, metadata)
         if consume:
-            # The usual commit of a local upload: a rename, inline (a metadata call).
+            # The usual commit of a local upload: the metadata onto the upload's file, then
+            # a rename, inline (metadata calls); a copy where the rename crosses filesystems.
             try:
-                _place_file(path, dest, True, False, copy=False)
-                return
+                in_xattr = self._attach(path, key, doc)
+                _parent_dir(dest)
+                os.replace(path, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-        await asyncio.to_thread(_place_file, path, dest, consume, self._fsync)
+            else:
+                if in_xattr:
+                    self._drop_sidecar(key)
+                return
+        attach = functools.partial(self._attach, key=key, doc=doc)
+        if await asyncio.to_thread(_copy_file, path, dest, consume, self._fsync, attach):
+            self._drop_sidecar(key)
 
     @full_disk_is_storage_full
     async def put_stream(
@@ -272,8 +307,8 @@ class LocalObjectStore:
         metadata: Mapping[str, str],
     ) -> None:
         dest = self.path(key)
-        await self._write_meta(key, content_type, metadata)
-        private_dirs(dest.parent)
+        doc = _meta_doc(content_type, metadata)
+        _parent_dir(dest)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
@@ -282,6 +317,7 @@ class LocalObjectStore:
                 pos += await asyncio.to_thread(pwrite_all, fd, block, pos)
             if pos != size:
                 raise StorageError(f"expected {size} bytes, got {pos}")
+            in_xattr = self._attach(fd, key, doc)  # before the fsync, which then covers it
             if self._fsync:
                 await asyncio.to_thread(os.fsync, fd)
         except BaseException:
@@ -291,6 +327,8 @@ class LocalObjectStore:
             raise
         await asyncio.to_thread(os.close, fd)
         await aiofiles.os.replace(tmp, dest)
+        if in_xattr:
+            self._drop_sidecar(key)
 
     @full_disk_is_storage_full
     async def put_built(
@@ -302,15 +340,17 @@ class LocalObjectStore:
         metadata: Mapping[str, str],
     ) -> None:
         """Store an object whose bytes ``build(fd)`` writes, in a worker thread, into a new
-        temporary file beside its destination; then, as :meth:`put_file`: fsync (if on), the
-        sidecar, and the rename. Nothing is left behind if ``build`` raises.
+        temporary file beside its destination; then, as :meth:`put_file`: the metadata,
+        fsync (if on), and the rename. Nothing is left behind if ``build`` raises.
         """
         dest = self.path(key)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        job = asyncio.get_running_loop().run_in_executor(None, _build_file, tmp, build, self._fsync)
+        attach = functools.partial(self._attach, key=key, doc=_meta_doc(content_type, metadata))
+        job = asyncio.get_running_loop().run_in_executor(
+            None, _build_file, tmp, build, self._fsync, attach
+        )
         try:
-            await asyncio.shield(job)
-            await self._write_meta(key, content_type, metadata)
+            in_xattr = await asyncio.shield(job)
             os.replace(tmp, dest)  # inline: a rename is a metadata call
         except BaseException:
             while not job.done():  # never remove the file under a build still writing it
@@ -319,36 +359,82 @@ class LocalObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
             raise
+        if in_xattr:
+            self._drop_sidecar(key)
 
-    async def _write_meta(self, key: str, content_type: str, metadata: Mapping[str, str]) -> None:
-        meta_path = self._meta_path(key)
-        doc = json.dumps({"content_type": content_type, "metadata": dict(metadata)})
-        write_atomic(meta_path, doc.encode())  # inline: a small file and a rename
+    def _attach(self, target: _Target, key: str, doc: bytes) -> bool:
+        """Give the file about to become object ``key`` its metadata, before its rename: in
+        its extended attribute (True), else in the sidecar, the file then carrying no
+        attribute that would shadow it (False). Inline: one setxattr (a metadata call)."""
+        if self._xattrs:
+            try:
+                os.setxattr(target, META_XATTR, doc)
+                return True
+            except OSError as exc:
+                if exc.errno in _NO_XATTRS:
+                    self._xattrs = False
+                elif exc.errno not in _TOO_BIG:
+                    raise
+        write_atomic(self._meta_path(key), doc)  # inline: a small file and a rename
+        _drop_xattr(target)
+        return False
 
-    def read_sidecar(self, key: str) -> tuple[str, dict[str, str]]:
-        """The object's (content type, metadata) from its sidecar; read inline (a small file)."""
+    def _drop_sidecar(self, key: str) -> None:
+        """Remove the sidecar a former object at ``key`` may have left: the metadata is in
+        the new object's attribute (one failed unlink in the usual case: no sidecar)."""
         try:
-            with open(self._meta_path(key), "rb") as fh:
-                doc = json.loads(fh.read())
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+            os.unlink(self._meta_path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:  # no sidecar can have such a name
+                raise
+
+    def read_meta(self, key: str, fd: int | None = None) -> tuple[str, dict[str, str]]:
+        """The object's (content type, metadata): from its extended attribute, else from its
+        sidecar (objects of earlier versions; filesystems without user xattrs; metadata too
+        big for one). Read inline (metadata calls). With ``fd`` (the object's open file),
+        the attribute is that file's, whatever has been renamed over its path since.
+        """
+        raw: bytes | None
+        try:
+            raw = os.getxattr(self.path(key) if fd is None else fd, META_XATTR)
+        except FileNotFoundError:
+            raw = None
+        except OSError as exc:
+            if exc.errno not in _NOT_IN_XATTR:
+                raise
+            raw = None
+        if raw is None:
+            try:
+                with open(self._meta_path(key), "rb") as fh:
+                    raw = fh.read()
+            except (FileNotFoundError, NotADirectoryError):
+                raw = b""
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
             doc = {}
         if not isinstance(doc, dict):
             doc = {}
         return doc.get("content_type", "application/octet-stream"), doc.get("metadata", {})
 
+    #: The name before metadata moved into extended attributes (still read there too).
+    read_sidecar = read_meta
+
     async def stat(self, key: str) -> ObjectInfo | None:
-        # Inline, as the module docstring says for metadata calls: a stat and the read of a
-        # sidecar of a few hundred bytes take microseconds, where the two trips through the
-        # thread pool they used to take cost ~100 us of CPU each and were most of the price
-        # of a Range request on an encrypted object (its envelope lives in the sidecar).
-        # Reading the sidecar each time rather than caching envelopes keeps every process
-        # right without invalidation: `tusserver keys rotate` rewrites sidecars from another
-        # process, and several instances may share the directory.
+        # Inline, as the module docstring says for metadata calls: a stat and a getxattr (or
+        # the read of a sidecar of a few hundred bytes) take microseconds, where the two
+        # trips through the thread pool they used to take cost ~100 us of CPU each and were
+        # most of the price of a Range request on an encrypted object (its envelope lives in
+        # the metadata). Reading the metadata each time rather than caching envelopes keeps
+        # every process right without invalidation: `tusserver keys rotate` rewrites them
+        # from another process, and several instances may share the directory.
         try:
             st = os.stat(self.path(key))
         except FileNotFoundError:
             return None
-        content_type, metadata = self.read_sidecar(key)
+        content_type, metadata = self.read_meta(key)
         return ObjectInfo(key=key, size=st.st_size, content_type=content_type, metadata=metadata)
 
     async def get(
@@ -374,6 +460,7 @@ class LocalObjectStore:
             await asyncio.to_thread(os.close, fd)
 
     async def delete(self, key: str) -> None:
+        """The object, and its sidecar if it has one (the attribute goes with the file)."""
         for p in (self.path(key), self._meta_path(key)):
             await remove(p)
 
@@ -389,17 +476,51 @@ class LocalObjectStore:
 
     @full_disk_is_storage_full
     async def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
-        """Rewrite the sidecar (atomically) and leave the object's bytes alone."""
+        """Replace the metadata, atomically, and leave the object's bytes alone.
+
+        Readers see the old metadata or the new, never a mix or none: one setxattr replaces
+        the attribute's value whole (and, for an object whose metadata was in a sidecar,
+        the attribute shadows the sidecar from that call on; the sidecar is then removed).
+        Where the attribute cannot be used, the sidecar is written (a write and a rename)
+        and only then the object's attribute, if it has one, removed.
+        """
+        path = self.path(key)
         info = await self.stat(key)
         if info is None:
             raise StorageError(f"object {key} is missing")
-        await self._write_meta(key, info.content_type, metadata)
+        if self._attach(path, key, _meta_doc(info.content_type, metadata)):
+            self._drop_sidecar(key)
 
     async def list_keys(self) -> AsyncIterator[str]:
         """Every object key, skipping the metadata tree and in-flight temporary files."""
         keys = await asyncio.to_thread(_walk_keys, self._root)
         for key in keys:
             yield key
+
+
+def _meta_doc(content_type: str, metadata: Mapping[str, str]) -> bytes:
+    return json.dumps({"content_type": content_type, "metadata": dict(metadata)}).encode()
+
+
+def _drop_xattr(target: _Target) -> None:
+    """Remove the metadata attribute from a file, if it has one."""
+    try:
+        os.removexattr(target, META_XATTR)
+    except OSError as exc:
+        if exc.errno not in _NOT_IN_XATTR:
+            raise
+
+
+def _parent_dir(dest: Path) -> None:
+    """Make sure the directory of ``dest`` exists: one mkdir, since the usual key (see
+    ``storage.key_template``) names a new directory per file; an existing directory costs
+    one failed mkdir, and missing parents the walk of :func:`private_dirs`."""
+    try:
+        os.mkdir(dest.parent, DIR_MODE)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        private_dirs(dest.parent)
 
 
 def _walk_keys(root: Path) -> list[str]:
@@ -415,54 +536,51 @@ def _walk_keys(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _build_file(tmp: Path, build: Callable[[int], object], fsync: bool) -> None:
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except FileNotFoundError:
-        private_dirs(tmp.parent)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+def _build_file(
+    tmp: Path, build: Callable[[int], object], fsync: bool, attach: Callable[[int], bool]
+) -> bool:
+    """``build`` into a new file, its metadata attached (before the fsync, which then covers
+    both); what ``attach`` returned (whether the metadata is in the file's attribute)."""
+    _parent_dir(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         build(fd)
+        in_xattr = attach(fd)
         if fsync:
             os.fsync(fd)
+        return in_xattr
     finally:
         os.close(fd)
 
 
-def _place_file(src: Path, dest: Path, consume: bool, fsync: bool, *, copy: bool = True) -> None:
-    """Put ``src`` at ``dest`` atomically: a rename when allowed and possible, else a copy.
-
-    With ``copy=False`` a rename across filesystems raises (EXDEV) instead of copying.
-    """
-    if consume:
-        try:
-            try:
-                os.replace(src, dest)
-            except FileNotFoundError:
-                if not os.path.exists(src):
-                    raise
-                private_dirs(dest.parent)
-                os.replace(src, dest)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EXDEV or not copy:  # another filesystem: copy instead
-                raise
-    private_dirs(dest.parent)
+def _copy_file(
+    src: Path, dest: Path, consume: bool, fsync: bool, attach: Callable[[_Target], bool]
+) -> bool:
+    """Copy ``src`` to ``dest`` atomically (a temporary file beside it, given its metadata by
+    ``attach``, synced if asked, renamed into place), then remove ``src`` if ``consume``.
+    What ``attach`` returned."""
+    _parent_dir(dest)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:
         d = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             copy_range(s, d, 0, 0, os.fstat(s).st_size)
+            in_xattr = attach(d)
             if fsync:
                 os.fsync(d)
-        finally:
+        except BaseException:
             os.close(d)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        os.close(d)
     finally:
         os.close(s)
     os.replace(tmp, dest)
     if consume:
         os.remove(src)
+    return in_xattr
 
 
 def _append_file(stage: Path, target: Path, offset: int, count: int, fsync: bool) -> None:

@@ -210,8 +210,9 @@ class EncryptedObjectStore:
     ) -> AsyncIterator[bytes]:
         """The object's file itself, read in whole sealed segments (see open_file).
 
-        The open, fstat and sidecar read (the envelope) are inline, as storage_backends.fileio
-        does metadata calls: a Range request costs one trip to a worker thread, for the read.
+        The open, fstat and metadata read (the envelope: the open file's extended attribute,
+        else its sidecar) are inline, as storage_backends.fileio does metadata calls: a Range
+        request costs one trip to a worker thread, for the read.
         """
         path = inner.path(key)
         try:
@@ -220,7 +221,7 @@ class EncryptedObjectStore:
             raise StorageError(f"object {key} is missing") from None
         try:
             stored = os.fstat(fd).st_size
-            env = Envelope.from_metadata(inner.read_sidecar(key)[1])
+            env = Envelope.from_metadata(inner.read_meta(key, fd)[1])
             if env is not None:
                 cipher, size = self._opener(key, env, stored)
                 end = size if length is None else min(size, start + length)

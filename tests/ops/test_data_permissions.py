@@ -1,12 +1,15 @@
 """The data directory is private: created 0700, every file in it 0600 (#16 item 16).
 
 The catalog (password hashes, the audit log), its -wal and -shm files, the uploads, the
-objects and their sidecars are checked on a server that really ran an upload through HTTP,
-under a permissive umask (002), where the defaults of open() and SQLite would give 0664.
+objects and their metadata sidecars (written where the filesystem refuses the extended
+attribute that holds an object's metadata otherwise) are checked on a server that really ran
+an upload through HTTP, under a permissive umask (002), where the defaults of open() and
+SQLite would give 0664.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from storage_backends.encryption import generate_key_spec
+from storage_backends.local import META_XATTR
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
 from tusserver import TusServerConfig, create_app
 
@@ -38,10 +42,22 @@ def modes(root: Path) -> dict[str, int]:
     return out
 
 
+def no_user_xattrs(*args: object) -> None:
+    raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+
+
+@pytest.mark.parametrize("meta", ["xattr", "sidecar"])
 @pytest.mark.parametrize("encryption", ["none", "envelope"])
 async def test_everything_in_the_data_directory_is_private(
-    aiohttp_client: Any, tmp_path: Path, permissive_umask: None, encryption: str
+    aiohttp_client: Any,
+    tmp_path: Path,
+    permissive_umask: None,
+    encryption: str,
+    meta: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if meta == "sidecar":  # a filesystem without user xattrs: metadata in sidecar files
+        monkeypatch.setattr(os, "setxattr", no_user_xattrs)
     data_dir = tmp_path / "new" / "data"  # created by the server, parents included
     settings: dict[str, Any] = {
         "data_dir": data_dir,
@@ -70,7 +86,20 @@ async def test_everything_in_the_data_directory_is_private(
     found = modes(data_dir)
     names = set(found)
     assert {"tusserver.db", "tusserver.db-wal", "tusserver.db-shm", "jwt_secret"} <= names
-    assert any(n.startswith("objects/.meta/") and n.endswith(".json") for n in names), names
+    sidecars = {n for n in names if n.startswith("objects/.meta/") and n.endswith(".json")}
+    if meta == "sidecar":
+        assert sidecars, names
+    else:  # in the object's own attribute (which has the file's mode): no sidecar
+        assert not sidecars, names
+        (obj,) = [
+            n
+            for n in names
+            if n.startswith("objects/")
+            and (data_dir / n).is_file()
+            and "/.tusserver" not in n  # the encrypted store's key check record
+            and ".thumb-" not in n  # the media step's thumbnails
+        ]
+        assert b'"sha256"' in os.getxattr(data_dir / obj, META_XATTR)
     assert any(n.startswith("uploads/") for n in names), names
     loose = {
         name: oct(mode)

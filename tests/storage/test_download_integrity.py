@@ -18,13 +18,14 @@ import pytest
 
 from storage_backends.encryption import generate_key_spec
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
+from tests.storage.stored_meta import stored_doc, write_stored_doc
 
 MARKER = b"SUBSTITUTED-PLAINTEXT-0042"
 _KEY = generate_key_spec("integrity")
 
 
-def stored_object(data_dir: Path) -> tuple[Path, Path]:
-    """The one committed object under the data directory, and its metadata sidecar."""
+def stored_object(data_dir: Path) -> tuple[Path, str]:
+    """The one committed object under the data directory (its path, and its key)."""
     root = data_dir / "objects"
     (obj,) = [
         p
@@ -34,8 +35,7 @@ def stored_object(data_dir: Path) -> tuple[Path, Path]:
         and not p.name.startswith(".tusserver")
         and ".thumb-" not in p.name  # the media step's thumbnails sit next to the file
     ]
-    rel = obj.relative_to(root)
-    return obj, root / ".meta" / rel.parent / (rel.name + ".json")
+    return obj, obj.relative_to(root).as_posix()
 
 
 async def test_an_object_without_envelope_is_never_served_as_plaintext(
@@ -48,11 +48,11 @@ async def test_an_object_without_envelope_is_never_served_as_plaintext(
     assert info["status"] == "committed", info
 
     # Someone with write access to the store puts plaintext there, without the envelope.
-    obj, sidecar = stored_object(tmp_path / "data")
-    doc = json.loads(sidecar.read_bytes())
+    obj, key = stored_object(tmp_path / "data")
+    doc = stored_doc(tmp_path / "data" / "objects", key)
     assert any(k.startswith("tusenc-") for k in doc["metadata"])
     doc["metadata"] = {k: v for k, v in doc["metadata"].items() if not k.startswith("tusenc-")}
-    sidecar.write_text(json.dumps(doc))
+    write_stored_doc(tmp_path / "data" / "objects", key, doc)
     obj.write_bytes(data)
 
     r = await client.get(info["content_url"])

@@ -29,6 +29,7 @@ from storage_backends.encryption import (
     parse_key_spec,
 )
 from storage_backends.local import LocalObjectStore
+from tests.storage.stored_meta import stored_doc, write_stored_doc
 from tusserver.app import create_app
 from tusserver.config import ConfigError, TusServerConfig
 from tusserver.startup import resolve
@@ -221,21 +222,21 @@ async def test_a_corrupted_wrapped_key_is_a_clear_error(tmp_path: Path) -> None:
     store = objects(tmp_path / "o", K1)
     await store.open()
     await store.put_stream("w.bin", blocks(b"x" * 100), size=100, content_type="a/b", metadata={})
-    meta_path = tmp_path / "o" / ".meta" / "w.bin.json"
-    doc = json.loads(meta_path.read_text())
+    root = tmp_path / "o"
+    doc = stored_doc(root, "w.bin")
     wrapped = bytearray(base64.b64decode(doc["metadata"]["tusenc-key"]))
     wrapped[20] ^= 0xFF
     doc["metadata"]["tusenc-key"] = base64.b64encode(bytes(wrapped)).decode()
-    meta_path.write_text(json.dumps(doc))
+    write_stored_doc(root, "w.bin", doc)
     with pytest.raises(EncryptionKeyError, match="damaged envelope"):
         await read_all(store, "w.bin")
     doc["metadata"]["tusenc-key"] = "%%%"
-    meta_path.write_text(json.dumps(doc))
+    write_stored_doc(root, "w.bin", doc)
     with pytest.raises(IntegrityError, match="malformed"):
         await read_all(store, "w.bin")
     doc["metadata"]["tusenc-kid"] = "k7"
     doc["metadata"]["tusenc-key"] = base64.b64encode(bytes(wrapped)).decode()
-    meta_path.write_text(json.dumps(doc))
+    write_stored_doc(root, "w.bin", doc)
     with pytest.raises(EncryptionKeyError, match="'k7', which is not configured"):
         await read_all(store, "w.bin")
 
@@ -245,8 +246,8 @@ async def test_envelopes_cannot_be_swapped_between_objects(tmp_path: Path) -> No
     await store.open()
     for name in ("a", "b"):
         await store.put_stream(name, blocks(b"y" * 50), size=50, content_type="a/b", metadata={})
-    meta = tmp_path / "o" / ".meta"
-    (meta / "b.json").write_bytes((meta / "a.json").read_bytes())
+    root = tmp_path / "o"
+    write_stored_doc(root, "b", stored_doc(root, "a"))
     with pytest.raises(EncryptionKeyError):
         await read_all(store, "b")
 
@@ -284,7 +285,8 @@ class _Streamed:
         self.kind = "streamed"
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("path", "read_sidecar", "replace_metadata", "list_keys", "put_built"):
+        local_only = ("path", "read_meta", "read_sidecar", "replace_metadata", "list_keys")
+        if name in (*local_only, "put_built"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -570,22 +572,22 @@ async def test_a_committed_copy_is_a_proper_finished_object(tmp_path: Path) -> N
     raw = path.read_bytes()
     # Cutting the final segment off is detected (its predecessor is not final) ...
     path.write_bytes(raw[: 2 * (SEG + OVERHEAD)])
-    meta_path = tmp_path / "o" / ".meta" / "m.bin.json"
-    doc = json.loads(meta_path.read_text())
+    doc = stored_doc(tmp_path / "o", "m.bin")
     doc["metadata"]["tusenc-size"] = str(2 * SEG)
-    meta_path.write_text(json.dumps(doc))
+    write_stored_doc(tmp_path / "o", "m.bin", doc)
     with pytest.raises(IntegrityError):
         await read_all(obj, "m.bin")
     # ... and the data key is bound to the object key, not to the upload id.
     doc["metadata"]["tusenc-size"] = str(3 * SEG)
-    meta_path.write_text(json.dumps(doc))
+    write_stored_doc(tmp_path / "o", "m.bin", doc)
     path.write_bytes(raw)
     assert await read_all(obj, "m.bin") == data
     up_env = json.loads((tmp_path / "u" / "m.key").read_text())
     assert up_env["tusenc-key"] != doc["metadata"]["tusenc-key"]
+    # (Planted as an object of an earlier version: its metadata in a sidecar.)
     (tmp_path / "o" / "x").mkdir()
     (tmp_path / "o" / "x" / "m.bin").write_bytes(raw)
-    (tmp_path / "o" / ".meta" / "x").mkdir()
+    (tmp_path / "o" / ".meta" / "x").mkdir(parents=True)
     (tmp_path / "o" / ".meta" / "x" / "m.bin.json").write_text(json.dumps(doc))
     with pytest.raises(EncryptionKeyError):
         await read_all(obj, "x/m.bin")
@@ -602,7 +604,7 @@ async def test_commit_wraps_the_key_under_the_object_stores_active_key(tmp_path:
     obj = EncryptedObjectStore(LocalObjectStore(tmp_path / "o"), both, segment_size=SEG)
     await obj.open()
     assert await up2.copy_into("r", obj, "r.bin", content_type="a/b", metadata={})
-    doc = json.loads((tmp_path / "o" / ".meta" / "r.bin.json").read_text())
+    doc = stored_doc(tmp_path / "o", "r.bin")
     assert doc["metadata"]["tusenc-kid"] == "k2"
     only_k2 = objects(tmp_path / "o", K2)
     assert await read_all(only_k2, "r.bin") == data
@@ -739,10 +741,9 @@ async def test_the_commit_of_a_finished_upload_is_a_rename(
         # A renamed object is a proper finished object: cut at a segment boundary, detected.
         raw = obj_path.read_bytes()
         obj_path.write_bytes(raw[: SEG + OVERHEAD])
-        meta_path = tmp_path / "o" / ".meta" / "d" / "r1.bin.json"
-        doc = json.loads(meta_path.read_text())
+        doc = stored_doc(tmp_path / "o", "d/r1.bin")
         doc["metadata"]["tusenc-size"] = str(SEG)
-        meta_path.write_text(json.dumps(doc))
+        write_stored_doc(tmp_path / "o", "d/r1.bin", doc)
         with pytest.raises(IntegrityError):
             await read_all(obj, "d/r1.bin")
 
