@@ -396,9 +396,12 @@ class LocalObjectStore:
         big for one). Read inline (metadata calls). With ``fd`` (the object's open file),
         the attribute is that file's, whatever has been renamed over its path since.
         """
+        return self._read_meta(key, self.path(key) if fd is None else fd)
+
+    def _read_meta(self, key: str, target: _Target) -> tuple[str, dict[str, str]]:
         raw: bytes | None
         try:
-            raw = os.getxattr(self.path(key) if fd is None else fd, META_XATTR)
+            raw = os.getxattr(target, META_XATTR)
         except FileNotFoundError:
             raw = None
         except OSError as exc:
@@ -430,11 +433,12 @@ class LocalObjectStore:
         # the metadata). Reading the metadata each time rather than caching envelopes keeps
         # every process right without invalidation: `tusserver keys rotate` rewrites them
         # from another process, and several instances may share the directory.
+        path = self.path(key)
         try:
-            st = os.stat(self.path(key))
+            st = os.stat(path)
         except FileNotFoundError:
             return None
-        content_type, metadata = self.read_meta(key)
+        content_type, metadata = self._read_meta(key, path)
         return ObjectInfo(key=key, size=st.st_size, content_type=content_type, metadata=metadata)
 
     async def get(
