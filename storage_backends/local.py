@@ -32,7 +32,6 @@ from .base import (
     UploadDataMissing,
 )
 from .fileio import (
-    DIR_MODE,
     FILE_MODE,
     INLINE_WRITE,
     copy_range,
@@ -226,7 +225,8 @@ class LocalObjectStore:
     Objects appear atomically (written to a temporary name, then renamed), and the metadata
     is set on that file before the rename: extended attributes belong to the inode, so an
     object appears with its metadata, in one step, as OpenStack Swift keeps them. That costs
-    one setxattr where a sidecar cost a file (an inode, its directory, a rename) per object.
+    one setxattr where a sidecar cost a file per object (an inode, a write, a rename; and its
+    own directory under the former default key template).
 
     The sidecar ``.meta/<key>.json`` is written instead when the filesystem has no user
     extended attributes (remembered after the first refusal) or the metadata does not fit in
@@ -283,8 +283,7 @@ class LocalObjectStore:
             # a rename, inline (metadata calls); a copy where the rename crosses filesystems.
             try:
                 in_xattr = self._attach(path, key, doc)
-                _parent_dir(dest)
-                os.replace(path, dest)
+                _rename_into(path, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
@@ -308,9 +307,8 @@ class LocalObjectStore:
     ) -> None:
         dest = self.path(key)
         doc = _meta_doc(content_type, metadata)
-        _parent_dir(dest)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = await asyncio.to_thread(_create_beside, tmp)
         try:
             pos = 0
             async for block in source:
@@ -515,16 +513,24 @@ def _drop_xattr(target: _Target) -> None:
             raise
 
 
-def _parent_dir(dest: Path) -> None:
-    """Make sure the directory of ``dest`` exists: one mkdir, since the usual key (see
-    ``storage.key_template``) names a new directory per file; an existing directory costs
-    one failed mkdir, and missing parents the walk of :func:`private_dirs`."""
+def _rename_into(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest``, creating the directories of ``dest`` when they are missing
+    (the first object of a day under the default key template): the rename is tried first."""
     try:
-        os.mkdir(dest.parent, DIR_MODE)
-    except FileExistsError:
-        pass
+        os.replace(src, dest)
     except FileNotFoundError:
-        private_dirs(dest.parent)
+        private_dirs(dest.parent)  # if ``src`` is what is missing, the rename says so again
+        os.replace(src, dest)
+
+
+def _create_beside(tmp: Path) -> int:
+    """A new file ``tmp`` (its directories created when missing), open for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(tmp, flags, FILE_MODE)
+    except FileNotFoundError:
+        private_dirs(tmp.parent)
+        return os.open(tmp, flags, FILE_MODE)
 
 
 def _walk_keys(root: Path) -> list[str]:
@@ -545,8 +551,7 @@ def _build_file(
 ) -> bool:
     """``build`` into a new file, its metadata attached (before the fsync, which then covers
     both); what ``attach`` returned (whether the metadata is in the file's attribute)."""
-    _parent_dir(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    fd = _create_beside(tmp)
     try:
         build(fd)
         in_xattr = attach(fd)
@@ -563,11 +568,10 @@ def _copy_file(
     """Copy ``src`` to ``dest`` atomically (a temporary file beside it, given its metadata by
     ``attach``, synced if asked, renamed into place), then remove ``src`` if ``consume``.
     What ``attach`` returned."""
-    _parent_dir(dest)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:
-        d = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        d = _create_beside(tmp)
         try:
             copy_range(s, d, 0, 0, os.fstat(s).st_size)
             in_xattr = attach(d)
