@@ -7,7 +7,7 @@ Each ``--var label=SRC`` is a directory holding ``storage_backends`` (``git arch
 storage_backends | tar -x -C /tmp/main-src``), put first on ``PYTHONPATH`` of a fresh
 process per run; the variants alternate (A B, then B A). A run commits ``--files`` files of
 4 KiB with ``put_file(consume=True)`` (the pipeline's commit of a local upload) under keys of
-the default template (a new directory per file), fsync off, then stats each object; it
+the default template (all in one directory: one owner, one day), fsync off, then stats each object; it
 reports the process's user + system CPU per operation (getrusage), which on a shared machine
 moves far less than wall time.
 """
@@ -44,7 +44,7 @@ async def main(n):
             srcs.append(p)
         meta = {"file-id": "f" * 32, "owner": "alice", "original-name": "photo.png",
                 "sha256": "ab" * 32}
-        keys = [f"alice/2026/12/06/{i:032x}/photo.png" for i in range(n)]
+        keys = [f"alice/2026/12/06/{i:032x}-photo.png" for i in range(n)]
         t0 = cpu()
         for key, p in zip(keys, srcs):
             await store.put_file(key, p, content_type="image/png", metadata=meta, consume=True)
