@@ -7,9 +7,9 @@ Each ``--var label=SRC`` is a directory holding ``storage_backends`` (``git arch
 storage_backends | tar -x -C /tmp/main-src``), put first on ``PYTHONPATH`` of a fresh
 process per run; the variants alternate (A B, then B A). A run commits ``--files`` files of
 4 KiB with ``put_file(consume=True)`` (the pipeline's commit of a local upload) under keys of
-the default template (all in one directory: one owner, one day), fsync off, then stats each object; it
-reports the process's user + system CPU per operation (getrusage), which on a shared machine
-moves far less than wall time.
+the default template (all in one directory: one owner, one day), fsync off, then stats each
+object; it reports the process's user + system CPU per operation (getrusage), which on a
+shared machine moves far less than wall time.
 """
 
 from __future__ import annotations
