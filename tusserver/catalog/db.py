@@ -55,8 +55,9 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from storage_backends.fileio import private_dirs, private_file
 
@@ -86,6 +87,8 @@ class Database:
     engine: AsyncEngine
     #: SQLite only: where units of work run (the synchronous engine and its thread).
     sqlite: SqliteRunner | None = None
+    #: PostgreSQL only: how units of work run (one greenlet each, see PostgresRunner).
+    postgres: PostgresRunner | None = None
 
     @property
     def dialect(self) -> str:
@@ -96,10 +99,12 @@ class Database:
 
         ``quick``: a point query that may run inline on the event loop (SQLite).
         """
-        if self.sqlite is None:
-            async with self.engine.connect() as conn:
-                return await conn.run_sync(work)
-        return await self.sqlite.run(work, write=False, quick=quick)
+        if self.sqlite is not None:
+            return await self.sqlite.run(work, write=False, quick=quick)
+        if self.postgres is not None:
+            return await self.postgres.run(work, write=False, quick=quick)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(work)
 
     async def write(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
         """Run ``work`` in one transaction: committed when it returns, rolled back if it raises.
@@ -107,10 +112,12 @@ class Database:
         ``work`` may run twice (after a lock held by another process made the first attempt
         fail and roll back): it must have no effect outside the connection.
         """
-        if self.sqlite is None:
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
-        return await self.sqlite.run(work, write=True, quick=quick)
+        if self.sqlite is not None:
+            return await self.sqlite.run(work, write=True, quick=quick)
+        if self.postgres is not None:
+            return await self.postgres.run(work, write=True, quick=quick)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -490,6 +497,62 @@ class SqliteRunner:
             self.engine.dispose()
 
 
+class PostgresRunner:
+    """Units of work on PostgreSQL (asyncpg), each in one greenlet.
+
+    ``AsyncEngine.begin()`` + ``run_sync`` spawns a greenlet for the checkout, the begin, the
+    work, the commit and the close; here one greenlet does all of it on the synchronous side
+    of the async engine (its statements still wait on the event loop through asyncpg).
+
+    Round trips a unit does not need are left out:
+
+    - no pre-ping at checkout (with asyncpg it is BEGIN, ``;``, ROLLBACK: three round trips):
+      a pooled connection the server has closed (a restart, an idle timeout) is known closed
+      by asyncpg as soon as the event loop has read its end, and the checkout event below
+      replaces it. One whose end has not been seen yet fails at its first statement: the
+      unit is run again once on a new connection when that is safe (a read; a write that
+      had not reached its COMMIT, rolled back with the lost session).
+    - a ``quick`` read (a point query) runs in autocommit: a single statement is its own
+      transaction, without a BEGIN and a ROLLBACK around it.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine.sync_engine
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+        result: T = await greenlet_spawn(self._unit, work, write, quick)
+        return result
+
+    def _unit(self, work: Callable[[Connection], T], write: bool, quick: bool) -> T:
+        retried = False
+        while True:
+            committing = False
+            conn = self.engine.connect()
+            try:
+                if write:
+                    with conn.begin():
+                        result = work(conn)
+                        committing = True
+                    return result
+                if quick:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                return work(conn)
+            except DBAPIError as exc:
+                if retried or committing or not exc.connection_invalidated:
+                    raise
+                retried = True
+                _log.info("database connection lost; running the unit again", error=str(exc))
+            finally:
+                conn.close()
+
+
+def _asyncpg_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """A pooled connection the server has closed is replaced at checkout (no round trip)."""
+    raw = record.driver_connection
+    if raw is not None and raw.is_closed():
+        raise DisconnectionError("the connection was closed by the server")
+
+
 def _private_sqlite_files(path: Path) -> None:
     """The catalog holds password hashes and the audit log: its directory is created 0700
     and its files are 0600 (or stricter, by the umask). The database file is created here
@@ -525,10 +588,14 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
-        kwargs["pool_pre_ping"] = True
+        # asyncpg: a closed connection is replaced at checkout instead (PostgresRunner).
+        kwargs["pool_pre_ping"] = parsed.get_driver_name() != "asyncpg"
     engine = create_async_engine(url, **kwargs)
     if not sqlite:
-        return Database(engine)
+        if parsed.get_driver_name() != "asyncpg":
+            return Database(engine)
+        event.listen(engine.sync_engine, "checkout", _asyncpg_checkout)
+        return Database(engine, postgres=PostgresRunner(engine))
     pragmas = _sqlite_pragmas("FULL" if durable else "NORMAL")
     event.listen(engine.sync_engine, "connect", pragmas)
     if not parsed.database or parsed.database == ":memory:":
