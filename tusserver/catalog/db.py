@@ -61,6 +61,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from storage_backends.fileio import private_dirs, private_file
 
+from ..cache.bus import DEFERRED_NOTIFY, send_deferred
+
 __all__ = ["Database", "create_database", "is_disk_full"]
 
 T = TypeVar("T")
@@ -120,9 +122,15 @@ class Database:
             return await conn.run_sync(work)
 
     async def dispose(self) -> None:
+        if self.postgres is not None:
+            await self.postgres.close()
         await self.engine.dispose()
         if self.sqlite is not None:
             await self.sqlite.close()
+
+
+class _UnitFailed(Exception):
+    """A unit of a group failed (the group is rolled back, its units run one by one)."""
 
 
 class _Busy(Exception):
@@ -514,14 +522,93 @@ class PostgresRunner:
       had not reached its COMMIT, rolled back with the lost session).
     - a ``quick`` read (a point query) runs in autocommit: a single statement is its own
       transaction, without a BEGIN and a ROLLBACK around it.
+    - quick writes are grouped as on SQLite: those of one turn of the event loop share one
+      transaction (:meth:`_group`). Groups run side by side on their own connections; the
+      quick writes are point writes by primary key, and two groups that would still wait
+      for each other's rows are told so by PostgreSQL's deadlock detection, and their units
+      run again one by one.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine.sync_engine
+        #: Quick writes waiting for the next turn of the event loop (:meth:`_flush`).
+        self._pending: list[_Queued] = []
+        self._scheduled = False
+        #: Groups running (kept referenced until done; awaited by close).
+        self._groups: set[asyncio.Task[None]] = set()
 
     async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+        if write and quick:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+            self._pending.append(_Queued(work, True, future, loop))
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._flush)
+            return await future
         result: T = await greenlet_spawn(self._unit, work, write, quick)
         return result
+
+    def _flush(self) -> None:
+        """The quick writes queued since the last turn of the event loop: one group, run in
+        one transaction on one connection (see :meth:`_group`)."""
+        self._scheduled = False
+        group = [q for q in self._pending[:_MAX_GROUP] if not q.future.done()]
+        del self._pending[:_MAX_GROUP]
+        if self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if group:
+            task = asyncio.get_running_loop().create_task(self._run_group(group))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    async def _run_group(self, group: list[_Queued]) -> None:
+        try:
+            outcomes = await greenlet_spawn(self._group, [q.work for q in group])
+        except BaseException as exc:  # never leave callers waiting
+            outcomes = [(False, exc)] * len(group)
+        for q, (ok, value) in zip(group, outcomes, strict=True):
+            if q.future.done():  # cancelled meanwhile
+                continue
+            if ok:
+                q.future.set_result(value)
+            else:
+                q.future.set_exception(value)
+
+    def _group(self, works: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Group commit: the units in one transaction, so one BEGIN and one COMMIT (and one
+        checkout, one greenlet) for all of them. Each caller gets its result once the group
+        has committed. If a unit fails, the group is rolled back and its units run again one
+        by one, each in its own transaction, so that the error is that unit's alone (units
+        may run twice: see :meth:`Database.write`). An error outside the units (no
+        connection, the COMMIT) is every unit's."""
+        if len(works) > 1:
+
+            def all_of(conn: Connection) -> list[Any]:
+                results = []
+                for work in works:
+                    try:
+                        results.append(work(conn))
+                    except Exception as exc:
+                        raise _UnitFailed from exc
+                return results
+
+            try:
+                return [(True, r) for r in self._unit(all_of, True, True)]
+            except _UnitFailed:
+                pass
+        outcomes: list[tuple[bool, Any]] = []
+        for work in works:
+            try:
+                outcomes.append((True, self._unit(work, True, True)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def close(self) -> None:
+        while self._groups:
+            await asyncio.gather(*self._groups, return_exceptions=True)
 
     def _unit(self, work: Callable[[Connection], T], write: bool, quick: bool) -> T:
         retried = False
@@ -531,7 +618,14 @@ class PostgresRunner:
             try:
                 if write:
                     with conn.begin():
-                        result = work(conn)
+                        # Invalidations of the cache are sent in one statement at the end.
+                        deferred: list[str] = []
+                        conn.info[DEFERRED_NOTIFY] = deferred
+                        try:
+                            result = work(conn)
+                        finally:
+                            del conn.info[DEFERRED_NOTIFY]
+                        send_deferred(conn, deferred)
                         committing = True
                     return result
                 if quick:

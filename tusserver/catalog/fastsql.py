@@ -45,10 +45,11 @@ class _Plan:
     processors: list[tuple[str, Callable[[Any], Any] | None]] = field(default_factory=list)
 
 
-#: Where a connection keeps its plans: (statement id, parameter names) -> (statement, plan or
-#: None where the plain path must be used). Kept per DBAPI connection (``Connection.info``),
-#: so plans live and die with the connection they were compiled for.
-_PLANS_KEY = "tusserver.fastsql.plans"
+#: Where an engine keeps its plans: (statement id, parameter names) -> (statement, plan or
+#: None where the plain path must be used). Kept on the engine's dialect, whose SQL they are:
+#: the connections of a PostgreSQL pool share them (compiling a statement costs a few ms,
+#: once per connection was a good part of a fresh server's first thousands of uploads).
+_PLANS_ATTR = "_tusserver_fastsql_plans"
 _MAX_PLANS = 512
 
 _Plans = dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, "_Plan | None"]]
@@ -64,7 +65,10 @@ def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Pla
         # (One process may use several databases: tests, embedders. aiosqlite, used for an
         # in-memory catalog, has an asynchronous cursor.)
         return None
-    plans: _Plans = conn.info.setdefault(_PLANS_KEY, {})
+    plans: _Plans | None = getattr(dialect, _PLANS_ATTR, None)
+    if plans is None:
+        plans = {}
+        setattr(dialect, _PLANS_ATTR, plans)
     key = (id(stmt), names)
     hit = plans.get(key)
     if hit is not None and hit[0] is stmt:
