@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 
 from .store import Cache, Key
@@ -22,7 +22,7 @@ __all__ = [
     "LocalBus",
     "NotifyOnly",
     "PostgresBus",
-    "send_deferred",
+    "deferred_statement",
 ]
 
 _log = structlog.get_logger("tusserver.cache")
@@ -104,13 +104,11 @@ def _publishing(
     return unit
 
 
-def send_deferred(conn: Connection, payloads: list[str]) -> None:
-    """The notifications deferred by the units run on ``conn`` (see :data:`DEFERRED_NOTIFY`),
-    in one statement, in their order, inside the transaction that is about to commit."""
-    if len(payloads) == 1:
-        conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payloads[0]})
-    elif payloads:
-        conn.execute(_NOTIFY_ALL, {"channel": CHANNEL, "payloads": payloads})
+def deferred_statement(payloads: list[str]) -> tuple[TextClause, dict[str, Any]]:
+    """The statement that sends the notifications deferred by the units run on a connection
+    (see :data:`DEFERRED_NOTIFY`), all in one, in their order; the runner executes it inside
+    the transaction that is about to commit."""
+    return _NOTIFY_ALL, {"channel": CHANNEL, "payloads": payloads}
 
 
 class NotifyOnly:

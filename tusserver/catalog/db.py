@@ -61,7 +61,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from storage_backends.fileio import private_dirs, private_file
 
-from ..cache.bus import DEFERRED_NOTIFY, send_deferred
+from ..cache.bus import DEFERRED_NOTIFY, deferred_statement
+from . import fastsql
 
 __all__ = ["Database", "create_database", "is_disk_full"]
 
@@ -625,7 +626,8 @@ class PostgresRunner:
                             result = work(conn)
                         finally:
                             del conn.info[DEFERRED_NOTIFY]
-                        send_deferred(conn, deferred)
+                        if deferred:
+                            fastsql.execute(conn, *deferred_statement(deferred))
                         committing = True
                     return result
                 if quick:
