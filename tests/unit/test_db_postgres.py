@@ -162,3 +162,26 @@ async def test_connections_the_server_closed_are_replaced(db: Database, pg_url: 
     assert await db.read(lambda c: c.execute(query).scalar(), quick=True) is None
     assert await _insert(db, upload_id) == upload_id
     assert await db.read(lambda c: c.execute(query).scalar()) == upload_id
+
+
+async def test_a_small_pool_serves_many_units_of_both_kinds(pg_url: str) -> None:
+    """Connections kept open between units never starve a unit waiting for the pool: many
+    concurrent reads in autocommit, reads in a transaction and writes on a pool of 4."""
+    db = create_database(pg_url, pool_size=2)
+    prefix = "small-" + secrets.token_hex(4)
+    sleep = "SELECT pg_sleep(0.01)"
+    try:
+
+        async def one(round_: int, i: int) -> None:
+            if i % 3 == 0:
+                await db.read(lambda c: c.exec_driver_sql(sleep).scalar(), quick=True)
+            elif i % 3 == 1:
+                await db.read(lambda c: c.exec_driver_sql(sleep).scalar())
+            else:
+                await _insert(db, f"{prefix}-{round_}-{i}")
+
+        for round_ in range(3):
+            await asyncio.wait_for(asyncio.gather(*(one(round_, i) for i in range(60))), 20)
+        assert await _count(pg_url, prefix + "%") == 60
+    finally:
+        await db.dispose()

@@ -83,6 +83,8 @@ _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 _WAL_SIZE_LIMIT = 1024 * 1024
 #: At most this many units share one transaction on the thread (group commit).
 _MAX_GROUP = 64
+#: PostgreSQL: connections kept open between units, of each kind (see PostgresRunner).
+_MAX_IDLE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,6 +525,8 @@ class PostgresRunner:
       had not reached its COMMIT, rolled back with the lost session).
     - a ``quick`` read (a point query) runs in autocommit: a single statement is its own
       transaction, without a BEGIN and a ROLLBACK around it.
+    - connections stay open between units (a few of each kind: in autocommit for quick
+      reads, in transactions for the rest) instead of a pool checkout and return each.
     - quick writes are grouped as on SQLite: those of one turn of the event loop share one
       transaction (:meth:`_group`). Groups run side by side on their own connections; the
       quick writes are point writes by primary key, and two groups that would still wait
@@ -530,13 +534,18 @@ class PostgresRunner:
       run again one by one.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, capacity: int) -> None:
         self.engine = engine.sync_engine
+        #: How many connections the pool gives out at most (pool_size + max_overflow).
+        self._capacity = capacity
         #: Quick writes waiting for the next turn of the event loop (:meth:`_flush`).
         self._pending: list[_Queued] = []
         self._scheduled = False
         #: Groups running (kept referenced until done; awaited by close).
         self._groups: set[asyncio.Task[None]] = set()
+        #: Connections kept open between units, in autocommit (quick reads) or not.
+        self._idle: dict[bool, list[Connection]] = {False: [], True: []}
+        self._closed = False
 
     async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
         if write and quick:
@@ -608,14 +617,18 @@ class PostgresRunner:
         return outcomes
 
     async def close(self) -> None:
+        self._closed = True
         while self._groups:
             await asyncio.gather(*self._groups, return_exceptions=True)
+        await greenlet_spawn(self._drop_idle)
 
     def _unit(self, work: Callable[[Connection], T], write: bool, quick: bool) -> T:
         retried = False
+        autocommit = quick and not write
         while True:
             committing = False
-            conn = self.engine.connect()
+            reuse = False
+            conn = self._checkout(autocommit)
             try:
                 if write:
                     with conn.begin():
@@ -629,17 +642,57 @@ class PostgresRunner:
                         if deferred:
                             fastsql.execute(conn, *deferred_statement(deferred))
                         committing = True
-                    return result
-                if quick:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                return work(conn)
+                else:
+                    result = work(conn)
+                    if conn.in_transaction():
+                        conn.rollback()  # (autocommit: no round trip)
+                reuse = True
+                return result
             except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    # The others may be gone too (a restart): new connections from now on.
+                    self._drop_idle()
                 if retried or committing or not exc.connection_invalidated:
                     raise
                 retried = True
                 _log.info("database connection lost; running the unit again", error=str(exc))
             finally:
-                conn.close()
+                self._checkin(conn, autocommit, reuse)
+
+    def _checkout(self, autocommit: bool) -> Connection:
+        """A connection kept open from an earlier unit (a pool checkout and return per unit
+        cost more than a point query), or a new one from the pool."""
+        idle = self._idle[autocommit]
+        while idle:
+            conn = idle.pop()
+            raw = conn.connection.driver_connection
+            if raw is not None and not raw.is_closed():
+                return conn
+            conn.invalidate()  # closed by the server: not back to the pool
+            conn.close()
+        conn = self.engine.connect()
+        if autocommit:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
+
+    def _checkin(self, conn: Connection, autocommit: bool, reuse: bool) -> None:
+        idle = self._idle[autocommit]
+        if (
+            reuse
+            and not self._closed
+            and len(idle) < _MAX_IDLE
+            # A unit may be waiting for the pool (it is exhausted): this one goes back to it.
+            and self.engine.pool.checkedout() < self._capacity  # type: ignore[attr-defined]
+            and not (conn.closed or conn.invalidated or conn.in_transaction())
+        ):
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def _drop_idle(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
 
 
 def _asyncpg_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -691,7 +744,7 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         if parsed.get_driver_name() != "asyncpg":
             return Database(engine)
         event.listen(engine.sync_engine, "checkout", _asyncpg_checkout)
-        return Database(engine, postgres=PostgresRunner(engine))
+        return Database(engine, postgres=PostgresRunner(engine, capacity=2 * pool_size))
     pragmas = _sqlite_pragmas("FULL" if durable else "NORMAL")
     event.listen(engine.sync_engine, "connect", pragmas)
     if not parsed.database or parsed.database == ":memory:":
