@@ -185,3 +185,23 @@ async def test_a_small_pool_serves_many_units_of_both_kinds(pg_url: str) -> None
         assert await _count(pg_url, prefix + "%") == 60
     finally:
         await db.dispose()
+
+
+async def test_a_cancelled_unit_is_cancelled_and_rolled_back(db: Database, pg_url: str) -> None:
+    """A caller cancelled while its unit waits on PostgreSQL (a shutdown stopping a flush)
+    sees CancelledError, not another error that would hide the cancellation; nothing of the
+    unit is committed and the database keeps serving."""
+    upload_id = "cancel-" + secrets.token_hex(4)
+
+    def work(conn: Connection) -> None:
+        conn.execute(insert(uploads_table), _row(upload_id))
+        conn.exec_driver_sql("SELECT pg_sleep(5)")
+
+    task = asyncio.ensure_future(db.write(work))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert await _insert(db, upload_id + "-after") == upload_id + "-after"
+    await asyncio.sleep(5)
+    assert await _count(pg_url, upload_id) == 0

@@ -632,14 +632,17 @@ class PostgresRunner:
             conn = self._checkout(autocommit)
             try:
                 if write:
+                    # Invalidations of the cache are sent in one statement at the end. (The
+                    # dict itself is kept: once a failure has invalidated the connection,
+                    # conn.info raises instead of the failure.)
+                    info = conn.info
+                    deferred: list[str] = []
                     with conn.begin():
-                        # Invalidations of the cache are sent in one statement at the end.
-                        deferred: list[str] = []
-                        conn.info[DEFERRED_NOTIFY] = deferred
+                        info[DEFERRED_NOTIFY] = deferred
                         try:
                             result = work(conn)
                         finally:
-                            del conn.info[DEFERRED_NOTIFY]
+                            info.pop(DEFERRED_NOTIFY, None)
                         if deferred:
                             fastsql.execute(conn, *deferred_statement(deferred))
                         committing = True
