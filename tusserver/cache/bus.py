@@ -73,8 +73,8 @@ def _decode(payload: str) -> tuple[str, int, str, str | None] | None:
 
 
 #: Set in ``Connection.info`` by a runner of units of work that sends their notifications
-#: itself (:func:`send_deferred`, before its COMMIT): a list the units' payloads go to, so that
-#: a group of units sharing a transaction notifies in one statement, not one per key.
+#: itself (:func:`deferred_statement`, before its COMMIT): a list the units' payloads go to, so
+#: that a group of units sharing a transaction notifies in one statement, not one per key.
 DEFERRED_NOTIFY: Final = "tusserver.cache.deferred_notify"
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
