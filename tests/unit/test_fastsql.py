@@ -1,4 +1,5 @@
-"""fastsql: the hot statements on the DBAPI cursor give what Connection.execute gives."""
+"""fastsql: the hot statements on the DBAPI cursor give what Connection.execute gives, on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from tusserver.catalog import fastsql
 from tusserver.catalog import files as files_module
@@ -20,8 +22,8 @@ from tusserver.catalog.schema import by_id_params, files, update_by_id, uploads
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Any:
-    database = create_database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+async def db(fresh_database_url: str) -> Any:
+    database = create_database(fresh_database_url)
     await upgrade(database)
     yield database
     await database.dispose()
@@ -140,26 +142,49 @@ async def test_statements_it_cannot_run_take_the_plain_path(db: Database) -> Non
     await db.write(work)
 
 
-async def test_other_dialects_take_the_plain_path_even_after_sqlite(
-    db: Database, pg_url: str
-) -> None:
-    """Plans are made for SQLite: a statement first run on SQLite and then on PostgreSQL (in
-    the same process) goes through Connection.execute there."""
+async def test_plans_are_per_dialect(tmp_path: Path, pg_url: str) -> None:
+    """A statement first run on SQLite and then on PostgreSQL (in the same process) gets a
+    plan of each dialect: the same rows either way."""
     now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-    await db.write(lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload("s", now)))
-    upload_id = "fastsql-" + secrets.token_hex(8)  # (a database shared by the session)
+    sqlite = create_database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
     pg = create_database(pg_url)
+    upload_id = "fastsql-" + secrets.token_hex(8)  # (a database shared by the session)
     try:
-        await upgrade(pg)
-        assert (
-            await pg.write(
-                lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload(upload_id, now))
-            )
-            == 1
-        )
-        got = await pg.read(
-            lambda conn: fastsql.first(conn, uploads_module._BY_ID, {"id": upload_id})
-        )
-        assert got is not None and got["created_at"] == now
+        for database in (sqlite, pg):
+            await upgrade(database)
+
+            def work(conn: Connection) -> tuple[int, Any, str]:
+                count = fastsql.execute(conn, uploads_module._INSERT, _upload(upload_id, now))
+                plan = fastsql._plan(conn, uploads_module._INSERT, tuple(_upload(upload_id, now)))
+                assert plan is not None
+                return (
+                    count,
+                    fastsql.first(conn, uploads_module._BY_ID, {"id": upload_id}),
+                    plan.sql,
+                )
+
+            count, got, sql = await database.write(work)
+            assert count == 1 and got is not None and got["created_at"] == now
+            assert ("$1" in sql) == (database is pg)
     finally:
+        await sqlite.dispose()
         await pg.dispose()
+
+
+async def test_errors_are_sqlalchemy_errors(db: Database) -> None:
+    """A statement refused by the database raises what Connection.execute raises, and the
+    unit is rolled back."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    await db.write(lambda conn: fastsql.execute(conn, uploads_module._INSERT, _upload("dup", now)))
+
+    def work(conn: Connection) -> None:
+        fastsql.execute(conn, uploads_module._INSERT, _upload("other", now))
+        fastsql.execute(conn, uploads_module._INSERT, _upload("dup", now))
+
+    with pytest.raises(IntegrityError):
+        await db.write(work)
+    assert await db.read(lambda c: fastsql.first(c, uploads_module._BY_ID, {"id": "other"})) is None
+    got = await db.read(
+        lambda c: fastsql.first(c, uploads_module._BY_ID, {"id": "dup"}), quick=True
+    )
+    assert got is not None and got["owner"] == "bob"

@@ -10,12 +10,20 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 
 from .store import Cache, Key
 
-__all__ = ["CHANNEL", "Invalidator", "LocalBus", "NotifyOnly", "PostgresBus"]
+__all__ = [
+    "CHANNEL",
+    "DEFERRED_NOTIFY",
+    "Invalidator",
+    "LocalBus",
+    "NotifyOnly",
+    "PostgresBus",
+    "deferred_statement",
+]
 
 _log = structlog.get_logger("tusserver.cache")
 
@@ -64,6 +72,17 @@ def _decode(payload: str) -> tuple[str, int, str, str | None] | None:
     return origin, seq, ns, key
 
 
+#: Set in ``Connection.info`` by a runner of units of work that sends their notifications
+#: itself (:func:`deferred_statement`, before its COMMIT): a list the units' payloads go to, so
+#: that a group of units sharing a transaction notifies in one statement, not one per key.
+DEFERRED_NOTIFY: Final = "tusserver.cache.deferred_notify"
+
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_NOTIFY_ALL = text(
+    "SELECT count(pg_notify(:channel, p)) FROM unnest(CAST(:payloads AS text[])) AS p"
+)
+
+
 def _publishing(
     work: Callable[[Connection], T], origin: str, seq: int, keys: Iterable[Key]
 ) -> Callable[[Connection], T]:
@@ -72,15 +91,24 @@ def _publishing(
 
     def unit(conn: Connection) -> T:
         result = work(conn)
-        if conn.dialect.name == "postgresql":
-            for key in keys:
-                conn.execute(
-                    text("SELECT pg_notify(:channel, :payload)"),
-                    {"channel": CHANNEL, "payload": _payload(origin, seq, key)},
-                )
+        if keys and conn.dialect.name == "postgresql":
+            payloads = [_payload(origin, seq, key) for key in keys]
+            deferred: list[str] | None = conn.info.get(DEFERRED_NOTIFY)
+            if deferred is not None:
+                deferred.extend(payloads)
+            else:
+                for payload in payloads:
+                    conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
         return result
 
     return unit
+
+
+def deferred_statement(payloads: list[str]) -> tuple[TextClause, dict[str, Any]]:
+    """The statement that sends the notifications deferred by the units run on a connection
+    (see :data:`DEFERRED_NOTIFY`), all in one, in their order; the runner executes it inside
+    the transaction that is about to commit."""
+    return _NOTIFY_ALL, {"channel": CHANNEL, "payloads": payloads}
 
 
 class NotifyOnly:

@@ -1,4 +1,4 @@
-"""A cheaper way to run the few statements of the small-upload hot path on SQLite.
+"""A cheaper way to run the few statements of the small-upload hot path.
 
 ``Connection.execute`` of a Core statement costs about 100 us of CPU on SQLAlchemy's side
 (cache key, execution context, result object) for a statement SQLite runs in 10-20 us; a small
@@ -6,9 +6,13 @@ upload runs about ten of them. :func:`execute` and :func:`first` compile a state
 (per statement object and parameter names), then run it on the DBAPI cursor with the same
 bind and result processors SQLAlchemy would apply: the same SQL, the same values in and out.
 
+On SQLite (pysqlite) the statement runs on the sqlite3 connection; on PostgreSQL (asyncpg) on
+SQLAlchemy's DBAPI adaptation of the asyncpg connection, which starts the transaction, keeps
+the connection's prepared statements and waits for asyncpg as ``Connection.execute`` would.
+
 Only for statements that need nothing else from SQLAlchemy: no Python-side column defaults
-but constants, no expanding ``IN``, no ``RETURNING``. Anything else, and every dialect but
-SQLite, goes through ``Connection.execute`` as before. The statement objects must be built
+but constants, no expanding ``IN``, no ``RETURNING``. Anything else, and every other
+dialect, goes through ``Connection.execute`` as before. The statement objects must be built
 once (module constants, or cached like :func:`~tusserver.catalog.schema.update_by_id`): the
 cache keeps them by identity.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -27,33 +31,44 @@ from sqlalchemy.sql import ClauseElement
 __all__ = ["execute", "first"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Plan:
     sql: str
     #: Parameter names in the order of the statement's placeholders, with their processors.
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     #: Values fixed in the statement itself (not given at execution), by name.
     fixed: Mapping[str, Any]
-    #: Result columns: (key, processor).
-    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    #: Result columns: key and SQLAlchemy type.
+    columns: tuple[tuple[str, Any], ...]
+    #: Their result processors, made at the first row (PostgreSQL's depend on the types the
+    #: server describes, as SQLAlchemy's do).
+    processors: list[tuple[str, Callable[[Any], Any] | None]] = field(default_factory=list)
 
 
-#: Where a connection keeps its plans: (statement id, parameter names) -> (statement, plan or
-#: None where the plain path must be used). Kept per DBAPI connection (``Connection.info``),
-#: so plans live and die with the connection they were compiled for.
-_PLANS_KEY = "tusserver.fastsql.plans"
+#: Where an engine keeps its plans: (statement id, parameter names) -> (statement, plan or
+#: None where the plain path must be used). Kept on the engine's dialect, whose SQL they are:
+#: the connections of a PostgreSQL pool share them (compiling a statement costs a few ms,
+#: once per connection was a good part of a fresh server's first thousands of uploads).
+_PLANS_ATTR = "_tusserver_fastsql_plans"
 _MAX_PLANS = 512
 
 _Plans = dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, "_Plan | None"]]
 
 
+#: (dialect, driver) pairs with a fast path, and the paramstyle their plans are made for.
+_PARAMSTYLES = {("sqlite", "pysqlite"): "qmark", ("postgresql", "asyncpg"): "numeric_dollar"}
+
+
 def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
     dialect = conn.dialect
-    if dialect.name != "sqlite" or dialect.driver != "pysqlite":
+    if (dialect.name, dialect.driver) not in _PARAMSTYLES:
         # (One process may use several databases: tests, embedders. aiosqlite, used for an
         # in-memory catalog, has an asynchronous cursor.)
         return None
-    plans: _Plans = conn.info.setdefault(_PLANS_KEY, {})
+    plans: _Plans | None = getattr(dialect, _PLANS_ATTR, None)
+    if plans is None:
+        plans = {}
+        setattr(dialect, _PLANS_ATTR, plans)
     key = (id(stmt), names)
     hit = plans.get(key)
     if hit is not None and hit[0] is stmt:
@@ -68,7 +83,7 @@ def _plan(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Pla
 
 def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _Plan | None:
     dialect = conn.dialect
-    if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
+    if _PARAMSTYLES.get((dialect.name, dialect.driver)) != dialect.paramstyle:
         return None
     compiled: Any = stmt.compile(dialect=dialect, column_keys=list(names))
     # Python-side column defaults: constants are filled in as SQLAlchemy would; anything
@@ -84,7 +99,9 @@ def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _
     if (
         getattr(compiled, "update_prefetch", None)
         or getattr(compiled, "returning", None)
-        or getattr(compiled, "_numeric_binds", False)
+        # (Numbered placeholders: PostgreSQL's $n, whose numbers follow positiontup; a
+        # parameter used twice is one number.)
+        or (getattr(compiled, "_numeric_binds", False) and dialect.paramstyle != "numeric_dollar")
         or any(b.expanding for b in compiled.binds.values())
         or compiled.positiontup is None
     ):
@@ -99,9 +116,7 @@ def _compile(conn: Connection, stmt: ClauseElement, names: tuple[str, ...]) -> _
     fixed.update((name, value) for name, value in defaults.items() if name not in names)
     if any(name not in names and name not in fixed for name, _ in binds):
         return None  # a parameter the caller must give is missing: let SQLAlchemy say so
-    columns = tuple(
-        (rc[0], rc[3]._cached_result_processor(dialect, None)) for rc in compiled._result_columns
-    )
+    columns = tuple((rc[0], rc[3]) for rc in compiled._result_columns)
     return _Plan(compiled.string, binds, fixed, columns)
 
 
@@ -110,6 +125,8 @@ def _cursor(conn: Connection, plan: _Plan, params: Mapping[str, Any]) -> Any:
     for name, proc in plan.binds:
         value = params[name] if name in params else plan.fixed[name]
         values.append(value if proc is None or value is None else proc(value))
+    if conn.dialect.name != "sqlite":
+        return _adapted_cursor(conn, plan.sql, values)
     raw: Any = conn.connection.driver_connection
     try:
         return raw.execute(plan.sql, values)
@@ -117,6 +134,23 @@ def _cursor(conn: Connection, plan: _Plan, params: Mapping[str, Any]) -> Any:
         # The exception SQLAlchemy would raise (IntegrityError, OperationalError...): callers
         # and the runner (a lock held by another process) tell them apart by it.
         raise _wrap(exc, plan.sql, values) from exc
+
+
+def _adapted_cursor(conn: Connection, sql: str, values: list[Any]) -> Any:
+    """PostgreSQL: the statement on the DBAPI adaptation of asyncpg. A failure goes through
+    SQLAlchemy's own handling: the same exception class, and a lost connection invalidated
+    (with the pool's other connections) as ``Connection.execute`` would."""
+    if not conn.in_transaction():
+        # What Connection.execute does first: an explicit unit (Database.write) has begun
+        # already; otherwise SQLAlchemy's own bookkeeping begins (and later ends) here.
+        conn.begin()
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, values)
+    except Exception as exc:
+        conn._handle_dbapi_exception(exc, sql, values, cursor, None)  # raises
+        raise
+    return cursor
 
 
 def _wrap(exc: sqlite3.Error, sql: str, values: Any) -> Exception:
@@ -145,6 +179,8 @@ def first(conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) 
     cur = _cursor(conn, plan, params)
     try:
         row = cur.fetchone()
+        if row is not None and not plan.processors:
+            plan.processors = _processors(conn, plan, cur.description)
     except sqlite3.Error as exc:
         raise _wrap(exc, plan.sql, params) from exc
     finally:
@@ -153,5 +189,17 @@ def first(conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) 
         return None
     return {
         key: value if proc is None or value is None else proc(value)
-        for (key, proc), value in zip(plan.columns, row, strict=True)
+        for (key, proc), value in zip(plan.processors, row, strict=True)
     }
+
+
+def _processors(
+    conn: Connection, plan: _Plan, description: Any
+) -> list[tuple[str, Callable[[Any], Any] | None]]:
+    """The result processors of the plan's columns, for the column types the cursor
+    describes (what SQLAlchemy's result object would use)."""
+    dialect = conn.dialect
+    return [
+        (key, type_._cached_result_processor(dialect, desc[1]))
+        for (key, type_), desc in zip(plan.columns, description, strict=True)
+    ]

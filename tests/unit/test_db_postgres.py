@@ -1,0 +1,207 @@
+"""Units of work on PostgreSQL (PostgresRunner): group commit of quick writes, the cache's
+invalidations sent once per group, and connections the server closed replaced on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from tusserver.cache import CHANNEL, FILES, NotifyOnly
+from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.migrate import upgrade
+from tusserver.catalog.schema import uploads as uploads_table
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[Database]:
+    database = create_database(pg_url)
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+def _dsn(pg_url: str) -> str:
+    return pg_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def _row(upload_id: str) -> dict[str, object]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "id": upload_id,
+        "owner": None,
+        "length": 1,
+        "offset": 0,
+        "meta": {},
+        "is_partial": False,
+        "is_final": False,
+        "state": "receiving",
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": None,
+    }
+
+
+def _count_commits(db: Database) -> list[int]:
+    commits = [0]
+
+    def on_commit(_conn: Connection) -> None:
+        commits[0] += 1
+
+    event.listen(db.engine.sync_engine, "commit", on_commit)
+    return commits
+
+
+def _insert(db: Database, upload_id: str, *, then_fail: str | None = None) -> Any:
+    def work(conn: Connection) -> str:
+        conn.execute(insert(uploads_table), _row(upload_id))
+        if then_fail is not None:
+            conn.execute(insert(uploads_table), _row(then_fail))  # a duplicate key
+        return upload_id
+
+    return db.write(work, quick=True)
+
+
+async def _count(pg_url: str, prefix: str) -> int:
+    """Rows committed, seen by another session."""
+    conn = await asyncpg.connect(_dsn(pg_url))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM uploads WHERE id LIKE $1", prefix))
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_quick_writes_share_one_transaction(db: Database, pg_url: str) -> None:
+    """Group commit: the quick writes of concurrent requests commit together, each caller gets
+    its own result once that commit is done, and another session sees every row."""
+    commits = _count_commits(db)
+    prefix = "grp-" + secrets.token_hex(4)
+    ids = [f"{prefix}-{i}" for i in range(40)]
+    assert await asyncio.gather(*(_insert(db, i) for i in ids)) == ids
+    assert 1 <= commits[0] < 10, commits  # not one commit per unit
+    assert await _count(pg_url, prefix + "%") == 40
+
+
+async def test_a_failing_unit_fails_alone_in_its_group(db: Database, pg_url: str) -> None:
+    prefix = "fail-" + secrets.token_hex(4)
+    await _insert(db, f"{prefix}-taken")
+    results = await asyncio.gather(
+        _insert(db, f"{prefix}-a1"),
+        _insert(db, f"{prefix}-bad", then_fail=f"{prefix}-taken"),
+        _insert(db, f"{prefix}-a2"),
+        return_exceptions=True,
+    )
+    assert results[0] == f"{prefix}-a1" and results[2] == f"{prefix}-a2"
+    assert isinstance(results[1], IntegrityError)
+    assert await _count(pg_url, f"{prefix}-a%") == 2
+    assert await _count(pg_url, f"{prefix}-bad") == 0
+
+
+async def test_invalidations_of_a_group_are_sent_once_each_at_commit(
+    db: Database, pg_url: str
+) -> None:
+    """Each unit's invalidation reaches a listener (in the group's one statement), and a
+    unit that fails, rolled back, sends none."""
+    listener = await asyncpg.connect(_dsn(pg_url))
+    got: list[str] = []
+    await listener.add_listener(CHANNEL, lambda _c, _p, _ch, payload: got.append(payload))
+    try:
+        bus = NotifyOnly()
+        prefix = "inv-" + secrets.token_hex(4)
+        await _insert(db, f"{prefix}-taken")
+
+        def unit(upload_id: str, fail: bool = False) -> Any:
+            def work(conn: Connection) -> str:
+                conn.execute(insert(uploads_table), _row(upload_id))
+                if fail:
+                    conn.execute(insert(uploads_table), _row(f"{prefix}-taken"))
+                return upload_id
+
+            return bus.run(db, work, (FILES, upload_id), quick=True)
+
+        results = await asyncio.gather(
+            *(unit(f"{prefix}-{i}") for i in range(10)),
+            unit(f"{prefix}-bad", fail=True),
+            return_exceptions=True,
+        )
+        assert isinstance(results[-1], IntegrityError)
+        await listener.fetchval("SELECT 1")  # notifications come before this answer
+        keys = sorted(payload.split(",")[3].strip('"]') for payload in got)
+        assert keys == sorted(f"{prefix}-{i}" for i in range(10))
+    finally:
+        await listener.close()
+
+
+async def test_connections_the_server_closed_are_replaced(db: Database, pg_url: str) -> None:
+    """Without a pre-ping, pooled connections the server terminated (a restart) cost no
+    request an error: reads and writes run on new connections."""
+    upload_id = "term-" + secrets.token_hex(4)
+    # Several connections in the pool.
+    sleep = "SELECT pg_sleep(0.05)"
+    await asyncio.gather(*(db.read(lambda c: c.exec_driver_sql(sleep)) for _ in range(4)))
+    admin = await asyncpg.connect(_dsn(pg_url))
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert killed >= 4
+    finally:
+        await admin.close()
+    query = select(uploads_table.c.id).where(uploads_table.c.id == upload_id)
+    assert await db.read(lambda c: c.execute(query).scalar(), quick=True) is None
+    assert await _insert(db, upload_id) == upload_id
+    assert await db.read(lambda c: c.execute(query).scalar()) == upload_id
+
+
+async def test_a_small_pool_serves_many_units_of_both_kinds(pg_url: str) -> None:
+    """Connections kept open between units never starve a unit waiting for the pool: many
+    concurrent reads in autocommit, reads in a transaction and writes on a pool of 4."""
+    db = create_database(pg_url, pool_size=2)
+    prefix = "small-" + secrets.token_hex(4)
+    sleep = "SELECT pg_sleep(0.01)"
+    try:
+
+        async def one(round_: int, i: int) -> None:
+            if i % 3 == 0:
+                await db.read(lambda c: c.exec_driver_sql(sleep).scalar(), quick=True)
+            elif i % 3 == 1:
+                await db.read(lambda c: c.exec_driver_sql(sleep).scalar())
+            else:
+                await _insert(db, f"{prefix}-{round_}-{i}")
+
+        for round_ in range(3):
+            await asyncio.wait_for(asyncio.gather(*(one(round_, i) for i in range(60))), 20)
+        assert await _count(pg_url, prefix + "%") == 60
+    finally:
+        await db.dispose()
+
+
+async def test_a_cancelled_unit_is_cancelled_and_rolled_back(db: Database, pg_url: str) -> None:
+    """A caller cancelled while its unit waits on PostgreSQL (a shutdown stopping a flush)
+    sees CancelledError, not another error that would hide the cancellation; nothing of the
+    unit is committed and the database keeps serving."""
+    upload_id = "cancel-" + secrets.token_hex(4)
+
+    def work(conn: Connection) -> None:
+        conn.execute(insert(uploads_table), _row(upload_id))
+        conn.exec_driver_sql("SELECT pg_sleep(5)")
+
+    task = asyncio.ensure_future(db.write(work))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert await _insert(db, upload_id + "-after") == upload_id + "-after"
+    await asyncio.sleep(5)
+    assert await _count(pg_url, upload_id) == 0
