@@ -207,6 +207,9 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
     daily: dict[tuple[str, dt.datetime, str, str], list[int]] = defaultdict(lambda: [0, 0])
     block_counts: dict[tuple[str, int, str], int] = defaultdict(int)
     for ev in batch:
+        # (The hour and day of an event, computed once for all its owners and dimensions.)
+        hour = _hour(ev.at)
+        day = hour.replace(hour=0)
         rows.append(
             {
                 "at": ev.at,
@@ -225,9 +228,9 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
             # report reads one row per hour and kind, however many users there are.
             for owner in (ev.owner or "", ALL_OWNERS):
                 per_file = ev.kind == "file.downloaded" and dim != ""  # "file:<id>"
-                targets = [increments[(_hour(ev.at), owner, ev.kind, dim)]]
+                targets = [increments[(hour, owner, ev.kind, dim)]]
                 if not per_file:
-                    targets.append(daily[(owner, _day(ev.at), ev.kind, dim)])
+                    targets.append(daily[(owner, day, ev.kind, dim)])
                 for inc in targets:
                     inc[0] += 1
                     inc[1] += ev.bytes
