@@ -397,21 +397,17 @@ class LocalObjectStore:
         return self._read_meta(key, self.path(key) if fd is None else fd)
 
     def _read_meta(self, key: str, target: _Target) -> tuple[str, dict[str, str]]:
-        raw: bytes | None
-        try:
-            raw = os.getxattr(target, META_XATTR)
-        except FileNotFoundError:
-            raw = None
-        except OSError as exc:
-            if exc.errno not in _NOT_IN_XATTR:
-                raise
-            raw = None
+        raw = _get_xattr(target)
         if raw is None:
             try:
                 with open(self._meta_path(key), "rb") as fh:
                     raw = fh.read()
             except (FileNotFoundError, NotADirectoryError):
-                raw = b""
+                # No attribute and no sidecar: either there is no metadata, or a
+                # replace_metadata moved an older object's sidecar into the attribute
+                # between the two reads (it sets the attribute, then removes the sidecar):
+                # the attribute is read once more.
+                raw = _get_xattr(target) or b""
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
@@ -502,6 +498,18 @@ class LocalObjectStore:
 
 def _meta_doc(content_type: str, metadata: Mapping[str, str]) -> bytes:
     return json.dumps({"content_type": content_type, "metadata": dict(metadata)}).encode()
+
+
+def _get_xattr(target: _Target) -> bytes | None:
+    """The metadata attribute of a file, or None (no attribute, no user xattrs, no file)."""
+    try:
+        return os.getxattr(target, META_XATTR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in _NOT_IN_XATTR:
+            raise
+        return None
 
 
 def _drop_xattr(target: _Target) -> None:

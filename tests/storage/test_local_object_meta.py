@@ -169,6 +169,37 @@ async def test_an_object_of_an_earlier_version_is_read_from_its_sidecar(tmp_path
     assert not sidecar_path(root, "a/again.bin").exists()
 
 
+async def test_a_read_between_the_attribute_and_the_sidecar_removal_finds_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replace_metadata on an older object sets the attribute, then removes the sidecar: a
+    reader that looked for the attribute just before and for the sidecar just after still
+    gets the metadata (it reads the attribute again), never an object without any."""
+    import storage_backends.local as local
+
+    root = tmp_path / "o"
+    store = LocalObjectStore(root)
+    await store.open()
+    plant_old_object(root, "a/old.bin", b"legacy", {"content_type": "a/b", "metadata": META})
+    real_get = local._get_xattr
+    calls: list[object] = []
+
+    def get_racing(target: Any) -> bytes | None:
+        calls.append(target)
+        if len(calls) == 1:
+            # The reader's first look finds no attribute; the rotation then completes.
+            raw = real_get(target)
+            store_doc = {"content_type": "a/b", "metadata": {"v": "2"}}
+            os.setxattr(target, META_XATTR, json.dumps(store_doc).encode())
+            sidecar_path(root, "a/old.bin").unlink()
+            return raw
+        return real_get(target)
+
+    monkeypatch.setattr(local, "_get_xattr", get_racing)
+    assert store.read_meta("a/old.bin") == ("a/b", {"v": "2"})
+    assert len(calls) == 2
+
+
 async def test_an_encrypted_object_of_an_earlier_version_reads_and_rotates(
     tmp_path: Path,
 ) -> None:
