@@ -205,3 +205,19 @@ async def test_a_cancelled_unit_is_cancelled_and_rolled_back(db: Database, pg_ur
     assert await _insert(db, upload_id + "-after") == upload_id + "-after"
     await asyncio.sleep(5)
     assert await _count(pg_url, upload_id) == 0
+
+
+async def test_closing_commits_the_quick_writes_still_queued_and_refuses_new_units(
+    pg_url: str,
+) -> None:
+    database = create_database(pg_url)
+    await upgrade(database)
+    prefix = f"close-{secrets.token_hex(4)}-"
+    # Queued for the next turn of the event loop, which has not come when close() starts.
+    waiting = [asyncio.ensure_future(_insert(database, f"{prefix}{i}")) for i in range(3)]
+    await asyncio.sleep(0)  # the units are queued, their group not yet started
+    await database.dispose()
+    assert [await w for w in waiting] == [f"{prefix}{i}" for i in range(3)]
+    assert await _count(pg_url, prefix + "%") == 3
+    with pytest.raises(RuntimeError, match="closed"):
+        await _insert(database, f"{prefix}late")

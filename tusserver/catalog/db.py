@@ -549,6 +549,8 @@ class PostgresRunner:
         self._closed = False
 
     async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+        if self._closed:
+            raise RuntimeError("the database is closed")
         if write and quick:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[T] = loop.create_future()
@@ -619,6 +621,8 @@ class PostgresRunner:
 
     async def close(self) -> None:
         self._closed = True
+        if self._pending:  # quick writes whose turn has not come yet run now, not after
+            self._flush()
         while self._groups:
             await asyncio.gather(*self._groups, return_exceptions=True)
         await greenlet_spawn(self._drop_idle)
