@@ -147,7 +147,7 @@ def _adapted_cursor(conn: Connection, sql: str, values: list[Any]) -> Any:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, values)
-    except Exception as exc:
+    except BaseException as exc:  # (cancellation too, as Connection.execute handles it)
         conn._handle_dbapi_exception(exc, sql, values, cursor, None)  # raises
         raise
     return cursor
