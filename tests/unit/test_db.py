@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
+from tests.upload_rows import upload_row
 
 from tusserver.catalog import db as db_module
 from tusserver.catalog.db import Database, create_database
@@ -161,7 +162,7 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
 
     def write(conn: Connection) -> None:
         where.append(threading.current_thread().name)
-        conn.execute(insert(uploads_table), _row(f"w{next(ids)}"))
+        conn.execute(insert(uploads_table), upload_row(f"w{next(ids)}"))
 
     try:
         await db.write(write, quick=True)
@@ -192,23 +193,6 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
         await db.write(write, quick=True)
 
 
-def _row(upload_id: str) -> dict[str, object]:
-    now = dt.datetime.now(dt.UTC)
-    return {
-        "id": upload_id,
-        "owner": None,
-        "length": 1,
-        "offset": 0,
-        "meta": {},
-        "is_partial": False,
-        "is_final": False,
-        "state": "receiving",
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": None,
-    }
-
-
 def _count_commits(db: Database) -> list[int]:
     """Commits of the runner's connection (SQLAlchemy's commit event), counted in a list."""
     from sqlalchemy import event
@@ -232,12 +216,12 @@ async def test_concurrent_units_share_one_transaction_and_one_commit(
     own result once that commit is done."""
     db = await _file_db(tmp_path, durable=durable)
     try:
-        await db.write(lambda conn: conn.execute(insert(uploads_table), _row("first")))
+        await db.write(lambda conn: conn.execute(insert(uploads_table), upload_row("first")))
         commits = _count_commits(db)
 
         def write(upload_id: str) -> object:
             def work(conn: Connection) -> str:
-                conn.execute(insert(uploads_table), _row(upload_id))
+                conn.execute(insert(uploads_table), upload_row(upload_id))
                 return upload_id
 
             return db.write(work, quick=quick)
@@ -266,9 +250,9 @@ async def test_a_failing_unit_fails_alone_in_its_group(tmp_path: Path, quick: bo
 
         def insert_row(upload_id: str, *, then_fail: bool = False) -> object:
             def work(conn: Connection) -> str:
-                conn.execute(insert(uploads_table), _row(upload_id))
+                conn.execute(insert(uploads_table), upload_row(upload_id))
                 if then_fail:
-                    conn.execute(insert(uploads_table), _row("taken"))  # UNIQUE violation
+                    conn.execute(insert(uploads_table), upload_row("taken"))  # UNIQUE violation
                 return upload_id
 
             return db.write(work, quick=quick)

@@ -4,7 +4,6 @@ invalidations sent once per group, and connections the server closed replaced on
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from tests.upload_rows import upload_row
 
 from tusserver.cache import CHANNEL, FILES, NotifyOnly
 from tusserver.catalog.db import Database, create_database
@@ -35,23 +35,6 @@ def _dsn(pg_url: str) -> str:
     return pg_url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-def _row(upload_id: str) -> dict[str, object]:
-    now = dt.datetime.now(dt.UTC)
-    return {
-        "id": upload_id,
-        "owner": None,
-        "length": 1,
-        "offset": 0,
-        "meta": {},
-        "is_partial": False,
-        "is_final": False,
-        "state": "receiving",
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": None,
-    }
-
-
 def _count_commits(db: Database) -> list[int]:
     commits = [0]
 
@@ -64,9 +47,9 @@ def _count_commits(db: Database) -> list[int]:
 
 def _insert(db: Database, upload_id: str, *, then_fail: str | None = None) -> Any:
     def work(conn: Connection) -> str:
-        conn.execute(insert(uploads_table), _row(upload_id))
+        conn.execute(insert(uploads_table), upload_row(upload_id))
         if then_fail is not None:
-            conn.execute(insert(uploads_table), _row(then_fail))  # a duplicate key
+            conn.execute(insert(uploads_table), upload_row(then_fail))  # a duplicate key
         return upload_id
 
     return db.write(work, quick=True)
@@ -122,9 +105,9 @@ async def test_invalidations_of_a_group_are_sent_once_each_at_commit(
 
         def unit(upload_id: str, fail: bool = False) -> Any:
             def work(conn: Connection) -> str:
-                conn.execute(insert(uploads_table), _row(upload_id))
+                conn.execute(insert(uploads_table), upload_row(upload_id))
                 if fail:
-                    conn.execute(insert(uploads_table), _row(f"{prefix}-taken"))
+                    conn.execute(insert(uploads_table), upload_row(f"{prefix}-taken"))
                 return upload_id
 
             return bus.run(db, work, (FILES, upload_id), quick=True)
@@ -194,7 +177,7 @@ async def test_a_cancelled_unit_is_cancelled_and_rolled_back(db: Database, pg_ur
     upload_id = "cancel-" + secrets.token_hex(4)
 
     def work(conn: Connection) -> None:
-        conn.execute(insert(uploads_table), _row(upload_id))
+        conn.execute(insert(uploads_table), upload_row(upload_id))
         conn.exec_driver_sql("SELECT pg_sleep(5)")
 
     task = asyncio.ensure_future(db.write(work))
