@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
-from tests.upload_rows import upload_row
 
+from tests.upload_rows import upload_row
 from tusserver.catalog import db as db_module
 from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade

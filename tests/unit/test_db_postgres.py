@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from tests.upload_rows import upload_row
 
+from tests.upload_rows import upload_row
 from tusserver.cache import CHANNEL, FILES, NotifyOnly
 from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade
