@@ -100,15 +100,19 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def _runner(self) -> SqliteRunner | PostgresRunner | None:
+        """Where units of work run; None: on the async engine as it is (an in-memory SQLite
+        catalog, PostgreSQL drivers other than asyncpg)."""
+        return self.sqlite if self.sqlite is not None else self.postgres
+
     async def read(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
         """Run ``work`` on a connection, outside any explicit transaction.
 
         ``quick``: a point query that may run inline on the event loop (SQLite).
         """
-        if self.sqlite is not None:
-            return await self.sqlite.run(work, write=False, quick=quick)
-        if self.postgres is not None:
-            return await self.postgres.run(work, write=False, quick=quick)
+        if (runner := self._runner) is not None:
+            return await runner.run(work, write=False, quick=quick)
         async with self.engine.connect() as conn:
             return await conn.run_sync(work)
 
@@ -118,10 +122,8 @@ class Database:
         ``work`` may run twice (after a lock held by another process made the first attempt
         fail and roll back): it must have no effect outside the connection.
         """
-        if self.sqlite is not None:
-            return await self.sqlite.run(work, write=True, quick=quick)
-        if self.postgres is not None:
-            return await self.postgres.run(work, write=True, quick=quick)
+        if (runner := self._runner) is not None:
+            return await runner.run(work, write=True, quick=quick)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
