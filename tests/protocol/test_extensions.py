@@ -173,9 +173,11 @@ async def test_expired_uploads_answer_410_and_are_swept(make_client: MakeClient)
 
 
 async def test_patch_pushes_the_expiry_forward(make_client: MakeClient) -> None:
-    client = await make_client(expiration=2.0)
+    # 5 s of PATCHes against a 3 s expiry: alive only if each PATCH pushed it forward; 2 s of
+    # slack per step, so a loaded CI machine's stall does not expire it in between.
+    client = await make_client(expiration=3.0)
     path = await create(client, 10)
-    for i in range(3):
+    for i in range(5):
         await asyncio.sleep(1.0)
         r = await patch(client, path, i, b"x")
         assert r.status == 204
