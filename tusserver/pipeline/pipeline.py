@@ -56,9 +56,9 @@ from .validators import (
     SNIFF_BYTES,
     Candidate,
     PolicyValidator,
+    TypeSniffer,
     Validator,
     VerdictKind,
-    sniff_type,
 )
 from .webhooks import WebhookSender
 
@@ -144,6 +144,7 @@ class Pipeline:
         self._fresh: dict[str, FileRecord] = {}
         #: upload id -> (length, digest, type) of the head sniffed at its first PATCH.
         self._sniffed: OrderedDict[str, tuple[int, bytes, str]] = OrderedDict()
+        self._sniffer = TypeSniffer()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
         #: Told of each file refused, where the pipeline decides it: (owner, file or upload
@@ -236,7 +237,7 @@ class Pipeline:
         if len(head) < _MIN_SNIFF and (rec.length is None or len(head) < rec.length):
             return
         head = head[:SNIFF_BYTES]
-        detected = await sniff_type(head)
+        detected = await self._sniffer.sniff(head)
         # Remembered so the final check need not run libmagic again on the same bytes
         # (0.2-1 ms of CPU per call: a large part of a small upload's cost).
         if self.processes_here:  # (on an api instance a worker elsewhere does the final check)
@@ -416,7 +417,7 @@ class Pipeline:
         if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
             detected = memo[2]  # the first PATCH's check saw exactly these bytes
         else:
-            detected = await sniff_type(head)
+            detected = await self._sniffer.sniff(head)
         self._observe("inspect", started)
         candidate = Candidate(
             size=f.size,
