@@ -422,6 +422,78 @@ async def test_a_long_validation_keeps_its_lease(setup: Setup) -> None:
         await drop_runtime(rt)
 
 
+async def file_row_of(rt: Runtime, upload_id: str) -> dict[str, Any]:
+    async with rt.db.engine.connect() as conn:
+        rows = await conn.execute(
+            select(files_table)
+            .join(file_uploads, file_uploads.c.file_id == files_table.c.id)
+            .where(file_uploads.c.upload_id == upload_id)
+        )
+        return dict(rows.mappings().one())
+
+
+async def test_files_waiting_for_a_busy_worker_are_claimed_and_handed_back_at_stop(
+    setup: Setup,
+) -> None:
+    """A file finished while this process's worker is busy is inserted claimed by this
+    process (its worker takes it next); a graceful stop hands it back like the file being
+    worked on, and the next process commits both at once."""
+    blocking = BlockingValidator()
+    rt = build_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
+    )
+    await rt.start()
+    try:
+        busy = await finished_upload(rt, DATA)
+        await asyncio.wait_for(blocking.entered.wait(), 10)
+        waiting = await finished_upload(rt, DATA)
+        row = await file_row_of(rt, waiting)
+        assert row["status"] == FileStatus.VALIDATING.value
+        assert row["lease_holder"] == str(rt.pipeline.holder)
+        assert row["attempts"] == 1
+        lease = row["lease_until"]
+        now = dt.datetime.now(dt.UTC)
+        assert (lease if lease.tzinfo else lease.replace(tzinfo=dt.UTC)) > now
+        assert row["id"] not in await rt.files.due(now, 50)
+    finally:
+        await rt.stop()
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        for upload_id in (busy, waiting):
+            assert (await file_row_of(rt, upload_id))["lease_until"] is None
+        deadline = asyncio.get_running_loop().time() + 20
+        while await rt.files.pending_count():
+            assert asyncio.get_running_loop().time() < deadline, "the files were not taken"
+            await rt.pipeline.run_due_once()
+        for upload_id in (busy, waiting):
+            row = await file_row_of(rt, upload_id)
+            assert row["status"] == FileStatus.COMMITTED.value, row
+            assert row["sha256"] == hashlib.sha256(DATA).hexdigest()
+            assert row["attempts"] == 2  # one per process that took it
+        assert sorted(setup.stored_objects()) == sorted(
+            [(await file_row_of(rt, u))["storage_key"] for u in (busy, waiting)]
+        )
+        assert await rt.files.pending_count() == 0
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_without_workers_here_a_file_is_left_unclaimed(setup: Setup) -> None:
+    """No worker runs in this process (not started, as for `tusserver` commands): the file
+    row waits unclaimed, for whichever worker looks in the catalog first."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        upload_id = await finished_upload(rt, DATA)
+        row = await file_row_of(rt, upload_id)
+        assert row["status"] == FileStatus.RECEIVED.value
+        assert row["lease_until"] is None and row["lease_holder"] is None
+        assert row["attempts"] == 0
+        await work_until_done(rt, upload_id)
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
 async def claimed_by(setup: Setup, holder: Holder) -> tuple[str, str]:
     """A finished upload whose file ``holder`` claimed for 15 minutes, then nothing more ran:
     (upload id, file id)."""

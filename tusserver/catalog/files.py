@@ -164,11 +164,15 @@ class FileRepository:
         self._ns: Namespace[FileRecord | None] = Namespace(FILES, ttl)
         self.invalidator: Invalidator = invalidator or NotifyOnly()
 
-    async def create_for_upload(self, new: NewFile, now: dt.datetime) -> str:
+    async def create_for_upload(
+        self, new: NewFile, now: dt.datetime, *, claim: tuple[dt.datetime, str] | None = None
+    ) -> str:
         """Insert the file row for an upload, once: returns the file id (existing or new).
 
         The unique upload_id in file_uploads makes this idempotent across retries and
-        instances; the upload row points back at the file.
+        instances; the upload row points back at the file. ``claim`` (lease end, holder):
+        the row is inserted already claimed, as :meth:`claim` would leave it (a worker of
+        this process takes it next; it spares that claim's statement and transaction).
         """
         row: dict[str, Any] = {
             "id": new.id,
@@ -187,6 +191,13 @@ class FileRepository:
             "created_at": now,
             "updated_at": now,
         }
+        if claim is not None:
+            row.update(
+                status=FileStatus.VALIDATING.value,
+                attempts=1,
+                lease_until=claim[0],
+                lease_holder=claim[1],
+            )
         link = {
             "file_id": new.id,
             "upload_id": new.upload_id,

@@ -71,6 +71,9 @@ _log = structlog.get_logger("tusserver.pipeline")
 #: Heads shorter than this say little about the type; unless the file is that small, the
 #: early check waits for a longer first chunk (the final check always runs).
 _MIN_SNIFF = 512
+#: Files are claimed as their rows are inserted while fewer than this many wait in the
+#: queue; beyond, they wait unclaimed, for whichever instance's worker comes first.
+_CLAIM_AT_INTAKE_QUEUE = 64
 
 
 def text_metadata(meta: Any) -> dict[str, str]:
@@ -119,6 +122,8 @@ class Pipeline:
         self._media = media
         self._metrics = metrics
         self._claimed: set[str] = set()
+        #: Files whose rows were inserted claimed by this process, waiting in the queue.
+        self._claimed_at_intake: set[str] = set()
         self._events = events
         self._config = config
         #: ``object_key_template`` of the storage settings: where a committed file goes.
@@ -188,7 +193,24 @@ class Pipeline:
             finished_at=self._clock(),
         )
         now = self._clock()
-        created = await self._files.create_for_upload(new, now)
+        # A worker of this process will take the file next: it is inserted claimed (the
+        # claim's own statement and transaction spared). Not when the queue is long (other
+        # instances' workers may take the backlog from the catalog) or nothing works it.
+        claim = (
+            (now + self.lease, str(self.holder))
+            if self.processes_here
+            and self._workers
+            and not self._stopping
+            and self._queue.qsize() < _CLAIM_AT_INTAKE_QUEUE
+            else None
+        )
+        created = await self._files.create_for_upload(new, now, claim=claim)
+        if created == file_id and claim is not None:
+            if self._stopping:  # stopped meanwhile: handed back, as stop() does
+                await self._files.update(file_id, lease_until=None)
+            else:
+                self._claimed.add(file_id)  # its lease is renewed while it waits
+                self._claimed_at_intake.add(file_id)
         if created == file_id and self.processes_here:
             # The worker starts from this record instead of reading the row back.
             self._fresh[file_id] = FileRecord(
@@ -202,13 +224,13 @@ class Pipeline:
                 category=None,
                 type_mismatch=False,
                 sha256=None,
-                status=FileStatus.RECEIVED,
+                status=FileStatus.VALIDATING if claim is not None else FileStatus.RECEIVED,
                 reason=None,
                 store=None,
                 storage_key=None,
                 metadata=meta,
                 tags=(),
-                attempts=0,
+                attempts=1 if claim is not None else 0,
                 created_at=now,
                 updated_at=now,
                 committed_at=None,
@@ -286,6 +308,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await self._files.update(file_id, lease_until=None)
         self._claimed.clear()
+        self._claimed_at_intake.clear()
 
     def _enqueue(self, file_id: str) -> None:
         if file_id not in self._queued:
@@ -366,10 +389,13 @@ class Pipeline:
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
     async def _claim_and_process(self, file_id: str) -> bool:
-        if not await self._files.claim(file_id, self._clock(), self.lease, str(self.holder)):
+        if file_id in self._claimed_at_intake:
+            self._claimed_at_intake.discard(file_id)  # (its row was inserted claimed)
+        elif await self._files.claim(file_id, self._clock(), self.lease, str(self.holder)):
+            self._claimed.add(file_id)
+        else:
             self._fresh.pop(file_id, None)
             return False
-        self._claimed.add(file_id)
         try:
             await self.process(file_id)
         except asyncio.CancelledError:
