@@ -12,7 +12,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
+from tests.pipeline.helpers import runtime
 from tests.protocol.test_core import create, head, patch
+from tusserver.catalog.files import FileStatus
 
 Client = TestClient[Any, Any]
 
@@ -182,3 +184,19 @@ async def test_content_etag_and_304(make_client: MakeClient) -> None:
 
 
 __all__ = ["OCTET", "png_bytes", "upload", "wait_file"]
+
+
+async def test_head_tells_the_file_and_its_current_status(make_client: MakeClient) -> None:
+    """HEAD of a finished upload names the file it became and that file's status as it is
+    now (read with the upload, never from a cache)."""
+    client = await make_client()
+    data = png_bytes(extra=100)
+    path = await upload(client, data, filename="photo.png")
+    info = await wait_file(client, path)
+    h = await head(client, path)
+    assert h.headers["X-File-Id"] == info["id"]
+    assert h.headers["X-File-Status"] == "committed"
+    await runtime(client).files.update(info["id"], status=FileStatus.FAILED)
+    h = await head(client, path)
+    assert h.headers["X-File-Id"] == info["id"]
+    assert h.headers["X-File-Status"] == "failed"

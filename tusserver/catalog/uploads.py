@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from . import fastsql
 from .db import Database
-from .schema import by_id_params, update_by_id, upload_concat_parts, uploads
+from .schema import by_id_params, files, update_by_id, upload_concat_parts, uploads
 from .usage import lock_owner, reserve, used_bytes
 
 __all__ = ["UploadRecord", "UploadRepository", "UploadState"]
@@ -47,6 +47,9 @@ class UploadRecord:
     expires_at: dt.datetime | None
     #: The file this upload became, once the pipeline took it in.
     file_id: str | None = None
+    #: That file's status when the record was read (:meth:`UploadRepository.get` reads it
+    #: with the upload, for HEAD); None when not read or when there is no file.
+    file_status: str | None = None
 
     @property
     def is_gone(self) -> bool:
@@ -75,6 +78,7 @@ def _record(row: RowMapping) -> UploadRecord:
         updated_at=row["updated_at"],
         expires_at=row["expires_at"],
         file_id=row["file_id"],
+        file_status=row.get("file_status"),
     )
 
 
@@ -254,6 +258,11 @@ class UploadRepository:
 
 
 #: Built once: the most frequent statements of the tus hot path.
-_BY_ID = select(uploads).where(uploads.c.id == bindparam("id"))
+#: The upload, and the status of the file it became (one read for HEAD instead of two).
+_BY_ID = (
+    select(uploads, files.c.status.label("file_status"))
+    .select_from(uploads.outerjoin(files, files.c.id == uploads.c.file_id))
+    .where(uploads.c.id == bindparam("id"))
+)
 _INSERT = insert(uploads)
 _SET_OFFSET = update_by_id(uploads, ("offset",))

@@ -225,12 +225,11 @@ class TusHandlers:
             base = self._base_path(request)
             headers["Upload-Concat"] = "final;" + " ".join(base + p for p in status.parts)
         _add_expires(headers, status)
-        if rec.file_id is not None:
-            # What the finished upload became (see GET /file/{id} for the details).
-            f = await self._files.get(rec.file_id)
-            if f is not None:
-                headers["X-File-Id"] = f.id
-                headers["X-File-Status"] = f.status.value
+        if rec.file_id is not None and rec.file_status is not None:
+            # What the finished upload became (see GET /file/{id} for the details); its
+            # status is read with the upload.
+            headers["X-File-Id"] = rec.file_id
+            headers["X-File-Status"] = rec.file_status
         return web.Response(status=200, headers=headers)
 
     # --- PATCH ----------------------------------------------------------------------------
