@@ -240,6 +240,10 @@ class LocalObjectStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self._root = Path(root).resolve()
         self._meta_root = self._root / ".meta"
+        # As strings too: an object's paths are built by concatenation (pathlib's parsing
+        # of a path five segments deep was most of a small commit's Python time).
+        self._root_s = str(self._root)
+        self._meta_root_s = str(self._meta_root)
         #: fsync an object's bytes before it is renamed into place (off: the operator chose
         #: speed over surviving a power loss, as with ``fsync = false`` for uploads).
         self._fsync = fsync
@@ -253,18 +257,26 @@ class LocalObjectStore:
         """Nothing to release: every call opens and closes its own file."""
 
     def path(self, key: str) -> Path:
+        """The object's file: each segment of the key is a plain name (no separator, no NUL,
+        not empty, not ``.`` or ``..``), so the path stays under the root."""
+        self._check_key(key)
+        return Path(f"{self._root_s}/{key}")
+
+    @staticmethod
+    def _check_key(key: str) -> None:
         segments = key.split("/")
         if not all(_KEY_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
             raise StorageError(f"invalid object key {key!r}")
         if segments[0] == ".meta":
             raise StorageError("reserved object key")
-        p = self._root.joinpath(*segments)
-        if self._root not in p.parents:
-            raise StorageError("object key escapes the store")
-        return p
 
     def _meta_path(self, key: str) -> Path:
-        return self._meta_root.joinpath(*key.split("/")).with_name(key.split("/")[-1] + ".json")
+        return Path(self._meta_path_s(key))
+
+    def _meta_path_s(self, key: str) -> str:
+        """The sidecar of an object: ``.meta/<key>.json``."""
+        self._check_key(key)
+        return f"{self._meta_root_s}/{key}.json"
 
     @full_disk_is_storage_full
     async def put_file(
@@ -381,7 +393,7 @@ class LocalObjectStore:
         """Remove the sidecar a former object at ``key`` may have left: the metadata is in
         the new object's attribute (one failed unlink in the usual case: no sidecar)."""
         try:
-            os.unlink(self._meta_path(key))
+            os.unlink(self._meta_path_s(key))
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:

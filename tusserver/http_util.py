@@ -103,9 +103,10 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\/:*?<>|]')
 
 def safe_filename(name: str, *, fallback: str = "file", limit: int = 200) -> str:
     """A file name safe for headers and object keys: no separators, controls or dot-names."""
-    # Drop bidi overrides and other format characters used to disguise extensions.
-    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
-    name = unicodedata.normalize("NFC", name)
+    if not name.isascii():  # (ASCII has no format characters and is its own NFC)
+        # Drop bidi overrides and other format characters used to disguise extensions.
+        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+        name = unicodedata.normalize("NFC", name)
     name = _UNSAFE.sub("_", name).strip(" .")
     if not name or set(name) <= {"."}:
         name = fallback
