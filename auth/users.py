@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from tusserver.cache import USERS, Invalidator, NotifyOnly
+from tusserver.catalog import fastsql
 from tusserver.catalog.db import Database
 from tusserver.catalog.schema import audit_log, refresh_tokens, users
 from tusserver.catalog.usage import used_bytes
@@ -25,6 +26,8 @@ __all__ = ["AuditLog", "User", "UserExists", "UserRepository", "valid_username"]
 
 _log = structlog.get_logger("tusserver.audit")
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+#: Built once: fastsql keeps its compiled form by statement.
+_INSERT_AUDIT = insert(audit_log)
 
 
 def valid_username(name: str) -> bool:
@@ -253,7 +256,7 @@ class AuditLog:
             if not self._queue:
                 return
             batch, self._queue = self._queue, []
-            await self._db.write(lambda conn: conn.execute(insert(audit_log), batch))
+            await self._db.write(lambda conn: fastsql.execute_many(conn, _INSERT_AUDIT, batch))
 
     def record_soon(self, action: str, *, actor: str | None, **kw: Any) -> None:
         entry = self._entry(action, actor=actor, **kw)

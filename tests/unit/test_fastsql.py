@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from tusserver.catalog import fastsql
 from tusserver.catalog import files as files_module
@@ -188,3 +188,62 @@ async def test_errors_are_sqlalchemy_errors(db: Database) -> None:
         lambda c: fastsql.first(c, uploads_module._BY_ID, {"id": "dup"}), quick=True
     )
     assert got is not None and got["owner"] == "bob"
+
+
+async def test_many_rows_match_sqlalchemy(db: Database) -> None:
+    """execute_many writes the rows Connection.execute writes (datetimes, JSON, NULLs), on
+    either dialect; rows with other keys take the plain path; errors are SQLAlchemy's."""
+    from sqlalchemy import insert
+
+    from tusserver.catalog.schema import audit_log
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    tag = secrets.token_hex(6)  # (a database shared by the session)
+
+    def entry(n: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "at": now + dt.timedelta(seconds=n),
+            "actor": None if n % 2 else "bob",
+            "action": f"test.{tag}",
+            "target": f"t{n}",
+            "outcome": "ok",
+            "ip": None,
+            "detail": {"n": n, "none": None},
+            **extra,
+        }
+
+    stmt = insert(audit_log)
+    query = (
+        select(audit_log.c.at, audit_log.c.actor, audit_log.c.target, audit_log.c.detail)
+        .where(audit_log.c.action == f"test.{tag}")
+        .order_by(audit_log.c.at)
+    )
+
+    def work(conn: Connection) -> list[Any]:
+        fastsql.execute_many(conn, stmt, [entry(n) for n in range(3)])
+        conn.execute(stmt, [entry(n) for n in range(3, 6)])
+        fastsql.execute_many(conn, stmt, [entry(n) for n in range(6, 8)])
+        fastsql.execute_many(conn, stmt, [])
+        return [tuple(r) for r in conn.execute(query)]
+
+    rows = await db.write(work)
+    assert [r[2] for r in rows] == [f"t{n}" for n in range(8)]
+    for n, (at, actor, _, detail) in enumerate(rows):
+        assert (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) == now + dt.timedelta(seconds=n)
+        assert actor == (None if n % 2 else "bob")
+        assert detail == {"n": n, "none": None}
+
+    def mixed(conn: Connection) -> None:
+        # Rows whose keys differ go to SQLAlchemy, which refuses them as it always did.
+        rows = [entry(8), {k: v for k, v in entry(9).items() if k != "ip"}]
+        fastsql.execute_many(conn, stmt, rows)
+
+    with pytest.raises(SQLAlchemyError, match="ip"):
+        await db.write(mixed)
+
+    def duplicate(conn: Connection) -> None:
+        first = uploads_module._INSERT
+        fastsql.execute_many(conn, first, [_upload(f"dup-{tag}", now)] * 2)
+
+    with pytest.raises(IntegrityError):
+        await db.write(duplicate)

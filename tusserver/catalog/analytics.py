@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from . import fastsql
 from .db import Database
 from .schema import analytics_daily, analytics_file_blocks, analytics_rollup, events
 
@@ -81,6 +82,8 @@ class Event:
 BLOCK_STEP = 32
 BLOCK_DAYS = 64
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Built once: fastsql keeps its compiled form by statement.
+_INSERT_EVENT = insert(events)
 
 
 def _hour(at: dt.datetime) -> dt.datetime:
@@ -260,7 +263,7 @@ async def write_events(db: Database, batch: Iterable[Event]) -> None:
     ]
 
     def work(conn: Connection) -> None:
-        conn.execute(insert(events), rows)
+        fastsql.execute_many(conn, _INSERT_EVENT, rows)
         for stmt, params in upserts:
             if params:
                 conn.execute(stmt, params)
