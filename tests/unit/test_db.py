@@ -149,6 +149,66 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
         await db.dispose()
 
 
+async def test_units_go_on_while_a_checkpoint_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint runs on a connection of its own: units of work go on while it copies and
+    syncs (it held them all for 10-65 ms before), and the WAL still starts over after it."""
+    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
+    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
+    db = await _file_db(tmp_path)
+    runner = db.sqlite
+    assert runner is not None
+    repo = UploadRepository(db)
+    started, release = threading.Event(), threading.Event()
+    real_connect = sqlite3.connect
+
+    class SlowCheckpoints:
+        """The checkpointer's connection; its first statement waits for the test."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._conn = real_connect(*args, **kwargs)  # type: ignore[arg-type]
+            self._first = True
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            if self._first:
+                self._first = False
+                started.set()
+                assert release.wait(20)
+            return self._conn.execute(sql)
+
+        def close(self) -> None:
+            self._conn.close()
+
+    monkeypatch.setattr(db_module.sqlite3, "connect", SlowCheckpoints)
+    wal = tmp_path / "c.db-wal"
+    try:
+        n = 0
+        while not started.is_set():  # write until a checkpoint has begun
+            await repo.insert(_record(f"a{n}"))
+            n += 1
+            assert n < 5000
+        # The checkpoint is held in its first step: units run all the same.
+        for i in range(20):
+            await asyncio.wait_for(repo.insert(_record(f"b{i}")), 5)
+            assert await asyncio.wait_for(repo.get(f"b{i}"), 5) is not None
+        grown = wal.stat().st_size
+        release.set()
+        deadline = asyncio.get_running_loop().time() + 10
+        while runner._checkpointing:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        # Everything was copied (the frames written meanwhile too): the next writes start
+        # the WAL over, and it is cut back.
+        for i in range(3):
+            await repo.insert(_record(f"c{i}"))
+        assert wal.stat().st_size < grown
+        assert wal.stat().st_size <= 64 * 1024
+    finally:
+        release.set()
+        await db.dispose()
+
+
 async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

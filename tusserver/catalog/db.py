@@ -15,9 +15,10 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   microseconds, less than the hop to the thread and back costs. It never waits there: the
   connection's busy timeout is zero and a unit that meets a lock held by another process (or
   that the thread is using the connection) goes to the thread, which waits and retries. What
-  syncs files stays on the thread too: WAL checkpoints (run when the WAL passes 4 MiB), the
-  first write after one (it starts the WAL over, syncing its header) and, with ``durable``
-  (``fsync``), every quick write (each commit syncs the WAL).
+  syncs files stays off the loop too: WAL checkpoints (run when the WAL passes 4 MiB, on a
+  thread and a connection of their own, so units go on meanwhile), the first write after one
+  (it starts the WAL over, syncing its header: on the thread) and, with ``durable``
+  (``fsync``), every quick write (each commit syncs the WAL: on the thread).
 - Reads go through a memory map of the database file (``mmap_size``): a connection drops its
   page cache whenever another connection (another process: ``serve --workers N``) has
   written, and pages read back from the map cost no system call and no copy, where ``read()``
@@ -234,6 +235,11 @@ class SqliteRunner:
         self._writer_lock_path = writer_lock_path
         self._writer_fd: int | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        #: WAL checkpoints run here, on a connection of their own (see :meth:`_checkpoint`).
+        self._checkpointer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sqlite-checkpoint"
+        )
+        self._checkpoint_conn: sqlite3.Connection | None = None
         #: Units waiting for the thread, which runs them in groups (:meth:`_drain`).
         self._queue: list[_Queued] = []
         self._queue_lock = threading.Lock()
@@ -407,7 +413,7 @@ class SqliteRunner:
                             "unit of work", None, sqlite3.OperationalError("database is locked")
                         ) from None
                 else:
-                    if write:
+                    if write and not self._checkpointing:
                         self._wal_restart = False
                     return result
                 finally:
@@ -478,13 +484,43 @@ class SqliteRunner:
             return
         if size >= _CHECKPOINT_WAL_BYTES:
             self._checkpointing = True
-            fut = self._thread.submit(self._checkpoint)
+            fut = self._checkpointer.submit(self._checkpoint)
             fut.add_done_callback(self._checkpointed)
 
     def _checkpoint(self) -> None:
-        with self._conn_lock, contextlib.suppress(_Busy):
-            self._unit(lambda conn: conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)"), False)
+        """On its own thread and connection: a PASSIVE checkpoint copies what the WAL holds
+        into the database while units go on (WAL lets writers and readers run beside a
+        checkpointer). It syncs the database file, which took 10-65 ms here: with the units'
+        connection held, every unit waited that long. Only the frames written meanwhile are
+        then copied with the units held.
+
+        From now until a write on the units' thread after it, writes stay off the event loop:
+        the first one after a checkpoint may start the WAL over, which syncs its header."""
+        with self._conn_lock:
             self._wal_restart = True
+        if self._checkpoint_conn is None:
+            # (The engine's pool holds the units' connection alone.)
+            self._checkpoint_conn = sqlite3.connect(
+                str(self.engine.url.database), timeout=0, isolation_level=None
+            )
+        conn = self._checkpoint_conn
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            with self._conn_lock:
+                # What was written meanwhile, with the units held: the WAL is then wholly
+                # in the database and the next write starts it over. Without this, a steady
+                # stream of writes would leave a few frames behind each checkpoint and the
+                # WAL would never start over (it would grow without bound).
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._checkpointing = False  # (the next write on the units' thread clears
+                # the restart flag)
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def _checkpointed(self, fut: concurrent.futures.Future[None]) -> None:
         self._checkpointing = False
@@ -494,6 +530,9 @@ class SqliteRunner:
     async def close(self) -> None:
         self._closed = True
         loop = asyncio.get_running_loop()
+        # (A checkpoint under way ends first; its connection closes on its thread.)
+        await asyncio.wrap_future(self._checkpointer.submit(self._close_checkpointer))
+        self._checkpointer.shutdown(wait=False)
         await loop.run_in_executor(self._thread, self._close_on_thread)
         self._thread.shutdown(wait=False)
 
