@@ -432,50 +432,104 @@ async def file_row_of(rt: Runtime, upload_id: str) -> dict[str, Any]:
         return dict(rows.mappings().one())
 
 
-async def test_files_waiting_for_a_busy_worker_are_claimed_and_handed_back_at_stop(
-    setup: Setup,
-) -> None:
-    """A file finished while this process's worker is busy is inserted claimed by this
-    process (its worker takes it next); a graceful stop hands it back like the file being
-    worked on, and the next process commits both at once."""
+async def test_a_file_is_claimed_at_intake_only_for_an_idle_worker(setup: Setup) -> None:
+    """A file finished while this process's worker waits for work is inserted claimed (no
+    claim statement of its own); one finished while the worker is busy is left unclaimed,
+    for any instance's worker. A graceful stop hands the claimed file back, and the next
+    process commits both at once."""
     blocking = BlockingValidator()
     rt = build_runtime(
         setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
     )
+    claims: list[str] = []
+    claim = rt.files.claim
+
+    async def counted(file_id: str, *args: Any, **kwargs: Any) -> bool:
+        claims.append(file_id)
+        return await claim(file_id, *args, **kwargs)
+
+    rt.files.claim = counted  # type: ignore[method-assign]
     await rt.start()
     try:
-        busy = await finished_upload(rt, DATA)
+        deadline = asyncio.get_running_loop().time() + 10
+        while rt.pipeline._idle < 1:  # the worker waits for the queue
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        first = await finished_upload(rt, DATA)
         await asyncio.wait_for(blocking.entered.wait(), 10)
-        waiting = await finished_upload(rt, DATA)
-        row = await file_row_of(rt, waiting)
+        row = await file_row_of(rt, first)
         assert row["status"] == FileStatus.VALIDATING.value
         assert row["lease_holder"] == str(rt.pipeline.holder)
         assert row["attempts"] == 1
-        lease = row["lease_until"]
-        now = dt.datetime.now(dt.UTC)
-        assert (lease if lease.tzinfo else lease.replace(tzinfo=dt.UTC)) > now
-        assert row["id"] not in await rt.files.due(now, 50)
+        assert claims == [], "a file claimed at intake was claimed again"
+        # The only worker is busy now: the next file waits unclaimed, visible to all.
+        waiting = await finished_upload(rt, DATA)
+        row = await file_row_of(rt, waiting)
+        assert row["status"] == FileStatus.RECEIVED.value
+        assert row["lease_until"] is None and row["attempts"] == 0
+        assert row["id"] in await rt.files.due(dt.datetime.now(dt.UTC), 50)
     finally:
         await rt.stop()
     rt = await open_runtime(setup.config, objects=setup.object_store())
     try:
-        for upload_id in (busy, waiting):
+        for upload_id in (first, waiting):
             assert (await file_row_of(rt, upload_id))["lease_until"] is None
         deadline = asyncio.get_running_loop().time() + 20
         while await rt.files.pending_count():
             assert asyncio.get_running_loop().time() < deadline, "the files were not taken"
             await rt.pipeline.run_due_once()
-        for upload_id in (busy, waiting):
+        for upload_id in (first, waiting):
             row = await file_row_of(rt, upload_id)
             assert row["status"] == FileStatus.COMMITTED.value, row
             assert row["sha256"] == hashlib.sha256(DATA).hexdigest()
-            assert row["attempts"] == 2  # one per process that took it
         assert sorted(setup.stored_objects()) == sorted(
-            [(await file_row_of(rt, u))["storage_key"] for u in (busy, waiting)]
+            [(await file_row_of(rt, u))["storage_key"] for u in (first, waiting)]
         )
-        assert await rt.files.pending_count() == 0
     finally:
         await drop_runtime(rt)
+
+
+async def test_a_caller_cancelled_while_its_claimed_row_commits_leaves_no_stuck_file(
+    setup: Setup,
+) -> None:
+    """The request finishing an upload is cancelled (a shutdown, a client timeout) right
+    when the file's row, claimed at intake, has committed: the file is still taken and
+    committed here, not left leased to a process that forgot it."""
+    rt = build_runtime(setup.config, objects=setup.object_store())
+    create = rt.files.create_for_upload
+    cancelled: list[str] = []
+
+    async def commits_then_cancelled(*args: Any, **kwargs: Any) -> str:
+        file_id = await create(*args, **kwargs)
+        if kwargs.get("claim") is not None:
+            cancelled.append(file_id)
+            raise asyncio.CancelledError
+        return file_id
+
+    rt.files.create_for_upload = commits_then_cancelled  # type: ignore[method-assign]
+    await rt.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while rt.pipeline._idle < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        status = await rt.uploads.create(
+            Caller(UNAUTHENTICATED_OPERATOR), length=len(DATA), metadata={}
+        )
+        upload_id = status.record.id
+        with pytest.raises(asyncio.CancelledError):
+            await rt.uploads.append(
+                UNAUTHENTICATED_OPERATOR, upload_id, offset=0, source=source(DATA)
+            )
+        assert len(cancelled) == 1
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await file_row_of(rt, upload_id))["status"] != FileStatus.COMMITTED.value:
+            assert asyncio.get_running_loop().time() < deadline, "the claimed file was left"
+            await asyncio.sleep(0.05)
+        row = await file_row_of(rt, upload_id)
+        assert row["lease_until"] is None and row["id"] == cancelled[0]
+    finally:
+        await rt.stop()
 
 
 async def test_without_workers_here_a_file_is_left_unclaimed(setup: Setup) -> None:

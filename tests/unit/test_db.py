@@ -328,3 +328,20 @@ async def test_a_failing_unit_fails_alone_in_its_group(tmp_path: Path, quick: bo
         assert set((await repo.get_many(["a1", "a2", "bad"])).keys()) == {"a1", "a2"}
     finally:
         await db.dispose()
+
+
+async def test_a_write_delivered_during_close_starts_no_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group that commits while the database closes must not start a checkpoint on a
+    thread that is gone (an error in a loop callback, a connection nobody closes)."""
+    monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 1)
+    db = await _file_db(tmp_path)
+    runner = db.sqlite
+    assert runner is not None
+    await UploadRepository(db).insert(_record("x"))
+    await db.dispose()
+    runner._checkpointing = False
+    runner._wrote()  # (what _deliver calls after a group)
+    assert runner._checkpointing is False
+    assert runner._checkpoint_conn is None

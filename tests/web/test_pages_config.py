@@ -127,7 +127,14 @@ async def test_without_a_scanner_no_virus_promise_and_a_clean_first_load(
     assert toast_box
     rows = page.locator("#upload-results li.result")
     for i in range(await rows.count()):
-        row_box = await rows.nth(i).bounding_box()
+        # (The list is drawn again at each change, a new result or a file's status: a row
+        # caught between two drawings has no box, so the box is asked for until it has.)
+        row_box = None
+        for _ in range(50):
+            row_box = await rows.nth(i).bounding_box()
+            if row_box:
+                break
+            await page.wait_for_timeout(20)
         assert row_box
         overlap_x = min(row_box["x"] + row_box["width"], toast_box["x"] + toast_box["width"]) - max(
             row_box["x"], toast_box["x"]

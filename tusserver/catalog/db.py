@@ -476,7 +476,7 @@ class SqliteRunner:
             conn.invalidate()
 
     def _wrote(self) -> None:
-        if self._checkpointing or self._wal_path is None:
+        if self._checkpointing or self._wal_path is None or self._closed:
             return
         try:
             size = os.stat(self._wal_path).st_size
@@ -484,7 +484,11 @@ class SqliteRunner:
             return
         if size >= _CHECKPOINT_WAL_BYTES:
             self._checkpointing = True
-            fut = self._checkpointer.submit(self._checkpoint)
+            try:
+                fut = self._checkpointer.submit(self._checkpoint)
+            except RuntimeError:  # closing: the last checkpoint is close()'s
+                self._checkpointing = False
+                return
             fut.add_done_callback(self._checkpointed)
 
     def _checkpoint(self) -> None:
@@ -496,6 +500,9 @@ class SqliteRunner:
 
         From now until a write on the units' thread after it, writes stay off the event loop:
         the first one after a checkpoint may start the WAL over, which syncs its header."""
+        if self._closed:  # (queued behind close()'s end of this thread's connection)
+            self._checkpointing = False
+            return
         with self._conn_lock:
             self._wal_restart = True
         if self._checkpoint_conn is None:

@@ -71,9 +71,6 @@ _log = structlog.get_logger("tusserver.pipeline")
 #: Heads shorter than this say little about the type; unless the file is that small, the
 #: early check waits for a longer first chunk (the final check always runs).
 _MIN_SNIFF = 512
-#: Files are claimed as their rows are inserted while fewer than this many wait in the
-#: queue; beyond, they wait unclaimed, for whichever instance's worker comes first.
-_CLAIM_AT_INTAKE_QUEUE = 64
 
 
 def text_metadata(meta: Any) -> dict[str, str]:
@@ -124,6 +121,8 @@ class Pipeline:
         self._claimed: set[str] = set()
         #: Files whose rows were inserted claimed by this process, waiting in the queue.
         self._claimed_at_intake: set[str] = set()
+        #: Workers waiting for the queue (files are claimed at intake only for them).
+        self._idle = 0
         self._events = events
         self._config = config
         #: ``object_key_template`` of the storage settings: where a committed file goes.
@@ -193,24 +192,31 @@ class Pipeline:
             finished_at=self._clock(),
         )
         now = self._clock()
-        # A worker of this process will take the file next: it is inserted claimed (the
-        # claim's own statement and transaction spared). Not when the queue is long (other
-        # instances' workers may take the backlog from the catalog) or nothing works it.
+        # A worker of this process is idle and takes the file next: it is inserted claimed
+        # (the claim's own statement and transaction spared). Not when every worker is busy:
+        # the file would wait here, held from other instances' workers (and, after a crash
+        # elsewhere than on this host, for a whole lease).
         claim = (
             (now + self.lease, str(self.holder))
-            if self.processes_here
-            and self._workers
-            and not self._stopping
-            and self._queue.qsize() < _CLAIM_AT_INTAKE_QUEUE
+            if self.processes_here and not self._stopping and self._idle > self._queue.qsize()
             else None
         )
-        created = await self._files.create_for_upload(new, now, claim=claim)
-        if created == file_id and claim is not None:
-            if self._stopping:  # stopped meanwhile: handed back, as stop() does
+        if claim is not None:
+            # Known before the insert: if this caller is cancelled while the row commits,
+            # the file still has its lease renewed, is handed back at stop, and is queued.
+            self._claimed.add(file_id)
+            self._claimed_at_intake.add(file_id)
+        try:
+            created = await self._files.create_for_upload(new, now, claim=claim)
+        except BaseException:
+            if claim is not None:
+                self._enqueue(file_id)  # (a worker finds out whether its row exists)
+            raise
+        if claim is not None and (created != file_id or self._stopping):
+            self._claimed.discard(file_id)
+            self._claimed_at_intake.discard(file_id)
+            if created == file_id:  # stopped meanwhile: handed back, as stop() does
                 await self._files.update(file_id, lease_until=None)
-            else:
-                self._claimed.add(file_id)  # its lease is renewed while it waits
-                self._claimed_at_intake.add(file_id)
         if created == file_id and self.processes_here:
             # The worker starts from this record instead of reading the row back.
             self._fresh[file_id] = FileRecord(
@@ -328,6 +334,7 @@ class Pipeline:
             else:
                 await self._take(file_id, n)
                 continue
+            self._idle += 1
             try:
                 file_id = await asyncio.wait_for(
                     self._queue.get(), self._config.pipeline_poll_interval
@@ -339,6 +346,8 @@ class Pipeline:
                 except Exception:
                     _log.exception("pipeline scan failed", worker=n)
                 continue
+            finally:
+                self._idle -= 1
             await self._take(file_id, n)
 
     async def _take(self, file_id: str, n: int) -> None:
