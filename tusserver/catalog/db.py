@@ -217,6 +217,16 @@ class _Queued:
     loop: asyncio.AbstractEventLoop
 
 
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """A unit's outcome to its caller, unless the caller gave up (cancelled) meanwhile."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 class SqliteRunner:
     """The one connection of a SQLite catalog: units run inline or on one thread."""
 
@@ -357,12 +367,7 @@ class SqliteRunner:
         wrote = False
         for q, (ok, value) in done:
             wrote = wrote or q.write
-            if q.future.done():  # cancelled meanwhile
-                continue
-            if ok:
-                q.future.set_result(value)
-            else:
-                q.future.set_exception(value)
+            _settle(q.future, ok, value)
         if wrote:
             self._wrote()
 
@@ -630,12 +635,7 @@ class PostgresRunner:
         except BaseException as exc:  # never leave callers waiting
             outcomes = [(False, exc)] * len(group)
         for q, (ok, value) in zip(group, outcomes, strict=True):
-            if q.future.done():  # cancelled meanwhile
-                continue
-            if ok:
-                q.future.set_result(value)
-            else:
-                q.future.set_exception(value)
+            _settle(q.future, ok, value)
 
     def _group(self, works: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
         """Group commit: the units in one transaction, so one BEGIN and one COMMIT (and one
