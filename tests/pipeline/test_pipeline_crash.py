@@ -548,6 +548,89 @@ async def test_without_workers_here_a_file_is_left_unclaimed(setup: Setup) -> No
         await drop_runtime(rt)
 
 
+class GateValidator:
+    """Holds each file in its processing until the gate opens."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        self.entered.set()
+        await self.open.wait()
+        return Verdict.accept()
+
+
+async def test_files_waiting_for_a_busy_worker_are_claimed_in_one_statement(
+    setup: Setup,
+) -> None:
+    """A burst: the files finished while the only worker is busy are claimed together once
+    it is free (one statement for all), each once, and all are committed."""
+    gate = GateValidator()
+    rt = build_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), gate]
+    )
+    batches: list[list[str]] = []
+    claim_many = rt.files.claim_many
+
+    async def recorded(file_ids: list[str], *args: Any, **kwargs: Any) -> set[str]:
+        batches.append(list(file_ids))
+        return await claim_many(file_ids, *args, **kwargs)
+
+    rt.files.claim_many = recorded  # type: ignore[method-assign]
+    await rt.start()
+    try:
+        first = await finished_upload(rt, DATA)
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        waiting = [await finished_upload(rt, DATA) for _ in range(5)]
+        waiting_files = [(await file_row_of(rt, u))["id"] for u in waiting]
+        for upload_id in waiting:
+            row = await file_row_of(rt, upload_id)
+            assert row["status"] == FileStatus.RECEIVED.value and row["attempts"] == 0
+        gate.open.set()
+        deadline = asyncio.get_running_loop().time() + 20
+        for upload_id in [first, *waiting]:
+            while (await file_row_of(rt, upload_id))["status"] != FileStatus.COMMITTED.value:
+                assert asyncio.get_running_loop().time() < deadline, "a file was left"
+                await asyncio.sleep(0.02)
+        assert waiting_files in batches, batches  # the five in one claim, in their order
+        claimed = [file_id for batch in batches for file_id in batch]
+        assert sorted(f for f in claimed if f in waiting_files) == sorted(waiting_files)
+        for upload_id in waiting:
+            row = await file_row_of(rt, upload_id)
+            assert row["attempts"] == 1 and row["lease_until"] is None
+        assert not rt.pipeline._claimed
+    finally:
+        await rt.stop()
+    assert len(setup.stored_objects()) == 6
+
+
+async def test_a_batch_claim_takes_only_the_files_no_one_else_holds(setup: Setup) -> None:
+    """Of the files a worker asks for, those held by a live lease elsewhere, and those
+    already done, stay as they are; the claim returns the others, leased to it."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        uploads = [await finished_upload(rt, DATA) for _ in range(4)]
+        ids = [(await file_row_of(rt, u))["id"] for u in uploads]
+        now = dt.datetime.now(dt.UTC)
+        lease = dt.timedelta(minutes=15)
+        assert await rt.files.claim_many([ids[1]], now, lease, "elsewhere") == {ids[1]}
+        await rt.files.update(ids[3], status=FileStatus.COMMITTED, next_attempt_at=None)
+        got = await rt.files.claim_many(ids, now, lease, "here")
+        assert got == {ids[0], ids[2]}
+        for upload_id, holder in zip(uploads, ["here", "elsewhere", "here", None], strict=True):
+            row = await file_row_of(rt, upload_id)
+            assert row["lease_holder"] == holder
+        assert (await file_row_of(rt, uploads[3]))["status"] == FileStatus.COMMITTED.value
+        # Nothing left to take: an empty answer, no error.
+        assert await rt.files.claim_many(ids, now, lease, "again") == set()
+        assert await rt.files.claim_many([], now, lease, "again") == set()
+    finally:
+        await drop_runtime(rt)
+
+
 async def claimed_by(setup: Setup, holder: Holder) -> tuple[str, str]:
     """A finished upload whose file ``holder`` claimed for 15 minutes, then nothing more ran:
     (upload id, file id)."""

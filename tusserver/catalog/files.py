@@ -127,22 +127,27 @@ _BY_ID = _SELECT.where(files.c.id == bindparam("id"))
 _INSERT_FILE = insert(files)
 _INSERT_LINK = insert(file_uploads)
 _POINT_BACK = update_by_id(uploads, ("file_id",))
-_CLAIM = (
+#: What a claim requires of a row (pending, no live lease) and what it sets: written once,
+#: for the claim of one file and the claim of a batch.
+_CLAIMABLE = (
+    # (Spelled out rather than IN: a statement without an expanding parameter takes the
+    # cheaper path of catalog.fastsql on SQLite.)
+    or_(*(files.c.status == status for status in PENDING)),
+    or_(files.c.lease_until.is_(None), files.c.lease_until < bindparam("now")),
+)
+_CLAIMED = {
+    "lease_until": bindparam("v_lease_until"),
+    "lease_holder": bindparam("v_lease_holder"),
+    "status": FileStatus.VALIDATING.value,
+    "attempts": files.c.attempts + 1,
+    "updated_at": bindparam("now"),
+}
+_CLAIM = update(files).where(files.c.id == bindparam("row_id"), *_CLAIMABLE).values(_CLAIMED)
+_CLAIM_MANY = (
     update(files)
-    .where(
-        files.c.id == bindparam("row_id"),
-        # (Spelled out rather than IN: a statement without an expanding parameter takes the
-        # cheaper path of catalog.fastsql on SQLite.)
-        or_(*(files.c.status == status for status in PENDING)),
-        or_(files.c.lease_until.is_(None), files.c.lease_until < bindparam("now")),
-    )
-    .values(
-        lease_until=bindparam("v_lease_until"),
-        lease_holder=bindparam("v_lease_holder"),
-        status=FileStatus.VALIDATING.value,
-        attempts=files.c.attempts + 1,
-        updated_at=bindparam("now"),
-    )
+    .where(files.c.id.in_(bindparam("ids", expanding=True)), *_CLAIMABLE)
+    .values(_CLAIMED)
+    .returning(files.c.id)
 )
 
 
@@ -262,16 +267,40 @@ class FileRepository:
         self, file_id: str, now: dt.datetime, lease: dt.timedelta, holder: str | None = None
     ) -> bool:
         """Take a pending file for one worker (any instance); False if someone else has it."""
-        params = {
-            "row_id": file_id,
+        return bool(await self.claim_many([file_id], now, lease, holder))
+
+    async def claim_many(
+        self,
+        file_ids: Sequence[str],
+        now: dt.datetime,
+        lease: dt.timedelta,
+        holder: str | None = None,
+    ) -> set[str]:
+        """Take the pending files of ``file_ids`` for one worker in one statement (a burst of
+        small files costs one claim, not one each); returns those taken, the others being
+        held by someone else, done, or gone."""
+        if not file_ids:
+            return set()
+        params: dict[str, Any] = {
             "now": now,
             "v_lease_until": now + lease,
             "v_lease_holder": holder,
         }
+        keys = [(FILES, file_id) for file_id in file_ids]
+        if len(file_ids) == 1:
+            params["row_id"] = file_ids[0]
+            won = await self.invalidator.run(
+                self._db,
+                lambda conn: fastsql.execute(conn, _CLAIM, params) == 1,
+                *keys,
+                quick=True,
+            )
+            return {file_ids[0]} if won else set()
+        params["ids"] = list(file_ids)
         return await self.invalidator.run(
             self._db,
-            lambda conn: fastsql.execute(conn, _CLAIM, params) == 1,
-            (FILES, file_id),
+            lambda conn: set(conn.execute(_CLAIM_MANY, params).scalars()),
+            *keys,
             quick=True,
         )
 

@@ -332,7 +332,7 @@ class Pipeline:
             except asyncio.QueueEmpty:
                 pass
             else:
-                await self._take(file_id, n)
+                await self._take(self._batch_from(file_id), n)
                 continue
             self._idle += 1
             try:
@@ -348,14 +348,36 @@ class Pipeline:
                 continue
             finally:
                 self._idle -= 1
-            await self._take(file_id, n)
+            await self._take(self._batch_from(file_id), n)
 
-    async def _take(self, file_id: str, n: int) -> None:
-        self._queued.discard(file_id)
+    def _batch_from(self, first: str) -> list[str]:
+        """``first`` and, when more files wait, this worker's share of them (at most
+        ``_CLAIM_BATCH``): claimed in one statement, then processed one after the other.
+        The other workers' shares stay queued for them."""
+        batch = [first]
+        share = min(_CLAIM_BATCH, 1 + self._queue.qsize() // self._config.pipeline_workers)
+        while len(batch) < share:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    async def _take(self, batch: list[str], n: int) -> None:
+        self._queued.difference_update(batch)
         try:
-            await self._claim_and_process(file_id)
+            claimed = await self._claim(batch)
         except Exception:
-            _log.exception("pipeline worker error", worker=n, file_id=file_id)
+            # Not claimed: the catalog still has them due; a scan finds them again.
+            _log.exception("pipeline claim failed", worker=n, files=len(batch))
+            for file_id in batch:
+                self._fresh.pop(file_id, None)
+            return
+        for file_id in claimed:
+            try:
+                await self._process_claimed(file_id)
+            except Exception:
+                _log.exception("pipeline worker error", worker=n, file_id=file_id)
 
     async def take_back_leases(self) -> int:
         """Hand back the leases held by processes of this host that are gone (a crash, a
@@ -397,14 +419,24 @@ class Pipeline:
             if kept < len(held):
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
-    async def _claim_and_process(self, file_id: str) -> bool:
-        if file_id in self._claimed_at_intake:
-            self._claimed_at_intake.discard(file_id)  # (its row was inserted claimed)
-        elif await self._files.claim(file_id, self._clock(), self.lease, str(self.holder)):
-            self._claimed.add(file_id)
-        else:
-            self._fresh.pop(file_id, None)
-            return False
+    async def _claim(self, batch: list[str]) -> list[str]:
+        """The files of ``batch`` this worker now holds, in order: those inserted claimed for
+        it at intake, and those its claim took (the rest is someone else's, or done)."""
+        mine = {file_id for file_id in batch if file_id in self._claimed_at_intake}
+        self._claimed_at_intake.difference_update(mine)  # (their rows were inserted claimed)
+        others = [file_id for file_id in batch if file_id not in mine]
+        won = (
+            await self._files.claim_many(others, self._clock(), self.lease, str(self.holder))
+            if others
+            else set()
+        )
+        self._claimed.update(won)
+        for file_id in others:
+            if file_id not in won:
+                self._fresh.pop(file_id, None)
+        return [file_id for file_id in batch if file_id in mine or file_id in won]
+
+    async def _process_claimed(self, file_id: str) -> None:
         try:
             await self.process(file_id)
         except asyncio.CancelledError:
@@ -414,13 +446,13 @@ class Pipeline:
             self._claimed.discard(file_id)
             raise
         self._claimed.discard(file_id)
-        return True
 
     async def run_due_once(self, limit: int = 20) -> int:
         """Process the files that are due now; returns how many were handled here."""
         handled = 0
         for file_id in await self._files.due(self._clock(), limit):
-            if await self._claim_and_process(file_id):
+            for claimed in await self._claim([file_id]):
+                await self._process_claimed(claimed)
                 handled += 1
         return handled
 
@@ -783,6 +815,8 @@ class Pipeline:
 
 
 _SNIFF_MEMO = 4096
+#: Most files a worker claims in one statement (see Pipeline._batch_from).
+_CLAIM_BATCH = 16
 
 
 def _hash_file(path: Any) -> tuple[str, int]:
