@@ -38,7 +38,7 @@ from tusserver.catalog.schema import files as files_table
 from tusserver.pipeline import holders as holders_module
 from tusserver.pipeline import pipeline as pipeline_module
 from tusserver.pipeline.holders import Holder
-from tusserver.pipeline.validators import Candidate, ChecksumValidator, Verdict
+from tusserver.pipeline.validators import SNIFF_BYTES, Candidate, ChecksumValidator, Verdict
 from tusserver.uploads.observer import Caller
 
 
@@ -132,7 +132,7 @@ async def source(data: bytes, block: int = 4096) -> AsyncIterator[bytes]:
         yield data[i : i + block]
 
 
-async def finished_upload(rt: Runtime, data: bytes) -> str:
+async def finished_upload(rt: Runtime, data: bytes, block: int = 4096) -> str:
     status = await rt.uploads.create(
         Caller(UNAUTHENTICATED_OPERATOR),
         length=len(data),
@@ -140,7 +140,7 @@ async def finished_upload(rt: Runtime, data: bytes) -> str:
     )
     upload_id = status.record.id
     done = await rt.uploads.append(
-        UNAUTHENTICATED_OPERATOR, upload_id, offset=0, source=source(data)
+        UNAUTHENTICATED_OPERATOR, upload_id, offset=0, source=source(data, block)
     )
     assert done.finished
     return upload_id
@@ -627,6 +627,74 @@ async def test_a_batch_claim_takes_only_the_files_no_one_else_holds(setup: Setup
         # Nothing left to take: an empty answer, no error.
         assert await rt.files.claim_many(ids, now, lease, "again") == set()
         assert await rt.files.claim_many([], now, lease, "again") == set()
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_a_small_file_typed_whole_is_recorded_inspected_at_intake(setup: Setup) -> None:
+    """The first body's type check saw the whole file: its row is inserted with the type,
+    sha256 and key (on record before the object exists), and the worker commits it without
+    recording them again. A file longer than the check's head is inspected by the worker."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    recorded: list[dict[str, Any]] = []
+    update = rt.files.update
+
+    async def watched(file_id: str, **values: Any) -> None:
+        recorded.append(values)
+        await update(file_id, **values)
+
+    rt.files.update = watched  # type: ignore[method-assign]
+    try:
+        # In one block, as a small body arrives: the type check sees all of it.
+        small = await finished_upload(rt, DATA, len(DATA))
+        row = await file_row_of(rt, small)
+        assert row["status"] == FileStatus.RECEIVED.value
+        assert row["sha256"] == hashlib.sha256(DATA).hexdigest()
+        assert row["detected_type"] == "image/png" and row["category"] == "image"
+        assert row["storage_key"] and row["storage_key"].startswith(setup.prefix + "/")
+        assert row["type_mismatch"] is False or row["type_mismatch"] == 0
+        await work_until_done(rt, small)
+        assert not any("sha256" in values for values in recorded), recorded
+        await assert_committed_once(setup, rt, small, DATA)
+        assert (await file_row_of(rt, small))["storage_key"] == row["storage_key"]
+
+        big_data = png_bytes(extra=SNIFF_BYTES + 1000)
+        big = await finished_upload(rt, big_data, len(big_data))
+        row = await file_row_of(rt, big)
+        assert row["sha256"] is None and row["storage_key"] is None
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await file_row_of(rt, big))["status"] != FileStatus.COMMITTED.value:
+            assert asyncio.get_running_loop().time() < deadline, "the file was left"
+            await rt.pipeline.run_due_once()
+        row = await file_row_of(rt, big)
+        assert row["status"] == FileStatus.COMMITTED.value
+        assert row["sha256"] == hashlib.sha256(big_data).hexdigest()
+        assert any("sha256" in values for values in recorded)
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_stored_bytes_unlike_those_typed_at_intake_are_inspected_again(
+    setup: Setup,
+) -> None:
+    """The bytes stored are not those the type check saw (as when a resumed upload's later
+    bytes differ): the worker finds out from their sha256 and records the file as stored,
+    its own type and sha256, before the object exists."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        upload_id = await finished_upload(rt, DATA, len(DATA))
+        assert (await file_row_of(rt, upload_id))["detected_type"] == "image/png"
+        other = (b"plain words and no image\n" * (len(DATA) // 25 + 1))[: len(DATA)]
+        rt.pipeline._local_chunks.local_path(upload_id).write_bytes(other)  # type: ignore[union-attr]
+        await work_until_done(rt, upload_id)
+        row = await file_row_of(rt, upload_id)
+        assert row["sha256"] == hashlib.sha256(other).hexdigest()
+        assert row["detected_type"].startswith("text/"), row
+        assert row["status"] in (FileStatus.COMMITTED.value, FileStatus.REJECTED.value)
+        if row["status"] == FileStatus.COMMITTED.value:
+            stored = b"".join([b async for b in rt.objects.get(row["storage_key"])])
+            assert stored == other
+            assert setup.stored_objects() == [row["storage_key"]]
     finally:
         await drop_runtime(rt)
 

@@ -26,7 +26,7 @@ from .schema import (
     uploads,
 )
 
-__all__ = ["FileRecord", "FileRepository", "FileStatus", "NewFile"]
+__all__ = ["FileRecord", "FileRepository", "FileStatus", "Inspected", "NewFile"]
 
 
 class FileStatus(enum.StrEnum):
@@ -71,6 +71,18 @@ class FileRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Inspected:
+    """A finished file's facts from the pipeline's inspection (see NewFile.inspected)."""
+
+    sha256: str
+    detected_type: str
+    category: str
+    type_mismatch: bool
+    storage_key: str
+    store: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewFile:
     id: str
     owner: str | None
@@ -83,6 +95,10 @@ class NewFile:
     client: str | None
     started_at: dt.datetime
     finished_at: dt.datetime
+    #: What the pipeline's inspection records, when it is known as the upload finishes (a
+    #: small file typed and hashed whole as it arrived): inserted with the row, so the key
+    #: and sha256 are on record before the object exists, without a statement of their own.
+    inspected: Inspected | None = None
 
 
 def _record(row: RowMapping) -> FileRecord:
@@ -196,6 +212,15 @@ class FileRepository:
             "created_at": now,
             "updated_at": now,
         }
+        if new.inspected is not None:
+            row.update(
+                sha256=new.inspected.sha256,
+                detected_type=new.inspected.detected_type,
+                category=new.inspected.category,
+                type_mismatch=new.inspected.type_mismatch,
+                storage_key=new.inspected.storage_key,
+                store=new.inspected.store,
+            )
         if claim is not None:
             row.update(
                 status=FileStatus.VALIDATING.value,

@@ -42,7 +42,7 @@ from storage_backends.base import (
 from storage_backends.encryption import IntegrityError
 
 from ..catalog.analytics import Event, EventRecorder
-from ..catalog.files import FileRecord, FileRepository, FileStatus, NewFile
+from ..catalog.files import FileRecord, FileRepository, FileStatus, Inspected, NewFile
 from ..catalog.uploads import UploadRecord, UploadRepository
 from ..errors import UnsupportedMediaType
 from ..events import Hooks
@@ -59,6 +59,7 @@ from .validators import (
     TypeSniffer,
     Validator,
     VerdictKind,
+    category_of,
 )
 from .webhooks import WebhookSender
 
@@ -147,7 +148,7 @@ class Pipeline:
         self._queued: set[str] = set()
         self._fresh: dict[str, FileRecord] = {}
         #: upload id -> (length, digest, type) of the head sniffed at its first PATCH.
-        self._sniffed: OrderedDict[str, tuple[int, bytes, str]] = OrderedDict()
+        self._sniffed: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
         self._sniffer = TypeSniffer()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -178,20 +179,23 @@ class Pipeline:
         """Create the file row for a finished upload (idempotent) and wake a worker."""
         meta = text_metadata(rec.metadata)
         file_id = secrets.token_hex(16)
+        name = file_name_of(meta, fallback=file_id)
+        declared = _declared_type(meta)
+        now = self._clock()
         new = NewFile(
             id=file_id,
             owner=rec.owner,
-            name=file_name_of(meta, fallback=file_id),
+            name=name,
             size=rec.length or 0,
-            declared_type=_declared_type(meta),
+            declared_type=declared,
             metadata=meta,
             upload_id=rec.id,
             protocol=protocol,
             client=None,
             started_at=rec.created_at,
-            finished_at=self._clock(),
+            finished_at=now,
+            inspected=self._inspected_at_intake(rec, file_id, name, declared, now),
         )
-        now = self._clock()
         # A worker of this process is idle and takes the file next: it is inserted claimed
         # (the claim's own statement and transaction spared). Not when every worker is busy:
         # the file would wait here, held from other instances' workers (and, after a crash
@@ -219,6 +223,7 @@ class Pipeline:
                 await self._files.update(file_id, lease_until=None)
         if created == file_id and self.processes_here:
             # The worker starts from this record instead of reading the row back.
+            known = new.inspected
             self._fresh[file_id] = FileRecord(
                 id=file_id,
                 owner=new.owner,
@@ -226,14 +231,14 @@ class Pipeline:
                 folder="/",
                 size=new.size,
                 declared_type=new.declared_type,
-                detected_type=None,
-                category=None,
-                type_mismatch=False,
-                sha256=None,
+                detected_type=known.detected_type if known else None,
+                category=known.category if known else None,
+                type_mismatch=known.type_mismatch if known else False,
+                sha256=known.sha256 if known else None,
                 status=FileStatus.VALIDATING if claim is not None else FileStatus.RECEIVED,
                 reason=None,
-                store=None,
-                storage_key=None,
+                store=known.store if known else None,
+                storage_key=known.storage_key if known else None,
                 metadata=meta,
                 tags=(),
                 attempts=1 if claim is not None else 0,
@@ -257,6 +262,39 @@ class Pipeline:
                 )
             )
         return created
+
+    def _inspected_at_intake(
+        self, rec: UploadRecord, file_id: str, name: str, declared: str | None, now: dt.datetime
+    ) -> Inspected | None:
+        """The inspection's facts as the upload finishes, when the first body's type check
+        saw a whole file (its type, and the sha256 of the bytes it typed). The file row is
+        inserted with them and the key they make, so they are on record before the object
+        exists without a statement of their own. The worker reads the file anyway (its
+        first bytes are all of it): only if their sha256 is the one recorded does it rely on
+        them; otherwise it types and records the file as stored (a resumed upload whose
+        later bytes differ from those typed)."""
+        memo = self._sniffed.get(rec.id)
+        if not self.processes_here or memo is None or memo[0] != (rec.length or 0):
+            return None
+        del self._sniffed[rec.id]
+        sha256 = memo[1]
+        detected = memo[2]
+        category = category_of(detected)
+        return Inspected(
+            sha256=sha256,
+            detected_type=detected,
+            category=category,
+            type_mismatch=declared is not None and declared != detected,
+            storage_key=object_key(
+                self._key_template,
+                owner=rec.owner,
+                file_id=file_id,
+                name=name,
+                category=category,
+                when=now,
+            ),
+            store=self._objects.kind,
+        )
 
     async def early_check(self, rec: UploadRecord, head: bytes) -> None:
         """At the first PATCH: refuse a forbidden type before more bytes are accepted."""
@@ -459,32 +497,47 @@ class Pipeline:
     # --- one file ---------------------------------------------------------------------------
 
     async def process(self, file_id: str) -> FileStatus:
-        f = self._fresh.pop(file_id, None) or await self._files.get(file_id)
+        fresh = self._fresh.pop(file_id, None)
+        f = fresh or await self._files.get(file_id)
         if f is None:
             return FileStatus.FAILED
         if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             return f.status
         log = _log.bind(file_id=f.id, upload_id=f.upload_id)
         try:
-            return await self._process(f, log)
+            # (A row read back is inspected again: the bytes may have changed since.)
+            return await self._process(f, log, inspected=fresh is not None and bool(f.sha256))
         except (StorageError, OSError) as exc:
             return await self._retry(f, f"storage unavailable: {exc}", log)
         except Exception as exc:
             log.exception("pipeline step failed")
             return await self._retry(f, f"internal error: {type(exc).__name__}", log)
 
-    async def _process(self, f: FileRecord, log: Any) -> FileStatus:
-        assert f.upload_id is not None
+    async def _process(self, f: FileRecord, log: Any, *, inspected: bool) -> FileStatus:
+        """``inspected``: ``f`` holds the facts the intake recorded (``_inspected_at_intake``)."""
+        upload_id = f.upload_id
+        assert upload_id is not None
         started = time.perf_counter()
         try:
-            sha256, head = await self._inspect(f.upload_id, f.size)
+            if inspected:
+                # The whole file: the bytes typed at intake, if it hashes as they did.
+                head = await self._head(upload_id, f.size)
+                if len(head) != f.size or _digest(head) != f.sha256:
+                    inspected = False
+                    f = dataclasses.replace(f, storage_key=None)  # (made from the new type)
+            if inspected:
+                assert f.sha256 is not None and f.detected_type is not None
+                sha256, detected = f.sha256, f.detected_type
+            else:
+                sha256, head = await self._inspect(upload_id, f.size)
         except UploadDataMissing:
             return await self._recover_missing(f, log)
-        memo = self._sniffed.pop(f.upload_id, None)
-        if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
-            detected = memo[2]  # the first PATCH's check saw exactly these bytes
-        else:
-            detected = await self._sniffer.sniff(head)
+        if not inspected:
+            memo = self._sniffed.pop(upload_id, None)
+            if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
+                detected = memo[2]  # the first PATCH's check saw exactly these bytes
+            else:
+                detected = await self._sniffer.sniff(head)
         self._observe("inspect", started)
         candidate = Candidate(
             size=f.size,
@@ -504,27 +557,29 @@ class Pipeline:
             category=candidate.category,
             when=f.created_at,
         )
-        # The key and sha256 are recorded before the object exists: a retry after a crash
-        # finds the object by its key and checks it by its sha256.
-        await self._files.update(
-            f.id,
-            sha256=sha256,
-            detected_type=detected,
-            category=candidate.category,
-            type_mismatch=mismatch,
-            storage_key=key,
-            store=self._objects.kind,
-            updated_at=self._clock(),
-        )
-        f = dataclasses.replace(
-            f,
-            sha256=sha256,
-            detected_type=detected,
-            category=candidate.category,
-            type_mismatch=mismatch,
-            storage_key=key,
-            store=self._objects.kind,
-        )
+        if not inspected:
+            # The key and sha256 are recorded before the object exists: a retry after a
+            # crash finds the object by its key and checks it by its sha256. (Inspected at
+            # intake: the row was inserted with them.)
+            await self._files.update(
+                f.id,
+                sha256=sha256,
+                detected_type=detected,
+                category=candidate.category,
+                type_mismatch=mismatch,
+                storage_key=key,
+                store=self._objects.kind,
+                updated_at=self._clock(),
+            )
+            f = dataclasses.replace(
+                f,
+                sha256=sha256,
+                detected_type=detected,
+                category=candidate.category,
+                type_mismatch=mismatch,
+                storage_key=key,
+                store=self._objects.kind,
+            )
         for validator in [self._policy, *self._validators]:
             started = time.perf_counter()
             verdict = await validator.check(candidate)
@@ -569,12 +624,7 @@ class Pipeline:
         bytes when the upload was hashed as it arrived."""
         known = self.digests.take_whole(upload_id, size) if self.digests is not None else None
         if known is not None:
-            head = bytearray()
-            async for block in self._chunks.read(upload_id, 0, min(size, SNIFF_BYTES)):
-                head += block
-            if size == 0:
-                await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
-            return known, bytes(head)
+            return known, await self._head(upload_id, size)
         digest = hashlib.sha256()
         head = bytearray()
         async for block in self._chunks.read(upload_id, 0, size):
@@ -584,6 +634,15 @@ class Pipeline:
         if size == 0:
             await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
         return digest.hexdigest(), bytes(head)
+
+    async def _head(self, upload_id: str, size: int) -> bytes:
+        """The first bytes of the upload (``SNIFF_BYTES`` at most)."""
+        head = bytearray()
+        async for block in self._chunks.read(upload_id, 0, min(size, SNIFF_BYTES)):
+            head += block
+        if size == 0:
+            await self._chunks.get_offset(upload_id)  # raises UploadDataMissing if gone
+        return bytes(head)
 
     async def _commit(
         self, f: FileRecord, c: Candidate, log: Any, media: MediaOutcome | None = None
@@ -830,5 +889,7 @@ def _hash_file(path: Any) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _digest(head: bytes) -> bytes:
-    return hashlib.blake2b(head, digest_size=16).digest()
+def _digest(head: bytes) -> str:
+    """What the type check's memo keeps of the bytes it typed: their sha256, which for a
+    file typed whole is the file's own (see Pipeline._inspected_at_intake)."""
+    return hashlib.sha256(head).hexdigest()
