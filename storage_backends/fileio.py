@@ -56,6 +56,9 @@ __all__ = [
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+#: A path as the os functions take it: the hot paths of the local stores pass strings
+#: (building a pathlib.Path costs more than the system call it names).
+StrPath = str | os.PathLike[str]
 Bytes = bytes | bytearray | memoryview
 
 #: Writes up to this size without fsync go straight to the page cache from the event loop.
@@ -251,7 +254,7 @@ def read_small(path: Path) -> bytes:
         return fh.read()
 
 
-def create_empty(path: Path) -> None:
+def create_empty(path: StrPath) -> None:
     """A new, empty file; FileExistsError if there is one."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
 
@@ -261,7 +264,7 @@ def touch(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
-def write_once(path: Path, flags: int, data: bytes, offset: int, fsync: bool) -> int:
+def write_once(path: StrPath, flags: int, data: bytes, offset: int, fsync: bool) -> int:
     """Open, write ``data`` at ``offset``, (sync,) close: one small write in one call."""
     fd = os.open(path, flags, FILE_MODE)
     try:
@@ -273,7 +276,7 @@ def write_once(path: Path, flags: int, data: bytes, offset: int, fsync: bool) ->
         os.close(fd)
 
 
-async def remove(path: Path) -> None:
+async def remove(path: StrPath) -> None:
     """Unlink ``path`` if it exists: inline when it is small or missing (metadata calls)."""
     try:
         size = os.stat(path).st_size
