@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.app_fixtures import OCTET, TUS, get_committed
+from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
+from tests.pipeline.helpers import runtime
 from tusserver import TusServerConfig, create_app
 from tusserver.protocol.errors import LockTimeout
 from tusserver.uploads.locks import InProcessLocker
@@ -151,3 +152,36 @@ async def test_lock_breaking_across_instances(
     assert r.status == 204
     never.set()
     assert (await stalled).status == 400
+
+
+async def test_a_head_on_a_finished_upload_needs_no_shared_lock(make_client: MakeClient) -> None:
+    """With a locker shared between processes (a lock and its release are calls to it), a
+    finished upload is answered from the read that checks who asks: its state is final, no
+    writer can hold it. An upload still receiving is locked as before (a stale writer is
+    broken)."""
+    client = await make_client(locker="file")
+    uploads = runtime(client).uploads
+    assert uploads.locker is not uploads._local_locker
+    taken: list[str] = []
+    lock = uploads.locker.lock
+
+    def counted(upload_id: str, **kwargs: Any) -> Any:
+        taken.append(upload_id)
+        return lock(upload_id, **kwargs)
+
+    uploads.locker.lock = counted  # type: ignore[method-assign]
+    receiving = await create(client, 20)
+    assert (await patch(client, receiving, 0, b"x" * 5)).status == 204
+    finished = await create(client, 10)
+    assert (await patch(client, finished, 0, b"y" * 10)).status == 204
+    taken.clear()
+    resp = await head(client, finished)
+    assert resp.status == 200
+    assert resp.headers["Upload-Offset"] == "10" and resp.headers["Upload-Length"] == "10"
+    assert taken == []
+    resp = await head(client, receiving)
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == "5"
+    assert taken == [receiving.rsplit("/", 1)[-1]]
+    # Someone else's finished upload still reads as missing.
+    other = await head(client, finished.rsplit("/", 1)[0] + "/" + "0" * 32)
+    assert other.status == 404

@@ -311,8 +311,12 @@ class UploadService:
     # --- reading state --------------------------------------------------------------------
 
     async def status(self, principal: Principal, upload_id: str) -> UploadStatus:
-        """The state of an upload for HEAD. Takes the lock, breaking a stale writer."""
-        await self._owner_before_lock(principal, upload_id)
+        """The state of an upload for HEAD. Takes the lock, breaking a stale writer; but a
+        finished upload's state is final, and the read that checked who asks answers it
+        (with a shared locker, the lock and its release are two round trips)."""
+        before = await self._owner_before_lock(principal, upload_id)
+        if before is not None and before.state is UploadState.FINISHED:
+            return await self._status(before)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
@@ -327,9 +331,10 @@ class UploadService:
                 status = await self._status_of(upload_id)
             return status
 
-    async def _owner_before_lock(self, principal: Principal, upload_id: str) -> None:
+    async def _owner_before_lock(self, principal: Principal, upload_id: str) -> UploadRecord | None:
         """Someone else's upload answers 404 before the lock is asked for: only its owner (or
-        an administrator) can make a request on it let go.
+        an administrator) can make a request on it let go. Returns the record read, if one
+        was.
 
         A free in-process lock is taken without waking anyone, before the caller awaits
         anything else: the check under the lock is then enough, and the hot path reads the
@@ -337,8 +342,8 @@ class UploadService:
         """
         locker = self.locker
         if locker is self._local_locker and locker.is_locked(upload_id) is False:
-            return
-        await self._get_live(principal, upload_id)
+            return None
+        return await self._get_live(principal, upload_id)
 
     async def _status_of(self, upload_id: str) -> UploadStatus:
         rec = await self.repo.get(upload_id)
