@@ -35,6 +35,8 @@ from tusserver.catalog.files import FileStatus
 from tusserver.catalog.migrate import upgrade
 from tusserver.catalog.schema import file_uploads
 from tusserver.catalog.schema import files as files_table
+from tusserver.catalog.schema import uploads as uploads_table
+from tusserver.catalog.uploads import UploadState
 from tusserver.pipeline import holders as holders_module
 from tusserver.pipeline import pipeline as pipeline_module
 from tusserver.pipeline.holders import Holder
@@ -253,21 +255,59 @@ class CrashAfterPut:
 DATA = png_bytes(extra=40_000)
 
 
-async def test_crash_before_the_file_row(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_crash_before_the_finish_and_the_file_row(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte is stored, then the process dies before the transaction that finishes the
+    upload and records its file: neither is there (the client had no answer). The client's
+    next request on the upload (a HEAD) finishes it, and the file is committed once."""
     rt = await open_runtime(setup.config, objects=setup.object_store())
 
-    async def die(_rec: Any) -> None:
-        raise SimulatedCrash("upload finished, file row not created")
+    async def die(_rec: Any, **_kwargs: Any) -> None:
+        raise SimulatedCrash("bytes stored; the upload not finished, its file not recorded")
 
     rt.uploads.on_finished = die
     with pytest.raises(SimulatedCrash):
         await finished_upload(rt, DATA)
     async with rt.db.engine.connect() as conn:
         total = (await conn.execute(select(func.count()).select_from(files_table))).scalar()
+        upload_id, state = (
+            await conn.execute(select(uploads_table.c.id, uploads_table.c.state))
+        ).one()
     assert total == 0
-    upload_ids = await rt.files.finished_uploads_without_file()
-    assert len(upload_ids) == 1
-    upload_id = upload_ids[0]
+    assert state == UploadState.RECEIVING.value
+    assert await rt.files.finished_uploads_without_file() == []
+    await drop_runtime(rt)
+
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        status = await rt.uploads.status(UNAUTHENTICATED_OPERATOR, upload_id)
+        assert status.finished and status.offset == len(DATA)
+        await work_until_done(rt, upload_id)
+        await assert_committed_once(setup, rt, upload_id, DATA)
+    finally:
+        await drop_runtime(rt)
+
+
+async def test_a_finished_upload_without_its_file_row_is_taken_in_at_start(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload finished without a file row (as an older version could leave one after a
+    crash between the two) gets its row when the next process starts, and is committed."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+
+    async def die(_rec: Any, **_kwargs: Any) -> None:
+        raise SimulatedCrash("the file row not recorded")
+
+    rt.uploads.on_finished = die
+    with pytest.raises(SimulatedCrash):
+        await finished_upload(rt, DATA)
+    async with rt.db.engine.connect() as conn:
+        upload_id = (await conn.execute(select(uploads_table.c.id))).scalar_one()
+    await rt.uploads.repo.update(
+        upload_id, state=UploadState.FINISHED, offset=len(DATA), length=len(DATA)
+    )
+    assert await rt.files.finished_uploads_without_file() == [upload_id]
     await drop_runtime(rt)
 
     rt = await restart_and_finish(setup, monkeypatch, upload_id)

@@ -186,7 +186,12 @@ class FileRepository:
         self.invalidator: Invalidator = invalidator or NotifyOnly()
 
     async def create_for_upload(
-        self, new: NewFile, now: dt.datetime, *, claim: tuple[dt.datetime, str] | None = None
+        self,
+        new: NewFile,
+        now: dt.datetime,
+        *,
+        claim: tuple[dt.datetime, str] | None = None,
+        finish: Mapping[str, Any] | None = None,
     ) -> str:
         """Insert the file row for an upload, once: returns the file id (existing or new).
 
@@ -194,6 +199,10 @@ class FileRepository:
         instances; the upload row points back at the file. ``claim`` (lease end, holder):
         the row is inserted already claimed, as :meth:`claim` would leave it (a worker of
         this process takes it next; it spares that claim's statement and transaction).
+        ``finish``: columns of the upload row that finish it, set by the statement that
+        points it at its file: the upload is finished and its file recorded in one
+        transaction (or neither is: its bytes are all stored, and the next request on it
+        finishes it). Where the file row exists already, they are set on their own.
         """
         row: dict[str, Any] = {
             "id": new.id,
@@ -237,12 +246,17 @@ class FileRepository:
             "finished_at": new.finished_at,
             "bytes": new.size,
         }
-        point_back = by_id_params(new.upload_id, {"file_id": new.id})
+        finishing = {
+            k: v.value if isinstance(v, enum.Enum) else v for k, v in (finish or {}).items()
+        }
+        values = {**finishing, "file_id": new.id}
+        point_back_stmt = update_by_id(uploads, tuple(values)) if finishing else _POINT_BACK
+        point_back = by_id_params(new.upload_id, values)
 
         def work(conn: Connection) -> None:
             fastsql.execute(conn, _INSERT_FILE, row)
             fastsql.execute(conn, _INSERT_LINK, link)
-            fastsql.execute(conn, _POINT_BACK, point_back)
+            fastsql.execute(conn, point_back_stmt, point_back)
 
         try:
             await self._db.write(work, quick=True)
@@ -253,6 +267,10 @@ class FileRepository:
             existing = await self._db.read(lambda conn: conn.execute(query).scalar())
             if existing is None:
                 raise
+            if finishing:
+                stmt = update_by_id(uploads, tuple(finishing))
+                params = by_id_params(new.upload_id, finishing)
+                await self._db.write(lambda conn: fastsql.execute(conn, stmt, params), quick=True)
             return str(existing)
         return new.id
 

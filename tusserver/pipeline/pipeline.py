@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -175,8 +175,16 @@ class Pipeline:
 
     # --- intake -----------------------------------------------------------------------------
 
-    async def take_upload(self, rec: UploadRecord, *, protocol: str = "tus") -> str:
-        """Create the file row for a finished upload (idempotent) and wake a worker."""
+    async def take_upload(
+        self,
+        rec: UploadRecord,
+        *,
+        protocol: str = "tus",
+        finish: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create the file row for a finished upload (idempotent) and wake a worker.
+        ``finish``: the upload row's finishing columns, written in the same transaction
+        (see FileRepository.create_for_upload)."""
         meta = text_metadata(rec.metadata)
         file_id = secrets.token_hex(16)
         name = file_name_of(meta, fallback=file_id)
@@ -211,7 +219,7 @@ class Pipeline:
             self._claimed.add(file_id)
             self._claimed_at_intake.add(file_id)
         try:
-            created = await self._files.create_for_upload(new, now, claim=claim)
+            created = await self._files.create_for_upload(new, now, claim=claim, finish=finish)
         except BaseException:
             if claim is not None:
                 self._enqueue(file_id)  # (a worker finds out whether its row exists)

@@ -22,7 +22,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -63,9 +63,23 @@ from .guard import BodyGuard, raise_if_stopped, refuse_more
 from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
-__all__ = ["UploadInterrupted", "UploadService", "UploadStatus", "UploadSuspended"]
+__all__ = [
+    "FinishedHandler",
+    "UploadInterrupted",
+    "UploadService",
+    "UploadStatus",
+    "UploadSuspended",
+]
 
 _log = structlog.get_logger("tusserver.uploads")
+
+
+class FinishedHandler(Protocol):
+    """Takes in a whole upload that is finishing: records ``finish`` (the upload row's
+    finishing columns) with what it records itself, in one transaction; may return the
+    file id."""
+
+    def __call__(self, rec: UploadRecord, *, finish: Mapping[str, Any]) -> Awaitable[object]: ...
 
 
 _FINAL_REFUSED = (
@@ -106,7 +120,7 @@ class UploadService:
         locker: Locker,
         hooks: Hooks,
         clock: Callable[[], dt.datetime] = _utcnow,
-        on_finished: Callable[[UploadRecord], Awaitable[object]] | None = None,
+        on_finished: FinishedHandler | None = None,
         first_bytes_check: Callable[[UploadRecord, bytes], Awaitable[None]] | None = None,
         observer: UploadObserver | None = None,
     ) -> None:
@@ -121,7 +135,8 @@ class UploadService:
         self.locker = locker
         self.hooks = hooks
         self._clock = clock
-        #: Called (awaited) when a whole upload (not a partial) is finished: the pipeline.
+        #: Called (awaited) when a whole upload (not a partial) is finished: the pipeline,
+        #: which records the finish and the file's row at once.
         self.on_finished = on_finished
         #: Called with the first bytes of an upload; may raise to refuse it (415).
         self.first_bytes_check = first_bytes_check
@@ -786,14 +801,13 @@ class UploadService:
         # A finished partial upload still expires (used by a final or not): its bytes count
         # against the quota until then.
         expires = self._expiry(now) if rec.is_partial else None
-        await self.repo.update(
-            rec.id,
-            state=UploadState.FINISHED,
-            offset=offset,
-            length=offset,
-            expires_at=expires,
-            updated_at=now,
-        )
+        finish: dict[str, Any] = {
+            "state": UploadState.FINISHED,
+            "offset": offset,
+            "length": offset,
+            "expires_at": expires,
+            "updated_at": now,
+        }
         done = dataclasses.replace(
             rec,
             state=UploadState.FINISHED,
@@ -802,12 +816,15 @@ class UploadService:
             expires_at=expires,
             updated_at=now,
         )
-        _log.info("upload finished", upload_id=rec.id, length=offset)
-        self.hooks.fire("post_finish", self.hooks.post_finish, done)
         if not done.is_partial and self.on_finished is not None:
-            file_id = await self.on_finished(done)
+            # The finish and the file's row in one transaction (the pipeline's intake).
+            file_id = await self.on_finished(done, finish=finish)
             if isinstance(file_id, str):
                 done = dataclasses.replace(done, file_id=file_id)
+        else:
+            await self.repo.update(rec.id, **finish)
+        _log.info("upload finished", upload_id=rec.id, length=offset)
+        self.hooks.fire("post_finish", self.hooks.post_finish, done)
         if rec.is_partial:
             for final_id in await self.repo.finals_waiting_on(rec.id):
                 await self._try_complete_final(final_id)
