@@ -12,6 +12,7 @@ Object stores: the local one (which moves the chunk copy into place) and S3 (whi
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -645,6 +646,125 @@ async def test_files_waiting_for_a_busy_worker_are_claimed_in_one_statement(
     finally:
         await rt.stop()
     assert len(setup.stored_objects()) == 6
+
+
+class NamedGate:
+    """Holds the files named ``slow...`` in their processing until each one's release."""
+
+    name = "named-gate"
+
+    def __init__(self) -> None:
+        self.entered: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+            asyncio.Event
+        )
+        self.release: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+            asyncio.Event
+        )
+
+    async def check(self, candidate: Candidate) -> Verdict:
+        name = candidate.metadata.get("filename", "")
+        self.entered[name].set()
+        if name.startswith("slow"):
+            await self.release[name].wait()
+        return Verdict.accept()
+
+
+async def named_upload(rt: Runtime, name: str) -> str:
+    status = await rt.uploads.create(
+        Caller(UNAUTHENTICATED_OPERATOR),
+        length=len(DATA),
+        metadata={"filename": name.encode(), "filetype": b"image/png"},
+    )
+    done = await rt.uploads.append(
+        UNAUTHENTICATED_OPERATOR, status.record.id, offset=0, source=source(DATA)
+    )
+    assert done.finished
+    return status.record.id
+
+
+async def test_the_rest_of_a_batch_waits_behind_no_slow_file(setup: Setup) -> None:
+    """A worker's batch claim holds files for this process, not for the worker: while the
+    file it took first is slow, another worker that comes free takes the rest (without a
+    claim of its own), and they are committed before the slow one."""
+    gate = NamedGate()
+    config = dataclasses.replace(setup.config, pipeline_workers=2)
+    rt = build_runtime(config, objects=setup.object_store(), validators=[gate])
+    batches: list[list[str]] = []
+    claim_many = rt.files.claim_many
+
+    async def recorded(file_ids: list[str], *args: Any, **kwargs: Any) -> set[str]:
+        batches.append(list(file_ids))
+        return await claim_many(file_ids, *args, **kwargs)
+
+    rt.files.claim_many = recorded  # type: ignore[method-assign]
+    await rt.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while rt.pipeline._idle < 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        busy = []
+        for name in ("slow-a", "slow-b"):  # each claimed at intake by an idle worker
+            busy.append(await named_upload(rt, name))
+            await asyncio.wait_for(gate.entered[name].wait(), 10)
+        queued = [await named_upload(rt, name) for name in ("slow-c", "d", "e", "f")]
+        gate.release["slow-b"].set()  # its worker claims a batch starting with slow-c
+        await asyncio.wait_for(gate.entered["slow-c"].wait(), 10)
+        gate.release["slow-a"].set()  # the other worker comes free
+        deadline = asyncio.get_running_loop().time() + 20
+        for upload_id in queued[1:]:
+            while (await file_row_of(rt, upload_id))["status"] != FileStatus.COMMITTED.value:
+                assert asyncio.get_running_loop().time() < deadline, "held behind slow-c"
+                await asyncio.sleep(0.02)
+        assert (await file_row_of(rt, queued[0]))["status"] == FileStatus.VALIDATING.value
+        ids = [(await file_row_of(rt, u))["id"] for u in queued]
+        assert any(len(b) > 1 and ids[0] in b for b in batches), batches
+        for file_id in ids:  # each claimed once, in one of the batch statements
+            assert sum(file_id in b for b in batches) == 1, batches
+        gate.release["slow-c"].set()
+        while (await file_row_of(rt, queued[0]))["status"] != FileStatus.COMMITTED.value:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        for upload_id in [*busy, *queued]:
+            assert (await file_row_of(rt, upload_id))["attempts"] == 1
+    finally:
+        await rt.stop()
+
+
+async def test_a_failed_batch_claim_still_processes_the_files_held_here(setup: Setup) -> None:
+    """The claim of a batch fails (the database is unreachable for a moment): the files this
+    process held already are processed all the same, and left neither held nor leased;
+    the others stay due for a later scan, which commits them."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        held_upload = await finished_upload(rt, DATA)
+        other_upload = await finished_upload(rt, DATA)
+        held = (await file_row_of(rt, held_upload))["id"]
+        other = (await file_row_of(rt, other_upload))["id"]
+        now = dt.datetime.now(dt.UTC)
+        pipeline = rt.pipeline
+        assert await rt.files.claim_many([held], now, pipeline.lease, str(pipeline.holder))
+        pipeline._claimed.add(held)
+        pipeline._held.add(held)
+        claim_many = rt.files.claim_many
+
+        async def unreachable(*args: Any, **kwargs: Any) -> set[str]:
+            raise OSError("connection refused")
+
+        rt.files.claim_many = unreachable  # type: ignore[method-assign]
+        await pipeline._take([held, other], 0)
+        row = await file_row_of(rt, held_upload)
+        assert row["status"] == FileStatus.COMMITTED.value and row["lease_until"] is None
+        assert held not in pipeline._claimed and held not in pipeline._held
+        row = await file_row_of(rt, other_upload)
+        assert row["status"] == FileStatus.RECEIVED.value and row["lease_until"] is None
+        assert other not in pipeline._claimed and other not in pipeline._fresh
+        rt.files.claim_many = claim_many  # type: ignore[method-assign]
+        assert other in await rt.files.due(dt.datetime.now(dt.UTC), 50)
+        assert await pipeline.run_due_once() == 1
+        assert (await file_row_of(rt, other_upload))["status"] == FileStatus.COMMITTED.value
+    finally:
+        await drop_runtime(rt)
 
 
 async def test_a_batch_claim_takes_only_the_files_no_one_else_holds(setup: Setup) -> None:

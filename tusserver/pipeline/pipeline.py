@@ -120,8 +120,10 @@ class Pipeline:
         self._media = media
         self._metrics = metrics
         self._claimed: set[str] = set()
-        #: Files whose rows were inserted claimed by this process, waiting in the queue.
-        self._claimed_at_intake: set[str] = set()
+        #: Files claimed by this process and not started, waiting in the queue: rows
+        #: inserted claimed at intake, and the rest of a worker's batch claim. (A subset of
+        #: _claimed: their leases are renewed, and handed back at stop.)
+        self._held: set[str] = set()
         #: Workers waiting for the queue (files are claimed at intake only for them).
         self._idle = 0
         self._events = events
@@ -217,7 +219,7 @@ class Pipeline:
             # Known before the insert: if this caller is cancelled while the row commits,
             # the file still has its lease renewed, is handed back at stop, and is queued.
             self._claimed.add(file_id)
-            self._claimed_at_intake.add(file_id)
+            self._held.add(file_id)
         try:
             created = await self._files.create_for_upload(new, now, claim=claim, finish=finish)
         except BaseException:
@@ -226,7 +228,7 @@ class Pipeline:
             raise
         if claim is not None and (created != file_id or self._stopping):
             self._claimed.discard(file_id)
-            self._claimed_at_intake.discard(file_id)
+            self._held.discard(file_id)
             if created == file_id:  # stopped meanwhile: handed back, as stop() does
                 await self._files.update(file_id, lease_until=None)
         if created == file_id and self.processes_here:
@@ -360,7 +362,8 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await self._files.update(file_id, lease_until=None)
         self._claimed.clear()
-        self._claimed_at_intake.clear()
+        self._held.clear()
+        self._fresh.clear()  # (a later start reads the rows)
 
     def _enqueue(self, file_id: str) -> None:
         if file_id not in self._queued:
@@ -397,33 +400,44 @@ class Pipeline:
             await self._take(self._batch_from(file_id), n)
 
     def _batch_from(self, first: str) -> list[str]:
-        """``first`` and, when more files wait, this worker's share of them (at most
-        ``_CLAIM_BATCH``): claimed in one statement, then processed one after the other.
-        The other workers' shares stay queued for them."""
+        """``first`` and, when small files of this process wait, this worker's share of them
+        (at most ``_CLAIM_BATCH``): claimed in one statement, then processed one after the
+        other. The other workers' shares stay queued for them; a file not known to be small
+        (a long scan, a long copy) is claimed alone, and holds no other."""
         batch = [first]
+        if not self._small(first):
+            return batch
         share = min(_CLAIM_BATCH, 1 + self._queue.qsize() // self._config.pipeline_workers)
         while len(batch) < share:
             try:
-                batch.append(self._queue.get_nowait())
+                file_id = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
+            if not self._small(file_id):
+                self._queue.put_nowait(file_id)  # (still in _queued) for the next take
+                break
+            batch.append(file_id)
         return batch
+
+    def _small(self, file_id: str) -> bool:
+        fresh = self._fresh.get(file_id)
+        return fresh is not None and fresh.size <= _BATCH_MAX_SIZE
 
     async def _take(self, batch: list[str], n: int) -> None:
         self._queued.difference_update(batch)
-        try:
-            claimed = await self._claim(batch)
-        except Exception:
-            # Not claimed: the catalog still has them due; a scan finds them again.
-            _log.exception("pipeline claim failed", worker=n, files=len(batch))
-            for file_id in batch:
-                self._fresh.pop(file_id, None)
+        claimed = await self._claim(batch)
+        if not claimed:
             return
-        for file_id in claimed:
-            try:
-                await self._process_claimed(file_id)
-            except Exception:
-                _log.exception("pipeline worker error", worker=n, file_id=file_id)
+        # The first is this worker's; the others go back to the queue, held by this
+        # process: whichever worker is free first takes them without a claim, so none
+        # waits behind a slow file.
+        for file_id in claimed[1:]:
+            self._held.add(file_id)
+            self._enqueue(file_id)
+        try:
+            await self._process_claimed(claimed[0])
+        except Exception:
+            _log.exception("pipeline worker error", worker=n, file_id=claimed[0])
 
     async def take_back_leases(self) -> int:
         """Hand back the leases held by processes of this host that are gone (a crash, a
@@ -466,16 +480,21 @@ class Pipeline:
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
 
     async def _claim(self, batch: list[str]) -> list[str]:
-        """The files of ``batch`` this worker now holds, in order: those inserted claimed for
-        it at intake, and those its claim took (the rest is someone else's, or done)."""
-        mine = {file_id for file_id in batch if file_id in self._claimed_at_intake}
-        self._claimed_at_intake.difference_update(mine)  # (their rows were inserted claimed)
+        """The files of ``batch`` this worker now holds, in order: those this process held
+        already, and those its claim took (the rest is someone else's, or done)."""
+        mine = {file_id for file_id in batch if file_id in self._held}
+        self._held.difference_update(mine)
         others = [file_id for file_id in batch if file_id not in mine]
-        won = (
-            await self._files.claim_many(others, self._clock(), self.lease, str(self.holder))
-            if others
-            else set()
-        )
+        won: set[str] = set()
+        if others:
+            try:
+                won = await self._files.claim_many(
+                    others, self._clock(), self.lease, str(self.holder)
+                )
+            except Exception:
+                # Not claimed: still due in the catalog, where a scan finds them again.
+                # Those already held here are processed all the same.
+                _log.exception("pipeline claim failed", files=len(others))
         self._claimed.update(won)
         for file_id in others:
             if file_id not in won:
@@ -533,6 +552,8 @@ class Pipeline:
                 if len(head) != f.size or _digest(head) != f.sha256:
                     inspected = False
                     f = dataclasses.replace(f, storage_key=None)  # (made from the new type)
+                elif self.digests is not None:
+                    self.digests.discard(upload_id)  # (a deferred length may have one)
             if inspected:
                 assert f.sha256 is not None and f.detected_type is not None
                 sha256, detected = f.sha256, f.detected_type
@@ -882,8 +903,10 @@ class Pipeline:
 
 
 _SNIFF_MEMO = 4096
-#: Most files a worker claims in one statement (see Pipeline._batch_from).
+#: Most files a worker claims in one statement (see Pipeline._batch_from), and the largest
+#: file claimed with others.
 _CLAIM_BATCH = 16
+_BATCH_MAX_SIZE = 1024 * 1024
 
 
 def _hash_file(path: Any) -> tuple[str, int]:
