@@ -19,12 +19,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics"]
 
+#: Labelled children kept by Metrics.child.
+_MAX_CHILDREN = 1024
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "tusserver_http_requests", "HTTP requests by method and status", ["method", "status"],
             registry=r,
@@ -135,11 +138,20 @@ class Metrics:
     def token_rejected(self, reason: str) -> None:
         self.token_rejections.labels(reason).inc()
 
-    def middleware(self) -> Middleware:
-        # The labelled children, by (method, status): ``labels()`` takes a lock and builds
-        # a key on every call, per request otherwise.
-        children: dict[tuple[str, int], Any] = {}
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, made once per label values: ``labels()`` takes a lock
+        and builds its key on every call, and the hot ones are called for every request
+        and file. At most ``_MAX_CHILDREN`` are kept (label values a client chooses, such
+        as a method, stay bounded)."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = child
+        return child
 
+    def middleware(self) -> Middleware:
         @web.middleware
         async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
             started = time.perf_counter()
@@ -153,12 +165,7 @@ class Metrics:
                 raise
             finally:
                 method = request.method if request.method.isalpha() else "OTHER"
-                child = children.get((method, status))
-                if child is None:
-                    child = self.requests.labels(method[:10], str(status))
-                    if len(children) < 256:  # methods are any token: keep it bounded
-                        children[(method, status)] = child
-                child.inc()
+                self.child(self.requests, method[:10], str(status)).inc()
                 if method == "PATCH":
                     self.patch_seconds.observe(time.perf_counter() - started)
 

@@ -401,11 +401,11 @@ class Pipeline:
 
     def _batch_from(self, first: str) -> list[str]:
         """``first`` and, when small files of this process wait, this worker's share of them
-        (at most ``_CLAIM_BATCH``): claimed in one statement, then processed one after the
-        other. The other workers' shares stay queued for them; a file not known to be small
-        (a long scan, a long copy) is claimed alone, and holds no other."""
+        (at most ``_CLAIM_BATCH``) that need a claim: claimed in one statement (see _take).
+        The other workers' shares stay queued for them; a file not known to be small (a long
+        scan, a long copy) is claimed alone, and a file held here already needs no claim."""
         batch = [first]
-        if not self._small(first):
+        if first in self._held or not self._small(first):
             return batch
         share = min(_CLAIM_BATCH, 1 + self._queue.qsize() // self._config.pipeline_workers)
         while len(batch) < share:
@@ -413,7 +413,7 @@ class Pipeline:
                 file_id = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
-            if not self._small(file_id):
+            if file_id in self._held or not self._small(file_id):
                 self._queue.put_nowait(file_id)  # (still in _queued) for the next take
                 break
             batch.append(file_id)
@@ -646,7 +646,9 @@ class Pipeline:
 
     def _observe(self, step: str, started: float) -> None:
         if self._metrics is not None:
-            self._metrics.pipeline_step.labels(step).observe(time.perf_counter() - started)
+            self._metrics.child(self._metrics.pipeline_step, step).observe(
+                time.perf_counter() - started
+            )
 
     async def _inspect(self, upload_id: str, size: int) -> tuple[str, bytes]:
         """One streaming pass: sha256 of the whole file and its first bytes; only the first
@@ -836,7 +838,7 @@ class Pipeline:
 
     def _emit(self, event: str, hooks: Any, rec: FileRecord) -> None:
         if self._metrics is not None:
-            self._metrics.files.labels(event.removeprefix("file.")).inc()
+            self._metrics.child(self._metrics.files, event.removeprefix("file.")).inc()
         if self._events is not None:
             self._events.record(
                 Event(

@@ -113,7 +113,7 @@ class RecordingObserver:
     def created(self, caller: Caller, record: UploadRecord) -> None:
         caller.admission.audit("upload.create", target=record.id)
         if self._metrics is not None:
-            self._metrics.uploads.labels("created").inc()
+            self._metrics.child(self._metrics.uploads, "created").inc()
         if self._events is not None:
             self._events.record(
                 Event(
@@ -141,7 +141,7 @@ class RecordingObserver:
             return
         self._metrics.bytes_received.inc(after - before)
         if finished:
-            self._metrics.uploads.labels("finished").inc()
+            self._metrics.child(self._metrics.uploads, "finished").inc()
 
     def refused(self, principal: Principal, reason: str, target: str | None) -> None:
         """A counter (reasons only, no identity) and, for a user, an audit entry; the
