@@ -158,6 +158,12 @@ async def test_tus_methods_by_caller(make_client: MakeClient) -> None:
         if outcome == DENIED:
             r2, b2 = await _send(client, "HEAD", missing, headers={**TUS, **auth})
             m.same(f"{name} HEAD", (resp.status, body), (r2.status, b2))
+        # A finished upload is answered without the lock (with a shared locker): the same.
+        resp, body = await _send(client, "HEAD", done_path, headers={**TUS, **auth})
+        m.expect(f"{name} HEAD finished", resp, status, body)
+        if outcome == DENIED:
+            r2, b2 = await _send(client, "HEAD", missing, headers={**TUS, **auth})
+            m.same(f"{name} HEAD finished", (resp.status, body), (r2.status, b2))
 
         target = await create_upload(client, owner, 10)
         patch_headers = {**TUS, **OCTET, **auth, "Upload-Offset": "0"}
