@@ -36,6 +36,7 @@ __all__ = [
     "INLINE_UNLINK",
     "INLINE_WRITE",
     "Bytes",
+    "StrPath",
     "copy_range",
     "create_empty",
     "finish_file",

@@ -34,6 +34,7 @@ from .base import (
 from .fileio import (
     FILE_MODE,
     INLINE_WRITE,
+    StrPath,
     copy_range,
     create_empty,
     full_disk_is_storage_full,
@@ -265,8 +266,12 @@ class LocalObjectStore:
     def path(self, key: str) -> Path:
         """The object's file: each segment of the key is a plain name (no separator, no NUL,
         not empty, not ``.`` or ``..``), so the path stays under the root."""
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        """:meth:`path` as a string, for the commit of every file (see LocalChunkStore)."""
         self._check_key(key)
-        return Path(f"{self._root_s}/{key}")
+        return f"{self._root_s}/{key}"
 
     @staticmethod
     def _check_key(key: str) -> None:
@@ -294,7 +299,7 @@ class LocalObjectStore:
         metadata: Mapping[str, str],
         consume: bool = False,
     ) -> None:
-        dest = self.path(key)
+        dest = self._file(key)
         doc = _meta_doc(content_type, metadata)
         if consume:
             # The usual commit of a local upload: the metadata onto the upload's file, then
@@ -310,7 +315,7 @@ class LocalObjectStore:
                     self._drop_sidecar(key)
                 return
         attach = functools.partial(self._attach, key=key, doc=doc)
-        if await asyncio.to_thread(_copy_file, path, dest, consume, self._fsync, attach):
+        if await asyncio.to_thread(_copy_file, path, Path(dest), consume, self._fsync, attach):
             self._drop_sidecar(key)
 
     @full_disk_is_storage_full
@@ -539,13 +544,13 @@ def _drop_xattr(target: _Target) -> None:
             raise
 
 
-def _rename_into(src: Path, dest: Path) -> None:
+def _rename_into(src: StrPath, dest: str) -> None:
     """Rename ``src`` to ``dest``, creating the directories of ``dest`` when they are missing
     (the first object of a day under the default key template): the rename is tried first."""
     try:
         os.replace(src, dest)
     except FileNotFoundError:
-        private_dirs(dest.parent)  # if ``src`` is what is missing, the rename says so again
+        private_dirs(Path(dest).parent)  # if ``src`` is what is missing, the rename says so
         os.replace(src, dest)
 
 
