@@ -731,6 +731,40 @@ async def test_the_rest_of_a_batch_waits_behind_no_slow_file(setup: Setup) -> No
         await rt.stop()
 
 
+async def test_a_graceful_stop_hands_back_every_lease_of_the_process(setup: Setup) -> None:
+    """At stop, the leases this process holds are handed back in one statement, also one
+    it holds without knowing it (a claim that committed after its worker was cancelled):
+    the next process takes the files at once, not after the lease."""
+    blocking = BlockingValidator()
+    rt = build_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
+    )
+    await rt.start()
+    try:
+        busy = await finished_upload(rt, DATA)
+        await asyncio.wait_for(blocking.entered.wait(), 10)
+        unknown = await finished_upload(rt, DATA)
+        file_id = (await file_row_of(rt, unknown))["id"]
+        now = dt.datetime.now(dt.UTC)
+        pipeline = rt.pipeline
+        assert await rt.files.claim_many([file_id], now, pipeline.lease, str(pipeline.holder))
+        assert file_id not in pipeline._claimed
+        row = await file_row_of(rt, busy)
+        assert row["lease_holder"] == str(pipeline.holder) and row["lease_until"] is not None
+    finally:
+        await rt.stop()
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        for upload_id in (busy, unknown):
+            row = await file_row_of(rt, upload_id)
+            assert row["lease_until"] is None and row["lease_holder"] is None, row
+        assert sorted(await rt.files.due(dt.datetime.now(dt.UTC), 50)) == sorted(
+            [(await file_row_of(rt, u))["id"] for u in (busy, unknown)]
+        )
+    finally:
+        await drop_runtime(rt)
+
+
 async def test_a_failed_batch_claim_still_processes_the_files_held_here(setup: Setup) -> None:
     """The claim of a batch fails (the database is unreachable for a moment): the files this
     process held already are processed all the same, and left neither held nor leased;

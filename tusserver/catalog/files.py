@@ -369,6 +369,19 @@ class FileRepository:
         )
         return await self._db.write(lambda conn: conn.execute(stmt).rowcount == 1)
 
+    async def release_leases_of(self, holder: str) -> int:
+        """Hand back every lease ``holder`` has (a graceful stop): whatever it claimed,
+        including a claim that committed after its caller gave up waiting for it."""
+        stmt = (
+            update(files)
+            .where(
+                files.c.status == FileStatus.VALIDATING.value,
+                files.c.lease_holder == holder,
+            )
+            .values(lease_until=None, lease_holder=None)
+        )
+        return await self._db.write(lambda conn: conn.execute(stmt).rowcount)
+
     async def renew_leases(
         self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime
     ) -> int:

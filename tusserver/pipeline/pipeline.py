@@ -358,9 +358,13 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
-        for file_id in list(self._claimed):
-            with contextlib.suppress(Exception):
-                await self._files.update(file_id, lease_until=None)
+        if self.processes_here or self._claimed:
+            # One statement for all: also a claim whose worker was cancelled while it
+            # committed (its files are in no set here).
+            try:
+                await self._files.release_leases_of(str(self.holder))
+            except Exception:
+                _log.exception("pipeline could not hand its leases back; they run out")
         self._claimed.clear()
         self._held.clear()
         self._fresh.clear()  # (a later start reads the rows)
