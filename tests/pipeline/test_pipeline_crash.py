@@ -604,6 +604,19 @@ class GateValidator:
         return Verdict.accept()
 
 
+def recorded_claims(rt: Runtime) -> list[list[str]]:
+    """The files of each batch claim of ``rt``, as they are made."""
+    batches: list[list[str]] = []
+    claim_many = rt.files.claim_many
+
+    async def recorded(file_ids: list[str], *args: Any, **kwargs: Any) -> set[str]:
+        batches.append(list(file_ids))
+        return await claim_many(file_ids, *args, **kwargs)
+
+    rt.files.claim_many = recorded  # type: ignore[method-assign]
+    return batches
+
+
 async def test_files_waiting_for_a_busy_worker_are_claimed_in_one_statement(
     setup: Setup,
 ) -> None:
@@ -613,14 +626,7 @@ async def test_files_waiting_for_a_busy_worker_are_claimed_in_one_statement(
     rt = build_runtime(
         setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), gate]
     )
-    batches: list[list[str]] = []
-    claim_many = rt.files.claim_many
-
-    async def recorded(file_ids: list[str], *args: Any, **kwargs: Any) -> set[str]:
-        batches.append(list(file_ids))
-        return await claim_many(file_ids, *args, **kwargs)
-
-    rt.files.claim_many = recorded  # type: ignore[method-assign]
+    batches = recorded_claims(rt)
     await rt.start()
     try:
         first = await finished_upload(rt, DATA)
@@ -689,14 +695,7 @@ async def test_the_rest_of_a_batch_waits_behind_no_slow_file(setup: Setup) -> No
     gate = NamedGate()
     config = dataclasses.replace(setup.config, pipeline_workers=2)
     rt = build_runtime(config, objects=setup.object_store(), validators=[gate])
-    batches: list[list[str]] = []
-    claim_many = rt.files.claim_many
-
-    async def recorded(file_ids: list[str], *args: Any, **kwargs: Any) -> set[str]:
-        batches.append(list(file_ids))
-        return await claim_many(file_ids, *args, **kwargs)
-
-    rt.files.claim_many = recorded  # type: ignore[method-assign]
+    batches = recorded_claims(rt)
     await rt.start()
     try:
         deadline = asyncio.get_running_loop().time() + 10

@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, update
@@ -80,6 +80,10 @@ class Inspected:
     type_mismatch: bool
     storage_key: str
     store: str
+
+    def columns(self) -> dict[str, Any]:
+        """The ``files`` columns (and FileRecord fields) these facts set."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +226,7 @@ class FileRepository:
             "updated_at": now,
         }
         if new.inspected is not None:
-            row.update(
-                sha256=new.inspected.sha256,
-                detected_type=new.inspected.detected_type,
-                category=new.inspected.category,
-                type_mismatch=new.inspected.type_mismatch,
-                storage_key=new.inspected.storage_key,
-                store=new.inspected.store,
-            )
+            row.update(new.inspected.columns())
         if claim is not None:
             row.update(
                 status=FileStatus.VALIDATING.value,

@@ -295,15 +295,22 @@ class Pipeline:
             detected_type=detected,
             category=category,
             type_mismatch=declared is not None and declared != detected,
-            storage_key=object_key(
-                self._key_template,
-                owner=rec.owner,
-                file_id=file_id,
-                name=name,
-                category=category,
-                when=now,
-            ),
+            storage_key=self._key(rec.owner, file_id, name, category, now),
             store=self._objects.kind,
+        )
+
+    def _key(
+        self, owner: str | None, file_id: str, name: str, category: str, when: dt.datetime
+    ) -> str:
+        """Where a file's object goes (``object_key_template``); ``when``: its row's
+        creation."""
+        return object_key(
+            self._key_template,
+            owner=owner,
+            file_id=file_id,
+            name=name,
+            category=category,
+            when=when,
         )
 
     async def early_check(self, rec: UploadRecord, head: bytes) -> None:
@@ -582,37 +589,21 @@ class Pipeline:
             open=lambda: self._chunks.read(f.upload_id or "", 0, f.size),
         )
         mismatch = f.declared_type is not None and f.declared_type != detected
-        key = f.storage_key or object_key(
-            self._key_template,
-            owner=f.owner,
-            file_id=f.id,
-            name=f.name,
-            category=candidate.category,
-            when=f.created_at,
-        )
+        key = f.storage_key or self._key(f.owner, f.id, f.name, candidate.category, f.created_at)
         if not inspected:
             # The key and sha256 are recorded before the object exists: a retry after a
             # crash finds the object by its key and checks it by its sha256. (Inspected at
             # intake: the row was inserted with them.)
-            await self._files.update(
-                f.id,
+            facts = Inspected(
                 sha256=sha256,
                 detected_type=detected,
                 category=candidate.category,
                 type_mismatch=mismatch,
                 storage_key=key,
                 store=self._objects.kind,
-                updated_at=self._clock(),
-            )
-            f = dataclasses.replace(
-                f,
-                sha256=sha256,
-                detected_type=detected,
-                category=candidate.category,
-                type_mismatch=mismatch,
-                storage_key=key,
-                store=self._objects.kind,
-            )
+            ).columns()
+            await self._files.update(f.id, **facts, updated_at=self._clock())
+            f = dataclasses.replace(f, **facts)
         for validator in [self._policy, *self._validators]:
             started = time.perf_counter()
             verdict = await validator.check(candidate)
