@@ -149,7 +149,7 @@ class Pipeline:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._fresh: dict[str, FileRecord] = {}
-        #: upload id -> (length, digest, type) of the head sniffed at its first PATCH.
+        #: upload id -> (length, sha256, type) of the head sniffed at its first PATCH.
         self._sniffed: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
         self._sniffer = TypeSniffer()
         self._workers: list[asyncio.Task[None]] = []
@@ -233,7 +233,16 @@ class Pipeline:
                 await self._files.update(file_id, lease_until=None)
         if created == file_id and self.processes_here:
             # The worker starts from this record instead of reading the row back.
-            known = new.inspected
+            facts: dict[str, Any] = {
+                "detected_type": None,
+                "category": None,
+                "type_mismatch": False,
+                "sha256": None,
+                "store": None,
+                "storage_key": None,
+            }
+            if new.inspected is not None:
+                facts.update(new.inspected.columns())
             self._fresh[file_id] = FileRecord(
                 id=file_id,
                 owner=new.owner,
@@ -241,14 +250,8 @@ class Pipeline:
                 folder="/",
                 size=new.size,
                 declared_type=new.declared_type,
-                detected_type=known.detected_type if known else None,
-                category=known.category if known else None,
-                type_mismatch=known.type_mismatch if known else False,
-                sha256=known.sha256 if known else None,
                 status=FileStatus.VALIDATING if claim is not None else FileStatus.RECEIVED,
                 reason=None,
-                store=known.store if known else None,
-                storage_key=known.storage_key if known else None,
                 metadata=meta,
                 tags=(),
                 attempts=1 if claim is not None else 0,
@@ -256,6 +259,7 @@ class Pipeline:
                 updated_at=now,
                 committed_at=None,
                 upload_id=rec.id,
+                **facts,
             )
         if self.processes_here:
             self._enqueue(created)
@@ -560,19 +564,19 @@ class Pipeline:
             if inspected:
                 # The whole file: the bytes typed at intake, if it hashes as they did.
                 head = await self._head(upload_id, f.size)
-                if len(head) != f.size or _digest(head) != f.sha256:
-                    inspected = False
+                inspected = len(head) == f.size and _digest(head) == f.sha256
+                if not inspected:
                     f = dataclasses.replace(f, storage_key=None)  # (made from the new type)
-                elif self.digests is not None:
-                    self.digests.discard(upload_id)  # (a deferred length may have one)
-            if inspected:
-                assert f.sha256 is not None and f.detected_type is not None
-                sha256, detected = f.sha256, f.detected_type
-            else:
+            if not inspected:
                 sha256, head = await self._inspect(upload_id, f.size)
         except UploadDataMissing:
             return await self._recover_missing(f, log)
-        if not inspected:
+        if inspected:
+            assert f.sha256 is not None and f.detected_type is not None
+            sha256, detected = f.sha256, f.detected_type
+            if self.digests is not None:
+                self.digests.discard(upload_id)  # (a deferred length may have one)
+        else:
             memo = self._sniffed.pop(upload_id, None)
             if memo is not None and memo[0] == len(head) and memo[1] == _digest(head):
                 detected = memo[2]  # the first PATCH's check saw exactly these bytes
