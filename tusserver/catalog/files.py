@@ -243,9 +243,7 @@ class FileRepository:
             "finished_at": new.finished_at,
             "bytes": new.size,
         }
-        finishing = {
-            k: v.value if isinstance(v, enum.Enum) else v for k, v in (finish or {}).items()
-        }
+        finishing = dict(finish or {})
         values = {**finishing, "file_id": new.id}
         point_back_stmt = update_by_id(uploads, tuple(values)) if finishing else _POINT_BACK
         point_back = by_id_params(new.upload_id, values)

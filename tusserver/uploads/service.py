@@ -76,8 +76,8 @@ _log = structlog.get_logger("tusserver.uploads")
 
 class FinishedHandler(Protocol):
     """Takes in a whole upload that is finishing: records ``finish`` (the upload row's
-    finishing columns) with what it records itself, in one transaction; may return the
-    file id."""
+    finishing column values) with what it records itself, in one transaction; may return
+    the file id."""
 
     def __call__(self, rec: UploadRecord, *, finish: Mapping[str, Any]) -> Awaitable[object]: ...
 
@@ -801,21 +801,15 @@ class UploadService:
         # A finished partial upload still expires (used by a final or not): its bytes count
         # against the quota until then.
         expires = self._expiry(now) if rec.is_partial else None
-        finish: dict[str, Any] = {
-            "state": UploadState.FINISHED,
+        changes: dict[str, Any] = {
             "offset": offset,
             "length": offset,
             "expires_at": expires,
             "updated_at": now,
         }
-        done = dataclasses.replace(
-            rec,
-            state=UploadState.FINISHED,
-            offset=offset,
-            length=offset,
-            expires_at=expires,
-            updated_at=now,
-        )
+        done = dataclasses.replace(rec, state=UploadState.FINISHED, **changes)
+        # (The row's column values: the DBAPI takes no enum.)
+        finish = {**changes, "state": UploadState.FINISHED.value}
         if not done.is_partial and self.on_finished is not None:
             # The finish and the file's row in one transaction (the pipeline's intake).
             file_id = await self.on_finished(done, finish=finish)
