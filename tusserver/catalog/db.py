@@ -64,6 +64,7 @@ from sqlalchemy.util import greenlet_spawn
 from storage_backends.fileio import private_dirs, private_file
 
 from ..cache.bus import DEFERRED_NOTIFY, deferred_statement
+from ..futures import settle
 from . import fastsql
 
 __all__ = ["Database", "create_database", "is_disk_full"]
@@ -217,16 +218,6 @@ class _Queued:
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    """A unit's outcome to its caller, unless the caller gave up (cancelled) meanwhile."""
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
 class SqliteRunner:
     """The one connection of a SQLite catalog: units run inline or on one thread."""
 
@@ -367,7 +358,7 @@ class SqliteRunner:
         wrote = False
         for q, (ok, value) in done:
             wrote = wrote or q.write
-            _settle(q.future, ok, value)
+            settle(q.future, ok, value)
         if wrote:
             self._wrote()
 
@@ -635,7 +626,7 @@ class PostgresRunner:
         except BaseException as exc:  # never leave callers waiting
             outcomes = [(False, exc)] * len(group)
         for q, (ok, value) in zip(group, outcomes, strict=True):
-            _settle(q.future, ok, value)
+            settle(q.future, ok, value)
 
     def _group(self, works: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
         """Group commit: the units in one transaction, so one BEGIN and one COMMIT (and one

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import magic
 
+from ..futures import settle
 from .clamav import ClamdClient, ScanError, ScannerUnavailable
 
 __all__ = [
@@ -108,7 +109,7 @@ class TypeSniffer:
                 with self._lock:
                     failed, self._pending = self._pending, []
                     self._draining = False
-                _hand_back([(f, None, exc) for _, f in failed])
+                _hand_back([(f, False, exc) for _, f in failed])
         return await future
 
     def _drain(self) -> None:
@@ -124,13 +125,14 @@ class TypeSniffer:
                 try:
                     if self._magic is None:
                         self._magic = magic.Magic(mime=True)
-                    results.append((future, self._magic.from_buffer(head), None))
+                    results.append((future, True, self._magic.from_buffer(head)))
                 except Exception as exc:  # handed to the caller, as a direct call would raise
-                    results.append((future, None, exc))
+                    results.append((future, False, exc))
             _hand_back(results)
 
 
-_Result = tuple["asyncio.Future[str]", str | None, BaseException | None]
+#: A caller's future, whether libmagic answered, and its answer (or the error).
+_Result = tuple["asyncio.Future[str]", bool, object]
 
 
 def _hand_back(results: list[_Result]) -> None:
@@ -145,14 +147,8 @@ def _hand_back(results: list[_Result]) -> None:
 
 def _deliver(done: list[_Result]) -> None:
     """On the loop: results (or errors) to the callers still waiting."""
-    for future, mime, exc in done:
-        if future.done():  # the caller gave up meanwhile
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            assert mime is not None
-            future.set_result(mime)
+    for future, ok, value in done:
+        settle(future, ok, value)
 
 
 class VerdictKind(enum.Enum):
