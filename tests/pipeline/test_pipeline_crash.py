@@ -391,16 +391,18 @@ async def test_crash_after_the_committed_row(setup: Setup, monkeypatch: pytest.M
 
 
 class BlockingValidator:
-    """Holds the file in the middle of its processing until the runtime is stopped."""
+    """Holds each file in the middle of its processing until ``open`` is set (or the
+    runtime is stopped)."""
 
     name = "blocking"
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
+        self.open = asyncio.Event()
 
     async def check(self, candidate: Candidate) -> Verdict:
         self.entered.set()
-        await asyncio.sleep(3600)
+        await self.open.wait()
         return Verdict.accept()
 
 
@@ -589,21 +591,6 @@ async def test_without_workers_here_a_file_is_left_unclaimed(setup: Setup) -> No
         await drop_runtime(rt)
 
 
-class GateValidator:
-    """Holds each file in its processing until the gate opens."""
-
-    name = "gate"
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.open = asyncio.Event()
-
-    async def check(self, candidate: Candidate) -> Verdict:
-        self.entered.set()
-        await self.open.wait()
-        return Verdict.accept()
-
-
 def recorded_claims(rt: Runtime) -> list[list[str]]:
     """The files of each batch claim of ``rt``, as they are made."""
     batches: list[list[str]] = []
@@ -622,7 +609,7 @@ async def test_files_waiting_for_a_busy_worker_are_claimed_in_one_statement(
 ) -> None:
     """A burst: the files finished while the only worker is busy are claimed together once
     it is free (one statement for all), each once, and all are committed."""
-    gate = GateValidator()
+    gate = BlockingValidator()
     rt = build_runtime(
         setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), gate]
     )
