@@ -256,13 +256,9 @@ class CrashAfterPut:
 DATA = png_bytes(extra=40_000)
 
 
-async def test_crash_before_the_finish_and_the_file_row(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every byte is stored, then the process dies before the transaction that finishes the
-    upload and records its file: neither is there (the client had no answer). The client's
-    next request on the upload (a HEAD) finishes it, and the file is committed once."""
-    rt = await open_runtime(setup.config, objects=setup.object_store())
+async def dies_before_the_finish(rt: Runtime) -> str:
+    """An upload whose bytes are all stored when the process dies before the transaction
+    that finishes it and records its file: its id."""
 
     async def die(_rec: Any, **_kwargs: Any) -> None:
         raise SimulatedCrash("bytes stored; the upload not finished, its file not recorded")
@@ -271,10 +267,18 @@ async def test_crash_before_the_finish_and_the_file_row(
     with pytest.raises(SimulatedCrash):
         await finished_upload(rt, DATA)
     async with rt.db.engine.connect() as conn:
+        return str((await conn.execute(select(uploads_table.c.id))).scalar_one())
+
+
+async def test_crash_before_the_finish_and_the_file_row(setup: Setup) -> None:
+    """Every byte is stored, then the process dies before the transaction that finishes the
+    upload and records its file: neither is there (the client had no answer). The client's
+    next request on the upload (a HEAD) finishes it, and the file is committed once."""
+    rt = await open_runtime(setup.config, objects=setup.object_store())
+    upload_id = await dies_before_the_finish(rt)
+    async with rt.db.engine.connect() as conn:
         total = (await conn.execute(select(func.count()).select_from(files_table))).scalar()
-        upload_id, state = (
-            await conn.execute(select(uploads_table.c.id, uploads_table.c.state))
-        ).one()
+        state = (await conn.execute(select(uploads_table.c.state))).scalar_one()
     assert total == 0
     assert state == UploadState.RECEIVING.value
     assert await rt.files.finished_uploads_without_file() == []
@@ -296,15 +300,7 @@ async def test_a_finished_upload_without_its_file_row_is_taken_in_at_start(
     """An upload finished without a file row (as an older version could leave one after a
     crash between the two) gets its row when the next process starts, and is committed."""
     rt = await open_runtime(setup.config, objects=setup.object_store())
-
-    async def die(_rec: Any, **_kwargs: Any) -> None:
-        raise SimulatedCrash("the file row not recorded")
-
-    rt.uploads.on_finished = die
-    with pytest.raises(SimulatedCrash):
-        await finished_upload(rt, DATA)
-    async with rt.db.engine.connect() as conn:
-        upload_id = (await conn.execute(select(uploads_table.c.id))).scalar_one()
+    upload_id = await dies_before_the_finish(rt)
     await rt.uploads.repo.update(
         upload_id, state=UploadState.FINISHED, offset=len(DATA), length=len(DATA)
     )
