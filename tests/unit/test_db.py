@@ -134,7 +134,13 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
         for i in range(200):
             await repo.insert(_record(f"u{i}"))
             await repo.update(f"u{i}", offset=i)
-        await asyncio.sleep(0.2)  # the last checkpoint, submitted to the thread
+        # The last checkpoint, on its thread (on a loaded machine it may take a while; the
+        # WAL grows meanwhile), then a write, which starts the checkpointed WAL over.
+        deadline = asyncio.get_running_loop().time() + 20
+        while db.sqlite is not None and db.sqlite._checkpointing:
+            assert asyncio.get_running_loop().time() < deadline, "the checkpoint never ended"
+            await asyncio.sleep(0.02)
+        await repo.update("u0", offset=1000)
         check = sqlite3.connect(tmp_path / "c.db")
         try:
             # (busy, frames in the WAL, frames checkpointed). After a checkpoint a later
