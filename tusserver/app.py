@@ -625,13 +625,38 @@ def create_tus_subapp(
     rt = runtime or build_runtime(
         config, hooks=hooks, database=database, store=store, locker=locker
     )
+    app = _tus_app(config, rt, principal, mounted_in_ours=False)
+    if runtime is None:
+
+        async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+            await rt.start()
+            yield
+            await rt.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _tus_app(
+    config: TusServerConfig,
+    rt: Runtime,
+    principal: PrincipalResolver | None,
+    *,
+    mounted_in_ours: bool,
+) -> web.Application:
+    """The tus endpoint's application. Mounted in :func:`create_app`, whose own middlewares
+    already give every request its id and CORS, and whose own signal adds the common
+    response headers, it keeps only what differs: its errors are answered without a JSON
+    body. In an embedder's app it has all of them (each one stands aside for an outer app
+    of ours that already did its part)."""
     gate: Gate = ResolverGate(principal) if principal is not None else rt.gateway
+    errors = error_middleware(json_body=False)
     app = web.Application(
-        middlewares=[
-            request_context_middleware,
-            cors_middleware(config.cors_origins),
-            error_middleware(json_body=False),
-        ],
+        middlewares=(
+            [errors]
+            if mounted_in_ours
+            else [request_context_middleware, cors_middleware(config.cors_origins), errors]
+        ),
         client_max_size=1024**2,
         # aiohttp buffers up to twice this per connection before it stops reading the
         # socket (its default, 256 KiB, let every upload hold 512 KiB there); bodies are
@@ -639,7 +664,8 @@ def create_tus_subapp(
         handler_args={"read_bufsize": READ_PIECE},
     )
     app[RUNTIME] = rt
-    app.on_response_prepare.append(add_response_headers)
+    if not mounted_in_ours:
+        app.on_response_prepare.append(add_response_headers)
     handlers = TusHandlers(
         config=config.sections.http,
         base_path=config.base_path,
@@ -651,14 +677,6 @@ def create_tus_subapp(
     )
     app.add_routes(handlers.routes("/"))
     app.on_shutdown.append(handlers.shutdown)
-    if runtime is None:
-
-        async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-            await rt.start()
-            yield
-            await rt.stop()
-
-        app.cleanup_ctx.append(lifecycle)
     return app
 
 
@@ -733,7 +751,7 @@ def create_app(
         _log.info("tusserver stopping: no new connections, finishing requests in flight")
 
     app.on_shutdown.insert(0, stopping)
-    tus = create_tus_subapp(config, runtime=rt, principal=principal)
+    tus = _tus_app(config, rt, principal, mounted_in_ours=True)
     app.add_subapp(config.base_path.rstrip("/"), tus)
 
     async def healthz(_request: web.Request) -> web.Response:

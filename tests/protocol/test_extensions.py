@@ -296,3 +296,54 @@ async def test_embedded_sub_app_under_a_prefix(aiohttp_client: Any, tmp_path: An
     assert (await patch(client, path, 0, b"abc")).status == 204
     assert await (await get_committed(client, path)).read() == b"abc"
     assert await (await client.get("/")).text() == "host app"
+
+
+#: What every tus response carries, whichever app it is mounted in.
+_COMMON = ("Vary", "X-Request-ID", "Tus-Resumable", "X-Content-Type-Options", "X-Frame-Options")
+
+
+async def _answers(client: TestClient, prefix: str) -> list[Any]:
+    origin = {"Origin": "https://app.example"}
+    return [
+        await client.post(prefix + "/", headers={**TUS, **origin, "Upload-Length": "3"}),
+        await client.post(prefix + "/", headers={**TUS, **origin, "Upload-Length": "x"}),
+        await client.head(prefix + "/missing", headers={**TUS, **origin}),
+    ]
+
+
+async def test_embedded_sub_app_gives_the_common_headers_itself(
+    aiohttp_client: Any, tmp_path: Any
+) -> None:
+    config = TusServerConfig(
+        data_dir=tmp_path, sweep_interval=0, auth="none", cors_origins=("https://app.example",)
+    )
+    host = web.Application()
+    host.add_subapp("/media/tus", create_tus_subapp(config))
+    client = await aiohttp_client(host)
+    answers = await _answers(client, "/media/tus")
+    assert [r.status for r in answers] == [201, 400, 404]
+    for r in answers:
+        assert all(len(r.headers.getall(h)) == 1 for h in _COMMON), r.headers
+        assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert answers[1].headers["Content-Type"].startswith("text/plain")  # tus errors: no JSON
+
+
+async def test_standalone_app_wraps_tus_requests_once(aiohttp_client: Any, tmp_path: Any) -> None:
+    from tusserver import create_app
+
+    config = TusServerConfig(
+        data_dir=tmp_path, sweep_interval=0, auth="none", cors_origins=("https://app.example",)
+    )
+    app = create_app(config)
+    (tus,) = [sub for sub in app._subapps if RUNTIME in sub]
+    # The request id, CORS and the common headers come from the standalone app alone; the
+    # tus endpoint keeps only its own error answers (plain text).
+    assert len(tus.middlewares) == 1
+    assert len(tus.on_response_prepare) == 0
+    client = await aiohttp_client(app)
+    answers = await _answers(client, config.base_path.rstrip("/"))
+    assert [r.status for r in answers] == [201, 400, 404]
+    for r in answers:
+        assert all(len(r.headers.getall(h)) == 1 for h in _COMMON), r.headers
+        assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert answers[1].headers["Content-Type"].startswith("text/plain")
