@@ -29,7 +29,14 @@ from aiohttp import web
 
 from auth import Principal
 from auth.principal import UNAUTHENTICATED_OPERATOR
-from tusserver import CreateContext, HookRejection, Hooks, create_tus_subapp, load_config
+from tusserver import (
+    HANDLER_ARGS,
+    CreateContext,
+    HookRejection,
+    Hooks,
+    create_tus_subapp,
+    load_config,
+)
 from tusserver.catalog.uploads import UploadRecord
 from tusserver.observability import configure_logging
 
@@ -83,7 +90,7 @@ def make_app(*, data_dir: str | None = None) -> web.Application:
     config = load_config(overrides={"data_dir": data_dir})
     hooks = Hooks(pre_create=[require_filename], post_finish=[log_finished])
 
-    app = web.Application()
+    app = web.Application(handler_args=HANDLER_ARGS)
     app.router.add_get("/", index)
     app.router.add_get("/ping", ping)
     app.add_subapp(UPLOADS_PREFIX, create_tus_subapp(config, hooks=hooks, principal=current_user))

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from .config import TusServerConfig, load_config
     from .errors import HookRejection
     from .events import CreateContext, Hooks
+    from .http_io import HANDLER_ARGS
 
 __all__ = [
+    "HANDLER_ARGS",
     "CreateContext",
     "HookRejection",
     "Hooks",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "HANDLER_ARGS": "http_io",
     "create_app": "app",
     "create_tus_subapp": "app",
     "TusServerConfig": "config",

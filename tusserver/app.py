@@ -43,6 +43,7 @@ from .catalog.uploads import UploadRepository
 from .catalog.usage import quota_limit
 from .config import TusServerConfig
 from .events import Hooks
+from .http_io import HANDLER_ARGS
 from .metrics import Metrics
 from .middleware import add_response_headers, cors_middleware, error_middleware
 from .multiproc import metrics_handler
@@ -56,7 +57,6 @@ from .pipeline.webhooks import WebhookSender
 from .protocol.handlers import TusHandlers
 from .settings import PipelineSettings, StorageSettings
 from .startup import Resolved, resolve
-from .uploads.body import READ_PIECE
 from .uploads.digests import RunningDigests
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
@@ -658,10 +658,8 @@ def _tus_app(
             else [request_context_middleware, cors_middleware(config.cors_origins), errors]
         ),
         client_max_size=1024**2,
-        # aiohttp buffers up to twice this per connection before it stops reading the
-        # socket (its default, 256 KiB, let every upload hold 512 KiB there); bodies are
-        # read in pieces of this size (tusserver.uploads.body).
-        handler_args={"read_bufsize": READ_PIECE},
+        # (In effect when this app is the one served; mounted, the host app's apply.)
+        handler_args=HANDLER_ARGS,
     )
     app[RUNTIME] = rt
     if not mounted_in_ours:
@@ -736,6 +734,7 @@ def create_app(
             cors_middleware(config.cors_origins),
             error_middleware(json_body=True),
         ],
+        handler_args=HANDLER_ARGS,
     )
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)

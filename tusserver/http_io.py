@@ -19,9 +19,11 @@ from auth.gateway import Gate
 
 from .errors import UnsupportedEncoding
 from .http_util import content_disposition, parse_range
+from .uploads.body import READ_PIECE
 from .uploads.observer import Caller
 
 __all__ = [
+    "HANDLER_ARGS",
     "ByteReader",
     "RequestAdmission",
     "caller_of",
@@ -52,6 +54,19 @@ class RequestAdmission:
 
     def audit(self, action: str, *, target: str | None) -> None:
         self._gate.audit(self._request, action, actor=self._who, target=target)
+
+
+#: How the server's connections read requests (``web.Application(handler_args=...)`` of the
+#: app served: aiohttp takes them from that app, never from a sub-app).
+#:
+#: - ``read_bufsize``: aiohttp buffers up to twice this per connection before it stops
+#:   reading the socket (its own default let every upload hold 512 KiB there); bodies are
+#:   read in pieces of this size (:mod:`tusserver.uploads.body`).
+#: - ``auto_decompress`` off: request bodies are never inflated. No route takes a compressed
+#:   body (upload routes answer 415, see :func:`refuse_encoded_body`), and aiohttp would
+#:   otherwise inflate a refused body while it discards it after the answer: a 1 MiB gzip
+#:   body of zeros cost the server over 2 s of CPU that way, whatever the route.
+HANDLER_ARGS: dict[str, object] = {"read_bufsize": READ_PIECE, "auto_decompress": False}
 
 
 def refuse_encoded_body(request: web.Request) -> None:

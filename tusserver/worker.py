@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .app import RUNTIME, build_runtime, readiness_response, refresh_backlog
 from .config import TusServerConfig
+from .http_io import HANDLER_ARGS
 from .middleware import add_response_headers, error_middleware
 from .multiproc import metrics_handler
 from .observability import request_context_middleware
@@ -33,6 +34,7 @@ def create_worker_app(config: TusServerConfig) -> web.Application:
     app = web.Application(
         middlewares=[request_context_middleware, error_middleware(json_body=True)],
         client_max_size=64 * 1024,
+        handler_args=HANDLER_ARGS,
     )
     app[RUNTIME] = rt
     app.on_response_prepare.append(add_response_headers)

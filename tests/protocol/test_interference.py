@@ -104,6 +104,29 @@ async def test_the_owner_can_still_make_a_stale_patch_let_go(make_client: MakeCl
     never.set()
 
 
+async def test_refused_compressed_bodies_are_never_inflated(make_client: MakeClient) -> None:
+    """aiohttp discards a refused body after the answer: were it inflated on the way, a small
+    gzip body of zeros would cost seconds of CPU on any route, and a body that is not gzip
+    at all would end the connection under the client's next request."""
+    client = await make_client(rate_limit_creations=0, rate_limit_api=0)
+    runner_handler = client.server.runner.server
+    assert runner_handler is not None and runner_handler._kwargs["auto_decompress"] is False
+    gz = {"Content-Encoding": "gzip"}
+    resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": "100000"})
+    path = resp.headers["Location"][resp.headers["Location"].index("/uploads/") :]
+    for _ in range(3):  # each request on the connection the last one used
+        resp = await client.patch(
+            path,
+            data=b"not gzip at all" * 5000,
+            headers={**TUS, **OCTET, **gz, "Upload-Offset": "0"},
+        )
+        assert resp.status == 415, await resp.text()
+        await resp.read()
+        resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": "3"})
+        assert resp.status == 201
+    assert await _head_offset(client, path) == 0
+
+
 async def test_compressed_bodies_are_refused_on_upload_routes(make_client: MakeClient) -> None:
     client = await make_client(rate_limit_creations=0, rate_limit_api=0)
     inflated = b"\0" * (1024 * 1024)

@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 __all__ = ["READ_PIECE", "BodyReader", "ByteStream", "Interruption"]
 
 #: The most one read asks of the body: no more than aiohttp's read buffer (the server's
-#: ``read_bufsize``, set to this in :func:`tusserver.app.create_app`), so a read never
+#: ``read_bufsize``, set to this in :data:`tusserver.http_io.HANDLER_ARGS`), so a read never
 #: raises the buffer's limit.
 READ_PIECE = 64 * 1024
 
