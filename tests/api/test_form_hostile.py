@@ -45,3 +45,37 @@ async def test_an_overlong_folder_is_a_400(make_client: MakeClient) -> None:
     folder = b'Content-Disposition: form-data; name="folder"\r\n\r\n' + b"a" * 10_000
     resp = await client.post("/api/v1/upload", data=_multipart(folder, FILE), headers=HEADERS)
     await api_error(resp, 400)
+
+
+async def test_a_form_without_a_boundary_is_a_400(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    resp = await client.post(
+        "/api/v1/upload", data=b"abc", headers={"Content-Type": "multipart/form-data"}
+    )
+    body = await api_error(resp, 400)
+    assert "multipart" in body["message"]
+
+
+async def test_a_part_whose_headers_cannot_be_read_is_a_400(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    resp = await client.post(
+        "/api/v1/upload", data=b"--" + BOUNDARY.encode() + b"\r\nbroken", headers=HEADERS
+    )
+    body = await api_error(resp, 400)
+    assert "multipart" in body["message"]
+
+
+async def test_files_before_a_broken_part_are_stored_and_reported(make_client: MakeClient) -> None:
+    client = await api_client(make_client)
+    body = (
+        b"--" + BOUNDARY.encode() + b"\r\n" + FILE + b"\r\n"
+        b"--" + BOUNDARY.encode() + b"\r\nno colon in this header\r\n\r\nx\r\n"
+        b"--" + BOUNDARY.encode() + b"--\r\n"
+    )
+    resp = await client.post("/api/v1/upload", data=body, headers=HEADERS)
+    assert resp.status == 201, await resp.text()
+    first, refused = (await resp.json())["files"]
+    assert first["filename"] == "ok.txt" and first["file_id"]
+    assert refused["status_code"] == 400 and "multipart" in refused["message"]
+    resp = await client.get(f"/api/v1/file/{first['file_id']}")
+    assert resp.status == 200

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from auth import Principal
 from auth.gateway import Gate
@@ -558,11 +559,25 @@ class FilesApi:
         refuse_encoded_body(request)
         if not request.content_type.startswith("multipart/form-data"):
             return await self._raw_upload(request, principal)
-        reader = await request.multipart()
+        try:
+            reader = await request.multipart()
+        except ValueError as exc:  # no boundary
+            raise BadRequest(f"malformed multipart/form-data: {exc}") from None
         results: list[dict[str, Any]] = []
         folder: str | None = None
         while True:
-            part = await reader.next()
+            try:
+                part = await reader.next()
+            except (ValueError, HttpProcessingError) as exc:
+                # A boundary or part headers aiohttp cannot read: the files before it are
+                # stored and reported, and the rest of the body is refused.
+                refused = BadRequest(f"malformed multipart/form-data: {exc}")
+                if not results:
+                    raise refused from None
+                results.append(
+                    {"error": refused.code, "message": refused.message, "status_code": 400}
+                )
+                break
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
