@@ -8,6 +8,7 @@ the condition and recovers once space is freed, and the upload then resumes byte
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -143,10 +144,13 @@ async def test_a_full_catalog_is_507_and_recovers(
     client = await make_client(data_dir=small_fs, database_url=f"sqlite+aiosqlite:///{db}")
     await create(client, 10)
     filler = fill(small_fs, leave=0)
-    # Enough rows that SQLite must grow its files (the WAL, the database) on a full disk.
+    # Enough rows that SQLite must grow its files (the WAL, the database) on a full disk:
+    # rows of 4 KiB of metadata, so its checkpoints cannot make room in the WAL either.
     statuses = set()
-    for _ in range(200):
-        resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": "10"})
+    for _ in range(400):
+        meta = "note " + base64.b64encode(os.urandom(3000)).decode()
+        headers = {**TUS, "Upload-Length": "10", "Upload-Metadata": meta}
+        resp = await client.post("/uploads/", headers=headers)
         statuses.add(resp.status)
         if resp.status != 201:
             assert resp.status == 507, await resp.text()
@@ -157,6 +161,44 @@ async def test_a_full_catalog_is_507_and_recovers(
     assert status == 503 and body["checks"]["storage"].startswith("full"), body
     filler.unlink()
     await create(client, 10)
+    status, body = await readyz(client)
+    assert status == 200, body
+
+
+async def test_files_deleted_through_the_api_make_room_again(
+    make_client: MakeClient, small_fs: Path, database_url: str
+) -> None:
+    """The disk fills with files; deleting them through the API (which writes to the catalog
+    on that same full disk) frees room for new uploads. The catalog's WAL must not take the
+    freed space for itself: on a small filesystem it is checkpointed sooner, and a full disk
+    asks for a checkpoint."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the SQLite catalog is the one in the data directory")
+    db = small_fs / "catalog.db"
+    client = await make_client(
+        data_dir=small_fs,
+        database_url=f"sqlite+aiosqlite:///{db}",
+        rate_limit_creations=0,
+        rate_limit_api=0,
+    )
+    statuses: list[int] = []
+    for i in range(80):
+        resp = await client.post(
+            "/api/v1/upload", params={"filename": f"f{i}.bin"}, data=os.urandom(50 * KiB)
+        )
+        statuses.append(resp.status)
+        assert resp.status in (201, 507), await resp.text()
+    assert 507 in statuses and 201 in statuses, statuses
+    resp = await client.get("/api/v1/files", params={"limit": "200"})
+    files = (await resp.json())["files"]
+    assert files
+    for f in files:
+        resp = await client.delete(f"/api/v1/file/{f['id']}")
+        assert resp.status in (204, 507), await resp.text()
+    resp = await client.post(
+        "/api/v1/upload", params={"filename": "again.bin"}, data=os.urandom(50 * KiB)
+    )
+    assert resp.status == 201, await resp.text()
     status, body = await readyz(client)
     assert status == 200, body
 

@@ -127,7 +127,6 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
 ) -> None:
     """Automatic checkpoints are off on the catalog's connection; the runner does them."""
     monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
-    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     db = await _file_db(tmp_path)
     try:
         repo = UploadRepository(db)
@@ -160,7 +159,6 @@ async def test_units_go_on_while_a_checkpoint_syncs(
 ) -> None:
     """A checkpoint runs on a connection of its own: units of work go on while it copies and
     syncs (it held them all for 10-65 ms before), and the WAL still starts over after it."""
-    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
     db = await _file_db(tmp_path)
     runner = db.sqlite
@@ -220,7 +218,6 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
 ) -> None:
     """The first write after opening or after a checkpoint starts the WAL over (SQLite syncs
     its header then): it runs on the thread; the quick writes after it run inline."""
-    monkeypatch.setattr(db_module, "_WAL_SIZE_LIMIT", 16 * 1024)
     db = await _file_db(tmp_path)
     assert db.sqlite is not None
     where: list[str] = []
@@ -236,7 +233,7 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
         assert where[0].startswith("sqlite") and where[1] == "MainThread", where
         # (Checkpoints from here on: with this threshold from the start, the migrations' WAL
         # could start one right after the first write, and the second would rightly wait.)
-        monkeypatch.setattr(db_module, "_CHECKPOINT_WAL_BYTES", 64 * 1024)
+        db.sqlite._checkpoint_at = 64 * 1024
         checkpointed = threading.Event()
         writes_before: list[int] = []
         original = db.sqlite._checkpoint
@@ -351,3 +348,61 @@ async def test_a_write_delivered_during_close_starts_no_checkpoint(
     runner._wrote()  # (what _deliver calls after a group)
     assert runner._checkpointing is False
     assert runner._checkpoint_conn is None
+
+
+async def test_a_write_that_finds_the_disk_full_asks_for_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL starts over (reusing the space its file holds) only after a checkpoint: on a
+    full disk one is asked for at once, at most once a second, not when the WAL reaches its
+    threshold (it never would: every write needs more of it)."""
+    db = await _file_db(tmp_path)
+    runner = db.sqlite
+    assert runner is not None
+    asked: list[bool] = []
+    monkeypatch.setattr(runner, "_start_checkpoint", lambda: asked.append(True))
+
+    def full(conn: Connection) -> None:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def other(conn: Connection) -> None:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("no such table: x"))
+
+    try:
+        with pytest.raises(OperationalError):
+            await db.write(other)
+        assert asked == []
+        for _ in range(3):
+            with pytest.raises(OperationalError):
+                await db.write(full)
+        assert asked == [True]
+        runner._full_at -= db_module._FULL_CHECKPOINT_EVERY_S
+        with pytest.raises(OperationalError):
+            await db.write(full, quick=True)
+        assert asked == [True, True]
+    finally:
+        await db.dispose()
+
+
+def test_a_small_filesystem_gets_a_smaller_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sixteenth of a filesystem smaller than 64 MiB, never below 64 KiB."""
+    size = 0
+
+    class Fs:
+        f_frsize = 4096
+
+        @property
+        def f_blocks(self) -> int:
+            return size // 4096
+
+    monkeypatch.setattr(db_module.os, "statvfs", lambda _path: Fs())
+    threshold = db_module._checkpoint_threshold
+    for size, want in [
+        (2 * 1024**2, 128 * 1024),
+        (512 * 1024, 64 * 1024),
+        (32 * 1024**2, 2 * 1024**2),
+        (10 * 1024**3, db_module._CHECKPOINT_WAL_BYTES),
+    ]:
+        assert threshold(tmp_path) == want, size

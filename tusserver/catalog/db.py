@@ -45,6 +45,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import math
 import os
 import sqlite3
 import threading
@@ -80,10 +81,11 @@ _MMAP_BYTES = 256 * 1024 * 1024
 #: WAL size (bytes) past which a checkpoint runs (on the thread: a checkpoint syncs files).
 #: About SQLite's own automatic threshold (1,000 pages).
 _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
-#: A checkpointed WAL is cut back to this size when it starts over (SQLite keeps the file at
-#: its largest otherwise). Below the threshold above, so the file's size tells how much the
-#: WAL holds once it passes the threshold.
-_WAL_SIZE_LIMIT = 1024 * 1024
+#: The least of it on a small filesystem (see _checkpoint_threshold).
+_MIN_CHECKPOINT_WAL_BYTES = 64 * 1024
+#: A write that finds the disk full asks for a checkpoint at most this often (see
+#: SqliteRunner._disk_full).
+_FULL_CHECKPOINT_EVERY_S = 1.0
 #: At most this many units share one transaction on the thread (group commit).
 _MAX_GROUP = 64
 #: PostgreSQL: connections kept open between units, of each kind (see PostgresRunner).
@@ -228,10 +230,13 @@ class SqliteRunner:
         durable: bool,
         wal_path: Path | None = None,
         writer_lock_path: Path | None = None,
+        checkpoint_at: int = _CHECKPOINT_WAL_BYTES,
     ) -> None:
         self.engine = engine
         self.durable = durable
         self._wal_path = wal_path
+        #: WAL size (bytes) past which a checkpoint runs.
+        self._checkpoint_at = checkpoint_at
         #: Writers of every process queue on this file (see the module docstring).
         self._writer_lock_path = writer_lock_path
         self._writer_fd: int | None = None
@@ -252,6 +257,8 @@ class SqliteRunner:
         #: Held by whoever uses the connection: a unit inline, or the thread.
         self._conn_lock = threading.Lock()
         self._checkpointing = False
+        #: When a write last found the disk full and asked for a checkpoint (monotonic).
+        self._full_at = -math.inf
         #: The next write may start the WAL over, which syncs its header even with
         #: synchronous=NORMAL: that write goes to the thread (at start, after a checkpoint).
         self._wal_restart = True
@@ -355,12 +362,29 @@ class SqliteRunner:
 
     def _deliver(self, done: list[tuple[_Queued, tuple[bool, Any]]]) -> None:
         """On the event loop: hand a group's results (or errors) to the units' callers."""
-        wrote = False
+        wrote = full = False
         for q, (ok, value) in done:
             wrote = wrote or q.write
+            full = full or (
+                q.write and not ok and isinstance(value, DBAPIError) and is_disk_full(value)
+            )
             settle(q.future, ok, value)
-        if wrote:
+        if full:
+            self._disk_full()
+        elif wrote:
             self._wrote()
+
+    def _disk_full(self) -> None:
+        """A write found the disk full. The WAL only starts over (and writes again into the
+        space its file already holds) after a checkpoint, which waits for the WAL to reach
+        its threshold: on a full disk it would never get there, and every write, a deletion
+        that frees space included, would keep needing more. So a checkpoint is tried now, at
+        most once a second: it succeeds once the database file has room for what the WAL
+        holds (freed by a deletion, or by an operator)."""
+        now = time.monotonic()
+        if now - self._full_at >= _FULL_CHECKPOINT_EVERY_S:
+            self._full_at = now
+            self._start_checkpoint()
 
     def _run_group(self, group: list[_Queued], *, inline: bool) -> list[tuple[bool, Any] | None]:
         """Run ``group`` (the caller holds the locks inline; the thread takes them): all in
@@ -478,14 +502,19 @@ class SqliteRunner:
             size = os.stat(self._wal_path).st_size
         except OSError:
             return
-        if size >= _CHECKPOINT_WAL_BYTES:
-            self._checkpointing = True
-            try:
-                fut = self._checkpointer.submit(self._checkpoint)
-            except RuntimeError:  # closing: the last checkpoint is close()'s
-                self._checkpointing = False
-                return
-            fut.add_done_callback(self._checkpointed)
+        if size >= self._checkpoint_at:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        if self._checkpointing or self._wal_path is None or self._closed:
+            return
+        self._checkpointing = True
+        try:
+            fut = self._checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # closing: the last checkpoint is close()'s
+            self._checkpointing = False
+            return
+        fut.add_done_callback(self._checkpointed)
 
     def _checkpoint(self) -> None:
         """On its own thread and connection: a PASSIVE checkpoint copies what the WAL holds
@@ -808,10 +837,16 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         max_overflow=0,
         pool_reset_on_return=None,
     )
+    checkpoint_at = _checkpoint_threshold(Path(parsed.database).parent)
     event.listen(
         sync_engine,
         "connect",
-        _sqlite_pragmas("FULL" if durable else "NORMAL", busy_ms=0, autocheckpoint=False),
+        _sqlite_pragmas(
+            "FULL" if durable else "NORMAL",
+            busy_ms=0,
+            autocheckpoint=False,
+            wal_size_limit=checkpoint_at // 4,
+        ),
     )
     wal = Path(f"{parsed.database}-wal")
     runner = SqliteRunner(
@@ -819,12 +854,30 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         durable=durable,
         wal_path=wal,
         writer_lock_path=Path(f"{parsed.database}-writer.lock"),
+        checkpoint_at=checkpoint_at,
     )
     return Database(engine, runner)
 
 
+def _checkpoint_threshold(directory: Path) -> int:
+    """The WAL size past which SqliteRunner checkpoints: :data:`_CHECKPOINT_WAL_BYTES`, or a
+    sixteenth of a smaller filesystem. On a filesystem of a few MiB the WAL would otherwise
+    fill the disk before its first checkpoint, and a full disk would then keep every write
+    needing more of it (the WAL starts over only after a checkpoint)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return _CHECKPOINT_WAL_BYTES
+    small = max(_MIN_CHECKPOINT_WAL_BYTES, st.f_blocks * st.f_frsize // 16)
+    return min(_CHECKPOINT_WAL_BYTES, small)
+
+
 def _sqlite_pragmas(
-    sync_mode: str, *, busy_ms: int = 30000, autocheckpoint: bool = True
+    sync_mode: str,
+    *,
+    busy_ms: int = 30000,
+    autocheckpoint: bool = True,
+    wal_size_limit: int = 0,
 ) -> Callable[[Any, Any], None]:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
@@ -836,7 +889,10 @@ def _sqlite_pragmas(
         if not autocheckpoint:
             # Checkpoints sync files: SqliteRunner runs them on its thread, never inline.
             cur.execute("PRAGMA wal_autocheckpoint=0")
-            cur.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            # A checkpointed WAL is cut back to this size when it starts over (SQLite keeps
+            # the file at its largest otherwise); below the checkpoint threshold, so the
+            # file's size tells how much the WAL holds once it passes that threshold.
+            cur.execute(f"PRAGMA journal_size_limit={int(wal_size_limit)}")
         cur.close()
 
     return apply
