@@ -79,3 +79,18 @@ async def test_files_before_a_broken_part_are_stored_and_reported(make_client: M
     assert refused["status_code"] == 400 and "multipart" in refused["message"]
     resp = await client.get(f"/api/v1/file/{first['file_id']}")
     assert resp.status == 200
+
+
+async def test_a_body_that_breaks_inside_a_file_is_reported_not_a_500(
+    make_client: MakeClient,
+) -> None:
+    client = await api_client(make_client)
+    second = b'Content-Disposition: form-data; name="file"; filename="b.txt"\r\n\r\nabc'
+    cut_short = b"--" + BOUNDARY.encode() + b"\r\n" + FILE + b"\r\n--" + BOUNDARY.encode()
+    for tail in (b"\r\n" + second, b"\r\n" + second + b"\r\n--another-boundary\r\n"):
+        resp = await client.post("/api/v1/upload", data=cut_short + tail, headers=HEADERS)
+        assert resp.status == 201, await resp.text()
+        first, broken = (await resp.json())["files"]
+        assert first["file_id"] and "error" not in first
+        assert broken["filename"] == "b.txt" and broken["status_code"] == 400
+        assert "ended early" in broken["message"]

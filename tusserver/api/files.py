@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, StreamReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 
 from auth import Principal
 from auth.gateway import Gate
@@ -561,33 +561,39 @@ class FilesApi:
             return await self._raw_upload(request, principal)
         try:
             reader = await request.multipart()
-        except ValueError as exc:  # no boundary
-            raise BadRequest(f"malformed multipart/form-data: {exc}") from None
+        except ValueError:  # no boundary in the Content-Type
+            raise BadRequest(_MALFORMED_FORM) from None
         results: list[dict[str, Any]] = []
         folder: str | None = None
         while True:
             try:
                 part = await reader.next()
-            except (ValueError, HttpProcessingError) as exc:
-                # A boundary or part headers aiohttp cannot read: the files before it are
-                # stored and reported, and the rest of the body is refused.
-                refused = BadRequest(f"malformed multipart/form-data: {exc}")
+                if part is None:
+                    break
+                if not isinstance(part, BodyPartReader):
+                    raise BadRequest("nested multipart bodies are not supported")
+                if part.filename is None:
+                    if part.name == "folder":
+                        folder = normalize_folder(_text(await part.read(decode=True), "folder"))
+                    else:
+                        await part.release()
+                    continue
+            except (ValueError, HttpProcessingError):
+                # A boundary, part headers or a field aiohttp cannot read (its message quotes
+                # the client's bytes: not echoed back). The files before it are stored and
+                # reported; the rest of the body is refused.
                 if not results:
-                    raise refused from None
+                    raise BadRequest(_MALFORMED_FORM) from None
+                refused = BadRequest(_MALFORMED_FORM)
                 results.append(
-                    {"error": refused.code, "message": refused.message, "status_code": 400}
+                    {
+                        "filename": None,
+                        "error": refused.code,
+                        "message": refused.message,
+                        "status_code": refused.status,
+                    }
                 )
                 break
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not supported")
-            if part.filename is None:
-                if part.name == "folder":
-                    folder = normalize_folder(_text(await part.read(decode=True), "folder"))
-                else:
-                    await part.release()
-                continue
             entry, stopped = await self._one_form_file(request, principal, part, folder)
             results.append(entry)
             if stopped:
@@ -686,12 +692,18 @@ class FilesApi:
         except TusError as exc:
             stopped = isinstance(exc, UploadInterrupted | UploadSuspended | RequestTimeout)
             if not stopped:
-                await part.release()
+                try:
+                    await part.release()
+                except (ValueError, HttpProcessingError):
+                    stopped = True  # the body ends or breaks inside this part: no part follows
             entry["error"] = exc.code
             entry["message"] = exc.message
             entry["status_code"] = exc.status
             return entry, stopped
         return entry, False
+
+
+_MALFORMED_FORM = "malformed multipart/form-data: a boundary or part headers cannot be read"
 
 
 def _text(raw: bytes, field: str) -> str:
@@ -726,7 +738,12 @@ class PartStream:
         self._content = content
 
     async def read(self, n: int = -1) -> bytes:
-        return await self._part.read_chunk(n if n > 0 else BodyPartReader.chunk_size)
+        try:
+            return await self._part.read_chunk(n if n > 0 else BodyPartReader.chunk_size)
+        except ValueError as exc:
+            # The body ended inside the part, or its boundary is not the one announced: to
+            # the lifecycle, a body that broke (what arrived is kept, the file ended early).
+            raise BadHttpMessage(f"malformed multipart/form-data: {exc}") from None
 
     def is_eof(self) -> bool:
         return self._part.at_eof()
