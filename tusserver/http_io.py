@@ -9,7 +9,8 @@ Pure helpers without aiohttp (ranges, dispositions, file names) are in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import MappingProxyType
 
 import structlog
 from aiohttp import web
@@ -63,15 +64,20 @@ class RequestAdmission:
 #:   reading the socket (its own default let every upload hold 512 KiB there); bodies are
 #:   read in pieces of this size (:mod:`tusserver.uploads.body`).
 #: - ``auto_decompress`` off: request bodies are never inflated. No route takes a compressed
-#:   body (upload routes answer 415, see :func:`refuse_encoded_body`), and aiohttp would
-#:   otherwise inflate a refused body while it discards it after the answer: a 1 MiB gzip
-#:   body of zeros cost the server over 2 s of CPU that way, whatever the route.
-HANDLER_ARGS: dict[str, object] = {"read_bufsize": READ_PIECE, "auto_decompress": False}
+#:   body (upload routes and JSON bodies answer 415, see :func:`refuse_encoded_body`), and
+#:   aiohttp would otherwise inflate a refused body while it discards it after the answer:
+#:   a 1 MiB gzip body of zeros cost the server over 2 s of CPU that way, whatever the
+#:   route.
+HANDLER_ARGS: Mapping[str, object] = MappingProxyType(
+    {"read_bufsize": READ_PIECE, "auto_decompress": False}
+)
 
 
 def refuse_encoded_body(request: web.Request) -> None:
-    """Upload routes take bodies as they are: a compressed body would be inflated by aiohttp
-    past every size and byte-rate limit that Content-Length decided (415 instead)."""
+    """Bodies are taken as they are (no route inflates one, see :data:`HANDLER_ARGS`): a
+    Content-Encoding other than identity is a 415, not bytes misread. On upload routes a
+    compressed body would also get past every size and byte-rate limit Content-Length
+    decided."""
     if "Content-Encoding" not in request.headers:
         return
     encodings = [
@@ -82,8 +88,8 @@ def refuse_encoded_body(request: web.Request) -> None:
     refused = [e for e in encodings if e not in ("", "identity")]
     if refused:
         raise UnsupportedEncoding(
-            f"Content-Encoding {refused[0][:32]!r} is not accepted on upload routes: "
-            "send the file's bytes as they are (identity)"
+            f"Content-Encoding {refused[0][:32]!r} is not accepted: "
+            "send the body as it is (identity)"
         )
 
 

@@ -212,3 +212,14 @@ async def test_a_stalled_body_ends_its_request_and_keeps_its_bytes(
     resp = await client.patch(path, data=b"d" * 97, headers={**TUS, **OCTET, "Upload-Offset": "3"})
     assert resp.status == 204, await resp.text()
     assert resp.headers["Upload-Offset"] == "100"
+
+
+async def test_a_compressed_json_body_is_a_415(make_client: MakeClient) -> None:
+    client = await make_client(rate_limit_creations=0, rate_limit_api=0)
+    resp = await client.post(
+        "/api/v1/folders",
+        data=gzip.compress(json.dumps({"path": "/a/"}).encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 415, await resp.text()
+    assert (await resp.json())["error"] == "unsupported_content_encoding"

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..http_io import refuse_encoded_body
 
 __all__ = ["parse_when", "read_json", "string_field", "text_param"]
 
@@ -52,6 +53,7 @@ def text_param(query: Any, name: str, *, max_len: int) -> str | None:
 
 async def read_json(request: web.Request, *, limit: int = 16 * 1024) -> dict[str, Any]:
     """The request's JSON object, read with a size limit; clear 4xx for anything else."""
+    refuse_encoded_body(request)
     ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/json":
         raise UnsupportedMediaType("send a JSON body with Content-Type: application/json")
