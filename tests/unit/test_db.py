@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import itertools
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -218,8 +220,11 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
 ) -> None:
     """The first write after opening or after a checkpoint starts the WAL over (SQLite syncs
     its header then): it runs on the thread; the quick writes after it run inline."""
+    # A WAL cut back to 16 KiB when it starts over (a quarter of the 64 KiB threshold).
+    monkeypatch.setattr(db_module, "_checkpoint_threshold", lambda _dir: 64 * 1024)
     db = await _file_db(tmp_path)
     assert db.sqlite is not None
+    db.sqlite._checkpoint_at = db_module._CHECKPOINT_WAL_BYTES
     where: list[str] = []
     ids = itertools.count()
 
@@ -353,20 +358,26 @@ async def test_a_write_delivered_during_close_starts_no_checkpoint(
 async def test_a_write_that_finds_the_disk_full_asks_for_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The WAL starts over (reusing the space its file holds) only after a checkpoint: on a
-    full disk one is asked for at once, at most once a second, not when the WAL reaches its
-    threshold (it never would: every write needs more of it)."""
+    """The WAL starts over (reusing the space its file holds) only after a checkpoint: once a
+    write found the disk full, every write asks for one (at most once a second) until one
+    succeeds, instead of waiting for the WAL's threshold (it may never get there)."""
     db = await _file_db(tmp_path)
     runner = db.sqlite
     assert runner is not None
     asked: list[bool] = []
     monkeypatch.setattr(runner, "_start_checkpoint", lambda: asked.append(True))
+    monkeypatch.setattr(db_module, "_FULL_CHECKPOINT_EVERY_S", 3600.0)
 
     def full(conn: Connection) -> None:
         raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
 
     def other(conn: Connection) -> None:
         raise OperationalError("INSERT", {}, sqlite3.OperationalError("no such table: x"))
+
+    ids = itertools.count()
+
+    def fine(conn: Connection) -> None:
+        conn.execute(insert(uploads_table), upload_row(f"fine{next(ids)}"))
 
     try:
         with pytest.raises(OperationalError):
@@ -375,13 +386,23 @@ async def test_a_write_that_finds_the_disk_full_asks_for_a_checkpoint(
         for _ in range(3):
             with pytest.raises(OperationalError):
                 await db.write(full)
-        assert asked == [True]
-        runner._full_at -= db_module._FULL_CHECKPOINT_EVERY_S
-        with pytest.raises(OperationalError):
-            await db.write(full, quick=True)
+        assert asked == [True]  # (not again within the interval)
+        runner._full_at = -math.inf  # the interval has passed
+        await db.write(fine, quick=True)
+        assert asked == [True, True]  # asked again by a write that succeeded
+        # A checkpoint that succeeds ends it: the WAL's threshold decides again.
+        runner._checkpointed(_done_future())
+        runner._full_at = -math.inf
+        await db.write(fine)
         assert asked == [True, True]
     finally:
         await db.dispose()
+
+
+def _done_future() -> concurrent.futures.Future[None]:
+    fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+    fut.set_result(None)
+    return fut
 
 
 def test_a_small_filesystem_gets_a_smaller_wal(

@@ -83,8 +83,8 @@ _MMAP_BYTES = 256 * 1024 * 1024
 _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 #: The least of it on a small filesystem (see _checkpoint_threshold).
 _MIN_CHECKPOINT_WAL_BYTES = 64 * 1024
-#: A write that finds the disk full asks for a checkpoint at most this often (see
-#: SqliteRunner._disk_full).
+#: After a write found the disk full, checkpoints are asked for at most this often (see
+#: SqliteRunner._deliver).
 _FULL_CHECKPOINT_EVERY_S = 1.0
 #: At most this many units share one transaction on the thread (group commit).
 _MAX_GROUP = 64
@@ -257,7 +257,9 @@ class SqliteRunner:
         #: Held by whoever uses the connection: a unit inline, or the thread.
         self._conn_lock = threading.Lock()
         self._checkpointing = False
-        #: When a write last found the disk full and asked for a checkpoint (monotonic).
+        #: A write found the disk full: a checkpoint is asked for until one succeeds (see
+        #: :meth:`_deliver`), the last time at ``_full_at`` (monotonic).
+        self._checkpoint_wanted = False
         self._full_at = -math.inf
         #: The next write may start the WAL over, which syncs its header even with
         #: synchronous=NORMAL: that write goes to the thread (at start, after a checkpoint).
@@ -370,21 +372,15 @@ class SqliteRunner:
             )
             settle(q.future, ok, value)
         if full:
-            self._disk_full()
-        elif wrote:
+            # The WAL starts over (and writes again into the space its file already holds)
+            # only after a checkpoint, which waits for the WAL to reach its threshold: on a
+            # full disk it may never get there, every write (a deletion that frees space
+            # included) needing more of it. So from now on each write asks for a checkpoint,
+            # at most once a second, until one succeeds: once the database file has room
+            # for what the WAL holds (freed by a deletion, or by an operator).
+            self._checkpoint_wanted = True
+        if wrote:
             self._wrote()
-
-    def _disk_full(self) -> None:
-        """A write found the disk full. The WAL only starts over (and writes again into the
-        space its file already holds) after a checkpoint, which waits for the WAL to reach
-        its threshold: on a full disk it would never get there, and every write, a deletion
-        that frees space included, would keep needing more. So a checkpoint is tried now, at
-        most once a second: it succeeds once the database file has room for what the WAL
-        holds (freed by a deletion, or by an operator)."""
-        now = time.monotonic()
-        if now - self._full_at >= _FULL_CHECKPOINT_EVERY_S:
-            self._full_at = now
-            self._start_checkpoint()
 
     def _run_group(self, group: list[_Queued], *, inline: bool) -> list[tuple[bool, Any] | None]:
         """Run ``group`` (the caller holds the locks inline; the thread takes them): all in
@@ -498,6 +494,12 @@ class SqliteRunner:
     def _wrote(self) -> None:
         if self._checkpointing or self._wal_path is None or self._closed:
             return
+        if self._checkpoint_wanted:
+            now = time.monotonic()
+            if now - self._full_at >= _FULL_CHECKPOINT_EVERY_S:
+                self._full_at = now
+                self._start_checkpoint()
+                return
         try:
             size = os.stat(self._wal_path).st_size
         except OSError:
@@ -558,6 +560,8 @@ class SqliteRunner:
         self._checkpointing = False
         if (exc := fut.exception()) is not None:
             _log.warning("sqlite checkpoint failed", error=str(exc))
+        else:
+            self._checkpoint_wanted = False
 
     async def close(self) -> None:
         self._closed = True
@@ -571,7 +575,9 @@ class SqliteRunner:
     def _close_on_thread(self) -> None:
         with self._conn_lock:
             # What the automatic checkpoints (off on this connection) would have done.
-            with contextlib.suppress(_Busy):
+            # (A lock held by another process, or a full disk: the WAL stays for the next
+            # start; the connection closes all the same.)
+            with contextlib.suppress(_Busy, DBAPIError):
                 self._unit(lambda c: c.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)"), False)
             if self._conn is not None:
                 self._conn.close()
@@ -877,7 +883,7 @@ def _sqlite_pragmas(
     *,
     busy_ms: int = 30000,
     autocheckpoint: bool = True,
-    wal_size_limit: int = 0,
+    wal_size_limit: int = -1,
 ) -> Callable[[Any, Any], None]:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
