@@ -84,19 +84,17 @@ class UserRepository:
         self, username: str, password_hash: str, *, role: str = "user", quota: int | None = None
     ) -> User:
         uid = secrets.token_hex(16)
+        stmt = insert(users).values(
+            id=uid,
+            username=username,
+            password_hash=password_hash,
+            role=role,
+            disabled=False,
+            quota_bytes=quota,
+            created_at=_now(),
+        )
         try:
-            async with self._db.engine.begin() as conn:
-                await conn.execute(
-                    insert(users).values(
-                        id=uid,
-                        username=username,
-                        password_hash=password_hash,
-                        role=role,
-                        disabled=False,
-                        quota_bytes=quota,
-                        created_at=_now(),
-                    )
-                )
+            await self._db.write(lambda conn: conn.execute(stmt))
         except IntegrityError:
             raise UserExists(username) from None
         user = await self.get(uid)
@@ -117,9 +115,8 @@ class UserRepository:
         return await self._db.read(work, quick=True)
 
     async def list(self) -> list[User]:
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(select(users).order_by(users.c.username))
-            return [_user(r) for r in rows.mappings()]
+        query = select(users).order_by(users.c.username)
+        return await self._db.read(lambda conn: [_user(r) for r in conn.execute(query).mappings()])
 
     async def update(self, user_id: str, **values: Any) -> None:
         stmt = update(users).where(users.c.id == user_id).values(**values)
@@ -148,17 +145,15 @@ class UserRepository:
         self, jti: str, user_id: str, expires_at: dt.datetime, *, family: str | None = None
     ) -> None:
         """Keep a refresh token a login issued: it starts a family (a session) of its own."""
-        async with self._db.engine.begin() as conn:
-            await conn.execute(
-                insert(refresh_tokens).values(
-                    jti=jti,
-                    user_id=user_id,
-                    expires_at=expires_at,
-                    revoked=False,
-                    created_at=_now(),
-                    family=family or jti,
-                )
-            )
+        stmt = insert(refresh_tokens).values(
+            jti=jti,
+            user_id=user_id,
+            expires_at=expires_at,
+            revoked=False,
+            created_at=_now(),
+            family=family or jti,
+        )
+        await self._db.write(lambda conn: conn.execute(stmt))
 
     async def rotate_refresh(
         self, jti: str, user_id: str, new_jti: str, new_expires_at: dt.datetime
@@ -210,10 +205,8 @@ class UserRepository:
         return outcome
 
     async def revoke_refresh(self, jti: str) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(
-                update(refresh_tokens).where(refresh_tokens.c.jti == jti).values(revoked=True)
-            )
+        stmt = update(refresh_tokens).where(refresh_tokens.c.jti == jti).values(revoked=True)
+        await self._db.write(lambda conn: conn.execute(stmt))
 
 
 class AuditLog:
@@ -304,8 +297,7 @@ class AuditLog:
             action, actor=actor, outcome=outcome, target=target, ip=ip, detail=detail
         )
         _log.info("audit", **{k: v for k, v in entry.items() if k != "at"})
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(audit_log).values(**entry))
+        await self._db.write(lambda conn: conn.execute(_INSERT_AUDIT, entry))
 
     async def search(
         self,
@@ -344,14 +336,10 @@ class AuditLog:
         if ip:
             query = query.where(audit_log.c.ip == ip)
         query = query.order_by(audit_log.c.id.desc()).limit(limit)
-        async with self._db.engine.connect() as conn:
-            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        rows = await self._db.read(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
         rows.reverse()
         return rows
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
-            )
-            return [dict(r) for r in rows.mappings()]
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        return await self._db.read(lambda conn: [dict(r) for r in conn.execute(query).mappings()])

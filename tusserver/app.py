@@ -137,8 +137,7 @@ class Runtime:
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(5):
-                async with self.db.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+                await self.db.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
