@@ -496,7 +496,7 @@ def _report_signals(metrics: Metrics, audit: AuditLog, pipeline: Pipeline) -> No
 def _cache_bus(db: Database, cache: Cache) -> LocalBus:
     """Invalidations in this process (SQLite), or shared with every instance (PostgreSQL)."""
     if db.dialect == "postgresql":
-        url = db.engine.url.set(drivername="postgresql")
+        url = db.url.set(drivername="postgresql")
         return PostgresBus(cache, url.render_as_string(hide_password=False))
     return LocalBus(cache)
 
@@ -506,7 +506,7 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
     if use_pg:
         from .uploads.pglocks import PostgresLocker
 
-        url = db.engine.url.set(drivername="postgresql")
+        url = db.url.set(drivername="postgresql")
         return PostgresLocker(
             url.render_as_string(hide_password=False),
             timeout=config.lock_timeout,

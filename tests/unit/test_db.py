@@ -75,6 +75,15 @@ async def _file_db(tmp_path: Path, *, durable: bool = False) -> Database:
     return db
 
 
+async def _no_checkpoint_running(db: Database) -> None:
+    """Until a checkpoint the migrations' writes may have started has ended."""
+    assert db.sqlite is not None
+    deadline = asyncio.get_running_loop().time() + 10
+    while db.sqlite._checkpointing:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("durable", [False, True])
 async def test_a_lock_held_by_another_process_never_blocks_the_event_loop(
     tmp_path: Path, durable: bool
@@ -142,6 +151,8 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_bounded(
             assert asyncio.get_running_loop().time() < deadline, "the checkpoint never ended"
             await asyncio.sleep(0.02)
         await repo.update("u0", offset=1000)
+        # (That write may start a checkpoint too; two checkpoints at once: one is busy.)
+        await _no_checkpoint_running(db)
         check = sqlite3.connect(tmp_path / "c.db")
         try:
             # (busy, frames in the WAL, frames checkpointed). After a checkpoint a later
@@ -165,6 +176,12 @@ async def test_units_go_on_while_a_checkpoint_syncs(
     db = await _file_db(tmp_path)
     runner = db.sqlite
     assert runner is not None
+    # The migrations' writes may have started a checkpoint already: the checkpointer's
+    # connection made for it is dropped, so that the next one is made (slow) below.
+    await _no_checkpoint_running(db)
+    if (conn := runner._checkpoint_conn) is not None:
+        await asyncio.wrap_future(runner._checkpointer.submit(conn.close))  # (its thread's)
+        runner._checkpoint_conn = None
     repo = UploadRepository(db)
     started, release = threading.Event(), threading.Event()
     real_connect = sqlite3.connect
@@ -224,6 +241,7 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
     monkeypatch.setattr(db_module, "_checkpoint_threshold", lambda _dir: 64 * 1024)
     db = await _file_db(tmp_path)
     assert db.sqlite is not None
+    await _no_checkpoint_running(db)
     db.sqlite._checkpoint_at = db_module._CHECKPOINT_WAL_BYTES
     where: list[str] = []
     ids = itertools.count()
@@ -251,10 +269,13 @@ async def test_writes_that_may_sync_files_never_run_on_the_event_loop(
         monkeypatch.setattr(db.sqlite, "_checkpoint", checkpoint)
         while not checkpointed.is_set():  # write until a checkpoint has run
             await db.write(write, quick=True)
+        # (Until its end is noted on its thread, writes stay there too.)
+        await _no_checkpoint_running(db)
         await db.write(write, quick=True)
         await db.write(write, quick=True)
         after = where[writes_before[0] :]
-        assert after[0].startswith("sqlite") and after[1] == "MainThread", after
+        # The first write after the checkpoint on the thread; once one has run there, inline.
+        assert after[0].startswith("sqlite") and after[-1] == "MainThread", after
     finally:
         await db.dispose()
     with pytest.raises(RuntimeError, match="closed"):
@@ -427,3 +448,19 @@ def test_a_small_filesystem_gets_a_smaller_wal(
         (10 * 1024**3, db_module._CHECKPOINT_WAL_BYTES),
     ]:
         assert threshold(tmp_path) == want, size
+
+
+async def test_the_async_engine_of_a_sqlite_file_is_made_when_asked_for(tmp_path: Path) -> None:
+    """Tests and admin tools still get an async engine on the same file (whatever the
+    driver the URL named), made at their first use; none is made after dispose()."""
+    db = create_database(f"sqlite:///{tmp_path / 'c.db'}")
+    await upgrade(db)
+    assert db._engine is None
+    async with db.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM uploads")).scalar() == 0
+    await db.dispose()
+    closed = create_database(f"sqlite:///{tmp_path / 'd.db'}")
+    await closed.dispose()
+    with pytest.raises(RuntimeError, match="closed"):
+        closed.engine  # noqa: B018

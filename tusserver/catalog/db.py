@@ -36,7 +36,8 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   lock taken waits in the kernel and is woken when it is free, instead of polling SQLite with
   growing sleeps while the others keep writing (which starved it).
 
-``Database.engine`` (the async engine) stays for migrations, tests and rare admin work.
+``Database.engine`` (the async engine) stays for tests and rare admin work; on SQLite it is
+made at its first use.
 """
 
 from __future__ import annotations
@@ -53,13 +54,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from storage_backends.fileio import private_dirs, private_file
@@ -67,6 +67,9 @@ from storage_backends.fileio import private_dirs, private_file
 from ..cache.bus import DEFERRED_NOTIFY, deferred_statement
 from ..futures import settle
 from . import fastsql
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["Database", "create_database", "is_disk_full"]
 
@@ -92,17 +95,45 @@ _MAX_GROUP = 64
 _MAX_IDLE = 6
 
 
-@dataclass(frozen=True, slots=True)
 class Database:
-    engine: AsyncEngine
-    #: SQLite only: where units of work run (the synchronous engine and its thread).
-    sqlite: SqliteRunner | None = None
-    #: PostgreSQL only: how units of work run (one greenlet each, see PostgresRunner).
-    postgres: PostgresRunner | None = None
+    """The catalog: units of work (:meth:`read`, :meth:`write`) and the async engine.
+
+    A SQLite file catalog runs every unit on :class:`SqliteRunner`; its async engine
+    (aiosqlite, and with it SQLAlchemy's ORM package, ~8 MiB of imports and a connection
+    with a thread of its own) is made only when something asks for :attr:`engine`: tests,
+    admin tools. PostgreSQL runs units on the async engine (:class:`PostgresRunner`)."""
+
+    __slots__ = ("_engine", "_make_engine", "dialect", "postgres", "sqlite", "url")
+
+    def __init__(
+        self,
+        url: URL,
+        *,
+        engine: AsyncEngine | None = None,
+        make_engine: Callable[[], AsyncEngine] | None = None,
+        sqlite: SqliteRunner | None = None,
+        postgres: PostgresRunner | None = None,
+    ) -> None:
+        if engine is None and make_engine is None:
+            raise ValueError("an engine or a way to make one")
+        self.url = url
+        #: ``sqlite`` or ``postgresql``.
+        self.dialect: str = url.get_backend_name()
+        #: SQLite only: where units of work run (the synchronous engine and its thread).
+        self.sqlite = sqlite
+        #: PostgreSQL only: how units of work run (one greenlet each, see PostgresRunner).
+        self.postgres = postgres
+        self._engine = engine
+        self._make_engine = make_engine
 
     @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+    def engine(self) -> AsyncEngine:
+        """The async engine, for work outside units (tests, admin tools)."""
+        if self._engine is None:
+            if self._make_engine is None:
+                raise RuntimeError("the database is closed")
+            self._engine = self._make_engine()
+        return self._engine
 
     @property
     def _runner(self) -> SqliteRunner | PostgresRunner | None:
@@ -132,9 +163,11 @@ class Database:
             return await conn.run_sync(work)
 
     async def dispose(self) -> None:
+        self._make_engine = None  # (none made after this)
         if self.postgres is not None:
             await self.postgres.close()
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
         if self.sqlite is not None:
             await self.sqlite.close()
 
@@ -796,43 +829,35 @@ def _private_sqlite_files(path: Path) -> None:
 
 
 def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> Database:
-    """An engine for ``url``. SQLite gets WAL, a busy timeout and foreign keys.
+    """The catalog at ``url``. SQLite gets WAL, a busy timeout and foreign keys.
 
     ``durable`` selects ``synchronous=FULL`` on SQLite (the ``fsync`` setting); otherwise
     ``NORMAL``, which in WAL mode survives a process crash but not a power loss.
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
-    sqlite = parsed.get_backend_name() == "sqlite"
-    if sqlite:
-        if parsed.database and parsed.database != ":memory:":
-            _private_sqlite_files(Path(parsed.database))
-        kwargs["connect_args"] = {"timeout": 30}
-        if parsed.database and parsed.database != ":memory:":
-            # One connection: SQLite serializes writers anyway, and with several connections
-            # they would wait in SQLite's sleeping busy handler instead of a fair queue.
-            # (An in-memory database keeps SQLAlchemy's StaticPool: one shared connection.)
-            kwargs["pool_size"] = 1
-            kwargs["max_overflow"] = 0
-            kwargs["pool_timeout"] = 60
-            kwargs["pool_reset_on_return"] = None
-    else:
+    if parsed.get_backend_name() != "sqlite":
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
         # asyncpg: a closed connection is replaced at checkout instead (PostgresRunner).
         kwargs["pool_pre_ping"] = parsed.get_driver_name() != "asyncpg"
-    engine = create_async_engine(url, **kwargs)
-    if not sqlite:
+        engine = _async_engine(parsed, kwargs)
         if parsed.get_driver_name() != "asyncpg":
-            return Database(engine)
+            return Database(parsed, engine=engine)
         event.listen(engine.sync_engine, "checkout", _asyncpg_checkout)
-        return Database(engine, postgres=PostgresRunner(engine, capacity=2 * pool_size))
-    pragmas = _sqlite_pragmas("FULL" if durable else "NORMAL")
-    event.listen(engine.sync_engine, "connect", pragmas)
+        postgres = PostgresRunner(engine, capacity=2 * pool_size)
+        return Database(parsed, engine=engine, postgres=postgres)
+    sync_mode = "FULL" if durable else "NORMAL"
+    kwargs["connect_args"] = {"timeout": 30}
     if not parsed.database or parsed.database == ":memory:":
-        # A second engine would open a second, empty in-memory database: units of work run
-        # on the async engine instead (slower, and only used by embedders' tests).
-        return Database(engine)
+        # One shared connection (SQLAlchemy's StaticPool): a second engine would open a
+        # second, empty in-memory database, so units of work run on the async engine
+        # (slower, and only used by embedders' tests).
+        return Database(parsed, engine=_async_engine(parsed, kwargs, _sqlite_pragmas(sync_mode)))
+    _private_sqlite_files(Path(parsed.database))
+    # One connection: SQLite serializes writers anyway, and with several connections they
+    # would wait in SQLite's sleeping busy handler instead of a fair queue.
+    kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60, pool_reset_on_return=None)
     sync_url = parsed.set(drivername="sqlite+pysqlite")
     sync_engine = create_engine(
         sync_url,
@@ -848,21 +873,34 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         sync_engine,
         "connect",
         _sqlite_pragmas(
-            "FULL" if durable else "NORMAL",
-            busy_ms=0,
-            autocheckpoint=False,
-            wal_size_limit=checkpoint_at // 4,
+            sync_mode, busy_ms=0, autocheckpoint=False, wal_size_limit=checkpoint_at // 4
         ),
     )
-    wal = Path(f"{parsed.database}-wal")
     runner = SqliteRunner(
         sync_engine,
         durable=durable,
-        wal_path=wal,
+        wal_path=Path(f"{parsed.database}-wal"),
         writer_lock_path=Path(f"{parsed.database}-writer.lock"),
         checkpoint_at=checkpoint_at,
     )
-    return Database(engine, runner)
+    return Database(
+        parsed,
+        make_engine=lambda: _async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"), kwargs, _sqlite_pragmas(sync_mode)
+        ),
+        sqlite=runner,
+    )
+
+
+def _async_engine(
+    url: URL, kwargs: dict[str, Any], on_connect: Callable[[Any, Any], None] | None = None
+) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url, **kwargs)
+    if on_connect is not None:
+        event.listen(engine.sync_engine, "connect", on_connect)
+    return engine
 
 
 def _checkpoint_threshold(directory: Path) -> int:
