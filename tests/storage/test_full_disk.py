@@ -135,11 +135,11 @@ async def test_a_patch_that_fills_the_disk_gets_507_and_resumes_byte_exact(
     assert got == data
 
 
+# The SQLite catalog is the one in the data directory (PostgreSQL's is elsewhere).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_full_catalog_is_507_and_recovers(
     make_client: MakeClient, small_fs: Path, database_url: str
 ) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the SQLite catalog is the one in the data directory")
     db = small_fs / "catalog.db"
     client = await make_client(data_dir=small_fs, database_url=f"sqlite+aiosqlite:///{db}")
     await create(client, 10)
@@ -165,6 +165,8 @@ async def test_a_full_catalog_is_507_and_recovers(
     assert status == 200, body
 
 
+# The SQLite catalog is the one in the data directory (PostgreSQL's is elsewhere).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_files_deleted_through_the_api_make_room_again(
     make_client: MakeClient, small_fs: Path, database_url: str
 ) -> None:
@@ -172,8 +174,6 @@ async def test_files_deleted_through_the_api_make_room_again(
     on that same full disk) frees room for new uploads. The catalog's WAL must not take the
     freed space for itself: on a small filesystem it is checkpointed sooner, and a full disk
     asks for a checkpoint."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the SQLite catalog is the one in the data directory")
     db = small_fs / "catalog.db"
     client = await make_client(
         data_dir=small_fs,
