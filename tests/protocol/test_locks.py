@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -14,6 +15,7 @@ from tests.pipeline.helpers import runtime
 from tusserver import TusServerConfig, create_app
 from tusserver.protocol.errors import LockTimeout
 from tusserver.uploads.locks import InProcessLocker
+from tusserver.uploads.pglocks import PostgresLocker, advisory_key
 
 from .test_core import create, head, patch
 
@@ -185,3 +187,95 @@ async def test_a_head_on_a_finished_upload_needs_no_shared_lock(make_client: Mak
     # Someone else's finished upload still reads as missing.
     other = await head(client, finished.rsplit("/", 1)[0] + "/" + "0" * 32)
     assert other.status == 404
+
+
+def _lock_dsn(pg_url: str) -> str:
+    return pg_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.mark.postgres
+async def test_lock_calls_of_concurrent_requests_share_round_trips(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock connection carries one statement at a time: the lock and unlock calls made
+    while one is out go together in the next, each still answered on its own."""
+    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
+    b = PostgresLocker(_lock_dsn(pg_url), timeout=0.3)
+    await a.open()
+    await b.open()
+    statements: list[int] = []
+    real_fetch = asyncpg.Connection.fetch
+
+    async def counted(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+        if conn is a._conn:
+            statements.append(len(args[0]))
+        return await real_fetch(conn, query, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", counted)
+    try:
+        held = asyncio.Event()
+        go = asyncio.Event()
+        ids = [f"grouped-{i}" for i in range(20)]
+        entered = 0
+
+        async def request(upload_id: str) -> None:
+            nonlocal entered
+            async with a.lock(upload_id):
+                entered += 1
+                if entered == len(ids):
+                    held.set()
+                await go.wait()
+
+        tasks = [asyncio.create_task(request(u)) for u in ids]
+        await asyncio.wait_for(held.wait(), 10)
+        # Every one of them is held across instances: the other instance cannot take it.
+        for upload_id in (ids[0], ids[-1]):
+            with pytest.raises(LockTimeout):
+                async with b.lock(upload_id):
+                    pass
+        go.set()
+        await asyncio.gather(*tasks)
+        assert sum(statements) == 2 * len(ids)  # every call was made, once
+        assert len(statements) < 2 * len(ids), statements  # in fewer round trips
+        async with b.lock(ids[0]), b.lock(ids[-1]):  # released
+            pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.postgres
+async def test_a_lock_granted_after_its_request_gave_up_is_released(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
+    b = PostgresLocker(_lock_dsn(pg_url), timeout=5)
+    await a.open()
+    await b.open()
+    sent: list[list[bool]] = []
+    real_fetch = asyncpg.Connection.fetch
+
+    async def recorded(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+        if conn is a._conn:
+            sent.append(args[1])
+        return await real_fetch(conn, query, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", recorded)
+    try:
+        # The call is on its way when its request is cancelled.
+        waiter = asyncio.create_task(a._try_lock(advisory_key("given-up")))
+        await asyncio.sleep(0)
+        assert a._sender is not None
+        sender = a._sender
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.wait_for(sender, 5)
+        while a._sender is not None:  # the unlock that followed
+            await asyncio.wait_for(a._sender, 5)
+        assert waiter.cancelled()
+        assert sent == [[True], [False]]  # granted, then released
+        async with asyncio.timeout(2), b.lock("given-up"):
+            pass
+    finally:
+        await a.close()
+        await b.close()

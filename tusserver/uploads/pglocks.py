@@ -7,6 +7,12 @@ Lock breaking works across instances too: a request that finds the upload held e
 sends ``NOTIFY tusserver_release, '<upload id>'``; the holding instance asks its request to
 let go. If the lock connection dies, PostgreSQL releases every lock of this instance, so this
 instance immediately asks all its holders to stop writing, and reconnects.
+
+The connection carries one statement at a time, so the lock and unlock calls of concurrent
+requests are grouped: the calls made while a round trip is out go together in the next one,
+as one statement over arrays, in the order they were made. Under load that is one round trip
+for many requests instead of two each, on a connection every request of the instance waits
+for. A lock granted to a request that gave up meanwhile is released at once.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncpg
 import structlog
 
 from ..errors import LockTimeout, ServiceUnavailable
+from ..futures import settle
 from .locks import InProcessLocker, ReleaseCallback
 
 __all__ = ["PostgresLocker", "advisory_key"]
@@ -29,6 +36,17 @@ __all__ = ["PostgresLocker", "advisory_key"]
 _log = structlog.get_logger("tusserver.locks")
 CHANNEL = "tusserver_release"
 _POLL = 0.05
+#: The lock (``take``) and unlock calls of one round trip, in the order they were made (the
+#: rows of a function scan over ``unnest`` come in the arrays' order).
+_ADVISORY_CALLS = (
+    "SELECT CASE WHEN c.take THEN pg_try_advisory_lock(c.key)"
+    " ELSE pg_advisory_unlock(c.key) END"
+    " FROM unnest($1::bigint[], $2::boolean[]) WITH ORDINALITY AS c(key, take, n)"
+    " ORDER BY c.n"
+)
+
+#: One queued call: lock (True) or unlock (False), the key, and who waits for its outcome.
+_Call = tuple[bool, int, "asyncio.Future[bool]"]
 
 
 def advisory_key(upload_id: str) -> int:
@@ -52,6 +70,8 @@ class PostgresLocker:
         self._conn_lock = asyncio.Lock()
         self._held: dict[str, ReleaseCallback | None] = {}
         self._closing = False
+        self._calls: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._connection()
@@ -92,19 +112,65 @@ class PostgresLocker:
                 callback()
 
     async def _try_lock(self, key: int) -> bool:
-        async with self._conn_lock:
-            conn = await self._connection()
-            try:
-                return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise ServiceUnavailable(f"the lock database failed: {exc}") from exc
+        return await self._call(True, key)
 
     async def _unlock(self, key: int) -> None:
-        async with self._conn_lock:
-            if self._conn is None or self._conn.is_closed():
-                return  # the session is gone, and its locks with it
-            with contextlib.suppress(Exception):
-                await self._conn.fetchval("SELECT pg_advisory_unlock($1)", key)
+        with contextlib.suppress(ServiceUnavailable):
+            await self._call(False, key)
+
+    def _call(self, take: bool, key: int) -> asyncio.Future[bool]:
+        """Queue a lock (``take``) or unlock call for the next round trip. A lock's future
+        fails with :class:`ServiceUnavailable` if the lock database does; an unlock's is
+        False then (the session, and its locks, are gone)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._calls.append((take, key, future))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_calls())
+        return future
+
+    async def _send_calls(self) -> None:
+        calls: list[_Call] = []
+        try:
+            while self._calls:
+                calls, self._calls = self._calls, []
+                async with self._conn_lock:
+                    await self._round_trip(calls)
+                calls = []
+        except BaseException as exc:
+            # (Cancelled at the loop's end, say: no caller is left waiting.)
+            for _take, _key, future in [*calls, *self._calls]:
+                settle(future, False, ServiceUnavailable(f"the lock database failed: {exc!r}"))
+            self._calls = []
+            raise
+        finally:
+            self._sender = None
+
+    async def _round_trip(self, calls: list[_Call]) -> None:
+        # A lock whose caller gave up before it was sent is not taken.
+        calls = [c for c in calls if not (c[0] and c[2].done())]
+        if self._conn is None or self._conn.is_closed():
+            # The session is gone, and its locks with it: nothing to unlock.
+            for take, _key, future in calls:
+                if not take:
+                    settle(future, True, False)
+            calls = [c for c in calls if c[0]]
+        if not calls:
+            return
+        try:
+            conn = await self._connection()
+            rows = await conn.fetch(_ADVISORY_CALLS, [c[1] for c in calls], [c[0] for c in calls])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ServiceUnavailable) as exc:
+            for take, _key, future in calls:
+                if take:
+                    settle(future, False, _unavailable(exc))
+                else:
+                    settle(future, True, False)
+            return
+        for (take, key, future), row in zip(calls, rows, strict=True):
+            granted = bool(row[0])
+            if take and granted and future.done():
+                self._calls.append((False, key, future.get_loop().create_future()))
+            settle(future, True, granted)
 
     async def _notify(self, upload_id: str) -> None:
         async with self._conn_lock:
@@ -139,3 +205,9 @@ class PostgresLocker:
             finally:
                 self._held.pop(upload_id, None)
                 await self._unlock(key)
+
+
+def _unavailable(exc: BaseException) -> ServiceUnavailable:
+    if isinstance(exc, ServiceUnavailable):
+        return ServiceUnavailable(exc.message)
+    return ServiceUnavailable(f"the lock database failed: {exc}")
