@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tests.pipeline.helpers import runtime
 from tusserver import TusServerConfig, create_app
-from tusserver.protocol.errors import LockTimeout
+from tusserver.protocol.errors import LockTimeout, ServiceUnavailable
 from tusserver.uploads.locks import InProcessLocker
 from tusserver.uploads.pglocks import PostgresLocker, advisory_key
 
@@ -269,13 +269,141 @@ async def test_a_lock_granted_after_its_request_gave_up_is_released(
         sender = a._sender
         await asyncio.sleep(0)
         waiter.cancel()
-        await asyncio.wait_for(sender, 5)
-        while a._sender is not None:  # the unlock that followed
-            await asyncio.wait_for(a._sender, 5)
+        await asyncio.wait_for(sender, 5)  # (the unlock that follows is sent by it too)
         assert waiter.cancelled()
         assert sent == [[True], [False]]  # granted, then released
         async with asyncio.timeout(2), b.lock("given-up"):
             pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _locker_pair(pg_url: str) -> tuple[PostgresLocker, PostgresLocker]:
+    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
+    b = PostgresLocker(_lock_dsn(pg_url), timeout=0.3)
+    await a.open()
+    await b.open()
+    return a, b
+
+
+def _record_fetches(
+    monkeypatch: pytest.MonkeyPatch, locker: PostgresLocker, after: Any = None
+) -> list[list[bool]]:
+    """The lock (True) and unlock (False) calls of each round trip of ``locker``;
+    ``after(conn)``, if given, runs once each has returned."""
+    sent: list[list[bool]] = []
+    real_fetch = asyncpg.Connection.fetch
+
+    async def recorded(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+        if conn is not locker._conn:
+            return await real_fetch(conn, query, *args)
+        sent.append(list(args[1]))
+        rows = await real_fetch(conn, query, *args)
+        if after is not None:
+            after(conn)
+        return rows
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", recorded)
+    return sent
+
+
+@pytest.mark.postgres
+async def test_calls_of_one_round_trip_are_made_and_answered_in_order(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Advisory locks count: an unlock of a key not held is False, a second lock of a key
+    held by the same session is True and needs a second unlock."""
+    a, b = await _locker_pair(pg_url)
+    sent = _record_fetches(monkeypatch, a)
+    key = advisory_key("ordered")
+    try:
+        calls = [a._call(False, key), a._call(True, key), a._call(True, key)]
+        calls += [a._call(False, key), a._call(False, key), a._call(False, key)]
+        assert [await c for c in calls] == [False, True, True, True, True, False]
+        assert sent == [[False, True, True, False, False, False]]  # one round trip
+        async with b.lock("ordered"):  # nothing left held
+            pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.postgres
+async def test_a_lock_whose_request_gave_up_before_it_was_sent_is_not_taken(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await _locker_pair(pg_url)
+    sent = _record_fetches(monkeypatch, a)
+    try:
+        gone = asyncio.create_task(a._try_lock(advisory_key("never-sent")))
+        kept = asyncio.create_task(a._try_lock(advisory_key("sent")))
+        await asyncio.sleep(0)  # both queued
+        gone.cancel()
+        assert await kept is True
+        assert gone.cancelled()
+        assert sent == [[True]]
+        async with b.lock("never-sent"):
+            pass
+        await a._unlock(advisory_key("sent"))
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.postgres
+async def test_a_lock_answered_as_its_request_was_cancelled_is_released(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer (granted) is in, but the request is cancelled before it runs again (a
+    timeout expiring at that moment): the lock is given back, not left to the session."""
+    a, b = await _locker_pair(pg_url)
+    waiter: asyncio.Task[bool] | None = None
+
+    def cancel_when_answered(_conn: Any) -> None:
+        assert waiter is not None
+        asyncio.get_running_loop().call_soon(waiter.cancel)
+
+    sent = _record_fetches(monkeypatch, a, after=cancel_when_answered)
+    try:
+        waiter = asyncio.create_task(a._try_lock(advisory_key("answered")))
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        while a._sender is not None:
+            await asyncio.wait_for(asyncio.shield(a._sender), 5)
+        assert sent == [[True], [False]]
+        async with b.lock("answered"):
+            pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.postgres
+async def test_a_failed_round_trip_ends_the_session_and_tells_the_holders(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls of a statement that failed may have taken effect before it failed: the lock
+    session is ended (all its locks released), the holders are asked to let go, and the
+    callers are told the lock database failed."""
+    a, b = await _locker_pair(pg_url)
+    released = asyncio.Event()
+    failing = False
+
+    def fail(_conn: Any) -> None:
+        if failing:
+            raise asyncpg.exceptions.OutOfMemoryError("out of shared memory")
+
+    _record_fetches(monkeypatch, a, after=fail)
+    try:
+        async with a.lock("held", on_release=released.set):
+            failing = True
+            with pytest.raises(ServiceUnavailable):
+                async with a.lock("next"):
+                    pass
+            await asyncio.wait_for(released.wait(), 5)
+            async with b.lock("held"), b.lock("next"):  # the session's locks are gone
+                pass
     finally:
         await a.close()
         await b.close()

@@ -78,6 +78,9 @@ class PostgresLocker:
 
     async def close(self) -> None:
         self._closing = True
+        if self._sender is not None:  # the calls already made are answered first
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._sender), 5)
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
@@ -86,6 +89,8 @@ class PostgresLocker:
     async def _connection(self) -> Any:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
+        if self._closing:
+            raise ServiceUnavailable("the server is stopping")
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -112,11 +117,23 @@ class PostgresLocker:
                 callback()
 
     async def _try_lock(self, key: int) -> bool:
-        return await self._call(True, key)
+        call = self._call(True, key)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            # Answered, but its request was cancelled before it could take the lock: given
+            # back. (A call cancelled before its answer is given back when that comes.)
+            if call.done() and not call.cancelled() and call.exception() is None and call.result():
+                self._give_back(key)
+            raise
 
     async def _unlock(self, key: int) -> None:
-        with contextlib.suppress(ServiceUnavailable):
-            await self._call(False, key)
+        await self._call(False, key)
+
+    def _give_back(self, key: int) -> None:
+        """Unlock a lock that nobody holds, before any call made since."""
+        self._calls.insert(0, (False, key, asyncio.get_running_loop().create_future()))
+        self._start_sending()
 
     def _call(self, take: bool, key: int) -> asyncio.Future[bool]:
         """Queue a lock (``take``) or unlock call for the next round trip. A lock's future
@@ -124,9 +141,12 @@ class PostgresLocker:
         False then (the session, and its locks, are gone)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._calls.append((take, key, future))
+        self._start_sending()
+        return future
+
+    def _start_sending(self) -> None:
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_calls())
-        return future
 
     async def _send_calls(self) -> None:
         calls: list[_Call] = []
@@ -138,8 +158,7 @@ class PostgresLocker:
                 calls = []
         except BaseException as exc:
             # (Cancelled at the loop's end, say: no caller is left waiting.)
-            for _take, _key, future in [*calls, *self._calls]:
-                settle(future, False, ServiceUnavailable(f"the lock database failed: {exc!r}"))
+            _fail([*calls, *self._calls], f"the lock database failed: {exc!r}")
             self._calls = []
             raise
         finally:
@@ -158,18 +177,23 @@ class PostgresLocker:
             return
         try:
             conn = await self._connection()
+        except ServiceUnavailable as exc:
+            _fail(calls, exc.message)
+            return
+        try:
             rows = await conn.fetch(_ADVISORY_CALLS, [c[1] for c in calls], [c[0] for c in calls])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ServiceUnavailable) as exc:
-            for take, _key, future in calls:
-                if take:
-                    settle(future, False, _unavailable(exc))
-                else:
-                    settle(future, True, False)
+        except Exception as exc:
+            # Some of the calls may have taken effect before the one that failed (a
+            # session's advisory locks outlive the statement): the session is ended, which
+            # releases all its locks, and their holders are told (_on_lost).
+            if not conn.is_closed():
+                conn.terminate()
+            _fail(calls, f"the lock database failed: {exc}")
             return
         for (take, key, future), row in zip(calls, rows, strict=True):
             granted = bool(row[0])
             if take and granted and future.done():
-                self._calls.append((False, key, future.get_loop().create_future()))
+                self._calls.insert(0, (False, key, future.get_loop().create_future()))
             settle(future, True, granted)
 
     async def _notify(self, upload_id: str) -> None:
@@ -207,7 +231,11 @@ class PostgresLocker:
                 await self._unlock(key)
 
 
-def _unavailable(exc: BaseException) -> ServiceUnavailable:
-    if isinstance(exc, ServiceUnavailable):
-        return ServiceUnavailable(exc.message)
-    return ServiceUnavailable(f"the lock database failed: {exc}")
+def _fail(calls: list[_Call], message: str) -> None:
+    """The calls could not be made: locks fail, unlocks are done (nobody waits on an
+    unlock's error: if it was not made, its session is being ended)."""
+    for take, _key, future in calls:
+        if take:
+            settle(future, False, ServiceUnavailable(message))
+        else:
+            settle(future, True, False)
