@@ -3,6 +3,7 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from pathlib import Path
@@ -247,3 +248,54 @@ async def test_many_rows_match_sqlalchemy(db: Database) -> None:
 
     with pytest.raises(IntegrityError):
         await db.write(duplicate)
+
+
+async def test_a_file_row_its_link_and_the_finish_are_written_alike_on_both(
+    db: Database,
+) -> None:
+    """create_for_upload: three statements on SQLite, one on PostgreSQL (WITH clauses, where
+    SQLAlchemy fills in no column default): the same rows either way, and a second call for
+    the same upload gives the first file."""
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    await db.write(lambda conn: conn.execute(uploads_module._INSERT, _upload("u1", now)))
+    repo = files_module.FileRepository(db)
+    new = files_module.NewFile(
+        id="f1",
+        owner="bob",
+        name="Ä b.txt",
+        size=3,
+        declared_type="text/plain",
+        metadata={"filename": "Ä b.txt"},
+        upload_id="u1",
+        protocol="tus",
+        client=None,
+        started_at=now,
+        finished_at=now,
+    )
+    finish = {"offset": 3, "length": 3, "state": "finished", "updated_at": now}
+    assert await repo.create_for_upload(new, now, finish=finish) == "f1"
+    again = dataclasses.replace(new, id="f2")
+    assert await repo.create_for_upload(again, now, finish=finish) == "f1"
+
+    def read(conn: Connection) -> tuple[Any, Any]:
+        return (
+            fastsql.first(conn, files_module._BY_ID, {"id": "f1"}),
+            fastsql.first(conn, uploads_module._BY_ID, {"id": "u1"}),
+        )
+
+    file_row, upload_row = await db.read(read)
+    assert file_row is not None and upload_row is not None
+    assert {k: file_row[k] for k in ("upload_id", "name", "name_folded", "meta", "tags")} == {
+        "upload_id": "u1",
+        "name": "Ä b.txt",
+        "name_folded": "ä b.txt",
+        "meta": {"filename": "Ä b.txt"},
+        "tags": [],
+    }
+    # The Python-side defaults of the columns it leaves out:
+    assert file_row["folder"] == "/" and file_row["attempts"] == 0
+    assert file_row["location_stripped"] is False and file_row["thumbnail_bytes"] == 0
+    assert file_row["created_at"] == now and file_row["status"] == "received"
+    assert upload_row["file_id"] == "f1" and upload_row["state"] == "finished"
+    assert (upload_row["offset"], upload_row["length"]) == (3, 3)
+    assert await db.read(lambda conn: conn.execute(select(files.c.id)).scalars().all()) == ["f1"]

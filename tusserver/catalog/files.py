@@ -5,11 +5,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -147,6 +160,36 @@ _BY_ID = _SELECT.where(files.c.id == bindparam("id"))
 _INSERT_FILE = insert(files)
 _INSERT_LINK = insert(file_uploads)
 _POINT_BACK = update_by_id(uploads, ("file_id",))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_link_point_back(
+    file_columns: tuple[str, ...], link_columns: tuple[str, ...], upload_columns: tuple[str, ...]
+) -> Update:
+    """PostgreSQL: the file row, its link and the upload's point-back as one statement
+    (data-modifying WITH clauses, which SQLite lacks): one round trip instead of three.
+    Parameters: ``f_<column>`` (files), ``l_<column>`` (file_uploads) and those of
+    :func:`update_by_id` for the upload. Statements in a WITH clause get no Python-side
+    column defaults from SQLAlchemy: give every column (:func:`_with_defaults`)."""
+    new_file = insert(files).values({k: bindparam("f_" + k) for k in file_columns})
+    new_link = insert(file_uploads).values({k: bindparam("l_" + k) for k in link_columns})
+    return (
+        update_by_id(uploads, upload_columns)
+        .add_cte(new_file.cte("new_file"))
+        .add_cte(new_link.cte("new_link"))
+    )
+
+
+def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` and the scalar Python-side default of each column of ``table`` it leaves out."""
+    full = dict(row)
+    for column in table.columns:
+        default = column.default
+        if column.key not in full and default is not None and default.is_scalar:
+            full[column.key] = default.arg  # type: ignore[attr-defined]
+    return full
+
+
 #: What a claim requires of a row (pending, no live lease) and what it sets: written once,
 #: for the claim of one file and the claim of a batch.
 _CLAIMABLE = (
@@ -249,6 +292,13 @@ class FileRepository:
         point_back = by_id_params(new.upload_id, values)
 
         def work(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":  # (a statement is a round trip there)
+                file_row, link_row = _with_defaults(files, row), _with_defaults(file_uploads, link)
+                stmt = _file_link_point_back(tuple(file_row), tuple(link_row), tuple(values))
+                params = {"f_" + k: v for k, v in file_row.items()}
+                params.update(("l_" + k, v) for k, v in link_row.items())
+                fastsql.execute(conn, stmt, {**params, **point_back})
+                return
             fastsql.execute(conn, _INSERT_FILE, row)
             fastsql.execute(conn, _INSERT_LINK, link)
             fastsql.execute(conn, point_back_stmt, point_back)
