@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.util import await_only
 
 from tests.upload_rows import upload_row
 from tusserver.cache import CHANNEL, FILES, NotifyOnly
@@ -204,3 +205,72 @@ async def test_closing_commits_the_quick_writes_still_queued_and_refuses_new_uni
     assert await _count(pg_url, prefix + "%") == 3
     with pytest.raises(RuntimeError, match="closed"):
         await _insert(database, f"{prefix}late")
+
+
+async def test_writes_queued_while_two_groups_are_out_go_together_in_the_next(
+    pg_url: str,
+) -> None:
+    """At most two groups of quick writes at once: the writes of later turns of the event
+    loop wait for one of them to end, then share one transaction; close() runs those still
+    queued before it ends."""
+    db = create_database(pg_url)
+    await upgrade(db)
+    runner = db.postgres
+    assert runner is not None
+    commits = _count_commits(db)
+    prefix = "out-" + secrets.token_hex(4)
+    release = asyncio.Event()
+    started = 0
+
+    async def blocked(upload_id: str) -> Any:
+        # A unit that holds its group open until released (it waits on the event loop
+        # through the greenlet, as a statement would).
+        def work(conn: Connection) -> str:
+            nonlocal started
+            started += 1
+            conn.execute(insert(uploads_table), upload_row(upload_id))
+            await_only(release.wait())
+            return upload_id
+
+        return await db.write(work, quick=True)
+
+    try:
+        first = asyncio.create_task(blocked(f"{prefix}-g1"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(blocked(f"{prefix}-g2"))
+        await asyncio.sleep(0.05)
+        assert started == 2 and len(runner._groups) == 2
+        later: list[asyncio.Task[Any]] = []
+        for turn in range(5):  # five turns of the event loop, a write each
+            later.append(asyncio.create_task(_insert(db, f"{prefix}-w{turn}")))
+            await asyncio.sleep(0.01)
+        assert len(runner._groups) == 2 and len(runner._pending) == 5
+        before = commits[0]
+        release.set()
+        assert await asyncio.gather(first, second, *later) == [
+            f"{prefix}-g1",
+            f"{prefix}-g2",
+            *(f"{prefix}-w{turn}" for turn in range(5)),
+        ]
+        assert commits[0] - before == 3  # the two groups, then the five writes in one
+        assert await _count(pg_url, prefix + "%") == 7
+        # Queued when the database closes: run, not dropped.
+        release.clear()
+        held = asyncio.create_task(blocked(f"{prefix}-h1"))
+        held2 = asyncio.create_task(blocked(f"{prefix}-h2"))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(_insert(db, f"{prefix}-last"))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(db.dispose())
+        await asyncio.sleep(0.01)
+        release.set()
+        await closing
+        assert await asyncio.gather(held, held2, queued) == [
+            f"{prefix}-h1",
+            f"{prefix}-h2",
+            f"{prefix}-last",
+        ]
+        assert await _count(pg_url, prefix + "%") == 10
+    finally:
+        release.set()
+        await db.dispose()
