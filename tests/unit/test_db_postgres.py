@@ -17,6 +17,7 @@ from sqlalchemy.util import await_only
 
 from tests.upload_rows import upload_row
 from tusserver.cache import CHANNEL, FILES, NotifyOnly
+from tusserver.catalog import db as db_module
 from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade
 from tusserver.catalog.schema import uploads as uploads_table
@@ -208,11 +209,12 @@ async def test_closing_commits_the_quick_writes_still_queued_and_refuses_new_uni
 
 
 async def test_writes_queued_while_two_groups_are_out_go_together_in_the_next(
-    pg_url: str,
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At most two groups of quick writes at once: the writes of later turns of the event
     loop wait for one of them to end, then share one transaction; close() runs those still
     queued before it ends."""
+    monkeypatch.setattr(db_module, "_SLOW_GROUP_S", 60.0)  # (none is slow here)
     db = create_database(pg_url)
     await upgrade(db)
     runner = db.postgres
@@ -271,6 +273,43 @@ async def test_writes_queued_while_two_groups_are_out_go_together_in_the_next(
             f"{prefix}-last",
         ]
         assert await _count(pg_url, prefix + "%") == 10
+    finally:
+        release.set()
+        await db.dispose()
+
+
+async def test_two_slow_groups_hold_back_the_writes_behind_them_only_so_long(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups out for longer than _SLOW_GROUP_S (a row lock, a connection that hangs) no
+    longer count: the writes queued behind them start a group of their own."""
+    monkeypatch.setattr(db_module, "_SLOW_GROUP_S", 0.3)
+    db = create_database(pg_url)
+    await upgrade(db)
+    prefix = "slow-" + secrets.token_hex(4)
+    release = asyncio.Event()
+
+    def held(upload_id: str) -> Any:
+        def work(conn: Connection) -> str:
+            conn.execute(insert(uploads_table), upload_row(upload_id))
+            await_only(release.wait())
+            return upload_id
+
+        return db.write(work, quick=True)
+
+    try:
+        stuck = [asyncio.create_task(held(f"{prefix}-s{i}")) for i in range(2)]
+        await asyncio.sleep(0.05)
+        stuck.append(asyncio.create_task(held(f"{prefix}-s2")))  # (in the second group)
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await asyncio.wait_for(_insert(db, f"{prefix}-w"), 10) == f"{prefix}-w"
+        assert loop.time() - started >= 0.1  # it waited for them to become slow
+        assert not any(task.done() for task in stuck)
+        release.set()
+        assert len(await asyncio.gather(*stuck)) == 3
+        assert await _count(pg_url, prefix + "%") == 4
     finally:
         release.set()
         await db.dispose()

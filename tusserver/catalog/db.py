@@ -93,8 +93,10 @@ _FULL_CHECKPOINT_EVERY_S = 1.0
 _MAX_GROUP = 64
 #: PostgreSQL: connections kept open between units, of each kind (see PostgresRunner).
 _MAX_IDLE = 6
-#: PostgreSQL: groups of quick writes running at once (see PostgresRunner).
+#: PostgreSQL: groups of quick writes running at once (see PostgresRunner), not counting
+#: those out for longer than _SLOW_GROUP_S (waiting for a lock, a connection that hangs).
 _MAX_GROUPS_AT_ONCE = 2
+_SLOW_GROUP_S = 1.0
 
 
 class Database:
@@ -660,6 +662,10 @@ class PostgresRunner:
         self._scheduled = False
         #: Groups running (kept referenced until done; awaited by close).
         self._groups: set[asyncio.Task[None]] = set()
+        #: When each running group started (loop time), and the flush due when the oldest
+        #: of them becomes slow (see _flush).
+        self._started: dict[asyncio.Task[None], float] = {}
+        self._recheck: asyncio.TimerHandle | None = None
         #: Connections kept open between units, in autocommit (quick reads) or not.
         self._idle: dict[bool, list[Connection]] = {False: [], True: []}
         self._closed = False
@@ -682,23 +688,37 @@ class PostgresRunner:
         """The quick writes queued since the last turn of the event loop: one group, run in
         one transaction on one connection (see :meth:`_group`)."""
         self._scheduled = False
-        if len(self._groups) >= _MAX_GROUPS_AT_ONCE:
-            return  # (the end of one flushes again: _group_done)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        recent = [t for t in self._started.values() if now - t < _SLOW_GROUP_S]
+        if len(recent) >= _MAX_GROUPS_AT_ONCE:
+            # The end of one flushes again (_group_done), or the oldest becoming slow: a
+            # group that waits long holds back the writes queued behind it only so long.
+            if self._recheck is None:
+                self._recheck = loop.call_at(min(recent) + _SLOW_GROUP_S, self._slow_group)
+            return
         group = [q for q in self._pending[:_MAX_GROUP] if not q.future.done()]
         del self._pending[:_MAX_GROUP]
         if self._pending:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         if group:
-            task = asyncio.get_running_loop().create_task(self._run_group(group))
+            task = loop.create_task(self._run_group(group))
             self._groups.add(task)
+            self._started[task] = now
             task.add_done_callback(self._group_done)
 
     def _group_done(self, task: asyncio.Task[None]) -> None:
         self._groups.discard(task)
+        self._started.pop(task, None)
         if self._pending and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _slow_group(self) -> None:
+        self._recheck = None
+        if self._pending and not self._scheduled:
+            self._flush()
 
     async def _run_group(self, group: list[_Queued]) -> None:
         try:
@@ -740,6 +760,9 @@ class PostgresRunner:
 
     async def close(self) -> None:
         self._closed = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         # Quick writes whose turn has not come yet run now, not after.
         while self._pending or self._groups:
             if self._pending:
