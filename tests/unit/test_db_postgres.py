@@ -249,7 +249,7 @@ async def test_writes_queued_while_two_groups_are_out_go_together_in_the_next(
         assert len(runner._groups) == 2 and len(runner._pending) == 5
         before = commits[0]
         release.set()
-        assert await asyncio.gather(first, second, *later) == [
+        assert await asyncio.wait_for(asyncio.gather(first, second, *later), 10) == [
             f"{prefix}-g1",
             f"{prefix}-g2",
             *(f"{prefix}-w{turn}" for turn in range(5)),
@@ -259,15 +259,17 @@ async def test_writes_queued_while_two_groups_are_out_go_together_in_the_next(
         # Queued when the database closes: run, not dropped.
         release.clear()
         held = asyncio.create_task(blocked(f"{prefix}-h1"))
+        await asyncio.sleep(0.05)
         held2 = asyncio.create_task(blocked(f"{prefix}-h2"))
         await asyncio.sleep(0.05)
         queued = asyncio.create_task(_insert(db, f"{prefix}-last"))
         await asyncio.sleep(0.01)
+        assert len(runner._groups) == 2 and len(runner._pending) == 1
         closing = asyncio.create_task(db.dispose())
         await asyncio.sleep(0.01)
         release.set()
-        await closing
-        assert await asyncio.gather(held, held2, queued) == [
+        await asyncio.wait_for(closing, 10)
+        assert await asyncio.wait_for(asyncio.gather(held, held2, queued), 10) == [
             f"{prefix}-h1",
             f"{prefix}-h2",
             f"{prefix}-last",
@@ -283,7 +285,7 @@ async def test_two_slow_groups_hold_back_the_writes_behind_them_only_so_long(
 ) -> None:
     """Groups out for longer than _SLOW_GROUP_S (a row lock, a connection that hangs) no
     longer count: the writes queued behind them start a group of their own."""
-    monkeypatch.setattr(db_module, "_SLOW_GROUP_S", 0.3)
+    monkeypatch.setattr(db_module, "_SLOW_GROUP_S", 0.5)
     db = create_database(pg_url)
     await upgrade(db)
     prefix = "slow-" + secrets.token_hex(4)
@@ -305,7 +307,7 @@ async def test_two_slow_groups_hold_back_the_writes_behind_them_only_so_long(
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await asyncio.wait_for(_insert(db, f"{prefix}-w"), 10) == f"{prefix}-w"
-        assert loop.time() - started >= 0.1  # it waited for them to become slow
+        assert loop.time() - started >= 0.3  # it waited for them to become slow
         assert not any(task.done() for task in stuck)
         release.set()
         assert len(await asyncio.gather(*stuck)) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -19,7 +20,7 @@ from tusserver.catalog import files as files_module
 from tusserver.catalog import uploads as uploads_module
 from tusserver.catalog.db import Database, create_database
 from tusserver.catalog.migrate import upgrade
-from tusserver.catalog.schema import by_id_params, files, update_by_id, uploads
+from tusserver.catalog.schema import by_id_params, file_uploads, files, update_by_id, uploads
 
 
 @pytest.fixture
@@ -268,29 +269,46 @@ async def test_a_file_row_its_link_and_the_finish_are_written_alike_on_both(
         metadata={"filename": "Ä b.txt"},
         upload_id="u1",
         protocol="tus",
-        client=None,
-        started_at=now,
-        finished_at=now,
+        client="tuspy/1.4",
+        started_at=now - dt.timedelta(seconds=2),
+        finished_at=now - dt.timedelta(seconds=1),
     )
     finish = {"offset": 3, "length": 3, "state": "finished", "updated_at": now}
     assert await repo.create_for_upload(new, now, finish=finish) == "f1"
     again = dataclasses.replace(new, id="f2")
     assert await repo.create_for_upload(again, now, finish=finish) == "f1"
 
-    def read(conn: Connection) -> tuple[Any, Any]:
+    def read(conn: Connection) -> tuple[Any, Any, Any]:
+        link = conn.execute(select(file_uploads)).mappings().one()
         return (
             fastsql.first(conn, files_module._BY_ID, {"id": "f1"}),
             fastsql.first(conn, uploads_module._BY_ID, {"id": "u1"}),
+            dict(link),
         )
 
-    file_row, upload_row = await db.read(read)
+    file_row, upload_row, link = await db.read(read)
     assert file_row is not None and upload_row is not None
-    assert {k: file_row[k] for k in ("upload_id", "name", "name_folded", "meta", "tags")} == {
+    assert {
+        k: file_row[k]
+        for k in ("upload_id", "owner", "name", "name_folded", "size", "declared_type", "meta")
+    } == {
         "upload_id": "u1",
+        "owner": "bob",
         "name": "Ä b.txt",
         "name_folded": "ä b.txt",
+        "size": 3,
+        "declared_type": "text/plain",
         "meta": {"filename": "Ä b.txt"},
-        "tags": [],
+    }
+    assert file_row["tags"] == [] and file_row["sha256"] is None
+    assert link == {
+        "file_id": "f1",
+        "upload_id": "u1",
+        "protocol": "tus",
+        "client": "tuspy/1.4",
+        "started_at": now - dt.timedelta(seconds=2),
+        "finished_at": now - dt.timedelta(seconds=1),
+        "bytes": 3,
     }
     # The Python-side defaults of the columns it leaves out:
     assert file_row["folder"] == "/" and file_row["attempts"] == 0
@@ -299,3 +317,24 @@ async def test_a_file_row_its_link_and_the_finish_are_written_alike_on_both(
     assert upload_row["file_id"] == "f1" and upload_row["state"] == "finished"
     assert (upload_row["offset"], upload_row["length"]) == (3, 3)
     assert await db.read(lambda conn: conn.execute(select(files.c.id)).scalars().all()) == ["f1"]
+
+
+def test_a_default_computed_in_python_is_never_sent_as_null() -> None:
+    """In a WITH clause SQLAlchemy leaves Python-side defaults to the caller: constants are
+    filled in, and a computed one is refused rather than sent as NULL."""
+    table = sa.Table(
+        "t",
+        sa.MetaData(),
+        sa.Column("id", sa.String, primary_key=True),
+        sa.Column("n", sa.Integer, default=7),
+        sa.Column("at", sa.DateTime, server_default=sa.func.now()),
+        sa.Column("sql", sa.Integer, default=sa.text("1 + 1")),
+        sa.Column("token", sa.String, default=lambda: "computed"),
+    )
+    with pytest.raises(TypeError, match=r"t\.token"):
+        files_module._with_defaults(table, {"id": "a"})
+    assert files_module._with_defaults(table, {"id": "a", "token": "x"}) == {
+        "id": "a",
+        "token": "x",
+        "n": 7,
+    }

@@ -94,9 +94,10 @@ _MAX_GROUP = 64
 #: PostgreSQL: connections kept open between units, of each kind (see PostgresRunner).
 _MAX_IDLE = 6
 #: PostgreSQL: groups of quick writes running at once (see PostgresRunner), not counting
-#: those out for longer than _SLOW_GROUP_S (waiting for a lock, a connection that hangs).
+#: those out for longer than _SLOW_GROUP_S (waiting for a lock, a connection that hangs; a
+#: group takes a few milliseconds, and PostgreSQL looks for deadlocks only after a second).
 _MAX_GROUPS_AT_ONCE = 2
-_SLOW_GROUP_S = 1.0
+_SLOW_GROUP_S = 0.25
 
 
 class Database:

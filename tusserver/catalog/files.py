@@ -181,12 +181,17 @@ def _file_link_point_back(
 
 
 def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    """``row`` and the scalar Python-side default of each column of ``table`` it leaves out."""
+    """``row`` and the Python-side default of each column of ``table`` it leaves out: a
+    constant. (A default computed in Python is refused: in a WITH clause SQLAlchemy would
+    send NULL for it; one in SQL is part of the statement.)"""
     full = dict(row)
     for column in table.columns:
         default = column.default
-        if column.key not in full and default is not None and default.is_scalar:
-            full[column.key] = default.arg  # type: ignore[attr-defined]
+        if column.key in full or default is None or default.is_clause_element:
+            continue
+        if not default.is_scalar:
+            raise TypeError(f"{table.name}.{column.key}: give its value (its default is computed)")
+        full[column.key] = default.arg  # type: ignore[attr-defined]
     return full
 
 
