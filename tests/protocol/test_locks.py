@@ -193,92 +193,6 @@ def _lock_dsn(pg_url: str) -> str:
     return pg_url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-@pytest.mark.postgres
-async def test_lock_calls_of_concurrent_requests_share_round_trips(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The lock connection carries one statement at a time: the lock and unlock calls made
-    while one is out go together in the next, each still answered on its own."""
-    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
-    b = PostgresLocker(_lock_dsn(pg_url), timeout=0.3)
-    await a.open()
-    await b.open()
-    statements: list[int] = []
-    real_fetch = asyncpg.Connection.fetch
-
-    async def counted(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
-        if conn is a._conn:
-            statements.append(len(args[0]))
-        return await real_fetch(conn, query, *args)
-
-    monkeypatch.setattr(asyncpg.Connection, "fetch", counted)
-    try:
-        held = asyncio.Event()
-        go = asyncio.Event()
-        ids = [f"grouped-{i}" for i in range(20)]
-        entered = 0
-
-        async def request(upload_id: str) -> None:
-            nonlocal entered
-            async with a.lock(upload_id):
-                entered += 1
-                if entered == len(ids):
-                    held.set()
-                await go.wait()
-
-        tasks = [asyncio.create_task(request(u)) for u in ids]
-        await asyncio.wait_for(held.wait(), 10)
-        # Every one of them is held across instances: the other instance cannot take it.
-        for upload_id in (ids[0], ids[-1]):
-            with pytest.raises(LockTimeout):
-                async with b.lock(upload_id):
-                    pass
-        go.set()
-        await asyncio.gather(*tasks)
-        assert sum(statements) == 2 * len(ids)  # every call was made, once
-        assert len(statements) < 2 * len(ids), statements  # in fewer round trips
-        async with b.lock(ids[0]), b.lock(ids[-1]):  # released
-            pass
-    finally:
-        await a.close()
-        await b.close()
-
-
-@pytest.mark.postgres
-async def test_a_lock_granted_after_its_request_gave_up_is_released(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
-    b = PostgresLocker(_lock_dsn(pg_url), timeout=5)
-    await a.open()
-    await b.open()
-    sent: list[list[bool]] = []
-    real_fetch = asyncpg.Connection.fetch
-
-    async def recorded(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
-        if conn is a._conn:
-            sent.append(args[1])
-        return await real_fetch(conn, query, *args)
-
-    monkeypatch.setattr(asyncpg.Connection, "fetch", recorded)
-    try:
-        # The call is on its way when its request is cancelled.
-        waiter = asyncio.create_task(a._try_lock(advisory_key("given-up")))
-        await asyncio.sleep(0)
-        assert a._sender is not None
-        sender = a._sender
-        await asyncio.sleep(0)
-        waiter.cancel()
-        await asyncio.wait_for(sender, 5)  # (the unlock that follows is sent by it too)
-        assert waiter.cancelled()
-        assert sent == [[True], [False]]  # granted, then released
-        async with asyncio.timeout(2), b.lock("given-up"):
-            pass
-    finally:
-        await a.close()
-        await b.close()
-
-
 async def _locker_pair(pg_url: str) -> tuple[PostgresLocker, PostgresLocker]:
     a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
     b = PostgresLocker(_lock_dsn(pg_url), timeout=0.3)
@@ -306,6 +220,71 @@ def _record_fetches(
 
     monkeypatch.setattr(asyncpg.Connection, "fetch", recorded)
     return sent
+
+
+@pytest.mark.postgres
+async def test_lock_calls_of_concurrent_requests_share_round_trips(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock connection carries one statement at a time: the lock and unlock calls made
+    while one is out go together in the next, each still answered on its own."""
+    a, b = await _locker_pair(pg_url)
+    sent = _record_fetches(monkeypatch, a)
+    try:
+        held = asyncio.Event()
+        go = asyncio.Event()
+        ids = [f"grouped-{i}" for i in range(20)]
+        entered = 0
+
+        async def request(upload_id: str) -> None:
+            nonlocal entered
+            async with a.lock(upload_id):
+                entered += 1
+                if entered == len(ids):
+                    held.set()
+                await go.wait()
+
+        tasks = [asyncio.create_task(request(u)) for u in ids]
+        await asyncio.wait_for(held.wait(), 10)
+        # Every one of them is held across instances: the other instance cannot take it.
+        for upload_id in (ids[0], ids[-1]):
+            with pytest.raises(LockTimeout):
+                async with b.lock(upload_id):
+                    pass
+        go.set()
+        await asyncio.gather(*tasks)
+        calls = [take for trip in sent for take in trip]
+        assert calls.count(True) == calls.count(False) == len(ids)  # every call, once
+        assert len(sent) < 2 * len(ids), sent  # in fewer round trips
+        async with b.lock(ids[0]), b.lock(ids[-1]):  # released
+            pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.postgres
+async def test_a_lock_granted_after_its_request_gave_up_is_released(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await _locker_pair(pg_url)
+    sent = _record_fetches(monkeypatch, a)
+    try:
+        # The call is on its way when its request is cancelled.
+        waiter = asyncio.create_task(a._try_lock(advisory_key("given-up")))
+        await asyncio.sleep(0)
+        assert a._sender is not None
+        sender = a._sender
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.wait_for(sender, 5)  # (the unlock that follows is sent by it too)
+        assert waiter.cancelled()
+        assert sent == [[True], [False]]  # granted, then released
+        async with asyncio.timeout(2), b.lock("given-up"):
+            pass
+    finally:
+        await a.close()
+        await b.close()
 
 
 @pytest.mark.postgres
