@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +194,19 @@ def _lock_dsn(pg_url: str) -> str:
     return pg_url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-async def _locker_pair(pg_url: str) -> tuple[PostgresLocker, PostgresLocker]:
+Lockers = tuple[PostgresLocker, PostgresLocker]
+
+
+@pytest.fixture
+async def lockers(pg_url: str) -> AsyncIterator[Lockers]:
+    """Two instances' lockers on one database (the second one waits 0.3 s at most)."""
     a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
     b = PostgresLocker(_lock_dsn(pg_url), timeout=0.3)
     await a.open()
     await b.open()
-    return a, b
+    yield a, b
+    await a.close()
+    await b.close()
 
 
 def _record_fetches(
@@ -224,119 +232,103 @@ def _record_fetches(
 
 @pytest.mark.postgres
 async def test_lock_calls_of_concurrent_requests_share_round_trips(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lock connection carries one statement at a time: the lock and unlock calls made
     while one is out go together in the next, each still answered on its own."""
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     sent = _record_fetches(monkeypatch, a)
-    try:
-        held = asyncio.Event()
-        go = asyncio.Event()
-        ids = [f"grouped-{i}" for i in range(20)]
-        entered = 0
+    held = asyncio.Event()
+    go = asyncio.Event()
+    ids = [f"grouped-{i}" for i in range(20)]
+    entered = 0
 
-        async def request(upload_id: str) -> None:
-            nonlocal entered
-            async with a.lock(upload_id):
-                entered += 1
-                if entered == len(ids):
-                    held.set()
-                await go.wait()
+    async def request(upload_id: str) -> None:
+        nonlocal entered
+        async with a.lock(upload_id):
+            entered += 1
+            if entered == len(ids):
+                held.set()
+            await go.wait()
 
-        tasks = [asyncio.create_task(request(u)) for u in ids]
-        await asyncio.wait_for(held.wait(), 10)
-        # Every one of them is held across instances: the other instance cannot take it.
-        for upload_id in (ids[0], ids[-1]):
-            with pytest.raises(LockTimeout):
-                async with b.lock(upload_id):
-                    pass
-        go.set()
-        await asyncio.gather(*tasks)
-        calls = [take for trip in sent for take in trip]
-        assert calls.count(True) == calls.count(False) == len(ids)  # every call, once
-        assert len(sent) < 2 * len(ids), sent  # in fewer round trips
-        async with b.lock(ids[0]), b.lock(ids[-1]):  # released
-            pass
-    finally:
-        await a.close()
-        await b.close()
+    tasks = [asyncio.create_task(request(u)) for u in ids]
+    await asyncio.wait_for(held.wait(), 10)
+    # Every one of them is held across instances: the other instance cannot take it.
+    for upload_id in (ids[0], ids[-1]):
+        with pytest.raises(LockTimeout):
+            async with b.lock(upload_id):
+                pass
+    go.set()
+    await asyncio.gather(*tasks)
+    calls = [take for trip in sent for take in trip]
+    assert calls.count(True) == calls.count(False) == len(ids)  # every call, once
+    assert len(sent) < 2 * len(ids), sent  # in fewer round trips
+    async with b.lock(ids[0]), b.lock(ids[-1]):  # released
+        pass
 
 
 @pytest.mark.postgres
 async def test_a_lock_granted_after_its_request_gave_up_is_released(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     sent = _record_fetches(monkeypatch, a)
-    try:
-        # The call is on its way when its request is cancelled.
-        waiter = asyncio.create_task(a._try_lock(advisory_key("given-up")))
-        await asyncio.sleep(0)
-        assert a._sender is not None
-        sender = a._sender
-        await asyncio.sleep(0)
-        waiter.cancel()
-        await asyncio.wait_for(sender, 5)  # (the unlock that follows is sent by it too)
-        assert waiter.cancelled()
-        assert sent == [[True], [False]]  # granted, then released
-        async with asyncio.timeout(2), b.lock("given-up"):
-            pass
-    finally:
-        await a.close()
-        await b.close()
+    # The call is on its way when its request is cancelled.
+    waiter = asyncio.create_task(a._try_lock(advisory_key("given-up")))
+    await asyncio.sleep(0)
+    assert a._sender is not None
+    sender = a._sender
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.wait_for(sender, 5)  # (the unlock that follows is sent by it too)
+    assert waiter.cancelled()
+    assert sent == [[True], [False]]  # granted, then released
+    async with asyncio.timeout(2), b.lock("given-up"):
+        pass
 
 
 @pytest.mark.postgres
 async def test_calls_of_one_round_trip_are_made_and_answered_in_order(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Advisory locks count: an unlock of a key not held is False, a second lock of a key
     held by the same session is True and needs a second unlock."""
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     sent = _record_fetches(monkeypatch, a)
     key = advisory_key("ordered")
-    try:
-        calls = [a._call(False, key), a._call(True, key), a._call(True, key)]
-        calls += [a._call(False, key), a._call(False, key), a._call(False, key)]
-        assert [await c for c in calls] == [False, True, True, True, True, False]
-        assert sent == [[False, True, True, False, False, False]]  # one round trip
-        async with b.lock("ordered"):  # nothing left held
-            pass
-    finally:
-        await a.close()
-        await b.close()
+    calls = [a._call(False, key), a._call(True, key), a._call(True, key)]
+    calls += [a._call(False, key), a._call(False, key), a._call(False, key)]
+    assert [await c for c in calls] == [False, True, True, True, True, False]
+    assert sent == [[False, True, True, False, False, False]]  # one round trip
+    async with b.lock("ordered"):  # nothing left held
+        pass
 
 
 @pytest.mark.postgres
 async def test_a_lock_whose_request_gave_up_before_it_was_sent_is_not_taken(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     sent = _record_fetches(monkeypatch, a)
-    try:
-        gone = asyncio.create_task(a._try_lock(advisory_key("never-sent")))
-        kept = asyncio.create_task(a._try_lock(advisory_key("sent")))
-        await asyncio.sleep(0)  # both queued
-        gone.cancel()
-        assert await kept is True
-        assert gone.cancelled()
-        assert sent == [[True]]
-        async with b.lock("never-sent"):
-            pass
-        await a._unlock(advisory_key("sent"))
-    finally:
-        await a.close()
-        await b.close()
+    gone = asyncio.create_task(a._try_lock(advisory_key("never-sent")))
+    kept = asyncio.create_task(a._try_lock(advisory_key("sent")))
+    await asyncio.sleep(0)  # both queued
+    gone.cancel()
+    assert await kept is True
+    assert gone.cancelled()
+    assert sent == [[True]]
+    async with b.lock("never-sent"):
+        pass
+    await a._unlock(advisory_key("sent"))
 
 
 @pytest.mark.postgres
 async def test_a_lock_answered_as_its_request_was_cancelled_is_released(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer (granted) is in, but the request is cancelled before it runs again (a
     timeout expiring at that moment): the lock is given back, not left to the session."""
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     waiter: asyncio.Task[bool] | None = None
 
     def cancel_when_answered(_conn: Any) -> None:
@@ -344,28 +336,24 @@ async def test_a_lock_answered_as_its_request_was_cancelled_is_released(
         asyncio.get_running_loop().call_soon(waiter.cancel)
 
     sent = _record_fetches(monkeypatch, a, after=cancel_when_answered)
-    try:
-        waiter = asyncio.create_task(a._try_lock(advisory_key("answered")))
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-        while a._sender is not None:
-            await asyncio.wait_for(asyncio.shield(a._sender), 5)
-        assert sent == [[True], [False]]
-        async with b.lock("answered"):
-            pass
-    finally:
-        await a.close()
-        await b.close()
+    waiter = asyncio.create_task(a._try_lock(advisory_key("answered")))
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    while a._sender is not None:
+        await asyncio.wait_for(asyncio.shield(a._sender), 5)
+    assert sent == [[True], [False]]
+    async with b.lock("answered"):
+        pass
 
 
 @pytest.mark.postgres
 async def test_a_failed_round_trip_ends_the_session_and_tells_the_holders(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    lockers: Lockers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Calls of a statement that failed may have taken effect before it failed: the lock
     session is ended (all its locks released), the holders are asked to let go, and the
     callers are told the lock database failed."""
-    a, b = await _locker_pair(pg_url)
+    a, b = lockers
     released = asyncio.Event()
     failing = False
 
@@ -374,15 +362,11 @@ async def test_a_failed_round_trip_ends_the_session_and_tells_the_holders(
             raise asyncpg.exceptions.OutOfMemoryError("out of shared memory")
 
     _record_fetches(monkeypatch, a, after=fail)
-    try:
-        async with a.lock("held", on_release=released.set):
-            failing = True
-            with pytest.raises(ServiceUnavailable):
-                async with a.lock("next"):
-                    pass
-            await asyncio.wait_for(released.wait(), 5)
-            async with b.lock("held"), b.lock("next"):  # the session's locks are gone
+    async with a.lock("held", on_release=released.set):
+        failing = True
+        with pytest.raises(ServiceUnavailable):
+            async with a.lock("next"):
                 pass
-    finally:
-        await a.close()
-        await b.close()
+        await asyncio.wait_for(released.wait(), 5)
+        async with b.lock("held"), b.lock("next"):  # the session's locks are gone
+            pass
