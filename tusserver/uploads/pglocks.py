@@ -192,8 +192,8 @@ class PostgresLocker:
             return
         for (take, key, future), row in zip(calls, rows, strict=True):
             granted = bool(row[0])
-            if take and granted and future.done():
-                self._calls.insert(0, (False, key, future.get_loop().create_future()))
+            if take and granted and future.done():  # its caller gave up meanwhile
+                self._give_back(key)
             settle(future, True, granted)
 
     async def _notify(self, upload_id: str) -> None:
