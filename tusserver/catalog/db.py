@@ -661,11 +661,10 @@ class PostgresRunner:
         #: Quick writes waiting for the next turn of the event loop (:meth:`_flush`).
         self._pending: list[_Queued] = []
         self._scheduled = False
-        #: Groups running (kept referenced until done; awaited by close).
-        self._groups: set[asyncio.Task[None]] = set()
-        #: When each running group started (loop time), and the flush due when the oldest
-        #: of them becomes slow (see _flush).
-        self._started: dict[asyncio.Task[None], float] = {}
+        #: Groups running, with when each started (loop time): kept referenced until done,
+        #: awaited by close.
+        self._groups: dict[asyncio.Task[None], float] = {}
+        #: The flush due when the oldest running group becomes slow (see _flush).
         self._recheck: asyncio.TimerHandle | None = None
         #: Connections kept open between units, in autocommit (quick reads) or not.
         self._idle: dict[bool, list[Connection]] = {False: [], True: []}
@@ -691,7 +690,7 @@ class PostgresRunner:
         self._scheduled = False
         loop = asyncio.get_running_loop()
         now = loop.time()
-        recent = [t for t in self._started.values() if now - t < _SLOW_GROUP_S]
+        recent = [t for t in self._groups.values() if now - t < _SLOW_GROUP_S]
         if len(recent) >= _MAX_GROUPS_AT_ONCE:
             # The end of one flushes again (_group_done), or the oldest becoming slow: a
             # group that waits long holds back the writes queued behind it only so long.
@@ -702,16 +701,14 @@ class PostgresRunner:
         del self._pending[:_MAX_GROUP]
         if self._pending:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         if group:
             task = loop.create_task(self._run_group(group))
-            self._groups.add(task)
-            self._started[task] = now
+            self._groups[task] = now
             task.add_done_callback(self._group_done)
 
     def _group_done(self, task: asyncio.Task[None]) -> None:
-        self._groups.discard(task)
-        self._started.pop(task, None)
+        self._groups.pop(task, None)
         if self._pending and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -769,7 +766,7 @@ class PostgresRunner:
             if self._pending:
                 self._flush()
             if self._groups:
-                await asyncio.wait(self._groups, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(list(self._groups), return_when=asyncio.FIRST_COMPLETED)
         await greenlet_spawn(self._drop_idle)
 
     def _unit(self, work: Callable[[Connection], T], write: bool, quick: bool) -> T:
