@@ -8,6 +8,7 @@ the condition and recovers once space is freed, and the upload then resumes byte
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -167,6 +168,21 @@ async def test_a_full_catalog_is_507_and_recovers(
 
 # The SQLite catalog is the one in the data directory (PostgreSQL's is elsewhere).
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def settled_files(client: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The files listed once the pipeline is done with each of them: a file still being
+    processed cannot be deleted yet (409), and the last upload may have finished a moment
+    before the listing."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resp = await client.get("/api/v1/files", params={"limit": "200"})
+        files: list[dict[str, Any]] = (await resp.json())["files"]
+        busy = [f["id"] for f in files if f["status"] in ("received", "validating")]
+        if not busy:
+            return files
+        assert asyncio.get_running_loop().time() < deadline, f"still processed: {busy}"
+        await asyncio.sleep(0.05)
+
+
 async def test_files_deleted_through_the_api_make_room_again(
     make_client: MakeClient, small_fs: Path, database_url: str
 ) -> None:
@@ -189,8 +205,7 @@ async def test_files_deleted_through_the_api_make_room_again(
         statuses.append(resp.status)
         assert resp.status in (201, 507), await resp.text()
     assert 507 in statuses and 201 in statuses, statuses
-    resp = await client.get("/api/v1/files", params={"limit": "200"})
-    files = (await resp.json())["files"]
+    files = await settled_files(client)
     assert files
     for f in files:
         resp = await client.delete(f"/api/v1/file/{f['id']}")
