@@ -1,4 +1,5 @@
-"""``tusserver serve`` freezes the collector's objects once its app has started."""
+"""``tusserver serve`` freezes the collector's objects once its app has started, and
+collects its youngest generation less often."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tusserver import TusServerConfig
-from tusserver.cli import _freezing_startup_objects
+from tusserver.cli import _GC_YOUNG_THRESHOLD, _freezing_startup_objects
 
 
 async def test_what_exists_once_started_is_out_of_the_collectors_sight(tmp_path: Path) -> None:
@@ -26,6 +27,8 @@ async def test_what_exists_once_started_is_out_of_the_collectors_sight(tmp_path:
     app = _freezing_startup_objects(factory)(TusServerConfig(data_dir=tmp_path))
     app.freeze()
     before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(700, *thresholds[1:])  # CPython's default, whatever ran before
     try:
         await app.startup()
         assert started == [before]
@@ -33,6 +36,9 @@ async def test_what_exists_once_started_is_out_of_the_collectors_sight(tmp_path:
         assert gc.get_freeze_count() > before
         tracked = [o for o in gc.get_objects() if o is app]  # (frozen ones are not listed)
         assert tracked == [], "the started app is still walked by the collector"
+        assert gc.get_threshold() == (_GC_YOUNG_THRESHOLD, *thresholds[1:])
+        assert _GC_YOUNG_THRESHOLD > 700
     finally:
         await app.cleanup()
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
