@@ -18,6 +18,8 @@ from sqlalchemy import select
 from tests.app_fixtures import MakeClient
 from tests.media.conftest import FFMPEG, GPS_IFD, needs_ffmpeg
 from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
+from tests.pipeline.test_local_pipeline import meta
+from tests.protocol.test_core import create, head, patch
 from tusserver.app import RUNTIME
 from tusserver.catalog.schema import audit_log, events
 from tusserver.pipeline.media import thumbnail_key
@@ -218,6 +220,32 @@ async def test_strip_location_images(
         assert im.getexif().get(0x0112) == before.getexif().get(0x0112)
     if name == "photo.jpg":
         assert f["media"]["orientation"] == 6
+
+
+async def test_the_upload_url_serves_the_stripped_copy_as_stored(
+    make_client: MakeClient, media: dict[str, Path]
+) -> None:
+    """GET on the tus URL of an upload whose file was stored without its location serves the
+    stored bytes, with their length: the upload's own length would promise bytes that never
+    come (the client waits for them)."""
+    client = await media_client(make_client, strip_location=True)
+    original = media["gps.png"].read_bytes()
+    path = await create(client, len(original), **{"Upload-Metadata": meta(filename="gps.png")})
+    assert (await patch(client, path, 0, original)).status == 204
+    file_id = (await head(client, path)).headers["X-File-Id"]
+    f = await wait_done(client, file_id)
+    assert f["status"] == "committed" and f["location_stripped"] is True, f
+    assert f["size"] < len(original)
+    resp = await client.get(path)
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == str(f["size"])
+    stored = await asyncio.wait_for(resp.read(), 10)
+    assert hashlib.sha256(stored).hexdigest() == f["sha256"] and not _has_gps(stored)
+    # A range ends where the stored bytes do.
+    resp = await client.get(path, headers={"Range": "bytes=-100"})
+    assert resp.status == 206, await resp.text()
+    assert resp.headers["Content-Range"] == f"bytes {f['size'] - 100}-{f['size'] - 1}/{f['size']}"
+    assert await asyncio.wait_for(resp.read(), 10) == stored[-100:]
 
 
 async def test_strip_location_leaves_files_without_gps_alone(

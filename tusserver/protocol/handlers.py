@@ -312,7 +312,9 @@ class TusHandlers:
         name = rec.metadata.get("filename") or rec.metadata.get("name")
         return await stream_bytes(
             request,
-            size=rec.length or 0,
+            # The file's bytes as stored: fewer than the upload's when the pipeline stored
+            # a copy without location metadata (strip_location).
+            size=f.size,
             name=name.decode("utf-8", "replace") if name else None,
             reader=self._reader(f),
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
