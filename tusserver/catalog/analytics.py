@@ -157,7 +157,19 @@ def _reason_key(reason: str) -> str:
 
 
 class EventRecorder:
-    def __init__(self, db: Database, *, flush_interval: float = 1.0, max_batch: int = 5000) -> None:
+    """Events kept in memory and written in batches, a batch at least every
+    ``flush_interval`` seconds and as soon as ``max_batch`` are waiting.
+
+    A batch's transaction holds the catalog's writer for its time (on SQLite, the quick
+    writes of the uploads wait for it): 2,400 events, a second of small uploads at full
+    speed, took about 40 ms, which the uploads finishing meanwhile saw as latency. A quarter
+    of a second bounds that wait to about 10 ms, and what a crash may lose to that fraction
+    of a second of events (never a file or an upload).
+    """
+
+    def __init__(
+        self, db: Database, *, flush_interval: float = 0.25, max_batch: int = 1000
+    ) -> None:
         self._db = db
         self._interval = flush_interval
         self._max_batch = max_batch
