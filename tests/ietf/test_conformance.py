@@ -501,16 +501,40 @@ async def test_offset_never_exceeds_the_length(client: Client) -> None:
         yield b"cd"
         yield b"efgh"
 
-    # Without Content-Length the server counts: nothing past the length is ever taken.
+    # Without Content-Length the server counts: once the content goes past the length, the
+    # request is rejected and the upload is invalid ("marking the upload resource invalid
+    # and rejecting any further interaction with it"). The bytes that fitted are not the
+    # upload the client meant: never complete, never a file.
     resp = await client.patch(
         path,
         data=chunks(),
         headers={**DRAFT, **PARTIAL, "Upload-Offset": "2", "Upload-Complete": "?0"},
     )
     await problem(resp, 400, INCONSISTENT_LENGTH)
-    state = await head(client, path)
-    assert int(state.headers["Upload-Offset"]) <= 4
-    assert state.headers["Upload-Length"] == "4"
+    assert (await head(client, path)).status == 410
+    resp = await append(client, path, 2, b"cd")
+    assert resp.status == 410, await resp.text()
+    resp = await client.get(path)
+    assert resp.status == 410, await resp.text()
+
+
+async def test_creation_whose_content_goes_past_its_length_is_not_complete(
+    client: Client,
+) -> None:
+    """The same on a creation carrying its length and chunked content: the upload is
+    cancelled, not completed with its first bytes."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"defgh"
+
+    resp = await client.post(
+        "/uploads/",
+        data=chunks(),
+        headers={**DRAFT, "Upload-Complete": "?1", "Upload-Length": "5"},
+    )
+    await problem(resp, 400, INCONSISTENT_LENGTH)
+    assert (await head(client, path_of(resp.headers["Location"]))).status == 410
 
 
 async def test_interrupted_append_is_not_complete(client: Client) -> None:

@@ -537,6 +537,8 @@ class IetfHandlers:
                 # Upload-Complete: ?1 without a known length: the length is the offset at
                 # the end of this request.
                 complete_at_end=complete and length is None,
+                # "marking the upload resource invalid and rejecting any further interaction"
+                overrun_cancels=True,
                 wrap=tee,
             )
         except _DigestMismatch as exc:
@@ -550,7 +552,7 @@ class IetfHandlers:
         except PayloadTooLarge as exc:
             if "Upload-Offset" in exc.headers and (length is not None or rec.length is not None):
                 # The content went past the upload's length while it was read (no
-                # Content-Length to refuse it upfront): what fitted is stored, no more.
+                # Content-Length to refuse it upfront): the upload was cancelled.
                 raise inconsistent_length(
                     "the content goes past the upload's length", exc.headers
                 ) from None

@@ -430,11 +430,16 @@ class UploadService:
         new_length: int | None = None,
         checksum: Checksum | None = None,
         complete_at_end: bool = False,
+        overrun_cancels: bool = False,
         wrap: Callable[[BodyReader], ChunkSource] | None = None,
         created: UploadRecord | None = None,
     ) -> UploadStatus:
         """Append a request body at ``offset`` (every entry path): the byte budget, the
         tracking that lets a newer request or a shutdown stop the body, metrics.
+
+        ``overrun_cancels``: a body that goes on past the upload's length (no Content-Length
+        told so upfront) ends the upload (the IETF draft: the resource is invalid from then
+        on) instead of finishing it with the bytes that fitted (tus).
 
         ``wrap`` lets an adapter see the bytes on their way (the IETF draft's digests).
         ``created``: the record :meth:`create` just returned in this request (creation with
@@ -467,6 +472,7 @@ class UploadService:
                     checksum=checksum,
                     interrupted=lambda: reader.interruption is not Interruption.NONE,
                     complete_at_end=complete_at_end,
+                    overrun_cancels=overrun_cancels,
                     created=created,
                 )
         finally:
@@ -524,6 +530,7 @@ class UploadService:
         checksum: Checksum | None = None,
         interrupted: Callable[[], bool] = lambda: False,
         complete_at_end: bool = False,
+        overrun_cancels: bool = False,
         created: UploadRecord | None = None,
     ) -> UploadStatus:
         """Append ``source`` at ``offset`` under the upload's lock; returns the new state.
@@ -598,6 +605,7 @@ class UploadService:
                         written=written,
                         guard=guard,
                         complete_at_end=complete_at_end and not interrupted(),
+                        overrun_cancels=overrun_cancels,
                         caller=principal,
                     )
                 except PayloadTooLarge:
@@ -710,9 +718,13 @@ class UploadService:
             ) from None
         except UnsupportedMediaType:
             # Refused at its first bytes: nothing more of this upload is accepted.
-            await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
-            await self.store.delete(rec.id)
+            await self._reject(rec)
             raise
+
+    async def _reject(self, rec: UploadRecord) -> None:
+        """The upload ends here, refused: its requests answer 410 from now on, its bytes go."""
+        await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
+        await self.store.delete(rec.id)
 
     async def _record_append(
         self,
@@ -723,9 +735,18 @@ class UploadService:
         written: int,
         guard: BodyGuard,
         complete_at_end: bool,
+        overrun_cancels: bool = False,
         caller: Principal | None = None,
     ) -> UploadStatus:
         """Make the new offset durable (and finish the upload when it is whole)."""
+        if guard.exceeded and overrun_cancels and rec.length is not None:
+            # The bytes that fitted are not the upload the client meant: nothing of it is
+            # finished, and nothing more is taken.
+            await self._reject(rec)
+            raise PayloadTooLarge(
+                "the body goes past the upload's length; the upload was cancelled",
+                headers={"Upload-Offset": str(new_offset)},
+            )
         if complete_at_end and rec.length is None and not guard.exceeded:
             # A plain (non-resumable) upload: its length is what arrived.
             rec = await self._declare_length(rec, new_offset, new_offset, caller)
