@@ -134,6 +134,46 @@ async def test_repr_digest_kept_for_the_pipeline(client: Client) -> None:
     assert base64.b64decode(pairs["sha256"]).decode() == expected
 
 
+@pytest.mark.parametrize("algorithm", ["sha-256", "sha-512"])
+async def test_repr_digest_is_checked_when_the_length_completes_the_upload(
+    client: Client, storage_settings: dict[str, str], algorithm: str
+) -> None:
+    """Reaching the declared length completes the upload (Upload-Complete: ?0 on the last
+    append, as clients completing by length send): the representation is complete then, and
+    its digest is compared ("If the digests don't match, the server SHOULD consider the
+    upload failed")."""
+    path = await created(
+        client, b"", **{"Upload-Length": "3", "Repr-Digest": digest(algorithm, b"xyz")}
+    )
+    resp = await append(client, path, 0, b"abc")
+    doc = await problem(resp, 400)
+    assert doc["field"] == "Repr-Digest"
+    await problem(await head(client, path), 410)
+    # With the right digest the same request completes the upload.
+    path = await created(
+        client, b"", **{"Upload-Length": "3", "Repr-Digest": digest(algorithm, b"abc")}
+    )
+    resp = await append(client, path, 0, b"abc")
+    assert (resp.status, resp.headers["Upload-Complete"]) == (200, "?1")
+
+
+async def test_a_content_digest_mismatch_speaks_the_version_of_the_request(
+    client: Client,
+) -> None:
+    """Interop version 3 knows Upload-Incomplete only: its failure says the upload is still
+    incomplete in that field, not in the Upload-Complete of later versions."""
+    v3 = {"Upload-Draft-Interop-Version": "3"}
+    resp = await client.post("/uploads/", headers={**v3, "Upload-Incomplete": "?1"})
+    assert resp.status == 201, await resp.text()
+    path = path_of(resp.headers["Location"])
+    bad = digest("sha-256", b"other")
+    headers = {**v3, "Upload-Offset": "0", "Upload-Incomplete": "?1", "Content-Digest": bad}
+    resp = await client.patch(path, data=b"abc", headers=headers)
+    await problem(resp, 400)
+    assert "Upload-Complete" not in resp.headers
+    assert (resp.headers["Upload-Incomplete"], resp.headers["Upload-Offset"]) == ("?1", "0")
+
+
 async def test_repr_digest_is_not_checked_before_completion(client: Client) -> None:
     path = await created(client, b"ab", **{"Repr-Digest": digest("sha-256", b"abcd")})
     assert (await append(client, path, 2, b"c")).status == 204

@@ -282,6 +282,28 @@ async def test_errors_on_an_active_upload_carry_the_offset(client: Client, v: Ve
         assert resp.headers["Upload-Complete"] == "?0"
 
 
+async def test_failures_before_the_append_carry_the_completeness_too(
+    client: Client, v: Version
+) -> None:
+    """7 (-06 to -08): for an append with Upload-Complete: ?0 "Any response, successful or
+    not" says ?0: also when the request fails before any content is taken (a malformed
+    digest field, an upload that is gone)."""
+    path = await created(client, v, b"abc")
+    bad = {**v.append_headers(3, False), "Content-Digest": "sha-256=1"}
+    malformed = await client.patch(path, data=b"d", headers=bad)
+    assert malformed.status == 400
+    assert (await client.delete(path, headers=v.draft)).status == 204
+    gone = await append(client, v, path, 3, b"d", False)
+    assert gone.status in (404, 410)
+    for resp in (malformed, gone):
+        assert resp.headers["Content-Type"].startswith(PROBLEM)
+        if v.n == 7:
+            assert resp.headers["Upload-Complete"] == "?0", dict(resp.headers)
+    if v.n <= 6:
+        # The upload is not known to be active in either: no offset is claimed.
+        assert "Upload-Offset" not in gone.headers
+
+
 # --- cancellation and unknown versions -------------------------------------------------------
 
 

@@ -396,13 +396,14 @@ class IetfHandlers:
         # "The request MUST include the Upload-Complete header field." (from 7; before, an
         # absent field has the meaning its version gives it)
         complete = dialect.read_complete(request, creating=False)
-        declared = dialect.read_length(request)
-        content_length = _content_length(request)
-        content_digests = _digests(request, "Content-Digest")
-        repr_digests = _digests(request, "Repr-Digest")
-        principal = await self._gate.principal(request)
-        status = await self._service.status(principal, upload_id)
+        status: UploadStatus | None = None
         try:
+            declared = dialect.read_length(request)
+            content_length = _content_length(request)
+            content_digests = _digests(request, "Content-Digest")
+            repr_digests = _digests(request, "Repr-Digest")
+            principal = await self._gate.principal(request)
+            status = await self._service.status(principal, upload_id)
             status = await self._append(
                 request,
                 dialect,
@@ -417,10 +418,12 @@ class IetfHandlers:
             )
         except (Problem, TusError) as exc:
             problem = exc if isinstance(exc, Problem) else self._problem_of(exc, dialect)
-            if dialect.offset_on_errors:
+            if dialect.offset_on_errors and status is not None:
                 # Up to 6: the offset in every answer about an active upload, failures too.
                 problem.headers.setdefault("Upload-Offset", str(status.offset or 0))
             if dialect.complete_on_errors and not complete:
+                # 7: "Any response, successful or not, MUST then include the Upload-Complete
+                # header field with a false value" (a malformed field, a missing upload too).
                 problem.headers.update(dialect.completeness(False))
             raise problem from None
         headers = self._state_headers(dialect, status)
@@ -510,7 +513,12 @@ class IetfHandlers:
             primary = content_checks[0]
             checksum = Checksum(DIGEST_ALGORITHMS[primary.name][0], primary.expected)
         repr_checks: list[_DigestCheck] = []
-        if complete:
+        # This request completes the upload if it says so, or if its content reaches the
+        # length (as clients that complete by length do): the representation is checked then.
+        ends = complete or (
+            length is not None and (content_length is None or offset + content_length >= length)
+        )
+        if ends:
             repr_checks = await self._representation_checks(
                 upload_id, offset, {**_stored_repr_digests(rec.metadata), **repr_digests}
             )
@@ -542,10 +550,14 @@ class IetfHandlers:
                 wrap=tee,
             )
         except _DigestMismatch as exc:
-            raise await self._digest_failure(principal, upload_id, offset, exc.check) from None
+            raise await self._digest_failure(
+                principal, dialect, upload_id, offset, exc.check
+            ) from None
         except ChecksumMismatch:
             assert primary is not None  # the service checks nothing else
-            raise await self._digest_failure(principal, upload_id, offset, primary) from None
+            raise await self._digest_failure(
+                principal, dialect, upload_id, offset, primary
+            ) from None
         except Conflict as exc:
             expected = sfv.parse_non_negative_integer(exc.headers.get("Upload-Offset"))
             raise mismatching_offset(expected or 0, offset) from None
@@ -602,7 +614,12 @@ class IetfHandlers:
         return checks
 
     async def _digest_failure(
-        self, principal: Principal, upload_id: str, offset: int, check: _DigestCheck
+        self,
+        principal: Principal,
+        dialect: Dialect,
+        upload_id: str,
+        offset: int,
+        check: _DigestCheck,
     ) -> Problem:
         if check.field == "Repr-Digest":
             # "If the digests don't match, the server SHOULD consider the upload failed, not
@@ -622,7 +639,7 @@ class IetfHandlers:
         return Problem(
             400,
             f"Content-Digest {check.name} does not match the request content; nothing was appended",
-            headers={"Upload-Offset": str(offset), "Upload-Complete": "?0"},
+            headers={"Upload-Offset": str(offset), **dialect.completeness(False)},
             members={"field": check.field, "algorithm": check.name},
         )
 
