@@ -177,6 +177,14 @@ async def test_bad_cursors_are_400_json(seeded: tuple[Client, str, Any]) -> None
         "name too long": (b64(["name", "x" * 256, fid]), "name"),
         "name as list": (b64(["name", ["x"], fid]), "name"),
         "too long": ("A" * 3000, "-date"),
+        # Of the right sort, values that cannot be bound: an instant before year 1 or
+        # after 9999 once in UTC, a lone surrogate (JSON carries it, no database takes it).
+        "date before year 1 in UTC": (b64(["-date", "0001-01-01T00:00:00+01:00", fid]), "-date"),
+        "date after 9999 in UTC": (b64(["date", "9999-12-31T23:30:00-01:00", fid]), "date"),
+        "unparsable date": (b64(["-date", "not a date", fid]), "-date"),
+        "naive date of the sort": (b64(["-date", "2024-01-01T00:00:00", fid]), "-date"),
+        "lone surrogate in a name": (b64(["name", "\ud800", fid]), "name"),
+        "NUL in a name": (b64(["name", "a\x00b", fid]), "name"),
         "name cursor, size sort": (name_cursor, "size"),
         "name cursor, date sort": (name_cursor, "-date"),
         "date cursor, name sort": (date_cursor, "name"),
