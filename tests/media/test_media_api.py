@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from storage_backends.base import StorageError
 from tests.app_fixtures import MakeClient
 from tests.media.conftest import FFMPEG, GPS_IFD, needs_ffmpeg
 from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
@@ -307,6 +308,37 @@ async def test_thumbnails_are_deleted_with_the_file(
     for key in keys:
         assert await rt.objects.stat(key) is None
     assert (await client.get(f"/api/v1/file/{f['id']}/thumbnail?size=256")).status == 404
+
+
+async def test_thumbnails_of_a_file_that_failed_after_them_are_deleted_with_it(
+    make_client: MakeClient, media: dict[str, Path]
+) -> None:
+    """Thumbnails are stored before the file's own object: when the object store refuses
+    the object until the attempts run out, the failed file has thumbnails, and deleting the
+    file deletes them (its row gone, nothing else would)."""
+    client = await media_client(make_client, pipeline_max_attempts=1)
+    rt = client.server.app[RUNTIME]
+    objects = rt.pipeline.objects
+    put_file = objects.put_file
+
+    async def refusing(key: str, *args: Any, **kwargs: Any) -> None:
+        if ".thumb-" not in key:
+            raise StorageError("the object store refuses the file")
+        await put_file(key, *args, **kwargs)
+
+    objects.put_file = refusing  # type: ignore[method-assign]
+    f = await wait_done(
+        client, await upload_file(client, media["image.png"], content_type="image/png")
+    )
+    assert f["status"] == "failed", f
+    stored = await rt.files.get(f["id"])
+    assert stored is not None and stored.storage_key and stored.thumbnails
+    keys = [thumbnail_key(stored.storage_key, int(s)) for s in stored.thumbnails]
+    for key in keys:
+        assert await objects.stat(key) is not None
+    assert (await client.delete(f"/api/v1/file/{f['id']}")).status == 204
+    for key in keys:
+        assert await objects.stat(key) is None, key
 
 
 async def _rows(client: Any, table: Any, *conds: Any) -> list[Any]:

@@ -513,7 +513,10 @@ class FilesApi:
         f = await self._load(request, principal, request.match_info["file_id"])
         if f.status in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             raise Conflict("the file is still being processed; delete it when it is done")
-        if f.storage_key and f.status is FileStatus.COMMITTED:
+        if f.storage_key:
+            # Thumbnails are stored before the file's own object: a file that failed after
+            # them (its object refused, its attempts used up) has them too. Deleting what
+            # is not there is fine.
             await delete_thumbnails(self._pipeline.objects, f.storage_key, _thumbnail_sizes(f))
             await self._pipeline.objects.delete(f.storage_key)
         if f.upload_id:
