@@ -167,6 +167,34 @@ async def test_create_list_and_delete_folders(make_client: MakeClient) -> None:
     assert not [p for p in await folders(client) if p.startswith(f"/{mark}/")]
 
 
+async def test_folders_differing_only_in_case_are_different_folders(
+    make_client: MakeClient,
+) -> None:
+    """Folder paths keep their case: deleting the empty /docs/ leaves /Docs/ alone, and a
+    file in /Photos/ does not keep the empty /photos/ (SQLite's LIKE ignores ASCII case).
+    Nor are LIKE's wildcards wildcards in a path."""
+    client = await api_client(make_client)
+    mark = token("Case")
+    for path in (f"/{mark}/Docs/", f"/{mark}/docs/", f"/{mark}/a_b/", f"/{mark}/aXb/"):
+        assert (await client.post("/api/v1/folders", json={"path": path})).status == 201
+    resp = await client.delete("/api/v1/folders", params={"path": f"/{mark}/docs/"})
+    assert resp.status == 204
+    listed = await folders(client)
+    assert f"/{mark}/Docs/" in listed and f"/{mark}/docs/" not in listed
+    resp = await client.delete("/api/v1/folders", params={"path": f"/{mark}/a_b/"})
+    assert resp.status == 204
+    assert f"/{mark}/aXb/" in await folders(client)
+
+    row = file_row(name="inside", owner=None, created_at=NOW, folder=f"/{mark}/Photos/")
+    await insert_files(client, [row])
+    assert (await client.post("/api/v1/folders", json={"path": f"/{mark}/photos/"})).status == 201
+    resp = await client.delete("/api/v1/folders", params={"path": f"/{mark}/photos/"})
+    assert resp.status == 204, await resp.text()
+    await api_error(
+        await client.delete("/api/v1/folders", params={"path": f"/{mark}/Photos/"}), 409
+    )
+
+
 async def _count(client: Client, table: Any, file_id: str) -> int:
     async with runtime(client).db.engine.connect() as conn:
         return int(

@@ -796,18 +796,21 @@ async def create_folder(db: Database, owner: str | None, path: str, now: dt.date
         await db.write(lambda conn: conn.execute(stmt))
 
 
+def _under(column: Any, path: str) -> Any:
+    """``column`` is ``path`` or a path below it, letter case included: SQLite's LIKE
+    ignores the case of ASCII letters (/Docs/ is not below /docs/); the LIKE narrows the rows
+    first where an index can serve it."""
+    return and_(
+        column.like(like_escape(path) + "%", escape="\\"),
+        func.substr(column, 1, len(path)) == path,
+    )
+
+
 async def delete_folder(db: Database, owner: str | None, path: str) -> bool:
     """Remove an empty folder; False when it (or a subfolder) still holds files."""
     owner_cond = files.c.owner == owner if owner is not None else files.c.owner.is_(None)
-    busy_query = (
-        select(files.c.id)
-        .where(owner_cond, files.c.folder.like(like_escape(path) + "%", escape="\\"))
-        .limit(1)
-    )
-    remove = delete(folders).where(
-        folders.c.owner == (owner or ""),
-        folders.c.path.like(like_escape(path) + "%", escape="\\"),
-    )
+    busy_query = select(files.c.id).where(owner_cond, _under(files.c.folder, path)).limit(1)
+    remove = delete(folders).where(folders.c.owner == (owner or ""), _under(folders.c.path, path))
 
     def work(conn: Connection) -> bool:
         if conn.execute(busy_query).first() is not None:
