@@ -249,6 +249,42 @@ async def test_the_upload_url_serves_the_stripped_copy_as_stored(
     assert await asyncio.wait_for(resp.read(), 10) == stored[-100:]
 
 
+async def test_a_retry_after_the_stripped_copy_was_recorded_inspects_the_whole_upload(
+    make_client: MakeClient, media: dict[str, Path]
+) -> None:
+    """The stripped copy's size and sha256 are recorded before its object is written; when
+    that write fails once, the retry inspects the upload as received, whole (not cut at the
+    copy's size): its declared sha256 matches, and it is stripped and committed again."""
+    client = await media_client(
+        make_client, strip_location=True, pipeline_retry_base=0.05, pipeline_retry_max=0.1
+    )
+    objects = client.server.app[RUNTIME].pipeline.objects
+    put_file = objects.put_file
+    refused: list[str] = []
+
+    async def once_refusing(key: str, *args: Any, **kwargs: Any) -> None:
+        if ".thumb-" not in key and not refused:
+            refused.append(key)
+            raise StorageError("the object store is briefly unavailable")
+        await put_file(key, *args, **kwargs)
+
+    objects.put_file = once_refusing  # type: ignore[method-assign]
+    original = media["gps.png"].read_bytes()
+    digest = hashlib.sha256(original).hexdigest()
+    path = await create(
+        client,
+        len(original),
+        **{"Upload-Metadata": meta(filename="gps.png", filetype="image/png", sha256=digest)},
+    )
+    assert (await patch(client, path, 0, original)).status == 204
+    f = await wait_done(client, (await head(client, path)).headers["X-File-Id"])
+    assert refused, "the object store never refused"
+    assert f["status"] == "committed", f["reason"]
+    assert f["location_stripped"] is True and f["size"] < len(original)
+    stored = await (await client.get(f"/api/v1/file/{f['id']}/content")).read()
+    assert not _has_gps(stored) and f["sha256"] == hashlib.sha256(stored).hexdigest()
+
+
 async def test_strip_location_leaves_files_without_gps_alone(
     make_client: MakeClient, media: dict[str, Path]
 ) -> None:

@@ -560,6 +560,15 @@ class Pipeline:
         upload_id = f.upload_id
         assert upload_id is not None
         started = time.perf_counter()
+        reset: dict[str, Any] = {}
+        if f.location_stripped and not inspected:
+            # A retry after the copy without location metadata was recorded (its size and
+            # sha256, before its object was written): the chunk copy is still the upload as
+            # received, inspected (and stripped) again whole, not cut at the copy's size.
+            rec = await self._upload(upload_id)
+            if rec is not None and rec.length is not None:
+                reset = {"size": rec.length, "location_stripped": False}
+                f = dataclasses.replace(f, size=rec.length, location_stripped=False)
         try:
             if inspected:
                 # The whole file: the bytes typed at intake, if it hashes as they did.
@@ -606,7 +615,7 @@ class Pipeline:
                 storage_key=key,
                 store=self._objects.kind,
             ).columns()
-            await self._files.update(f.id, **facts, updated_at=self._clock())
+            await self._files.update(f.id, **facts, **reset, updated_at=self._clock())
             f = dataclasses.replace(f, **facts)
         for validator in [self._policy, *self._validators]:
             started = time.perf_counter()
