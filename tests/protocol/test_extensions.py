@@ -50,6 +50,25 @@ async def test_checksum_mismatch_is_460_and_the_chunk_is_discarded(
     assert await (await get_committed(client, path)).read() == b"abcdef"
 
 
+async def test_checksum_mismatch_leaves_a_deferred_length_deferred(client: Client) -> None:
+    """After a 460 "the upload and its offset MUST NOT be updated": the Upload-Length sent
+    with the discarded chunk is not declared either."""
+    path = await create(client, None, **{"Upload-Defer-Length": "1"})
+    r = await patch(
+        client, path, 0, b"abc", **{"Upload-Length": "10", "Upload-Checksum": digest("sha1", b"x")}
+    )
+    assert r.status == 460
+    h = await head(client, path)
+    assert (h.headers["Upload-Offset"], h.headers.get("Upload-Defer-Length")) == ("0", "1")
+    assert "Upload-Length" not in h.headers
+    # The client may declare another length with the chunk sent again.
+    r = await patch(
+        client, path, 0, b"abc", **{"Upload-Length": "3", "Upload-Checksum": digest("sha1", b"abc")}
+    )
+    assert r.status == 204
+    assert await (await get_committed(client, path)).read() == b"abc"
+
+
 @pytest.mark.parametrize(
     "value", ["crc32 AAAA", "SHA1 " + base64.b64encode(b"x" * 20).decode(), "sha1", "sha1 !!!"]
 )

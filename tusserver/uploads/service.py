@@ -556,6 +556,7 @@ class UploadService:
                     f"Upload-Offset {offset} does not match the upload's offset {current}",
                     headers={"Upload-Offset": str(current)},
                 )
+            declared_here = new_length is not None and rec.length is None
             if new_length is not None:
                 if rec.length is None:
                     quota = await self._quota_of(rec.owner, principal)
@@ -593,7 +594,14 @@ class UploadService:
                     else None
                 )
                 guard = self._guard(rec, current, source, budget, checksum, content)
-                written = await self._write(rec, current, guard, checksum, interrupted)
+                try:
+                    written = await self._write(rec, current, guard, checksum, interrupted)
+                except (ChecksumMismatch, UploadInterrupted, PayloadTooLarge):
+                    if declared_here and checksum is not None:
+                        # A checked chunk that failed was discarded: "the upload and its
+                        # offset MUST NOT be updated", its length declared with it included.
+                        await self.repo.update(rec.id, length=None)
+                    raise
                 if digests is not None and content is not None and guard.total == written:
                     # The store kept every byte hashed: the state goes on (else it is dropped).
                     digests.put(rec.id, current + written, content)
