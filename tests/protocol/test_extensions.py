@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from storage_backends.base import StorageError
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, create_tus_subapp
 from tusserver.app import RUNTIME
@@ -142,6 +143,92 @@ async def test_final_upload_before_partials_finish(client: Client) -> None:
     assert await (await get_committed(client, final)).read() == b"abcdef"
 
 
+def final_path(resp: Any) -> str:
+    location: str = resp.headers["Location"]
+    return location[location.index("/uploads/") :]
+
+
+async def test_a_final_reports_its_length_once_it_can_be_calculated(client: Client) -> None:
+    """ "The Upload-Length header MUST be included if the length of the final resource can
+    be calculated at the time of the request": a partial that declares its deferred length
+    later makes the final's length known."""
+    a = await create(client, None, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
+    b = await partial(client, b"de", finish=False)
+    resp = await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
+    final = final_path(resp)
+    assert "Upload-Length" not in (await head(client, final)).headers
+    assert (await patch(client, a, 0, b"abc", **{"Upload-Length": "6"})).status == 204
+    h = await head(client, final)
+    assert (h.headers["Upload-Length"], h.headers.get("Upload-Offset")) == ("8", None)
+
+
+async def test_a_failed_concatenation_is_done_again_and_the_partial_is_finished(
+    client: Client,
+) -> None:
+    """The partial whose finish makes its final whole is stored and finished whatever the
+    concatenation does: a concatenation that fails is done again on the final's HEAD."""
+    service = client.app[RUNTIME].uploads
+    concatenater = service._concatenater
+    real = concatenater.concatenate
+    calls = 0
+
+    async def once_failing(*args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError("the store is briefly unavailable")
+        return await real(*args, **kwargs)
+
+    a = await partial(client, b"abc", finish=False)
+    final = final_path(
+        await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{a}"})
+    )
+    concatenater.concatenate = once_failing
+    try:
+        assert (await patch(client, a, 0, b"abc")).status == 204
+        assert calls == 1
+        h = await head(client, final)
+        assert (h.status, h.headers.get("Upload-Offset"), calls) == (200, "3", 2)
+    finally:
+        concatenater.concatenate = real
+    assert await (await get_committed(client, final)).read() == b"abc"
+
+
+async def test_a_final_that_lost_a_partial_is_gone(make_client: MakeClient) -> None:
+    """A final can never be whole once one of its partials is terminated: it answers 410,
+    not "still concatenating" for good."""
+    client = await make_client(expiration=0)
+    a = await partial(client, b"abc", finish=False)
+    b = await partial(client, b"def")
+    final = final_path(
+        await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
+    )
+    assert (await client.delete(a, headers=TUS)).status == 204
+    assert (await head(client, final)).status == 410
+    assert (await head(client, b)).status == 200  # the other partial is left alone
+
+
+async def test_a_final_lives_as_long_as_its_partials_are_active(make_client: MakeClient) -> None:
+    """A final waiting for a partial that still receives bytes does not expire on its own
+    clock (a client cannot append to it): its expiry moves with the partial's; and the
+    finished partial it waits for is not swept from under it."""
+    client = await make_client(expiration=2.0)
+    done = await partial(client, b"ab")
+    a = await partial(client, b"wxyz", finish=False)
+    final = final_path(
+        await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{done} {a}"})
+    )
+    sweeper = client.app[RUNTIME].sweeper
+    for i in range(3):  # 3.6 s of activity on the partial, never 2 s idle; 0.8 s of slack
+        await asyncio.sleep(1.2)
+        assert (await patch(client, a, i, b"wxyz"[i : i + 1])).status == 204
+        await sweeper.sweep_once()
+    assert (await patch(client, a, 3, b"z")).status == 204
+    h = await head(client, final)
+    assert (h.status, h.headers.get("Upload-Offset")) == (200, "6")
+    assert await (await get_committed(client, final)).read() == b"abwxyz"
+
+
 @pytest.mark.parametrize(
     "concat",
     [
@@ -185,7 +272,8 @@ async def test_expired_uploads_answer_410_and_are_swept(make_client: MakeClient)
     assert (await head(client, path)).status == 410
     assert (await patch(client, path, 3, b"d")).status == 410
     runtime = client.app[RUNTIME]
-    assert await runtime.sweeper.sweep_once() == 1
+    # (At least this one: on PostgreSQL the catalog is shared with other tests' uploads.)
+    assert await runtime.sweeper.sweep_once() >= 1
     store_file = runtime.config.uploads_dir / path.rsplit("/", 1)[1]
     assert not store_file.exists()
     assert (await head(client, path)).status == 410

@@ -223,7 +223,19 @@ class UploadRepository:
         await self._db.write(lambda conn: fastsql.execute(conn, stmt, params), quick=True)
 
     async def expired_ids(self, now: dt.datetime, limit: int = 500) -> list[str]:
-        """Unfinished uploads, and finished partial uploads, whose expiry has passed."""
+        """Unfinished uploads, and finished partial uploads, whose expiry has passed; not a
+        finished partial that a final still waits for (the final expires first, its expiry
+        moved by its other partials' progress, and then the partial)."""
+        final = uploads.alias("final")
+        waited_for = (
+            select(upload_concat_parts.c.part_id)
+            .join(final, final.c.id == upload_concat_parts.c.final_id)
+            .where(
+                upload_concat_parts.c.part_id == uploads.c.id,
+                final.c.state == UploadState.CONCATENATING.value,
+            )
+            .exists()
+        )
         query = (
             select(uploads.c.id)
             .where(
@@ -234,6 +246,7 @@ class UploadRepository:
                     and_(
                         uploads.c.state == UploadState.FINISHED.value,
                         uploads.c.is_partial.is_(True),
+                        ~waited_for,
                     ),
                 ),
                 uploads.c.expires_at.is_not(None),

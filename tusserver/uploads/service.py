@@ -334,6 +334,15 @@ class UploadService:
             return await self._status(before)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
+            if rec.state is UploadState.CONCATENATING:
+                # Its partials may all be finished (a concatenation that failed, or a crash
+                # after the last partial finished), or one gone: done now, under its lock.
+                try:
+                    await self._complete_final(upload_id)
+                except Exception:
+                    _log.warning("could not complete a final upload", upload_id=upload_id,
+                                 exc_info=True)  # fmt: skip
+                rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
             if (
                 status.offset is not None
@@ -370,6 +379,14 @@ class UploadService:
         parts: Sequence[str] = ()
         if rec.is_final:
             parts = await self.repo.parts_of(rec.id)
+            if rec.length is None and rec.state is UploadState.CONCATENATING:
+                # "The Upload-Length header MUST be included if the length of the final
+                # resource can be calculated at the time of the request": once every partial
+                # has declared its length (reported, not recorded: _final_fits records it).
+                found = await self.repo.get_many(parts)
+                lengths = [found[p].length if p in found else None for p in parts]
+                if all(n is not None for n in lengths):
+                    rec = dataclasses.replace(rec, length=sum(n or 0 for n in lengths))
         if rec.state is UploadState.RECEIVING:
             try:
                 offset: int | None = await self.store.get_offset(rec.id)
@@ -811,6 +828,11 @@ class UploadService:
         now = self._clock()
         expires = self._expiry(now)
         await self.repo.update(rec.id, offset=offset, updated_at=now, expires_at=expires)
+        if rec.is_partial and expires is not None:
+            # A final waiting on this partial is as active as the partial: its expiry (of
+            # inactivity) moves with the partial's, a client cannot append to it.
+            for final_id in await self.repo.finals_waiting_on(rec.id):
+                await self.repo.update(final_id, expires_at=expires)
         return dataclasses.replace(rec, offset=offset, updated_at=now, expires_at=expires)
 
     async def _finish(self, rec: UploadRecord, offset: int) -> UploadRecord:
@@ -850,7 +872,13 @@ class UploadService:
         self.hooks.fire("post_finish", self.hooks.post_finish, done)
         if rec.is_partial:
             for final_id in await self.repo.finals_waiting_on(rec.id):
-                await self._try_complete_final(final_id)
+                try:
+                    await self._try_complete_final(final_id)
+                except Exception:
+                    # The partial is stored and finished whatever happens to the final: its
+                    # completion is tried again on the final's next HEAD (status()).
+                    _log.warning("could not complete a final upload", upload_id=final_id,
+                                 exc_info=True)  # fmt: skip
         return done
 
     # --- concatenation --------------------------------------------------------------------
@@ -858,33 +886,40 @@ class UploadService:
     async def _try_complete_final(self, final_id: str) -> None:
         """Concatenate a final upload once all its partials are finished (idempotent)."""
         async with self.locker.lock(final_id):
-            rec = await self.repo.get(final_id)
-            if rec is None or rec.state is not UploadState.CONCATENATING:
-                return
-            part_ids = await self.repo.parts_of(final_id)
-            parts = await self.repo.get_many(part_ids)
-            if any(
-                parts.get(p) is None or parts[p].state is not UploadState.FINISHED for p in part_ids
-            ):
-                if any(parts.get(p) is None or parts[p].is_gone for p in part_ids):
-                    _log.warning("final upload lost a partial", upload_id=final_id)
-                return
-            # The length is known now (deferred lengths included): the maximum size and the
-            # quota are checked, and the length recorded, before any byte is copied.
-            length = sum(parts[p].length or 0 for p in part_ids)
-            if not await self._final_fits(rec, length):
-                await self.repo.update(
-                    final_id, state=UploadState.REJECTED, updated_at=self._clock()
-                )
-                return
-            assert self._concatenater is not None
-            length = await self._concatenater.concatenate(
-                final_id, part_ids, fsync=self.config.fsync
-            )
-            await self.repo.update(final_id, length=length, state=UploadState.RECEIVING)
-            rec = await self.repo.get(final_id)
-            assert rec is not None
-            await self._finish(rec, length)
+            await self._complete_final(final_id)
+
+    async def _complete_final(self, final_id: str) -> None:
+        """:meth:`_try_complete_final` under the final's lock (held by the caller). A final
+        that lost a partial (terminated, expired, gone) can never be whole: it ends in the
+        partial's state, and answers 410 from then on."""
+        rec = await self.repo.get(final_id)
+        if rec is None or rec.state is not UploadState.CONCATENATING:
+            return
+        part_ids = await self.repo.parts_of(final_id)
+        parts = await self.repo.get_many(part_ids)
+        lost = [parts.get(p) for p in part_ids if parts.get(p) is None or parts[p].is_gone]
+        if lost:
+            state = UploadState.TERMINATED
+            if any(p is None or p.state is UploadState.EXPIRED for p in lost):
+                state = UploadState.EXPIRED
+            _log.warning("final upload lost a partial", upload_id=final_id, state=state.value)
+            await self.repo.update(final_id, state=state, updated_at=self._clock())
+            await self.store.delete(final_id)
+            return
+        if any(parts[p].state is not UploadState.FINISHED for p in part_ids):
+            return
+        # The length is known now (deferred lengths included): the maximum size and the
+        # quota are checked, and the length recorded, before any byte is copied.
+        length = sum(parts[p].length or 0 for p in part_ids)
+        if not await self._final_fits(rec, length):
+            await self.repo.update(final_id, state=UploadState.REJECTED, updated_at=self._clock())
+            return
+        assert self._concatenater is not None
+        length = await self._concatenater.concatenate(final_id, part_ids, fsync=self.config.fsync)
+        await self.repo.update(final_id, length=length, state=UploadState.RECEIVING)
+        rec = await self.repo.get(final_id)
+        assert rec is not None
+        await self._finish(rec, length)
 
     async def _final_fits(self, rec: UploadRecord, length: int) -> bool:
         """Check a final upload's length against the maximum size and its owner's quota, and
@@ -917,6 +952,9 @@ class UploadService:
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
             await self.store.delete(upload_id)
+            if rec.is_partial:
+                for final_id in await self.repo.finals_waiting_on(upload_id):
+                    await self._try_complete_final(final_id)  # (it ends: a partial is gone)
         _log.info("upload terminated", upload_id=upload_id)
         self.hooks.fire("post_terminate", self.hooks.post_terminate, rec)
 
