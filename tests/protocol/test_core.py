@@ -192,6 +192,22 @@ async def test_creation_with_upload_stores_the_first_chunk(client: Client) -> No
     assert await (await get_committed(client, path)).read() == b"hello world"
 
 
+@pytest.mark.parametrize("length", [0, 5])
+async def test_creation_with_an_empty_first_chunk_says_its_offset(
+    client: Client, length: int
+) -> None:
+    """A creation-with-upload whose body is empty (a zero-byte file, or a client that sends
+    the bytes later) still answers with the offset stored, as any creation-with-upload."""
+    resp = await client.post(
+        "/uploads/", data=b"", headers={**TUS, **OCTET, "Upload-Length": str(length)}
+    )
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Upload-Offset"] == "0"
+    # Without the body's content type it is a plain creation: no offset is claimed.
+    resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": str(length)})
+    assert resp.status == 201 and "Upload-Offset" not in resp.headers
+
+
 async def test_creation_with_upload_needs_the_offset_content_type(client: Client) -> None:
     resp = await client.post(
         "/uploads/",

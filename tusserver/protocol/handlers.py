@@ -199,6 +199,9 @@ class TusHandlers:
                 raise
             assert status.offset is not None
             headers["Upload-Offset"] = str(status.offset)
+        elif _is_offset_octet_stream(request) and status.offset is not None:
+            # creation-with-upload of an empty first chunk: the offset stored all the same.
+            headers["Upload-Offset"] = str(status.offset)
         _add_expires(headers, status)
         return web.Response(status=201, headers=headers)
 
@@ -371,9 +374,13 @@ def _require_tus_resumable(request: web.Request) -> None:
         )
 
 
-def _require_offset_octet_stream(request: web.Request) -> None:
+def _is_offset_octet_stream(request: web.Request) -> bool:
     ctype = request.headers.get("Content-Type", "")
-    if ctype.split(";", 1)[0].strip().lower() != OFFSET_OCTET_STREAM:
+    return ctype.split(";", 1)[0].strip().lower() == OFFSET_OCTET_STREAM
+
+
+def _require_offset_octet_stream(request: web.Request) -> None:
+    if not _is_offset_octet_stream(request):
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_OCTET_STREAM}")
 
 
