@@ -14,6 +14,7 @@ from sqlalchemy import insert
 from tests.app_fixtures import MakeClient
 from tests.auth.helpers import auth_client
 from tusserver.app import RUNTIME, Runtime
+from tusserver.catalog.files import fold_name
 from tusserver.catalog.schema import file_tags, files
 
 Client = TestClient[Any, Any]
@@ -80,7 +81,7 @@ def file_row(
     file_id: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A ``files`` row as the pipeline would leave it (name_folded = name.casefold()).
+    """A ``files`` row as the pipeline would leave it (name_folded = fold_name(name)).
 
     Pending rows (received, validating) carry a far-off lease so the server's pipeline
     leaves them alone: they have no bytes to process.
@@ -91,7 +92,7 @@ def file_row(
         "id": file_id or secrets.token_hex(16),
         "owner": owner,
         "name": name,
-        "name_folded": name.casefold()[:255],
+        "name_folded": fold_name(name)[:255],
         "folder": folder,
         "size": size,
         "declared_type": detected_type,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from sqlalchemy import delete
 
 from tests.app_fixtures import MakeClient
 from tests.auth.helpers import bearer, make_users
+from tests.pipeline.test_local_pipeline import upload, wait_file
+from tusserver.catalog.files import fold_name
 from tusserver.catalog.schema import files as files_table
 
 from .helpers import Client, api_client, file_row, insert_files, jwt_client, runtime, token
@@ -138,7 +141,7 @@ def sort_key(sort: str) -> Callable[[Row], tuple[Any, str]]:
     if field == "date":
         return lambda r: (r["created_at"], r["id"])
     if field == "name":
-        return lambda r: (r["name"].casefold(), r["id"])
+        return lambda r: (fold_name(r["name"])[:255], r["id"])
     return lambda r: (r["size"], r["id"])
 
 
@@ -219,15 +222,15 @@ async def test_text_search_is_casefolded_and_literal(catalog: Catalog, match: st
     queries = [*TEXT_QUERIES, "a", "st", "É", "🎉 ", "'"]
     nonempty = 0
     for q in queries:
-        folded = q.casefold()
+        folded = fold_name(q)
         if match == "prefix":
             got = await check(
                 catalog,
                 {"q": q, "match": "prefix"},
-                lambda r, f=folded: r["name"].casefold().startswith(f),
+                lambda r, f=folded: fold_name(r["name"]).startswith(f),
             )
         else:
-            got = await check(catalog, {"q": q}, lambda r, f=folded: f in r["name"].casefold())
+            got = await check(catalog, {"q": q}, lambda r, f=folded: f in fold_name(r["name"]))
         nonempty += bool(got)
     assert nonempty >= 10  # the seed data really exercises the queries
     # Wildcards are literal: '_' and '%' match only themselves.
@@ -460,7 +463,7 @@ async def test_users_see_only_their_own_files_admins_see_all(make_client: MakeCl
     rows = build_rows([alice.id, bob.id], 300, seed=99)
     for r in rows:  # a unique mark in every name, so the admin's unfiltered search is exact
         r["name"] = f"{mark} {r['name']}"
-        r["name_folded"] = r["name"].casefold()
+        r["name_folded"] = fold_name(r["name"])
     await insert_files(client, rows)
     mine = {u.id: [r for r in rows if r["owner"] == u.id] for u in (alice, bob)}
 
@@ -495,3 +498,22 @@ async def test_users_see_only_their_own_files_admins_see_all(make_client: MakeCl
     got = await collect(client, {"owner": bob.id, "limit": 50}, headers=admin)
     assert got == expected(mine[bob.id], lambda r: True)
     assert (await client.get(f"/api/v1/file/{bobs}", headers=admin)).status == 200
+
+
+async def test_names_match_whatever_their_unicode_form(make_client: MakeClient) -> None:
+    """A name typed on macOS arrives decomposed (e + U+0301), one typed elsewhere composed:
+    a search in either form finds both, and the name sort pages through both without
+    skipping or repeating."""
+    client = await api_client(make_client)
+    mark = token("nf")
+    nfd = unicodedata.normalize("NFD", f"{mark} Café.txt")
+    nfc = unicodedata.normalize("NFC", f"{mark} CAFÉ menu.txt")
+    other = f"{mark} cafe plain.txt"
+    ids = {}
+    for name in (nfd, nfc, other):
+        ids[name] = (await wait_file(client, await upload(client, b"x", filename=name)))["id"]
+    for q in ("café", unicodedata.normalize("NFD", "CAFÉ")):
+        found = await collect(client, {"q": f"{mark} {q}", "limit": 50})
+        assert set(found) == {ids[nfd], ids[nfc]}, q
+    paged = await collect(client, {"q": mark, "sort": "name", "limit": 1})
+    assert sorted(paged) == sorted(ids.values()) and len(paged) == 3

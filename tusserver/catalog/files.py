@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import enum
 import functools
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -260,7 +261,7 @@ class FileRepository:
             "id": new.id,
             "owner": new.owner,
             "name": new.name,
-            "name_folded": new.name.casefold()[:255],
+            "name_folded": fold_name(new.name)[:255],
             "folder": "/",
             "size": new.size,
             "declared_type": new.declared_type,
@@ -616,7 +617,7 @@ def search_statement(query: FileQuery) -> Select[Any]:
     if query.owner is not None:
         conds.append(files.c.owner == query.owner)
     if query.q:
-        folded = like_escape(query.q.casefold())
+        folded = like_escape(fold_name(query.q))
         pattern = f"{folded}%" if query.match == "prefix" else f"%{folded}%"
         conds.append(files.c.name_folded.like(pattern, escape="\\"))
     if query.mime:
@@ -704,11 +705,18 @@ async def search_files(db: Database, query: FileQuery) -> list[FileRecord]:
     return await db.read(work)
 
 
+def fold_name(text: str) -> str:
+    """What names are compared as: without case, and one form of each character (a name
+    typed on macOS arrives decomposed, é as e + U+0301; one typed elsewhere composed). The
+    ``name_folded`` column holds this of the name (cut to 255), and ``q`` is folded alike."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
+
+
 def sort_value(f: FileRecord, sort: str) -> Any:
     if sort == "date":
         return f.created_at
     if sort == "name":
-        return f.name.casefold()[:255]
+        return fold_name(f.name)[:255]
     return f.size
 
 
@@ -734,7 +742,7 @@ async def update_file(
     values: dict[str, Any] = {"updated_at": now}
     if name is not None:
         values["name"] = name
-        values["name_folded"] = name.casefold()[:255]
+        values["name_folded"] = fold_name(name)[:255]
     if folder is not None:
         values["folder"] = folder
     if tags is not None:

@@ -122,7 +122,8 @@ files = Table(
     Column("id", String(32), primary_key=True),
     Column("owner", String(64), nullable=True),
     Column("name", String(255), nullable=False),
-    # casefold() of the name: what case-insensitive search compares against.
+    # The name folded (catalog.files.fold_name: no case, one Unicode form), cut to 255: what
+    # name search and the name sort compare.
     Column("name_folded", String(255), nullable=False),
     Column("folder", String(1024), nullable=False, default="/"),
     Column("size", BigInteger, nullable=False),
