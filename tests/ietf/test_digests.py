@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from tests.app_fixtures import TUS
 from tests.ietf.helpers import (
+    DRAFT,
+    PARTIAL,
     Client,
     append,
     create,
@@ -19,6 +23,7 @@ from tests.ietf.helpers import (
     path_of,
     problem,
 )
+from tusserver.app import RUNTIME
 
 
 async def test_matching_content_digest_is_appended(client: Client) -> None:
@@ -155,6 +160,49 @@ async def test_repr_digest_is_checked_when_the_length_completes_the_upload(
     )
     resp = await append(client, path, 0, b"abc")
     assert (resp.status, resp.headers["Upload-Complete"]) == (200, "?1")
+
+
+async def test_requests_that_cannot_complete_the_upload_read_nothing_back(
+    client: Client,
+) -> None:
+    """Comparing a Repr-Digest reads back the bytes stored so far: only for a request that
+    completes the upload. Content of unknown length that does not say so, and a request at
+    another offset than the stored one (refused anyway), read nothing: otherwise each such
+    request, a few hundred bytes, would cost a read and a hash of the whole upload."""
+    data = b"x" * 300_000
+    path = await created(client, data, **{"Upload-Length": str(len(data) + 1)})
+    service = client.app[RUNTIME].uploads
+    read = service.read
+    asked: list[int] = []
+
+    def counting(upload_id: str, start: int, length: int) -> Any:
+        asked.append(length)
+        return read(upload_id, start, length)
+
+    service.read = counting  # type: ignore[method-assign]
+
+    async def nothing() -> AsyncIterator[bytes]:
+        for _ in ():
+            yield b""
+
+    wrong = {"Repr-Digest": digest("sha-256", b"whatever")}
+    for _ in range(3):
+        resp = await client.patch(
+            path,
+            data=nothing(),
+            headers={
+                **DRAFT,
+                **PARTIAL,
+                "Upload-Offset": str(len(data)),
+                "Upload-Complete": "?0",
+                **wrong,
+            },
+        )
+        assert resp.status < 500, await resp.text()
+    resp = await append(client, path, 5, b"y", complete=True, **wrong)
+    assert resp.status == 409
+    assert asked == []
+    assert (await head(client, path)).headers["Upload-Offset"] == str(len(data))
 
 
 async def test_a_content_digest_mismatch_speaks_the_version_of_the_request(

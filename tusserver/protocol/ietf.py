@@ -513,12 +513,16 @@ class IetfHandlers:
             primary = content_checks[0]
             checksum = Checksum(DIGEST_ALGORITHMS[primary.name][0], primary.expected)
         repr_checks: list[_DigestCheck] = []
-        # This request completes the upload if it says so, or if its content reaches the
-        # length (as clients that complete by length do): the representation is checked then.
+        # This request completes the upload if it says so, or if its content is known to
+        # reach the length (as clients that complete by length send): the representation is
+        # checked then. Not for content of unknown length: every such request would read the
+        # whole upload back (a chunked one that completes by length is left to the pipeline's
+        # sha-256 check).
         ends = complete or (
-            length is not None and (content_length is None or offset + content_length >= length)
+            length is not None and content_length is not None and offset + content_length >= length
         )
-        if ends:
+        # (At another offset than the stored one the request is refused: nothing to read.)
+        if ends and offset == status.offset:
             repr_checks = await self._representation_checks(
                 upload_id, offset, {**_stored_repr_digests(rec.metadata), **repr_digests}
             )
