@@ -75,7 +75,8 @@ async def test_a_download_that_does_not_match_its_sha256_is_refused(
 ) -> None:
     client = await make_client()
     small = png_bytes(extra=20_000)
-    info = await wait_file(client, await upload(client, small, filename="s.png"))
+    path = await upload(client, small, filename="s.png")
+    info = await wait_file(client, path)
     assert info["status"] == "committed", info
     obj, _ = stored_object(tmp_path / "data")
     tampered = bytearray(small)
@@ -85,6 +86,13 @@ async def test_a_download_that_does_not_match_its_sha256_is_refused(
     r = await client.get(info["content_url"])
     assert r.status == 500, r.status
     assert json.loads(await r.read())["error"] == "stored_data_unreadable"
+    # The tus URL's download too: every download reads through the same check.
+    r = await client.get(path)
+    body = await r.read()
+    assert r.status == 500 and body != bytes(tampered), r.status
+    obj.write_bytes(small)
+    r = await client.get(path)
+    assert r.status == 200 and await r.read() == small
 
 
 async def test_a_long_download_that_does_not_match_is_cut_short(

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import structlog
@@ -23,7 +21,6 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 
 from auth import Principal
 from auth.gateway import Gate
-from storage_backends.base import IntegrityError
 
 from ..catalog import files as catalog
 from ..catalog.analytics import Event, EventRecorder
@@ -38,7 +35,6 @@ from ..errors import (
     UploadSuspended,
 )
 from ..errors import StateConflict as Conflict
-from ..hashing import update_all
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import content_disposition, not_modified, safe_filename
 from ..metrics import Metrics
@@ -374,17 +370,11 @@ class FilesApi:
                     headers={**validators, "Location": url, "Cache-Control": "private, no-store"},
                 )
 
-        def reader(start: int, length: int) -> AsyncIterator[bytes]:
-            blocks: AsyncIterator[bytes] = self._pipeline.read_source(f, start, length)
-            if start == 0 and length == f.size and f.sha256:
-                return _checked(blocks, f.sha256, f"file {f.id}")
-            return blocks  # a Range: its bytes alone cannot be checked
-
         resp = await stream_bytes(
             request,
             size=f.size,
             name=f.name,
-            reader=reader,
+            reader=lambda start, length: self._pipeline.download(f, start, length),
             extra_headers={**validators, "Cache-Control": "private, no-cache"},
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
@@ -767,31 +757,3 @@ class PartStream:
 
     def set_exception(self, exc: BaseException) -> None:
         self._content.set_exception(exc)
-
-
-async def _checked(
-    blocks: AsyncIterator[bytes], sha256_hex: str, what: str
-) -> AsyncIterator[bytes]:
-    """The blocks of a whole file, checked against the sha256 the catalog recorded.
-
-    Every block but the last is passed on as it comes (nothing is buffered); the last is
-    held back until all the bytes are hashed, and if they do not match, IntegrityError is
-    raised instead: a file of one block is then refused before anything is sent (500), a
-    longer one is cut short, so the client never receives it whole.
-    """
-    digest = hashlib.sha256()
-    held: bytes | None = None
-    try:
-        async for block in blocks:
-            if held is not None:
-                yield held
-            await update_all((digest,), block)
-            held = block
-    finally:
-        if isinstance(blocks, AsyncGenerator):
-            await blocks.aclose()
-    if digest.hexdigest() != sha256_hex:
-        _log.error("download does not match its sha256", file=what)
-        raise IntegrityError(f"{what} does not match its recorded sha256")
-    if held is not None:
-        yield held

@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -875,6 +875,14 @@ class Pipeline:
             count += 1
         return count
 
+    def download(self, f: FileRecord, start: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes of a file for a download (every download path reads through here): a
+        whole file is checked against the sha256 the catalog recorded; a range cannot be."""
+        blocks = self.read_source(f, start, length)
+        if start == 0 and length == f.size and f.sha256:
+            return _checked(blocks, f.sha256, f"file {f.id}")
+        return blocks
+
     async def read_source(self, f: FileRecord, start: int, length: int) -> AsyncIterator[bytes]:
         """The bytes of a file, wherever they are now (object store once committed).
 
@@ -934,3 +942,31 @@ def _digest(head: bytes) -> str:
     """What the type check's memo keeps of the bytes it typed: their sha256, which for a
     file typed whole is the file's own (see Pipeline._inspected_at_intake)."""
     return hashlib.sha256(head).hexdigest()
+
+
+async def _checked(
+    blocks: AsyncIterator[bytes], sha256_hex: str, what: str
+) -> AsyncIterator[bytes]:
+    """The blocks of a whole file, checked against the sha256 the catalog recorded.
+
+    Every block but the last is passed on as it comes (nothing is buffered); the last is
+    held back until all the bytes are hashed, and if they do not match, IntegrityError is
+    raised instead: a file of one block is then refused before anything is sent (500), a
+    longer one is cut short, so the client never receives it whole.
+    """
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    try:
+        async for block in blocks:
+            if held is not None:
+                yield held
+            await update_all((digest,), block)
+            held = block
+    finally:
+        if isinstance(blocks, AsyncGenerator):
+            await blocks.aclose()
+    if digest.hexdigest() != sha256_hex:
+        _log.error("download does not match its sha256", file=what)
+        raise IntegrityError(f"{what} does not match its recorded sha256")
+    if held is not None:
+        yield held

@@ -324,7 +324,7 @@ class TusHandlers:
         )
 
     def _reader(self, f: FileRecord) -> ByteReader:
-        return lambda start, length: self._pipeline.read_source(f, start, length)
+        return lambda start, length: self._pipeline.download(f, start, length)
 
     # --- URLs -----------------------------------------------------------------------------
 
