@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,10 +47,16 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """Buckets in process memory: exact for a single instance."""
+    """Buckets in process memory: exact for a single instance.
+
+    At most ``max_keys`` buckets are kept, in the order they were last used: a new key
+    beyond that forgets the least recently used one (whose debt, if it had one, is forgiven).
+    A bucket being hammered stays, however many other keys a client makes up; and a refused
+    take of a key not kept yet stores nothing (its bucket is full, as a new one would be).
+    """
 
     def __init__(self, *, max_keys: int = 100_000) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._max_keys = max_keys
         self._lock = asyncio.Lock()
 
@@ -70,14 +77,17 @@ class MemoryRateLimiter:
         if force or tokens >= needed:
             self._store(key, tokens - cost, now)
             return Decision(True)
-        self._store(key, tokens, now)
+        if key in self._buckets:
+            self._store(key, tokens, now)
         return Decision(False, (needed - tokens) / rate if rate > 0 else math.inf)
 
     def _store(self, key: str, tokens: float, now: float) -> None:
-        if len(self._buckets) >= self._max_keys and key not in self._buckets:
-            # Forget full buckets first: they are the ones nobody is using.
-            self._buckets.clear()
-        self._buckets[key] = (tokens, now)
+        buckets = self._buckets
+        if key in buckets:
+            buckets.move_to_end(key)
+        elif len(buckets) >= self._max_keys:
+            buckets.popitem(last=False)
+        buckets[key] = (tokens, now)
 
 
 class PostgresRateLimiter:

@@ -17,6 +17,7 @@ from auth import ratelimit
 from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from tests.app_fixtures import OCTET, TUS, MakeClient
 from tusserver import TusServerConfig, create_app
+from tusserver.app import RUNTIME
 from tusserver.catalog.db import create_database
 from tusserver.catalog.migrate import upgrade
 
@@ -80,6 +81,46 @@ async def test_login_brute_force_is_throttled(make_client: MakeClient) -> None:
     resp = await client.post(LOGIN, json={"username": owner.name, "password": PASSWORD})
     assert resp.status == 429, await resp.text()
     _retry_after(resp)
+
+
+async def test_made_up_usernames_do_not_reset_a_throttled_login(make_client: MakeClient) -> None:
+    """The memory limiter keeps a bounded number of buckets (here 40): a flood of made-up
+    usernames must not forget the buckets in use, a victim's login throttle above all (it
+    cleared every bucket when full, giving the guesser a fresh burst)."""
+    client = await auth_client(
+        make_client,
+        rate_limit_logins=0.0001,
+        rate_limit_logins_burst=3,
+        rate_limit_logins_wide=0.0001,
+        rate_limit_logins_wide_burst=1000,
+    )
+    victim = (await make_users(client, victim="user"))["victim"]
+    client.server.app[RUNTIME].gateway.limiter._max_keys = 40
+    for i in range(3):
+        resp = await client.post(LOGIN, json={"username": victim.name, "password": f"guess{i}"})
+        assert resp.status == 401
+    for i in range(60):
+        resp = await client.post(LOGIN, json={"username": f"junk{i}", "password": "x" * 8})
+        assert resp.status in (401, 429)
+        # ... while the guesser keeps at the victim, whose bucket stays in use
+        resp = await client.post(LOGIN, json={"username": victim.name, "password": f"more{i}"})
+        assert resp.status == 429, (i, await resp.text())
+    resp = await client.post(LOGIN, json={"username": victim.name, "password": PASSWORD})
+    assert resp.status == 429
+
+
+async def test_memory_rate_limiter_forgets_the_least_recently_used_bucket(clock: Clock) -> None:
+    limiter = MemoryRateLimiter(max_keys=3)
+
+    async def take(key: str) -> bool:
+        return (await limiter.take(key, rate=0.001, burst=1)).allowed
+
+    assert await take("a") and not await take("a")  # a is spent
+    assert await take("b") and await take("c")
+    assert not await take("a")  # used again: now the most recent
+    assert await take("d")  # forgets b, the least recently used, not a
+    assert not await take("a")
+    assert await take("b")  # a new bucket: full again
 
 
 async def test_patch_bytes_are_rate_limited(make_client: MakeClient) -> None:

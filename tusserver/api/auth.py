@@ -80,10 +80,12 @@ class AuthApi:
         """
         ip = self._gw.client_ip(request)
         name = username.lower()
+        # The address's first: an address over its budget is refused before any bucket of
+        # the (made-up) username it sends is made.
         buckets = [
+            ("logins_wide", f"ip:{ip}"),
             ("logins", f"user:{name}|ip:{ip}"),
             ("logins_wide", f"user:{name}"),
-            ("logins_wide", f"ip:{ip}"),
         ]
         charged: list[str] = []
         for kind, who in buckets:
