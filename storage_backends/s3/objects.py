@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import aiofiles.os
 from minio.commonconfig import CopySource
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.sse import SseCustomerKey
 
 from ..base import ObjectInfo, StorageError, StorageFull
@@ -62,6 +62,12 @@ class S3ObjectStore:
             if is_full(exc):
                 raise StorageFull(f"S3 is full: {exc.code}: {exc.message}") from exc
             raise StorageError(f"S3 {exc.code}: {exc.message}") from exc
+        except (ServerError, InvalidResponseError) as exc:
+            # An answer that is not S3's XML (a proxy's or rate limiter's 429, 413, 503 page),
+            # or a status minio has no error for: the store failed, not the client.
+            if isinstance(exc, ServerError) and exc.status_code == 507:
+                raise StorageFull(f"S3 is full: {exc}") from exc
+            raise StorageError(f"S3 error: {exc}") from exc
         except (OSError, ValueError) as exc:  # connection refused, urllib3 errors, ...
             raise StorageError(f"S3 unreachable: {exc}") from exc
         except Exception as exc:
