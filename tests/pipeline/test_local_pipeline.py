@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import struct
 import zlib
@@ -15,6 +16,7 @@ from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tests.pipeline.helpers import runtime
 from tests.protocol.test_core import create, head, patch
 from tusserver.catalog.files import FileStatus
+from tusserver.pipeline.keys import object_key
 
 Client = TestClient[Any, Any]
 
@@ -200,3 +202,24 @@ async def test_head_tells_the_file_and_its_current_status(make_client: MakeClien
     h = await head(client, path)
     assert h.headers["X-File-Id"] == info["id"]
     assert h.headers["X-File-Status"] == "failed"
+
+
+async def test_a_long_non_ascii_name_commits_and_keeps_its_name(make_client: MakeClient) -> None:
+    """82 CJK characters are 244 bytes: with the file id before them, one more than a file
+    name on disk can have. The name in the object key is cut to fit (by bytes, its extension
+    kept); the file keeps its whole name."""
+    client = await make_client()
+    name = "写真" * 40 + ".txt"
+    data = b"plain words, no thumbnails\n" * 10
+    info = await wait_file(client, await upload(client, data, filename=name))
+    assert info["status"] == "committed", info
+    assert info["name"] == name
+    assert await (await client.get(info["content_url"])).read() == data
+    key = object_key(
+        "{owner}/{yyyy}/{mm}/{dd}/{file_id}-{name}",
+        owner=None, file_id="f" * 32, name=name, category="document",
+        when=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )  # fmt: skip
+    last = key.rsplit("/", 1)[1]
+    assert last.endswith(".txt") and len(last.encode()) <= 200, last
+    assert last.removeprefix("f" * 32 + "-").removesuffix(".txt") in name

@@ -19,6 +19,25 @@ def validate_template(template: str) -> None:
         raise ValueError(f"unknown fields in object key template: {sorted(unknown)}")
 
 
+#: UTF-8 bytes of the name in a key. A key segment is a file name on the local store, where
+#: 255 bytes is the most a name can have: the file id and a dash go before it, and a
+#: thumbnail's suffix (".thumb-1024.webp") or a temporary file's dot and suffix around it. A
+#: name of 150 characters can be 600 bytes (CJK: three each): it is cut to this instead.
+_NAME_BYTES = 150
+
+
+def _within_bytes(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` UTF-8 bytes, its extension kept, never mid-character."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not 0 < len(ext.encode()) <= 16:
+        stem, dot, ext = name, "", ""
+    room = limit - len(ext.encode()) - len(dot)
+    cut = stem.encode()[:room].decode("utf-8", "ignore").rstrip(" .")
+    return (cut or "file") + dot + ext
+
+
 def object_key(
     template: str,
     *,
@@ -29,7 +48,7 @@ def object_key(
     when: dt.datetime,
 ) -> str:
     """Render the key; every field is sanitized so no value can add or climb a segment."""
-    clean = safe_filename(name, limit=150)
+    clean = _within_bytes(safe_filename(name, limit=150), _NAME_BYTES)
     ext = clean.rpartition(".")[2] if "." in clean else ""
     values = {
         "owner": safe_filename(owner or "anonymous", limit=64),
