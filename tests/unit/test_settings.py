@@ -105,6 +105,12 @@ def test_sections_hold_the_flat_values(tmp_path: Path) -> None:
         (StorageSettings, {"object_key_template": "{name}"}, "must contain {file_id}"),
         (EncryptionSettings, {"encryption": "envelope"}, "encryption_keys: "),
         (PipelineSettings, {"pipeline_lease": float("nan")}, "pipeline_lease: must be positive"),
+        (PipelineSettings, {"pipeline_lease": float("inf")}, "pipeline_lease: must be positive"),
+        # Infinity (valid TOML) and durations past any date: refused, not a crash later.
+        (UploadSettings, {"expiration": float("inf")}, "expiration: must be a number from 0"),
+        (UploadSettings, {"event_retention": float("inf")}, "event_retention: must be a number"),
+        (UploadSettings, {"tombstone_retention": 1e12}, "tombstone_retention: must be a number"),
+        (StorageSettings, {"s3_read_timeout": float("inf")}, "s3_read_timeout: must be positive"),
         (PipelineSettings, {"clamd_url": "http://x"}, "clamd_url: must start with"),
         (AuthSettings, {"jwt_algorithm": "RS256"}, "jwt_public_key_file: required for RS256"),
         (

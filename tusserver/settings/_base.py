@@ -41,9 +41,14 @@ def check_at_least_one(section: object, *names: str) -> None:
             raise ConfigError(f"{name}: must be at least 1")
 
 
+#: The largest duration (seconds) or rate a setting takes: 100 years. Infinity (valid TOML,
+#: and float("inf") reads it from the environment) or 1e12 seconds would overflow a date.
+MAX_NUMBER = 100 * 365 * 86400
+
+
 def check_non_negative_numbers(section: object, *names: str) -> None:
-    """Durations and rates: numbers that must not be negative (or NaN)."""
+    """Durations and rates: numbers that must not be negative, NaN or past MAX_NUMBER."""
     for name in names:
-        # "not >= 0" also refuses NaN.
-        if not getattr(section, name) >= 0:
-            raise ConfigError(f"{name}: must be a non-negative number")
+        # "not 0 <= x" also refuses NaN.
+        if not 0 <= getattr(section, name) <= MAX_NUMBER:
+            raise ConfigError(f"{name}: must be a number from 0 to {MAX_NUMBER} (100 years)")

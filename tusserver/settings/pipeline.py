@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._base import (
+    MAX_NUMBER,
     ConfigError,
     check_at_least_one,
     check_non_negative_numbers,
@@ -154,8 +155,8 @@ class PipelineSettings:
         check_at_least_one(self, "pipeline_workers", "pipeline_max_attempts", "media_cpu_limit")
         if self.media_memory_limit < 64 * 1024 * 1024:
             raise ConfigError("media_memory_limit: must be at least 64 MiB (67108864)")
-        if not self.pipeline_lease > 0:  # also refuses NaN
-            raise ConfigError("pipeline_lease: must be positive")
+        if not 0 < self.pipeline_lease <= MAX_NUMBER:  # also refuses NaN and infinity
+            raise ConfigError(f"pipeline_lease: must be positive, at most {MAX_NUMBER}")
         check_non_negative_numbers(
             self,
             "pipeline_retry_base",

@@ -7,7 +7,7 @@ import binascii
 import string
 from dataclasses import dataclass, field
 
-from ._base import ConfigError, check_at_least_one, check_non_negative_numbers, doc
+from ._base import MAX_NUMBER, ConfigError, check_at_least_one, check_non_negative_numbers, doc
 
 __all__ = ["MAX_DOWNLOAD_REDIRECT", "StorageSettings"]
 
@@ -109,8 +109,8 @@ class StorageSettings:
         check_at_least_one(self, "s3_parallel_parts")
         check_non_negative_numbers(self, "download_redirect")
         for name in ("s3_connect_timeout", "s3_read_timeout"):
-            if not getattr(self, name) > 0:  # NaN too
-                raise ConfigError(f"{name}: must be positive")
+            if not 0 < getattr(self, name) <= MAX_NUMBER:  # NaN and infinity too
+                raise ConfigError(f"{name}: must be positive, at most {MAX_NUMBER}")
         if self.download_redirect > MAX_DOWNLOAD_REDIRECT:
             raise ConfigError(
                 f"download_redirect: at most {MAX_DOWNLOAD_REDIRECT} seconds (a presigned URL "
