@@ -153,12 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             extra = {"host": args.host, "worker_port": args.port, "role": "worker"}
         config = _load(args, extra)
+        if args.command == "serve" and config.role == "worker" and args.port is not None:
+            # The worker role listens on worker_port, as `tusserver worker` does: --port
+            # names that one then.
+            config = config.replace(worker_port=args.port)
         resolved = resolve(config)  # key files and the files served, checked before anything
     except ConfigError as exc:
         print(f"tusserver: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=config.log_format, level=config.log_level)
-    if args.command in ("serve", "worker", "migrate", "sweep", "user", "pipeline"):
+    if args.command in ("serve", "worker", "migrate", "sweep", "user", "pipeline", "audit"):
         # Settings that name outside things (database, S3): one line each, never a traceback.
         from .preflight import preflight
 
@@ -223,8 +227,10 @@ def _serve(config: TusServerConfig) -> int:
             app_factory=app_factory,
             ssl_context=ssl_context,
         ).run()
+    from .supervisor import stop_once_on_signals
+
     loop = asyncio.new_event_loop()
-    _stop_once_on_signals(loop)
+    stop_once_on_signals(loop)
     web.run_app(
         app_factory(config),
         host=config.host,
@@ -237,35 +243,6 @@ def _serve(config: TusServerConfig) -> int:
         loop=loop,
     )
     return 0
-
-
-def _stop_once_on_signals(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGINT/SIGTERM start the graceful shutdown once; a repeat is logged and ignored.
-
-    Ctrl-C on ``make run`` reaches the server twice (from the terminal and relayed by make),
-    as repeated SIGTERMs from supervisors do: a second GracefulExit in the middle of the
-    shutdown would abort it with a traceback before requests in flight have finished.
-    """
-    import contextlib
-    import signal
-
-    import structlog
-    from aiohttp.web_runner import GracefulExit
-
-    log = structlog.get_logger("tusserver")
-    stopping = False
-
-    def on_signal() -> None:
-        nonlocal stopping
-        if stopping:
-            log.info("tusserver already stopping: finishing requests in flight")
-            return
-        stopping = True
-        raise GracefulExit()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
-            loop.add_signal_handler(sig, on_signal)
 
 
 async def _migrate(config: TusServerConfig, action: str, revision: str | None) -> int:

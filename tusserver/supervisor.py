@@ -28,6 +28,7 @@ that made the change); rate limits count per process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -207,6 +208,11 @@ class Supervisor:
             sock = _bind(host, port, self._sock.family)
             self._sock.close()
             sock.listen(1024)
+            # A signal reaches a child twice (Ctrl-C: the terminal's to the whole group and
+            # the relayed one; systemd's to every process, then the supervisor's): the
+            # shutdown starts once.
+            loop = asyncio.new_event_loop()
+            stop_once_on_signals(loop)
             web.run_app(
                 self._app_factory(self.child_config(index)),
                 sock=sock,
@@ -214,6 +220,8 @@ class Supervisor:
                 print=lambda *_: None,
                 access_log=None,
                 shutdown_timeout=self._shutdown_timeout,
+                handle_signals=False,
+                loop=loop,
             )
             code = 0
         except BaseException:
@@ -264,3 +272,28 @@ def _describe(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exit {os.WEXITSTATUS(status)}"
     return str(status)
+
+
+def stop_once_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGINT/SIGTERM start the graceful shutdown once; a repeat is logged and ignored.
+
+    Ctrl-C on ``make run`` reaches the server twice (from the terminal and relayed by make),
+    as repeated SIGTERMs from supervisors do: a second GracefulExit in the middle of the
+    shutdown would abort it with a traceback before requests in flight have finished.
+    """
+    from aiohttp.web_runner import GracefulExit
+
+    log = structlog.get_logger("tusserver")
+    stopping = False
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping:
+            log.info("tusserver already stopping: finishing requests in flight")
+            return
+        stopping = True
+        raise GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+            loop.add_signal_handler(sig, on_signal)

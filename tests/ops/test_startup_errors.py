@@ -46,12 +46,15 @@ def _all_say(data: Path, settings: dict[str, str], setting: str, *words: str) ->
 
     The three run side by side (each on its own data directory): a loaded machine makes
     every start of the CLI slow, and they share nothing."""
+    commands = (("serve", ["--port", str(free_port())]), ("migrate", []), ("check", []))
     procs = {
         cmd: popen(["--data-dir", data / cmd, cmd, *extra], settings)
-        for cmd, extra in (("serve", ["--port", str(free_port())]), ("migrate", []), ("check", []))
+        for cmd, extra in (*commands, ("audit", []))
     }
     done = {cmd: _finish(proc, cmd) for cmd, proc in procs.items()}
     served = _failure_line(done["serve"])
+    if not setting.startswith("s3_"):  # (the audit log needs the database only)
+        assert _failure_line(done["audit"]) == served
     assert served.startswith(f"{setting}: "), served
     for word in words:
         assert word in served, served

@@ -297,3 +297,36 @@ async def test_sigterm_stops_every_process_gracefully(role_factory: RoleFactory)
     # the data survived: a single-process server on the same directory serves the file
     again = role_factory("all", SETTINGS, data_dir=srv.data_dir)
     assert await download_sha256(f"{again.url}{_path(url)}") == (len(data), sha256(data))
+
+
+async def test_ctrl_c_to_the_whole_group_stops_every_process_once(
+    role_factory: RoleFactory,
+) -> None:
+    """Ctrl-C in a terminal signals the whole process group (as systemd's SIGTERM reaches
+    every process of the unit): each server process gets the signal directly and again from
+    the supervisor, and still drains once, without a traceback."""
+    srv, pids = _start(role_factory)
+    assert srv.pid is not None
+    assert srv.proc is not None
+    os.killpg(os.getpgid(srv.pid), signal.SIGINT)
+    code = await asyncio.to_thread(srv.proc.wait, 40)
+    assert code == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the supervisor"
+    log = srv.log()
+    assert "Traceback" not in log and "GracefulExit" not in log, log
+    assert log.count("server process stopped") == 2, log
+    assert log.count("status=0") >= 2, log
+
+
+async def test_serve_in_the_worker_role_listens_on_the_port_it_is_given(
+    role_factory: RoleFactory,
+) -> None:
+    """`serve --role worker --port P` is `tusserver worker --port P`: its health and metrics
+    answer on P (the port went to the HTTP setting the worker role does not use)."""
+    srv = role_factory("all", SETTINGS, extra_args=("--role", "worker"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{srv.url}/healthz") as resp:
+            assert resp.status == 200
+        async with session.post(srv.endpoint, headers={**TUS, "Upload-Length": "1"}) as resp:
+            assert resp.status == 404  # no tus endpoint: the pipeline only
