@@ -162,3 +162,35 @@ def test_keda_scales_the_workers_on_the_backlog_metric() -> None:
     # KEDA reads trigger metadata as strings
     assert all(isinstance(v, str) for v in meta.values())
     assert float(meta["threshold"]) > 0
+
+
+def _service_links(service: dict[str, Any]) -> dict[str, str]:
+    """The variables kubelet gives every pod of the namespace for ``service`` (Docker-link
+    style), unless the pod spec says ``enableServiceLinks: false``."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    host = "10.0.0.10"
+    env = {f"{name}_SERVICE_HOST": host}
+    for i, port in enumerate(service["spec"]["ports"]):
+        number, proto = port["port"], port.get("protocol", "TCP")
+        if i == 0:
+            env[f"{name}_SERVICE_PORT"] = str(number)
+            env[f"{name}_PORT"] = f"{proto.lower()}://{host}:{number}"
+        if "name" in port:
+            env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
+        pre = f"{name}_PORT_{number}_{proto}"
+        env.update({pre: f"{proto.lower()}://{host}:{number}", f"{pre}_PROTO": proto.lower(),
+                    f"{pre}_PORT": str(number), f"{pre}_ADDR": host})  # fmt: skip
+    return env
+
+
+def test_the_pods_start_beside_the_services_of_the_namespace() -> None:
+    """A Service named tusserver gives every pod TUSSERVER_SERVICE_HOST, TUSSERVER_PORT=
+    tcp://... and more, which the server refuses as unknown settings: the pods turn them off
+    (enableServiceLinks: false), or they would never start."""
+    links: dict[str, str] = {}
+    for service in _by_kind("Service"):
+        links.update(_service_links(service))
+    assert any(k.startswith("TUSSERVER_") for k in links)  # the case is real
+    for deployment in _by_kind("Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod.get("enableServiceLinks") is False, deployment["metadata"]["name"]
