@@ -196,7 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(config: TusServerConfig) -> int:
     from .app import create_app
+    from .supervisor import bind_problem
 
+    setting = "worker_port" if config.role == "worker" else "port"
+    problem = bind_problem(config.host, getattr(config, setting))
+    if problem is not None:  # (in use, most often: one line, before any start-up work)
+        print(f"tusserver: {setting}: {problem}", file=sys.stderr)
+        return 2
     _return_freed_buffers()
     _migrate_in_child(config)
     port = config.port

@@ -242,6 +242,29 @@ class Supervisor:
         return self._config.replace(**changes) if changes else self._config
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be listened on, if it cannot: in use (by another server, a
+    ``serve --workers`` one included: this probe does not share the port as its processes
+    do), not an address of this machine, a privileged port. Asked before anything starts,
+    so the answer is one line instead of a traceback after the start-up's work."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"{host}: {exc.strerror}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return f"{host}:{port}: {exc.strerror}"
+    return None
+
+
 def _bind(host: str, port: int, family: socket.AddressFamily) -> socket.socket:
     """A TCP socket bound to (host, port) with ``SO_REUSEPORT``, not listening yet."""
     sock = socket.socket(family, socket.SOCK_STREAM)

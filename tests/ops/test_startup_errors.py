@@ -257,3 +257,24 @@ def test_missing_bucket(tmp_path: Path) -> None:
         ok = run(["--data-dir", tmp_path / "c", "check"], admin)
         assert ok.returncode == 0, describe(ok)
         assert s3.client().bucket_exists("made-at-start")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line(tmp_path: Path, workers: str) -> None:
+    """The port taken by another server (a second `serve --workers` too, which would
+    otherwise share it) is refused in one line naming the setting, before any start-up."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run(
+            ["--data-dir", tmp_path / "data", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", workers],
+            {},
+        )  # fmt: skip
+    line = _failure_line(res)
+    assert line.startswith("port: ") and str(port) in line, line
+    assert res.returncode == 2
+    assert not (tmp_path / "data" / "objects").exists(), "a refused start must not get that far"
