@@ -123,7 +123,7 @@ class S3ChunkStore:
         try:
             info = json.loads(data)
         except ValueError:
-            raise StorageError(f"corrupt info object of upload {upload_id}") from None
+            raise _CorruptInfo(f"corrupt info object of upload {upload_id}") from None
         return info if isinstance(info, dict) else {}
 
     async def _write_info(self, upload_id: str, info: dict[str, Any]) -> None:
@@ -371,19 +371,36 @@ class S3ChunkStore:
             raise StorageError(f"upload {upload_id} is shorter than expected")
 
     async def delete(self, upload_id: str) -> None:
+        """Everything of the upload: its multipart upload, its objects. What is gone already
+        is fine; any other failure (S3 unreachable) is raised, and nothing is forgotten: the
+        multipart upload is aborted before the ``.info`` naming it goes, so a later delete
+        finds it again."""
         mp = self._info_cache.pop(upload_id, None)
         if mp is None:
-            with contextlib.suppress(StorageError):
+            try:
                 info = await self._read_info(upload_id)
-                mp = info.get("mp") if isinstance(info.get("mp"), str) else None
+            except (UploadDataMissing, _CorruptInfo):
+                info = {}
+            except StorageError as exc:
+                if not is_missing(exc):
+                    raise
+                info = {}
+            mp = info.get("mp") if isinstance(info.get("mp"), str) else None
         if mp is not None:
-            with contextlib.suppress(StorageError):
+            try:
                 await self._run(
                     self._client._abort_multipart_upload, self._s.bucket, self._key(upload_id), mp
                 )
+            except StorageError as exc:
+                if not is_missing(exc):
+                    self._info_cache[upload_id] = mp
+                    raise
         for suffix in ("", ".part", ".info"):
-            with contextlib.suppress(StorageError):
+            try:
                 await self._objects.delete(self._key(upload_id, suffix))
+            except StorageError as exc:
+                if not is_missing(exc):
+                    raise
 
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB.
@@ -500,3 +517,7 @@ async def _file_blocks(fh: Any, size: int, block: int = 1024 * 1024) -> AsyncIte
             raise StorageError("spool file ended early")
         left -= len(data)
         yield data
+
+
+class _CorruptInfo(StorageError):
+    """The ``.info`` object of an upload is not this store's JSON."""

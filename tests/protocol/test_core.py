@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.utils
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from storage_backends.base import StorageError, UploadDataMissing
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
+from tusserver.app import RUNTIME
 
 Client = TestClient[Any, Any]
 
@@ -388,6 +391,40 @@ async def test_terminated_uploads_answer_410(client: Client) -> None:
     assert (await head(client, path)).status == 410
     assert (await patch(client, path, 2, b"cde")).status == 410
     assert (await client.delete(path, headers=TUS)).status == 410
+
+
+async def test_bytes_the_store_cannot_delete_now_go_with_the_tombstone(client: Client) -> None:
+    """A termination while the store cannot delete (S3 unreachable) is done all the same
+    (204, 410 from then on); the bytes are deleted by the purge of old tombstones, which
+    keeps the row of an upload whose bytes it could not delete yet."""
+    path = await create(client, 5)
+    await patch(client, path, 0, b"ab")
+    service = client.app[RUNTIME].uploads
+    store = service.store
+    delete = store.delete
+    refused: list[str] = []
+
+    async def unreachable(upload_id: str) -> None:
+        refused.append(upload_id)
+        raise StorageError("S3 unreachable: injected")
+
+    store.delete = unreachable  # type: ignore[method-assign]
+    try:
+        assert (await client.delete(path, headers=TUS)).status == 204
+        assert (await head(client, path)).status == 410
+        upload_id = path.rsplit("/", 1)[1]
+        assert refused == [upload_id]
+        assert await store.get_offset(upload_id) == 2  # the bytes are still there
+        await service.purge_tombstones(dt.timedelta(0))
+        # Tried again, refused again: the row stays for the next purge.
+        assert refused.count(upload_id) == 2
+        assert await service.repo.get(upload_id) is not None
+    finally:
+        store.delete = delete  # type: ignore[method-assign]
+    await service.purge_tombstones(dt.timedelta(0))
+    assert await service.repo.get(upload_id) is None
+    with pytest.raises(UploadDataMissing):
+        await store.get_offset(upload_id)
 
 
 # --- X-HTTP-Method-Override ---------------------------------------------------------------

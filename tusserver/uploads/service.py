@@ -746,10 +746,19 @@ class UploadService:
             await self._reject(rec)
             raise
 
+    async def _drop_bytes(self, upload_id: str) -> None:
+        """The bytes of an upload that is over (its row says so already). A store that
+        cannot delete them now (S3 unreachable) fails no request: the tombstone purge deletes
+        them before the row goes (:meth:`purge_tombstones`)."""
+        try:
+            await self.store.delete(upload_id)
+        except StorageError as exc:
+            _log.warning("upload bytes not deleted yet", upload_id=upload_id, error=str(exc))
+
     async def _reject(self, rec: UploadRecord) -> None:
         """The upload ends here, refused: its requests answer 410 from now on, its bytes go."""
         await self.repo.update(rec.id, state=UploadState.REJECTED, updated_at=self._clock())
-        await self.store.delete(rec.id)
+        await self._drop_bytes(rec.id)
 
     async def _record_append(
         self,
@@ -904,7 +913,7 @@ class UploadService:
                 state = UploadState.EXPIRED
             _log.warning("final upload lost a partial", upload_id=final_id, state=state.value)
             await self.repo.update(final_id, state=state, updated_at=self._clock())
-            await self.store.delete(final_id)
+            await self._drop_bytes(final_id)
             return
         if any(parts[p].state is not UploadState.FINISHED for p in part_ids):
             return
@@ -951,7 +960,7 @@ class UploadService:
             await self.repo.update(
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
-            await self.store.delete(upload_id)
+            await self._drop_bytes(upload_id)
             if rec.is_partial:
                 for final_id in await self.repo.finals_waiting_on(upload_id):
                     await self._try_complete_final(final_id)  # (it ends: a partial is gone)
@@ -964,7 +973,7 @@ class UploadService:
             await self.repo.update(
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
-            await self.store.delete(upload_id)
+            await self._drop_bytes(upload_id)
 
     async def finished_upload(self, principal: Principal, upload_id: str) -> UploadRecord:
         rec = await self._get_live(principal, upload_id)
@@ -987,7 +996,7 @@ class UploadService:
                     await self.repo.update(
                         upload_id, state=UploadState.EXPIRED, updated_at=self._clock()
                     )
-                    await self.store.delete(upload_id)
+                    await self._drop_bytes(upload_id)
                     count += 1
             except Exception:
                 _log.exception("could not expire upload", upload_id=upload_id)
@@ -996,7 +1005,17 @@ class UploadService:
         return count
 
     async def purge_tombstones(self, older_than: dt.timedelta, limit: int = 500) -> int:
+        """Forget uploads that ended long ago; their bytes go first (again: a delete that
+        failed when the upload ended is done here, and a row whose bytes cannot be deleted
+        now stays for the next purge)."""
         ids = await self.repo.tombstones_before(self._clock() - older_than, limit)
+        purged = 0
         for upload_id in ids:
+            try:
+                await self.store.delete(upload_id)
+            except StorageError as exc:
+                _log.warning("upload bytes not deleted yet", upload_id=upload_id, error=str(exc))
+                continue
             await self.repo.delete(upload_id)
-        return len(ids)
+            purged += 1
+        return purged
