@@ -223,3 +223,17 @@ async def test_a_long_non_ascii_name_commits_and_keeps_its_name(make_client: Mak
     last = key.rsplit("/", 1)[1]
     assert last.endswith(".txt") and len(last.encode()) <= 200, last
     assert last.removeprefix("f" * 32 + "-").removesuffix(".txt") in name
+
+
+async def test_metadata_with_nul_bytes_still_makes_a_file(client: Client) -> None:
+    """A NUL in a metadata value (a file name): no PostgreSQL text takes it, so the file row
+    could never be written and the upload never finished. It is shown as U+FFFD."""
+    raw = "filename " + base64.b64encode(b"a\x00b.txt").decode()
+    raw += ",note " + base64.b64encode(b"x\x00y").decode()
+    path = await create(client, 3, **{"Upload-Metadata": raw})
+    r = await patch(client, path, 0, b"abc")
+    assert r.status == 204, await r.text()
+    info = await wait_file(client, path)
+    assert info["status"] == "committed", info
+    assert info["name"] == "a\ufffdb.txt"
+    assert info["metadata"]["note"] == "x\ufffdy"

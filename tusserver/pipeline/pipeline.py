@@ -75,8 +75,12 @@ _MIN_SNIFF = 512
 
 
 def text_metadata(meta: Any) -> dict[str, str]:
-    """tus metadata (bytes values) as display text."""
-    return {k: ("" if v is None else v.decode("utf-8", "replace")) for k, v in meta.items()}
+    """tus metadata (bytes values) as display text: bytes that are not UTF-8, and NUL
+    (which no PostgreSQL text takes: the file row could never be written), become U+FFFD."""
+    return {
+        k: "" if v is None else v.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        for k, v in meta.items()
+    }
 
 
 def file_name_of(meta: dict[str, str], fallback: str) -> str:
