@@ -202,11 +202,30 @@ class S3ChunkStore:
             else:
                 return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
         if mp is not None:
-            parts = await self._parts(upload_id, mp)
+            try:
+                parts = await self._parts(upload_id, mp)
+            except UploadDataMissing:
+                size = await self._completed_before_its_info(upload_id)
+                if size is None:
+                    raise
+                return size
             return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
         info = await self._objects.stat(self._key(upload_id))
         if info is None:
             raise UploadDataMissing(upload_id)
+        return info.size
+
+    async def _completed_before_its_info(self, upload_id: str) -> int | None:
+        """The size of the upload's object when its multipart upload, still named by its
+        ``.info``, is gone because it was completed: a finish that stopped (a crash, S3
+        unreachable) between the completion and the ``.info`` that says so. The ``.info`` is
+        written now; None when there is no object either (the bytes are really gone)."""
+        info = await self._objects.stat(self._key(upload_id))
+        if info is None:
+            return None
+        await self._write_info(upload_id, {"mp": None})
+        self._info_cache.pop(upload_id, None)
+        self._part_sizes.pop(upload_id, None)
         return info.size
 
     async def write(
@@ -319,7 +338,12 @@ class S3ChunkStore:
         mp = await self._multipart_id(upload_id)
         if mp is None:
             return
-        parts = await self._parts(upload_id, mp)
+        try:
+            parts = await self._parts(upload_id, mp)
+        except UploadDataMissing:
+            if await self._completed_before_its_info(upload_id) is None:
+                raise
+            return
         tail = await self._take_tail(upload_id)
         if tail:
             await self._upload_part(upload_id, mp, len(parts) + 1, tail)
@@ -423,6 +447,9 @@ class S3ChunkStore:
             if await self._compose(self._s.bucket, key, sources, sse=self._s.write_sse):
                 await self._write_info(upload_id, {"mp": None})
                 return total
+        # An attempt before this one (failed, or stopped by a crash) may have left its
+        # multipart upload: aborted, or nothing would ever remove it.
+        await self._abort_left_over(upload_id)
         await self.create(upload_id, length=total)
         mp = self._info_cache[upload_id]
 
@@ -431,9 +458,32 @@ class S3ChunkStore:
                 async for block in self._objects.get(self._key(part)):
                     yield block
 
-        await self._append(upload_id, mp, chained())
-        await self.finish(upload_id)
+        try:
+            await self._append(upload_id, mp, chained())
+            await self.finish(upload_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._abort_left_over(upload_id)
+            raise
         return total
+
+    async def _abort_left_over(self, upload_id: str) -> None:
+        """Abort the multipart upload the upload's ``.info`` names, if any (gone: fine)."""
+        self._info_cache.pop(upload_id, None)
+        try:
+            info = await self._read_info(upload_id)
+        except (UploadDataMissing, _CorruptInfo):
+            return
+        mp = info.get("mp")
+        if not isinstance(mp, str):
+            return
+        try:
+            await self._run(
+                self._client._abort_multipart_upload, self._s.bucket, self._key(upload_id), mp
+            )
+        except StorageError as exc:
+            if not is_missing(exc):
+                raise
 
     async def copy_into(
         self,

@@ -72,3 +72,73 @@ async def test_a_delete_that_cannot_reach_s3_says_so_and_a_later_one_deletes_all
         await store.delete("up")  # gone already: fine
     finally:
         await store.close()
+
+
+async def test_a_finish_stopped_before_its_info_is_finished_on_the_next_look(
+    s3_server: Any,
+) -> None:
+    """finish() completes the multipart upload, then writes the .info that says so: stopped
+    in between (a crash, S3 unreachable for that one write), the upload is whole in S3, and
+    the next look (another instance, a restart) says so and repairs .info; it answered 410."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    data = os.urandom(100_000)
+    try:
+        await store.create("up", length=len(data))
+        await store.write("up", 0, blocks(data))
+        write_info = store._write_info
+
+        async def stops(upload_id: str, info: dict[str, Any]) -> None:
+            if info.get("mp") is None:
+                raise StorageError("S3 unreachable: injected")
+            await write_info(upload_id, info)
+
+        store._write_info = stops  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            await store.finish("up")
+    finally:
+        await store.close()
+    for look in ("get_offset", "finish"):
+        again = S3ChunkStore(settings(s3_server, ""), prefix=base)
+        await again.open()
+        try:
+            if look == "finish":
+                await again.finish("up")
+            assert await again.get_offset("up") == len(data)
+            assert b"".join([b async for b in again.read("up", 0, len(data))]) == data
+        finally:
+            await again.close()
+
+
+async def test_a_concatenation_done_again_leaves_no_multipart_upload(s3_server: Any) -> None:
+    """Partials under 5 MiB are concatenated through this process, in a multipart upload of
+    the final's: an attempt that failed must not leave its multipart upload when the next one
+    makes a new one (nothing would ever remove it)."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    try:
+        a, b = os.urandom(1000), os.urandom(2000)
+        for upload_id, data in (("pa", a), ("pb", b)):
+            await store.create(upload_id, length=len(data))
+            await store.write(upload_id, 0, blocks(data))
+            await store.finish(upload_id)
+        finish = store.finish
+        calls = 0
+
+        async def once_failing(upload_id: str) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise StorageError("S3 unreachable: injected")
+            await finish(upload_id)
+
+        store.finish = once_failing  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            await store.concatenate("final", ["pa", "pb"], fsync=False)
+        assert await store.concatenate("final", ["pa", "pb"], fsync=False) == 3000
+        assert b"".join([x async for x in store.read("final", 0, 3000)]) == a + b
+        assert _left_behind(s3_server, base)[1] == []
+    finally:
+        await store.close()
