@@ -212,14 +212,14 @@ async def test_a_final_lives_as_long_as_its_partials_are_active(make_client: Mak
     """A final waiting for a partial that still receives bytes does not expire on its own
     clock (a client cannot append to it): its expiry moves with the partial's; and the
     finished partial it waits for is not swept from under it."""
-    client = await make_client(expiration=2.0)
+    client = await make_client(expiration=3.0)
     done = await partial(client, b"ab")
     a = await partial(client, b"wxyz", finish=False)
     final = final_path(
         await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{done} {a}"})
     )
     sweeper = client.app[RUNTIME].sweeper
-    for i in range(3):  # 3.6 s of activity on the partial, never 2 s idle; 0.8 s of slack
+    for i in range(3):  # 3.6 s of activity on the partial, never 3 s idle; 1.8 s of slack
         await asyncio.sleep(1.2)
         assert (await patch(client, a, i, b"wxyz"[i : i + 1])).status == 204
         await sweeper.sweep_once()
