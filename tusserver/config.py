@@ -10,6 +10,7 @@ is checked against these fields by a test, so the two cannot drift.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -82,6 +83,14 @@ class TusServerConfig(
     """
 
     def __post_init__(self) -> None:
+        # Built in code (embedding), a value may be of another type than the setting's: a
+        # str path for data_dir is taken (as from TOML), a str port is a ConfigError naming
+        # the key here, not a TypeError from deep inside the server later.
+        for name, typ in _field_types().items():
+            value = getattr(self, name)
+            coerced = _coerce(name, value, typ, from_env=False)
+            if coerced is not value:
+                object.__setattr__(self, name, coerced)
         sections = self.sections  # builds, and so checks, every section
         if sections.uploads.locker == "postgres" and not (
             sections.server.effective_database_url.startswith("postgresql")
@@ -165,6 +174,7 @@ def redact_url(url: str) -> str:
 _STR_OR_INT = frozenset({"workers"})
 
 
+@functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TusServerConfig)
 

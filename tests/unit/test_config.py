@@ -599,3 +599,21 @@ def test_secret_fields() -> None:
         assert TYPES[name] in (str, tuple[str, ...])  # a key list (encryption_keys) too
     for name in ("host", "port", "base_path", "data_dir"):
         assert name not in SECRETS
+
+
+def test_a_config_built_in_code_takes_a_str_path_and_refuses_wrong_types(tmp_path: Path) -> None:
+    """docs/embedding.md: an invalid value raises ConfigError, naming the key, when the
+    config is built (a str port was a TypeError deep inside the server; workers=2 an
+    AttributeError). A str path and an int for workers are taken, as from TOML."""
+    config = TusServerConfig(data_dir=str(tmp_path), workers=2)  # type: ignore[arg-type]
+    assert config.data_dir == tmp_path and config.workers == "2"
+    assert config.worker_count == 2
+    wrong = [
+        ({"port": "8080"}, "port"),
+        ({"max_size": 1.5}, "max_size"),
+        ({"fsync": "yes"}, "fsync"),
+    ]
+    for changes, key in wrong:
+        with pytest.raises(ConfigError) as err:
+            TusServerConfig(**changes)  # type: ignore[arg-type]
+        assert str(err.value).startswith(f"{key}: "), err.value
