@@ -158,6 +158,11 @@ def error_middleware(*, json_body: bool) -> Middleware:
             headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
             code = exc.reason.lower().replace(" ", "_")
             return respond(exc.status, code, exc.text or exc.reason, headers)
+        except ConnectionResetError:
+            # The client went away (a download it stopped reading): nobody to answer, and
+            # nothing wrong here; aiohttp ends the connection.
+            _log.debug("client went away", method=request.method, path=request.path)
+            raise
         except Exception as exc:
             if is_unreachable(exc):
                 return catalog_unavailable(request, exc)

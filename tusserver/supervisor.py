@@ -254,7 +254,11 @@ def bind_problem(host: str, port: int) -> str | None:
     except socket.gaierror as exc:
         return f"{host}: {exc.strerror}"
     for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # (a family this kernel lacks, IPv6 turned off: the server skips it too)
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

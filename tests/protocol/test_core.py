@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import email.utils
+import io
+import os
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from storage_backends.base import StorageError, UploadDataMissing
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
@@ -494,3 +498,39 @@ async def test_a_64_kib_header_is_a_client_error(client: Client) -> None:
         "/uploads/", headers={**TUS, "Upload-Length": "3", "Upload-Metadata": "k " + "A" * 65536}
     )
     assert 400 <= resp.status < 500
+
+
+async def test_a_body_that_arrives_after_the_shutdown_began_is_released_at_once(
+    client: Client,
+) -> None:
+    """The graceful shutdown stops the bodies being received; a PATCH that gets to its body
+    later (it was waiting for its upload's lock) is stopped at once too, not read in full
+    while the shutdown waits for it."""
+    path = await create(client, 10)
+    client.app[RUNTIME].uploads.release_all()
+    r = await patch(client, path, 0, b"abc")
+    assert r.status == 503, await r.text()
+    assert r.headers["Upload-Offset"] == "0"
+    assert (await head(client, path)).headers["Upload-Offset"] == "0"
+
+
+async def test_a_download_the_client_stops_reading_is_not_an_error(
+    make_client: MakeClient,
+) -> None:
+    """A client that closes a download before its end (a status probe, a cancelled save) is
+    normal: no 'unhandled error' with a traceback in the server's log."""
+    client = await make_client()
+    data = os.urandom(32 * 1024 * 1024)
+    path = await create(client, len(data))
+    resp = await client.patch(
+        path, data=io.BytesIO(data), headers={**TUS, **OCTET, "Upload-Offset": "0"}
+    )
+    assert resp.status == 204
+    await get_committed(client, path)  # (read to its end)
+    with capture_logs() as logs:
+        for _ in range(3):
+            resp = await client.get(path)
+            assert resp.status == 200
+            resp.close()  # gone after the headers
+        await asyncio.sleep(0.3)
+    assert not [e for e in logs if e.get("event") == "unhandled error"], logs

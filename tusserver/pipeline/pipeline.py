@@ -762,7 +762,12 @@ class Pipeline:
         # The chunk copy goes first: a crash before the row is written leaves the object
         # and its recorded sha256, which _recover_missing turns into the committed row.
         if f.upload_id is not None:
-            await self._chunks.delete(f.upload_id)
+            try:
+                await self._chunks.delete(f.upload_id)
+            except StorageError as exc:
+                # The file is whole in the object store: committed all the same, and the
+                # chunk copy left behind said so (S3 answered the copy, not this delete).
+                log.warning("chunk copy not deleted", error=str(exc))
         now = self._clock()
         await self._files.update(
             f.id,
@@ -874,7 +879,12 @@ class Pipeline:
         count = 0
         for f in await self._files.expired_quarantine(self._clock()):
             if f.upload_id is not None:
-                await self._chunks.delete(f.upload_id)
+                try:
+                    await self._chunks.delete(f.upload_id)
+                except (StorageError, OSError) as exc:
+                    # Kept in quarantine: the next purge tries again; the others go on.
+                    _log.warning("quarantined bytes not deleted yet", file_id=f.id, error=str(exc))
+                    continue
             await self._files.update(f.id, quarantine_until=None, updated_at=self._clock())
             count += 1
         return count

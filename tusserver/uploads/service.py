@@ -149,6 +149,8 @@ class UploadService:
         self._local_locker = locker if isinstance(locker, KnowsHolders) else None
         #: Bodies being received: a graceful shutdown stops them (:meth:`release_all`).
         self._receiving: set[BodyReader] = set()
+        #: Set by release_all (shutdown): a body that arrives later is stopped at once.
+        self._released = False
         #: sha256 states of the uploads being received, for the pipeline (None: not kept;
         #: see tusserver.uploads.digests).
         self.digests: RunningDigests | None = None
@@ -476,6 +478,8 @@ class UploadService:
             body, self.config.write_buffer_size, idle_timeout=self.config.body_idle_timeout
         )
         self._receiving.add(reader)
+        if self._released:
+            reader.stop(Interruption.SHUTDOWN)
         try:
             with self.observer.receiving():
                 status = await self.append(
@@ -528,7 +532,9 @@ class UploadService:
         return status
 
     def release_all(self) -> None:
-        """At shutdown: every body being received stops here; what arrived is kept."""
+        """At shutdown: every body being received stops here; what arrived is kept. A body
+        whose request gets here later (it was waiting for its lock) stops at once."""
+        self._released = True
         for reader in list(self._receiving):
             reader.stop(Interruption.SHUTDOWN)
 
@@ -752,7 +758,7 @@ class UploadService:
         them before the row goes (:meth:`purge_tombstones`)."""
         try:
             await self.store.delete(upload_id)
-        except StorageError as exc:
+        except (StorageError, OSError) as exc:
             _log.warning("upload bytes not deleted yet", upload_id=upload_id, error=str(exc))
 
     async def _reject(self, rec: UploadRecord) -> None:
@@ -963,7 +969,13 @@ class UploadService:
             await self._drop_bytes(upload_id)
             if rec.is_partial:
                 for final_id in await self.repo.finals_waiting_on(upload_id):
-                    await self._try_complete_final(final_id)  # (it ends: a partial is gone)
+                    try:
+                        await self._try_complete_final(final_id)  # (it ends: a partial is gone)
+                    except Exception:
+                        # The partial is terminated whatever happens to the final, which
+                        # ends on its next HEAD (status()).
+                        _log.warning("could not end a final upload", upload_id=final_id,
+                                     exc_info=True)  # fmt: skip
         _log.info("upload terminated", upload_id=upload_id)
         self.hooks.fire("post_terminate", self.hooks.post_terminate, rec)
 
@@ -1013,7 +1025,7 @@ class UploadService:
         for upload_id in ids:
             try:
                 await self.store.delete(upload_id)
-            except StorageError as exc:
+            except (StorageError, OSError) as exc:
                 _log.warning("upload bytes not deleted yet", upload_id=upload_id, error=str(exc))
                 continue
             await self.repo.delete(upload_id)
