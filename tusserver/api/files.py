@@ -134,18 +134,6 @@ def _encode_cursor(sort: str, f: FileRecord) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _storable(text: str) -> bool:
-    """Text the catalog can hold: no NUL, and encodable as UTF-8 (JSON can carry a lone
-    surrogate, which no database column takes)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
     invalid = BadRequest("cursor: invalid or from another sort order; start again without it")
     if len(cursor) > 2048:
@@ -170,7 +158,12 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
         except (ValueError, OverflowError):
             raise invalid from None
     elif field == "name":
-        if not isinstance(value, str) or len(value) > 255 or not _storable(value):
+        if (
+            not isinstance(value, str)
+            or len(value) > 255
+            or "\x00" in value
+            or not _encodable(value)  # (JSON carries a lone surrogate; no database does)
+        ):
             raise invalid
     elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise invalid
