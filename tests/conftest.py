@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.migrate import upgrade
 
 pytest_plugins = ["tests.app_fixtures"]
 
@@ -243,6 +246,24 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         yield f"postgresql+asyncpg://postgres@{host}:{port}/{name}"
     finally:
         services.drop_database(host, port, name)
+
+
+@pytest.fixture
+async def fresh_catalog(fresh_database_url: str) -> AsyncIterator[Database]:
+    """A catalog of this test's own (``fresh_database_url``), not migrated yet: migration
+    tests start it at the revision they need."""
+    database = create_database(fresh_database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+async def migrated_catalog(fresh_catalog: Database) -> Database:
+    """``fresh_catalog`` migrated to the head revision."""
+    await upgrade(fresh_catalog)
+    return fresh_catalog
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ through HTTP, on SQLite and PostgreSQL; migration 0011 fills the count in for ol
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from tests.api.helpers import NO_LIMITS
 from tests.app_fixtures import TUS, MakeClient
 from tests.auth.helpers import auth_client, bearer, make_users
 from tests.media.helpers import upload_file, wait_done
-from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.db import Database
 from tusserver.catalog.migrate import downgrade, upgrade
 from tusserver.catalog.schema import files
 
@@ -74,12 +73,8 @@ async def test_thumbnails_count_in_the_usage_and_the_quota(
 
 
 @pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[Database]:
-    database = create_database(fresh_database_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
+def db(fresh_catalog: Database) -> Database:
+    return fresh_catalog
 
 
 async def test_migration_0011_counts_the_thumbnails_of_older_files(db: Database) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from sqlalchemy import select
 
 from tusserver.catalog import analytics
 from tusserver.catalog.analytics import KINDS, Event, report, write_events
-from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.db import Database
 from tusserver.catalog.migrate import downgrade, upgrade
 from tusserver.catalog.schema import analytics_daily, analytics_file_blocks, analytics_rollup
 
@@ -34,13 +33,8 @@ REASONS = ["virus found: Eicar", "type not allowed: x/y", "too large: 5 > 4", "c
 
 
 @pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[Database]:
-    database = create_database(fresh_database_url)
-    await upgrade(database)
-    try:
-        yield database
-    finally:
-        await database.dispose()
+def db(migrated_catalog: Database) -> Database:
+    return migrated_catalog
 
 
 def make_events(seed: int, n: int = 3000) -> list[Event]:

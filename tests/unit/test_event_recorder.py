@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import func, select
 
 from tusserver.catalog.analytics import Event, EventRecorder
-from tusserver.catalog.db import Database, create_database
-from tusserver.catalog.migrate import upgrade
+from tusserver.catalog.db import Database
 from tusserver.catalog.schema import events
-
-
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[Database]:
-    database = create_database(fresh_database_url)
-    await upgrade(database)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 async def stored(db: Database) -> int:
@@ -37,7 +24,10 @@ def event(n: int) -> Event:
     return Event("upload.finished", at=dt.datetime.now(dt.UTC), owner="alice", bytes=n)
 
 
-async def test_a_full_batch_is_written_at_once_and_the_rest_at_stop(db: Database) -> None:
+async def test_a_full_batch_is_written_at_once_and_the_rest_at_stop(
+    migrated_catalog: Database,
+) -> None:
+    db = migrated_catalog
     recorder = EventRecorder(db, flush_interval=3600, max_batch=5)
     recorder.start()
     try:
@@ -56,7 +46,8 @@ async def test_a_full_batch_is_written_at_once_and_the_rest_at_stop(db: Database
     assert await stored(db) == 7
 
 
-async def test_events_are_written_within_the_flush_interval(db: Database) -> None:
+async def test_events_are_written_within_the_flush_interval(migrated_catalog: Database) -> None:
+    db = migrated_catalog
     recorder = EventRecorder(db, flush_interval=0.05, max_batch=1000)
     recorder.start()
     try:

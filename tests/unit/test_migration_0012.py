@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from sqlalchemy import column, func, insert, select, table
 
-from tusserver.catalog.db import Database, create_database
+from tusserver.catalog.db import Database
 from tusserver.catalog.files import fold_name
 from tusserver.catalog.migrate import downgrade, upgrade
 from tusserver.catalog.schema import files
-
-
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[Database]:
-    database = create_database(fresh_database_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
 
 NAMES = [
     "Äpfel.txt",  # SQLite's lower() leaves Ä
@@ -33,7 +21,8 @@ NAMES = [
 ]
 
 
-async def test_rows_from_before_are_folded_as_new_ones(db: Database) -> None:
+async def test_rows_from_before_are_folded_as_new_ones(fresh_catalog: Database) -> None:
+    db = fresh_catalog
     await upgrade(db, "0011")
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     row: dict[str, Any] = {
