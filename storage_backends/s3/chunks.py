@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -47,6 +48,15 @@ class S3ChunkStore:
     The tail object is removed before the parts that include its bytes are uploaded: a crash
     in between makes the offset smaller (the client resends), never larger.
 
+    Parts go up a few at a time, so a PATCH that fails (or a crash) can leave a part stored
+    after one that is missing. Only parts without a gap count, and such a stored part must
+    never count later, when the gap is filled (by a resend that holds other bytes, or by the
+    failed part's request reaching S3 late). So before anything is appended after it, the
+    ``.info`` closes the run of part numbers that counted so far and starts a new run above
+    every part listed; the parts between belong to nobody (S3 drops them when the upload
+    completes without them). The upload's bytes are its runs' parts: each closed run's, then
+    the open run's, from its first part number up to its first gap.
+
     With server-side encryption all three are encrypted: the multipart upload is created with
     the SSE headers and, with SSE-C, every part is uploaded (and the upload completed) with
     the key too; the tail and info objects are written and read like any other object.
@@ -77,6 +87,8 @@ class S3ChunkStore:
         self._part_sizes: dict[str, int] = {}
         self._in_flight = parts_in_flight
         self._info_cache: dict[str, str] = {}
+        #: The runs of part numbers that hold the upload's bytes (see the class): from .info.
+        self._runs: dict[str, Runs] = {}
         #: False once the server answered NotImplemented to UploadPartCopy with an SSE-C
         #: source (SeaweedFS 4.48 does): compose is then not tried again.
         self._ssec_part_copy = True
@@ -100,15 +112,30 @@ class S3ChunkStore:
         cached = self._info_cache.get(upload_id)
         if cached is not None:
             return cached
+        return await self._load_info(upload_id)
+
+    async def _load_info(self, upload_id: str) -> str | None:
+        """Read the ``.info`` into the caches; its multipart id (None: complete)."""
         info = await self._read_info(upload_id)
         mp = info.get("mp")
         part = info.get("part_size")
         if isinstance(part, int) and part >= MIN_PART:
             self._part_sizes[upload_id] = part
+        runs = _runs_from(info.get("runs"))
+        if runs is None:
+            self._runs.pop(upload_id, None)
+        else:
+            self._runs[upload_id] = runs
         if isinstance(mp, str):
             self._info_cache[upload_id] = mp
             return mp
+        self._info_cache.pop(upload_id, None)
         return None
+
+    def _forget(self, upload_id: str) -> None:
+        self._info_cache.pop(upload_id, None)
+        self._part_sizes.pop(upload_id, None)
+        self._runs.pop(upload_id, None)
 
     def _part_size(self, upload_id: str) -> int:
         return self._part_sizes.get(upload_id, self._deferred_part_size)
@@ -157,8 +184,35 @@ class S3ChunkStore:
                 raise
             parts.extend(result.parts)
             if not result.is_truncated:
-                return _contiguous(parts)
+                return parts
             marker = str(result.next_part_number_marker)
+
+    async def _live_parts(
+        self, upload_id: str, mp: str, *, appending: bool = False
+    ) -> tuple[list[Part], int]:
+        """The parts that hold the upload's bytes, in order, and the next part's number.
+
+        ``appending``: a part is about to be uploaded, so parts listed at or past that number
+        (stored after a part that failed) are first put out of the way by a new run.
+        """
+        listed = await self._parts(upload_id, mp)
+        live, number = _live(listed, self._runs.get(upload_id, FIRST_RUN))
+        if not any(p.part_number >= number for p in listed):
+            return live, number
+        # Parts past the live ones: stored after a part that failed, or in a run another
+        # instance started since this one read the .info. Read it again.
+        current = await self._load_info(upload_id)
+        runs = self._runs.get(upload_id, FIRST_RUN)
+        live, number = _live(listed, runs)
+        highest = max(p.part_number for p in listed)
+        if appending and highest >= number and current == mp:
+            start = runs[-1][0]
+            runs = (*runs[:-1], (start, number), (highest + 1, None))
+            info = {"mp": mp, "part_size": self._part_size(upload_id)}
+            await self._write_info(upload_id, {**info, "runs": [list(r) for r in runs]})
+            self._runs[upload_id] = runs
+            number = highest + 1
+        return live, number
 
     async def _tail_size(self, upload_id: str) -> int:
         info = await self._objects.stat(self._key(upload_id, ".part"))
@@ -181,19 +235,23 @@ class S3ChunkStore:
             self._client._create_multipart_upload, self._s.bucket, self._key(upload_id), headers
         )
         await self._write_info(upload_id, {"mp": mp, "part_size": part})
+        self._forget(upload_id)
         self._info_cache[upload_id] = mp
         self._part_sizes[upload_id] = part
 
     async def append_limit(self, upload_id: str, offset: int) -> int:
         """Bytes this upload may still take before S3's 10,000-part limit."""
         await self._multipart_id(upload_id)
-        return max(0, MAX_PARTS * self._part_size(upload_id) - offset)
+        runs = self._runs.get(upload_id, FIRST_RUN)
+        # Part numbers between runs are never used again.
+        unused = sum(nxt[0] - (end or nxt[0]) for (_, end), nxt in itertools.pairwise(runs))
+        return max(0, (MAX_PARTS - unused) * self._part_size(upload_id) - offset)
 
     async def get_offset(self, upload_id: str) -> int:
         mp = await self._multipart_id(upload_id)
         if mp is not None:
             try:
-                parts = await self._parts(upload_id, mp)
+                parts, _ = await self._live_parts(upload_id, mp)
             except UploadDataMissing:
                 if self._info_cache.pop(upload_id, None) is None:
                     raise
@@ -203,7 +261,7 @@ class S3ChunkStore:
                 return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
         if mp is not None:
             try:
-                parts = await self._parts(upload_id, mp)
+                parts, _ = await self._live_parts(upload_id, mp)
             except UploadDataMissing:
                 size = await self._completed_before_its_info(upload_id)
                 if size is None:
@@ -224,8 +282,7 @@ class S3ChunkStore:
         if info is None:
             return None
         await self._write_info(upload_id, {"mp": None})
-        self._info_cache.pop(upload_id, None)
-        self._part_sizes.pop(upload_id, None)
+        self._forget(upload_id)
         return info.size
 
     async def write(
@@ -256,8 +313,7 @@ class S3ChunkStore:
         return await self._append(upload_id, mp, source)
 
     async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
-        parts = await self._parts(upload_id, mp)
-        number = len(parts) + 1
+        _, number = await self._live_parts(upload_id, mp, appending=True)
         part_size = self._part_size(upload_id)
         tail = await self._take_tail(upload_id)
         spool = bytearray(tail)
@@ -287,8 +343,8 @@ class S3ChunkStore:
             raise
         finally:
             for task in pending:
-                # Let started parts finish; a part that failed leaves a gap, and only the
-                # parts before the first gap count (see _contiguous).
+                # Let started parts finish; a part that failed leaves a gap, and the parts
+                # stored after it never count (see the class).
                 try:
                     await task
                 except Exception:
@@ -339,15 +395,15 @@ class S3ChunkStore:
         if mp is None:
             return
         try:
-            parts = await self._parts(upload_id, mp)
+            parts, number = await self._live_parts(upload_id, mp, appending=True)
         except UploadDataMissing:
             if await self._completed_before_its_info(upload_id) is None:
                 raise
             return
         tail = await self._take_tail(upload_id)
         if tail:
-            await self._upload_part(upload_id, mp, len(parts) + 1, tail)
-            parts = await self._parts(upload_id, mp)
+            await self._upload_part(upload_id, mp, number, tail)
+            parts, _ = await self._live_parts(upload_id, mp)
         key = self._key(upload_id)
         if not parts:
             # S3 cannot complete an empty multipart upload: a zero-byte object instead.
@@ -362,7 +418,8 @@ class S3ChunkStore:
                 sse=self._s.write_sse,
             )
         else:
-            done = [Part(p.part_number, p.etag) for p in sorted(parts, key=lambda p: p.part_number)]
+            # Only the live parts: S3 drops the others (stored after a failed part).
+            done = [Part(p.part_number, p.etag) for p in parts]
             await self._run(
                 self._client._complete_multipart_upload,
                 self._s.bucket,
@@ -372,8 +429,7 @@ class S3ChunkStore:
                 self._s.ssec,
             )
         await self._write_info(upload_id, {"mp": None})
-        self._info_cache.pop(upload_id, None)
-        self._part_sizes.pop(upload_id, None)
+        self._forget(upload_id)
 
     async def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
         blocks = self._objects.get(self._key(upload_id), start, length)
@@ -400,6 +456,7 @@ class S3ChunkStore:
         multipart upload is aborted before the ``.info`` naming it goes, so a later delete
         finds it again."""
         mp = self._info_cache.pop(upload_id, None)
+        self._forget(upload_id)
         if mp is None:
             try:
                 info = await self._read_info(upload_id)
@@ -469,7 +526,7 @@ class S3ChunkStore:
 
     async def _abort_left_over(self, upload_id: str) -> None:
         """Abort the multipart upload the upload's ``.info`` names, if any (gone: fine)."""
-        self._info_cache.pop(upload_id, None)
+        self._forget(upload_id)
         try:
             info = await self._read_info(upload_id)
         except (UploadDataMissing, _CorruptInfo):
@@ -548,15 +605,56 @@ class S3ChunkStore:
         return True
 
 
-def _contiguous(parts: list[Part]) -> list[Part]:
-    """Parts 1..k without a gap: bytes after a failed part never count as received."""
-    ordered = sorted(parts, key=lambda p: p.part_number)
-    result = []
-    for expected, part in enumerate(ordered, start=1):
-        if part.part_number != expected:
-            break
-        result.append(part)
-    return result
+#: Runs of part numbers: (first, end) with the end exclusive, None for the open (last) run.
+Runs = tuple[tuple[int, int | None], ...]
+FIRST_RUN: Runs = ((1, None),)
+
+
+def _runs_from(value: object) -> Runs | None:
+    """The runs a ``.info`` records; None when it records none (or not as this store would)."""
+    if not isinstance(value, list) or not value:
+        return None
+    runs: list[tuple[int, int | None]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+            return None
+        first, end = item
+        if not (end is None or (type(end) is int and end >= first)):
+            return None
+        runs.append((first, end))
+    if runs[-1][1] is not None or any(end is None for _, end in runs[:-1]):
+        return None
+    return tuple(runs)
+
+
+def _live(parts: list[Part], runs: Runs) -> tuple[list[Part], int]:
+    """The parts that count, in order, and the number the next part gets.
+
+    A closed run counts its part numbers up to its end, the open (last) run up to its first
+    gap, every run stops at its first gap; the next part continues the open run. A part
+    number listed twice (a server may list a part uploaded again twice) counts once, as its
+    latest upload.
+    """
+    by_number: dict[int, Part] = {}
+    for part in parts:
+        seen = by_number.get(part.part_number)
+        if seen is None or _not_older(part, seen):
+            by_number[part.part_number] = part
+    live: list[Part] = []
+    number = 1
+    for first, end in runs:
+        stop = MAX_PARTS + 1 if end is None else end
+        number = first
+        while number < stop and number in by_number:
+            live.append(by_number[number])
+            number += 1
+    return live, number
+
+
+def _not_older(part: Part, than: Part) -> bool:
+    if part.last_modified is None or than.last_modified is None:
+        return True
+    return bool(part.last_modified >= than.last_modified)
 
 
 async def _file_blocks(fh: Any, size: int, block: int = 1024 * 1024) -> AsyncIterator[bytes]:

@@ -9,7 +9,7 @@ import pytest
 
 from storage_backends.base import StorageError
 from storage_backends.s3 import S3ChunkStore
-from tests.storage.test_s3_sse import blocks, prefix, settings
+from tests.storage.test_s3_sse import PART, blocks, prefix, settings
 
 pytestmark = pytest.mark.s3
 
@@ -142,3 +142,53 @@ async def test_a_concatenation_done_again_leaves_no_multipart_upload(s3_server: 
         assert _left_behind(s3_server, base)[1] == []
     finally:
         await store.close()
+
+
+def _failing_part(store: S3ChunkStore, number: int) -> Any:
+    """Make the upload of part ``number`` fail once, after the parts beside it were sent."""
+    upload_part = store._upload_part
+    failed: list[int] = []
+
+    async def flaky(upload_id: str, mp: str, n: int, data: bytes) -> None:
+        if n == number and not failed:
+            failed.append(n)
+            raise StorageError("S3 unreachable: injected")
+        await upload_part(upload_id, mp, n, data)
+
+    store._upload_part = flaky  # type: ignore[method-assign]
+    return upload_part
+
+
+@pytest.mark.parametrize("resend", ["shorter", "whole"])
+async def test_parts_sent_after_a_failed_part_never_count(s3_server: Any, resend: str) -> None:
+    """Parts go up two at a time: when part 1 fails and part 2 was stored, part 2 holds bytes
+    the offset never covered. A resend must not count it: a shorter one made the offset jump
+    over bytes never received (the file silently corrupt), a whole one left the offset short
+    where the server lists the part number twice."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    other = S3ChunkStore(settings(s3_server, ""), prefix=base)  # another instance
+    await store.open()
+    await other.open()
+    data = os.urandom(2 * PART + 1000)
+    try:
+        await store.create("up", length=len(data))
+        assert await other.get_offset("up") == 0  # it caches what the .info says now
+        _failing_part(store, 1)
+        with pytest.raises(StorageError):
+            await store.write("up", 0, blocks(data[: 2 * PART]))
+        assert await store.get_offset("up") == 0
+        assert await other.get_offset("up") == 0
+        sent = PART + 1000 if resend == "shorter" else len(data)
+        assert await store.write("up", 0, blocks(data[:sent])) == sent
+        assert await store.get_offset("up") == sent
+        # The other instance sees the same, and the upload it completes holds the same bytes.
+        assert await other.get_offset("up") == sent
+        if sent < len(data):
+            assert await other.write("up", sent, blocks(data[sent:])) == len(data) - sent
+        await other.finish("up")
+        assert b"".join([b async for b in store.read("up", 0, len(data))]) == data
+        assert _left_behind(s3_server, base)[1] == []
+    finally:
+        await store.close()
+        await other.close()
