@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 from typing import Any
 
@@ -454,3 +455,46 @@ async def test_standalone_app_wraps_tus_requests_once(aiohttp_client: Any, tmp_p
         assert all(len(r.headers.getall(h)) == 1 for h in _COMMON), r.headers
         assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert answers[1].headers["Content-Type"].startswith("text/plain")
+
+
+async def test_a_failing_concatenation_is_tried_again_with_backoff(client: Client) -> None:
+    """A client polling a final's HEAD while its concatenation fails does not make the store
+    concatenate on every request: the next try waits 1 s, then 2 s, ... (at most a minute)."""
+    service = client.app[RUNTIME].uploads
+    concatenater = service._concatenater
+    real, real_clock = concatenater.concatenate, service._clock
+    now = real_clock()
+    service._clock = lambda: now
+    calls = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        raise StorageError("the store is unavailable")
+
+    a = await partial(client, b"abc", finish=False)
+    final = final_path(
+        await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{a}"})
+    )
+    concatenater.concatenate = failing
+    try:
+        assert (await patch(client, a, 0, b"abc")).status == 204
+        assert calls == 1  # the partial's finish tried it
+        for expected in (2, 2, 2):  # the first HEAD tries; the next ones within 1 s do not
+            h = await head(client, final)
+            assert (h.status, "Upload-Offset" in h.headers, calls) == (200, False, expected)
+        now += dt.timedelta(seconds=1.1)
+        assert (await head(client, final)).status == 200
+        assert calls == 3
+        now += dt.timedelta(seconds=1.1)  # the second failure waits 2 s
+        assert (await head(client, final)).status == 200
+        assert calls == 3
+        concatenater.concatenate = real
+        now += dt.timedelta(seconds=1)
+        h = await head(client, final)
+        assert (h.status, h.headers.get("Upload-Offset")) == (200, "3")
+        assert service._final_retries == {}
+    finally:
+        concatenater.concatenate = real
+        service._clock = real_clock
+    assert await (await get_committed(client, final)).read() == b"abc"

@@ -82,6 +82,10 @@ class FinishedHandler(Protocol):
     def __call__(self, rec: UploadRecord, *, finish: Mapping[str, Any]) -> Awaitable[object]: ...
 
 
+#: A final whose concatenation keeps failing is tried again by a HEAD at most this often.
+_FINAL_RETRY_MAX_S = 60.0
+_FINAL_RETRIES_KEPT = 10_000
+
 _FINAL_REFUSED = (
     "the final upload was refused: its partial uploads add up to more than the maximum size "
     "or than your storage quota allows"
@@ -154,6 +158,10 @@ class UploadService:
         #: sha256 states of the uploads being received, for the pipeline (None: not kept;
         #: see tusserver.uploads.digests).
         self.digests: RunningDigests | None = None
+        #: Finals whose concatenation failed on a HEAD: when the next HEAD may try it again,
+        #: and how often it failed. A client polling HEAD does not make a failing store
+        #: concatenate (read and write the whole upload) on every request.
+        self._final_retries: dict[str, tuple[dt.datetime, int]] = {}
 
     # --- what we can do -------------------------------------------------------------------
 
@@ -336,14 +344,17 @@ class UploadService:
             return await self._status(before)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
-            if rec.state is UploadState.CONCATENATING:
+            if rec.state is UploadState.CONCATENATING and self._final_due(upload_id):
                 # Its partials may all be finished (a concatenation that failed, or a crash
                 # after the last partial finished), or one gone: done now, under its lock.
                 try:
                     await self._complete_final(upload_id)
                 except Exception:
+                    self._final_failed(upload_id)
                     _log.warning("could not complete a final upload", upload_id=upload_id,
                                  exc_info=True)  # fmt: skip
+                else:
+                    self._final_retries.pop(upload_id, None)
                 rec = await self._get_live(principal, upload_id)
             status = await self._status(rec)
             if (
@@ -356,6 +367,19 @@ class UploadService:
                 await self._finish(rec, status.offset)
                 status = await self._status_of(upload_id)
             return status
+
+    def _final_due(self, final_id: str) -> bool:
+        retry = self._final_retries.get(final_id)
+        return retry is None or self._clock() >= retry[0]
+
+    def _final_failed(self, final_id: str) -> None:
+        """Back off a final's next concatenation: 1 s after the first failure, doubling up to
+        a minute. At most 10,000 finals are remembered (the oldest is forgotten first)."""
+        failures = self._final_retries.pop(final_id, (None, 0))[1] + 1
+        delay = min(_FINAL_RETRY_MAX_S, 2.0 ** (failures - 1))
+        self._final_retries[final_id] = (self._clock() + dt.timedelta(seconds=delay), failures)
+        if len(self._final_retries) > _FINAL_RETRIES_KEPT:
+            del self._final_retries[next(iter(self._final_retries))]
 
     async def _owner_before_lock(self, principal: Principal, upload_id: str) -> UploadRecord | None:
         """Someone else's upload answers 404 before the lock is asked for: only its owner (or
