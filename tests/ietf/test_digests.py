@@ -13,6 +13,7 @@ import pytest
 from tests.app_fixtures import TUS
 from tests.ietf.helpers import (
     DRAFT,
+    INCONSISTENT_LENGTH,
     PARTIAL,
     Client,
     append,
@@ -250,3 +251,31 @@ async def test_malformed_digest_fields(client: Client, field: str, value: str) -
     path = await created(client, b"abc")
     await problem(await append(client, path, 3, b"d", complete=True, **{field: value}), 400)
     assert (await head(client, path)).headers["Upload-Complete"] == "?0"
+
+
+async def test_content_past_the_length_cancels_the_upload_with_a_content_digest_too(
+    client: Client,
+) -> None:
+    """Content that goes past the length while it is read (no Content-Length) cancels the
+    upload ("marking the upload resource invalid"), with a Content-Digest as without: it was
+    a plain 413 limit and the upload went on."""
+    path = await created(client, b"ab", **{"Upload-Length": "4"})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"cd"
+        yield b"efgh"
+
+    resp = await client.patch(
+        path,
+        data=chunks(),
+        headers={
+            **DRAFT,
+            **PARTIAL,
+            "Upload-Offset": "2",
+            "Upload-Complete": "?0",
+            "Content-Digest": digest("sha-256", b"cdefgh"),
+        },
+    )
+    await problem(resp, 400, INCONSISTENT_LENGTH)
+    assert (await head(client, path)).status == 410
+    assert (await append(client, path, 2, b"cd")).status == 410

@@ -71,6 +71,21 @@ async def test_checksum_mismatch_leaves_a_deferred_length_deferred(client: Clien
     assert await (await get_committed(client, path)).read() == b"abc"
 
 
+async def test_a_body_refused_as_too_large_leaves_a_deferred_length_deferred(
+    client: Client,
+) -> None:
+    """A PATCH refused upfront (413: its Content-Length goes past the Upload-Length it
+    declares) changes nothing: the length stays deferred, and another may be declared."""
+    path = await create(client, None, **{"Upload-Defer-Length": "1"})
+    r = await patch(client, path, 0, b"abcdef", **{"Upload-Length": "3"})
+    assert r.status == 413
+    h = await head(client, path)
+    assert (h.headers["Upload-Offset"], h.headers.get("Upload-Defer-Length")) == ("0", "1")
+    assert "Upload-Length" not in h.headers
+    assert (await patch(client, path, 0, b"abcdef", **{"Upload-Length": "6"})).status == 204
+    assert await (await get_committed(client, path)).read() == b"abcdef"
+
+
 @pytest.mark.parametrize(
     "value", ["crc32 AAAA", "SHA1 " + base64.b64encode(b"x" * 20).decode(), "sha1", "sha1 !!!"]
 )

@@ -22,7 +22,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import structlog
 
@@ -622,7 +622,10 @@ class UploadService:
 
             try:
                 if content_length is not None and budget is not None and content_length > budget:
-                    if rec.length is None:
+                    if declared_here:
+                        # Nothing of the refused request is taken, its Upload-Length included.
+                        await self.repo.update(rec.id, length=None)
+                    elif rec.length is None:
                         await settle()
                         reason = await self._size_reason(principal, rec, current)
                         self.observer.refused(principal, reason, rec.id)
@@ -644,6 +647,9 @@ class UploadService:
                 try:
                     written = await self._write(rec, current, guard, checksum, interrupted)
                 except (ChecksumMismatch, UploadInterrupted, PayloadTooLarge):
+                    if guard.exceeded and overrun_cancels and rec.length is not None:
+                        # A checked chunk that went past the length (discarded whole).
+                        await self._cancel_overrun(rec, current)
                     if declared_here and checksum is not None:
                         # A checked chunk that failed was discarded: "the upload and its
                         # offset MUST NOT be updated", its length declared with it included.
@@ -804,13 +810,7 @@ class UploadService:
     ) -> UploadStatus:
         """Make the new offset durable (and finish the upload when it is whole)."""
         if guard.exceeded and overrun_cancels and rec.length is not None:
-            # The bytes that fitted are not the upload the client meant: nothing of it is
-            # finished, and nothing more is taken.
-            await self._reject(rec)
-            raise PayloadTooLarge(
-                "the body goes past the upload's length; the upload was cancelled",
-                headers={"Upload-Offset": str(new_offset)},
-            )
+            await self._cancel_overrun(rec, new_offset)
         if complete_at_end and rec.length is None and not guard.exceeded:
             # A plain (non-resumable) upload: its length is what arrived.
             rec = await self._declare_length(rec, new_offset, new_offset, caller)
@@ -830,6 +830,16 @@ class UploadService:
                 headers={"Upload-Offset": str(new_offset)},
             )
         return final
+
+    async def _cancel_overrun(self, rec: UploadRecord, offset: int) -> NoReturn:
+        """A body went past the upload's length with ``overrun_cancels``: the bytes that
+        fitted are not the upload the client meant. Nothing of it is finished, and nothing
+        more is taken."""
+        await self._reject(rec)
+        raise PayloadTooLarge(
+            "the body goes past the upload's length; the upload was cancelled",
+            headers={"Upload-Offset": str(offset)},
+        )
 
     async def _declare_length(
         self, rec: UploadRecord, length: int, offset: int, caller: Principal | None = None
