@@ -76,9 +76,10 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def private_dirs(path: Path) -> None:
+def private_dirs(path: Path, *, durable: bool = False) -> None:
     """Create ``path`` and its missing parents, each with :data:`DIR_MODE` (os.makedirs
-    gives intermediate directories the default mode); inline: metadata calls."""
+    gives intermediate directories the default mode); inline: metadata calls.
+    ``durable``: each new directory's entry is synced to disk (:func:`fsync_dir`)."""
     missing: list[Path] = []
     p = path
     while not p.is_dir():
@@ -89,6 +90,18 @@ def private_dirs(path: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir(mode=DIR_MODE)
+            if durable:
+                fsync_dir(d.parent)
+
+
+def fsync_dir(path: StrPath) -> None:
+    """Sync a directory: a file created or renamed into it survives a power loss only once
+    its directory is synced too (fsync of the file covers its bytes, not its name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -224,22 +237,26 @@ def finish_file(fd: int, end: int, fsync: bool) -> None:
         os.fsync(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Write-then-rename: readers see the old or the new file, never half of one.
 
-    No fsync: used for sidecars that repeat what the catalog holds (the source of truth) or
-    can be rebuilt, so a power loss can at worst cost the copy, not the information.
+    Without ``durable`` no fsync: for sidecars that repeat what the catalog holds (the source
+    of truth) or can be rebuilt, so a power loss can at worst cost the copy, not the
+    information. ``durable``: the bytes, then the rename, are synced to disk (call it in a
+    worker thread then).
     """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
         fd = os.open(tmp, flags, FILE_MODE)
     except FileNotFoundError:
-        private_dirs(path.parent)
+        private_dirs(path.parent, durable=durable)
         fd = os.open(tmp, flags, FILE_MODE)
     try:
         try:
             pwrite_all(fd, data, 0)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -247,6 +264,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def read_small(path: Path) -> bytes:

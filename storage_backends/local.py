@@ -37,6 +37,7 @@ from .fileio import (
     StrPath,
     copy_range,
     create_empty,
+    fsync_dir,
     full_disk_is_storage_full,
     private_dirs,
     pwrite_all,
@@ -52,12 +53,17 @@ _READ_BLOCK = 256 * 1024
 
 
 class LocalChunkStore:
-    """Uploads in progress as files under one directory."""
+    """Uploads in progress as files under one directory.
 
-    def __init__(self, root: Path, *, max_size: int | None = None) -> None:
+    ``fsync``: a new upload's file is made durable as it is created (its directory is
+    synced), as its bytes are by the writes asked to sync them.
+    """
+
+    def __init__(self, root: Path, *, max_size: int | None = None, fsync: bool = False) -> None:
         self._root = Path(root).resolve()
         self._root_s = str(self._root)
         self.capabilities = StoreCapabilities(max_size=max_size)
+        self._fsync = fsync
 
     @property
     def root(self) -> Path:
@@ -89,6 +95,8 @@ class LocalChunkStore:
         # Inline: creating an empty file is a metadata operation of microseconds, and a
         # thread hop costs more CPU than it (see the module docstring).
         create_empty(self._file(upload_id))
+        if self._fsync:
+            await asyncio.to_thread(fsync_dir, self._root_s)
 
     async def get_offset(self, upload_id: str) -> int:
         try:
@@ -203,9 +211,12 @@ class LocalChunkStore:
         target = self.path(upload_id)
         sources = [self.path(p) for p in parts]
         try:
-            return await asyncio.to_thread(_concat_files, target, sources, fsync)
+            size = await asyncio.to_thread(_concat_files, target, sources, fsync)
         except FileNotFoundError as exc:
             raise UploadDataMissing(str(exc.filename)) from None
+        if fsync:
+            await asyncio.to_thread(fsync_dir, self._root_s)
+        return size
 
 
 _KEY_SEGMENT = re.compile(r"[^/\x00]{1,255}")
@@ -306,7 +317,10 @@ class LocalObjectStore:
             # a rename, inline (metadata calls); a copy where the rename crosses filesystems.
             try:
                 in_xattr = self._attach(path, key, doc)
-                _rename_into(path, dest)
+                if self._fsync:  # the rename made durable: in a thread (syncs)
+                    await asyncio.to_thread(_rename_into, path, dest, durable=True)
+                else:
+                    _rename_into(path, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
@@ -331,7 +345,7 @@ class LocalObjectStore:
         dest = self.path(key)
         doc = _meta_doc(content_type, metadata)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        fd = await asyncio.to_thread(_create_beside, tmp)
+        fd = await asyncio.to_thread(_create_beside, tmp, self._fsync)
         try:
             pos = 0
             async for block in source:
@@ -348,6 +362,8 @@ class LocalObjectStore:
             raise
         await asyncio.to_thread(os.close, fd)
         await aiofiles.os.replace(tmp, dest)
+        if self._fsync:
+            await asyncio.to_thread(fsync_dir, dest.parent)
         if in_xattr:
             self._drop_sidecar(key)
 
@@ -373,6 +389,8 @@ class LocalObjectStore:
         try:
             in_xattr = await asyncio.shield(job)
             os.replace(tmp, dest)  # inline: a rename is a metadata call
+            if self._fsync:
+                await asyncio.to_thread(fsync_dir, dest.parent)
         except BaseException:
             while not job.done():  # never remove the file under a build still writing it
                 with contextlib.suppress(BaseException):
@@ -544,23 +562,28 @@ def _drop_xattr(target: _Target) -> None:
             raise
 
 
-def _rename_into(src: StrPath, dest: str) -> None:
+def _rename_into(src: StrPath, dest: str, *, durable: bool = False) -> None:
     """Rename ``src`` to ``dest``, creating the directories of ``dest`` when they are missing
-    (the first object of a day under the default key template): the rename is tried first."""
+    (the first object of a day under the default key template): the rename is tried first.
+    ``durable``: the new directories and the rename are synced to disk."""
     try:
         os.replace(src, dest)
     except FileNotFoundError:
-        private_dirs(Path(dest).parent)  # if ``src`` is what is missing, the rename says so
+        # If ``src`` is what is missing, the rename says so.
+        private_dirs(Path(dest).parent, durable=durable)
         os.replace(src, dest)
+    if durable:
+        fsync_dir(os.path.dirname(dest))
 
 
-def _create_beside(tmp: Path) -> int:
-    """A new file ``tmp`` (its directories created when missing), open for writing."""
+def _create_beside(tmp: Path, durable: bool = False) -> int:
+    """A new file ``tmp`` (its directories created when missing, and synced if
+    ``durable``), open for writing."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
         return os.open(tmp, flags, FILE_MODE)
     except FileNotFoundError:
-        private_dirs(tmp.parent)
+        private_dirs(tmp.parent, durable=durable)
         return os.open(tmp, flags, FILE_MODE)
 
 
@@ -582,7 +605,7 @@ def _build_file(
 ) -> bool:
     """``build`` into a new file, its metadata attached (before the fsync, which then covers
     both); what ``attach`` returned (whether the metadata is in the file's attribute)."""
-    fd = _create_beside(tmp)
+    fd = _create_beside(tmp, fsync)
     try:
         build(fd)
         in_xattr = attach(fd)
@@ -602,7 +625,7 @@ def _copy_file(
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     s = os.open(src, os.O_RDONLY)
     try:
-        d = _create_beside(tmp)
+        d = _create_beside(tmp, fsync)
         try:
             copy_range(s, d, 0, 0, os.fstat(s).st_size)
             in_xattr = attach(d)
@@ -617,6 +640,8 @@ def _copy_file(
     finally:
         os.close(s)
     os.replace(tmp, dest)
+    if fsync:
+        fsync_dir(dest.parent)
     if consume:
         os.remove(src)
     return in_xattr

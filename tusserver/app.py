@@ -579,8 +579,9 @@ def _chunk_store(
             config.uploads_dir,
             _key_ring(key_ring),
             segment_size=encryption.encryption_segment_size,
+            fsync=config.sections.uploads.fsync,
         )
-    return LocalChunkStore(config.uploads_dir)
+    return LocalChunkStore(config.uploads_dir, fsync=config.sections.uploads.fsync)
 
 
 def _object_store(

@@ -23,6 +23,7 @@ from ..fileio import (
     Bytes,
     copy_range,
     finish_file,
+    fsync_dir,
     full_disk_is_storage_full,
     in_worker,
     pwritev_all,
@@ -83,7 +84,8 @@ class EncryptedChunkStore:
         max_size: int | None = None,
         fsync: bool | None = None,
     ) -> None:
-        self._files = LocalChunkStore(root, max_size=max_size)
+        # With fsync on, a new upload's file and its key are durable as they are created.
+        self._files = LocalChunkStore(root, max_size=max_size, fsync=bool(fsync))
         self._keys = keys
         self._segment = segment_size
         #: Whether :meth:`finish` syncs its re-seal to disk; None: as the writes were asked
@@ -139,8 +141,12 @@ class EncryptedChunkStore:
     async def create(self, upload_id: str, *, length: int | None = None) -> None:
         _, env = self._keys.new_envelope(upload_id, self._segment)
         # The sidecar first: data never exists without the key that opens it. Inline: a
-        # small write into the page cache, without fsync (see storage_backends.fileio).
-        write_atomic(self._key_path(upload_id), _envelope_to_json(env))
+        # small write into the page cache, unless it is synced (fsync on: in a thread).
+        key_path, doc = self._key_path(upload_id), _envelope_to_json(env)
+        if self._fsync:
+            await asyncio.to_thread(write_atomic, key_path, doc, durable=True)
+        else:
+            write_atomic(key_path, doc)
         await self._files.create(upload_id, length=length)
 
     async def get_offset(self, upload_id: str) -> int:
@@ -324,8 +330,11 @@ class EncryptedChunkStore:
         key_path = self._key_path(upload_id)
         if not await asyncio.to_thread(key_path.exists):
             _, env = self._keys.new_envelope(upload_id, self._segment)
-            await asyncio.to_thread(write_atomic, key_path, _envelope_to_json(env))
+            doc = _envelope_to_json(env)
+            await asyncio.to_thread(write_atomic, key_path, doc, durable=fsync)
         await asyncio.to_thread(touch, self._files.path(upload_id))
+        if fsync:
+            await asyncio.to_thread(fsync_dir, self.root)
         total = 0
         for part in parts:
             size = await self.get_offset(part)
@@ -346,7 +355,8 @@ class EncryptedChunkStore:
                 report.already_current += 1
                 continue
             new = self._keys.rewrap(env, upload_id)
-            await asyncio.to_thread(write_atomic, sidecar, _envelope_to_json(new))
+            # Durable: the old master key may be retired once the rotation is done.
+            await asyncio.to_thread(write_atomic, sidecar, _envelope_to_json(new), durable=True)
             report.rewrapped += 1
         records = {self._keys.active_id: self._keys.check_record(self._keys.active_id)}
         await asyncio.to_thread(write_atomic, self.root / CHECK_NAME, json.dumps(records).encode())
