@@ -195,6 +195,26 @@ async def test_many_addresses_share_the_per_username_budget(make_client: MakeCli
     assert statuses.count(401) == 8 and statuses[8:] == [429] * 4, statuses
 
 
+async def test_a_refused_sign_in_costs_no_other_budget(make_client: MakeClient) -> None:
+    """A sign-in refused by one bucket checked no password: the buckets it was charged to
+    before are refunded. Someone who keeps trying a throttled account from their address
+    can still sign in to another one from it."""
+    client = await hardened(make_client, rate_limit_logins_wide_burst=8)
+    users = await make_users(client, owner="user", other="user")
+    owner, other = users["owner"], users["other"]
+    for _ in range(4):  # guessers at four addresses use up the owner's budget
+        ip = address()
+        assert [(await _login(client, owner.name, "wrong!!", ip)).status for _ in range(2)] == [
+            401,
+            401,
+        ]
+    mine = address()
+    for _ in range(10):  # the owner is throttled: refused before the password is checked
+        assert (await _login(client, owner.name, PASSWORD, mine)).status == 429
+    resp = await _login(client, other.name, PASSWORD, mine)
+    assert resp.status == 200, await resp.text()
+
+
 # --- item 8: reuse of a rotated refresh token ends the session ------------------------------
 
 

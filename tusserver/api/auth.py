@@ -72,7 +72,7 @@ class AuthApi:
         BEFORE the password is checked: each charge is one atomic step of the limiter, so a
         burst of concurrent guesses checks at most the burst size, and a request over budget
         is refused (429) whatever its password. Returns the buckets charged (a right password
-        gets them back).
+        gets them back; so do the buckets charged before one that refuses).
 
         Buckets: the (username, address) pair, which slows a guesser down; the username from
         every address and the address for every username, larger, which bound a guesser with
@@ -88,9 +88,14 @@ class AuthApi:
             ("logins_wide", f"user:{name}"),
         ]
         charged: list[str] = []
-        for kind, who in buckets:
-            await self._gw.limit(request, kind, who=who, actor=None, target=username[:64])
-            charged.append(f"{kind}\n{who}")
+        try:
+            for kind, who in buckets:
+                await self._gw.limit(request, kind, who=who, actor=None, target=username[:64])
+                charged.append(f"{kind}\n{who}")
+        except BaseException:
+            # Refused by one bucket, no password was checked: the others are given back.
+            await self._refund_sign_in(request, charged)
+            raise
         return charged
 
     async def _refund_sign_in(self, request: web.Request, charged: list[str]) -> None:
