@@ -431,6 +431,35 @@ async def test_bytes_the_store_cannot_delete_now_go_with_the_tombstone(client: C
         await store.get_offset(upload_id)
 
 
+async def test_tombstones_whose_bytes_cannot_go_never_hold_up_the_others(client: Client) -> None:
+    """The purge looks at old tombstones a page at a time: a full page of rows whose bytes
+    the store cannot delete (an object lock, a permission) stalled it for good."""
+    service = client.app[RUNTIME].uploads
+    store = service.store
+    ids = []
+    for _ in range(5):
+        path = await create(client, 5)
+        assert (await client.delete(path, headers=TUS)).status == 204
+        ids.append(path.rsplit("/", 1)[1])
+        await asyncio.sleep(0.002)  # each ended later than the one before
+    stuck = set(ids[:2])  # the oldest two: a whole first page
+    delete = store.delete
+
+    async def locked(upload_id: str) -> None:
+        if upload_id in stuck:
+            raise StorageError("AccessDenied: object locked")
+        await delete(upload_id)
+
+    store.delete = locked  # type: ignore[method-assign]
+    try:
+        assert await service.purge_tombstones(dt.timedelta(0), limit=2) == 3
+    finally:
+        store.delete = delete  # type: ignore[method-assign]
+    left = {i for i in ids if await service.repo.get(i) is not None}
+    assert left == stuck
+    assert await service.purge_tombstones(dt.timedelta(0), limit=2) == 2
+
+
 # --- X-HTTP-Method-Override ---------------------------------------------------------------
 
 

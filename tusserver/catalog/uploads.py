@@ -256,14 +256,29 @@ class UploadRepository:
         )
         return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
 
-    async def tombstones_before(self, cutoff: dt.datetime, limit: int = 500) -> list[str]:
+    async def tombstones_before(
+        self,
+        cutoff: dt.datetime,
+        limit: int = 500,
+        *,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[tuple[dt.datetime, str]]:
+        """Ended uploads last updated before ``cutoff``, as (updated_at, id) in that order;
+        ``after``: the page after that key (the last of the page before)."""
         gone = [UploadState.TERMINATED.value, UploadState.EXPIRED.value, UploadState.REJECTED.value]
-        query = (
-            select(uploads.c.id)
-            .where(uploads.c.state.in_(gone), uploads.c.updated_at < cutoff)
-            .limit(limit)
+        query = select(uploads.c.updated_at, uploads.c.id).where(
+            uploads.c.state.in_(gone), uploads.c.updated_at < cutoff
         )
-        return await self._db.read(lambda conn: list(conn.execute(query).scalars()))
+        if after is not None:
+            at, last = after
+            query = query.where(
+                or_(
+                    uploads.c.updated_at > at,
+                    and_(uploads.c.updated_at == at, uploads.c.id > last),
+                )
+            )
+        query = query.order_by(uploads.c.updated_at, uploads.c.id).limit(limit)
+        return await self._db.read(lambda conn: [(r[0], r[1]) for r in conn.execute(query)])
 
     async def delete(self, upload_id: str) -> None:
         stmt = delete(uploads).where(uploads.c.id == upload_id)

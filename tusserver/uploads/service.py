@@ -1053,15 +1053,22 @@ class UploadService:
     async def purge_tombstones(self, older_than: dt.timedelta, limit: int = 500) -> int:
         """Forget uploads that ended long ago; their bytes go first (again: a delete that
         failed when the upload ended is done here, and a row whose bytes cannot be deleted
-        now stays for the next purge)."""
-        ids = await self.repo.tombstones_before(self._clock() - older_than, limit)
+        now stays for the next purge). Every such upload is looked at, ``limit`` at a time:
+        rows whose bytes cannot be deleted never hold up the ones after them."""
+        cutoff = self._clock() - older_than
         purged = 0
-        for upload_id in ids:
-            try:
-                await self.store.delete(upload_id)
-            except (StorageError, OSError) as exc:
-                _log.warning("upload bytes not deleted yet", upload_id=upload_id, error=str(exc))
-                continue
-            await self.repo.delete(upload_id)
-            purged += 1
-        return purged
+        after: tuple[dt.datetime, str] | None = None
+        while True:
+            page = await self.repo.tombstones_before(cutoff, limit, after=after)
+            for _, upload_id in page:
+                try:
+                    await self.store.delete(upload_id)
+                except (StorageError, OSError) as exc:
+                    _log.warning("upload bytes not deleted yet", upload_id=upload_id,
+                                 error=str(exc))  # fmt: skip
+                    continue
+                await self.repo.delete(upload_id)
+                purged += 1
+            if len(page) < limit:
+                return purged
+            after = page[-1]

@@ -39,8 +39,7 @@ class Sweeper:
             expired += n
             if n == 0:
                 break
-        while await self._service.purge_tombstones(self._retention):
-            pass
+        await self._service.purge_tombstones(self._retention)
         for task in self._extra:
             await task()
         return expired
