@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import json
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -48,14 +47,13 @@ class S3ChunkStore:
     The tail object is removed before the parts that include its bytes are uploaded: a crash
     in between makes the offset smaller (the client resends), never larger.
 
-    Parts go up a few at a time, so a PATCH that fails (or a crash) can leave a part stored
-    after one that is missing. Only parts without a gap count, and such a stored part must
-    never count later, when the gap is filled (by a resend that holds other bytes, or by the
-    failed part's request reaching S3 late). So before anything is appended after it, the
-    ``.info`` closes the run of part numbers that counted so far and starts a new run above
-    every part listed; the parts between belong to nobody (S3 drops them when the upload
-    completes without them). The upload's bytes are its runs' parts: each closed run's, then
-    the open run's, from its first part number up to its first gap.
+    Every part but the last has the upload's part size, so part ``n`` always holds the
+    upload's bytes ``(n-1)*size`` to ``n*size``, whichever request stored it. Parts go up a
+    few at a time, so a PATCH that fails (or a crash) can leave a part stored after one that
+    is missing, and a failed part's request can reach S3 late: such a part holds the bytes of
+    its place all the same, and counts once the parts before it are there (the parts from 1
+    without a gap count). The tail records the offset it starts at: a tail that no longer
+    starts where the parts end (they grew past it) holds bytes they hold too, and is dropped.
 
     With server-side encryption all three are encrypted: the multipart upload is created with
     the SSE headers and, with SSE-C, every part is uploaded (and the upload completed) with
@@ -87,8 +85,6 @@ class S3ChunkStore:
         self._part_sizes: dict[str, int] = {}
         self._in_flight = parts_in_flight
         self._info_cache: dict[str, str] = {}
-        #: The runs of part numbers that hold the upload's bytes (see the class): from .info.
-        self._runs: dict[str, Runs] = {}
         #: False once the server answered NotImplemented to UploadPartCopy with an SSE-C
         #: source (SeaweedFS 4.48 does): compose is then not tried again.
         self._ssec_part_copy = True
@@ -121,11 +117,6 @@ class S3ChunkStore:
         part = info.get("part_size")
         if isinstance(part, int) and part >= MIN_PART:
             self._part_sizes[upload_id] = part
-        runs = _runs_from(info.get("runs"))
-        if runs is None:
-            self._runs.pop(upload_id, None)
-        else:
-            self._runs[upload_id] = runs
         if isinstance(mp, str):
             self._info_cache[upload_id] = mp
             return mp
@@ -135,7 +126,6 @@ class S3ChunkStore:
     def _forget(self, upload_id: str) -> None:
         self._info_cache.pop(upload_id, None)
         self._part_sizes.pop(upload_id, None)
-        self._runs.pop(upload_id, None)
 
     def _part_size(self, upload_id: str) -> int:
         return self._part_sizes.get(upload_id, self._deferred_part_size)
@@ -187,36 +177,16 @@ class S3ChunkStore:
                 return parts
             marker = str(result.next_part_number_marker)
 
-    async def _live_parts(
-        self, upload_id: str, mp: str, *, appending: bool = False
-    ) -> tuple[list[Part], int]:
-        """The parts that hold the upload's bytes, in order, and the next part's number.
+    async def _live_parts(self, upload_id: str, mp: str) -> list[Part]:
+        """The parts that hold the upload's bytes, in order (see the class)."""
+        return _live(await self._parts(upload_id, mp))
 
-        ``appending``: a part is about to be uploaded, so parts listed at or past that number
-        (stored after a part that failed) are first put out of the way by a new run.
-        """
-        listed = await self._parts(upload_id, mp)
-        live, number = _live(listed, self._runs.get(upload_id, FIRST_RUN))
-        if not any(p.part_number >= number for p in listed):
-            return live, number
-        # Parts past the live ones: stored after a part that failed, or in a run another
-        # instance started since this one read the .info. Read it again.
-        current = await self._load_info(upload_id)
-        runs = self._runs.get(upload_id, FIRST_RUN)
-        live, number = _live(listed, runs)
-        highest = max(p.part_number for p in listed)
-        if appending and highest >= number and current == mp:
-            start = runs[-1][0]
-            runs = (*runs[:-1], (start, number), (highest + 1, None))
-            info = {"mp": mp, "part_size": self._part_size(upload_id)}
-            await self._write_info(upload_id, {**info, "runs": [list(r) for r in runs]})
-            self._runs[upload_id] = runs
-            number = highest + 1
-        return live, number
-
-    async def _tail_size(self, upload_id: str) -> int:
+    async def _tail_size(self, upload_id: str, parts_end: int) -> int:
+        """The tail's size, if it starts where the parts end (else it is stale: 0)."""
         info = await self._objects.stat(self._key(upload_id, ".part"))
-        return 0 if info is None else info.size
+        if info is None or not _tail_fits(info.metadata.get(_TAIL_START), parts_end):
+            return 0
+        return info.size
 
     # --- the ChunkStore protocol ------------------------------------------------------------
 
@@ -242,32 +212,31 @@ class S3ChunkStore:
     async def append_limit(self, upload_id: str, offset: int) -> int:
         """Bytes this upload may still take before S3's 10,000-part limit."""
         await self._multipart_id(upload_id)
-        runs = self._runs.get(upload_id, FIRST_RUN)
-        # Part numbers between runs are never used again.
-        unused = sum(nxt[0] - (end or nxt[0]) for (_, end), nxt in itertools.pairwise(runs))
-        return max(0, (MAX_PARTS - unused) * self._part_size(upload_id) - offset)
+        return max(0, MAX_PARTS * self._part_size(upload_id) - offset)
 
     async def get_offset(self, upload_id: str) -> int:
         mp = await self._multipart_id(upload_id)
         if mp is not None:
             try:
-                parts, _ = await self._live_parts(upload_id, mp)
+                parts = await self._live_parts(upload_id, mp)
             except UploadDataMissing:
                 if self._info_cache.pop(upload_id, None) is None:
                     raise
                 # Another instance completed the upload after we cached its multipart id.
                 mp = await self._multipart_id(upload_id)
             else:
-                return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+                end = sum(p.size or 0 for p in parts)
+                return end + await self._tail_size(upload_id, end)
         if mp is not None:
             try:
-                parts, _ = await self._live_parts(upload_id, mp)
+                parts = await self._live_parts(upload_id, mp)
             except UploadDataMissing:
                 size = await self._completed_before_its_info(upload_id)
                 if size is None:
                     raise
                 return size
-            return sum(p.size or 0 for p in parts) + await self._tail_size(upload_id)
+            end = sum(p.size or 0 for p in parts)
+            return end + await self._tail_size(upload_id, end)
         info = await self._objects.stat(self._key(upload_id))
         if info is None:
             raise UploadDataMissing(upload_id)
@@ -313,10 +282,13 @@ class S3ChunkStore:
         return await self._append(upload_id, mp, source)
 
     async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
-        _, number = await self._live_parts(upload_id, mp, appending=True)
+        parts = await self._live_parts(upload_id, mp)
+        number = len(parts) + 1
         part_size = self._part_size(upload_id)
-        tail = await self._take_tail(upload_id)
+        end = sum(p.size or 0 for p in parts)
+        tail = await self._take_tail(upload_id, end)
         spool = bytearray(tail)
+        first = number
         pending: list[asyncio.Task[None]] = []
         written = 0
         failed = False
@@ -350,7 +322,7 @@ class S3ChunkStore:
                 except Exception:
                     failed = True
             if spool and not failed:
-                await self._put_tail(upload_id, bytes(spool))
+                await self._put_tail(upload_id, bytes(spool), end + (number - first) * part_size)
         return written
 
     async def _upload_part(self, upload_id: str, mp: str, number: int, data: bytes) -> None:
@@ -369,18 +341,26 @@ class S3ChunkStore:
             number,
         )
 
-    async def _take_tail(self, upload_id: str) -> bytes:
+    async def _take_tail(self, upload_id: str, parts_end: int) -> bytes:
+        """The tail's bytes, removed; nothing if there is none or it is stale (it does not
+        start at ``parts_end``: the parts hold its bytes)."""
         key = self._key(upload_id, ".part")
         try:
-            data = b"".join([b async for b in self._objects.get(key)])
+            resp = await self._run(self._client.get_object, self._s.bucket, key, ssec=self._s.ssec)
         except StorageError as exc:
             if is_missing(exc):
                 return b""
             raise
+        try:
+            start = resp.headers.get(f"x-amz-meta-{_TAIL_START}")
+            data = await self._run(resp.read)
+        finally:
+            resp.close()
+            resp.release_conn()
         await self._objects.delete(key)
-        return data
+        return data if _tail_fits(start, parts_end) else b""
 
-    async def _put_tail(self, upload_id: str, data: bytes) -> None:
+    async def _put_tail(self, upload_id: str, data: bytes, start: int) -> None:
         await self._run(
             self._client.put_object,
             self._s.bucket,
@@ -388,6 +368,7 @@ class S3ChunkStore:
             io.BytesIO(data),
             len(data),
             sse=self._s.write_sse,
+            metadata={_TAIL_START: str(start)},
         )
 
     async def finish(self, upload_id: str) -> None:
@@ -395,15 +376,17 @@ class S3ChunkStore:
         if mp is None:
             return
         try:
-            parts, number = await self._live_parts(upload_id, mp, appending=True)
+            parts = await self._live_parts(upload_id, mp)
         except UploadDataMissing:
             if await self._completed_before_its_info(upload_id) is None:
                 raise
             return
-        tail = await self._take_tail(upload_id)
+        tail = await self._take_tail(upload_id, sum(p.size or 0 for p in parts))
         if tail:
-            await self._upload_part(upload_id, mp, number, tail)
-            parts, _ = await self._live_parts(upload_id, mp)
+            last = len(parts) + 1
+            await self._upload_part(upload_id, mp, last, tail)
+            # Parts listed past the tail's (left by a failed request) are not the upload's.
+            parts = [p for p in await self._live_parts(upload_id, mp) if p.part_number <= last]
         key = self._key(upload_id)
         if not parts:
             # S3 cannot complete an empty multipart upload: a zero-byte object instead.
@@ -418,7 +401,7 @@ class S3ChunkStore:
                 sse=self._s.write_sse,
             )
         else:
-            # Only the live parts: S3 drops the others (stored after a failed part).
+            # Only these parts: S3 drops the others (stored after a failed part).
             done = [Part(p.part_number, p.etag) for p in parts]
             await self._run(
                 self._client._complete_multipart_upload,
@@ -605,50 +588,28 @@ class S3ChunkStore:
         return True
 
 
-#: Runs of part numbers: (first, end) with the end exclusive, None for the open (last) run.
-Runs = tuple[tuple[int, int | None], ...]
-FIRST_RUN: Runs = ((1, None),)
+#: The tail's metadata key: the upload offset its first byte is at.
+_TAIL_START = "tail-start"
 
 
-def _runs_from(value: object) -> Runs | None:
-    """The runs a ``.info`` records; None when it records none (or not as this store would)."""
-    if not isinstance(value, list) or not value:
-        return None
-    runs: list[tuple[int, int | None]] = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
-            return None
-        first, end = item
-        if not (end is None or (type(end) is int and end >= first)):
-            return None
-        runs.append((first, end))
-    if runs[-1][1] is not None or any(end is None for _, end in runs[:-1]):
-        return None
-    return tuple(runs)
+def _tail_fits(start: str | None, parts_end: int) -> bool:
+    """Whether a tail that starts at ``start`` continues parts ending at ``parts_end``. A tail
+    written before tails recorded their start (None) is taken as it was then."""
+    return start is None or start == str(parts_end)
 
 
-def _live(parts: list[Part], runs: Runs) -> tuple[list[Part], int]:
-    """The parts that count, in order, and the number the next part gets.
-
-    A closed run counts its part numbers up to its end, the open (last) run up to its first
-    gap, every run stops at its first gap; the next part continues the open run. A part
-    number listed twice (a server may list a part uploaded again twice) counts once, as its
-    latest upload.
-    """
+def _live(parts: list[Part]) -> list[Part]:
+    """The parts that count, in order: from part 1 up to the first gap. A part number listed
+    twice (a server may list a part uploaded again twice) counts once, as its latest upload."""
     by_number: dict[int, Part] = {}
     for part in parts:
         seen = by_number.get(part.part_number)
         if seen is None or _not_older(part, seen):
             by_number[part.part_number] = part
     live: list[Part] = []
-    number = 1
-    for first, end in runs:
-        stop = MAX_PARTS + 1 if end is None else end
-        number = first
-        while number < stop and number in by_number:
-            live.append(by_number[number])
-            number += 1
-    return live, number
+    while len(live) + 1 in by_number:
+        live.append(by_number[len(live) + 1])
+    return live
 
 
 def _not_older(part: Part, than: Part) -> bool:

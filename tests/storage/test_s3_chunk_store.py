@@ -159,12 +159,24 @@ def _failing_part(store: S3ChunkStore, number: int) -> Any:
     return upload_part
 
 
+async def _finish_and_check(store: S3ChunkStore, data: bytes) -> None:
+    """Send what the upload lacks from the offset the store reports, finish, read it back."""
+    offset = await store.get_offset("up")
+    if offset < len(data):
+        assert await store.write("up", offset, blocks(data[offset:])) == len(data) - offset
+    await store.finish("up")
+    assert b"".join([b async for b in store.read("up", 0, len(data))]) == data
+
+
 @pytest.mark.parametrize("resend", ["shorter", "whole"])
-async def test_parts_sent_after_a_failed_part_never_count(s3_server: Any, resend: str) -> None:
-    """Parts go up two at a time: when part 1 fails and part 2 was stored, part 2 holds bytes
-    the offset never covered. A resend must not count it: a shorter one made the offset jump
-    over bytes never received (the file silently corrupt), a whole one left the offset short
-    where the server lists the part number twice."""
+async def test_a_part_stored_after_a_failed_part_holds_its_place(
+    s3_server: Any, resend: str
+) -> None:
+    """Parts go up two at a time: part 1 fails and part 2 is stored. Part 2 holds the
+    upload's bytes of its place whatever request stored it: once a resend fills part 1, it
+    counts, and a shorter resend's tail (bytes part 2 holds too) is dropped. The offset
+    jumped over part 2 and counted the tail after it (the file silently corrupt); a server
+    that lists a part uploaded again twice made a whole resend fall short."""
     base = prefix()
     store = S3ChunkStore(settings(s3_server, ""), prefix=base)
     other = S3ChunkStore(settings(s3_server, ""), prefix=base)  # another instance
@@ -181,14 +193,81 @@ async def test_parts_sent_after_a_failed_part_never_count(s3_server: Any, resend
         assert await other.get_offset("up") == 0
         sent = PART + 1000 if resend == "shorter" else len(data)
         assert await store.write("up", 0, blocks(data[:sent])) == sent
-        assert await store.get_offset("up") == sent
-        # The other instance sees the same, and the upload it completes holds the same bytes.
-        assert await other.get_offset("up") == sent
-        if sent < len(data):
-            assert await other.write("up", sent, blocks(data[sent:])) == len(data) - sent
-        await other.finish("up")
-        assert b"".join([b async for b in store.read("up", 0, len(data))]) == data
+        expected = 2 * PART if resend == "shorter" else len(data)
+        assert await store.get_offset("up") == expected
+        assert await other.get_offset("up") == expected
+        await _finish_and_check(other, data)
         assert _left_behind(s3_server, base)[1] == []
     finally:
         await store.close()
         await other.close()
+
+
+async def test_a_failed_part_that_reaches_s3_late_holds_its_place(s3_server: Any) -> None:
+    """Part 1's request fails for the client but reaches S3 after the resend (the same
+    bytes): the parts count on every instance, the resend's tail does not."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    other = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    await other.open()
+    data = os.urandom(2 * PART + 1000)
+    try:
+        await store.create("up", length=len(data))
+        assert await other.get_offset("up") == 0
+        upload_part = _failing_part(store, 1)
+        with pytest.raises(StorageError):
+            await store.write("up", 0, blocks(data[: 2 * PART]))
+        assert await store.write("up", 0, blocks(data[: PART + 1000])) == PART + 1000
+        await upload_part("up", store._info_cache["up"], 1, data[:PART])  # late
+        assert await store.get_offset("up") == 2 * PART
+        assert await other.get_offset("up") == 2 * PART
+        await _finish_and_check(other, data)
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_a_late_last_part_makes_the_tail_after_it_stale(s3_server: Any) -> None:
+    """The last part of a PATCH fails (its request reaches S3 late) and the resend is
+    shorter than a part, so it goes to the tail. When the late part lands, the tail (bytes
+    the part holds too) no longer counts after it: the offset counted them twice."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    data = os.urandom(2 * PART + 1000)
+    try:
+        await store.create("up", length=len(data))
+        upload_part = _failing_part(store, 2)
+        with pytest.raises(StorageError):
+            await store.write("up", 0, blocks(data[: 2 * PART]))
+        assert await store.get_offset("up") == PART
+        assert await store.write("up", PART, blocks(data[PART : PART + 1000])) == 1000
+        assert await store.get_offset("up") == PART + 1000
+        await upload_part("up", store._info_cache["up"], 2, data[PART : 2 * PART])  # late
+        assert await store.get_offset("up") == 2 * PART
+        await _finish_and_check(store, data)
+    finally:
+        await store.close()
+
+
+async def test_a_failed_part_costs_no_part_number(s3_server: Any, monkeypatch: Any) -> None:
+    """An upload whose length fills S3's part limit exactly (a 48.8 GiB upload in 10,000
+    parts of 5 MiB; scaled down here to 3 parts) is still completed after a failed part."""
+    from storage_backends.s3 import chunks
+
+    monkeypatch.setattr(chunks, "MAX_PARTS", 3)
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    data = os.urandom(3 * PART)
+    try:
+        await store.create("up", length=len(data))
+        _failing_part(store, 1)
+        with pytest.raises(StorageError):
+            await store.write("up", 0, blocks(data[: 2 * PART]))
+        assert await store.get_offset("up") == 0
+        assert await store.append_limit("up", 0) >= len(data)
+        await _finish_and_check(store, data)
+    finally:
+        await store.close()
