@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..errors import StateConflict as Conflict
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
-from ..http_util import content_disposition, not_modified, safe_filename
+from ..http_util import content_disposition, not_modified, parse_range, safe_filename
 from ..metrics import Metrics
 from ..pipeline.media import delete_thumbnails, thumbnail_key
 from ..pipeline.media.probe import IMAGE_TYPES
@@ -101,7 +101,11 @@ def normalize_folder(raw: str) -> str:
         if seg in (".", ".."):
             raise BadRequest("folder: '.' and '..' are not folder names")
         clean.append(safe_filename(seg, limit=128))
-    return "/" + "".join(s + "/" for s in clean)
+    folder = "/" + "".join(s + "/" for s in clean)
+    if len(folder) > 1024:
+        # The path as stored (slashes added around it): what the catalog's column holds.
+        raise BadRequest("folder: at most 1024 characters")
+    return folder
 
 
 def _int_param(query: Any, name: str, *, minimum: int, maximum: int) -> int | None:
@@ -346,8 +350,10 @@ class FilesApi:
             return web.Response(status=304, headers=validators)
         if request.query.get("preview") == "1":
             return await self._preview(request, principal, f, validators)
-        self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
-        if self._redirect_for > 0 and request.method == "GET" and f.storage_key:
+        # A download is a GET that sends bytes: a HEAD or a refused range (416) is not one,
+        # in the audit log as in analytics.
+        download = request.method == "GET"
+        if download and self._redirect_for > 0 and f.storage_key:
             url = await self._pipeline.objects.presign_get(
                 f.storage_key,
                 expires=dt.timedelta(seconds=self._redirect_for),
@@ -357,12 +363,15 @@ class FilesApi:
             )
             if url is not None:
                 # The client fetches the bytes (Range included) from S3 directly.
+                self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
                 self._record_download(request, f, f.size)
                 return web.Response(
                     status=307,
                     headers={**validators, "Location": url, "Cache-Control": "private, no-store"},
                 )
-
+        if download:
+            parse_range(request.headers.get("Range"), f.size)  # a 416 is raised before
+            self._gate.audit(request, "file.download", actor=principal.user_id, target=f.id)
         resp = await stream_bytes(
             request,
             size=f.size,
@@ -371,7 +380,7 @@ class FilesApi:
             extra_headers={**validators, "Cache-Control": "private, no-cache"},
             on_sent=self._metrics.bytes_served.inc if self._metrics is not None else None,
         )
-        if request.method == "GET":
+        if download:
             self._record_download(request, f, resp.content_length or 0)
         return resp
 
@@ -488,7 +497,8 @@ class FilesApi:
             f.id, name=name, folder=folder, tags=clean, now=dt.datetime.now(dt.UTC)
         )
         updated = await self._files.get(f.id)
-        assert updated is not None
+        if updated is None:  # deleted by another request meanwhile
+            raise NotFound("no such file")
         return web.json_response(file_json(updated, self._base(request)))
 
     async def delete_file(self, request: web.Request) -> web.Response:
@@ -505,7 +515,9 @@ class FilesApi:
         if f.upload_id:
             # The tus URL of the upload answers 410 from now on.
             await self._uploads.discard(f.upload_id)
-        await self._files.delete(f.id)
+        if not await self._files.delete(f.id):
+            # Another request deleted it meanwhile: that one is the deletion, counted once.
+            raise NotFound("no such file")
         await self._gate_record(request, principal, f)
         if self._events is not None:
             self._events.record(
@@ -680,6 +692,9 @@ class FilesApi:
                 metadata={"filename": name.encode(), "filetype": ctype.encode()},
                 body=PartStream(part, request.content),
                 on_created=created,
+                # The entry tells the upload's id: a file stopped by a shutdown (503) can be
+                # resumed with tus from what arrived.
+                keep_unfinished=True,
             )
             entry["size"] = final.offset
             entry["file_id"] = final.record.file_id

@@ -514,15 +514,16 @@ class FileRepository:
             lambda conn: [_record(r) for r in conn.execute(query).mappings()]
         )
 
-    async def delete(self, file_id: str) -> None:
+    async def delete(self, file_id: str) -> bool:
+        """Forget a file; False if it was gone already (deleted by another request)."""
         unlink = delete(file_uploads).where(file_uploads.c.file_id == file_id)
         remove = delete(files).where(files.c.id == file_id)
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> bool:
             conn.execute(unlink)
-            conn.execute(remove)
+            return bool(conn.execute(remove).rowcount)
 
-        await self.invalidator.run(self._db, work, (FILES, file_id))
+        return await self.invalidator.run(self._db, work, (FILES, file_id))
 
     async def organize(
         self,

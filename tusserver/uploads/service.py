@@ -536,23 +536,41 @@ class UploadService:
         body: ByteStream,
         content_length: int | None = None,
         on_created: Callable[[UploadStatus], None] | None = None,
+        keep_unfinished: bool = False,
     ) -> UploadStatus:
-        """A plain (non-resumable) upload: create, receive the whole body, finish."""
+        """A plain (non-resumable) upload: create, receive the whole body, finish.
+
+        An upload that does not finish (the body broke or was refused) is dropped at once,
+        unless ``keep_unfinished`` (its caller tells the client its id, which may resume it
+        with tus): else no client could resume it, and its bytes or declared length would
+        count against the owner's quota until it expired.
+        """
         status = await self.create(caller, length=content_length, metadata=metadata)
         if on_created is not None:
             on_created(status)
-        if not status.finished:
-            status = await self.receive(
-                caller,
-                status.record.id,
-                offset=0,
-                body=body,
-                content_length=content_length,
-                complete_at_end=True,
-                created=status.record,
-            )
-        if not status.finished:
-            raise BadRequest("the file ended early")
+        upload_id = status.record.id
+        try:
+            if not status.finished:
+                status = await self.receive(
+                    caller,
+                    upload_id,
+                    offset=0,
+                    body=body,
+                    content_length=content_length,
+                    complete_at_end=True,
+                    created=status.record,
+                )
+            if not status.finished:
+                raise BadRequest("the file ended early")
+        except BaseException:
+            if keep_unfinished:
+                raise
+            try:
+                await self.discard(upload_id, unfinished_only=True)
+            except Exception:  # never mask the error that ended the body
+                _log.warning("unfinished upload not dropped", upload_id=upload_id,
+                             exc_info=True)  # fmt: skip
+            raise
         return status
 
     def release_all(self) -> None:
@@ -1013,9 +1031,14 @@ class UploadService:
         _log.info("upload terminated", upload_id=upload_id)
         self.hooks.fire("post_terminate", self.hooks.post_terminate, rec)
 
-    async def discard(self, upload_id: str) -> None:
-        """The file this upload became was deleted: the upload is gone too (410 from now)."""
+    async def discard(self, upload_id: str, *, unfinished_only: bool = False) -> None:
+        """The file this upload became was deleted: the upload is gone too (410 from now).
+        ``unfinished_only``: only if it is still receiving (a plain upload that broke)."""
         async with self.locker.lock(upload_id):
+            if unfinished_only:
+                rec = await self.repo.get(upload_id)
+                if rec is None or rec.state is not UploadState.RECEIVING:
+                    return
             await self.repo.update(
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
