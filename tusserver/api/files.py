@@ -38,8 +38,8 @@ from ..errors import StateConflict as Conflict
 from ..http_io import caller_of, refuse_encoded_body, stream_bytes
 from ..http_util import content_disposition, not_modified, parse_range, safe_filename
 from ..metrics import Metrics
-from ..pipeline.media import delete_thumbnails, thumbnail_key
-from ..pipeline.media.probe import IMAGE_TYPES
+from ..pipeline.media import THUMBNAIL_SIZES, delete_thumbnails, thumbnail_key
+from ..pipeline.media.probe import IMAGE_TYPES, probe_kind
 from ..pipeline.validators import CATEGORIES
 from ..protocol.headers import format_http_date
 from ..uploads.service import UploadService, UploadStatus
@@ -510,7 +510,11 @@ class FilesApi:
             # Thumbnails are stored before the file's own object: a file that failed after
             # them (its object refused, its attempts used up) has them too. Deleting what
             # is not there is fine.
-            await delete_thumbnails(self._pipeline.objects, f.storage_key, _thumbnail_sizes(f))
+            sizes = set(_thumbnail_sizes(f))
+            if probe_kind(f.detected_type or "") is not None:
+                # Media: a thumbnail stored before a later step failed is not in the row.
+                sizes.update(THUMBNAIL_SIZES)
+            await delete_thumbnails(self._pipeline.objects, f.storage_key, sorted(sizes))
             await self._pipeline.objects.delete(f.storage_key)
         if f.upload_id:
             # The tus URL of the upload answers 410 from now on.

@@ -149,7 +149,9 @@ class MediaProcessor:
         if kind is None or not self.wants(mime):
             return MediaOutcome(Verdict.accept())
         parent = self._work_dir
-        if (source is not None or candidate.size <= _SHM_MAX) and os.access(_SHM, os.W_OK):
+        # Memory (tmpfs) only for files that are small: a copy of the file, or a copy
+        # stripped of its location, is as large as the file.
+        if candidate.size <= _SHM_MAX and os.access(_SHM, os.W_OK):
             parent = _SHM
         await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "tusserver-media-", parent))

@@ -29,6 +29,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -63,7 +64,7 @@ class MediaRejected(Exception):
 
 
 def _image(req: dict[str, Any]) -> dict[str, Any]:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     path = req["path"]
     max_pixels = int(req.get("max_pixels") or 0)
@@ -92,6 +93,8 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
             has_gps = GPS_IFD in exif
         except Exception:
             orientation, has_gps = 1, False
+        # A location may be in XMP only (editing tools write it there).
+        has_gps = has_gps or _xmp_names_gps(im.info)
         if orientation not in range(1, 9):
             orientation = 1
         sizes = sorted(int(s) for s in req.get("sizes") or ())
@@ -114,8 +117,7 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         }
         thumbs: dict[str, str] = {}
         if req.get("thumb_dir") and sizes:
-            upright = ImageOps.exif_transpose(im)
-            thumbs = _thumbnails(upright, req["thumb_dir"], sizes)
+            thumbs = _thumbnails(im, orientation, req["thumb_dir"], sizes)
     stripped = None
     if req.get("strip_to") and has_gps:
         stripped = _strip_image(path, fmt, req["strip_to"])
@@ -128,24 +130,55 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _thumbnails(im: Any, out_dir: str, sizes: list[int]) -> dict[str, str]:
-    """WebP thumbnails, longest side at most each size (never enlarged), without metadata."""
+def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> dict[str, str]:
+    """WebP thumbnails, longest side at most each size (never enlarged), upright (EXIF
+    orientation), without metadata.
+
+    The decoded image is scaled in place, and turned once small (a thumbnail in a square box
+    is the same either way round): no copy of the full image is made, so an image within
+    the pixel limit fits the decoder's memory limit. The orientation is the one read from
+    the EXIF, applied by a plain transpose (Pillow's exif_transpose rewrites the EXIF, and
+    fails on some that it reads).
+    """
     from PIL import Image
 
-    if im.mode not in ("RGB", "RGBA"):
+    if im.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "I", "F"):
+        # Palette and bilevel images scale only by nearest neighbour, some others not at
+        # all: colours first.
         im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    t = Image.Transpose
+    method = {
+        2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+        6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90,
+    }.get(orientation)  # fmt: skip
     out: dict[str, str] = {}
     current = im
-    for size in sorted(sizes, reverse=True):
-        current = current.copy()
+    for i, size in enumerate(sorted(sizes, reverse=True)):
+        if i:
+            current = current.copy()  # the previous thumbnail: small
         current.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        shown = current.transpose(method) if method is not None else current
+        if shown.mode not in ("RGB", "RGBA"):
+            shown = shown.convert("RGBA" if "A" in shown.getbands() else "RGB")
         # A fresh image: nothing of the source's info (EXIF, XMP, ICC) can be carried over.
-        clean = Image.new(current.mode, current.size)
-        clean.paste(current)
+        clean = Image.new(shown.mode, shown.size)
+        clean.paste(shown)
         path = os.path.join(out_dir, f"thumb-{size}.webp")
         clean.save(path, "WEBP", quality=WEBP_QUALITY, method=4)
         out[str(size)] = path
     return out
+
+
+def _xmp_names_gps(info: Mapping[Any, Any]) -> bool:
+    """Whether the image's XMP packet (JPEG, WebP: ``xmp``; PNG: its iTXt) has GPS
+    properties."""
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        value = info.get(key)
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace")
+        if isinstance(value, bytes | bytearray) and b"GPS" in value:
+            return True
+    return False
 
 
 def _strip_image(path: str, fmt: str, dest: str) -> str | None:
@@ -188,6 +221,8 @@ def strip_jpeg(data: bytes) -> bytes:
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             break
+        while pos + 4 <= len(data) and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker (T.81 B.1.1.2): not copied
         marker = data[pos + 1]
         if marker in (0xDA, 0xD9):  # start of scan: the rest is image data
             break
@@ -351,6 +386,10 @@ def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
     duration = round(duration, 3) if duration is not None else None
     if video is not None:
         width, height = int(video["width"]), int(video["height"])
+        # The size it is shown at: pixels that are not square (anamorphic video) stretch.
+        sar = _rate(str(video.get("sample_aspect_ratio") or "").replace(":", "/"))
+        if sar and sar != 1:
+            width = max(1, round(width * sar))
         if _rotation(video) in (90, 270):
             width, height = height, width
         return {
@@ -380,8 +419,33 @@ def _fit(size: int) -> str:
     return f"scale=w='min(iw,{size})':h='min(ih,{size})':force_original_aspect_ratio=decrease"
 
 
+#: Demuxers that open other files or streams named in the content (playlists, lists of
+#: files, session descriptions): content they read is not the upload's. ffmpeg picks a
+#: demuxer from the content, so an upload typed audio or video by libmagic may be one.
+_INDIRECT = frozenset(
+    {"hls", "applehttp", "concat", "dash", "sdp", "rtsp", "rtp", "image2", "ffmetadata",
+     "lavfi", "webm_dash_manifest"}
+)  # fmt: skip
+
+
+def _input(demuxer: str, path: str) -> list[str]:
+    """ffmpeg's input options for the upload: the demuxer ffprobe found (never guessed
+    again), and only the local file protocol."""
+    return ["-protocol_whitelist", "file", "-f", demuxer, "-i", path]
+
+
+def _is_webp(path: str) -> bool:
+    """A WebP with an image in it (ffmpeg may write an empty container when no frame came)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:15] == b"VP8"
+
+
 def _poster_thumbnails(
-    ffmpeg: str, path: str, at: float, out_dir: str, sizes: list[int]
+    ffmpeg: str, source: list[str], at: float, out_dir: str, sizes: list[int]
 ) -> dict[str, str]:
     """The frame at ``at`` seconds, decoded once by ffmpeg and written as a WebP per size
     (each size scaled from the one above it), without metadata.
@@ -389,7 +453,8 @@ def _poster_thumbnails(
     ffmpeg encodes the WebPs itself (libwebp, as Pillow does for images): a raw frame through
     a pipe into Pillow cost a Python import, a copy and a second conversion per file."""
     order = sorted(sizes, reverse=True)
-    graph, last = [], "0:v:0"
+    # Square pixels first: an anamorphic video is shown stretched to its display aspect.
+    graph, last = ["[0:v:0]scale=w='if(gt(sar,0),iw*sar,iw)':h=ih,setsar=1[sq]"], "sq"
     outputs: list[str] = []
     files: dict[str, str] = {}
     for i, size in enumerate(order):
@@ -404,12 +469,14 @@ def _poster_thumbnails(
         ]  # fmt: skip
         files[str(size)] = dest
     _run(
-        [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i", path,
+        [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", *source,
          "-filter_complex", ";".join(graph), *outputs]
     )  # fmt: skip
-    for dest in files.values():
-        if not os.path.exists(dest) or os.path.getsize(dest) == 0:
-            raise MediaRejected("cannot be decoded: no video frame could be read")
+    if not all(_is_webp(dest) for dest in files.values()):
+        if at > 0:
+            # No frame at that time (a video track shorter than the file): the first one.
+            return _poster_thumbnails(ffmpeg, source, 0.0, out_dir, sizes)
+        raise MediaRejected("cannot be decoded: no video frame could be read")
     return files
 
 
@@ -421,13 +488,17 @@ def _location_tags(info: dict[str, Any]) -> bool:
 def _av(req: dict[str, Any]) -> dict[str, Any]:
     path, ffprobe, ffmpeg = req["path"], req["ffprobe"], req["ffmpeg"]
     raw = _run(
-        [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-         "--", path]
+        [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-print_format", "json",
+         "-show_format", "-show_streams", "--", path]
     )  # fmt: skip
     try:
         info = json.loads(raw or b"{}")
     except ValueError:
         raise MediaRejected("cannot be parsed: unreadable ffprobe output") from None
+    names = str((info.get("format") or {}).get("format_name") or "").split(",")
+    if not names[0] or _INDIRECT.intersection(names):
+        raise MediaRejected("cannot be parsed: not media, but a list of other files or streams")
+    source = _input(names[0], path)
     media = av_facts(info, req.get("container") or "")
     duration = media.get("duration") or 0.0
     thumbs: dict[str, str] = {}
@@ -435,20 +506,23 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
     if media["kind"] == "video":
         at = duration / 10 if duration else 0.0
         if req.get("thumb_dir") and sizes:
-            thumbs = _poster_thumbnails(ffmpeg, path, at, req["thumb_dir"], sizes)
+            thumbs = _poster_thumbnails(ffmpeg, source, at, req["thumb_dir"], sizes)
         else:
-            # Validation only: one frame must decode.
-            frame = _run(
-                [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{at:.3f}", "-i",
-                 path, "-map", "0:v:0", "-frames:v", "1", "-vf", _fit(64), "-f", "image2pipe",
-                 "-c:v", "ppm", "-"]
-            )  # fmt: skip
-            if not frame:
+            # Validation only: one frame must decode (the first, if none at that time).
+            for when in dict.fromkeys((at, 0.0)):
+                frame = _run(
+                    [ffmpeg, "-nostdin", "-v", "error", "-threads", "2", "-ss", f"{when:.3f}",
+                     *source, "-map", "0:v:0", "-frames:v", "1", "-vf", _fit(64), "-f",
+                     "image2pipe", "-c:v", "ppm", "-"]
+                )  # fmt: skip
+                if frame:
+                    break
+            else:
                 raise MediaRejected("cannot be decoded: no video frame could be read")
     else:
         # The first seconds must decode.
         _run(
-            [ffmpeg, "-nostdin", "-v", "error", "-xerror", "-i", path, "-map", "0:a:0", "-t",
+            [ffmpeg, "-nostdin", "-v", "error", "-xerror", *source, "-map", "0:a:0", "-t",
              "2", "-f", "null", "-"]
         )  # fmt: skip
     stripped = None
@@ -456,8 +530,11 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("strip_to") and found and req.get("container") in ("mp4", "mov"):
         dest = req["strip_to"]
         _run(
-            [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-map", "0", "-c", "copy",
-             "-map_metadata", "-1", "-f", req["container"], "-y", dest]
+            # The streams a mov/mp4 can hold: a data track (a camera's timecode) cannot be
+            # copied into one by ffmpeg's muxer, and goes.
+            [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0:v?", "-map", "0:a?",
+             "-map", "0:s?", "-c", "copy", "-map_metadata", "-1", "-f", req["container"],
+             "-y", dest]
         )  # fmt: skip
         stripped = dest
     return {
