@@ -174,7 +174,9 @@ class Gateway:
                 f"invalid token: {exc}",
                 headers={"WWW-Authenticate": 'Bearer realm="tusserver", error="invalid_token"'},
             ) from None
-        if self.tokens.can_issue:
+        if self.tokens.local:
+            # Local tokens, including on an instance that only verifies them (RS256/ES256
+            # with the public key alone): the catalog says who may use them, and as what.
             user = await self._user(claims.subject)
             if user is None or user.disabled:
                 self.signals.token_rejected("disabled")
@@ -220,7 +222,9 @@ class Gateway:
     def client_ip(self, request: web.Request) -> str:
         """The client's address; behind a trusted proxy, the one the proxy saw."""
         if self._trust_forwarded:
-            forwarded = request.headers.get("X-Forwarded-For")
+            # Every line: a proxy may append a line of its own rather than extend the
+            # client's (HAProxy's option forwardfor).
+            forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
             if forwarded:
                 # The rightmost entry is the one our proxy appended; the rest is hearsay.
                 last = forwarded.split(",")[-1].strip()

@@ -97,6 +97,13 @@ class TokenService:
     def can_issue(self) -> bool:
         return self._jwks is None and self._sign_key is not None
 
+    @property
+    def local(self) -> bool:
+        """Whether the tokens are this deployment's own (its catalog's users: checked there,
+        revocable), whether or not this instance can sign them; False for an external
+        identity provider's (``jwks_url``)."""
+        return self._jwks is None
+
     def issue(self, *, subject: str, token_type: str, role: str) -> tuple[str, str, dt.datetime]:
         """A signed token; returns (token, jti, expiry)."""
         import jwt

@@ -20,6 +20,17 @@ from .startup import Resolved, resolve
 __all__ = ["main"]
 
 
+def _quota(value: str) -> int:
+    """``--quota``: bytes, not negative (a negative quota would refuse every upload)."""
+    try:
+        quota = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {value!r}") from None
+    if quota < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return quota
+
+
 def _parser() -> argparse.ArgumentParser:
     # --config and --data-dir are accepted before or after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
@@ -64,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     u_add.add_argument("username")
     u_add.add_argument("--admin", action="store_true", help="give the admin role")
-    u_add.add_argument("--quota", type=int, help="storage quota in bytes")
+    u_add.add_argument("--quota", type=_quota, help="storage quota in bytes")
     user_sub.add_parser("list", help="list users", parents=[common])
     u_dis = user_sub.add_parser(
         "disable", help="disable a user and revoke their tokens", parents=[common]
@@ -76,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     u_set.add_argument("username")
     u_set.add_argument("--role", choices=["admin", "user"])
     quota = u_set.add_mutually_exclusive_group()
-    quota.add_argument("--quota", type=int, help="storage quota in bytes")
+    quota.add_argument("--quota", type=_quota, help="storage quota in bytes")
     quota.add_argument("--no-quota", action="store_true", help="remove the storage quota")
     pipe = add("pipeline", "validation pipeline")
     pipe.add_argument("action", choices=["retry", "status"])
@@ -252,6 +263,8 @@ def _serve(config: TusServerConfig) -> int:
 
 
 async def _migrate(config: TusServerConfig, action: str, revision: str | None) -> int:
+    from alembic.util import CommandError
+
     from .catalog.db import create_database
     from .catalog.migrate import current_revision, downgrade, upgrade
 
@@ -262,6 +275,9 @@ async def _migrate(config: TusServerConfig, action: str, revision: str | None) -
         elif action == "downgrade":
             await downgrade(db, revision or "-1")
         print(await current_revision(db) or "(empty)")
+    except CommandError as exc:  # an unknown revision, say
+        print(f"tusserver: migrate: {exc}", file=sys.stderr)
+        return 2
     finally:
         await db.dispose()
     return 0
@@ -327,9 +343,6 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
             if args.role is not None:
                 changes["role"] = args.role
             if args.no_quota or args.quota is not None:
-                if args.quota is not None and args.quota < 0:
-                    print("tusserver: --quota must not be negative", file=sys.stderr)
-                    return 2
                 changes["quota_bytes"] = None if args.no_quota else args.quota
             if not changes:
                 print("tusserver: nothing to change (--role, --quota, --no-quota)", file=sys.stderr)
@@ -356,7 +369,10 @@ def _when(value: str | None, now: dt.datetime) -> dt.datetime | None:
         return None
     text = value.strip()
     if text[:-1].isdigit() and text[-1:] in _AGE_UNITS:
-        return now - dt.timedelta(seconds=int(text[:-1]) * _AGE_UNITS[text[-1]])
+        try:
+            return now - dt.timedelta(seconds=int(text[:-1]) * _AGE_UNITS[text[-1]])
+        except OverflowError:
+            raise ValueError(f"{value!r} goes back before the year 1") from None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -368,6 +384,7 @@ async def _audit(config: TusServerConfig, args: argparse.Namespace) -> int:
     from auth.users import AuditLog, UserRepository
 
     from .catalog.db import create_database
+    from .catalog.migrate import upgrade
 
     now = dt.datetime.now(dt.UTC)
     try:
@@ -380,6 +397,7 @@ async def _audit(config: TusServerConfig, args: argparse.Namespace) -> int:
         return 2
     db = create_database(config.effective_database_url)
     try:
+        await upgrade(db)  # as the user commands do: a new data directory has no tables yet
         users = UserRepository(db)
         names = {u.id: u.username for u in await users.list()}
         ids = {name: uid for uid, name in names.items()}

@@ -59,7 +59,16 @@ async def read_json(request: web.Request, *, limit: int = 16 * 1024) -> dict[str
         raise UnsupportedMediaType("send a JSON body with Content-Type: application/json")
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the JSON body must be at most {limit} bytes")
-    raw = await request.content.read(limit + 1)
+    # read(n) gives what has arrived so far, not the whole body: read until its end.
+    pieces: list[bytes] = []
+    size = 0
+    while size <= limit:
+        piece = await request.content.read(limit + 1 - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    raw = b"".join(pieces)
     if len(raw) > limit:
         raise PayloadTooLarge(f"the JSON body must be at most {limit} bytes")
     try:
