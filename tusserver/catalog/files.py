@@ -196,13 +196,16 @@ def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-#: What a claim requires of a row (pending, no live lease) and what it sets: written once,
+#: What a claim requires of a row (pending, no live lease, due) and what it sets: written once,
 #: for the claim of one file and the claim of a batch.
 _CLAIMABLE = (
     # (Spelled out rather than IN: a statement without an expanding parameter takes the
     # cheaper path of catalog.fastsql on SQLite.)
     or_(*(files.c.status == status for status in PENDING)),
     or_(files.c.lease_until.is_(None), files.c.lease_until < bindparam("now")),
+    # Not while it waits out a retry's backoff (another worker may have listed it as due
+    # before that worker's retry put it back).
+    or_(files.c.next_attempt_at.is_(None), files.c.next_attempt_at <= bindparam("now")),
 )
 _CLAIMED = {
     "lease_until": bindparam("v_lease_until"),

@@ -51,7 +51,13 @@ from ..metrics import Metrics
 from ..settings import PipelineSettings
 from .holders import Holder
 from .keys import object_key
-from .media import MediaOutcome, MediaProcessor, store_thumbnails
+from .media import (
+    THUMBNAIL_SIZES,
+    MediaOutcome,
+    MediaProcessor,
+    delete_thumbnails,
+    store_thumbnails,
+)
 from .validators import (
     SNIFF_BYTES,
     Candidate,
@@ -342,14 +348,27 @@ class Pipeline:
             raise UnsupportedMediaType(f"rejected: {reason}")
 
     async def recover(self) -> int:
-        """Take in finished uploads that a crash left without a file row."""
+        """Take in finished uploads that a crash left without a file row (all of them, a
+        batch at a time; one that cannot be taken in is left for the next start)."""
         count = 0
-        for upload_id in await self._files.finished_uploads_without_file():
-            rec = await self._upload(upload_id)
-            if rec is not None:
-                await self.take_upload(rec)
+        seen: set[str] = set()  # each upload is tried once per call, taken in or not
+        while True:
+            listed = await self._files.finished_uploads_without_file(limit=100 + len(seen))
+            batch = [upload_id for upload_id in listed if upload_id not in seen]
+            if not batch:
+                return count
+            for upload_id in batch:
+                seen.add(upload_id)
+                rec = await self._upload(upload_id)
+                if rec is None:
+                    continue
+                try:
+                    await self.take_upload(rec)
+                except Exception:
+                    _log.warning("finished upload not taken in", upload_id=upload_id,
+                                 exc_info=True)  # fmt: skip
+                    continue
                 count += 1
-        return count
 
     async def _upload(self, upload_id: str) -> UploadRecord | None:
         return await self._uploads.get(upload_id)
@@ -550,6 +569,12 @@ class Pipeline:
         if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             return f.status
         log = _log.bind(file_id=f.id, upload_id=f.upload_id)
+        if f.attempts > self._config.pipeline_max_attempts:
+            # Each claim counts an attempt: more claims than attempts means a worker died
+            # on this file each time (a crash, the kernel's OOM killer) and never retried it.
+            return await self._give_up(
+                f, "the worker stopped while processing it", f.attempts - 1, log
+            )
         try:
             # (A row read back is inspected again: the bytes may have changed since.)
             return await self._process(f, log, inspected=fresh is not None and bool(f.sha256))
@@ -701,12 +726,16 @@ class Pipeline:
             "original-name": f.name,
             "sha256": c.sha256,
         }
+        note = "; ".join(c.notes) or None
+        if note:
+            # With the object: a commit that recovery finishes after a crash keeps it.
+            meta["note"] = note[:512]
         if media is not None and media.stripped is not None:
             # The copy without location metadata is what is stored (and hashed).
             await self._objects.put_file(
                 key, media.stripped, content_type=c.detected_type, metadata=meta, consume=True
             )
-            return await self._mark_committed(f, "; ".join(c.notes) or None, log)
+            return await self._mark_committed(f, note, log)
         if self._copier is not None and await self._copier.copy_into(
             f.upload_id, self._objects, key, content_type=c.detected_type, metadata=meta
         ):
@@ -727,7 +756,7 @@ class Pipeline:
                 content_type=c.detected_type,
                 metadata=meta,
             )
-        return await self._mark_committed(f, "; ".join(c.notes) or None, log)
+        return await self._mark_committed(f, note, log)
 
     async def _store_media(self, f: FileRecord, c: Candidate, media: MediaOutcome) -> FileRecord:
         """Thumbnails into the object store, the media facts (and, for a stripped copy, its
@@ -792,7 +821,8 @@ class Pipeline:
         if fresh.storage_key and fresh.sha256:
             info = await self._objects.stat(fresh.storage_key)
             if info and info.size == fresh.size and info.metadata.get("sha256") == fresh.sha256:
-                return await self._mark_committed(fresh, None, log)
+                # The validators' note ("not scanned: ...") came with the object.
+                return await self._mark_committed(fresh, info.metadata.get("note") or None, log)
         log.error("file bytes are missing")
         await self._files.update(
             f.id,
@@ -804,6 +834,14 @@ class Pipeline:
         return FileStatus.FAILED
 
     async def _reject(self, f: FileRecord, reason: str, log: Any) -> FileStatus:
+        if f.storage_key:
+            # An earlier attempt may have stored the object (and thumbnails) before a crash:
+            # a rejected file is kept in quarantine as its upload's bytes only.
+            try:
+                await delete_thumbnails(self._objects, f.storage_key, THUMBNAIL_SIZES)
+                await self._objects.delete(f.storage_key)
+            except (StorageError, OSError) as exc:
+                log.warning("object of a rejected file not deleted", error=str(exc))
         now = self._clock()
         await self._files.update(
             f.id,
@@ -829,15 +867,7 @@ class Pipeline:
         attempts = fresh.attempts if fresh else f.attempts
         now = self._clock()
         if attempts >= self._config.pipeline_max_attempts:
-            await self._files.update(
-                f.id,
-                status=FileStatus.FAILED,
-                reason=f"gave up after {attempts} attempts: {reason}"[:1024],
-                lease_until=None,
-                updated_at=now,
-            )
-            log.error("file failed", reason=reason, attempts=attempts)
-            return FileStatus.FAILED
+            return await self._give_up(f, reason, attempts, log)
         delay = min(
             self._config.pipeline_retry_base * 2 ** max(attempts - 1, 0),
             self._config.pipeline_retry_max,
@@ -852,6 +882,17 @@ class Pipeline:
         )
         log.warning("file will be retried", reason=reason, delay=delay, attempts=attempts)
         return FileStatus.VALIDATING
+
+    async def _give_up(self, f: FileRecord, reason: str, attempts: int, log: Any) -> FileStatus:
+        await self._files.update(
+            f.id,
+            status=FileStatus.FAILED,
+            reason=f"gave up after {attempts} attempts: {reason}"[:1024],
+            lease_until=None,
+            updated_at=self._clock(),
+        )
+        log.error("file failed", reason=reason, attempts=attempts)
+        return FileStatus.FAILED
 
     def _emit(self, event: str, hooks: Any, rec: FileRecord) -> None:
         if self._metrics is not None:
