@@ -288,3 +288,34 @@ async def test_a_thumbnail_stored_before_the_next_one_failed_is_deleted_with_the
     assert await objects.stat(key) is not None
     assert (await client.delete(f"/api/v1/file/{f['id']}")).status == 204
     assert await objects.stat(key) is None, "orphaned thumbnail left in the object store"
+
+
+def _playlist_naming(target: Path, dest: Path) -> Path:
+    playlist = (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:2.0,\n{target}\n#EXT-X-ENDLIST\n#"
+    ).encode()
+    dest.write_bytes(playlist.ljust(1080, b"#") + b"M.K." + b"\n" * 100)  # audio/x-mod
+    return dest
+
+
+@needs_ffmpeg
+async def test_the_rejection_of_a_playlist_does_not_tell_which_server_files_exist(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A playlist is refused before any file it names is opened: the reason is the same
+    whether the path it names holds media or nothing (else it tells files of the server)."""
+    secret = tmp_path / "elsewhere" / "secret.mp4"
+    secret.parent.mkdir()
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "2", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", str(secret))  # fmt: skip
+    client = await media_client(make_client)
+    reasons = []
+    for i, target in enumerate([secret, tmp_path / "elsewhere" / "missing.mp4"]):
+        up = _playlist_naming(target, tmp_path / f"song{i}.mod")
+        f = await wait_done(client, await upload_file(client, up))
+        assert f["detected_type"] == "audio/x-mod"
+        assert f["media"] is None
+        reasons.append(f["reason"])
+    assert reasons[0] == reasons[1], reasons
+    assert "not a media container accepted here" in reasons[0]

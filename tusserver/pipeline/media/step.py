@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -104,6 +105,37 @@ class MediaOutcome:
             self.workdir = None
 
 
+#: Demuxers never used on an upload: they open other files or streams named in the content
+#: (playlists, lists of files, session descriptions, master formats) or run scripts; the
+#: devices are left out too (see :func:`direct_demuxers`).
+_INDIRECT_DEMUXERS = frozenset(
+    {"hls", "applehttp", "dash", "concat", "imf", "sdp", "rtp", "rtsp", "srtp", "image2",
+     "ffmetadata", "webm_dash_manifest", "avisynth", "vapoursynth", "lavfi"}
+)  # fmt: skip
+
+
+def direct_demuxers(ffprobe: str) -> str:
+    """The demuxers ffprobe and ffmpeg may use on an upload (their ``-format_whitelist``):
+    every one this build has, but devices and :data:`_INDIRECT_DEMUXERS`."""
+
+    def names(option: str) -> set[str]:
+        out = subprocess.run(
+            [ffprobe, "-v", "error", "-hide_banner", option],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout.decode("utf-8", "replace")
+        found: set[str] = set()
+        for line in out.split("--", 1)[-1].splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and "D" in fields[0]:
+                found.update(fields[1].split(","))
+        return found
+
+    allowed = names("-demuxers") - names("-devices") - _INDIRECT_DEMUXERS
+    return ",".join(sorted(allowed))
+
+
 class MediaProcessor:
     name = "media"
 
@@ -127,6 +159,8 @@ class MediaProcessor:
         self._strip = strip_location
         self._sizes = sizes
         self._python = python
+        #: :func:`direct_demuxers`, found when the first video or audio file comes.
+        self._demuxers: str | None = None
 
     def wants(self, detected_type: str) -> bool:
         kind = probe_kind(detected_type)
@@ -160,6 +194,8 @@ class MediaProcessor:
             if source is None:
                 source = workdir / "source"
                 await _copy(open_source or candidate.open, source)
+            if kind == "av" and self._demuxers is None and self.tools.ffprobe is not None:
+                self._demuxers = await asyncio.to_thread(direct_demuxers, self.tools.ffprobe)
             request: dict[str, Any] = {
                 "path": str(source),
                 "kind": kind,
@@ -171,6 +207,7 @@ class MediaProcessor:
                 "strip_to": str(workdir / "stripped") if self._strip else None,
                 "ffprobe": self.tools.ffprobe,
                 "ffmpeg": self.tools.ffmpeg,
+                "demuxers": self._demuxers,
             }
             argv = [self._python, "-I", "-S", str(WORKER)]
             if self.tools.pillow_path is not None:

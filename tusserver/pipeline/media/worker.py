@@ -419,15 +419,6 @@ def _fit(size: int) -> str:
     return f"scale=w='min(iw,{size})':h='min(ih,{size})':force_original_aspect_ratio=decrease"
 
 
-#: Demuxers that open other files or streams named in the content (playlists, lists of
-#: files, session descriptions): content they read is not the upload's. ffmpeg picks a
-#: demuxer from the content, so an upload typed audio or video by libmagic may be one.
-_INDIRECT = frozenset(
-    {"hls", "applehttp", "concat", "dash", "sdp", "rtsp", "rtp", "image2", "ffmetadata",
-     "lavfi", "webm_dash_manifest"}
-)  # fmt: skip
-
-
 def _input(demuxer: str, path: str) -> list[str]:
     """ffmpeg's input options for the upload: the demuxer ffprobe found (never guessed
     again), and only the local file protocol."""
@@ -487,18 +478,27 @@ def _location_tags(info: dict[str, Any]) -> bool:
 
 def _av(req: dict[str, Any]) -> dict[str, Any]:
     path, ffprobe, ffmpeg = req["path"], req["ffprobe"], req["ffmpeg"]
-    raw = _run(
-        [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-print_format", "json",
-         "-show_format", "-show_streams", "--", path]
-    )  # fmt: skip
+    # ffmpeg picks a demuxer from the content, and some open the files or streams the
+    # content names (an HLS playlist that libmagic types as audio): only the demuxers the
+    # parent allows (none of those), only local files.
+    try:
+        raw = _run(
+            [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-format_whitelist",
+             req.get("demuxers") or "", "-print_format", "json", "-show_format",
+             "-show_streams", "--", path]
+        )  # fmt: skip
+    except MediaRejected as exc:
+        if "not on whitelist" in exc.reason:
+            raise MediaRejected("cannot be parsed: not a media container accepted here") from None
+        raise
     try:
         info = json.loads(raw or b"{}")
     except ValueError:
         raise MediaRejected("cannot be parsed: unreadable ffprobe output") from None
-    names = str((info.get("format") or {}).get("format_name") or "").split(",")
-    if not names[0] or _INDIRECT.intersection(names):
-        raise MediaRejected("cannot be parsed: not media, but a list of other files or streams")
-    source = _input(names[0], path)
+    demuxer = str((info.get("format") or {}).get("format_name") or "").split(",")[0]
+    if not demuxer:
+        raise MediaRejected("cannot be parsed: no container found")
+    source = _input(demuxer, path)
     media = av_facts(info, req.get("container") or "")
     duration = media.get("duration") or 0.0
     thumbs: dict[str, str] = {}
