@@ -278,15 +278,17 @@ class S3ChunkStore:
                     size += len(block)
                 verify()
                 await asyncio.to_thread(spool.seek, 0)
-                return await self._append(upload_id, mp, _file_blocks(spool, size))
-        return await self._append(upload_id, mp, source)
+                return await self._append(upload_id, mp, _file_blocks(spool, size), offset)
+        return await self._append(upload_id, mp, source, offset)
 
-    async def _append(self, upload_id: str, mp: str, source: ChunkSource) -> int:
+    async def _append(self, upload_id: str, mp: str, source: ChunkSource, offset: int) -> int:
+        """Append at ``offset``, which must still be the upload's: a part that reached S3
+        late since the caller read it moves the offset, and nothing is written then."""
         parts = await self._live_parts(upload_id, mp)
         number = len(parts) + 1
         part_size = self._part_size(upload_id)
         end = sum(p.size or 0 for p in parts)
-        tail = await self._take_tail(upload_id, end)
+        tail = await self._take_tail(upload_id, end, expect=offset)
         spool = bytearray(tail)
         first = number
         pending: list[asyncio.Task[None]] = []
@@ -341,24 +343,36 @@ class S3ChunkStore:
             number,
         )
 
-    async def _take_tail(self, upload_id: str, parts_end: int) -> bytes:
+    async def _take_tail(
+        self, upload_id: str, parts_end: int, *, expect: int | None = None
+    ) -> bytes:
         """The tail's bytes, removed; nothing if there is none or it is stale (it does not
-        start at ``parts_end``: the parts hold its bytes)."""
+        start at ``parts_end``: the parts hold its bytes). ``expect``: the offset the parts
+        and the tail must end at, else nothing is removed and StorageError is raised."""
         key = self._key(upload_id, ".part")
         try:
             resp = await self._run(self._client.get_object, self._s.bucket, key, ssec=self._s.ssec)
         except StorageError as exc:
-            if is_missing(exc):
-                return b""
-            raise
-        try:
-            start = resp.headers.get(f"x-amz-meta-{_TAIL_START}")
-            data = await self._run(resp.read)
-        finally:
-            resp.close()
-            resp.release_conn()
-        await self._objects.delete(key)
-        return data if _tail_fits(start, parts_end) else b""
+            if not is_missing(exc):
+                raise
+            resp = None
+        data, start = b"", None
+        if resp is not None:
+            try:
+                start = resp.headers.get(f"x-amz-meta-{_TAIL_START}")
+                data = await self._run(resp.read)
+            finally:
+                resp.close()
+                resp.release_conn()
+        kept = data if _tail_fits(start, parts_end) else b""
+        if expect is not None and parts_end + len(kept) != expect:
+            raise StorageError(
+                f"upload {upload_id} holds {parts_end + len(kept)} bytes, not {expect}: a part "
+                "reached S3 late; resume from the offset HEAD reports"
+            )
+        if resp is not None:
+            await self._objects.delete(key)
+        return kept
 
     async def _put_tail(self, upload_id: str, data: bytes, start: int) -> None:
         await self._run(
@@ -499,7 +513,7 @@ class S3ChunkStore:
                     yield block
 
         try:
-            await self._append(upload_id, mp, chained())
+            await self._append(upload_id, mp, chained(), 0)
             await self.finish(upload_id)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -508,8 +522,14 @@ class S3ChunkStore:
         return total
 
     async def _abort_left_over(self, upload_id: str) -> None:
-        """Abort the multipart upload the upload's ``.info`` names, if any (gone: fine)."""
+        """Abort the multipart upload the upload's ``.info`` names, if any, and remove its
+        tail (gone: fine): the next attempt starts from nothing."""
         self._forget(upload_id)
+        try:
+            await self._objects.delete(self._key(upload_id, ".part"))
+        except StorageError as exc:
+            if not is_missing(exc):
+                raise
         try:
             info = await self._read_info(upload_id)
         except (UploadDataMissing, _CorruptInfo):

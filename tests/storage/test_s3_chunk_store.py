@@ -138,6 +138,7 @@ async def test_a_concatenation_done_again_leaves_no_multipart_upload(s3_server: 
         with pytest.raises(StorageError):
             await store.concatenate("final", ["pa", "pb"], fsync=False)
         assert await store.concatenate("final", ["pa", "pb"], fsync=False) == 3000
+        assert await store.get_offset("final") == 3000  # the first attempt's tail is gone
         assert b"".join([x async for x in store.read("final", 0, 3000)]) == a + b
         assert _left_behind(s3_server, base)[1] == []
     finally:
@@ -268,6 +269,31 @@ async def test_a_failed_part_costs_no_part_number(s3_server: Any, monkeypatch: A
             await store.write("up", 0, blocks(data[: 2 * PART]))
         assert await store.get_offset("up") == 0
         assert await store.append_limit("up", 0) >= len(data)
+        await _finish_and_check(store, data)
+    finally:
+        await store.close()
+
+
+async def test_a_write_at_an_offset_a_late_part_moved_stores_nothing(s3_server: Any) -> None:
+    """The service reads the offset (a part and a tail), checks the client's Upload-Offset,
+    then writes. A failed part that reaches S3 late in between moves the offset: the write
+    is refused and touches nothing (it put the body after the late part, shifted)."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    data = os.urandom(2 * PART + 1000)
+    try:
+        await store.create("up", length=len(data))
+        upload_part = _failing_part(store, 2)
+        with pytest.raises(StorageError):
+            await store.write("up", 0, blocks(data[: 2 * PART]))
+        assert await store.write("up", PART, blocks(data[PART : PART + 1000])) == 1000
+        offset = await store.get_offset("up")  # what the service reads under the lock
+        assert offset == PART + 1000
+        await upload_part("up", store._info_cache["up"], 2, data[PART : 2 * PART])  # late
+        with pytest.raises(StorageError, match="reached S3 late"):
+            await store.write("up", offset, blocks(data[offset:]))
+        assert await store.get_offset("up") == 2 * PART
         await _finish_and_check(store, data)
     finally:
         await store.close()
