@@ -316,10 +316,10 @@ class LocalObjectStore:
             # The usual commit of a local upload: the metadata onto the upload's file, then
             # a rename, inline (metadata calls); a copy where the rename crosses filesystems.
             try:
-                in_xattr = self._attach(path, key, doc)
-                if self._fsync:  # the rename made durable: in a thread (syncs)
-                    await asyncio.to_thread(_rename_into, path, dest, durable=True)
+                if self._fsync:  # made durable: in a thread (it syncs)
+                    in_xattr = await asyncio.to_thread(self._attach_and_move, path, key, doc, dest)
                 else:
+                    in_xattr = self._attach(path, key, doc)
                     _rename_into(path, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
@@ -352,9 +352,10 @@ class LocalObjectStore:
                 pos += await asyncio.to_thread(pwrite_all, fd, block, pos)
             if pos != size:
                 raise StorageError(f"expected {size} bytes, got {pos}")
-            in_xattr = self._attach(fd, key, doc)  # before the fsync, which then covers it
-            if self._fsync:
-                await asyncio.to_thread(os.fsync, fd)
+            if self._fsync:  # the metadata before the fsync, which then covers it
+                in_xattr = await asyncio.to_thread(self._attach_and_sync, fd, key, doc)
+            else:
+                in_xattr = self._attach(fd, key, doc)
         except BaseException:
             await asyncio.to_thread(os.close, fd)
             with contextlib.suppress(FileNotFoundError):
@@ -414,9 +415,20 @@ class LocalObjectStore:
                     self._xattrs = False
                 elif exc.errno not in _TOO_BIG:
                     raise
-        write_atomic(self._meta_path(key), doc)  # inline: a small file and a rename
+        # Inline: a small file and a rename (with fsync on, callers run this in a thread).
+        write_atomic(self._meta_path(key), doc, durable=self._fsync)
         _drop_xattr(target)
         return False
+
+    def _attach_and_move(self, path: Path, key: str, doc: bytes, dest: str) -> bool:
+        in_xattr = self._attach(path, key, doc)
+        _rename_into(path, dest, durable=True)
+        return in_xattr
+
+    def _attach_and_sync(self, fd: int, key: str, doc: bytes) -> bool:
+        in_xattr = self._attach(fd, key, doc)
+        os.fsync(fd)
+        return in_xattr
 
     def _drop_sidecar(self, key: str) -> None:
         """Remove the sidecar a former object at ``key`` may have left: the metadata is in
@@ -527,7 +539,13 @@ class LocalObjectStore:
         info = await self.stat(key)
         if info is None:
             raise StorageError(f"object {key} is missing")
-        if self._attach(path, key, _meta_doc(info.content_type, metadata)):
+        doc = _meta_doc(info.content_type, metadata)
+        attached = (
+            await asyncio.to_thread(self._attach, path, key, doc)  # it syncs a sidecar
+            if self._fsync
+            else self._attach(path, key, doc)
+        )
+        if attached:
             self._drop_sidecar(key)
 
     async def list_keys(self) -> AsyncIterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway
@@ -20,6 +21,8 @@ from ..catalog.usage import quota_limit
 from ..errors import BadRequest, Forbidden, Unauthorized, UsernameTaken
 from ..settings import AuthSettings
 from .common import read_json, string_field
+
+_log = structlog.get_logger("tusserver.api.auth")
 
 __all__ = ["AuthApi"]
 
@@ -94,7 +97,10 @@ class AuthApi:
                 charged.append(f"{kind}\n{who}")
         except BaseException:
             # Refused by one bucket, no password was checked: the others are given back.
-            await self._refund_sign_in(request, charged)
+            try:
+                await self._refund_sign_in(request, charged)
+            except Exception:  # never hide the refusal
+                _log.warning("sign-in charges not refunded", exc_info=True)
             raise
         return charged
 

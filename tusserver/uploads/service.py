@@ -961,6 +961,7 @@ class UploadService:
         partial's state, and answers 410 from then on."""
         rec = await self.repo.get(final_id)
         if rec is None or rec.state is not UploadState.CONCATENATING:
+            self._final_retries.pop(final_id, None)  # done (or ended) meanwhile
             return
         part_ids = await self.repo.parts_of(final_id)
         parts = await self.repo.get_many(part_ids)
@@ -1079,6 +1080,7 @@ class UploadService:
         now stays for the next purge). Every such upload is looked at, ``limit`` at a time:
         rows whose bytes cannot be deleted never hold up the ones after them."""
         cutoff = self._clock() - older_than
+        limit = max(1, limit)
         purged = 0
         after: tuple[dt.datetime, str] | None = None
         while True:

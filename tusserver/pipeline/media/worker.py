@@ -205,8 +205,9 @@ def _exif_without_gps(raw: bytes) -> bytes:
 
     exif = Image.Exif()
     exif.load(raw)
-    if GPS_IFD in exif:
-        del exif[GPS_IFD]
+    if GPS_IFD not in exif:
+        return raw  # nothing to take out: not rewritten (Pillow may drop parts it writes)
+    del exif[GPS_IFD]
     out: bytes = exif.tobytes()
     return out[6:] if out.startswith(b"Exif\x00\x00") else out
 
@@ -388,7 +389,7 @@ def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
         width, height = int(video["width"]), int(video["height"])
         # The size it is shown at: pixels that are not square (anamorphic video) stretch.
         sar = _rate(str(video.get("sample_aspect_ratio") or "").replace(":", "/"))
-        if sar and sar != 1:
+        if sar and sar != 1 and 0.1 <= sar <= 10:  # (the poster's rule: _SQUARE_PIXELS)
             width = max(1, round(width * sar))
         if _rotation(video) in (90, 270):
             width, height = height, width
@@ -435,6 +436,11 @@ def _is_webp(path: str) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:15] == b"VP8"
 
 
+#: Stretch non-square pixels to their display aspect (a sample aspect ratio from 1:10 to
+#: 10:1; others, or none, are taken as square).
+_SQUARE_PIXELS = "scale=w='if(between(sar,0.1,10),iw*sar,iw)':h=ih,setsar=1"
+
+
 def _poster_thumbnails(
     ffmpeg: str, source: list[str], at: float, out_dir: str, sizes: list[int]
 ) -> dict[str, str]:
@@ -445,7 +451,7 @@ def _poster_thumbnails(
     a pipe into Pillow cost a Python import, a copy and a second conversion per file."""
     order = sorted(sizes, reverse=True)
     # Square pixels first: an anamorphic video is shown stretched to its display aspect.
-    graph, last = ["[0:v:0]scale=w='if(gt(sar,0),iw*sar,iw)':h=ih,setsar=1[sq]"], "sq"
+    graph, last = [f"[0:v:0]{_SQUARE_PIXELS}[sq]"], "sq"
     outputs: list[str] = []
     files: dict[str, str] = {}
     for i, size in enumerate(order):
