@@ -211,6 +211,8 @@ class TokenService:
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc) or type(exc).__name__) from None
         typ = payload.get("typ", "access")
+        if self._jwks is not None and token_type == "access" and _provider_access_type(typ):
+            typ = "access"  # an identity provider's word for it (Keycloak: "Bearer")
         if typ != token_type:
             raise InvalidToken(f"expected an {token_type} token, got {typ!r}")
         sub = payload.get("sub")
@@ -219,12 +221,23 @@ class TokenService:
         iat = payload.get("iat")
         if not isinstance(iat, int | float):
             raise InvalidToken("token has no valid iat")
+        try:
+            issued_at = dt.datetime.fromtimestamp(iat, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidToken("token has no valid iat") from None
         role = payload.get("role")
         return Claims(
             subject=sub,
             token_type=typ,
-            issued_at=dt.datetime.fromtimestamp(iat, dt.UTC),
+            issued_at=issued_at,
             jti=str(payload.get("jti", "")),
             role=role if isinstance(role, str) else None,
             raw=payload,
         )
+
+
+def _provider_access_type(typ: object) -> bool:
+    """Whether an external provider's ``typ`` claim names an access token (Keycloak writes
+    ``Bearer``; RFC 9068's ``at+jwt`` is a header value some providers copy): its ID and
+    refresh tokens (``ID``, ``Refresh``) are not accepted as access tokens."""
+    return isinstance(typ, str) and typ.lower() in ("access", "bearer", "at+jwt")

@@ -317,7 +317,7 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
             print("tusserver: invalid username", file=sys.stderr)
             return 2
         if args.user_command == "add":
-            password = sys.stdin.readline().rstrip("\n")
+            password = sys.stdin.readline().rstrip("\r\n")  # a CRLF line ends as an LF one
             if len(password) < 8:
                 print("tusserver: the password (stdin) needs 8 characters", file=sys.stderr)
                 return 2
@@ -595,7 +595,8 @@ def _keys(config: TusServerConfig, args: argparse.Namespace, resolved: Resolved)
             return 2
         return 0
     if config.encryption != "envelope":
-        print("tusserver: encryption is off (encryption = 'none'): nothing to rotate")
+        print("tusserver: encryption is off (encryption = 'none'): nothing to rotate",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:
         return asyncio.run(_rotate(config, resolved))

@@ -42,10 +42,13 @@ class ResumeStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._data: dict[str, str] = {}
         try:
-            self._data: dict[str, str] = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
-            self._data = {}
+            return
+        if isinstance(data, dict):  # anything else (a file someone else wrote): ignored
+            self._data = {k: v for k, v in data.items() if isinstance(v, str)}
 
     def get(self, key: str) -> str | None:
         return self._data.get(key)

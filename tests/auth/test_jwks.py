@@ -18,15 +18,16 @@ from .helpers import bearer, runtime
 ME = "/api/v1/auth/me"
 
 
-def _token(key: rsa.RSAPrivateKey, kid: str) -> str:
+def _token(key: rsa.RSAPrivateKey, kid: str, **extra: object) -> str:
     now = dt.datetime.now(dt.UTC)
-    claims = {
+    claims: dict[str, object] = {
         "sub": "someone-" + secrets.token_hex(4),
         "iss": "https://issuer.test",
         "aud": "tusserver",
         "iat": now,
         "exp": now + dt.timedelta(minutes=5),
         "jti": secrets.token_hex(8),
+        **extra,
     }
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
 
@@ -73,5 +74,34 @@ async def test_unknown_kids_refetch_the_key_set_at_most_once_a_minute(
             if line.startswith('tusserver_token_rejections_total{reason="invalid"}')
         ]
         assert invalid and float(invalid[0].split()[-1]) >= 12
+    finally:
+        await server.close()
+
+
+async def test_a_providers_access_token_is_accepted_whatever_its_typ_calls_it(
+    make_client: MakeClient,
+) -> None:
+    """Keycloak's access tokens carry "typ": "Bearer": they are access tokens. Its ID and
+    refresh tokens ("ID", "Refresh") are not accepted in their place."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+
+    async def jwks(_request: web.Request) -> web.Response:
+        return web.json_response({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+
+    issuer = web.Application()
+    issuer.router.add_get("/jwks.json", jwks)
+    server = TestServer(issuer)
+    await server.start_server()
+    try:
+        client = await make_client(
+            auth="jwt",
+            jwt_algorithm="RS256",
+            jwks_url=f"http://127.0.0.1:{server.port}/jwks.json",
+            jwt_issuer="https://issuer.test",
+        )
+        for typ, status in [("Bearer", 200), ("at+jwt", 200), ("ID", 401), ("Refresh", 401)]:
+            resp = await client.get(ME, headers=bearer(_token(key, "k1", typ=typ)))
+            assert resp.status == status, (typ, await resp.text())
     finally:
         await server.close()

@@ -341,3 +341,14 @@ async def test_bad_and_revoked_tokens_are_counted(make_client: MakeClient) -> No
     assert await metric(client, name, reason="revoked") == revoked + 1
     entries = [e for e in await audit_entries(client, "auth.token") if e["actor"] == owner.id]
     assert [e["detail"] for e in entries] == [{"reason": "revoked"}]
+
+
+async def test_cookie_must_be_a_boolean(make_client: MakeClient) -> None:
+    """ "cookie": "false" (a string) asked for a session cookie: only true or false count."""
+    client = await auth_client(make_client)
+    owner = (await make_users(client, owner="user"))["owner"]
+    body = {"username": owner.name, "password": PASSWORD}
+    resp = await client.post(LOGIN, json={**body, "cookie": "false"})
+    assert resp.status == 400, await resp.text()
+    resp = await client.post(LOGIN, json={**body, "cookie": False})
+    assert resp.status == 200 and "Set-Cookie" not in resp.headers

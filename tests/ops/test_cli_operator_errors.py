@@ -68,3 +68,43 @@ def test_audit_of_an_empty_data_dir_is_no_traceback(
     other = ["--data-dir", str(tmp_path / "typo2")]
     code = main([*other, "audit"])
     assert code in (0, 2)
+
+
+def test_a_password_on_a_crlf_line_has_no_carriage_return(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\r\n"))
+    assert main([*data, "user", "add", "carol"]) == 0
+    import asyncio
+
+    from auth.passwords import verify_password_or_dummy
+    from auth.users import UserRepository
+    from tusserver.catalog.db import create_database
+    from tusserver.config import TusServerConfig
+
+    async def check() -> bool:
+        config = TusServerConfig(data_dir=tmp_path / "data")
+        db = create_database(config.effective_database_url)
+        try:
+            user = await UserRepository(db).by_name("carol")
+            assert user is not None
+            return await verify_password_or_dummy("correct horse battery", user.password_hash)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(check())
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"x"', '{"a": 1, "b": "http://x/1"}'])
+def test_the_upload_clients_resume_file_of_another_shape_is_ignored(
+    tmp_path: Path, content: str
+) -> None:
+    from tusserver.client import ResumeStore
+
+    path = tmp_path / "resume.json"
+    path.write_text(content)
+    store = ResumeStore(path)
+    assert store.get("a") is None
+    store.put("k", "http://server/uploads/1")
+    assert ResumeStore(path).get("k") == "http://server/uploads/1"

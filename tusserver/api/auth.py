@@ -114,6 +114,9 @@ class AuthApi:
         data = await read_json(request)
         username = string_field(data, "username", max_len=64)
         password = string_field(data, "password", max_len=1024)
+        cookie = data.get("cookie", False)
+        if not isinstance(cookie, bool):  # "false" as a string is not false
+            raise BadRequest("'cookie' must be true or false")
         ip = self._gw.client_ip(request)
         charged = await self._throttle_sign_in(request, username)
         user = await self._gw.users.by_name(username) if valid_username(username) else None
@@ -135,7 +138,7 @@ class AuthApi:
             # Parameters older than today's: the password is known now, store a new hash.
             await self._gw.users.update(user.id, password_hash=await hash_password(password))
         await self._gw.audit_log.record("auth.login", actor=user.id, ip=ip)
-        return await self._tokens_response(user, cookie=bool(data.get("cookie")))
+        return await self._tokens_response(user, cookie=cookie)
 
     async def _tokens_response(
         self, user: User, *, cookie: bool, rotate: str | None = None, ip: str | None = None
