@@ -6,9 +6,13 @@ import asyncio
 import os
 from typing import Any
 
+import pytest
+
 from tests.app_fixtures import MakeClient
 from tests.pipeline.helpers import file_id_of, file_state, upload_id_of, wait_state
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
+from tusserver.pipeline.clamav import ScanError, parse_reply
+from tusserver.pipeline.validators import Candidate, ClamAVValidator, VerdictKind
 
 # The EICAR test string, assembled here so this file itself carries no signature.
 EICAR = b"".join(
@@ -123,3 +127,36 @@ async def test_clamd_optional_and_down_commits_with_a_note(
     assert "not scanned" in info["reason"]
     assert "virus scanner" in info["reason"]
     assert await (await client.get(info["content_url"])).read() == data
+
+
+@pytest.mark.parametrize(
+    ("reply", "transient"),
+    [
+        ("stream: INSTREAM size limit exceeded. ERROR", False),
+        ("stream: Can't allocate memory ERROR", True),
+        ("stream: lstat() failed: No such file or directory. ERROR", True),
+        ("garbage", True),
+    ],
+)
+def test_only_an_error_of_the_stream_refuses_the_file(reply: str, transient: bool) -> None:
+    """clamd's own trouble (memory, a failed call, a reply it should not give) is tried
+    again, never taken as clean; a stream past clamd's limit is refused."""
+    with pytest.raises(ScanError) as raised:
+        parse_reply(reply)
+    assert raised.value.transient is transient
+    assert parse_reply("stream: OK").clean
+    assert not parse_reply("stream: Eicar-Signature FOUND").clean
+
+
+async def test_a_transient_clamd_error_retries_even_when_scanning_is_optional() -> None:
+    class Failing:
+        async def scan(self, _source: object) -> None:
+            raise ScanError("clamd could not scan the file: out of memory", transient=True)
+
+    validator = ClamAVValidator(Failing(), required=False)  # type: ignore[arg-type]
+    candidate = Candidate(
+        size=1, sha256="", head=b"x", detected_type="text/plain", declared_type=None,
+        metadata={}, open=lambda: None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    verdict = await validator.check(candidate)
+    assert verdict.kind is VerdictKind.RETRY

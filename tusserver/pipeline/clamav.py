@@ -24,7 +24,13 @@ class ScannerUnavailable(Exception):
 
 
 class ScanError(Exception):
-    """clamd answered with an error for this stream (size limit, parse error, ...)."""
+    """clamd answered with an error for this stream. ``transient``: an error of clamd's
+    (out of memory, a failed call) rather than of the stream (past its size limit): the
+    scan is worth trying again."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,4 +114,6 @@ def parse_reply(text: str) -> ScanResult:
         return ScanResult(clean=True)
     if body.endswith(" FOUND"):
         return ScanResult(clean=False, signature=body[: -len(" FOUND")].strip() or "unknown")
-    raise ScanError(f"clamd could not scan the file: {text.strip()[:200]}")
+    # Only a stream past clamd's limits is refused for good; any other error is clamd's.
+    permanent = "limit" in body.lower()
+    raise ScanError(f"clamd could not scan the file: {text.strip()[:200]}", transient=not permanent)

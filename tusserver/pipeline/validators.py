@@ -293,6 +293,9 @@ class ClamAVValidator:
                 return Verdict.retry(f"waiting for the virus scanner: {exc}")
             return Verdict.accept(note="not scanned: the virus scanner was unreachable")
         except ScanError as exc:
+            if exc.transient:
+                # Never accepted unscanned: retried, and failed once the attempts run out.
+                return Verdict.retry(str(exc))
             return Verdict.reject(str(exc), category="scan_failed")
         if not result.clean:
             return Verdict.reject(f"virus found: {result.signature}", category="virus")
