@@ -242,6 +242,8 @@ class IetfHandlers:
         if isinstance(exc, ChecksumMismatch):
             return Problem(400, exc.message, headers=exc.headers)
         status = exc.status if 400 <= exc.status < 600 else 500
+        if status == 410:
+            status = dialect.inactive_status
         return Problem(status, exc.message, headers=exc.headers)
 
     # --- OPTIONS ----------------------------------------------------------------------------

@@ -164,6 +164,10 @@ class Dialect:
     #: An append with a false completeness: "Any response, successful or not, MUST then
     #: include the Upload-Complete header field with a false value" (7).
     complete_on_errors: bool
+    #: The status for an upload resource that is no longer active (cancelled, expired,
+    #: refused): "it MUST respond with a 404 (Not Found) status code" (3 to 6, for offset
+    #: retrieval, append and cancellation); 410 (Gone) from 7, which no longer says so.
+    inactive_status: int = 410
 
     # --- reading ------------------------------------------------------------------------
 
@@ -267,6 +271,7 @@ def _legacy(version: int, drafts: str, completeness: str, absent_create: bool | 
         append_status=(201, 201),
         offset_on_errors=True,
         complete_on_errors=False,
+        inactive_status=404,
     )
 
 
@@ -296,6 +301,7 @@ DIALECTS: Mapping[int, Dialect] = {
         append_status=(201, 201),
         offset_on_errors=True,
         complete_on_errors=False,
+        inactive_status=404,
     ),
     # -06 to -08: ``max-age``, inconsistent-upload-length, Upload-Complete required on
     # appends and in their responses, 2xx appends (204 / 200 in its examples).
