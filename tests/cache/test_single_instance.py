@@ -96,7 +96,10 @@ async def test_claim_invalidates(make_client: MakeClient) -> None:
     )
     assert (await get_file(client, fid, alice.access))[1]["status"] == "received"
     assert cached_file(client, fid) is not None
-    assert await runtime(client).files.claim(fid, dt.datetime.now(dt.UTC), dt.timedelta(days=1))
+    # (Claimed as a worker would once it is due: a claim waits out next_attempt_at.)
+    due = far + dt.timedelta(seconds=1)
+    assert not await runtime(client).files.claim(fid, dt.datetime.now(dt.UTC), dt.timedelta(1))
+    assert await runtime(client).files.claim(fid, due, dt.timedelta(days=1))
     assert (await get_file(client, fid, alice.access))[1]["status"] == "validating"
 
 
