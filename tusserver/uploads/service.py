@@ -16,6 +16,7 @@ parts that stand alone live beside it: the body reader (``body.py``), the byte g
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -112,6 +113,13 @@ def new_upload_id() -> str:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _outcome_seen(task: asyncio.Future[Any]) -> None:
+    """A body stored after its request was cancelled: its outcome has no one to answer
+    (an error is logged, so that asyncio does not report it as never retrieved)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.info("body of a cancelled request ended", error=repr(task.exception()))
 
 
 class UploadService:
@@ -479,6 +487,48 @@ class UploadService:
     ) -> UploadStatus:
         """Append a request body at ``offset`` (every entry path): the byte budget, the
         tracking that lets a newer request or a shutdown stop the body, metrics.
+
+        It runs to its end even when its caller is cancelled: an aiohttp server with
+        ``handler_cancellation`` on cancels the handler of a client that went away, and the
+        bytes that arrived are stored all the same (the body then reads as broken).
+        """
+        task = asyncio.ensure_future(
+            self._receive(
+                caller,
+                upload_id,
+                offset=offset,
+                body=body,
+                content_length=content_length,
+                new_length=new_length,
+                checksum=checksum,
+                complete_at_end=complete_at_end,
+                overrun_cancels=overrun_cancels,
+                wrap=wrap,
+                created=created,
+            )
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_outcome_seen)
+            raise
+
+    async def _receive(
+        self,
+        caller: Caller,
+        upload_id: str,
+        *,
+        offset: int,
+        body: ByteStream,
+        content_length: int | None,
+        new_length: int | None,
+        checksum: Checksum | None,
+        complete_at_end: bool,
+        overrun_cancels: bool,
+        wrap: Callable[[BodyReader], ChunkSource] | None,
+        created: UploadRecord | None,
+    ) -> UploadStatus:
+        """:meth:`receive`, in its own task.
 
         ``overrun_cancels``: a body that goes on past the upload's length (no Content-Length
         told so upfront) ends the upload (the IETF draft: the resource is invalid from then
