@@ -280,6 +280,15 @@ class UploadRepository:
         query = query.order_by(uploads.c.updated_at, uploads.c.id).limit(limit)
         return await self._db.read(lambda conn: [(r[0], r[1]) for r in conn.execute(query)])
 
+    async def end_quarantine(self, file_id: str) -> None:
+        """A rejected file whose bytes (its upload's) were deleted: it holds them no more."""
+        stmt = (
+            update(files)
+            .where(files.c.id == file_id, files.c.status == "rejected")
+            .values(quarantine_until=None)
+        )
+        await self._db.write(lambda conn: conn.execute(stmt))
+
     async def delete(self, upload_id: str) -> None:
         stmt = delete(uploads).where(uploads.c.id == upload_id)
         await self._db.write(lambda conn: conn.execute(stmt))

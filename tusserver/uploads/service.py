@@ -50,6 +50,7 @@ from ..errors import (
     Gone,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
     UploadInterrupted,
@@ -590,10 +591,11 @@ class UploadService:
     ) -> UploadStatus:
         """A plain (non-resumable) upload: create, receive the whole body, finish.
 
-        An upload that does not finish (the body broke or was refused) is dropped at once,
-        unless ``keep_unfinished`` (its caller tells the client its id, which may resume it
-        with tus): else no client could resume it, and its bytes or declared length would
-        count against the owner's quota until it expired.
+        An upload that does not finish (the body broke or was refused) is dropped at once:
+        no client could resume it, and its bytes or declared length would count against the
+        owner's quota until it expired. With ``keep_unfinished`` (its caller tells the client
+        its id), one that was stopped (a newer request, a shutdown, a stalled body) is kept
+        for the client to resume with tus.
         """
         status = await self.create(caller, length=content_length, metadata=metadata)
         if on_created is not None:
@@ -612,8 +614,10 @@ class UploadService:
                 )
             if not status.finished:
                 raise BadRequest("the file ended early")
-        except BaseException:
-            if keep_unfinished:
+        except BaseException as exc:
+            if keep_unfinished and isinstance(
+                exc, UploadInterrupted | UploadSuspended | RequestTimeout
+            ):
                 raise
             try:
                 await self.discard(upload_id, unfinished_only=True)
@@ -737,12 +741,17 @@ class UploadService:
                         overrun_cancels=overrun_cancels,
                         caller=principal,
                     )
-                except PayloadTooLarge:
+                except PayloadTooLarge as exc:
                     if rec.length is None:  # a deferred length ran into the quota or max size
                         # Settled first: the reason is judged on what the upload really holds.
                         await settle()
                         reason = await self._size_reason(principal, rec, current)
                         self.observer.refused(principal, reason, rec.id)
+                        if reason == "quota":
+                            raise PayloadTooLarge(
+                                "storage quota exceeded: the body goes past what your quota leaves",
+                                headers=exc.headers,
+                            ) from None
                     raise
             finally:
                 try:
@@ -1066,10 +1075,16 @@ class UploadService:
         await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
+            if rec.file_status in ("received", "validating"):
+                # Its bytes are being checked and committed: as for DELETE /file/{id}.
+                raise Conflict("the file is still being processed; delete it when it is done")
             await self.repo.update(
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
             await self._drop_bytes(upload_id)
+            if rec.file_status == "rejected" and rec.file_id is not None:
+                # Its bytes were the quarantined copy: they are gone, and no longer counted.
+                await self.repo.end_quarantine(rec.file_id)
             if rec.is_partial:
                 for final_id in await self.repo.finals_waiting_on(upload_id):
                     try:
