@@ -44,8 +44,8 @@ class S3ChunkStore:
     ``<id>.info`` records its multipart id, ``<id>.part`` holds a tail shorter than the 5 MiB
     minimum part size, prepended to the next PATCH. The offset is always derived from what S3
     holds (listed parts + tail), so a restart of any instance loses nothing acknowledged.
-    The tail object is removed before the parts that include its bytes are uploaded: a crash
-    in between makes the offset smaller (the client resends), never larger.
+    The tail object stays until its bytes are stored again, in a part or in the next tail
+    (which replaces it): a part upload that fails, or a crash, loses nothing acknowledged.
 
     Every part but the last has the upload's part size, so part ``n`` always holds the
     upload's bytes ``(n-1)*size`` to ``n*size``, whichever request stored it. Parts go up a
@@ -288,7 +288,9 @@ class S3ChunkStore:
         number = len(parts) + 1
         part_size = self._part_size(upload_id)
         end = sum(p.size or 0 for p in parts)
-        tail = await self._take_tail(upload_id, end, expect=offset)
+        # The tail stays in S3 until its bytes are stored again (in a part, or in the next
+        # tail): a part upload that fails loses nothing that was acknowledged.
+        tail, had_tail = await self._read_tail(upload_id, end, expect=offset)
         spool = bytearray(tail)
         first = number
         pending: list[asyncio.Task[None]] = []
@@ -323,8 +325,12 @@ class S3ChunkStore:
                     await task
                 except Exception:
                     failed = True
-            if spool and not failed:
-                await self._put_tail(upload_id, bytes(spool), end + (number - first) * part_size)
+            if not failed:
+                if spool:
+                    start = end + (number - first) * part_size
+                    await self._put_tail(upload_id, bytes(spool), start)
+                elif had_tail:
+                    await self._drop_tail(upload_id)  # its bytes are in a part now
         return written
 
     async def _upload_part(self, upload_id: str, mp: str, number: int, data: bytes) -> None:
@@ -343,12 +349,12 @@ class S3ChunkStore:
             number,
         )
 
-    async def _take_tail(
+    async def _read_tail(
         self, upload_id: str, parts_end: int, *, expect: int | None = None
-    ) -> bytes:
-        """The tail's bytes, removed; nothing if there is none or it is stale (it does not
-        start at ``parts_end``: the parts hold its bytes). ``expect``: the offset the parts
-        and the tail must end at, else nothing is removed and StorageError is raised."""
+    ) -> tuple[bytes, bool]:
+        """The tail's bytes (nothing if it is stale: it does not start at ``parts_end``, the
+        parts hold its bytes), and whether there is a tail object. ``expect``: the offset
+        the parts and the tail must end at, else StorageError."""
         key = self._key(upload_id, ".part")
         try:
             resp = await self._run(self._client.get_object, self._s.bucket, key, ssec=self._s.ssec)
@@ -370,9 +376,14 @@ class S3ChunkStore:
                 f"upload {upload_id} holds {parts_end + len(kept)} bytes, not {expect}: a part "
                 "reached S3 late; resume from the offset HEAD reports"
             )
-        if resp is not None:
-            await self._objects.delete(key)
-        return kept
+        return kept, resp is not None
+
+    async def _drop_tail(self, upload_id: str) -> None:
+        try:
+            await self._objects.delete(self._key(upload_id, ".part"))
+        except StorageError as exc:
+            if not is_missing(exc):
+                raise
 
     async def _put_tail(self, upload_id: str, data: bytes, start: int) -> None:
         await self._run(
@@ -395,7 +406,7 @@ class S3ChunkStore:
             if await self._completed_before_its_info(upload_id) is None:
                 raise
             return
-        tail = await self._take_tail(upload_id, sum(p.size or 0 for p in parts))
+        tail, had_tail = await self._read_tail(upload_id, sum(p.size or 0 for p in parts))
         if tail:
             last = len(parts) + 1
             await self._upload_part(upload_id, mp, last, tail)
@@ -427,6 +438,10 @@ class S3ChunkStore:
             )
         await self._write_info(upload_id, {"mp": None})
         self._forget(upload_id)
+        if had_tail:
+            # Its bytes are in the object now; one left behind goes with the upload's delete.
+            with contextlib.suppress(StorageError):
+                await self._drop_tail(upload_id)
 
     async def read(self, upload_id: str, start: int, length: int) -> AsyncIterator[bytes]:
         blocks = self._objects.get(self._key(upload_id), start, length)

@@ -297,3 +297,24 @@ async def test_a_write_at_an_offset_a_late_part_moved_stores_nothing(s3_server: 
         await _finish_and_check(store, data)
     finally:
         await store.close()
+
+
+async def test_a_failed_part_upload_keeps_the_acknowledged_tail(s3_server: Any) -> None:
+    """The tail holds acknowledged bytes: a PATCH whose part upload fails (S3 answers 503)
+    must leave them. The tail was deleted before the part went up, and the offset went back
+    to 0."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    data = os.urandom(2 * PART + 1000)
+    try:
+        await store.create("up", length=len(data))
+        assert await store.write("up", 0, blocks(data[:1000])) == 1000  # a tail
+        _failing_part(store, 1)
+        with pytest.raises(StorageError):
+            await store.write("up", 1000, blocks(data[1000 : PART + 5000]))
+        assert await store.get_offset("up") == 1000
+        await _finish_and_check(store, data)
+        assert _left_behind(s3_server, base)[0] == [f"{base}up", f"{base}up.info"]
+    finally:
+        await store.close()
