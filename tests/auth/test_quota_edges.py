@@ -39,11 +39,12 @@ async def test_tus_delete_of_a_rejected_files_upload_frees_its_usage(
     assert await _usage(client, owner) == 0
 
 
-async def test_a_tus_delete_of_a_file_being_checked_is_409_as_in_the_files_api(
+async def test_a_tus_delete_leaves_the_bytes_of_a_file_being_checked_to_the_pipeline(
     make_client: MakeClient,
 ) -> None:
     """Terminating the upload of a file still being checked deleted its bytes under the
-    pipeline: the file failed ("the uploaded bytes are missing") and stayed counted."""
+    pipeline: the file failed ("the uploaded bytes are missing") and stayed counted. The
+    upload ends (410), the file goes on: it is deleted through the files API."""
     client = await auth_client(
         make_client,
         default_quota=4000,
@@ -57,10 +58,13 @@ async def test_a_tus_delete_of_a_file_being_checked_is_409_as_in_the_files_api(
     head = await client.head(path, headers={**TUS, **bearer(owner)})
     assert head.headers["X-File-Status"] in ("received", "validating")
     resp = await client.delete(path, headers={**TUS, **bearer(owner)})
-    assert resp.status == 409, await resp.text()
+    assert resp.status == 204, await resp.text()
+    assert (await client.head(path, headers={**TUS, **bearer(owner)})).status == 410
     store_file = runtime(client).config.uploads_dir / path.rsplit("/", 1)[1]
     assert store_file.exists()
     assert await _usage(client, owner) == 1000
+    files = await (await client.get("/api/v1/files", headers=bearer(owner))).json()
+    assert [f["status"] for f in files["items"]] in (["received"], ["validating"])
 
 
 async def test_a_form_file_refused_for_the_quota_holds_nothing_afterwards(

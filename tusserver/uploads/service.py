@@ -1075,13 +1075,13 @@ class UploadService:
         await self._owner_before_lock(principal, upload_id)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
-            if rec.file_status in ("received", "validating"):
-                # Its bytes are being checked and committed: as for DELETE /file/{id}.
-                raise Conflict("the file is still being processed; delete it when it is done")
             await self.repo.update(
                 upload_id, state=UploadState.TERMINATED, updated_at=self._clock()
             )
-            await self._drop_bytes(upload_id)
+            if rec.file_status not in ("received", "validating"):
+                # (Bytes the pipeline is checking are its own: it commits them, or keeps them
+                # in quarantine; deleting them under it failed the file, counted for good.)
+                await self._drop_bytes(upload_id)
             if rec.file_status == "rejected" and rec.file_id is not None:
                 # Its bytes were the quarantined copy: they are gone, and no longer counted.
                 await self.repo.end_quarantine(rec.file_id)
