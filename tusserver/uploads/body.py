@@ -71,6 +71,9 @@ class BodyReader:
         self.idle_timeout = idle_timeout or None
         self.interruption = Interruption.NONE
         self.received = 0
+        #: The read was cancelled (the request's task): the body ended there, and the
+        #: caller re-raises the cancellation once what arrived is stored.
+        self.cancelled = False
 
     def request_release(self) -> None:
         """Called by the locker when another request wants this upload."""
@@ -115,6 +118,11 @@ class BodyReader:
                     data = await content.read(min(READ_PIECE, size - have))
                     waiting_since = None
                 except _ReleaseRequested:
+                    break
+                except asyncio.CancelledError:
+                    self.cancelled = True
+                    if self.interruption is Interruption.NONE:
+                        self.interruption = Interruption.DISCONNECTED
                     break
                 except (OSError, HttpProcessingError):
                     if self.interruption is Interruption.NONE:

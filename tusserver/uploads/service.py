@@ -116,13 +116,6 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _outcome_seen(task: asyncio.Future[Any]) -> None:
-    """A body stored after its request was cancelled: its outcome has no one to answer
-    (an error is logged, so that asyncio does not report it as never retrieved)."""
-    if not task.cancelled() and task.exception() is not None:
-        _log.info("body of a cancelled request ended", error=repr(task.exception()))
-
-
 class UploadService:
     def __init__(
         self,
@@ -489,48 +482,6 @@ class UploadService:
         """Append a request body at ``offset`` (every entry path): the byte budget, the
         tracking that lets a newer request or a shutdown stop the body, metrics.
 
-        It runs to its end even when its caller is cancelled: an aiohttp server with
-        ``handler_cancellation`` on cancels the handler of a client that went away, and the
-        bytes that arrived are stored all the same (the body then reads as broken).
-        """
-        task = asyncio.ensure_future(
-            self._receive(
-                caller,
-                upload_id,
-                offset=offset,
-                body=body,
-                content_length=content_length,
-                new_length=new_length,
-                checksum=checksum,
-                complete_at_end=complete_at_end,
-                overrun_cancels=overrun_cancels,
-                wrap=wrap,
-                created=created,
-            )
-        )
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_outcome_seen)
-            raise
-
-    async def _receive(
-        self,
-        caller: Caller,
-        upload_id: str,
-        *,
-        offset: int,
-        body: ByteStream,
-        content_length: int | None,
-        new_length: int | None,
-        checksum: Checksum | None,
-        complete_at_end: bool,
-        overrun_cancels: bool,
-        wrap: Callable[[BodyReader], ChunkSource] | None,
-        created: UploadRecord | None,
-    ) -> UploadStatus:
-        """:meth:`receive`, in its own task.
-
         ``overrun_cancels``: a body that goes on past the upload's length (no Content-Length
         told so upfront) ends the upload (the IETF draft: the resource is invalid from then
         on) instead of finishing it with the bytes that fitted (tus).
@@ -540,7 +491,9 @@ class UploadService:
         upload), used instead of reading the row back: no client knows the upload's URL yet,
         so nothing can have changed it.
         Raises :class:`UploadInterrupted` (released to a newer request) or
-        :class:`UploadSuspended` (shutdown) once what arrived is stored.
+        :class:`UploadSuspended` (shutdown) once what arrived is stored. A cancellation
+        while the body is read (aiohttp's ``handler_cancellation`` when the client goes
+        away) stores what arrived too, then goes on as a cancellation.
         """
         # A body without a declared length pays for its bytes once they are in; until then
         # it needs a budget out of debt.
@@ -576,6 +529,8 @@ class UploadService:
             if content_length is None:
                 await caller.admission.charge("patch_bytes", cost=reader.received)
         self.observer.stored(offset, status.offset, finished=status.finished)
+        if reader.cancelled:
+            raise asyncio.CancelledError
         raise_if_stopped(reader.interruption, status)
         return status
 
