@@ -19,7 +19,7 @@ from tests.app_fixtures import MakeClient
 from tests.media.conftest import FFMPEG, GPS_IFD, gps_exif, needs_ffmpeg
 from tests.media.helpers import media_client, upload_file, wait_done
 from tusserver.app import RUNTIME
-from tusserver.pipeline.media import step, thumbnail_key
+from tusserver.pipeline.media import probe_kind, step, thumbnail_key
 from tusserver.pipeline.media.sandbox import Limits
 from tusserver.pipeline.media.step import MediaProcessor, MediaTools
 from tusserver.pipeline.validators import Candidate
@@ -318,4 +318,36 @@ async def test_the_rejection_of_a_playlist_does_not_tell_which_server_files_exis
         assert f["media"] is None
         reasons.append(f["reason"])
     assert reasons[0] == reasons[1], reasons
-    assert "not a media container accepted here" in reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("mime", "kind"),
+    [("audio/x-syx", None), ("audio/x-mp4a-latm", None), ("audio/x-mod", None),
+     ("audio/mpeg", "av"), ("video/mp4", "av"), ("audio/x-hx-aac-adts", "av"),
+     ("image/png", "image"), ("application/octet-stream", None)],
+)  # fmt: skip
+def test_only_media_containers_in_use_are_probed(mime: str, kind: str | None) -> None:
+    """libmagic calls 1 random or encrypted file in 256 ``audio/x-syx`` (a first byte of
+    0xF0): such weak audio types are stored as they are, not refused as media that does
+    not decode."""
+    assert probe_kind(mime) == kind
+
+
+async def test_binary_data_typed_as_weak_audio_is_stored(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    import magic
+
+    for _ in range(20_000):  # random bytes libmagic takes for audio (about 1 in 256)
+        blob = os.urandom(20_000)
+        detected = magic.from_buffer(blob, mime=True)
+        if detected.startswith("audio/") and probe_kind(detected) is None:
+            break
+    else:
+        pytest.fail("no random block typed as audio")
+    path = tmp_path / "blob.bin"
+    path.write_bytes(blob)
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path))
+    assert f["detected_type"] == detected
+    assert (f["status"], f["media"]) == ("committed", None), f["reason"]

@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import email.utils
 import io
-import os
 from typing import Any
 
 import pytest
@@ -549,7 +548,9 @@ async def test_a_download_the_client_stops_reading_is_not_an_error(
     """A client that closes a download before its end (a status probe, a cancelled save) is
     normal: no 'unhandled error' with a traceback in the server's log."""
     client = await make_client()
-    data = os.urandom(32 * 1024 * 1024)
+    # Not random bytes: libmagic now and then types those as audio, and the media step
+    # refuses what does not decode (then GET answers 403).
+    data = b"0123456789abcdef" * (2 * 1024 * 1024)
     path = await create(client, len(data))
     resp = await client.patch(
         path, data=io.BytesIO(data), headers={**TUS, **OCTET, "Upload-Offset": "0"}

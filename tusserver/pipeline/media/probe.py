@@ -55,12 +55,23 @@ _CONTAINERS = {
 }
 
 
+#: Video and audio types probed besides the containers above (libmagic's names for them).
+_AV_TYPES = frozenset(
+    {"audio/x-hx-aac-adts", "audio/x-m4a", "audio/amr", "audio/x-ms-wma", "video/x-ms-asf",
+     "video/x-ms-wmv", "video/3gpp2", "audio/x-caf", "audio/opus", "audio/webm"}
+)  # fmt: skip
+
+
 def probe_kind(detected_type: str) -> str | None:
-    """``image`` (decoded with Pillow), ``av`` (ffprobe/ffmpeg) or None (not probed)."""
+    """``image`` (decoded with Pillow), ``av`` (ffprobe/ffmpeg) or None (not probed).
+
+    Only the media containers in use are probed: libmagic gives a weak audio type to much
+    binary data (a first byte of 0xF0 is a MIDI SysEx, ``audio/x-syx``: 1 random or encrypted
+    file in 256), which is stored as it is rather than refused as media that does not decode.
+    """
     if detected_type in IMAGE_TYPES:
         return "image"
-    major = detected_type.split("/", 1)[0]
-    if major in ("video", "audio"):
+    if detected_type in _CONTAINERS or detected_type in _AV_TYPES:
         return "av"
     return None
 
