@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -30,20 +31,16 @@ def _keys(tmp_path: Path) -> tuple[str, str, Path]:
     return private, public, path
 
 
-async def test_verify_only_instance_refuses_a_disabled_users_token(
-    make_client: MakeClient, tmp_path: Path
-) -> None:
+async def _verify_only(make_client: MakeClient, tmp_path: Path) -> tuple[Any, TokenService]:
+    """An API instance that only verifies (the public key), and the issuing instance's
+    token service (same catalog, same key pair) that hands out tokens at login."""
     private, public, public_file = _keys(tmp_path)
-    # An API instance that only verifies (the issuing instance holds the private key).
     client = await make_client(
         auth="jwt",
         jwt_algorithm="RS256",
         jwt_public_key_file=str(public_file),
         revocation_check_interval=0,
     )
-    users = runtime(client).gateway.users
-    user = await users.create(unique("mallory"), await hash_password("pw-123456789"))
-    # What the issuing instance (same catalog, same key pair) hands out at login.
     cfg = runtime(client).config
     issuer = TokenService(
         algorithm="RS256",
@@ -55,6 +52,15 @@ async def test_verify_only_instance_refuses_a_disabled_users_token(
         access_ttl=900,
         refresh_ttl=86400,
     )
+    return client, issuer
+
+
+async def test_verify_only_instance_refuses_a_disabled_users_token(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    client, issuer = await _verify_only(make_client, tmp_path)
+    users = runtime(client).gateway.users
+    user = await users.create(unique("mallory"), await hash_password("pw-123456789"))
     token, _, _ = issuer.issue(subject=user.id, token_type="access", role="user")
     assert (await client.get("/api/v1/auth/me", headers=bearer(token))).status == 200
 
@@ -68,29 +74,11 @@ async def test_verify_only_instance_refuses_a_disabled_users_token(
 async def test_verify_only_instance_takes_admin_from_the_catalog_not_the_token(
     make_client: MakeClient, tmp_path: Path
 ) -> None:
-    private, public, public_file = _keys(tmp_path)
-    client = await make_client(
-        auth="jwt",
-        jwt_algorithm="RS256",
-        jwt_public_key_file=str(public_file),
-        revocation_check_interval=0,
-    )
-    rt = runtime(client)
-    users = rt.gateway.users
+    client, issuer = await _verify_only(make_client, tmp_path)
+    users = runtime(client).gateway.users
     pw = await hash_password("pw-123456789")
     former_admin = await users.create(unique("demoted"), pw, role="admin")
     victim = await users.create(unique("victim"), pw)
-    cfg = rt.config
-    issuer = TokenService(
-        algorithm="RS256",
-        private_key=private,
-        public_key=public,
-        issuer=cfg.jwt_issuer,
-        audience=cfg.jwt_audience,
-        leeway=30,
-        access_ttl=900,
-        refresh_ttl=86400,
-    )
     admin_token, _, _ = issuer.issue(subject=former_admin.id, token_type="access", role="admin")
     victim_token, _, _ = issuer.issue(subject=victim.id, token_type="access", role="user")
     path = await create_upload(client, victim_token, 10)
