@@ -38,6 +38,7 @@ from tusserver.catalog.schema import file_uploads
 from tusserver.catalog.schema import files as files_table
 from tusserver.catalog.schema import uploads as uploads_table
 from tusserver.catalog.uploads import UploadState
+from tusserver.events import Hooks
 from tusserver.pipeline import holders as holders_module
 from tusserver.pipeline import pipeline as pipeline_module
 from tusserver.pipeline.holders import Holder
@@ -362,14 +363,15 @@ async def test_crash_after_the_committed_row(setup: Setup, monkeypatch: pytest.M
     rt = await open_runtime(setup.config, objects=setup.object_store())
     upload_id = await finished_upload(rt, DATA)
 
-    update = rt.files.update
+    update = rt.files.update_held
 
-    async def update_then_die(file_id: str, **values: Any) -> None:
-        await update(file_id, **values)
+    async def update_then_die(file_id: str, holder: str, **values: Any) -> bool:
+        written = await update(file_id, holder, **values)
         if values.get("status") in (FileStatus.COMMITTED, FileStatus.COMMITTED.value):
             raise SimulatedCrash("committed row written")
+        return written
 
-    monkeypatch.setattr(rt.files, "update", update_then_die)
+    monkeypatch.setattr(rt.files, "update_held", update_then_die)
     with pytest.raises(SimulatedCrash):
         await rt.pipeline.run_due_once()
     [row] = await rows_for(rt, upload_id)
@@ -762,7 +764,7 @@ async def test_a_failed_batch_claim_still_processes_the_files_held_here(setup: S
         now = dt.datetime.now(dt.UTC)
         pipeline = rt.pipeline
         assert await rt.files.claim_many([held], now, pipeline.lease, str(pipeline.holder))
-        pipeline._claimed.add(held)
+        pipeline._claimed[held] = 0.0  # (its trust has run out: the catalog is asked)
         pipeline._held.add(held)
         claim_many = rt.files.claim_many
 
@@ -815,13 +817,13 @@ async def test_a_small_file_typed_whole_is_recorded_inspected_at_intake(setup: S
     recording them again. A file longer than the check's head is inspected by the worker."""
     rt = await open_runtime(setup.config, objects=setup.object_store())
     recorded: list[dict[str, Any]] = []
-    update = rt.files.update
+    update = rt.files.update_held
 
-    async def watched(file_id: str, **values: Any) -> None:
+    async def watched(file_id: str, holder: str, **values: Any) -> bool:
         recorded.append(values)
-        await update(file_id, **values)
+        return await update(file_id, holder, **values)
 
-    rt.files.update = watched  # type: ignore[method-assign]
+    rt.files.update_held = watched  # type: ignore[method-assign]
     try:
         # In one block, as a small body arrives: the type check sees all of it.
         small = await finished_upload(rt, DATA, len(DATA))
@@ -1008,3 +1010,95 @@ async def test_an_operator_retries_files_the_pipeline_gave_up_on(setup: Setup) -
         assert await rt.files.requeue_failed(dt.datetime.now(dt.UTC)) == 0
     finally:
         await drop_runtime(rt)
+
+
+# --- a worker that stalled past its lease --------------------------------------------------
+
+
+async def test_a_worker_that_stalled_past_its_lease_leaves_the_file_to_the_one_that_took_it(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stalls in the middle of a file (a long GC pause, a frozen VM, the catalog
+    unreachable) until its lease runs out; another instance takes the file and commits it.
+    When the first worker wakes up, its outcome is not written over the other's: the file
+    is committed once, one commit event, its object and row intact."""
+    committed: list[str] = []
+
+    async def on_commit(rec: Any) -> None:
+        committed.append(rec.id)
+
+    blocking = BlockingValidator()
+    stalled = await open_runtime(
+        setup.config,
+        objects=setup.object_store(),
+        validators=[ChecksumValidator(), blocking],
+        hooks=Hooks(post_commit=[on_commit]),
+    )
+    stalled.pipeline.lease = dt.timedelta(seconds=0.4)
+    upload_id = await finished_upload(stalled, DATA)
+    first = asyncio.create_task(stalled.pipeline.run_due_once())
+    await asyncio.wait_for(blocking.entered.wait(), 10)
+    await asyncio.sleep(0.5)  # its lease has run out
+
+    later = dt.timedelta(minutes=16)  # past the stalled worker's lease
+    monkeypatch.setattr(
+        "tusserver.app.Pipeline",
+        functools.partial(pipeline_module.Pipeline, clock=lambda: dt.datetime.now(dt.UTC) + later),
+    )
+    other = await open_runtime(
+        setup.config, objects=setup.object_store(), hooks=Hooks(post_commit=[on_commit])
+    )
+    try:
+        await work_until_done(other, upload_id)
+        [row] = await rows_for(other, upload_id)
+        assert row["status"] == FileStatus.COMMITTED.value
+        await other.hooks.drain()
+        assert committed == [row["id"]]
+
+        blocking.open.set()  # the stalled worker wakes up
+        await asyncio.wait_for(first, 20)
+        await stalled.hooks.drain()
+        assert committed == [row["id"]], "the stalled worker committed the file a second time"
+        assert await rows_for(other, upload_id) == [row]
+        await assert_committed_once(setup, other, upload_id, DATA)
+    finally:
+        await drop_runtime(other)
+        await drop_runtime(stalled)
+
+
+async def test_a_worker_that_stalled_past_its_lease_does_not_reject_a_file_another_took(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same stall, and the stalled worker's validator refuses the file (a verdict that
+    can differ between attempts: a scanner's answer): the file the other worker committed
+    keeps its object and stays committed."""
+
+    class RefusesWhenOpened(BlockingValidator):
+        async def check(self, candidate: Candidate) -> Verdict:
+            await super().check(candidate)
+            return Verdict.reject("refused late", category="other")
+
+    blocking = RefusesWhenOpened()
+    stalled = await open_runtime(
+        setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
+    )
+    stalled.pipeline.lease = dt.timedelta(seconds=0.4)
+    upload_id = await finished_upload(stalled, DATA)
+    first = asyncio.create_task(stalled.pipeline.run_due_once())
+    await asyncio.wait_for(blocking.entered.wait(), 10)
+    await asyncio.sleep(0.5)  # its lease has run out
+
+    later = dt.timedelta(minutes=16)
+    monkeypatch.setattr(
+        "tusserver.app.Pipeline",
+        functools.partial(pipeline_module.Pipeline, clock=lambda: dt.datetime.now(dt.UTC) + later),
+    )
+    other = await open_runtime(setup.config, objects=setup.object_store())
+    try:
+        await work_until_done(other, upload_id)
+        blocking.open.set()
+        await asyncio.wait_for(first, 20)
+        await assert_committed_once(setup, other, upload_id, DATA)
+    finally:
+        await drop_runtime(other)
+        await drop_runtime(stalled)

@@ -214,6 +214,17 @@ _CLAIMED = {
     "attempts": files.c.attempts + 1,
     "updated_at": bindparam("now"),
 }
+
+
+@functools.lru_cache(maxsize=32)
+def _update_held(columns: tuple[str, ...]) -> Update:
+    """:func:`update_by_id` for a file still held by ``:holder`` (see update_held)."""
+    return update_by_id(files, columns).where(
+        or_(*(files.c.status == status for status in PENDING)),
+        or_(files.c.lease_holder.is_(None), files.c.lease_holder == bindparam("holder")),
+    )
+
+
 _CLAIM = update(files).where(files.c.id == bindparam("row_id"), *_CLAIMABLE).values(_CLAIMED)
 _CLAIM_MANY = (
     update(files)
@@ -437,10 +448,10 @@ class FileRepository:
         return await self._db.write(lambda conn: conn.execute(stmt).rowcount)
 
     async def renew_leases(
-        self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime
+        self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime, holder: str
     ) -> int:
-        """Extend the leases still held (being validated, lease not run out or handed back)
-        of ``file_ids``; returns how many were."""
+        """Extend the leases ``holder`` still has (being validated, lease not run out, handed
+        back or taken by another) of ``file_ids``; returns how many were."""
         stmt = (
             update(files)
             .where(
@@ -448,6 +459,7 @@ class FileRepository:
                 files.c.status == FileStatus.VALIDATING.value,
                 files.c.lease_until.is_not(None),
                 files.c.lease_until > now,
+                files.c.lease_holder == holder,
             )
             .values(lease_until=until)
         )
@@ -479,6 +491,23 @@ class FileRepository:
             conn.execute(copy)
 
         await self.invalidator.run(self._db, work, (FILES, file_id))
+
+    async def update_held(self, file_id: str, holder: str, **values: Any) -> bool:
+        """``update`` of a file a pipeline worker is processing, written only while it is
+        still that worker's: pending, and held by ``holder`` or by no one (a lease handed
+        back). False, and nothing written, once it is not: another worker took it after the
+        lease ran out (this one stalled), or it has its outcome already."""
+        if isinstance(values.get("status"), FileStatus):
+            values["status"] = values["status"].value
+        stmt = _update_held(tuple(values))
+        params = by_id_params(file_id, values)
+        params["holder"] = holder
+        return await self.invalidator.run(
+            self._db,
+            lambda conn: fastsql.execute(conn, stmt, params) == 1,
+            (FILES, file_id),
+            quick=True,
+        )
 
     async def make_all_due(self) -> None:
         """Operator retry: every pending file is due now (leases are kept)."""

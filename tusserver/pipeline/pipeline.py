@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -108,6 +109,11 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class LeaseLost(Exception):
+    """The file is not this worker's any more: it stalled past its lease and another worker
+    took the file (or already wrote its outcome). Nothing more is written for it here."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -129,7 +135,10 @@ class Pipeline:
     ) -> None:
         self._media = media
         self._metrics = metrics
-        self._claimed: set[str] = set()
+        #: Files claimed by this process: file id -> until when (``time.monotonic``) the
+        #: lease is trusted without asking the catalog (half the lease from the claim or
+        #: the last renewal), before a step that cannot be taken back (see _fence).
+        self._claimed: dict[str, float] = {}
         #: Files claimed by this process and not started, waiting in the queue: rows
         #: inserted claimed at intake, and the rest of a worker's batch claim. (A subset of
         #: _claimed: their leases are renewed, and handed back at stop.)
@@ -220,6 +229,7 @@ class Pipeline:
         # (the claim's own statement and transaction spared). Not when every worker is busy:
         # the file would wait here, held from other instances' workers (and, after a crash
         # elsewhere than on this host, for a whole lease).
+        since = time.monotonic()
         claim = (
             (now + self.lease, str(self.holder))
             if self.processes_here and not self._stopping and self._idle > self._queue.qsize()
@@ -228,7 +238,7 @@ class Pipeline:
         if claim is not None:
             # Known before the insert: if this caller is cancelled while the row commits,
             # the file still has its lease renewed, is handed back at stop, and is queued.
-            self._claimed.add(file_id)
+            self._claimed[file_id] = self._trusted_until(since)
             self._held.add(file_id)
         try:
             created = await self._files.create_for_upload(new, now, claim=claim, finish=finish)
@@ -237,7 +247,7 @@ class Pipeline:
                 self._enqueue(file_id)  # (a worker finds out whether its row exists)
             raise
         if claim is not None and (created != file_id or self._stopping):
-            self._claimed.discard(file_id)
+            self._claimed.pop(file_id, None)
             self._held.discard(file_id)
             if created == file_id:  # stopped meanwhile: handed back, as stop() does
                 await self._files.update(file_id, lease_until=None)
@@ -508,14 +518,21 @@ class Pipeline:
             if not self._claimed:
                 continue
             held = sorted(self._claimed)
-            now = self._clock()
+            now, since = self._clock(), time.monotonic()
             try:
-                kept = await self._files.renew_leases(held, now, now + self.lease)
+                kept = await self._files.renew_leases(held, now, now + self.lease, str(self.holder))
             except Exception:
                 _log.exception("pipeline lease renewal failed")
                 continue
             if kept < len(held):
+                # Which ones is not known: their trust runs out, and each is asked for
+                # before its next step that cannot be taken back.
                 _log.warning("pipeline lost leases", held=len(held), renewed=kept)
+                continue
+            until = self._trusted_until(since)
+            for file_id in held:
+                if file_id in self._claimed:
+                    self._claimed[file_id] = until
 
     async def _claim(self, batch: list[str]) -> list[str]:
         """The files of ``batch`` this worker now holds, in order: those this process held
@@ -524,6 +541,7 @@ class Pipeline:
         self._held.difference_update(mine)
         others = [file_id for file_id in batch if file_id not in mine]
         won: set[str] = set()
+        since = time.monotonic()
         if others:
             try:
                 won = await self._files.claim_many(
@@ -533,7 +551,9 @@ class Pipeline:
                 # Not claimed: still due in the catalog, where a scan finds them again.
                 # Those already held here are processed all the same.
                 _log.exception("pipeline claim failed", files=len(others))
-        self._claimed.update(won)
+        until = self._trusted_until(since)
+        for file_id in won:
+            self._claimed[file_id] = until
         for file_id in others:
             if file_id not in won:
                 self._fresh.pop(file_id, None)
@@ -546,9 +566,9 @@ class Pipeline:
             raise  # shutdown: stop() hands the lease back
         except BaseException:
             # Not renewed any more: the lease runs out and the file is retried.
-            self._claimed.discard(file_id)
+            self._claimed.pop(file_id, None)
             raise
-        self._claimed.discard(file_id)
+        self._claimed.pop(file_id, None)
 
     async def run_due_once(self, limit: int = 20) -> int:
         """Process the files that are due now; returns how many were handled here."""
@@ -569,6 +589,14 @@ class Pipeline:
         if f.status not in (FileStatus.RECEIVED, FileStatus.VALIDATING):
             return f.status
         log = _log.bind(file_id=f.id, upload_id=f.upload_id)
+        try:
+            return await self._process_attempt(f, log, fresh is not None)
+        except LeaseLost:
+            log.warning("file taken over by another worker: its outcome is left to that one")
+            now = await self._files.get(f.id)
+            return now.status if now is not None else FileStatus.FAILED
+
+    async def _process_attempt(self, f: FileRecord, log: Any, fresh: bool) -> FileStatus:
         if f.attempts > self._config.pipeline_max_attempts:
             # Each claim counts an attempt: more claims than attempts means a worker died
             # on this file each time (a crash, the kernel's OOM killer) and never retried it.
@@ -577,12 +605,40 @@ class Pipeline:
             )
         try:
             # (A row read back is inspected again: the bytes may have changed since.)
-            return await self._process(f, log, inspected=fresh is not None and bool(f.sha256))
+            return await self._process(f, log, inspected=fresh and bool(f.sha256))
+        except LeaseLost:
+            raise
         except (StorageError, OSError) as exc:
             return await self._retry(f, f"storage unavailable: {exc}", log)
         except Exception as exc:
             log.exception("pipeline step failed")
             return await self._retry(f, f"internal error: {type(exc).__name__}", log)
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def _trusted_until(self, since: float) -> float:
+        """Until when a lease taken or renewed at ``since`` (``time.monotonic``) is trusted
+        without asking the catalog: half of it, a margin for the instances' clocks."""
+        return since + self.lease.total_seconds() / 2
+
+    async def _fence(self, f: FileRecord) -> None:
+        """Before a step that cannot be taken back (moving the bytes into the object store,
+        deleting them, deleting an object): raise LeaseLost unless the file is still this
+        worker's. Within the lease's trusted half, without a statement; past it (a stall,
+        or a file processed without a claim), the catalog is asked, and the lease renewed."""
+        until = self._claimed.get(f.id)
+        since = time.monotonic()
+        if until is not None and since < until:
+            return
+        await self._settle(f, lease_until=self._clock() + self.lease, lease_holder=str(self.holder))
+        if f.id in self._claimed:
+            self._claimed[f.id] = self._trusted_until(since)
+
+    async def _settle(self, f: FileRecord, **values: Any) -> None:
+        """Write ``values`` to the row of the file this worker processes, only while it is
+        this worker's (catalog.files.update_held); LeaseLost otherwise."""
+        if not await self._files.update_held(f.id, str(self.holder), **values):
+            raise LeaseLost(f.id)
 
     async def _process(self, f: FileRecord, log: Any, *, inspected: bool) -> FileStatus:
         """``inspected``: ``f`` holds the facts the intake recorded (``_inspected_at_intake``)."""
@@ -644,16 +700,16 @@ class Pipeline:
                 storage_key=key,
                 store=self._objects.kind,
             ).columns()
-            await self._files.update(f.id, **facts, **reset, updated_at=self._clock())
+            await self._settle(f, **facts, **reset, updated_at=self._clock())
             f = dataclasses.replace(f, **facts)
         for validator in [self._policy, *self._validators]:
             started = time.perf_counter()
             verdict = await validator.check(candidate)
             self._observe(validator.name, started)
             if verdict.kind is VerdictKind.REJECT:
-                if self.on_rejected is not None:
-                    self.on_rejected(f.owner, f.id, verdict.category)
-                return await self._reject(f, verdict.reason or validator.name, log)
+                return await self._reject(
+                    f, verdict.reason or validator.name, log, category=verdict.category
+                )
             if verdict.kind is VerdictKind.RETRY:
                 return await self._retry(f, verdict.reason or validator.name, log)
             if verdict.note:
@@ -668,8 +724,19 @@ class Pipeline:
             )
             media = await self._media.process(candidate, local)
             self._observe("media", started)
+            if (
+                media.verdict.kind is VerdictKind.REJECT
+                and local is not None
+                and not await asyncio.to_thread(os.path.exists, local)
+            ):
+                # Not the file's fault: its bytes went away under the decoder (committed by
+                # another worker that took the file over).
+                await media.cleanup()
+                raise UploadDataMissing(upload_id)
             if media.verdict.kind is VerdictKind.REJECT:
-                return await self._reject(f, media.verdict.reason or "media", log)
+                return await self._reject(
+                    f, media.verdict.reason or "media", log, category=media.verdict.category
+                )
             if media.verdict.kind is VerdictKind.RETRY:
                 return await self._retry(f, media.verdict.reason or "media", log)
         started = time.perf_counter()
@@ -717,6 +784,7 @@ class Pipeline:
     ) -> FileStatus:
         assert f.upload_id is not None and f.storage_key is not None
         key = f.storage_key
+        await self._fence(f)
         if media is not None:
             f = await self._store_media(f, c, media)
         assert f.upload_id is not None
@@ -777,7 +845,7 @@ class Pipeline:
         if not values:
             return f
         values["updated_at"] = self._clock()
-        await self._files.update(f.id, **values)
+        await self._settle(f, **values)
         return dataclasses.replace(
             f,
             sha256=c.sha256,
@@ -790,6 +858,7 @@ class Pipeline:
     async def _mark_committed(self, f: FileRecord, note: str | None, log: Any) -> FileStatus:
         # The chunk copy goes first: a crash before the row is written leaves the object
         # and its recorded sha256, which _recover_missing turns into the committed row.
+        await self._fence(f)
         if f.upload_id is not None:
             try:
                 await self._chunks.delete(f.upload_id)
@@ -798,8 +867,8 @@ class Pipeline:
                 # chunk copy left behind said so (S3 answered the copy, not this delete).
                 log.warning("chunk copy not deleted", error=str(exc))
         now = self._clock()
-        await self._files.update(
-            f.id,
+        await self._settle(
+            f,
             status=FileStatus.COMMITTED,
             reason=note,
             committed_at=now,
@@ -824,8 +893,8 @@ class Pipeline:
                 # The validators' note ("not scanned: ...") came with the object.
                 return await self._mark_committed(fresh, info.metadata.get("note") or None, log)
         log.error("file bytes are missing")
-        await self._files.update(
-            f.id,
+        await self._settle(
+            f,
             status=FileStatus.FAILED,
             reason="the uploaded bytes are missing",
             lease_until=None,
@@ -833,7 +902,12 @@ class Pipeline:
         )
         return FileStatus.FAILED
 
-    async def _reject(self, f: FileRecord, reason: str, log: Any) -> FileStatus:
+    async def _reject(
+        self, f: FileRecord, reason: str, log: Any, *, category: str = "other"
+    ) -> FileStatus:
+        await self._fence(f)
+        if self.on_rejected is not None:
+            self.on_rejected(f.owner, f.id, category)
         if f.storage_key:
             # An earlier attempt may have stored the object (and thumbnails) before a crash:
             # a rejected file is kept in quarantine as its upload's bytes only.
@@ -843,8 +917,8 @@ class Pipeline:
             except (StorageError, OSError) as exc:
                 log.warning("object of a rejected file not deleted", error=str(exc))
         now = self._clock()
-        await self._files.update(
-            f.id,
+        await self._settle(
+            f,
             status=FileStatus.REJECTED,
             reason=reason[:1024],
             lease_until=None,
@@ -872,8 +946,8 @@ class Pipeline:
             self._config.pipeline_retry_base * 2 ** max(attempts - 1, 0),
             self._config.pipeline_retry_max,
         )
-        await self._files.update(
-            f.id,
+        await self._settle(
+            f,
             status=FileStatus.VALIDATING,
             reason=reason[:1024],
             lease_until=None,
@@ -884,8 +958,8 @@ class Pipeline:
         return FileStatus.VALIDATING
 
     async def _give_up(self, f: FileRecord, reason: str, attempts: int, log: Any) -> FileStatus:
-        await self._files.update(
-            f.id,
+        await self._settle(
+            f,
             status=FileStatus.FAILED,
             reason=f"gave up after {attempts} attempts: {reason}"[:1024],
             lease_until=None,
