@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import functools
 import os
@@ -50,6 +51,7 @@ __all__ = [
     "read_into",
     "read_small",
     "remove",
+    "reserve",
     "touch",
     "write_atomic",
     "write_once",
@@ -169,6 +171,38 @@ async def in_worker(fn: Callable[..., _T], *args: Any) -> _T:
             with contextlib.suppress(BaseException):
                 await asyncio.wait([job])
         raise
+
+
+#: Linux fallocate(2)'s FALLOC_FL_KEEP_SIZE: allocate without changing the file's size.
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+@functools.cache
+def _fallocate() -> Callable[..., int] | None:
+    """libc's fallocate(2), or None where there is none (not Linux)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the disk space of ``length`` bytes from ``offset`` without changing the
+    file's size, so that a write there cannot fail for want of space: ENOSPC (an OSError)
+    comes here, before anything is written. A no-op where the system or the filesystem
+    cannot (no fallocate, EOPNOTSUPP)."""
+    fn = _fallocate()
+    if fn is None or length <= 0:
+        return
+    if fn(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return
+    raise OSError(err, os.strerror(err))
 
 
 def pwrite_all(fd: int, data: Bytes, pos: int) -> int:

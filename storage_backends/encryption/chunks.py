@@ -28,6 +28,7 @@ from ..fileio import (
     in_worker,
     pwritev_all,
     read_small,
+    reserve,
     touch,
     write_atomic,
 )
@@ -191,6 +192,11 @@ class EncryptedChunkStore:
                     prefix, _ = await in_worker(_read_last, fd, cipher, index, n)
                 if len(prefix) != partial:
                     raise IntegrityError(f"upload {upload_id} does not hold {offset} bytes")
+                # The re-seal writes over acknowledged bytes: the room of the whole segment
+                # is taken first, so that a full disk refuses the write here, before they
+                # are touched (a write cut short by ENOSPC would leave a segment that no
+                # longer authenticates, and the upload would go back to the one before).
+                reserve(fd, index * unit, unit)
             if verify is None:
                 return await _seal_into(fd, index * unit, cipher, index, prefix, source, fsync)
             stage = path.with_name(upload_id + ".stage")

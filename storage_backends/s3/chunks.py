@@ -21,6 +21,7 @@ from ..base import (
     StoreCapabilities,
     UploadDataMissing,
 )
+from ..fileio import full_disk_is_storage_full
 from .objects import S3ObjectStore
 from .settings import (
     MAX_OBJECT,
@@ -254,6 +255,7 @@ class S3ChunkStore:
         self._forget(upload_id)
         return info.size
 
+    @full_disk_is_storage_full
     async def write(
         self,
         upload_id: str,

@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import io
 import os
+import secrets
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from storage_backends.s3 import S3ObjectStore, S3Settings
 from tests.app_fixtures import TUS, MakeClient
 from tests.pipeline.test_local_pipeline import png_bytes, wait_file
 from tests.protocol.test_core import OCTET, create, head
+from tusserver import TusServerConfig, create_app
 
 KiB = 1024
 _KEY = generate_key_spec("full-disk")
@@ -277,3 +280,80 @@ async def test_s3_errors_that_mean_full_are_storage_full(
         assert isinstance(caught.value, StorageFull) is full
     finally:
         await store.close()
+
+
+async def test_a_full_disk_keeps_the_acknowledged_bytes_of_a_partly_filled_segment(
+    make_client: MakeClient, small_fs: Path
+) -> None:
+    """Encrypted uploads re-seal their last, partly filled segment with the bytes that
+    follow it: a full disk must refuse that write before it touches the segment's
+    acknowledged bytes (a segment written halfway no longer authenticates, and HEAD went
+    back to the segment before it: here to 0)."""
+    client = await make_client(
+        data_dir=small_fs, max_size=8 * 1024 * KiB, encryption="envelope", encryption_keys=(_KEY,)
+    )
+    data = os.urandom(1024 * KiB)
+    path = await create(client, len(data))
+    acknowledged = 100 * KiB  # inside the first segment
+    resp = await patch(client, path, 0, data[:acknowledged])
+    assert resp.status == 204
+    assert int(resp.headers["Upload-Offset"]) == acknowledged
+
+    filler = fill(small_fs, leave=60 * KiB)
+    resp = await patch(client, path, acknowledged, data[acknowledged : acknowledged + 300 * KiB])
+    assert resp.status == 507, await resp.text()
+    stored = int((await head(client, path)).headers["Upload-Offset"])
+    assert stored >= acknowledged, f"acknowledged {acknowledged}, HEAD now says {stored}"
+
+    filler.unlink()
+    resp = await patch(client, path, stored, data[stored:])
+    assert resp.status == 204, await resp.text()
+    info = await wait_file(client, path)
+    assert info["status"] == "committed", info
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_full_temporary_directory_under_the_s3_chunk_store_is_507(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    s3_server: Any,
+    small_fs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checksummed PATCH to the S3 chunk store is spooled to a temporary file until its
+    checksum is known: a full temporary filesystem is a full disk (507), not a 500."""
+    config = TusServerConfig(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}",
+        auth="none",
+        sweep_interval=0,
+        chunk_store="s3",
+        object_store="s3",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_server.bucket,
+        s3_secure=False,
+        s3_chunk_prefix=f"spool-{secrets.token_hex(4)}/",
+    )
+    client = await aiohttp_client(create_app(config))
+    data = os.urandom(2 * 1024 * KiB)
+    path = await create(client, len(data))
+    monkeypatch.setattr(tempfile, "tempdir", str(small_fs))  # as TMPDIR=<the small fs>
+    filler = fill(small_fs, leave=100 * KiB)
+    digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    resp = await client.patch(
+        path,
+        data=io.BytesIO(data),
+        headers={**TUS, **OCTET, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}"},
+    )
+    assert resp.status == 507, await resp.text()
+    assert "storage is full" in await resp.text()
+    assert (await head(client, path)).headers["Upload-Offset"] == "0"
+    filler.unlink()
+    resp = await client.patch(
+        path,
+        data=io.BytesIO(data),
+        headers={**TUS, **OCTET, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}"},
+    )
+    assert resp.status == 204, await resp.text()
