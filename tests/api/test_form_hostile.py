@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
 from tests.app_fixtures import MakeClient
 
 from .helpers import api_client, api_error
@@ -94,3 +99,57 @@ async def test_a_body_that_breaks_inside_a_file_is_reported_not_a_500(
         assert first["file_id"] and "error" not in first
         assert broken["filename"] == "b.txt" and broken["status_code"] == 400
         assert "ended early" in broken["message"]
+
+
+#: Where a stalling form's body is sent in two writes.
+PAUSE = b"<pause>"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        # In a file part's headers.
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n',
+        # In the second part's headers: the first file is whole.
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nplain text\r\n--XyZ\r\n"
+        + PAUSE
+        + b'Content-Disposition: form-data; name="file"; filename="b.bin"\r\n',
+        # In a field's value.
+        b'--XyZ\r\nContent-Disposition: form-data; name="folder"\r\n\r\n/inbox',
+    ],
+    ids=["part-headers", "between-parts", "field-value"],
+)
+async def test_a_form_that_stalls_outside_a_file_s_content_ends_with_a_408(
+    make_client: MakeClient, sent: bytes
+) -> None:
+    """body_idle_timeout covers the whole form, not only the files' contents: a client that
+    stops sending anywhere else holds no connection and no handler for good."""
+    client = await make_client(body_idle_timeout=1)
+    done = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in sent.split(PAUSE):
+            yield piece
+            await asyncio.sleep(0.2)  # (aiohttp's part reader reads ahead of a boundary)
+        await done.wait()
+
+    try:
+        resp = await asyncio.wait_for(
+            client.post(
+                "/api/v1/upload",
+                data=body(),
+                headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+            ),
+            10,
+        )
+        if b"plain text" in sent:
+            # The whole file before the stall is stored, and the stall reported after it.
+            assert resp.status == 201, await resp.text()
+            first, rest = (await resp.json())["files"]
+            assert first["filename"] == "a.txt" and "file_id" in first, first
+            assert rest["status_code"] == 408, rest
+        else:
+            assert resp.status == 408, await resp.text()
+    finally:
+        done.set()

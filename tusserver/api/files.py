@@ -8,6 +8,7 @@ from strings.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -581,26 +582,38 @@ class FilesApi:
             raise BadRequest(_MALFORMED_FORM) from None
         results: list[dict[str, Any]] = []
         folder: str | None = None
+        idle = self._uploads.config.body_idle_timeout or None
         while True:
             try:
-                part = await reader.next()
+                # Part headers and small fields: read under the body idle timeout too (the
+                # file contents have theirs in BodyReader).
+                async with asyncio.timeout(idle):
+                    part = await reader.next()
                 if part is None:
                     break
                 if not isinstance(part, BodyPartReader):
                     raise BadRequest("nested multipart bodies are not supported")
                 if part.filename is None:
-                    if part.name == "folder":
-                        folder = normalize_folder(_text(await part.read(decode=True), "folder"))
-                    else:
-                        await part.release()
+                    async with asyncio.timeout(idle):
+                        if part.name == "folder":
+                            raw = await part.read(decode=True)
+                            folder = normalize_folder(_text(raw, "folder"))
+                        else:
+                            await part.release()
                     continue
-            except (ValueError, HttpProcessingError):
+            except (TimeoutError, ValueError, HttpProcessingError) as exc:
                 # A boundary, part headers or a field aiohttp cannot read (its message quotes
-                # the client's bytes: not echoed back). The files before it are stored and
-                # reported; the rest of the body is refused.
+                # the client's bytes: not echoed back), or that did not come in time. The
+                # files before it are stored and reported; the rest of the body is refused.
+                refused: TusError = (
+                    RequestTimeout(
+                        "the form sent nothing for too long", headers={"Connection": "close"}
+                    )
+                    if isinstance(exc, TimeoutError)
+                    else BadRequest(_MALFORMED_FORM)
+                )
                 if not results:
-                    raise BadRequest(_MALFORMED_FORM) from None
-                refused = BadRequest(_MALFORMED_FORM)
+                    raise refused from None
                 results.append(
                     {
                         "filename": None,
