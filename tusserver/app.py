@@ -307,7 +307,7 @@ def build_runtime(
         config, db, resolved=resolved, cache=cache, invalidator=cache_bus, signals=metrics
     )
     if config.auth == "jwt":
-        service.quota_limit = _quota_limit(config, gateway)
+        service.quota_limit = pipeline.quota_limit = _quota_limit(config, gateway)
     service.observer = RecordingObserver(metrics=metrics, events=recorder, audit=gateway.audit_log)
     _report_signals(metrics, gateway.audit_log, pipeline)
     sweeper = Sweeper(

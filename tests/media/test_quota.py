@@ -3,17 +3,23 @@ through HTTP, on SQLite and PostgreSQL; migration 0011 fills the count in for ol
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import io
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from sqlalchemy import column, insert, null, select, table
+from yarl import URL
 
 from tests.api.helpers import NO_LIMITS
 from tests.app_fixtures import TUS, MakeClient
 from tests.auth.helpers import auth_client, bearer, make_users
 from tests.media.helpers import upload_file, wait_done
+from tests.protocol.test_core import OCTET
 from tusserver.catalog.db import Database
 from tusserver.catalog.migrate import downgrade, upgrade
 from tusserver.catalog.schema import files
@@ -70,6 +76,77 @@ async def test_thumbnails_count_in_the_usage_and_the_quota(
         assert resp.status == 201, await resp.text()
     finally:
         await client.close()
+
+
+def _noise_png() -> bytes:
+    """1024 x 1024 pixels of 1-bit noise: about 130 KB as a PNG, and several times that in
+    WebP thumbnails (noise does not compress)."""
+    im = Image.frombytes("1", (1024, 1024), os.urandom(1024 * 1024 // 8))
+    out = io.BytesIO()
+    im.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+async def test_files_accepted_side_by_side_pass_the_quota_with_their_thumbnails_once(
+    make_client: MakeClient,
+) -> None:
+    """Uploads all created (each within the quota) before the pipeline made any thumbnail:
+    the first file processed gets its thumbnails and takes the owner past the quota; the
+    others are committed without thumbnails, instead of each adding its own (three noise
+    images that fit a 400 KB quota held 2.6 MB)."""
+    quota = 400_000
+    client = await auth_client(
+        make_client, **NO_LIMITS, pipeline_poll_interval=0.1, default_quota=quota
+    )
+    try:
+        owner = bearer((await make_users(client, owner="user"))["owner"].access)
+        images = [_noise_png() for _ in range(3)]
+        assert sum(map(len, images)) <= quota
+        paths = []
+        for data in images:  # every creation before any byte: each fits the quota
+            resp = await client.post(
+                "/uploads/", headers={**TUS, **owner, "Upload-Length": str(len(data))}
+            )
+            assert resp.status == 201, await resp.text()
+            paths.append(URL(resp.headers["Location"]).path)
+        for path, data in zip(paths, images, strict=True):
+            resp = await client.patch(
+                path,
+                data=data,
+                headers={**TUS, **owner, **OCTET, "Upload-Offset": "0"},
+            )
+            assert resp.status == 204, await resp.text()
+        files = []
+        for path in paths:
+            file_id = await wait_file_id(client, path, owner)
+            files.append(await wait_done(client, file_id, headers=owner))
+        assert [f["status"] for f in files] == ["committed"] * 3, files
+        with_thumbnails = [f for f in files if f["thumbnail_sizes"]]
+        assert len(with_thumbnails) == 1, [f["thumbnail_sizes"] for f in files]
+        thumbs = 0
+        for size in with_thumbnails[0]["thumbnail_sizes"]:
+            url = f"/api/v1/file/{with_thumbnails[0]['id']}/thumbnail?size={size}"
+            thumbs += len(await (await client.get(url, headers=owner)).read())
+        assert thumbs > quota - sum(map(len, images)), "the thumbnails did fit: no test"
+        assert await _usage(client, owner) == sum(map(len, images)) + thumbs
+        # The others' thumbnails are not stored at all.
+        for f in files:
+            if not f["thumbnail_sizes"]:
+                resp = await client.get(f"/api/v1/file/{f['id']}/thumbnail", headers=owner)
+                assert resp.status == 404, await resp.text()
+    finally:
+        await client.close()
+
+
+async def wait_file_id(client: Any, path: str, headers: dict[str, str]) -> str:
+    """The file id a finished tus upload became (HEAD's X-File-Id)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        resp = await client.head(path, headers={**TUS, **headers})
+        if "X-File-Id" in resp.headers:
+            return resp.headers["X-File-Id"]
+        assert asyncio.get_running_loop().time() < deadline, dict(resp.headers)
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

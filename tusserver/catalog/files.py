@@ -39,6 +39,7 @@ from .schema import (
     update_by_id,
     uploads,
 )
+from .usage import lock_owner, used_bytes
 
 __all__ = ["FileRecord", "FileRepository", "FileStatus", "Inspected", "NewFile"]
 
@@ -508,6 +509,28 @@ class FileRepository:
             (FILES, file_id),
             quick=True,
         )
+
+    async def record_thumbnail_bytes(
+        self, file_id: str, holder: str, owner: str, *, quota: int, size: int
+    ) -> bool:
+        """Record ``size`` bytes of thumbnails for a file being processed (held by
+        ``holder``, see update_held) if its owner is within ``quota`` (its files, this one
+        included, and its uploads), decided under the owner's quota lock: False, and nothing
+        recorded, if the owner is past it. So the thumbnails of files processed one after
+        the other take an owner past the quota at most once (by one file's thumbnails), not
+        once per file that was accepted before any thumbnail was made."""
+        stmt = _update_held(("thumbnail_bytes",))
+        params = by_id_params(file_id, {"thumbnail_bytes": size})
+        params["holder"] = holder
+
+        def work(conn: Connection) -> bool:
+            lock_owner(conn, owner)
+            if used_bytes(conn, owner) > quota:
+                return False
+            return fastsql.execute(conn, stmt, params) == 1
+
+        recorded: bool = await self.invalidator.run(self._db, work, (FILES, file_id))
+        return recorded
 
     async def make_all_due(self) -> None:
         """Operator retry: every pending file is due now (leases are kept)."""

@@ -26,8 +26,16 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -176,6 +184,9 @@ class Pipeline:
         #: Told of each file refused, where the pipeline decides it: (owner, file or upload
         #: id, category from Verdict.category). The early type check reports uploads.
         self.on_rejected: Callable[[str | None, str, str], None] | None = None
+        #: An owner's storage quota in bytes (None: none), where quotas apply: thumbnails
+        #: are stored only while the owner is within it.
+        self.quota_limit: Callable[[str | None], Awaitable[int | None]] | None = None
         #: Told of stored bytes that failed an integrity check when read: (file, which).
         self.on_integrity_error: Callable[[FileRecord, str], None] | None = None
         #: How long a claim holds a file; a live worker renews it every third of that.
@@ -786,7 +797,7 @@ class Pipeline:
         key = f.storage_key
         await self._fence(f)
         if media is not None:
-            f = await self._store_media(f, c, media)
+            f = await self._store_media(f, c, media, log)
         assert f.upload_id is not None
         meta = {
             "file-id": f.id,
@@ -826,13 +837,18 @@ class Pipeline:
             )
         return await self._mark_committed(f, note, log)
 
-    async def _store_media(self, f: FileRecord, c: Candidate, media: MediaOutcome) -> FileRecord:
+    async def _store_media(
+        self, f: FileRecord, c: Candidate, media: MediaOutcome, log: Any
+    ) -> FileRecord:
         """Thumbnails into the object store, the media facts (and, for a stripped copy, its
         size and sha256) into the row: all before the file's own object is written."""
         assert f.storage_key is not None
         values: dict[str, Any] = {}
         if media.facts is not None:
             values.update(media.facts.columns())
+        if media.thumbnails and not await self._thumbnails_fit(f, media.thumbnails):
+            log.info("thumbnails not stored: the owner is past the storage quota")
+            media.thumbnails = {}
         if media.thumbnails:
             values["thumbnails"] = await store_thumbnails(
                 self._objects, f.storage_key, media.thumbnails, file_id=f.id
@@ -854,6 +870,22 @@ class Pipeline:
             thumbnails=values.get("thumbnails"),
             location_stripped=media.stripped is not None,
         )
+
+    async def _thumbnails_fit(self, f: FileRecord, thumbnails: Mapping[int, Path]) -> bool:
+        """Whether ``f``'s owner is within the storage quota, the thumbnails' bytes then
+        recorded (catalog.files.record_thumbnail_bytes); True where no quota applies."""
+        if self.quota_limit is None or f.owner is None:
+            return True
+        quota = await self.quota_limit(f.owner)
+        if quota is None:
+            return True
+        size = await asyncio.to_thread(lambda: sum(p.stat().st_size for p in thumbnails.values()))
+        if await self._files.record_thumbnail_bytes(
+            f.id, str(self.holder), f.owner, quota=quota, size=size
+        ):
+            return True
+        await self._fence(f)  # (False too when the file is not this worker's any more)
+        return False
 
     async def _mark_committed(self, f: FileRecord, note: str | None, log: Any) -> FileStatus:
         # The chunk copy goes first: a crash before the row is written leaves the object
