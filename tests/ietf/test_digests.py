@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from storage_backends.base import Finisher, UnfinishedReader
 from tests.app_fixtures import TUS
 from tests.ietf.helpers import (
     DRAFT,
@@ -204,6 +205,54 @@ async def test_requests_that_cannot_complete_the_upload_read_nothing_back(
     assert resp.status == 409
     assert asked == []
     assert (await head(client, path)).headers["Upload-Offset"] == str(len(data))
+
+
+async def test_completing_requests_refused_again_and_again_read_the_upload_back_once(
+    client: Client,
+) -> None:
+    """A request that completes the upload with a Repr-Digest has the stored bytes read
+    back and hashed. Refused (here its Content-Digest is wrong: 400, nothing appended, the
+    upload intact), it can be sent again and again, one after the other or all at once:
+    the stored bytes are read once, not once per 1-byte request."""
+    data = b"s" * 1_000_000
+    path = await created(client, data)
+    service = client.app[RUNTIME].uploads
+    read = service.read
+    read_back = 0
+
+    def counting(upload_id: str, start: int, length: int) -> Any:
+        async def blocks() -> AsyncIterator[bytes]:
+            nonlocal read_back
+            async for block in read(upload_id, start, length):
+                read_back += len(block)
+                yield block
+
+        return blocks()
+
+    service.read = counting  # type: ignore[method-assign]
+    headers = {
+        "Repr-Digest": digest("sha-256", data + b"x"),
+        "Content-Digest": digest("sha-256", b"not x"),
+    }
+
+    async def refused() -> dict[str, Any]:
+        resp = await append(client, path, len(data), b"x", complete=True, **headers)
+        return dict(await problem(resp, 400))
+
+    for _ in range(3):
+        assert (await refused()).get("field") == "Content-Digest"
+    # At once, each request's body also stops the one before it on the upload (a 400 too).
+    await asyncio.gather(*(refused() for _ in range(5)))
+    # (S3 cannot read an unfinished upload back: the pipeline's sha-256 check is left.)
+    store = client.app[RUNTIME].store
+    reads_back = not isinstance(store, Finisher) or isinstance(store, UnfinishedReader)
+    assert read_back == (len(data) if reads_back else 0)
+    assert (await head(client, path)).headers["Upload-Offset"] == str(len(data))
+    # Sent right, the same request completes the upload (the digest over all of it).
+    del headers["Content-Digest"]
+    resp = await append(client, path, len(data), b"x", complete=True, **headers)
+    assert (resp.status, resp.headers["Upload-Complete"]) == (200, "?1")
+    assert read_back == (len(data) if reads_back else 0)
 
 
 async def test_a_content_digest_mismatch_speaks_the_version_of_the_request(

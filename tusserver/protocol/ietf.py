@@ -15,10 +15,12 @@ honours it; docs/ietf-draft.md describes what is and is not supported.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +152,59 @@ class _DigestTee:
                 raise _DigestMismatch(check)
 
 
+class _PrefixHashes:
+    """Hash states of uploads' stored bytes up to an offset, by (upload id, offset), the
+    least recently used dropped past ``limit``.
+
+    A representation digest is verified over the whole upload, so a request that completes
+    an upload makes the server read back and hash everything stored before it. The stored
+    bytes never change (uploads are append-only), so that is done once per upload and
+    offset: a request refused after it (a wrong Content-Digest, a rate limit, the lock) and
+    sent again, or sent many times at once, costs no further read; moving the offset costs
+    the client the bytes that move it.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self._limit = limit
+        self._states: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._reading: dict[tuple[str, int], asyncio.Future[None]] = {}
+
+    async def hashers(
+        self,
+        upload_id: str,
+        offset: int,
+        names: list[str],
+        read: Callable[[], AsyncIterator[bytes]],
+    ) -> dict[str, Any]:
+        """A new hasher per algorithm of ``names``, fed with the bytes ``read`` gives
+        (those of the upload before ``offset``); StorageError from ``read``."""
+        key = (upload_id, offset)
+        while True:
+            held = self._states.get(key)
+            if held is not None and all(name in held for name in names):
+                self._states.move_to_end(key)
+                return {name: held[name].copy() for name in names}
+            reading = self._reading.get(key)
+            if reading is None:
+                break
+            await asyncio.shield(reading)  # another request reads these bytes: its result
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reading[key] = done
+        try:
+            fed = {name: _new_hasher(name) for name in names}
+            hashers = list(fed.values())
+            async for block in read():
+                await update_all(hashers, block)
+            self._states[key] = {**self._states.get(key, {}), **fed}
+            self._states.move_to_end(key)
+            while len(self._states) > self._limit:
+                self._states.popitem(last=False)
+            return {name: h.copy() for name, h in fed.items()}
+        finally:
+            del self._reading[key]
+            done.set_result(None)
+
+
 class IetfHandlers:
     """The draft's requests on the creation URL (``collection``) and upload URLs (``item``)."""
 
@@ -165,6 +220,7 @@ class IetfHandlers:
         self._service = service
         self._gate = gate
         self._location = location
+        self._prefixes = _PrefixHashes()
 
     @staticmethod
     def handles(request: web.Request, method: str) -> bool:
@@ -611,12 +667,17 @@ class IetfHandlers:
         if isinstance(store, Finisher) and not isinstance(store, UnfinishedReader):
             return []
         try:
-            hashers = [c.hasher for c in checks]
-            async for block in self._service.read(upload_id, 0, offset):
-                await update_all(hashers, block)
+            hashers = await self._prefixes.hashers(
+                upload_id,
+                offset,
+                [c.name for c in checks],
+                lambda: self._service.read(upload_id, 0, offset),
+            )
         except StorageError:
             _log.warning("cannot read an upload back for Repr-Digest", upload_id=upload_id)
             return []
+        for check in checks:
+            check.hasher = hashers[check.name]
         return checks
 
     async def _digest_failure(
