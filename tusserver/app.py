@@ -259,7 +259,12 @@ def build_runtime(
         locker=the_locker,
         hooks=the_hooks,
     )
-    cache = Cache(max_entries=config.cache_max_entries, enabled=config.cache_ttl > 0)
+    # On SQLite an invalidation reaches only this process: with other processes writing the
+    # same catalog (a worker beside an api instance, serve --workers) the cache is off.
+    shared_sqlite = db.dialect != "postgresql" and (config.worker_count > 1 or config.role != "all")
+    cache = Cache(
+        max_entries=config.cache_max_entries, enabled=config.cache_ttl > 0 and not shared_sqlite
+    )
     cache_bus = _cache_bus(db, cache)
     metrics.registry.register(CacheCollector(cache, cache_bus))
     files = FileRepository(db, cache=cache, ttl=config.cache_ttl, invalidator=cache_bus)

@@ -95,14 +95,15 @@ class Metrics:
         self.dependency_up = Gauge(
             "tusserver_dependency_up", "1 if the dependency answered the last readiness check "
             "(database, object_store, scanner)", ["dependency"], registry=r,
+            multiprocess_mode="mostrecent",  # serve --workers: the last check, of any process
         )  # fmt: skip
         self.data_dir_free = Gauge(
             "tusserver_data_dir_free_bytes", "Bytes free for the service on the data directory's "
-            "file system", registry=r,
+            "file system", registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.data_dir_size = Gauge(
             "tusserver_data_dir_size_bytes", "Size of the data directory's file system",
-            registry=r,
+            registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         for dependency in ("database", "object_store"):
             self.dependency_up.labels(dependency)

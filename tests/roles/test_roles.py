@@ -13,13 +13,15 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from ..e2e.helpers import create, make_bytes, patch, sha256
+from ..e2e.helpers import OCTET, TUS, create, make_bytes, patch, sha256
 from ..ops.helpers import scrape
 from .conftest import RoleFactory, RolesEnv
 
@@ -198,3 +200,68 @@ async def test_worker_started_first_commits_what_api_instances_finish(
     assert _gauge(api.url, BACKLOG) == 0
     status, body = _get_json(f"{api.url}/readyz")
     assert status == 200 and body["pipeline"]["state"] == "ok", body
+
+
+_QUICK_WORKER = {"TUSSERVER_PIPELINE_POLL_INTERVAL": "0.2", "TUSSERVER_SWEEP_INTERVAL": "0"}
+
+
+async def test_api_instance_shows_the_status_the_worker_committed(
+    role_factory: RoleFactory, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    api = role_factory("api", _QUICK_WORKER, data_dir=shared)
+    data = make_bytes(10_000, seed=5)
+    async with aiohttp.ClientSession() as session:
+        url = await create(
+            session, api.endpoint, len(data), **{"Upload-Metadata": "filename YS5iaW4="}
+        )
+        resp = await patch(session, url, 0, data)
+        assert resp.status == 204
+        async with session.head(url, headers=TUS) as head:
+            file_id = head.headers["X-File-Id"]
+            assert head.headers["X-File-Status"] == "received"
+        # a client polls its file's status on the api instance (no worker yet: received)
+        async with session.get(f"{api.url}/api/v1/file/{file_id}") as got:
+            assert got.status == 200, await got.text()
+            assert (await got.json())["status"] == "received"
+
+        role_factory("worker", _QUICK_WORKER, data_dir=shared)
+        # the worker commits the file (the upload's row, read uncached, says so)
+        deadline = time.monotonic() + 30
+        while True:
+            async with session.head(url, headers=TUS) as head:
+                if head.headers.get("X-File-Status") == "committed":
+                    break
+            assert time.monotonic() < deadline, "the worker did not commit the file"
+            await asyncio.sleep(0.1)
+
+        async with session.get(f"{api.url}/api/v1/file/{file_id}") as got:
+            body = await got.json()
+        assert body["status"] == "committed", body
+        async with session.get(f"{api.url}/api/v1/file/{file_id}/content") as content:
+            assert content.status == 200, await content.text()
+            assert await content.read() == data
+
+
+async def test_a_streaming_patch_is_not_cut_by_the_sweeper(role_factory: RoleFactory) -> None:
+    srv = role_factory(
+        "all",
+        {"TUSSERVER_EXPIRATION": "2", "TUSSERVER_SWEEP_INTERVAL": "0.5"},
+    )
+    data = make_bytes(40 * 8192, seed=2)
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        # 40 blocks over about 4 s: bytes arrive all the time, the upload is never idle
+        for i in range(40):
+            yield data[i * 8192 : (i + 1) * 8192]
+            await asyncio.sleep(0.1)
+
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, srv.endpoint, len(data))
+        async with session.patch(
+            url,
+            data=slow_body(),
+            headers={**OCTET, "Upload-Offset": "0", "Content-Length": str(len(data))},
+        ) as resp:
+            text = await resp.text()
+            assert resp.status == 204, (resp.status, text, dict(resp.headers))

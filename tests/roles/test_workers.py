@@ -330,3 +330,30 @@ async def test_serve_in_the_worker_role_listens_on_the_port_it_is_given(
             assert resp.status == 200
         async with session.post(srv.endpoint, headers={**TUS, "Upload-Length": "1"}) as resp:
             assert resp.status == 404  # no tus endpoint: the pipeline only
+
+
+async def _scrape_metrics(port: int, pids: list[int], pid: int) -> str:
+    conn = await connect_to(port, pids, pid)
+    try:
+        status, _, body = await conn.request("GET", "/metrics", {})
+    finally:
+        await conn.close()
+    assert status == 200
+    return body.decode()
+
+
+async def test_dependency_up_is_not_zero_for_a_healthy_server_with_two_processes(
+    role_factory: RoleFactory,
+) -> None:
+    srv, pids = _start(role_factory)
+    # scrape twice through the first process, as Prometheus would on any process
+    await _scrape_metrics(srv.port, pids, pids[0])
+    text = await _scrape_metrics(srv.port, pids, pids[0])
+    got = samples(text)
+    up = {labels: v for (name, labels), v in got.items() if name == "tusserver_dependency_up"}
+    assert up, text
+    # Everything is healthy: the DependencyDown alert (tusserver_dependency_up == 0) must
+    # not match any series, and there is one series per dependency.
+    assert all(v == 1 for v in up.values()), up
+    names = [dict(labels)["dependency"] for labels in up]
+    assert len(names) == len(set(names)), up  # one series per dependency, not one per process

@@ -172,16 +172,22 @@ class FileLocker:
 
     @contextlib.asynccontextmanager
     async def lock(
-        self, upload_id: str, *, on_release: ReleaseCallback | None = None
+        self,
+        upload_id: str,
+        *,
+        on_release: ReleaseCallback | None = None,
+        take_over: bool = True,
     ) -> AsyncIterator[None]:
         started = time.monotonic()
-        async with self._local.lock(upload_id, on_release=on_release):
+        async with self._local.lock(upload_id, on_release=on_release, take_over=take_over):
             if self._transport is None:
                 await self.open()
             path = self._dir / _lock_name(upload_id)
             deadline = started + self._timeout
             asked = False
             while (fd := self._try_flock(path)) is None:
+                if not take_over:
+                    raise LockTimeout("the upload is in use", headers={"Retry-After": "1"})
                 if not asked:
                     self._ask_release(upload_id)
                     asked = True

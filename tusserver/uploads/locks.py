@@ -24,9 +24,14 @@ ReleaseCallback = Callable[[], None]
 
 class Locker(Protocol):
     def lock(
-        self, upload_id: str, *, on_release: ReleaseCallback | None = None
+        self,
+        upload_id: str,
+        *,
+        on_release: ReleaseCallback | None = None,
+        take_over: bool = True,
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the upload exclusively for the duration of the ``async with`` block."""
+        """Hold the upload exclusively for the duration of the ``async with`` block.
+        ``take_over=False``: never ask a holder to let go; LockTimeout at once if held."""
 
 
 @runtime_checkable
@@ -59,11 +64,17 @@ class InProcessLocker:
 
     @contextlib.asynccontextmanager
     async def lock(
-        self, upload_id: str, *, on_release: ReleaseCallback | None = None
+        self,
+        upload_id: str,
+        *,
+        on_release: ReleaseCallback | None = None,
+        take_over: bool = True,
     ) -> AsyncIterator[None]:
         started = time.monotonic()
         deadline = started + self._timeout
         while (holder := self._held.get(upload_id)) is not None:
+            if not take_over:
+                raise LockTimeout("the upload is in use", headers={"Retry-After": "1"})
             if not holder.asked:
                 holder.asked = True
                 if holder.on_release is not None:

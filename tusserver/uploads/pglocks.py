@@ -204,14 +204,20 @@ class PostgresLocker:
 
     @contextlib.asynccontextmanager
     async def lock(
-        self, upload_id: str, *, on_release: ReleaseCallback | None = None
+        self,
+        upload_id: str,
+        *,
+        on_release: ReleaseCallback | None = None,
+        take_over: bool = True,
     ) -> AsyncIterator[None]:
         started = time.monotonic()
-        async with self._local.lock(upload_id, on_release=on_release):
+        async with self._local.lock(upload_id, on_release=on_release, take_over=take_over):
             key = advisory_key(upload_id)
             deadline = started + self._timeout
             asked = False
             while not await self._try_lock(key):
+                if not take_over:
+                    raise LockTimeout("the upload is in use", headers={"Retry-After": "1"})
                 if not asked:
                     await self._notify(upload_id)
                     asked = True

@@ -48,6 +48,7 @@ from ..errors import (
     Conflict,
     Forbidden,
     Gone,
+    LockTimeout,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -1079,7 +1080,8 @@ class UploadService:
         count = 0
         for upload_id in await self.repo.expired_ids(self._clock(), limit):
             try:
-                async with self.locker.lock(upload_id):
+                # Never take an upload over: one being written is not inactive.
+                async with self.locker.lock(upload_id, take_over=False):
                     rec = await self.repo.get(upload_id)
                     if rec is None or not self._has_expired(rec):
                         continue
@@ -1088,6 +1090,8 @@ class UploadService:
                     )
                     await self._drop_bytes(upload_id)
                     count += 1
+            except LockTimeout:
+                continue  # in use right now: not inactive
             except Exception:
                 _log.exception("could not expire upload", upload_id=upload_id)
         if count:
