@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from sqlalchemy import func, select
 
 from storage_backends.base import StorageError
 from tests.app_fixtures import OCTET, TUS, MakeClient, get_committed
 from tusserver import CreateContext, HookRejection, Hooks, TusServerConfig, create_tus_subapp
 from tusserver.app import RUNTIME
+from tusserver.catalog.schema import uploads
 from tusserver.catalog.uploads import UploadRecord
 
 from .test_core import create, head, patch
@@ -94,6 +96,29 @@ async def test_bad_checksum_headers_are_400(client: Client, value: str) -> None:
     r = await patch(client, path, 0, b"abc", **{"Upload-Checksum": value})
     assert r.status == 400
     assert (await head(client, path)).headers["Upload-Offset"] == "0"
+
+
+@pytest.mark.parametrize("value", ["crc32 AAAA", "sha1", "sha1 !!!"])
+async def test_a_creation_with_upload_refused_for_its_checksum_header_creates_nothing(
+    client: Client, value: str
+) -> None:
+    """The header is refused before the upload is created: no Location to resume at, and
+    nothing counted against the owner (a 400 made an empty upload that lived until it
+    expired)."""
+    before = await _upload_rows(client)
+    r = await client.post(
+        "/uploads/",
+        data=b"abc",
+        headers={**TUS, **OCTET, "Upload-Length": "3", "Upload-Checksum": value},
+    )
+    assert r.status == 400, await r.text()
+    assert "Location" not in r.headers
+    assert await _upload_rows(client) == before
+
+
+async def _upload_rows(client: Client) -> int:
+    async with client.app[RUNTIME].db.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(uploads))).scalar_one())
 
 
 async def test_checksum_with_body_past_length_is_413_and_nothing_kept(client: Client) -> None:

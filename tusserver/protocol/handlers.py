@@ -28,6 +28,7 @@ from ..http_io import ByteReader, caller_of, refuse_encoded_body, stream_bytes
 from ..metrics import Metrics
 from ..pipeline.pipeline import Pipeline
 from ..settings import HttpSettings
+from ..types import Checksum
 from ..uploads.service import UploadService, UploadStatus
 from .headers import (
     SUPPORTED_CHECKSUMS,
@@ -176,8 +177,11 @@ class TusHandlers:
             raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
         metadata = parse_metadata(h.get("Upload-Metadata", ""))
         with_body = _has_body(request)
+        checksum = None
         if with_body:
             _require_offset_octet_stream(request)
+            # Refused before the upload is created: a 400 leaves nothing behind.
+            checksum = _checksum_of(request)
         principal = await self._gate.principal(request)
         status = await self._service.create(
             caller_of(self._gate, request, principal),
@@ -191,7 +195,7 @@ class TusHandlers:
             # creation-with-upload: the body is the first chunk, at offset 0.
             try:
                 status = await self._append(
-                    request, principal, status.record.id, 0, created=status.record
+                    request, principal, status.record.id, 0, checksum, created=status.record
                 )
             except TusError as exc:
                 # The upload exists: tell the client where, so it can resume.
@@ -247,7 +251,7 @@ class TusHandlers:
             raise BadRequest("Upload-Offset is required")
         offset = parse_non_negative_int(request.headers["Upload-Offset"], "Upload-Offset")
         principal = await self._gate.principal(request)
-        status = await self._append(request, principal, upload_id, offset)
+        status = await self._append(request, principal, upload_id, offset, _checksum_of(request))
         assert status.offset is not None
         headers = {"Upload-Offset": str(status.offset)}
         _add_expires(headers, status)
@@ -259,11 +263,11 @@ class TusHandlers:
         principal: Principal,
         upload_id: str,
         offset: int,
+        checksum: Checksum | None,
         *,
         created: UploadRecord | None = None,
     ) -> UploadStatus:
         h = request.headers
-        checksum = parse_checksum(h["Upload-Checksum"]) if "Upload-Checksum" in h else None
         new_length = None
         if "Upload-Length" in h:
             new_length = parse_non_negative_int(h["Upload-Length"], "Upload-Length")
@@ -390,3 +394,9 @@ def _add_expires(headers: dict[str, str], status: UploadStatus) -> None:
     rec = status.record
     if rec.expires_at is not None and (not status.finished or rec.is_partial):
         headers["Upload-Expires"] = format_http_date(rec.expires_at)
+
+
+def _checksum_of(request: web.Request) -> Checksum | None:
+    """The checksum extension's Upload-Checksum (400 when malformed or not supported)."""
+    value = request.headers.get("Upload-Checksum")
+    return None if value is None else parse_checksum(value)
