@@ -70,6 +70,10 @@ class Gate(Protocol):
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> None: ...
 
+    async def pace(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
+    ) -> float: ...
+
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
     ) -> None: ...
@@ -96,6 +100,11 @@ class OpenGate:
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> None:
         return None
+
+    async def pace(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
+    ) -> float:
+        return 0.0
 
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
@@ -306,6 +315,33 @@ class Gateway:
             await self.limiter.take(key, rate=lim.rate, burst=lim.burst, cost=cost, force=True)
         except Exception:
             _log.exception("could not charge a rate limit after the fact", kind=kind, cost=cost)
+
+    async def pace(
+        self, request: web.Request, kind: str, *, who: str | None = None, cost: float
+    ) -> float:
+        """Take ``cost`` tokens before the work they pay for if the budget is not in debt,
+        into debt if need be, and return 0; or, in debt, take nothing and return how long to
+        wait before asking again. For work that goes on as long as the client sends (a body
+        without Content-Length, a block at a time): it goes at the budget's pace, and bodies
+        sent side by side share the budget instead of each starting on it. What was taken
+        and not used is given back with :meth:`charge` (a negative cost).
+
+        Never raises: a limiter that fails does not stop the body (0 then).
+        """
+        if not self.enabled:
+            return 0.0
+        lim = self._limits.get(kind)
+        if lim is None or lim.rate <= 0:
+            return 0.0
+        key = f"{kind}:{who or self.client_ip(request)}"
+        try:
+            taken = await self.limiter.take(
+                key, rate=lim.rate, burst=lim.burst, cost=cost, require=1, overdraw=True
+            )
+        except Exception:
+            _log.exception("could not pace a rate limit", kind=kind, cost=cost)
+            return 0.0
+        return 0.0 if taken.allowed else max(taken.retry_after, 0.001)
 
 
 def client_ip(request: web.Request) -> str:

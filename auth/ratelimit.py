@@ -38,11 +38,14 @@ class RateLimiter(Protocol):
         cost: float = 1.0,
         require: float | None = None,
         force: bool = False,
+        overdraw: bool = False,
     ) -> Decision:
         """Take ``cost`` tokens from the bucket ``key`` if ``max(cost, require)`` are there.
 
         ``force``: take them anyway, into debt if need be (a cost known only afterwards,
         such as the bytes of a body without Content-Length); later takes wait for the debt.
+        ``overdraw``: take them, into debt if need be, if ``require`` are there (a cost
+        bigger than the burst, paid off before the next take).
         """
 
 
@@ -69,9 +72,10 @@ class MemoryRateLimiter:
         cost: float = 1.0,
         require: float | None = None,
         force: bool = False,
+        overdraw: bool = False,
     ) -> Decision:
         now = time.monotonic()
-        needed = max(cost, require or 0.0)
+        needed = (require or 0.0) if overdraw else max(cost, require or 0.0)
         tokens, updated = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - updated) * rate)
         if force or tokens >= needed:
@@ -105,9 +109,10 @@ class PostgresRateLimiter:
         cost: float = 1.0,
         require: float | None = None,
         force: bool = False,
+        overdraw: bool = False,
     ) -> Decision:
         now = time.time()
-        needed = max(cost, require or 0.0)
+        needed = (require or 0.0) if overdraw else max(cost, require or 0.0)
         # A digest: fixed length, and no byte of a client's value (NUL included) reaches SQL.
         key = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         async with self._db.engine.begin() as conn:

@@ -53,6 +53,9 @@ class RequestAdmission:
     async def charge(self, kind: str, *, cost: float) -> None:
         await self._gate.charge(self._request, kind, who=self._who, cost=cost)
 
+    async def pace(self, kind: str, *, cost: float) -> float:
+        return await self._gate.pace(self._request, kind, who=self._who, cost=cost)
+
     def audit(self, action: str, *, target: str | None) -> None:
         self._gate.audit(self._request, action, actor=self._who, target=target)
 

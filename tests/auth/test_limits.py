@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from yarl import URL
 
@@ -186,6 +188,45 @@ async def test_chunked_ietf_content_pays_for_its_bytes(make_client: MakeClient) 
     )
     assert after.status == 429, await after.text()
     assert _retry_after(after) >= 30
+
+
+async def test_chunked_bodies_sent_side_by_side_share_one_byte_budget(
+    make_client: MakeClient,
+) -> None:
+    """Eight chunked PATCHes at once: each may start (the budget is not in debt), but their
+    blocks are granted before they are read, from one budget, so together they store the
+    burst and a block, then go at the budget's pace; they no longer each start on the whole
+    budget (1.6 MB stored at once against a 60,000-byte burst)."""
+    block = 16 * 1024
+    client = await auth_client(make_client, rate_limit_patch_bytes=1000, write_buffer_size=block)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    size = 200_000
+    paths = [await create_upload(client, owner, size) for _ in range(8)]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * (size // 20)
+            await asyncio.sleep(0.01)
+
+    async def send(path: str) -> None:
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+            await client.patch(
+                path,
+                data=chunked(),
+                headers={**TUS, **OCTET, **bearer(owner), "Upload-Offset": "0"},
+                timeout=aiohttp.ClientTimeout(total=2),
+            )
+
+    started = time.monotonic()
+    await asyncio.gather(*(send(p) for p in paths))
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(0.2)  # (the bodies cut by the client's timeout are stored)
+    stored = 0
+    for path in paths:
+        resp = await client.head(path, headers={**TUS, **bearer(owner)})
+        stored += int(resp.headers["Upload-Offset"])
+    burst = 60 * 1000
+    assert burst < stored <= burst + block + 1000 * (elapsed + 1), stored
 
 
 # --- quotas --------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ receives in a :class:`BodyReader`, whatever the entry path: a tus or IETF-draft 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -63,14 +64,26 @@ class BodyReader:
     """
 
     def __init__(
-        self, content: ByteStream, block_size: int, *, idle_timeout: float | None = None
+        self,
+        content: ByteStream,
+        block_size: int,
+        *,
+        idle_timeout: float | None = None,
+        meter: Callable[[int], Awaitable[float]] | None = None,
     ) -> None:
         self._content = content
         self._block_size = block_size
         #: Seconds one read may wait for bytes (None: forever).
         self.idle_timeout = idle_timeout or None
+        #: Asked for each block's bytes before the block is read: 0 when they are granted,
+        #: else how long to wait before asking again (a byte rate limit: the body is read
+        #: at its pace). Waiting is not idleness, and a stop ends the wait.
+        self._meter = meter
+        self._wake: asyncio.Future[None] | None = None
         self.interruption = Interruption.NONE
         self.received = 0
+        #: Bytes the meter granted (the last block's may be more than arrived).
+        self.metered = 0
         #: The read was cancelled (the request's task): the body ended there, and the
         #: caller re-raises the cancellation once what arrived is stored.
         self.cancelled = False
@@ -84,6 +97,20 @@ class BodyReader:
         if self.interruption is Interruption.NONE:
             self.interruption = why
             self._content.set_exception(_ReleaseRequested())
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
+
+    async def _grant(self, size: int) -> None:
+        """Wait until the meter grants ``size`` more bytes (or the body is stopped)."""
+        assert self._meter is not None
+        while (wait := await self._meter(size)) > 0:
+            if self.interruption is not Interruption.NONE:
+                return
+            self._wake = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake, wait)
+            self._wake = None
+        self.metered += size
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pieces: list[bytes] = []
@@ -113,6 +140,8 @@ class BodyReader:
         try:
             while True:
                 try:
+                    if have == 0 and self._meter is not None:
+                        await self._grant(size)
                     if idle is not None:
                         waiting_since = loop.time()
                     data = await content.read(min(READ_PIECE, size - have))

@@ -39,6 +39,10 @@ class Admission(Protocol):
     async def charge(self, kind: str, *, cost: float) -> None:
         """Take ``cost`` from ``kind``'s budget after the fact (may go into debt)."""
 
+    async def pace(self, kind: str, *, cost: float) -> float:
+        """Take ``cost`` from ``kind``'s budget before the work if it is not in debt (into
+        debt if need be): 0; else nothing taken, and how long to wait before asking again."""
+
     def audit(self, action: str, *, target: str | None) -> None:
         """Record ``action`` by this caller in the audit log."""
 
@@ -49,6 +53,9 @@ class _Unlimited:
 
     async def charge(self, kind: str, *, cost: float) -> None:
         return None
+
+    async def pace(self, kind: str, *, cost: float) -> float:
+        return 0.0
 
     def audit(self, action: str, *, target: str | None) -> None:
         return None

@@ -496,15 +496,21 @@ class UploadService:
         while the body is read (aiohttp's ``handler_cancellation`` when the client goes
         away) stores what arrived too, then goes on as a cancellation.
         """
-        # A body without a declared length pays for its bytes once they are in; until then
-        # it needs a budget out of debt.
+        # A body without a declared length needs a budget out of debt to start, and pays
+        # for its bytes as they come in, read at the budget's pace once it is in debt (so
+        # bodies sent side by side share one budget rather than each starting on it).
         await caller.admission.limit(
             "patch_bytes",
             cost=content_length or 0,
             require=None if content_length is not None else 1,
         )
         reader = BodyReader(
-            body, self.config.write_buffer_size, idle_timeout=self.config.body_idle_timeout
+            body,
+            self.config.write_buffer_size,
+            idle_timeout=self.config.body_idle_timeout,
+            meter=None
+            if content_length is not None
+            else lambda n: caller.admission.pace("patch_bytes", cost=n),
         )
         self._receiving.add(reader)
         if self._released:
@@ -528,7 +534,8 @@ class UploadService:
         finally:
             self._receiving.discard(reader)
             if content_length is None:
-                await caller.admission.charge("patch_bytes", cost=reader.received)
+                # (The last block's bytes, and any the store did not take.)
+                await caller.admission.charge("patch_bytes", cost=reader.received - reader.metered)
         self.observer.stored(offset, status.offset, finished=status.finished)
         if reader.cancelled:
             raise asyncio.CancelledError
