@@ -153,3 +153,35 @@ async def test_a_form_that_stalls_outside_a_file_s_content_ends_with_a_408(
             assert resp.status == 408, await resp.text()
     finally:
         done.set()
+
+
+async def test_a_field_that_keeps_arriving_is_not_idle(make_client: MakeClient) -> None:
+    """body_idle_timeout bounds each wait for a field's bytes, not the whole field: a long
+    field sent slowly but steadily is read, and the files after it are stored."""
+    client = await make_client(body_idle_timeout=1)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nplain text\r\n--XyZ\r\n"
+            b'Content-Disposition: form-data; name="note"\r\n\r\n'
+        )
+        # A field's value that never stalls: a piece every 0.2 s for 2 s (never idle 1 s).
+        for _ in range(10):
+            await asyncio.sleep(0.2)
+            yield b"x" * 70_000
+        yield (
+            b"\r\n--XyZ\r\n"
+            b'Content-Disposition: form-data; name="file"; filename="b.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nmore text\r\n--XyZ--\r\n"
+        )
+
+    resp = await client.post(
+        "/api/v1/upload",
+        data=body(),
+        headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
+    body_json = await resp.json()
+    assert resp.status == 201, body_json
+    entries = body_json["files"]
+    assert [e.get("status_code") for e in entries] == [None, None], entries

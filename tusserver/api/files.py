@@ -585,8 +585,8 @@ class FilesApi:
         idle = self._uploads.config.body_idle_timeout or None
         while True:
             try:
-                # Part headers and small fields: read under the body idle timeout too (the
-                # file contents have theirs in BodyReader).
+                # Part headers (a few hundred bytes) and other fields: read under the body
+                # idle timeout too (the file contents have theirs in BodyReader).
                 async with asyncio.timeout(idle):
                     part = await reader.next()
                 if part is None:
@@ -594,12 +594,9 @@ class FilesApi:
                 if not isinstance(part, BodyPartReader):
                     raise BadRequest("nested multipart bodies are not supported")
                 if part.filename is None:
-                    async with asyncio.timeout(idle):
-                        if part.name == "folder":
-                            raw = await part.read(decode=True)
-                            folder = normalize_folder(_text(raw, "folder"))
-                        else:
-                            await part.release()
+                    raw = await _read_field(part, idle, keep=part.name == "folder")
+                    if part.name == "folder":
+                        folder = normalize_folder(_text(raw, "folder"))
                     continue
             except (TimeoutError, ValueError, HttpProcessingError) as exc:
                 # A boundary, part headers or a field aiohttp cannot read (its message quotes
@@ -782,3 +779,31 @@ class PartStream:
 
     def set_exception(self, exc: BaseException) -> None:
         self._content.set_exception(exc)
+
+
+#: The most of a form's ``folder`` field that is read (a folder has at most 1024 characters).
+_FIELD_MAX = 64 * 1024
+
+
+async def _read_field(part: BodyPartReader, idle: float | None, *, keep: bool) -> bytes:
+    """A form field that is not a file: kept (decoded as its headers say, at most
+    ``_FIELD_MAX`` bytes) or read past. ``idle`` bounds each wait for its bytes, not the
+    whole field (TimeoutError): a long field sent slowly but steadily is read."""
+    raw = bytearray()
+    while True:
+        async with asyncio.timeout(idle):
+            chunk = await part.read_chunk()
+        if not chunk:
+            break
+        if keep:
+            raw += chunk
+            if len(raw) > _FIELD_MAX:
+                raise BadRequest(f"form field {part.name!r}: at most {_FIELD_MAX} bytes")
+    if not keep:
+        return b""
+    decoded = bytearray()
+    async for piece in part.decode_iter(raw):
+        decoded += piece
+        if len(decoded) > _FIELD_MAX:
+            raise BadRequest(f"form field {part.name!r}: at most {_FIELD_MAX} bytes")
+    return bytes(decoded)
