@@ -15,6 +15,8 @@ from PIL import Image
 from sqlalchemy import column, insert, null, select, table
 from yarl import URL
 
+import tusserver.pipeline.pipeline as pipeline_module
+from storage_backends.base import StorageError
 from tests.api.helpers import NO_LIMITS
 from tests.app_fixtures import TUS, MakeClient
 from tests.auth.helpers import auth_client, bearer, make_users
@@ -134,6 +136,54 @@ async def test_files_accepted_side_by_side_pass_the_quota_with_their_thumbnails_
             if not f["thumbnail_sizes"]:
                 resp = await client.get(f"/api/v1/file/{f['id']}/thumbnail", headers=owner)
                 assert resp.status == 404, await resp.text()
+    finally:
+        await client.close()
+
+
+async def test_thumbnails_of_an_attempt_that_failed_are_not_counted_against_the_retry(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt records its thumbnails' bytes, then storing them fails: the retry
+    does not count them against the file itself (it found the owner past the quota and
+    committed the file without thumbnails, still charged for the ones it never stored)."""
+    data = _noise_png()
+    real = pipeline_module.store_thumbnails
+    calls = 0
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError("the object store hiccuped")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "store_thumbnails", fails_once)
+    client = await auth_client(
+        make_client,
+        **NO_LIMITS,
+        pipeline_poll_interval=0.1,
+        pipeline_retry_base=0.1,
+        default_quota=len(data),  # the file alone fills the quota: within it, not past it
+    )
+    try:
+        owner = bearer((await make_users(client, owner="user"))["owner"].access)
+        resp = await client.post(
+            "/uploads/", headers={**TUS, **owner, "Upload-Length": str(len(data))}
+        )
+        assert resp.status == 201, await resp.text()
+        path = URL(resp.headers["Location"]).path
+        resp = await client.patch(
+            path, data=data, headers={**TUS, **owner, **OCTET, "Upload-Offset": "0"}
+        )
+        assert resp.status == 204, await resp.text()
+        f = await wait_done(client, await wait_file_id(client, path, owner), headers=owner)
+        assert f["status"] == "committed", f
+        assert calls == 2 and f["thumbnail_sizes"] == [256, 1024], (calls, f)
+        thumbs = 0
+        for size in f["thumbnail_sizes"]:
+            url = f"/api/v1/file/{f['id']}/thumbnail?size={size}"
+            thumbs += len(await (await client.get(url, headers=owner)).read())
+        assert await _usage(client, owner) == len(data) + thumbs
     finally:
         await client.close()
 

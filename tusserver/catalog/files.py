@@ -515,19 +515,21 @@ class FileRepository:
     ) -> bool:
         """Record ``size`` bytes of thumbnails for a file being processed (held by
         ``holder``, see update_held) if its owner is within ``quota`` (its files, this one
-        included, and its uploads), decided under the owner's quota lock: False, and nothing
-        recorded, if the owner is past it. So the thumbnails of files processed one after
-        the other take an owner past the quota at most once (by one file's thumbnails), not
-        once per file that was accepted before any thumbnail was made."""
+        included without thumbnails, and its uploads), decided under the owner's quota lock;
+        else record none (an earlier attempt's count is dropped) and return False. So the
+        thumbnails of files processed one after the other take an owner past the quota at
+        most once (by one file's thumbnails), not once per file that was accepted before any
+        thumbnail was made."""
         stmt = _update_held(("thumbnail_bytes",))
         params = by_id_params(file_id, {"thumbnail_bytes": size})
         params["holder"] = holder
+        own = select(files.c.thumbnail_bytes).where(files.c.id == file_id)
 
         def work(conn: Connection) -> bool:
             lock_owner(conn, owner)
-            if used_bytes(conn, owner) > quota:
-                return False
-            return fastsql.execute(conn, stmt, params) == 1
+            fits = used_bytes(conn, owner) - (conn.execute(own).scalar() or 0) <= quota
+            written = {**params, "v_thumbnail_bytes": size if fits else 0}
+            return fastsql.execute(conn, stmt, written) == 1 and fits
 
         recorded: bool = await self.invalidator.run(self._db, work, (FILES, file_id))
         return recorded

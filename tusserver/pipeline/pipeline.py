@@ -849,6 +849,8 @@ class Pipeline:
         if media.thumbnails and not await self._thumbnails_fit(f, media.thumbnails):
             log.info("thumbnails not stored: the owner is past the storage quota")
             media.thumbnails = {}
+            # (Those an earlier attempt stored before it failed go too.)
+            await delete_thumbnails(self._objects, f.storage_key, THUMBNAIL_SIZES)
         if media.thumbnails:
             values["thumbnails"] = await store_thumbnails(
                 self._objects, f.storage_key, media.thumbnails, file_id=f.id
