@@ -70,7 +70,9 @@ class ClamdClient:
         try:
             writer.write(b"zPING\0")
             await writer.drain()
-            reply = await asyncio.wait_for(reader.readuntil(b"\0"), timeout=10.0)
+            reply = await asyncio.wait_for(
+                reader.readuntil(b"\0"), timeout=min(self._timeout, 10.0)
+            )
             return reply.rstrip(b"\0") == b"PONG"
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise ScannerUnavailable(f"clamd at {self.url} did not answer: {exc}") from exc
