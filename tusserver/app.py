@@ -92,6 +92,9 @@ class Runtime:
     backlog: Backlog | None = None
     owns_db: bool = True
     _started: bool = field(default=False, repr=False)
+    #: The object store's readiness probe in flight: probes that come while it waits (an S3
+    #: that does not answer) share it instead of each holding one of the store's threads.
+    _store_probe: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         if self._started:
@@ -142,7 +145,11 @@ class Runtime:
             return "ok"
 
         async def object_store() -> str:
-            await self.objects.open()
+            if self._store_probe is None or self._store_probe.done():
+                self._store_probe = asyncio.ensure_future(self.objects.open())
+                # (Its error is each waiting probe's answer; none may be left unretrieved.)
+                self._store_probe.add_done_callback(lambda f: f.cancelled() or f.exception())
+            await asyncio.shield(self._store_probe)
             return "ok"
 
         async def scanner() -> str:

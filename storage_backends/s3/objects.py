@@ -54,10 +54,19 @@ class S3ObjectStore:
         self._sse_lock = asyncio.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            job = self._pool.submit(fn, *args, **kwargs)
+            future = asyncio.wrap_future(job)
+            # Every thread may be held by calls to an S3 that does not answer (each for its
+            # retries' read timeouts): a call that cannot even start within one attempt's
+            # time fails then, rather than queueing behind them for minutes.
+            done, _ = await asyncio.wait(
+                {future}, timeout=self._s.connect_timeout + self._s.read_timeout
+            )
+            if not done and job.cancel():
+                raise StorageError("S3 is not answering: every connection to it is waiting")
+            return await future
         except S3Error as exc:
             if is_full(exc):
                 raise StorageFull(f"S3 is full: {exc.code}: {exc.message}") from exc
