@@ -64,7 +64,9 @@ class StorageSettings:
         default=30.0,
         metadata=doc(
             "Seconds S3 may stay silent within one request before the call fails (retried "
-            "twice): a hung S3 answers uploads and downloads with 503 instead of holding them."
+            "twice): a hung S3 answers uploads and downloads with 503 instead of holding them; "
+            "a call that finds every S3 connection waiting fails after s3_connect_timeout + "
+            "s3_read_timeout instead of queueing behind them."
         ),
     )
     s3_sse: str = field(
