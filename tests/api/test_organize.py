@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+import pytest
+from sqlalchemy import delete, func, insert, select
 
 from tests.app_fixtures import TUS, MakeClient
+from tests.auth.helpers import bearer, make_users
 from tests.pipeline.test_local_pipeline import png_bytes, upload, wait_file
+from tusserver.catalog import files as catalog_files
 from tusserver.catalog.schema import file_tags, file_uploads, files
+from tusserver.catalog.schema import folders as folders_table
 
-from .helpers import Client, api_client, api_error, file_row, insert_files, runtime, token
+from .helpers import (
+    Client,
+    api_client,
+    api_error,
+    file_row,
+    insert_files,
+    jwt_client,
+    runtime,
+    token,
+)
 from .test_search import collect
 
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
@@ -339,3 +354,56 @@ async def test_tag_search_by_date_follows_every_change_of_tags_dates_and_files(
         found = (await conn.execute(pairs)).all()
     assert len(found) == 3
     assert all(copy == created for copy, created in found)
+
+
+async def test_an_owner_s_folders_are_limited_and_a_long_list_does_not_hold_the_loop(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders cost nothing to create, and each lists its ancestors: an owner had no limit,
+    and listing thousands of deep folders held the event loop for over a second (every
+    other request waited). Past MAX_FOLDERS a creation is refused (409), creating an
+    existing folder still succeeds, and the listing is worked out off the loop."""
+    client = await jwt_client(make_client)
+    user = (await make_users(client, owner="user"))["owner"]
+    owner = bearer(user.access)
+    monkeypatch.setattr(catalog_files, "MAX_FOLDERS", 3)
+    for n in range(3):
+        resp = await client.post("/api/v1/folders", json={"path": f"/f{n}/"}, headers=owner)
+        assert resp.status == 201, await resp.text()
+    resp = await client.post("/api/v1/folders", json={"path": "/f3/"}, headers=owner)
+    assert "at most 3 folders" in (await api_error(resp, 409))["message"]
+    resp = await client.post("/api/v1/folders", json={"path": "/f0/"}, headers=owner)
+    assert resp.status == 201, await resp.text()  # (it exists: nothing new)
+
+    monkeypatch.setattr(catalog_files, "MAX_FOLDERS", 10_000)
+    now = dt.datetime.now(dt.UTC)
+    deep = [
+        {"owner": user.id, "path": "/" + "".join(f"{i:05d}{'x' * 24}/" for _ in range(32)),
+         "created_at": now}
+        for i in range(3000)
+    ]  # fmt: skip
+    rt = runtime(client)
+    await rt.db.write(lambda conn: conn.execute(insert(folders_table), deep))
+    gaps: list[float] = []
+    stop = False
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not stop:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        resp = await client.get("/api/v1/folders", headers=owner)
+        listed = (await resp.json())["folders"]
+    finally:
+        stop = True
+        await tick
+        await rt.db.write(
+            lambda conn: conn.execute(delete(folders_table).where(folders_table.c.owner == user.id))
+        )
+    assert resp.status == 200 and len(listed) > 3000 * 32
+    assert max(gaps) < 0.5, f"the event loop was held {max(gaps):.2f} s"

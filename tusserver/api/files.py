@@ -536,9 +536,12 @@ class FilesApi:
 
     async def get_folders(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
-        return web.json_response(
-            {"folders": await catalog.list_folders(self._db, principal.user_id)}
-        )
+        found = await catalog.list_folders(self._db, principal.user_id)
+        if len(found) < 1000:
+            return web.json_response({"folders": found})
+        # (A long list is a long document: written in a thread, not on the event loop.)
+        body = await asyncio.to_thread(json.dumps, {"folders": found})
+        return web.Response(text=body, content_type="application/json")
 
     async def post_folder(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
@@ -546,7 +549,10 @@ class FilesApi:
         if not isinstance(data.get("path"), str):
             raise BadRequest("path: a folder path such as /photos/2024/")
         path = normalize_folder(data["path"])
-        await catalog.create_folder(self._db, principal.user_id, path, dt.datetime.now(dt.UTC))
+        try:
+            await catalog.create_folder(self._db, principal.user_id, path, dt.datetime.now(dt.UTC))
+        except catalog.TooManyFolders:
+            raise Conflict(f"at most {catalog.MAX_FOLDERS} folders; delete some first") from None
         return web.json_response({"path": path}, status=201)
 
     async def delete_folder(self, request: web.Request) -> web.Response:

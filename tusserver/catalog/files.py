@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import enum
@@ -847,8 +848,12 @@ async def list_folders(db: Database, owner: str | None) -> list[str]:
     def work(conn: Connection) -> set[str]:
         return set(conn.execute(explicit).scalars()) | set(conn.execute(used).scalars())
 
-    paths = await db.read(work) | {"/"}
-    # Every ancestor of a folder is a folder too.
+    # Every ancestor of a folder is a folder too: worked out in a thread (thousands of deep
+    # folders are a second of CPU).
+    return await asyncio.to_thread(_with_ancestors, await db.read(work) | {"/"})
+
+
+def _with_ancestors(paths: set[str]) -> list[str]:
     for p in list(paths):
         parts = [x for x in p.split("/") if x]
         for i in range(len(parts)):
@@ -856,10 +861,29 @@ async def list_folders(db: Database, owner: str | None) -> list[str]:
     return sorted(paths)
 
 
+#: Folders one owner may create explicitly (those holding files are not counted).
+MAX_FOLDERS = 10_000
+
+
+class TooManyFolders(Exception):
+    """The owner has :data:`MAX_FOLDERS` folders already."""
+
+
 async def create_folder(db: Database, owner: str | None, path: str, now: dt.datetime) -> None:
+    """Create a folder (idempotent); TooManyFolders past :data:`MAX_FOLDERS`."""
     stmt = insert(folders).values(owner=owner or "", path=path, created_at=now)
-    with contextlib.suppress(IntegrityError):  # already there: creating is idempotent
-        await db.write(lambda conn: conn.execute(stmt))
+    count = select(func.count()).select_from(folders).where(folders.c.owner == (owner or ""))
+    exists = select(folders.c.path).where(folders.c.owner == (owner or ""), folders.c.path == path)
+
+    def work(conn: Connection) -> None:
+        if conn.execute(exists).first() is not None:
+            return  # already there: creating is idempotent
+        if conn.execute(count).scalar_one() >= MAX_FOLDERS:
+            raise TooManyFolders(owner)
+        conn.execute(stmt)
+
+    with contextlib.suppress(IntegrityError):  # created meanwhile by another instance
+        await db.write(work)
 
 
 def _under(column: Any, path: str) -> Any:
