@@ -319,11 +319,12 @@ class Gateway:
     async def pace(
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> float:
-        """Take ``cost`` tokens before the work they pay for if the budget is not in debt,
-        into debt if need be, and return 0; or, in debt, take nothing and return how long to
-        wait before asking again. For work that goes on as long as the client sends (a body
-        without Content-Length, a block at a time): it goes at the budget's pace, and bodies
-        sent side by side share the budget instead of each starting on it. What was taken
+        """Take ``cost`` tokens before the work they pay for once the budget is at least half
+        full and holds them (full, for a cost above the burst: into debt then), and return
+        0; or take nothing and return how long to wait before asking again. For work that
+        goes on as long as the client sends (a body without Content-Length, a block at a
+        time): it goes at the budget's pace, and bodies sent side by side share the budget
+        instead of each starting on it. What was taken
         and not used is given back with :meth:`charge` (a negative cost).
 
         Never raises: a limiter that fails does not stop the body (0 then).
@@ -335,8 +336,17 @@ class Gateway:
             return 0.0
         key = f"{kind}:{who or self.client_ip(request)}"
         try:
+            # Granted only while the budget is at least half full (and holds the cost, up
+            # to all it can hold): the caller's other requests, which need their whole cost
+            # at once, keep the other half instead of being starved by a body that would take
+            # every token as it comes back.
             taken = await self.limiter.take(
-                key, rate=lim.rate, burst=lim.burst, cost=cost, require=1, overdraw=True
+                key,
+                rate=lim.rate,
+                burst=lim.burst,
+                cost=cost,
+                require=min(lim.burst, max(cost, lim.burst / 2)),
+                overdraw=True,
             )
         except Exception:
             _log.exception("could not pace a rate limit", kind=kind, cost=cost)

@@ -177,12 +177,11 @@ class TusHandlers:
             raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
         metadata = parse_metadata(h.get("Upload-Metadata", ""))
         with_body = _has_body(request)
-        checksum = None
         if with_body:
             _require_offset_octet_stream(request)
-            # Refused before the upload is created: a 400 leaves nothing behind.
-            checksum = _checksum_of(request)
         principal = await self._gate.principal(request)
+        # Refused before the upload is created: a 400 leaves nothing behind.
+        checksum = _checksum_of(request) if with_body else None
         status = await self._service.create(
             caller_of(self._gate, request, principal),
             length=length,

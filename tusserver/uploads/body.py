@@ -140,7 +140,7 @@ class BodyReader:
         try:
             while True:
                 try:
-                    if have == 0 and self._meter is not None:
+                    if have == 0 and self._meter is not None and not content.is_eof():
                         await self._grant(size)
                     if idle is not None:
                         waiting_since = loop.time()
