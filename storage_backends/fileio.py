@@ -181,7 +181,9 @@ _FALLOC_FL_KEEP_SIZE = 1
 def _fallocate() -> Callable[..., int] | None:
     """libc's fallocate(2), or None where there is none (not Linux)."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
+        libc = ctypes.CDLL(None, use_errno=True)
+        # (fallocate64: the 64-bit offsets on a 32-bit system; the same function elsewhere.)
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
     except (AttributeError, OSError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -197,12 +199,13 @@ def reserve(fd: int, offset: int, length: int) -> None:
     fn = _fallocate()
     if fn is None or length <= 0:
         return
-    if fn(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-        return
-    err = ctypes.get_errno()
-    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        return
-    raise OSError(err, os.strerror(err))
+    while fn(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return
+        raise OSError(err, os.strerror(err))
 
 
 def pwrite_all(fd: int, data: Bytes, pos: int) -> int:

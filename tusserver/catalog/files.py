@@ -451,9 +451,9 @@ class FileRepository:
 
     async def renew_leases(
         self, file_ids: Sequence[str], now: dt.datetime, until: dt.datetime, holder: str
-    ) -> int:
+    ) -> set[str]:
         """Extend the leases ``holder`` still has (being validated, lease not run out, handed
-        back or taken by another) of ``file_ids``; returns how many were."""
+        back or taken by another) of ``file_ids``; returns those that were."""
         stmt = (
             update(files)
             .where(
@@ -464,9 +464,10 @@ class FileRepository:
                 files.c.lease_holder == holder,
             )
             .values(lease_until=until)
+            .returning(files.c.id)
         )
         # No invalidation: leases are not part of what the cache serves.
-        return await self._db.write(lambda conn: conn.execute(stmt).rowcount)
+        return await self._db.write(lambda conn: set(conn.execute(stmt).scalars()))
 
     async def update(self, file_id: str, **values: Any) -> None:
         if isinstance(values.get("status"), FileStatus):

@@ -117,6 +117,16 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _elapsed() -> float:
+    """Seconds on a clock that goes on while the machine is suspended (CLOCK_BOOTTIME where
+    there is one; ``time.monotonic`` stops then), for how long a lease is trusted: the
+    catalog's lease times are wall-clock times, which go on too."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class LeaseLost(Exception):
     """The file is not this worker's any more: it stalled past its lease and another worker
     took the file (or already wrote its outcome). Nothing more is written for it here."""
@@ -143,7 +153,7 @@ class Pipeline:
     ) -> None:
         self._media = media
         self._metrics = metrics
-        #: Files claimed by this process: file id -> until when (``time.monotonic``) the
+        #: Files claimed by this process: file id -> until when (:func:`_elapsed`) the
         #: lease is trusted without asking the catalog (half the lease from the claim or
         #: the last renewal), before a step that cannot be taken back (see _fence).
         self._claimed: dict[str, float] = {}
@@ -240,7 +250,7 @@ class Pipeline:
         # (the claim's own statement and transaction spared). Not when every worker is busy:
         # the file would wait here, held from other instances' workers (and, after a crash
         # elsewhere than on this host, for a whole lease).
-        since = time.monotonic()
+        since = _elapsed()
         claim = (
             (now + self.lease, str(self.holder))
             if self.processes_here and not self._stopping and self._idle > self._queue.qsize()
@@ -529,19 +539,19 @@ class Pipeline:
             if not self._claimed:
                 continue
             held = sorted(self._claimed)
-            now, since = self._clock(), time.monotonic()
+            now, since = self._clock(), _elapsed()
             try:
                 kept = await self._files.renew_leases(held, now, now + self.lease, str(self.holder))
             except Exception:
                 _log.exception("pipeline lease renewal failed")
                 continue
-            if kept < len(held):
-                # Which ones is not known: their trust runs out, and each is asked for
-                # before its next step that cannot be taken back.
-                _log.warning("pipeline lost leases", held=len(held), renewed=kept)
-                continue
+            # (Not renewed: done meanwhile, or lost; the trust of a lost one runs out, and
+            # the catalog is asked before its next step that cannot be taken back.)
+            lost = [f for f in held if f not in kept and f in self._claimed]
+            if lost:
+                _log.warning("pipeline lost leases", held=len(held), lost=len(lost))
             until = self._trusted_until(since)
-            for file_id in held:
+            for file_id in kept:
                 if file_id in self._claimed:
                     self._claimed[file_id] = until
 
@@ -552,7 +562,7 @@ class Pipeline:
         self._held.difference_update(mine)
         others = [file_id for file_id in batch if file_id not in mine]
         won: set[str] = set()
-        since = time.monotonic()
+        since = _elapsed()
         if others:
             try:
                 won = await self._files.claim_many(
@@ -628,7 +638,7 @@ class Pipeline:
     # --- leases -------------------------------------------------------------------------------
 
     def _trusted_until(self, since: float) -> float:
-        """Until when a lease taken or renewed at ``since`` (``time.monotonic``) is trusted
+        """Until when a lease taken or renewed at ``since`` (:func:`_elapsed`) is trusted
         without asking the catalog: half of it, a margin for the instances' clocks."""
         return since + self.lease.total_seconds() / 2
 
@@ -638,7 +648,7 @@ class Pipeline:
         worker's. Within the lease's trusted half, without a statement; past it (a stall,
         or a file processed without a claim), the catalog is asked, and the lease renewed."""
         until = self._claimed.get(f.id)
-        since = time.monotonic()
+        since = _elapsed()
         if until is not None and since < until:
             return
         await self._settle(f, lease_until=self._clock() + self.lease, lease_holder=str(self.holder))
