@@ -71,8 +71,11 @@ class RequestAdmission:
 #:   aiohttp would otherwise inflate a refused body while it discards it after the answer:
 #:   a 1 MiB gzip body of zeros cost the server over 2 s of CPU that way, whatever the
 #:   route.
+#: - ``max_field_size``: a header's value may be 64 KiB (aiohttp's default is 8 KiB), for a
+#:   final upload's ``Upload-Concat`` naming its partials by absolute URLs, as tus-js-client
+#:   does: 100 of them (``max_concat_parts``) at about 100 characters each did not fit.
 HANDLER_ARGS: Mapping[str, object] = MappingProxyType(
-    {"read_bufsize": READ_PIECE, "auto_decompress": False}
+    {"read_bufsize": READ_PIECE, "auto_decompress": False, "max_field_size": 64 * 1024}
 )
 
 

@@ -423,7 +423,13 @@ class IetfHandlers:
 
     @staticmethod
     def _state_headers(dialect: Dialect, status: UploadStatus) -> dict[str, str]:
-        return dialect.state_headers(status.offset or 0, status.finished, status.record.length)
+        rec = status.record
+        if rec.is_final and status.offset is None:
+            # A tus final still waiting for its partials: complete as far as any client is
+            # concerned (it takes no content; its bytes are the partials'), not an upload at
+            # offset 0 inviting an append that is then refused.
+            return dialect.state_headers(rec.length or 0, True, rec.length)
+        return dialect.state_headers(status.offset or 0, status.finished, rec.length)
 
     @staticmethod
     def _progress_headers(dialect: Dialect, progress: Progress | None) -> dict[str, str]:
@@ -503,9 +509,10 @@ class IetfHandlers:
         content_digests: dict[str, bytes],
         repr_digests: dict[str, bytes],
     ) -> UploadStatus:
-        if status.finished:
+        if status.finished or status.record.is_final:
             # "If the upload is already complete, the server MUST NOT modify the upload
-            # resource and MUST reject the request."
+            # resource and MUST reject the request." (A tus final takes no content: it is
+            # complete by construction.)
             state = self._state_headers(dialect, status)
             if content_length != 0 and INCONSISTENT_LENGTH in dialect.problem_types:
                 # From 7: content for a complete upload is an inconsistent length.

@@ -17,6 +17,7 @@ parts that stand alone live beside it: the body reader (``body.py``), the byte g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -266,13 +267,25 @@ class UploadService:
             # Checked again with the insert, in one transaction: concurrent creations
             # cannot go past the quota together.
             await self.repo.insert(record, [p.id for p in parts], quota=quota)
-        except QuotaExceeded as exc:
+        except Exception as exc:
+            # No row: nothing would ever remove the store's upload.
             if not is_final:
-                await self.store.delete(record.id)
-            raise PayloadTooLarge(str(exc)) from None
+                with contextlib.suppress(StorageError, OSError):
+                    await self.store.delete(record.id)
+            if isinstance(exc, QuotaExceeded):
+                raise PayloadTooLarge(str(exc)) from None
+            raise
         self.hooks.fire("post_create", self.hooks.post_create, record)
         if is_final:
-            await self._try_complete_final(record.id)
+            try:
+                await self._try_complete_final(record.id)
+            except Exception:
+                # The final exists: it is answered with its URL, and its HEAD tries the
+                # concatenation again (with the back-off of a final completed by a PATCH).
+                self._final_failed(record.id)
+                _log.warning(
+                    "could not complete a final upload", upload_id=record.id, exc_info=True
+                )
         elif length == 0:
             await self._finish(record, 0)
         else:
