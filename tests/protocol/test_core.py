@@ -451,12 +451,15 @@ async def test_tombstones_whose_bytes_cannot_go_never_hold_up_the_others(client:
 
     store.delete = locked  # type: ignore[method-assign]
     try:
-        assert await service.purge_tombstones(dt.timedelta(0), limit=2) == 3
+        # (At least: the PostgreSQL catalog is shared with the other tests of this worker,
+        # whose tombstones go too.)
+        assert await service.purge_tombstones(dt.timedelta(0), limit=2) >= 3
     finally:
         store.delete = delete  # type: ignore[method-assign]
     left = {i for i in ids if await service.repo.get(i) is not None}
     assert left == stuck
-    assert await service.purge_tombstones(dt.timedelta(0), limit=2) == 2
+    assert await service.purge_tombstones(dt.timedelta(0), limit=2) >= 2
+    assert not [i for i in ids if await service.repo.get(i) is not None]
 
 
 # --- X-HTTP-Method-Override ---------------------------------------------------------------
