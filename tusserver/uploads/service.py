@@ -509,9 +509,10 @@ class UploadService:
         while the body is read (aiohttp's ``handler_cancellation`` when the client goes
         away) stores what arrived too, then goes on as a cancellation.
         """
-        # A body without a declared length needs a budget out of debt to start, and pays
-        # for its bytes as they come in, read at the budget's pace once it is in debt (so
-        # bodies sent side by side share one budget rather than each starting on it).
+        # A body without a declared length needs a budget out of debt to start, then each
+        # of its blocks is granted before it is read (Gateway.pace: while the budget is at
+        # least half full), so bodies sent side by side share one budget rather than each
+        # starting on it; what was granted and did not arrive is given back at the end.
         await caller.admission.limit(
             "patch_bytes",
             cost=content_length or 0,
