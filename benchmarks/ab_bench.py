@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from load import BodySource, KiB, MiB, Scenario, run_scenario  # noqa: E402
-from run_all import settle  # noqa: E402
+from run_all import create_probe_us, retire, settle  # noqa: E402
 
 from tusserver.testing import (  # noqa: E402
     ServerProcess,
@@ -57,8 +57,9 @@ SCENARIOS = {
 async def one_run(
     label: str, src: str, extra_env: dict[str, str], scenario: Scenario, work: Path
 ) -> dict[str, Any]:
-    data = work / f"{label}-data"
-    data.mkdir(parents=True, exist_ok=True)
+    probe_us = create_probe_us(work)
+    # A fresh directory per run: earlier runs' small files stay until the end (retire).
+    data = Path(tempfile.mkdtemp(prefix=f"{label}-data-", dir=work))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
     if src == "sink":
 
@@ -123,10 +124,11 @@ async def one_run(
             "uploads_per_s": res.uploads_per_s,
             "post_p99_ms": res.post_p99_ms,
             "loadavg": round(os.getloadavg()[0], 1),
+            "create_probe_us": probe_us,
         }
     finally:
         proc.terminate(timeout=10)
-        shutil.rmtree(data, ignore_errors=True)
+        retire(data)  # the small files stay until the end of the run (see run_all.retire)
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,62 @@ async def settle(
     return round(max(0.0, time.monotonic() - t0 - window), 2)
 
 
+# --- the file system between targets -------------------------------------------------------
+
+#: A finished target's files of at least this size are deleted at once (they hold the disk
+#: space); the others stay until the end of the run (see :func:`retire`).
+RETIRE_NOW_BYTES = 1 * MiB
+
+
+def retire(data_dir: Path) -> None:
+    """Free a finished target's disk space, but leave its many small files until the end.
+
+    On ext4 without a journal (the root file system of this project's VMs), the inode
+    allocator passes over every free inode deleted in the last minute (six while its inode
+    table block is not written back), with a buffer-cache lookup for each. Deleting the
+    thousands of small files a target wrote would bill the next target's file creations for
+    it: measured here, 300-650 us of kernel CPU per created file instead of 10-20 us, for
+    minutes. Large files are few inodes, so they go now; the run's work directory goes at the
+    very end.
+    """
+    for path in data_dir.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size >= RETIRE_NOW_BYTES:
+                path.unlink()
+
+
+def create_probe_us(workdir: Path, files: int = 200) -> float:
+    """Kernel CPU per file creation in ``workdir`` right now (the files are kept, see
+    :func:`retire`): how costly the file system is at this moment, reported beside each
+    target's figures so that runs on a file system in different states are not compared
+    blindly."""
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=workdir))
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+    for i in range(files):
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    spent = resource.getrusage(resource.RUSAGE_THREAD).ru_stime - before
+    return round(spent / files * 1e6, 1)
+
+
+def journal_of(path: Path) -> bool | None:
+    """Whether the ext4 file system holding ``path`` has a journal (None: not ext4, or not
+    known)."""
+    best: tuple[str, str] | None = None
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            device, mountpoint, fstype, *_ = line.split()
+            inside = str(path).startswith(mountpoint.rstrip("/") + "/") or mountpoint == "/"
+            if inside and (best is None or len(mountpoint) > len(best[0])):
+                best = (mountpoint, device if fstype == "ext4" else "")
+    if best is None or not best[1]:
+        return None
+    task = Path("/sys/fs/ext4") / Path(best[1]).name / "journal_task"
+    try:
+        return task.read_text().strip() != "<none>"
+    except OSError:
+        return None
+
+
 # --- process management ---------------------------------------------------------------------
 
 
@@ -385,6 +442,8 @@ async def bench_target(
     server = Server(name, builder, workdir)
     out: dict[str, Any] = {"description": description, "scenarios": {}}
     print(f"\n== {name}: {description}", flush=True)
+    out["create_probe_us"] = create_probe_us(workdir)
+    print(f"  file creation costs {out['create_probe_us']} us of kernel CPU here now", flush=True)
     try:
         server.start()
         await server.wait_ready()
@@ -423,7 +482,7 @@ async def bench_target(
         print(f"  ERROR: {out['error']}", flush=True)
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        retire(server.data_dir)
         _sync()
     return out
 
@@ -461,7 +520,7 @@ async def bench_memory(
         print(f"  ERROR: {out['error']}", flush=True)
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        retire(server.data_dir)
         _sync()
     return out
 
@@ -626,9 +685,10 @@ def print_tables(report: dict[str, Any]) -> None:
         )
     header = (
         f"{'small uploads':<16}{'up/s':>9}{'CPU ms/up':>11}{'+pipeline':>11}"
-        f"{'POST p50':>10}{'POST p99':>10}{'HEAD p99':>10}"
+        f"{'POST p50':>10}{'POST p99':>10}{'HEAD p99':>10}{'create us':>11}"
     )
-    print("\n" + header + "   (CPU per upload: server CPU / uploads; +pipeline incl. settle)")
+    print("\n" + header + "   (CPU per upload: server CPU / uploads; +pipeline incl. settle;")
+    print(" " * len(header) + "    create us: kernel CPU per file creation before the target)")
     print("-" * len(header))
     for name in targets:
         print(
@@ -637,6 +697,7 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{_per_upload(targets, name, 'server_cpu_s_incl_settle'):>11}"
             f"{cell(name, 'small', 'post_p50_ms'):>10}{cell(name, 'small', 'post_p99_ms'):>10}"
             f"{cell(name, 'small', 'patch_p99_ms'):>10}"
+            f"{targets[name].get('create_probe_us', '-')!s:>11}"
         )
     for name, mem in (report.get("memory") or {}).items():
         print(
@@ -676,6 +737,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if os.getloadavg()[0] > 1.0:
         print(f"warning: load average {os.getloadavg()[0]:.1f}: other work will skew the figures")
+    if journal_of(workdir) is False:
+        print(
+            "note: the work directory is on ext4 without a journal: file creations cost more "
+            "for minutes after many deletions (see retire() in run_all.py)"
+        )
     report: dict[str, Any] = {
         "meta": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -690,6 +756,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": plan.repeat,
             "loadavg_at_start": os.getloadavg()[0],
             "workdir": str(workdir),
+            "workdir_journaled": journal_of(workdir),
             "units": "MiB = 2**20 bytes; latencies in ms; CPU in seconds; RSS in MiB",
             "scenarios": {s.name: s.describe() for s in (*plan.main, *plan.memory)},
         },

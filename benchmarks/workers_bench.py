@@ -63,6 +63,7 @@ from run_all import (  # noqa: E402
     _base_env,
     _sync,
     _tusserver_bin,
+    retire,
     settle,
     stop_all,
 )
@@ -151,7 +152,9 @@ async def _one(
         builder = _tusserver(processes, pg.fresh_url())
     else:
         builder = _tusserver(processes)
-    server = Server(f"{variant}{processes}", builder, workdir)
+    # A fresh data directory per run: earlier runs' small files stay until the end (retire).
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{variant}{processes}-", dir=workdir))
+    server = Server(f"{variant}{processes}", builder, run_dir)
     try:
         server.start()
         await server.wait_ready()
@@ -184,7 +187,7 @@ async def _one(
         return out
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        retire(server.data_dir)
 
 
 def _headline(scenario: str) -> tuple[str, str]:
