@@ -39,6 +39,7 @@ from .fileio import (
     create_empty,
     fsync_dir,
     full_disk_is_storage_full,
+    in_worker,
     private_dirs,
     pwrite_all,
     remove,
@@ -211,7 +212,9 @@ class LocalChunkStore:
         target = self.path(upload_id)
         sources = [self.path(p) for p in parts]
         try:
-            size = await asyncio.to_thread(_concat_files, target, sources, fsync)
+            # A cancellation waits for the copy (a thread cannot be stopped): the caller holds
+            # the final's lock until its file is no longer being written.
+            size = await in_worker(_concat_files, target, sources, fsync)
         except FileNotFoundError as exc:
             raise UploadDataMissing(str(exc.filename)) from None
         if fsync:
