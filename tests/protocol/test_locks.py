@@ -370,3 +370,38 @@ async def test_a_failed_round_trip_ends_the_session_and_tells_the_holders(
         await asyncio.wait_for(released.wait(), 5)
         async with b.lock("held"), b.lock("next"):  # the session's locks are gone
             pass
+
+
+async def test_file_lockers_with_the_same_pid_still_break_each_others_locks(
+    tmp_path: Path,
+) -> None:
+    """Two processes sharing a data directory may have the same PID (containers on one
+    volume are all PID 1): each keeps its own lock-breaking socket, so a request on one still
+    asks the holder on the other to let go instead of waiting for the lock timeout."""
+    from tusserver.uploads.filelocks import FileLocker
+
+    first = FileLocker(tmp_path / "locks", timeout=10)
+    second = FileLocker(tmp_path / "locks", timeout=10)
+    await first.open()
+    await second.open()
+    try:
+        asked = asyncio.Event()
+        holding = asyncio.Event()
+
+        async def holder() -> None:
+            async with first.lock("up", on_release=asked.set):
+                holding.set()
+                await asyncio.wait_for(asked.wait(), 10)
+
+        held = asyncio.create_task(holder())
+        await holding.wait()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with second.lock("up"):
+            waited = loop.time() - started
+        await held
+        assert asked.is_set()
+        assert waited < 5, f"waited {waited:.1f} s: the holder was never asked to let go"
+    finally:
+        await first.close()
+        await second.close()

@@ -5,10 +5,13 @@ processes share one data directory. The layout, under ``<data_dir>/locks``:
 
 - ``uploads/<key>.lock``: held (``flock(LOCK_EX)``) by the process writing the upload. The
   kernel drops it when the process dies, so a crashed process never leaves an upload stuck.
-- ``peers/<pid>.sock``: a datagram socket per process, for lock breaking. A request that
-  finds the upload held by another process sends ``release <upload id>`` to every peer; the
-  holder asks its request to let go (a PATCH stops reading its body, stores what it has and
-  unlocks), exactly as within one process. A socket whose process is gone is removed.
+- ``peers/<pid>-<random>.sock``: a datagram socket per process, for lock breaking. A
+  request that finds the upload held by another process sends ``release <upload id>`` to
+  every peer; the holder asks its request to let go (a PATCH stops reading its body, stores
+  what it has and unlocks), exactly as within one process. A socket whose process is gone is
+  removed by the first sender that finds nobody listening. The random part keeps processes
+  with the same PID apart: containers sharing a data volume are all PID 1, and a name by PID
+  alone let each new one take the socket name of another that was still running.
 
 Within the process an :class:`InProcessLocker` orders requests first (``flock`` locks belong
 to an open file, not to a request), and breaks locks between requests of this process.
@@ -27,6 +30,7 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -83,9 +87,7 @@ class FileLocker:
             return
         self._dir.mkdir(parents=True, exist_ok=True)
         self._peers.mkdir(parents=True, exist_ok=True)
-        path = self._peers / f"{os.getpid()}.sock"
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a previous process of the same pid is gone
+        path = self._peers / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _ReleaseProtocol(self._on_release_request),
