@@ -195,7 +195,9 @@ class _Recording:
 async def test_the_catalog_is_asked_a_batch_at_a_time(make_client: MakeClient) -> None:
     """The ids listed are looked up a batch at a time (one question for all of them here);
     only an orphan is asked about again, alone, right before its removal: never an upload
-    that has a row. A batch holds at most ``batch`` ids."""
+    that has a row. A batch holds at most ``batch`` ids, and an orphan whose other piece
+    comes in a later batch (S3: its multipart upload after its .info) is removed and
+    counted once."""
     client = await make_client()
     rt = client.app[RUNTIME]
     with_rows = {upload_id_of(await create(client, 3)) for _ in range(5)}
