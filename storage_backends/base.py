@@ -13,6 +13,8 @@ protocols below, and callers ask with ``isinstance`` (never ``getattr``/``hasatt
 :class:`UnfinishedReader` a Finisher that still reads an upload back before ``finish``
 :class:`ServerSideCopier` commits an upload into an object store without streaming it
 :class:`LocalFileAccess` the upload's bytes are a plain local file (``local_path``)
+:class:`UploadLister`    lists what it holds, to find entries no upload row names (a crash
+                         between the store's ``create`` and the catalog's insert leaves one)
 =======================  ==================================================================
 
 The protocol layer advertises Tus-Extension from these. Stores never raise HTTP errors:
@@ -23,7 +25,14 @@ through) and the service maps them; :class:`StorageFull` says the disk or bucket
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -35,6 +44,7 @@ __all__ = [
     "Finisher",
     "IntegrityError",
     "Lifecycle",
+    "ListingRefused",
     "LocalFileAccess",
     "ObjectInfo",
     "ObjectStore",
@@ -44,8 +54,10 @@ __all__ = [
     "StorageFull",
     "StorageLimitExceeded",
     "StoreCapabilities",
+    "StoredUpload",
     "UnfinishedReader",
     "UploadDataMissing",
+    "UploadLister",
 ]
 
 #: The bytes of one PATCH, in blocks of bounded size, as the protocol layer reads them.
@@ -72,6 +84,11 @@ class IntegrityError(StorageError):
 
 class UploadDataMissing(StorageError):
     """The store holds no data for this upload (deleted, or never created)."""
+
+
+class ListingRefused(StorageError):
+    """The store will not list its uploads here: it cannot tell its own entries from what
+    others keep in the same place (an S3 chunk store without a key prefix of its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +214,40 @@ class LocalFileAccess(Protocol):
 
     def local_path(self, upload_id: str) -> Path:
         """The file holding the upload's bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpload:
+    """One piece of an upload, as a chunk store's listing finds it."""
+
+    upload_id: str
+    #: When the store last wrote this piece, by the store's own clock (a file's mtime, an S3
+    #: object's LastModified, a multipart upload's initiation), timezone-aware.
+    modified: dt.datetime
+
+
+@runtime_checkable
+class UploadLister(Protocol):
+    """Optional capability: the store lists the uploads it holds something of.
+
+    An upload is created in the store first, then its row in the catalog: a process killed
+    between the two leaves an entry no row names, which nothing else would ever remove. The
+    orphan sweep lists the store, looks the ids up in the catalog, and removes, with
+    :meth:`remove_orphan`, what no row names and has not changed for a long time.
+    """
+
+    def list_uploads(self, *, modified_before: dt.datetime) -> AsyncGenerator[StoredUpload, None]:
+        """The pieces (files, objects, multipart uploads) the store holds that were last
+        written before ``modified_before``; an upload with several such pieces may come once
+        for each. Streamed a page at a time, in no particular order: memory stays bounded
+        whatever the count, and blocking calls (a directory listing, the S3 SDK) run in
+        worker threads. An entry removed or added meanwhile may be listed or not.
+        Raises :class:`ListingRefused` where the store cannot list safely."""
+
+    async def remove_orphan(self, upload_id: str) -> None:
+        """Remove everything the store holds of an upload that no catalog row names, also
+        the pieces :meth:`ChunkStore.delete` would not find (S3: a multipart upload that no
+        ``.info`` names, left by a crash between the two); no error when already gone."""
 
 
 @dataclass(frozen=True, slots=True)

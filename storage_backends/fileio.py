@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 import errno
 import functools
 import os
+import re
 import secrets
-from collections.abc import Callable, Coroutine
+import stat
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import aiofiles.os
 
-from .base import StorageError, StorageFull
+from .base import StorageError, StorageFull, StoredUpload
 
 __all__ = [
     "COPY_BLOCK",
@@ -36,6 +39,7 @@ __all__ = [
     "FILE_MODE",
     "INLINE_UNLINK",
     "INLINE_WRITE",
+    "UPLOAD_ID",
     "Bytes",
     "StrPath",
     "copy_range",
@@ -44,6 +48,7 @@ __all__ = [
     "full_disk_is_storage_full",
     "in_worker",
     "is_full",
+    "list_upload_files",
     "private_dirs",
     "private_file",
     "pwrite_all",
@@ -76,6 +81,12 @@ IOV_MAX = 512
 FILE_MODE = 0o600
 #: Every directory they create: the server's user only.
 DIR_MODE = 0o700
+#: An upload id as the stores take it: one plain name (letters, digits, ``-`` and ``_``: no
+#: separator, no dot), so that a local store's file stays inside its directory, and a
+#: listing tells an upload's pieces (``<id>.info``, ``<id>.key``...) from anything else.
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Directory entries looked at per trip to a worker thread when a store lists its uploads.
+LIST_PAGE = 1000
 
 
 def private_dirs(path: Path, *, durable: bool = False) -> None:
@@ -344,3 +355,68 @@ async def remove(path: StrPath) -> None:
             os.unlink(path)
         else:
             await aiofiles.os.remove(path)
+
+
+async def list_upload_files(
+    root: StrPath,
+    suffixes: Sequence[str],
+    *,
+    modified_before: dt.datetime,
+    page: int | None = None,
+) -> AsyncGenerator[StoredUpload, None]:
+    """The pieces of uploads in the directory ``root`` last modified before
+    ``modified_before``: regular files named ``<id><suffix>`` for one of ``suffixes`` (``""``:
+    the id alone), the id an :data:`UPLOAD_ID`; anything else there is not looked at.
+
+    The directory is read ``page`` entries (:data:`LIST_PAGE`) per trip to a worker thread
+    (each matching file is stat'ed there for its mtime): memory is bounded by a page, and
+    the event loop never waits on the disk, however many files there are. A missing
+    directory lists nothing.
+    """
+    page = page or LIST_PAGE
+    cutoff = modified_before.timestamp()
+    try:
+        entries = await in_worker(os.scandir, root)
+    except FileNotFoundError:
+        return
+    try:
+        while True:
+            found, done = await in_worker(_scan_page, entries, page, tuple(suffixes), cutoff)
+            for upload_id, mtime in found:
+                yield StoredUpload(upload_id, dt.datetime.fromtimestamp(mtime, dt.UTC))
+            if done:
+                return
+    finally:
+        entries.close()  # (no page is being read: in_worker waits for it, even if cancelled)
+
+
+def _scan_page(
+    entries: Iterator[os.DirEntry[str]], page: int, suffixes: tuple[str, ...], cutoff: float
+) -> tuple[list[tuple[str, float]], bool]:
+    """The next ``page`` entries of a directory: the (upload id, mtime) of the upload files
+    among them modified before ``cutoff``, and whether the directory is done."""
+    found: list[tuple[str, float]] = []
+    for _ in range(page):
+        entry = next(entries, None)
+        if entry is None:
+            return found, True
+        upload_id = _upload_of(entry.name, suffixes)
+        if upload_id is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+            found.append((upload_id, st.st_mtime))
+    return found, False
+
+
+def _upload_of(name: str, suffixes: tuple[str, ...]) -> str | None:
+    """The upload id of a file named ``<id><suffix>``, or None."""
+    for suffix in suffixes:
+        if name.endswith(suffix):
+            upload_id = name[: len(name) - len(suffix)]
+            if UPLOAD_ID.fullmatch(upload_id):
+                return upload_id
+    return None

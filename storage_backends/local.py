@@ -19,7 +19,14 @@ import json
 import os
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 
 import aiofiles.os
@@ -29,17 +36,20 @@ from .base import (
     ObjectInfo,
     StorageError,
     StoreCapabilities,
+    StoredUpload,
     UploadDataMissing,
 )
 from .fileio import (
     FILE_MODE,
     INLINE_WRITE,
+    UPLOAD_ID,
     StrPath,
     copy_range,
     create_empty,
     fsync_dir,
     full_disk_is_storage_full,
     in_worker,
+    list_upload_files,
     private_dirs,
     pwrite_all,
     remove,
@@ -49,16 +59,19 @@ from .fileio import (
 
 __all__ = ["LocalChunkStore", "LocalObjectStore"]
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READ_BLOCK = 256 * 1024
 
 
 class LocalChunkStore:
-    """Uploads in progress as files under one directory.
+    """Uploads in progress as files under one directory: ``<id>``, and ``<id>.stage`` while
+    a chunk with a checksum is verified (see :meth:`write`).
 
     ``fsync``: a new upload's file is made durable as it is created (its directory is
     synced), as its bytes are by the writes asked to sync them.
     """
+
+    #: The files of an upload: its bytes, and a chunk being verified.
+    PIECES = ("", ".stage")
 
     def __init__(self, root: Path, *, max_size: int | None = None, fsync: bool = False) -> None:
         self._root = Path(root).resolve()
@@ -84,7 +97,7 @@ class LocalChunkStore:
     def _file(self, upload_id: str) -> str:
         """:meth:`path` as a string, for the calls of every request (a ``Path`` is built
         by parsing: more CPU than the system call it is for)."""
-        if not _SAFE_ID.fullmatch(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise StorageError(f"invalid upload id {upload_id!r}")
         return f"{self._root_s}/{upload_id}"
 
@@ -206,6 +219,15 @@ class LocalChunkStore:
         path = self._file(upload_id)
         for p in (path, path + ".stage"):
             await remove(p)
+
+    def list_uploads(self, *, modified_before: dt.datetime) -> AsyncGenerator[StoredUpload, None]:
+        """The upload files not modified since ``modified_before`` (a file's mtime moves
+        with every write to it), a page of the directory at a time in a worker thread."""
+        return list_upload_files(self._root_s, self.PIECES, modified_before=modified_before)
+
+    async def remove_orphan(self, upload_id: str) -> None:
+        """As :meth:`delete`: an upload is its files, whatever wrote them."""
+        await self.delete(upload_id)
 
     @full_disk_is_storage_full
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:

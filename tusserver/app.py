@@ -24,7 +24,7 @@ from auth.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from auth.signals import SecuritySignals
 from auth.tokens import TokenService
 from auth.users import AuditLog, UserRepository
-from storage_backends.base import ChunkStore, Lifecycle, ObjectStore, StorageError
+from storage_backends.base import ChunkStore, Lifecycle, ObjectStore, StorageError, UploadLister
 from storage_backends.encryption import EncryptionKeyError, KeyRing
 from storage_backends.fileio import private_dirs
 from storage_backends.local import LocalChunkStore, LocalObjectStore
@@ -60,6 +60,7 @@ from .startup import Resolved, resolve
 from .uploads.digests import RunningDigests
 from .uploads.locks import InProcessLocker, Locker
 from .uploads.observer import RecordingObserver
+from .uploads.orphans import OrphanSweep
 from .uploads.service import UploadService
 from .uploads.sweeper import Sweeper
 from .web import default_assets_dir, web_routes
@@ -337,6 +338,17 @@ def build_runtime(
                 audit_retention=config.audit_retention,
             ).prune,
         ],
+        orphans=(
+            OrphanSweep(
+                chunk_store,
+                service.repo,
+                grace=config.orphan_grace,
+                metrics=metrics,
+            )
+            if isinstance(chunk_store, UploadLister)
+            else None
+        ),
+        orphan_interval=config.orphan_sweep_interval,
     )
     return Runtime(
         config=config,

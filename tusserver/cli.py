@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "action", nargs="?", default="upgrade", choices=["upgrade", "downgrade", "current"]
     )
     mig.add_argument("revision", nargs="?", help="target revision (default head / -1)")
-    add("sweep", "expire abandoned uploads now")
+    add("sweep", "expire abandoned uploads and remove orphaned ones now")
     user = add("user", "manage users")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     u_add = user_sub.add_parser(
@@ -291,6 +291,8 @@ async def _sweep(config: TusServerConfig) -> int:
     try:
         n = await rt.sweeper.sweep_once()
         print(f"expired {n} upload(s)")
+        n = await rt.sweeper.sweep_orphans()
+        print(f"removed {n} orphaned upload(s)")
     finally:
         await rt.stop()
     return 0

@@ -58,6 +58,10 @@ class Metrics:
             "tusserver_pipeline_queue_depth", "Files waiting for validation or commit",
             registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
+        self.orphans_removed = Counter(
+            "tusserver_orphaned_uploads_removed", "Chunk-store entries no upload row named "
+            "(left by a crash during a creation), removed by the orphan sweep", registry=r,
+        )  # fmt: skip
         self.s3_seconds = Histogram(
             "tusserver_s3_request_seconds", "S3 request latency by operation", ["op"],
             buckets=_LATENCY_BUCKETS, registry=r,

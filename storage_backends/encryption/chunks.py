@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..base import ChunkSource, StorageError, StoreCapabilities, UploadDataMissing
+from ..base import ChunkSource, StorageError, StoreCapabilities, StoredUpload, UploadDataMissing
 from ..fileio import (
     INLINE_WRITE,
     Bytes,
@@ -26,6 +27,7 @@ from ..fileio import (
     fsync_dir,
     full_disk_is_storage_full,
     in_worker,
+    list_upload_files,
     pwritev_all,
     read_small,
     reserve,
@@ -70,7 +72,14 @@ class EncryptedChunkStore:
     its bytes, :meth:`finish` re-seals its last segment as final (the same way, with the same
     guarantee), which makes the sealed file a finished object: the commit renames it.
     It deliberately offers no ``local_path``: the plaintext exists only in memory.
+
+    Files of an upload: ``<id>.key`` (the envelope: written first, so data never exists
+    without the key that opens it), ``<id>`` (the sealed segments), ``<id>.stage`` (a chunk
+    with a checksum, sealed while it is verified).
     """
+
+    #: The files of an upload (see the class).
+    PIECES = (".key", "", ".stage")
 
     #: A Finisher that can still read an upload back before it is finished (S3's chunk store
     #: cannot): the IETF handler relies on it to check Repr-Digest on a resumed upload.
@@ -330,6 +339,16 @@ class EncryptedChunkStore:
         await self._files.delete(upload_id)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.remove, self._key_path(upload_id))
+
+    def list_uploads(self, *, modified_before: dt.datetime) -> AsyncGenerator[StoredUpload, None]:
+        """The upload files (key sidecars included: a crash between the sidecar and the
+        data file leaves a sidecar alone) not modified since ``modified_before``, a page of
+        the directory at a time in a worker thread."""
+        return list_upload_files(self.root, self.PIECES, modified_before=modified_before)
+
+    async def remove_orphan(self, upload_id: str) -> None:
+        """As :meth:`delete`: the data file, a staged chunk and the key sidecar."""
+        await self.delete(upload_id)
 
     @full_disk_is_storage_full
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import json
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from minio.commonconfig import ComposeSource, CopySource
-from minio.datatypes import Part
+from minio.datatypes import Object, Part, Upload
 from minio.sse import Sse
 
 from ..base import (
     ChunkSource,
+    ListingRefused,
     StorageError,
     StorageLimitExceeded,
     StoreCapabilities,
+    StoredUpload,
     UploadDataMissing,
 )
-from ..fileio import full_disk_is_storage_full
+from ..fileio import UPLOAD_ID, full_disk_is_storage_full
 from .objects import S3ObjectStore
 from .settings import (
     MAX_OBJECT,
@@ -59,6 +62,11 @@ class S3ChunkStore:
     With server-side encryption all three are encrypted: the multipart upload is created with
     the SSE headers and, with SSE-C, every part is uploaded (and the upload completed) with
     the key too; the tail and info objects are written and read like any other object.
+
+    The ``.info`` is what marks an upload as this store's: it is written right after the
+    multipart upload is created, and deleted last. A crash between the multipart upload's
+    creation and its ``.info`` leaves a multipart upload no ``.info`` names: the listing
+    for the orphan sweep (:meth:`list_uploads`) lists multipart uploads too.
     """
 
     def __init__(
@@ -497,6 +505,103 @@ class S3ChunkStore:
                 if not is_missing(exc):
                     raise
 
+    # --- what the orphan sweep asks (storage_backends.base.UploadLister) ---------------------
+
+    async def list_uploads(
+        self, *, modified_before: dt.datetime
+    ) -> AsyncGenerator[StoredUpload, None]:
+        """Each ``<id>.info`` last written before ``modified_before`` (S3's LastModified: the
+        upload's creation, or its completion), then each multipart upload on ``<id>``
+        initiated before it, by the S3 server's clock; a thousand keys per S3 request,
+        through the store's thread pool.
+
+        Only keys right under the prefix whose name is an upload id (and suffix) are
+        looked at, never what lies deeper (a delimiter). Without a prefix the store refuses
+        (:class:`ListingRefused`): the bucket's other objects, a committed file among them,
+        could carry such names.
+        """
+        if not self._prefix:
+            raise ListingRefused(
+                "the S3 chunk store lists its uploads only under a key prefix of its own "
+                "(s3_chunk_prefix is empty)"
+            )
+        listing = iter(
+            self._client.list_objects(self._s.bucket, prefix=self._prefix, recursive=False)
+        )
+        while True:
+            page = await self._run(_next_objects, listing, _LIST_PAGE)
+            for obj in page:
+                upload_id = self._upload_of(obj.object_name, ".info")
+                modified = obj.last_modified
+                if upload_id is not None and modified is not None and modified < modified_before:
+                    yield StoredUpload(upload_id, modified)
+            if len(page) < _LIST_PAGE:
+                break
+        async with contextlib.aclosing(self._multiparts(self._prefix, delimiter="/")) as mps:
+            async for mp in mps:
+                upload_id = self._upload_of(mp.object_name, "")
+                started = mp.initiated_time
+                if upload_id is not None and started is not None and started < modified_before:
+                    yield StoredUpload(upload_id, started)
+
+    async def remove_orphan(self, upload_id: str) -> None:
+        """What :meth:`delete` removes (when the ``.info`` is this store's: a ``.info`` that
+        is not is left alone, with an error), then every multipart upload on the upload's
+        key: one no ``.info`` names is found only by listing them."""
+        try:
+            await self._read_info(upload_id)
+        except UploadDataMissing:
+            pass  # a multipart upload alone, or gone already
+        else:
+            await self.delete(upload_id)
+        key = self._key(upload_id)
+        async for mp in self._multiparts(key):
+            if mp.object_name != key or mp.upload_id is None:
+                continue
+            try:
+                await self._run(
+                    self._client._abort_multipart_upload, self._s.bucket, key, mp.upload_id
+                )
+            except StorageError as exc:
+                if not is_missing(exc):
+                    raise
+
+    def _upload_of(self, key: str | None, suffix: str) -> str | None:
+        """The upload id of ``<prefix><id><suffix>``, or None."""
+        if key is None or not key.startswith(self._prefix) or not key.endswith(suffix):
+            return None
+        upload_id = key[len(self._prefix) : len(key) - len(suffix)]
+        return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
+
+    async def _multiparts(
+        self, prefix: str, *, delimiter: str | None = None
+    ) -> AsyncGenerator[Upload, None]:
+        """The multipart uploads on keys under ``prefix``, a page (a request) at a time."""
+        key_marker: str | None = None
+        id_marker: str | None = None
+        while True:
+            result = await self._run(
+                self._client._list_multipart_uploads,
+                self._s.bucket,
+                delimiter=delimiter,
+                key_marker=key_marker,
+                max_uploads=_LIST_PAGE,
+                prefix=prefix,
+                upload_id_marker=id_marker,
+            )
+            for mp in result.uploads:
+                yield mp
+            if not result.is_truncated:
+                return
+            # Where the next page starts: NextKeyMarker (S3, MinIO; SeaweedFS sends none and
+            # goes on from the upload id alone), and NextUploadIdMarker, which is the page's
+            # last upload (minio 7.2 does not read that element).
+            next_key = result.next_key_marker
+            next_id = result.uploads[-1].upload_id if result.uploads else None
+            if (next_key, next_id) in ((None, None), (key_marker, id_marker)):
+                raise StorageError("S3 listed multipart uploads without a way to go on")
+            key_marker, id_marker = next_key, next_id
+
     async def concatenate(self, upload_id: str, parts: Sequence[str], *, fsync: bool) -> int:
         """Server-side copy (UploadPartCopy) when every part but the last has 5 MiB.
 
@@ -627,6 +732,18 @@ class S3ChunkStore:
 
 #: The tail's metadata key: the upload offset its first byte is at.
 _TAIL_START = "tail-start"
+#: Keys per listing request (S3's most).
+_LIST_PAGE = 1000
+
+
+def _next_objects(listing: Iterator[Object], n: int) -> list[Object]:
+    """The next ``n`` entries of an object listing (the SDK requests pages as it goes)."""
+    out: list[Object] = []
+    for obj in listing:
+        out.append(obj)
+        if len(out) >= n:
+            break
+    return out
 
 
 def _tail_fits(start: str | None, parts_end: int) -> bool:

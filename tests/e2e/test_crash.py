@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from yarl import URL
+
+from tusserver.testing import tusserver_command
 
 from .conftest import ServerFactory
 from .helpers import (
@@ -269,3 +274,57 @@ async def test_sigkill_during_burst_of_small_uploads(
             await asyncio.sleep(0.3)
     for url, data in acknowledged.items():
         assert await download_sha256(url) == (size, sha256(data))
+
+
+async def test_creations_killed_before_their_rows_are_swept(server_factory: ServerFactory) -> None:
+    """SIGKILL while creations wait for the catalog (its write lock held by another process,
+    as a catalog that is slow to answer would keep them): each has its empty file in the
+    chunk store and no row. The files stay through a restart (they are younger than
+    ``orphan_grace``); once older (their times set back two hours), ``tusserver sweep``
+    removes them and nothing that has a row."""
+    srv = server_factory()
+    uploads = srv.data_dir / "uploads"
+    async with aiohttp.ClientSession() as session:
+        kept = {(await create(session, srv.endpoint, 3)).rsplit("/", 1)[1] for _ in range(2)}
+    assert {p.name for p in uploads.iterdir()} == kept
+    catalog = sqlite3.connect(srv.data_dir / "tusserver.db", timeout=10, isolation_level=None)
+    try:
+        catalog.execute("BEGIN IMMEDIATE")  # the write lock: every insert waits for it
+        async with aiohttp.ClientSession() as session:
+            creating = [asyncio.create_task(create(session, srv.endpoint, 3)) for _ in range(8)]
+            deadline = time.monotonic() + 20
+            while len(list(uploads.iterdir())) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert len(list(uploads.iterdir())) == 10, srv.log()
+            srv.kill()
+            outcomes = await asyncio.gather(*creating, return_exceptions=True)
+        assert all(isinstance(o, aiohttp.ClientError) for o in outcomes), outcomes
+    finally:
+        catalog.rollback()
+    rows = {r[0] for r in catalog.execute("SELECT id FROM uploads")}
+    catalog.close()
+    assert rows == kept
+    orphans = {p.name for p in uploads.iterdir()} - kept
+    assert len(orphans) == 8
+
+    srv.start()  # a restart does not touch them: they are within their grace
+    async with aiohttp.ClientSession() as session:
+        for upload_id in kept:
+            assert await offset_of(session, f"{srv.endpoint}{upload_id}") == 0
+    assert {p.name for p in uploads.iterdir()} == kept | orphans
+
+    two_hours_ago = time.time() - 7200
+    for path in uploads.iterdir():
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    sweep = await asyncio.create_subprocess_exec(
+        *tusserver_command(), "--data-dir", str(srv.data_dir), "sweep",
+        env=srv.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(sweep.communicate(), 60)
+    assert sweep.returncode == 0, out.decode()
+    assert "removed 8 orphaned upload(s)" in out.decode()
+    assert {p.name for p in uploads.iterdir()} == kept
+    async with aiohttp.ClientSession() as session:
+        for upload_id in kept:
+            url = f"{srv.endpoint}{upload_id}"
+            assert (await patch(session, url, 0, b"abc")).status == 204

@@ -9,6 +9,8 @@ of the store over the same directory or bucket prefix, as after a crash of the s
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,6 +32,7 @@ from storage_backends.base import (
     StorageError,
     UnfinishedReader,
     UploadDataMissing,
+    UploadLister,
 )
 from storage_backends.encryption import (
     EncryptedChunkStore,
@@ -39,6 +42,7 @@ from storage_backends.encryption import (
 )
 from storage_backends.local import LocalChunkStore, LocalObjectStore
 from storage_backends.s3 import S3ChunkStore, S3ObjectStore, S3Settings
+from storage_backends.s3 import chunks as s3_chunks
 
 MiB = 1024 * 1024
 #: Small segments, so that every test of the encrypted store crosses several of them.
@@ -480,3 +484,115 @@ async def test_upload_ids_cannot_escape_the_store(store: ChunkStore) -> None:
     for bad in ("../x", "a/b", "", "x" * 65, "a\x00b"):
         with pytest.raises(StorageError):
             await store.create(bad)
+
+
+# --- listing, for the orphan sweep ----------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def listed(store: ChunkStore, before: dt.datetime) -> collections.Counter[str]:
+    """How many pieces of each upload the store lists as last written before ``before``."""
+    assert isinstance(store, UploadLister)
+    return collections.Counter(
+        [p.upload_id async for p in store.list_uploads(modified_before=before)]
+    )
+
+
+async def test_every_store_lists_its_uploads_by_when_it_wrote_them(store: ChunkStore) -> None:
+    """Every store of the project can list: an entry a crash left without its row is found.
+    (Each test has a directory or S3 prefix of its own: the listing holds only its uploads.)"""
+    assert isinstance(store, UploadLister)
+    # S3 keeps LastModified to the second: the bounds leave a second's room either side.
+    started = _now() - dt.timedelta(seconds=2)
+    empty, some, done = new_id(), new_id(), new_id()
+    await store.create(empty, length=10)
+    await store.create(some)
+    await store.write(some, 0, blocks(b"abcde"))
+    await store.create(done, length=3)
+    await store.write(done, 0, blocks(b"xyz"))
+    await finished(store, done)
+    soon = _now() + dt.timedelta(seconds=2)
+    assert set(await listed(store, soon)) == {empty, some, done}
+    assert not await listed(store, started)  # nothing of theirs is that old
+    times = [p.modified async for p in store.list_uploads(modified_before=soon)]
+    assert all(started <= t <= soon and t.utcoffset() == dt.timedelta(0) for t in times)
+
+
+async def test_remove_orphan_leaves_nothing_of_the_upload(store: ChunkStore) -> None:
+    assert isinstance(store, UploadLister)
+    keep, gone, done = new_id(), new_id(), new_id()
+    for uid in (keep, gone, done):
+        await store.create(uid, length=10)
+        await store.write(uid, 0, blocks(b"01234"))
+    await store.write(done, 5, blocks(b"56789"))
+    await finished(store, done)
+    await store.remove_orphan(gone)
+    await store.remove_orphan(done)
+    for uid in (gone, done):
+        with pytest.raises(UploadDataMissing):
+            await store.get_offset(uid)
+    assert set(await listed(store, _now() + dt.timedelta(seconds=2))) == {keep}
+    assert await store.get_offset(keep) == 5
+    await store.remove_orphan(gone)  # gone already: no error
+
+
+async def _crash_leftover(harness: Harness, store: ChunkStore) -> str:
+    """What a process killed in the middle of ``create`` leaves, that ``delete`` alone
+    would not find or that has no data file: a staged chunk alone (local), a key sidecar
+    alone (encrypted: it is written before the data file), a multipart upload no ``.info``
+    names (S3: the ``.info`` is written after it)."""
+    uid = new_id()
+    if isinstance(store, LocalChunkStore):
+        (store.root / f"{uid}.stage").write_bytes(b"half a chunk")
+    elif isinstance(store, EncryptedChunkStore):
+        await store.create(uid)
+        (store.root / uid).unlink()
+    else:
+        assert isinstance(store, S3ChunkStore)
+        key = store._key(uid)
+        headers = {"Content-Type": "application/octet-stream"}
+        await store._run(store._client._create_multipart_upload, store._s.bucket, key, headers)
+    return uid
+
+
+async def _multipart_keys(store: ChunkStore) -> list[str]:
+    if not isinstance(store, S3ChunkStore):
+        return []
+    result = await store._run(
+        store._client._list_multipart_uploads, store._s.bucket, prefix=store._prefix
+    )
+    return [u.object_name for u in result.uploads]
+
+
+async def test_what_a_crash_in_create_leaves_is_listed_and_removed(
+    harness: Harness, store: ChunkStore
+) -> None:
+    assert isinstance(store, UploadLister)
+    whole = new_id()
+    await store.create(whole, length=3)
+    left = await _crash_leftover(harness, store)
+    soon = _now() + dt.timedelta(seconds=2)
+    assert set(await listed(store, soon)) == {whole, left}
+    await store.remove_orphan(left)
+    assert set(await listed(store, soon)) == {whole}
+    assert await _multipart_keys(store) == ([store._key(whole)] if harness.kind == "s3" else [])
+    assert await store.get_offset(whole) == 0
+
+
+async def test_the_listing_goes_a_page_at_a_time(
+    harness: Harness, store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of two (directory entries, S3 keys, multipart uploads): every upload is listed,
+    each of its pieces once."""
+    monkeypatch.setattr("storage_backends.fileio.LIST_PAGE", 2)
+    monkeypatch.setattr(s3_chunks, "_LIST_PAGE", 2)
+    ids = {new_id() for _ in range(5)}
+    for uid in ids:
+        await store.create(uid)
+    counts = await listed(store, _now() + dt.timedelta(seconds=2))
+    assert set(counts) == ids
+    # local: the file; encrypted: the file and its key; S3: the .info and the multipart upload
+    assert set(counts.values()) == {1 if harness.kind == "local" else 2}

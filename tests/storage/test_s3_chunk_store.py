@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import os
+import secrets
 from typing import Any
 
 import pytest
 
-from storage_backends.base import StorageError
+from storage_backends.base import ListingRefused, StorageError
 from storage_backends.s3 import S3ChunkStore
 from tests.storage.test_s3_sse import PART, blocks, prefix, settings
 
@@ -316,5 +319,60 @@ async def test_a_failed_part_upload_keeps_the_acknowledged_tail(s3_server: Any) 
         assert await store.get_offset("up") == 1000
         await _finish_and_check(store, data)
         assert _left_behind(s3_server, base)[0] == [f"{base}up", f"{base}up.info"]
+    finally:
+        await store.close()
+
+
+# --- the listing for the orphan sweep --------------------------------------------------------
+
+
+def _soon() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+
+
+async def test_without_a_prefix_of_its_own_the_store_does_not_list(s3_server: Any) -> None:
+    """With an empty prefix the bucket's other objects (committed files under a flat key
+    template) could carry names like an upload's pieces: no listing, so no orphan sweep."""
+    store = S3ChunkStore(settings(s3_server, ""), prefix="")
+    with pytest.raises(ListingRefused):
+        [p async for p in store.list_uploads(modified_before=_soon())]
+    await store.close()
+
+
+async def test_only_the_pieces_right_under_the_prefix_are_listed(s3_server: Any) -> None:
+    """Keys deeper under the prefix, and names that are not an upload's ``.info`` or
+    multipart upload, are someone else's: never listed, so never removed."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    await store.open()
+    try:
+        await store.create("mine", length=3)
+        client, bucket = s3_server.client(), s3_server.bucket
+        other = secrets.token_hex(16)
+        for key in (f"{base}deeper/{other}.info", f"{base}{other}.txt", f"{base}a b.info"):
+            client.put_object(bucket, key, io.BytesIO(b"{}"), 2)
+        client._create_multipart_upload(bucket, f"{base}deeper/{other}", {})
+        client._create_multipart_upload(bucket, f"{base}{other}.bin", {})
+        pieces = [p.upload_id async for p in store.list_uploads(modified_before=_soon())]
+        assert sorted(pieces) == ["mine", "mine"]  # its .info and its multipart upload
+    finally:
+        await store.close()
+
+
+async def test_an_info_that_is_not_the_stores_is_left_alone(s3_server: Any) -> None:
+    """An object named like a ``.info`` whose content is not this store's is listed (by
+    its name) but not removed: the orphan sweep reports the error and goes on."""
+    base = prefix()
+    store = S3ChunkStore(settings(s3_server, ""), prefix=base)
+    try:
+        client, bucket = s3_server.client(), s3_server.bucket
+        client.put_object(bucket, f"{base}theirs.info", io.BytesIO(b"not json"), 8)
+        client.put_object(bucket, f"{base}theirs", io.BytesIO(b"a file"), 6)
+        assert [p.upload_id async for p in store.list_uploads(modified_before=_soon())] == [
+            "theirs"
+        ]
+        with pytest.raises(StorageError):
+            await store.remove_orphan("theirs")
+        assert sorted(_left_behind(s3_server, base)[0]) == [f"{base}theirs", f"{base}theirs.info"]
     finally:
         await store.close()

@@ -53,6 +53,8 @@ def test_defaults() -> None:
     assert cfg.expiration == 24 * 3600.0
     assert cfg.sweep_interval == 300.0
     assert cfg.tombstone_retention == 7 * 24 * 3600.0
+    assert cfg.orphan_sweep_interval == 3600.0
+    assert cfg.orphan_grace == 3600.0
     assert cfg.fsync is False
     assert cfg.lock_timeout == 10.0
     assert cfg.write_buffer_size == 256 * 1024
@@ -506,6 +508,9 @@ def test_env_other_variables_ignored() -> None:
         ("sweep_interval", "-0.5"),
         ("lock_timeout", "-1"),
         ("tombstone_retention", "-1"),
+        ("orphan_sweep_interval", "-1"),
+        ("orphan_grace", "59.9"),
+        ("orphan_grace", "0"),
         ("log_format", "xml"),
         ("log_format", "JSON"),
         ("log_format", ""),
@@ -547,6 +552,8 @@ def test_invalid_values(tmp_path: Path, field: str, raw: str, source: str) -> No
         ("sweep_interval", "0"),
         ("lock_timeout", "0"),
         ("tombstone_retention", "0"),
+        ("orphan_sweep_interval", "0"),
+        ("orphan_grace", "60"),
         ("log_format", "json"),
         ("log_format", "console"),
         ("log_level", "debug"),

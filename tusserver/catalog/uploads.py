@@ -5,16 +5,23 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, union, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from . import fastsql
 from .db import Database
-from .schema import by_id_params, files, update_by_id, upload_concat_parts, uploads
+from .schema import (
+    by_id_params,
+    file_uploads,
+    files,
+    update_by_id,
+    upload_concat_parts,
+    uploads,
+)
 from .usage import lock_owner, reserve, used_bytes
 
 __all__ = ["UploadRecord", "UploadRepository", "UploadState"]
@@ -192,6 +199,19 @@ class UploadRepository:
             return {r["id"]: _record(r) for r in conn.execute(query).mappings()}
 
         return await self._db.read(work)
+
+    async def known_ids(self, upload_ids: Collection[str]) -> set[str]:
+        """Those of ``upload_ids`` the catalog names: by an upload row, or by a file's link
+        to the upload its bytes came by. One query (both columns are indexed); the orphan
+        sweep asks a page of a chunk store's listing at a time."""
+        if not upload_ids:
+            return set()
+        ids = sorted(set(upload_ids))
+        query = union(
+            select(uploads.c.id).where(uploads.c.id.in_(ids)),
+            select(file_uploads.c.upload_id).where(file_uploads.c.upload_id.in_(ids)),
+        )
+        return await self._db.read(lambda conn: set(conn.execute(query).scalars()))
 
     async def parts_of(self, final_id: str) -> list[str]:
         query = (

@@ -12,7 +12,11 @@ from ._base import (
     doc,
 )
 
-__all__ = ["UploadSettings"]
+__all__ = ["MIN_ORPHAN_GRACE", "UploadSettings"]
+
+#: The shortest ``orphan_grace``: a creation takes milliseconds, seconds when its store or
+#: the catalog is slow; an entry younger than this may be one whose row is on its way.
+MIN_ORPHAN_GRACE = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +48,22 @@ class UploadSettings:
         default=7 * 24 * 3600.0,
         metadata=doc(
             "Seconds a terminated or expired upload keeps answering 410 before its row is purged."
+        ),
+    )
+    orphan_sweep_interval: float = field(
+        default=3600.0,
+        metadata=doc(
+            "Seconds between sweeps of the chunk store for entries no upload row names (left "
+            "by a crash between a creation's entry and its row), run by the sweeper: not "
+            "with `sweep_interval = 0` (`tusserver sweep` runs one). 0: never."
+        ),
+    )
+    orphan_grace: float = field(
+        default=3600.0,
+        metadata=doc(
+            "Seconds an entry of the chunk store must have gone unmodified, by the store's "
+            "own clock, before the orphan sweep may remove it for having no upload row: far "
+            f"longer than a creation takes (at least {MIN_ORPHAN_GRACE:.0f})."
         ),
     )
     event_retention: float = field(
@@ -107,8 +127,15 @@ class UploadSettings:
             "lock_timeout",
             "body_idle_timeout",
             "tombstone_retention",
+            "orphan_sweep_interval",
+            "orphan_grace",
             "event_retention",
             "audit_retention",
         )
+        if self.orphan_grace < MIN_ORPHAN_GRACE:
+            raise ConfigError(
+                f"orphan_grace: must be at least {MIN_ORPHAN_GRACE:.0f} seconds (an entry "
+                "younger than that may belong to a creation in flight)"
+            )
         if self.locker not in ("auto", "memory", "postgres", "file"):
             raise ConfigError("locker: must be auto, memory, postgres or file")
