@@ -5,13 +5,13 @@ processes share one data directory. The layout, under ``<data_dir>/locks``:
 
 - ``uploads/<key>.lock``: held (``flock(LOCK_EX)``) by the process writing the upload. The
   kernel drops it when the process dies, so a crashed process never leaves an upload stuck.
-- ``peers/<pid>-<random>.sock``: a datagram socket per process, for lock breaking. A
-  request that finds the upload held by another process sends ``release <upload id>`` to
-  every peer; the holder asks its request to let go (a PATCH stops reading its body, stores
-  what it has and unlocks), exactly as within one process. A socket whose process is gone is
-  removed by the first sender that finds nobody listening. The random part keeps processes
-  with the same PID apart: containers sharing a data volume are all PID 1, and a name by PID
-  alone let each new one take the socket name of another that was still running.
+- ``peers/<random>.sock``: a datagram socket per process, for lock breaking. A request
+  that finds the upload held by another process sends ``release <upload id>`` to every peer;
+  the holder asks its request to let go (a PATCH stops reading its body, stores what it has
+  and unlocks), exactly as within one process. A socket whose process is gone is removed by
+  the first sender that finds nobody listening. The name is random, not the PID: containers
+  sharing a data volume are all PID 1, and a name by PID let each new one take the socket
+  name of another that was still running.
 
 Within the process an :class:`InProcessLocker` orders requests first (``flock`` locks belong
 to an open file, not to a request), and breaks locks between requests of this process.
@@ -47,6 +47,16 @@ _log = structlog.get_logger("tusserver.locks")
 #: How often a waiter tries the lock again while another process holds it.
 _POLL = 0.02
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _fresh_socket_path(peers: Path) -> Path:
+    """A name no other process's socket has. Random, not the PID: containers sharing a data
+    volume are all PID 1. Short: a Unix socket's whole path must fit in 108 bytes, and the
+    data directory takes most of them. (asyncio would replace a socket already there.)"""
+    while True:
+        path = peers / f"{secrets.token_hex(3)}.sock"
+        if not os.path.lexists(path):
+            return path
 
 
 def _lock_name(upload_id: str) -> str:
@@ -87,7 +97,7 @@ class FileLocker:
             return
         self._dir.mkdir(parents=True, exist_ok=True)
         self._peers.mkdir(parents=True, exist_ok=True)
-        path = self._peers / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
+        path = _fresh_socket_path(self._peers)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _ReleaseProtocol(self._on_release_request),
