@@ -22,7 +22,14 @@ from tusserver.catalog.db import Database
 from tusserver.catalog.schema import audit_log, refresh_tokens, users
 from tusserver.catalog.usage import used_bytes
 
-__all__ = ["AuditLog", "User", "UserExists", "UserRepository", "valid_username"]
+__all__ = [
+    "AuditLog",
+    "User",
+    "UserExists",
+    "UserRepository",
+    "fold_username",
+    "valid_username",
+]
 
 _log = structlog.get_logger("tusserver.audit")
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -34,8 +41,19 @@ def valid_username(name: str) -> bool:
     return _USERNAME.fullmatch(name) is not None
 
 
+def fold_username(name: str) -> str:
+    """A username without regard to case: what makes two names the same account name.
+
+    Unique in the catalog (``users.username_folded``), looked up at sign-in, and the key of
+    the sign-in rate-limit buckets, so ``Alice`` and ``alice`` are one name everywhere.
+    Valid usernames are ASCII, where this is ``lower()``; the buckets also fold names that
+    are not valid (any string a client sends), hence Unicode case folding.
+    """
+    return name.casefold()
+
+
 class UserExists(Exception):
-    pass
+    """The username, or one that differs from it only in case, is taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +105,9 @@ class UserRepository:
         stmt = insert(users).values(
             id=uid,
             username=username,
+            # Its unique index refuses a name that differs from a taken one only in case,
+            # also when two such registrations race.
+            username_folded=fold_username(username),
             password_hash=password_hash,
             role=role,
             disabled=False,
@@ -105,7 +126,22 @@ class UserRepository:
         return await self._one(select(users).where(users.c.id == user_id))
 
     async def by_name(self, username: str) -> User | None:
-        return await self._one(select(users).where(users.c.username == username))
+        """The user of that name, without regard to case; the exact spelling first.
+
+        Two accounts may differ only in case when both date from before migration 0013:
+        the older one holds the folded name (and answers to any case), the other one only
+        to its exact spelling.
+        """
+        query = select(users).where(
+            or_(users.c.username == username, users.c.username_folded == fold_username(username))
+        )
+
+        def work(conn: Connection) -> User | None:
+            found = [_user(row) for row in conn.execute(query).mappings()]
+            exact = [u for u in found if u.username == username]
+            return next(iter(exact or found), None)
+
+        return await self._db.read(work, quick=True)
 
     async def _one(self, query: Select[Any]) -> User | None:
         def work(conn: Connection) -> User | None:

@@ -331,7 +331,11 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
                     quota=args.quota,
                 )
             except UserExists:
-                print(f"tusserver: user {args.username} exists", file=sys.stderr)
+                print(
+                    f"tusserver: user {args.username} exists (usernames are compared "
+                    "without regard to case)",
+                    file=sys.stderr,
+                )
                 return 1
             await audit.record("admin.user_add", actor="cli", target=user.id)
             print(user.id)

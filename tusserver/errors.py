@@ -14,6 +14,7 @@ Nothing here imports anything of the service: every layer may raise these.
 exception                  status  code
 =========================  ======  ==========================
 BadRequest                 400     bad_request
+RepeatedHeader             400     repeated_header
 UploadInterrupted          400     upload_interrupted
 Unauthorized               401     unauthorized
 Forbidden                  403     forbidden
@@ -66,6 +67,7 @@ __all__ = [
     "PreconditionFailed",
     "Progress",
     "RangeNotSatisfiable",
+    "RepeatedHeader",
     "RequestTimeout",
     "ServiceUnavailable",
     "StateConflict",
@@ -109,6 +111,25 @@ class Progress:
 class BadRequest(TusError):
     status = 400
     code = "bad_request"
+
+
+class RepeatedHeader(BadRequest):
+    """A header the protocol allows once came more than once: on several lines, or as
+    several values in one line (what an intermediary that merges lines makes of them).
+
+    Refused whatever the values, so no layer can read one value and another layer (or a
+    proxy in front) another one.
+    """
+
+    code = "repeated_header"
+
+    def __init__(self, header: str, *, member: str | None = None) -> None:
+        if member is None:
+            message = f"{header} must be sent once, with one value; this request has several"
+        else:
+            message = f"{header} must name {member} once; this request names it several times"
+        super().__init__(message)
+        self.header = header
 
 
 class UploadInterrupted(BadRequest):

@@ -16,10 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
+from tusserver.errors import RepeatedHeader
 from tusserver.protocol.errors import BadRequest, TusError
 from tusserver.protocol.headers import (
+    DIGEST_FIELDS,
     MAX_INT,
+    SINGLE_HEADERS,
     SUPPORTED_CHECKSUMS,
     TUS_VERSION,
     Checksum,
@@ -33,6 +37,7 @@ from tusserver.protocol.headers import (
     parse_defer_length,
     parse_metadata,
     parse_non_negative_int,
+    refuse_repeated,
     upload_id_from_url,
 )
 
@@ -868,3 +873,131 @@ def test_http_date_property(when: dt.datetime) -> None:
     back = email.utils.parsedate_to_datetime(text)
     assert back == aware.replace(microsecond=0)
     assert back.tzinfo is not None and back.utcoffset() == dt.timedelta(0)
+
+
+# --- headers a request carries once ---------------------------------------------------------
+
+#: A valid value of every single header (what a client sends once).
+ONE_VALUE = {
+    "Tus-Resumable": "1.0.0",
+    "Upload-Offset": "5",
+    "Upload-Length": "10",
+    "Upload-Defer-Length": "1",
+    "Upload-Metadata": "filename YS50eHQ=,filetype dGV4dC9wbGFpbg==",
+    "Upload-Checksum": "sha1 " + b64(hashlib.sha1(b"x").digest()),
+    "Upload-Concat": "final;/uploads/a /uploads/b",
+    "X-HTTP-Method-Override": "PATCH",
+    "Upload-Draft-Interop-Version": "8",
+    "Upload-Complete": "?1",
+    "Upload-Incomplete": "?0",
+}
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict(pairs)
+
+
+def assert_repeated(found: CIMultiDict[str], header: str) -> RepeatedHeader:
+    with pytest.raises(RepeatedHeader) as info:
+        refuse_repeated(found)
+    err = info.value
+    assert isinstance(err, BadRequest)
+    assert (err.status, err.code, err.header) == (400, "repeated_header", header)
+    assert header in err.message and "once" in err.message
+    return err
+
+
+def test_the_single_headers_are_all_listed() -> None:
+    assert set(ONE_VALUE) == set(SINGLE_HEADERS)
+    assert set(DIGEST_FIELDS) == {"Content-Digest", "Repr-Digest"}
+
+
+def test_each_single_header_once_is_fine() -> None:
+    refuse_repeated(headers(*ONE_VALUE.items()))
+    refuse_repeated(headers())
+    refuse_repeated(headers(("Accept", "a"), ("Accept", "b"), ("Via", "1.1 a"), ("Via", "1.1 b")))
+
+
+@pytest.mark.parametrize("header", SINGLE_HEADERS)
+@pytest.mark.parametrize("same", [True, False])
+def test_a_single_header_twice_is_refused(header: str, same: bool) -> None:
+    """Two lines, with the same value or not, in any spelling of the name."""
+    value = ONE_VALUE[header]
+    other = value if same else "7"
+    assert_repeated(headers((header, value), (header.lower(), other)), header)
+    assert_repeated(headers((header, value), ("Accept", "x"), (header.upper(), other)), header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Upload-Offset",
+        "Upload-Length",
+        "Upload-Defer-Length",
+        "Upload-Draft-Interop-Version",
+        "Upload-Complete",
+        "Upload-Incomplete",
+    ],
+)
+@pytest.mark.parametrize("value", ["5, 6", "5,6", "1, 1", "?1, ?0", "5 ,6", "5, ", "5,,6", "x,y"])
+def test_several_values_in_one_line_of_a_number_or_boolean_are_refused(
+    header: str, value: str
+) -> None:
+    """What a client or a proxy that merges repeated lines sends (RFC 9110 section 5.3)."""
+    assert_repeated(headers((header, value)), header)
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        # A comma inside one member (a string parameter) separates nothing.
+        ("Upload-Length", '5;note="a,b"'),
+        ("Upload-Complete", '?1;note=","'),
+        # Values with commas of their own: checked by their parsers, not here.
+        ("Upload-Metadata", "a YQ==,b Yg==,c"),
+        ("Tus-Resumable", "1.0.0, 1.0.0"),  # an unsupported version: 412, as the spec says
+        # Malformed but single: the field's parser says what is wrong with it.
+        ("Upload-Offset", "-5"),
+        ("Upload-Complete", "yes"),
+    ],
+)
+def test_one_value_with_or_without_commas_is_left_to_the_parsers(header: str, value: str) -> None:
+    refuse_repeated(headers((header, value)))
+
+
+@pytest.mark.parametrize("field", ["Content-Digest", "Repr-Digest"])
+def test_a_digest_algorithm_twice_is_refused(field: str) -> None:
+    one, two = b64(b"\x01" * 32), b64(b"\x02" * 32)
+    # Several lines are one Dictionary (RFC 9651): different algorithms on two lines are fine.
+    refuse_repeated(headers((field, f"sha-256=:{one}:"), (field, f"sha-512=:{b64(b'x' * 64)}:")))
+    refuse_repeated(headers((field, f"sha-256=:{one}:, unknown=:{two}:")))
+    for found in (
+        headers((field, f"sha-256=:{one}:"), (field, f"sha-256=:{two}:")),
+        headers((field, f"sha-256=:{one}:, sha-256=:{two}:")),
+        headers((field, f"sha-256=:{one}:"), (field.lower(), f"sha-256=:{one}:")),
+    ):
+        err = assert_repeated(found, field)
+        assert "sha-256" in err.message
+    # Malformed: refused with its own message where the field is read, not here.
+    refuse_repeated(headers((field, "sha-256=not-bytes, sha-256=:x")))
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*SINGLE_HEADERS, *DIGEST_FIELDS, "Accept", "Via"]),
+            st.text(max_size=40),
+        ),
+        max_size=8,
+    )
+)
+def test_refuse_repeated_raises_nothing_but_repeated_header(pairs: list[tuple[str, str]]) -> None:
+    found = headers(*pairs)
+    try:
+        refuse_repeated(found)
+    except RepeatedHeader as err:
+        assert err.header in (*SINGLE_HEADERS, *DIGEST_FIELDS)
+    else:
+        for name in SINGLE_HEADERS:
+            assert len(found.getall(name, [])) <= 1

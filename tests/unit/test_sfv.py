@@ -22,6 +22,7 @@ from tusserver.protocol.sfv import (
     Item,
     SFVError,
     Token,
+    dictionary_keys,
     parse_boolean,
     parse_byte_sequence_dictionary,
     parse_dictionary,
@@ -191,6 +192,18 @@ def test_dictionary_members_bare_true_and_overwrite() -> None:
     }
     # A key seen twice keeps its first position and its last value.
     assert list(result) == ["a", "b", "c", "d"]
+
+
+def test_dictionary_keys_keep_every_occurrence() -> None:
+    assert dictionary_keys("a=1, b, c=?0;p, d=(1 2), a=3") == ["a", "b", "c", "d", "a"]
+    assert dictionary_keys("") == []
+    assert dictionary_keys("sha-256=:AAAA:") == ["sha-256"]
+
+
+@pytest.mark.parametrize("text", ["A=1", "a=1,", "a=1 b=2", "a=1,,b=2"])
+def test_dictionary_keys_of_invalid_dictionaries(text: str) -> None:
+    with pytest.raises(SFVError):
+        dictionary_keys(text)
 
 
 def test_dictionary_bare_key_with_parameters() -> None:
@@ -369,7 +382,13 @@ def test_integer_dictionaries_round_trip(members: dict[str, int]) -> None:
 @settings(max_examples=500)
 @given(st.text(max_size=60))
 def test_parsers_never_raise_anything_but_sfv_error(text: str) -> None:
-    for parse in (parse_item, parse_list, parse_dictionary, parse_byte_sequence_dictionary):
+    for parse in (
+        parse_item,
+        parse_list,
+        parse_dictionary,
+        parse_byte_sequence_dictionary,
+        dictionary_keys,
+    ):
         with contextlib.suppress(SFVError):
             parse(text)
     # The helpers never raise at all.

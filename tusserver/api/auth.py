@@ -15,7 +15,7 @@ from aiohttp import web
 
 from auth.gateway import CSRF_COOKIE, SESSION_COOKIE, Gateway
 from auth.passwords import hash_password, needs_rehash, verify_password_or_dummy
-from auth.users import User, UserExists, valid_username
+from auth.users import User, UserExists, fold_username, valid_username
 
 from ..catalog.usage import quota_limit
 from ..errors import BadRequest, Forbidden, Unauthorized, UsernameTaken
@@ -64,6 +64,8 @@ class AuthApi:
         try:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
         except UserExists:
+            # Also a name that differs from a taken one only in case: the same answer, so
+            # registration tells no more about existing names than it did.
             raise UsernameTaken("that username is taken") from None
         await self._gw.audit_log.record(
             "user.register", actor=user.id, ip=self._gw.client_ip(request)
@@ -82,7 +84,8 @@ class AuthApi:
         many addresses or many usernames. One address alone never locks the owner out.
         """
         ip = self._gw.client_ip(request)
-        name = username.lower()
+        # One name whatever its case, as the account it signs in to (fold_username).
+        name = fold_username(username)
         # The address's first: an address over its budget is refused before any bucket of
         # the (made-up) username it sends is made.
         buckets = [
@@ -119,6 +122,7 @@ class AuthApi:
             raise BadRequest("'cookie' must be true or false")
         ip = self._gw.client_ip(request)
         charged = await self._throttle_sign_in(request, username)
+        # Found whatever the case the name is typed in (UserRepository.by_name).
         user = await self._gw.users.by_name(username) if valid_username(username) else None
         ok = await verify_password_or_dummy(password, user.password_hash if user else None)
         if not ok or user is None or user.disabled:

@@ -202,6 +202,10 @@ users = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
+    # auth.users.fold_username(username): unique, so names differing only in case are one.
+    # NULL only for accounts from before migration 0013 whose folded name an older account
+    # already held (see that migration).
+    Column("username_folded", String(255), nullable=True),
     Column("password_hash", String(255), nullable=False),
     Column("role", String(16), nullable=False),  # user | admin
     Column("disabled", Boolean, nullable=False, default=False),
@@ -210,6 +214,7 @@ users = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Tokens issued before this instant are refused (logout everywhere, disable).
     Column("tokens_valid_after", UTCDateTime, nullable=True),
+    Index("ix_users_username_folded", "username_folded", unique=True),
 )
 
 refresh_tokens = Table(

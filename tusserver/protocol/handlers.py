@@ -21,6 +21,7 @@ from ..errors import (
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
+    RepeatedHeader,
     TusError,
     UnsupportedMediaType,
 )
@@ -42,6 +43,7 @@ from .headers import (
     parse_defer_length,
     parse_metadata,
     parse_non_negative_int,
+    refuse_repeated,
 )
 from .ietf import IetfHandlers
 
@@ -102,9 +104,36 @@ class TusHandlers:
         return request.method
 
     async def collection(self, request: web.Request) -> web.StreamResponse:
+        """The creation URL."""
+        return await self._dispatch(request, None)
+
+    async def item(self, request: web.Request) -> web.StreamResponse:
+        """An upload's URL."""
+        return await self._dispatch(request, request.match_info["upload_id"])
+
+    async def _dispatch(self, request: web.Request, upload_id: str | None) -> web.StreamResponse:
+        """Every request of the endpoint, tus or the IETF draft, enters here.
+
+        Headers a request may carry once are checked first, before any of them is read, so
+        no handler, lock or limit below can see another value than the one there is.
+        """
         method = self.effective_method(request)
-        if self._ietf.handles(request, method):
-            return await self._ietf.collection(request, method)
+        ietf = self._ietf.handles(request, method)
+        try:
+            refuse_repeated(request.headers)
+        except RepeatedHeader as exc:
+            if ietf:
+                return self._ietf.refused(exc)  # a problem document, as the draft's errors are
+            raise
+        if ietf:
+            if upload_id is None:
+                return await self._ietf.collection(request, method)
+            return await self._ietf.item(request, method, upload_id)
+        if upload_id is None:
+            return await self._on_collection(request, method)
+        return await self._on_item(request, method, upload_id)
+
+    async def _on_collection(self, request: web.Request, method: str) -> web.StreamResponse:
         if method == "OPTIONS":
             return self.options()
         if method == "POST":
@@ -113,13 +142,11 @@ class TusHandlers:
             f"{method} is not allowed on the creation URL", headers={"Allow": "OPTIONS, POST"}
         )
 
-    async def item(self, request: web.Request) -> web.StreamResponse:
-        method = self.effective_method(request)
-        if self._ietf.handles(request, method):
-            return await self._ietf.item(request, method, request.match_info["upload_id"])
+    async def _on_item(
+        self, request: web.Request, method: str, upload_id: str
+    ) -> web.StreamResponse:
         if method == "OPTIONS":
             return self.options()
-        upload_id = request.match_info["upload_id"]
         if not is_valid_upload_id(upload_id):
             raise NotFound("no such upload")
         if method == "HEAD":

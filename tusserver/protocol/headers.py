@@ -14,11 +14,16 @@ import email.utils
 import re
 from collections.abc import Mapping
 
-from ..errors import BadRequest
+from multidict import MultiMapping
+
+from ..errors import BadRequest, RepeatedHeader
 from ..types import MAX_INT, Checksum, ConcatFinal, ConcatPartial
+from . import sfv
 
 __all__ = [
+    "DIGEST_FIELDS",
     "MAX_INT",
+    "SINGLE_HEADERS",
     "SUPPORTED_CHECKSUMS",
     "TUS_VERSION",
     "Checksum",
@@ -31,6 +36,7 @@ __all__ = [
     "parse_defer_length",
     "parse_metadata",
     "parse_non_negative_int",
+    "refuse_repeated",
 ]
 
 TUS_VERSION = "1.0.0"
@@ -44,6 +50,82 @@ _META_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _MAX_META_PAIRS = 128
 # tus ids are ours: letters, digits, '-' and '_' only (never a path).
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+#: Request headers of tus 1.0.0 and of the IETF draft that a request carries at most once.
+#: Both protocols are served on the same URLs, so every request is held to the whole list.
+SINGLE_HEADERS: tuple[str, ...] = (
+    # tus 1.0.0 (X-HTTP-Method-Override decides the method: two would be two methods)
+    "Tus-Resumable",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Defer-Length",
+    "Upload-Metadata",
+    "Upload-Checksum",
+    "Upload-Concat",
+    "X-HTTP-Method-Override",
+    # the IETF draft (Upload-Offset and Upload-Length above are its too)
+    "Upload-Draft-Interop-Version",
+    "Upload-Complete",
+    "Upload-Incomplete",
+)
+#: Of those, the ones whose one value is a number or a boolean: a comma-separated list of
+#: several values in one line is what a client or a proxy that merges repeated lines
+#: (RFC 9110 section 5.3) makes of several headers, and is refused the same way.
+_ONE_VALUE: tuple[str, ...] = (
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Defer-Length",
+    "Upload-Draft-Interop-Version",
+    "Upload-Complete",
+    "Upload-Incomplete",
+)
+#: RFC 9530 digest fields: Dictionaries, so several lines are one value (RFC 9651), but an
+#: algorithm may appear once (RFC 9651 would keep its last digest, a proxy maybe the first).
+DIGEST_FIELDS: tuple[str, ...] = ("Content-Digest", "Repr-Digest")
+
+
+def refuse_repeated(headers: MultiMapping[str]) -> None:
+    """Raise :class:`RepeatedHeader` when a request carries one of :data:`SINGLE_HEADERS`
+    more than once, a number or a boolean of them as a list, or a digest algorithm twice.
+
+    Run once per request, before any of its headers is read (``TusHandlers`` does, for
+    tus and the IETF draft alike), so every layer reads the one value there is. The values
+    themselves are checked by the parsers here and in :mod:`.sfv`, not by this function.
+    """
+    for name in SINGLE_HEADERS:
+        values = headers.getall(name, ())
+        if len(values) > 1:
+            raise RepeatedHeader(name)
+        if values and name in _ONE_VALUE and _is_list(values[0]):
+            raise RepeatedHeader(name)
+    for name in DIGEST_FIELDS:
+        lines = headers.getall(name, ())
+        if not lines:
+            continue
+        try:
+            keys = sfv.dictionary_keys(", ".join(lines))
+        except sfv.SFVError:
+            continue  # malformed: refused with its own message where the field is read
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen:
+                raise RepeatedHeader(name, member=_quote(key))
+            seen.add(key)
+
+
+def _is_list(value: str) -> bool:
+    """Whether a value is a list of several members (``5, 6``, ``?1,?0``).
+
+    Read as an RFC 9651 List, so a comma inside a member (in a string parameter) is no
+    separator; in a value that is no List at all (``5, ``, ``5,,6``) it can only be one.
+    """
+    if "," not in value:
+        return False
+    try:
+        return len(sfv.parse_list(value)) > 1
+    except sfv.SFVError:
+        return True
 
 
 def parse_non_negative_int(value: str, header: str) -> int:

@@ -37,6 +37,7 @@ from ..errors import (
     Conflict,
     PayloadTooLarge,
     Progress,
+    RepeatedHeader,
     RequestTimeout,
     TusError,
     UploadInterrupted,
@@ -56,6 +57,7 @@ from .ietf_versions import (
     INTEROP_HEADER,
     MISMATCHING_OFFSET,
     PARTIAL_UPLOAD,
+    SUPPORTED_VERSIONS,
     Dialect,
     Problem,
     dialect_of,
@@ -229,6 +231,18 @@ class IetfHandlers:
         GET (download of a finished upload) is not part of the draft and stays with tus.
         """
         return INTEROP_HEADER in request.headers and method != "GET"
+
+    @staticmethod
+    def refused(exc: TusError) -> web.Response:
+        """A request refused before its interop version was read (a header sent twice,
+        the version itself perhaps): a problem document of no version in particular."""
+        problem = Problem(exc.status, exc.message, headers=exc.headers)
+        if isinstance(exc, RepeatedHeader):
+            problem.members["field"] = exc.header
+            if exc.header == INTEROP_HEADER:
+                # As for any version this server does not speak (see dialect_of).
+                problem.members["supported-interop-versions"] = list(SUPPORTED_VERSIONS)
+        return problem.response()
 
     # --- entry points ---------------------------------------------------------------------
     # Each request is answered in the interop version it was sent in: its Dialect reads the

@@ -8,7 +8,9 @@ values "MUST cause the entire header field to be ignored".
 
 A field sent on several lines is one value: the caller joins the lines with ``", "`` before
 parsing (RFC 9651 section 4.2), so a duplicated Item field such as ``Upload-Complete: ?1``
-twice fails to parse, as it should.
+twice fails to parse, as it should (such requests are refused before any parsing, by
+:func:`tusserver.protocol.headers.refuse_repeated`, which uses :func:`dictionary_keys` to
+find an algorithm named twice in a digest field).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "List",
     "SFVError",
     "Token",
+    "dictionary_keys",
     "parse_boolean",
     "parse_byte_sequence_dictionary",
     "parse_dictionary",
@@ -150,7 +153,12 @@ class _Parser:
         return members
 
     def dictionary(self) -> Dictionary:
-        members: Dictionary = {}
+        # "If dictionary already contains a key this_key, overwrite its value."
+        return dict(self.dictionary_members())
+
+    def dictionary_members(self) -> list[tuple[str, Item | InnerList]]:
+        """A Dictionary's members in order, a repeated key as often as it appears."""
+        members: list[tuple[str, Item | InnerList]] = []
         while not self.at_end():
             key = self.key()
             if self.peek() == "=":
@@ -158,7 +166,7 @@ class _Parser:
                 member: Item | InnerList = self.item_or_inner_list()
             else:
                 member = Item(True, self.parameters())
-            members[key] = member
+            members.append((key, member))
             self.skip_ows()
             if self.at_end():
                 return members
@@ -388,6 +396,16 @@ def parse_dictionary(text: str) -> Dictionary:
     result = _parse(text, "dictionary")
     assert isinstance(result, dict)
     return result
+
+
+def dictionary_keys(text: str) -> list[str]:
+    """The keys of a Dictionary field value in order, a key repeated as often as it is
+    (:func:`parse_dictionary` keeps only its last value)."""
+    p = _Parser(text)
+    p.skip_sp()
+    members = p.dictionary_members()
+    p.finish()
+    return [key for key, _ in members]
 
 
 # --- the draft's fields: wrong values are ignored (None) ---------------------------------
