@@ -32,6 +32,7 @@ from ..settings import HttpSettings
 from ..types import Checksum
 from ..uploads.service import UploadService, UploadStatus
 from .headers import (
+    IETF_IGNORED_WHEN_REPEATED,
     SUPPORTED_CHECKSUMS,
     TUS_VERSION,
     ConcatFinal,
@@ -120,7 +121,7 @@ class TusHandlers:
         method = self.effective_method(request)
         ietf = self._ietf.handles(request, method)
         try:
-            refuse_repeated(request.headers)
+            refuse_repeated(request.headers, ignored=IETF_IGNORED_WHEN_REPEATED if ietf else ())
         except RepeatedHeader as exc:
             if ietf:
                 return self._ietf.refused(exc)  # a problem document, as the draft's errors are

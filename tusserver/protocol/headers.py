@@ -12,7 +12,7 @@ import binascii
 import datetime as dt
 import email.utils
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from multidict import MultiMapping
 
@@ -22,6 +22,7 @@ from . import sfv
 
 __all__ = [
     "DIGEST_FIELDS",
+    "IETF_IGNORED_WHEN_REPEATED",
     "MAX_INT",
     "SINGLE_HEADERS",
     "SUPPORTED_CHECKSUMS",
@@ -80,20 +81,29 @@ _ONE_VALUE: tuple[str, ...] = (
     "Upload-Complete",
     "Upload-Incomplete",
 )
+#: Fields the IETF draft reads as ignored when their value is not one Integer, several
+#: values included ("Other values MUST cause the entire header field to be ignored"): a draft
+#: request sending several is not refused, the field is ignored (the length stays unknown
+#: until the upload completes), as the draft requires.
+IETF_IGNORED_WHEN_REPEATED: tuple[str, ...] = ("Upload-Length",)
 #: RFC 9530 digest fields: Dictionaries, so several lines are one value (RFC 9651), but an
 #: algorithm may appear once (RFC 9651 would keep its last digest, a proxy maybe the first).
 DIGEST_FIELDS: tuple[str, ...] = ("Content-Digest", "Repr-Digest")
 
 
-def refuse_repeated(headers: MultiMapping[str]) -> None:
+def refuse_repeated(headers: MultiMapping[str], *, ignored: Collection[str] = ()) -> None:
     """Raise :class:`RepeatedHeader` when a request carries one of :data:`SINGLE_HEADERS`
     more than once, a number or a boolean of them as a list, or a digest algorithm twice.
 
     Run once per request, before any of its headers is read (``TusHandlers`` does, for
     tus and the IETF draft alike), so every layer reads the one value there is. The values
     themselves are checked by the parsers here and in :mod:`.sfv`, not by this function.
+    ``ignored``: fields whose protocol says what several values mean (the IETF draft's
+    ``Upload-Length``: the field is ignored, :data:`IETF_IGNORED_WHEN_REPEATED`).
     """
     for name in SINGLE_HEADERS:
+        if name in ignored:
+            continue
         values = headers.getall(name, ())
         if len(values) > 1:
             raise RepeatedHeader(name)
