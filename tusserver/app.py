@@ -443,6 +443,9 @@ def build_gateway(
         limiter=limiter,
         limits={
             "creations": Limit(config.rate_limit_creations, config.rate_limit_creations_burst),
+            "registrations": Limit(
+                config.rate_limit_registrations, config.rate_limit_registrations_burst
+            ),
             "api": Limit(config.rate_limit_api, config.rate_limit_api_burst),
             "logins": Limit(config.rate_limit_logins, config.rate_limit_logins_burst),
             "logins_wide": Limit(

@@ -45,7 +45,8 @@ def runtime(client: Client) -> Runtime:
 
 
 async def auth_client(make_client: MakeClient, **overrides: Any) -> Client:
-    """A server with JWT auth on; failed logins are not throttled unless a test says so."""
+    """A server with JWT auth on; failed logins and registrations are not throttled unless a
+    test says so."""
     settings: dict[str, Any] = {
         "auth": "jwt",
         "jwt_secret": SECRET,
@@ -54,6 +55,8 @@ async def auth_client(make_client: MakeClient, **overrides: Any) -> Client:
         "rate_limit_logins_burst": 1000,
         "rate_limit_logins_wide": 1000,
         "rate_limit_logins_wide_burst": 1000,
+        "rate_limit_registrations": 1000,
+        "rate_limit_registrations_burst": 1000,
     }
     settings.update(overrides)
     return await make_client(**settings)

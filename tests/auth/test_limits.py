@@ -438,3 +438,38 @@ async def test_postgres_rate_limiter_is_atomic_under_concurrency(pg_url: str) ->
     finally:
         for db in dbs:
             await db.dispose()
+
+
+async def test_registrations_are_limited_per_address(make_client: MakeClient) -> None:
+    """One address cannot sign up account after account (each may get `default_quota`):
+    its registrations have a budget of their own. A sign-up that makes no account (a
+    taken name, bad input) costs nothing; another address has its own budget."""
+    client = await auth_client(
+        make_client,
+        rate_limit_registrations=0.001,
+        rate_limit_registrations_burst=2,
+        trust_proxy_headers=True,
+    )
+    url = "/api/v1/auth/register"
+
+    async def register(name: str, ip: str = "203.0.113.7") -> Any:
+        return await client.post(
+            url, json={"username": name, "password": PASSWORD}, headers={"X-Forwarded-For": ip}
+        )
+
+    first = uuid.uuid4().hex[:12]
+    assert (await register(first)).status == 201
+    for _ in range(3):  # taken: no account made, nothing charged
+        assert (await register(first)).status == 409
+    bad = await client.post(
+        url,
+        json={"username": "has space", "password": PASSWORD},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    )
+    assert bad.status == 400
+    assert (await register(uuid.uuid4().hex[:12])).status == 201
+    refused = await register(uuid.uuid4().hex[:12])
+    assert refused.status == 429
+    assert _retry_after(refused) > 60
+    # Another address is not held back by this one.
+    assert (await register(uuid.uuid4().hex[:12], ip="198.51.100.9")).status == 201

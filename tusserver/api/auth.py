@@ -7,6 +7,7 @@ state-changing cookie-authenticated requests must echo the CSRF cookie in X-CSRF
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import Any
 
@@ -61,12 +62,20 @@ class AuthApi:
             raise BadRequest("username: letters, digits and . _ @ - only, at most 64")
         if len(password) < MIN_PASSWORD:
             raise BadRequest(f"password: at least {MIN_PASSWORD} characters")
+        # The address's budget of new accounts (each may get `default_quota`): taken before
+        # the password is hashed and the account made, in one atomic step, so sign-ups sent
+        # side by side cannot all pass; given back when no account was made.
+        await self._gw.limit(request, "registrations")
         try:
             user = await self._gw.users.create(username, await hash_password(password), quota=None)
-        except UserExists:
-            # Also a name that differs from a taken one only in case: the same answer, so
-            # registration tells no more about existing names than it did.
-            raise UsernameTaken("that username is taken") from None
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # (the error that matters is exc)
+                await self._gw.refund(request, "registrations")
+            if isinstance(exc, UserExists):
+                # Also a name that differs from a taken one only in case: the same answer,
+                # so registration tells no more about existing names than it did.
+                raise UsernameTaken("that username is taken") from None
+            raise
         await self._gw.audit_log.record(
             "user.register", actor=user.id, ip=self._gw.client_ip(request)
         )

@@ -86,6 +86,17 @@ class AuthSettings:
     rate_limit_creations_burst: int = field(
         default=100, metadata=doc("Burst of upload creations allowed at once.")
     )
+    rate_limit_registrations: float = field(
+        default=0.005,
+        metadata=doc(
+            "Accounts one client address may register per second, sustained (the default is "
+            "18 an hour; 0: no limit). Bounds an address signing up many accounts, each with "
+            "`default_quota`. Only registrations that create an account count."
+        ),
+    )
+    rate_limit_registrations_burst: int = field(
+        default=10, metadata=doc("Registrations per client address allowed in a burst.")
+    )
     rate_limit_api: float = field(
         default=50.0, metadata=doc("API requests per second per user or IP (0: no limit).")
     )
@@ -127,6 +138,7 @@ class AuthSettings:
             self,
             "default_quota",
             "rate_limit_creations_burst",
+            "rate_limit_registrations_burst",
             "rate_limit_api_burst",
             "rate_limit_logins_burst",
             "rate_limit_logins_wide_burst",
@@ -139,6 +151,7 @@ class AuthSettings:
             "refresh_token_ttl",
             "revocation_check_interval",
             "rate_limit_creations",
+            "rate_limit_registrations",
             "rate_limit_api",
             "rate_limit_logins",
             "rate_limit_logins_wide",
