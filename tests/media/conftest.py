@@ -5,7 +5,7 @@ Small on purpose (a few KB to a few hundred KB each) so the media suite stays fa
 
 from __future__ import annotations
 
-import os
+import random
 import shutil
 import struct
 import subprocess
@@ -107,7 +107,9 @@ def make_media(root: Path) -> dict[str, Path]:
     _declared_only_png(p("bomb.png"), 50_000, 50_000)
     # 20000 x 20000 1-bit: 50 KB on disk, 400 MB once decoded (Pillow keeps 8 bits a pixel).
     _huge_png(p("heavy.png"), 20_000, 20_000, bit_depth=1)
-    p("random.mp4").write_bytes(os.urandom(64 * 1024))
+    # Bytes libmagic calls application/octet-stream: seeded, since fresh random bytes now
+    # and then begin like a format ("MZ": application/x-dosexec failed a run).
+    p("random.mp4").write_bytes(random.Random(0).randbytes(64 * 1024))
     if FFMPEG is not None:
         _ffmpeg(
             "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",

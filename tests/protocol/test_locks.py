@@ -23,6 +23,17 @@ from .test_core import create, head, patch
 Client = TestClient[Any, Any]
 
 
+async def _server_read(client: Client, count: int) -> None:
+    """Until the body being received has had ``count`` bytes read by the server (a fixed
+    sleep was not always enough on a loaded machine)."""
+    receiving = runtime(client).uploads._receiving
+    for _ in range(500):
+        if any(reader.received >= count for reader in receiving):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server did not read {count} bytes of the body")
+
+
 async def test_a_stalled_patch_is_broken_by_a_head(client: Client) -> None:
     path = await create(client, 1024 * 1024)
     sent = asyncio.Event()
@@ -38,7 +49,7 @@ async def test_a_stalled_patch_is_broken_by_a_head(client: Client) -> None:
         client.patch(path, data=stalled_body(), headers={**TUS, **OCTET, "Upload-Offset": "0"})
     )
     await sent.wait()
-    await asyncio.sleep(0.2)  # let the server read what was sent
+    await _server_read(client, 100_000)
     loop = asyncio.get_running_loop()
     started = loop.time()
     resp = await head(client, path)
