@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import fcntl
 import itertools
 import math
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -130,6 +132,36 @@ async def test_a_lock_held_too_long_fails_the_unit_cleanly(
         assert got is not None and got.offset == 6
     finally:
         other.close()
+        await db.dispose()
+
+
+async def test_a_writer_lock_held_too_long_by_another_process_fails_the_unit_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writers of the processes sharing the catalog queue on a lock file. A process
+    stopped while it holds it (SIGSTOP, a frozen host) must not hold the others' writes
+    forever: a write waits as long as for SQLite's own lock, then fails (a 503 for its
+    request), and reads go on meanwhile."""
+    monkeypatch.setattr(db_module, "_BUSY_WAIT_S", 0.3)
+    db = await _file_db(tmp_path)
+    other = os.open(tmp_path / "c.db-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        repo = UploadRepository(db)
+        await repo.insert(_record("u1"))
+        fcntl.flock(other, fcntl.LOCK_EX)  # the other process's writer, stopped
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(OperationalError, match="locked"):
+            await asyncio.wait_for(repo.update("u1", offset=5), 10)
+        assert loop.time() - started < 5
+        got = await asyncio.wait_for(repo.get("u1"), 5)  # reads are not held up
+        assert got is not None and got.offset == 0
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await asyncio.wait_for(repo.update("u1", offset=6), 10)
+        got = await repo.get("u1")
+        assert got is not None and got.offset == 6
+    finally:
+        os.close(other)
         await db.dispose()
 
 

@@ -33,8 +33,10 @@ Repositories write their SQL once, as plain synchronous SQLAlchemy Core function
   :meth:`Database.write`). Hot statements run through :mod:`.fastsql`.
 - Several processes on one database (``serve --workers N``, a ``worker`` beside ``serve``)
   queue their writes on a lock file beside it (``flock``): a process whose write found the
-  lock taken waits in the kernel and is woken when it is free, instead of polling SQLite with
-  growing sleeps while the others keep writing (which starved it).
+  lock taken tries it again every few milliseconds (a unit holds it about one), instead of
+  polling SQLite with sleeps growing to 50 ms while the others keep writing (which starved
+  it), and gives up after ``_BUSY_WAIT_S``: a process stopped while it holds the lock
+  (SIGSTOP, a frozen host) fails the others' writes then, instead of holding them forever.
 
 ``Database.engine`` (the async engine) stays for tests and rare admin work; on SQLite it is
 made at its first use.
@@ -79,6 +81,8 @@ _log = structlog.get_logger("tusserver.db")
 
 #: How long a unit on the thread waits for a lock another process holds, in all.
 _BUSY_WAIT_S = 30.0
+#: The longest pause between two tries of the writers' lock file (see _unit_waiting).
+_WRITER_POLL_S = 0.005
 #: How much of the database file is read through a memory map (address space, not memory).
 _MMAP_BYTES = 256 * 1024 * 1024
 #: WAL size (bytes) past which a checkpoint runs (on the thread: a checkpoint syncs files).
@@ -452,29 +456,39 @@ class SqliteRunner:
         return outcomes
 
     def _unit_waiting(self, work: Callable[[Connection], T], write: bool) -> T:
-        """On the thread: run the unit, retrying while another process holds the lock."""
+        """On the thread: run the unit, retrying while another process holds the lock.
+
+        Both locks are waited for within ``_BUSY_WAIT_S``: SQLite's, and the writers' lock
+        file of the processes sharing the catalog, which a process stopped while writing
+        (SIGSTOP, a frozen host) would otherwise hold against every write here for as long
+        as it is stopped. The connection is not held while the lock file is waited for, so
+        reads (inline or here) go on meanwhile."""
         deadline = time.monotonic() + _BUSY_WAIT_S
         pause = 0.001
         while True:
             with self._conn_lock:
-                if write:
-                    self._writer_lock(True)
-                try:
-                    result = self._unit(work, write)
-                except _Busy:
-                    if time.monotonic() >= deadline:
-                        raise OperationalError(
-                            "unit of work", None, sqlite3.OperationalError("database is locked")
-                        ) from None
-                else:
-                    if write and not self._checkpointing:
-                        self._wal_restart = False
-                    return result
-                finally:
-                    if write:
-                        self._writer_unlock()
+                queued = write and not self._writer_lock(False)
+                if not queued:
+                    try:
+                        result = self._unit(work, write)
+                    except _Busy:
+                        pass
+                    else:
+                        if write and not self._checkpointing:
+                            self._wal_restart = False
+                        return result
+                    finally:
+                        if write:
+                            self._writer_unlock()
+            if time.monotonic() >= deadline:
+                raise OperationalError(
+                    "unit of work", None, sqlite3.OperationalError("database is locked")
+                ) from None
             time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            # Another process's write holds the lock file for a unit (a millisecond or so):
+            # tried again often, or its writes would always come first. SQLite's own lock
+            # (a checkpoint, another program) is waited for more patiently.
+            pause = min(pause * 2, _WRITER_POLL_S if queued else 0.05)
 
     def _writer_lock(self, wait: bool) -> bool:
         """Take the cross-process writer lock (the caller holds ``_conn_lock``); without
