@@ -1,7 +1,8 @@
 """The gateway: who is calling (bearer token or session cookie + CSRF) and how often.
 
 Handlers call :meth:`Gateway.principal` on every request that needs an identity (all but
-OPTIONS, health and login), and :meth:`Gateway.limit` where a route class has a rate limit.
+OPTIONS, health and login), and :meth:`Gateway.limit` where a route class has a rate limit;
+:meth:`Gateway.slot` bounds how many requests of one kind a caller has going at once.
 Users are cached in the ``user`` namespace of the server's cache (tusserver.cache) for at
 most ``revocation_check_interval`` seconds. Every change of a user (disable, role, password,
 logout) invalidates the entry when it commits, on every instance sharing the PostgreSQL
@@ -11,10 +12,12 @@ same SQLite file, such as ``tusserver user disable``).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import NoReturn, Protocol
 
 import structlog
 from aiohttp import web
@@ -74,9 +77,17 @@ class Gate(Protocol):
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> float: ...
 
+    def slot(
+        self, request: web.Request, kind: str, *, who: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
     ) -> None: ...
+
+
+#: A place that is always free (no cap): one shared, stateless context manager.
+_NO_CAP: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class OpenGate:
@@ -105,6 +116,11 @@ class OpenGate:
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float
     ) -> float:
         return 0.0
+
+    def slot(
+        self, request: web.Request, kind: str, *, who: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        return _NO_CAP
 
     def audit(
         self, request: web.Request, action: str, *, actor: str | None, target: str | None
@@ -146,6 +162,7 @@ class Gateway:
         limiter: RateLimiter,
         limits: dict[str, Limit],
         revocation_check_interval: float,
+        caps: Mapping[str, int] | None = None,
         trust_forwarded: bool = False,
         cache: Cache | None = None,
         signals: SecuritySignals | None = None,
@@ -158,6 +175,10 @@ class Gateway:
         self.audit_log = audit
         self.limiter = limiter
         self._limits = limits
+        #: Places per caller of each capped kind (:meth:`slot`), and those held now, by
+        #: ``kind:who`` (a key goes when its last place is given back).
+        self._caps: Mapping[str, int] = caps or {}
+        self._held: dict[str, int] = {}
         # Without the server's cache (a gateway built on its own): a private one.
         self._cache = cache if cache is not None else Cache(max_entries=50_000)
         self._user_ns: Namespace[User | None] = Namespace(USERS, revocation_check_interval)
@@ -277,19 +298,59 @@ class Gateway:
             key, rate=lim.rate, burst=lim.burst, cost=cost, require=require
         )
         if not decision.allowed:
-            self.signals.throttled(kind)
-            self.audit_log.record_soon(
-                "rate_limit",
+            wait = max(1, int(decision.retry_after + 0.999))
+            self._throttle(
+                request,
+                kind,
                 actor=who if isinstance(actor, _Who) else actor,
                 target=target,
-                outcome="throttled",
-                ip=self.client_ip(request),
-                detail={"limit": kind},
+                message="too many requests; slow down",
+                retry_after=min(wait, 3600),
             )
-            wait = max(1, int(decision.retry_after + 0.999))
-            raise TooManyRequests(
-                "too many requests; slow down", headers={"Retry-After": str(min(wait, 3600))}
-            )
+
+    def _throttle(
+        self,
+        request: web.Request,
+        kind: str,
+        *,
+        actor: str | None,
+        target: str | None,
+        message: str,
+        retry_after: int,
+    ) -> NoReturn:
+        """Refuse a request over a limit or a cap: counted, audited, 429 with Retry-After."""
+        self.signals.throttled(kind)
+        self.audit_log.record_soon(
+            "rate_limit",
+            actor=actor,
+            target=target,
+            outcome="throttled",
+            ip=self.client_ip(request),
+            detail={"limit": kind},
+        )
+        raise TooManyRequests(message, headers={"Retry-After": str(retry_after)})
+
+    def slot(
+        self, request: web.Request, kind: str, *, who: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the places ``kind``'s cap allows each caller (``who``, else the client's
+        address), held for the ``async with`` block: entering it when all are taken is a 429
+        with Retry-After, counted and audited like a rate limit's refusal (``throttled``,
+        ``rate_limit``). Bounds what a caller holds at once (connections, locks, buffers),
+        which rate limits do not. The counts are this instance's, in memory: a place is
+        held by a running request, and a request never outlives its process. With auth off
+        there is no cap, as there are no rate limits (see :meth:`limit`).
+        """
+        if not self.enabled:
+            return _NO_CAP
+        cap = self._caps.get(kind, 0)
+        if cap <= 0:
+            return _NO_CAP
+        return _Place(self, request, kind, who, cap)
+
+    def slots_held(self, kind: str, who: str) -> int:
+        """How many of ``kind``'s places ``who`` holds now (monitoring, tests)."""
+        return self._held.get(f"{kind}:{who}", 0)
 
     async def refund(
         self, request: web.Request, kind: str, *, who: str | None = None, cost: float = 1.0
@@ -352,6 +413,59 @@ class Gateway:
             _log.exception("could not pace a rate limit", kind=kind, cost=cost)
             return 0.0
         return 0.0 if taken.allowed else max(taken.retry_after, 0.001)
+
+
+class _Place:
+    """A request's hold on one of its caller's places of a capped kind (:meth:`Gateway.slot`):
+    a dict lookup and an increment to take it, the same to give it back."""
+
+    __slots__ = ("_cap", "_gateway", "_key", "_kind", "_request", "_who")
+
+    def __init__(
+        self, gateway: Gateway, request: web.Request, kind: str, who: str | None, cap: int
+    ) -> None:
+        self._gateway = gateway
+        self._request = request
+        self._kind = kind
+        self._who = who
+        self._key = f"{kind}:{who or gateway.client_ip(request)}"
+        self._cap = cap
+
+    async def __aenter__(self) -> None:
+        held = self._gateway._held
+        count = held.get(self._key, 0)
+        if count >= self._cap:
+            self._gateway._throttle(
+                self._request,
+                self._kind,
+                actor=self._who,
+                target=None,
+                message=(
+                    f"too many requests of yours in progress at once ({self._kind}: at most "
+                    f"{self._cap}); try again when one of them has ended"
+                ),
+                retry_after=_PLACE_RETRY_AFTER,
+            )
+        held[self._key] = count + 1
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # No await here: a cancellation cannot come between the block's end and this.
+        held = self._gateway._held
+        left = held[self._key] - 1
+        if left:
+            held[self._key] = left
+        else:
+            del held[self._key]
+
+
+#: Retry-After of a request refused for want of a place: one is free when another of the
+#: caller's requests ends, which nobody can foresee.
+_PLACE_RETRY_AFTER = 5
 
 
 def client_ip(request: web.Request) -> str:

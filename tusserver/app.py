@@ -455,6 +455,8 @@ def build_gateway(
             "patch_bytes": Limit(config.rate_limit_patch_bytes, config.rate_limit_patch_bytes * 60),
         },
         revocation_check_interval=config.revocation_check_interval if config.cache_ttl > 0 else 0,
+        # In memory, per instance: a place is held by a request in progress here.
+        caps={"bodies": config.max_bodies_per_user},
         trust_forwarded=config.trust_proxy_headers,
         cache=cache,
         signals=signals,

@@ -9,6 +9,7 @@ Pure helpers without aiohttp (ranges, dispositions, file names) are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import MappingProxyType
 
@@ -38,7 +39,7 @@ ByteReader = Callable[[int, int], AsyncIterator[bytes]]
 
 
 class RequestAdmission:
-    """The gateway's limits and audit log, bound to one request and one caller."""
+    """The gateway's limits, caps and audit log, bound to one request and one caller."""
 
     __slots__ = ("_gate", "_request", "_who")
 
@@ -55,6 +56,9 @@ class RequestAdmission:
 
     async def pace(self, kind: str, *, cost: float) -> float:
         return await self._gate.pace(self._request, kind, who=self._who, cost=cost)
+
+    def slot(self, kind: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._gate.slot(self._request, kind, who=self._who)
 
     def audit(self, action: str, *, target: str | None) -> None:
         self._gate.audit(self._request, action, actor=self._who, target=target)

@@ -119,7 +119,7 @@ class Metrics:
             "refresh_reused",
         ):
             self.signin_failures.labels(reason)
-        for limit in ("logins", "logins_wide", "api", "creations", "patch_bytes"):
+        for limit in ("logins", "logins_wide", "api", "creations", "patch_bytes", "bodies"):
             self.throttled_requests.labels(limit)
         for reason in ("quota", "max_size"):
             self.upload_refusals.labels(reason)

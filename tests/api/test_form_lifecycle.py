@@ -118,3 +118,49 @@ async def test_shutdown_stops_a_form_upload_and_keeps_its_bytes(make_client: Mak
     assert head.status == 200
     stored = int(head.headers["Upload-Offset"])
     assert 0 < stored <= sent
+
+
+async def test_a_file_refused_by_a_rate_limit_ends_the_form(make_client: MakeClient) -> None:
+    """A 429 ends the form at that file: the files after it are not read (they would be
+    refused the same way, and reading them would hold the body for nothing); the answer
+    carries the refusal's Retry-After."""
+    client = await auth_client(
+        make_client, rate_limit_creations=0.001, rate_limit_creations_burst=1, rate_limit_api=0
+    )
+    owner = (await make_users(client, owner="user"))["owner"].access
+    resp = await client.post("/api/v1/upload", data=_form("a.bin", b"a"), headers=bearer(owner))
+    assert resp.status == 201, await resp.text()  # the burst
+    rest_sent = asyncio.Event()
+    go_on = asyncio.Event()
+
+    def part(name: str, data: bytes) -> bytes:
+        return (
+            f"--{BOUNDARY}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode() + data
+
+    async def form() -> AsyncIterator[bytes]:
+        yield part("b.bin", b"b" * 1000) + b"\r\n"
+        await go_on.wait()  # the next file only once told: never, before the answer
+        yield part("c.bin", b"c" * 1000) + f"\r\n--{BOUNDARY}--\r\n".encode()
+        rest_sent.set()
+
+    resp = await asyncio.wait_for(
+        client.post(
+            "/api/v1/upload",
+            data=form(),
+            headers={
+                **bearer(owner),
+                "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            },
+        ),
+        10,
+    )
+    body = await resp.json()
+    assert resp.status == 400, body
+    (entry,) = body["files"]
+    assert (entry["filename"], entry["status_code"]) == ("b.bin", 429), entry
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert not rest_sent.is_set()
+    go_on.set()

@@ -31,6 +31,7 @@ from ..errors import (
     BadRequest,
     NotFound,
     RequestTimeout,
+    TooManyRequests,
     TusError,
     UploadInterrupted,
     UploadSuspended,
@@ -587,6 +588,7 @@ class FilesApi:
         except ValueError:  # no boundary in the Content-Type
             raise BadRequest(_MALFORMED_FORM) from None
         results: list[dict[str, Any]] = []
+        headers: dict[str, str] = {}
         folder: str | None = None
         idle = self._uploads.config.body_idle_timeout or None
         while True:
@@ -626,11 +628,14 @@ class FilesApi:
                     }
                 )
                 break
-            entry, stopped = await self._one_form_file(request, principal, part, folder)
+            entry, stop = await self._one_form_file(request, principal, part, folder)
             results.append(entry)
-            if stopped:
-                # The body was stopped (shutdown, or a newer request for the upload): the
-                # parts after this one cannot be read.
+            if stop is not None:
+                # The body was stopped (shutdown, or a newer request for the upload), or a
+                # file was refused by a rate limit or the cap on bodies at once: the parts
+                # after this one are not read.
+                if isinstance(stop, TooManyRequests) and "Retry-After" in stop.headers:
+                    headers["Retry-After"] = stop.headers["Retry-After"]
                 break
         if not results:
             raise BadRequest("no file fields in the form")
@@ -640,7 +645,7 @@ class FilesApi:
                 entry["url"] = f"{base}/file/{entry['file_id']}"
         failed = sum(1 for e in results if "error" in e)
         status = 201 if failed < len(results) else 400
-        return web.json_response({"files": results}, status=status)
+        return web.json_response({"files": results}, status=status, headers=headers)
 
     async def _raw_upload(self, request: web.Request, principal: Principal) -> web.Response:
         """One file as the whole body: ``POST /upload?filename=a.png&mimetype=image/png``."""
@@ -694,8 +699,9 @@ class FilesApi:
         principal: Principal,
         part: BodyPartReader,
         folder: str | None,
-    ) -> tuple[dict[str, Any], bool]:
-        """Upload one file part; its entry, and whether the request's body was stopped."""
+    ) -> tuple[dict[str, Any], TusError | None]:
+        """Upload one file part; its entry, and the error that ended the request's body
+        there (no part after it is read), if one did."""
         name = part.filename or "file"
         ctype = part.headers.get("Content-Type", "application/octet-stream")
         if not _encodable(name) or not _encodable(ctype):
@@ -725,7 +731,13 @@ class FilesApi:
             f = await self._files.get(final.record.file_id or "")
             entry["status"] = f.status.value if f else "received"
         except TusError as exc:
-            stopped = isinstance(exc, UploadInterrupted | UploadSuspended | RequestTimeout)
+            # A file refused with 429 (a rate limit, or the cap on bodies at once) ends the
+            # form too: reading its bytes to throw them away would hold a body without a
+            # place, and the files after it would be refused the same way. The client sends
+            # them again after Retry-After.
+            stopped = isinstance(
+                exc, UploadInterrupted | UploadSuspended | RequestTimeout | TooManyRequests
+            )
             if not stopped:
                 try:
                     await part.release()
@@ -734,8 +746,8 @@ class FilesApi:
             entry["error"] = exc.code
             entry["message"] = exc.message
             entry["status_code"] = exc.status
-            return entry, stopped
-        return entry, False
+            return entry, exc if stopped else None
+        return entry, None
 
 
 _MALFORMED_FORM = "malformed multipart/form-data: a boundary or part headers cannot be read"

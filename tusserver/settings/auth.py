@@ -132,10 +132,22 @@ class AuthSettings:
             "PATCH over budget gets 429 with Retry-After (0: no limit)."
         ),
     )
+    max_bodies_per_user: int = field(
+        default=32,
+        metadata=doc(
+            "Request bodies one user may be sending at once to one server process (tus "
+            "PATCHes and creations with upload, IETF draft content, each file of "
+            "`POST /upload`); one more is refused with 429 and Retry-After before any of it "
+            "is read. Bounds the connections, upload locks and buffers a user can hold with "
+            "bodies sent just fast enough to stay under `body_idle_timeout`, which rate "
+            'limits do not (0: no cap; none with `auth = "none"`, like the rate limits).'
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_not_negative(
             self,
+            "max_bodies_per_user",
             "default_quota",
             "rate_limit_creations_burst",
             "rate_limit_registrations_burst",

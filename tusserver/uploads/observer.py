@@ -1,8 +1,8 @@
 """Who calls the lifecycle, and who watches it.
 
 An entry path (tus, the IETF draft, ``POST /upload``) hands the lifecycle a :class:`Caller`:
-the identity, the request's :class:`Admission` (rate limits and the audit log, bound to the
-request by the adapter) and the client's name. The lifecycle reports what happens to an
+the identity, the request's :class:`Admission` (rate limits, caps and the audit log, bound to
+the request by the adapter) and the client's name. The lifecycle reports what happens to an
 :class:`UploadObserver` (metrics, analytics events, audit), so no entry path can forget them.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 
 
 class Admission(Protocol):
-    """The request's rate limits and audit log (the gateway, bound to one request)."""
+    """The request's rate limits, caps and audit log (the gateway, bound to one request)."""
 
     async def limit(self, kind: str, *, cost: float = 1.0, require: float | None = None) -> None:
         """Refuse (429) when ``kind``'s budget cannot pay ``cost`` (or hold ``require``)."""
@@ -43,8 +43,16 @@ class Admission(Protocol):
         """Take ``cost`` from ``kind``'s budget before the work if it is not in debt (into
         debt if need be): 0; else nothing taken, and how long to wait before asking again."""
 
+    def slot(self, kind: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the caller's places of ``kind`` (``bodies``: request bodies being received
+        at once), held for the ``async with`` block; entering it when all are taken raises
+        a 429 (TooManyRequests) with Retry-After."""
+
     def audit(self, action: str, *, target: str | None) -> None:
         """Record ``action`` by this caller in the audit log."""
+
+
+_NO_CAP: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class _Unlimited:
@@ -57,11 +65,14 @@ class _Unlimited:
     async def pace(self, kind: str, *, cost: float) -> float:
         return 0.0
 
+    def slot(self, kind: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return _NO_CAP
+
     def audit(self, action: str, *, target: str | None) -> None:
         return None
 
 
-#: No limits and no audit (internal callers and tests).
+#: No limits, no caps and no audit (internal callers and tests).
 unlimited: Admission = _Unlimited()
 
 

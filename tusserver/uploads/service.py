@@ -86,6 +86,9 @@ class FinishedHandler(Protocol):
     def __call__(self, rec: UploadRecord, *, finish: Mapping[str, Any]) -> Awaitable[object]: ...
 
 
+#: No cap on the bodies at once (internal callers of append).
+_NO_PLACE: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
 #: A final whose concatenation keeps failing is tried again by a HEAD at most this often.
 _FINAL_RETRY_MAX_S = 60.0
 _FINAL_RETRIES_KEPT = 10_000
@@ -493,7 +496,8 @@ class UploadService:
         wrap: Callable[[BodyReader], ChunkSource] | None = None,
         created: UploadRecord | None = None,
     ) -> UploadStatus:
-        """Append a request body at ``offset`` (every entry path): the byte budget, the
+        """Append a request body at ``offset`` (every entry path): the byte budget, the cap
+        on the caller's bodies at once (``bodies``: 429 before any byte is read), the
         tracking that lets a newer request or a shutdown stop the body, metrics.
 
         ``overrun_cancels``: a body that goes on past the upload's length (no Content-Length
@@ -536,6 +540,10 @@ class UploadService:
                     upload_id,
                     offset=offset,
                     source=wrap(reader) if wrap is not None else reader,
+                    # Taken under the upload's lock (see append): a request waiting for the
+                    # lock holds no place, and a stalled request the lock breaks for its
+                    # client's new one has given its place back before that one asks.
+                    place=caller.admission.slot("bodies"),
                     on_release=reader.request_release,
                     content_length=content_length,
                     new_length=new_length,
@@ -620,6 +628,7 @@ class UploadService:
         *,
         offset: int,
         source: ChunkSource,
+        place: contextlib.AbstractAsyncContextManager[None] = _NO_PLACE,
         on_release: Callable[[], None] | None = None,
         content_length: int | None = None,
         new_length: int | None = None,
@@ -633,13 +642,15 @@ class UploadService:
 
         The bytes go through :class:`~tusserver.uploads.guard.BodyGuard` (length, quota and
         store limits, the early type check, the checksum) on their way to the store.
-        Entry paths call :meth:`receive`.
+        ``place``: held from when the lock is taken until just before it is let go (the
+        caller's cap on bodies at once, :meth:`receive`); refused (429) before anything is
+        read. Entry paths call :meth:`receive`.
         """
         if created is not None and created.id != upload_id:
             raise ValueError("created is the record of another upload")
         if created is None:
             await self._owner_before_lock(principal, upload_id)
-        async with self.locker.lock(upload_id, on_release=on_release):
+        async with self.locker.lock(upload_id, on_release=on_release), place:
             rec = created or await self._get_live(principal, upload_id)
             if rec.is_final:
                 raise Forbidden("a final concatenated upload cannot be patched")
