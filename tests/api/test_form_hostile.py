@@ -185,3 +185,33 @@ async def test_a_field_that_keeps_arriving_is_not_idle(make_client: MakeClient) 
     assert resp.status == 201, body_json
     entries = body_json["files"]
     assert [e.get("status_code") for e in entries] == [None, None], entries
+
+
+async def test_a_refused_file_that_stalls_ends_the_form(make_client: MakeClient) -> None:
+    """A file refused while it arrives (here: past max_size) has the rest of its part read
+    past, under body_idle_timeout like every other wait of the form: a client that stops
+    sending there holds no handler for good."""
+    client = await make_client(body_idle_timeout=1, max_size=100)
+    done = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 70_000
+        )
+        await done.wait()  # the rest of the file never comes
+
+    try:
+        resp = await asyncio.wait_for(
+            client.post(
+                "/api/v1/upload",
+                data=body(),
+                headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+            ),
+            10,
+        )
+        assert resp.status == 400, await resp.text()
+        (entry,) = (await resp.json())["files"]
+        assert entry["status_code"] == 413, entry
+    finally:
+        done.set()

@@ -739,10 +739,16 @@ class FilesApi:
                 exc, UploadInterrupted | UploadSuspended | RequestTimeout | TooManyRequests
             )
             if not stopped:
+                # The rest of the refused file is read past, each wait under the idle
+                # timeout like every other wait of the form. Whatever stops that read (the
+                # body ends, breaks or stalls inside this part, or was stopped by the refusal
+                # itself) means no part follows.
                 try:
-                    await part.release()
-                except (ValueError, HttpProcessingError):
-                    stopped = True  # the body ends or breaks inside this part: no part follows
+                    await _read_field(
+                        part, self._uploads.config.body_idle_timeout or None, keep=False
+                    )
+                except Exception:
+                    stopped = True
             entry["error"] = exc.code
             entry["message"] = exc.message
             entry["status_code"] = exc.status
