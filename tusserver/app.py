@@ -141,7 +141,12 @@ class Runtime:
         (and the answer comes within those 5 seconds)."""
 
         async def database() -> str:
-            await self.db.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
+            # Within the probe's bound, by the catalog's own deadline: a silent PostgreSQL
+            # has the probe's connection terminated, not left to a cancelled statement.
+            await self.db.read(
+                lambda conn: conn.execute(text("SELECT 1")).scalar(),
+                bound=min(self.db.timeout, _PROBE_DATABASE_S),
+            )
             return "ok"
 
         async def object_store() -> str:
@@ -236,6 +241,8 @@ class Runtime:
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
 #: /readyz reports a local filesystem with less free space than this as full.
 _MIN_FREE_BYTES = 64 * 1024
+#: The readiness probe's bound on its database query (within the 5 s of every probe).
+_PROBE_DATABASE_S = 4.0
 
 
 def build_runtime(
@@ -256,7 +263,9 @@ def build_runtime(
     """
     resolved = resolved or resolve(config)
     metrics = Metrics()
-    db = database or create_database(config.effective_database_url, durable=config.fsync)
+    db = database or create_database(
+        config.effective_database_url, durable=config.fsync, timeout=config.database_timeout
+    )
     chunk_store = store or _chunk_store(config, metrics, key_ring=resolved.key_ring)
     object_store = objects or _object_store(config, metrics, key_ring=resolved.key_ring)
     the_locker = locker or _locker(config, db, metrics)
