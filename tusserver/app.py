@@ -534,6 +534,7 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
         return PostgresLocker(
             url.render_as_string(hide_password=False),
             timeout=config.lock_timeout,
+            database_timeout=config.database_timeout,
             observe_wait=metrics.lock_wait.observe,
         )
     several = config.worker_count > 1 or config.role != "all"  # other processes share the data
