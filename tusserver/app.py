@@ -521,7 +521,7 @@ def _cache_bus(db: Database, cache: Cache) -> LocalBus:
     """Invalidations in this process (SQLite), or shared with every instance (PostgreSQL)."""
     if db.dialect == "postgresql":
         url = db.url.set(drivername="postgresql")
-        return PostgresBus(cache, url.render_as_string(hide_password=False))
+        return PostgresBus(cache, url.render_as_string(hide_password=False), timeout=db.timeout)
     return LocalBus(cache)
 
 
