@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from tusserver.catalog.db import Database
 
@@ -94,8 +95,20 @@ class MemoryRateLimiter:
         buckets[key] = (tokens, now)
 
 
+_ENSURE_BUCKET = text(
+    "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (:k, :t, :u) "
+    "ON CONFLICT (key) DO NOTHING"
+)
+_LOCK_BUCKET = text("SELECT tokens, updated_at FROM rate_buckets WHERE key = :k FOR UPDATE")
+_SET_BUCKET = text("UPDATE rate_buckets SET tokens = :t, updated_at = :u WHERE key = :k")
+
+
 class PostgresRateLimiter:
-    """Buckets in PostgreSQL: one atomic upsert per decision, shared by all instances."""
+    """Buckets in PostgreSQL: one atomic upsert per decision, shared by all instances.
+
+    Each decision is a unit of work of the catalog (:meth:`Database.write`), so it has the
+    catalog's deadline: a PostgreSQL that stops answering fails it with
+    ``CatalogUnavailable`` instead of holding the request."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -115,28 +128,18 @@ class PostgresRateLimiter:
         needed = (require or 0.0) if overdraw else max(cost, require or 0.0)
         # A digest: fixed length, and no byte of a client's value (NUL included) reaches SQL.
         key = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        async with self._db.engine.begin() as conn:
+
+        def work(conn: Connection) -> tuple[bool, float]:
             # Make sure the row exists, then lock it: concurrent takers serialize on it.
-            await conn.execute(
-                text(
-                    "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (:k, :t, :u) "
-                    "ON CONFLICT (key) DO NOTHING"
-                ),
-                {"k": key, "t": burst, "u": now},
-            )
-            row = (
-                await conn.execute(
-                    text("SELECT tokens, updated_at FROM rate_buckets WHERE key = :k FOR UPDATE"),
-                    {"k": key},
-                )
-            ).one()
+            conn.execute(_ENSURE_BUCKET, {"k": key, "t": burst, "u": now})
+            row = conn.execute(_LOCK_BUCKET, {"k": key}).one()
             available = min(burst, row[0] + max(0.0, now - row[1]) * rate)
             allowed = force or available >= needed
             remaining = available - cost if allowed else available
-            await conn.execute(
-                text("UPDATE rate_buckets SET tokens = :t, updated_at = :u WHERE key = :k"),
-                {"k": key, "t": remaining, "u": now},
-            )
+            conn.execute(_SET_BUCKET, {"k": key, "t": remaining, "u": now})
+            return allowed, available
+
+        allowed, available = await self._db.write(work)
         if allowed:
             return Decision(True)
         return Decision(False, (needed - available) / rate if rate > 0 else math.inf)

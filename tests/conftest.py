@@ -14,6 +14,9 @@ Fixtures:
     private_postgres / private_s3 / private_clamd
                    function: a PRIVATE instance (tests/services.py) that the test may stop and
                    start again (service-down tests) without disturbing the shared ones
+    stalling_postgres
+                   function, parametrized held / dropped: the shared PostgreSQL (this worker's
+                   database) behind a StallingProxy (tests/stalling.py) that the test stalls
 
 Environment:
     TUSSERVER_TEST_NO_SERVICES=1    start nothing; tests that need a service error clearly
@@ -42,9 +45,11 @@ pytest_plugins = ["tests.app_fixtures"]
 if __package__:  # tests/ is a package (has __init__.py)
     from . import services
     from .services import ClamdServer, PostgresServer, SeaweedS3, ServiceError
+    from .stalling import StalledPostgres, StallingProxy
 else:  # no tests/__init__.py: pytest put tests/ itself on sys.path
     import services
     from services import ClamdServer, PostgresServer, SeaweedS3, ServiceError
+    from stalling import StalledPostgres, StallingProxy
 
 ENV_PREFIX = "TUSSERVER_TEST_"
 ALL_SERVICES = ("pg", "s3", "clamd")
@@ -321,6 +326,23 @@ def private_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(params=["held", "dropped"])
+async def stalling_postgres(
+    request: pytest.FixtureRequest, pg_url: str
+) -> AsyncIterator[StalledPostgres]:
+    """This worker's PostgreSQL database behind a :class:`StallingProxy`. ``held``: what is
+    sent during a stall arrives once it ends (a partition that heals, a frozen host that
+    resumes); ``dropped``: it never does (the proxy swallows it)."""
+    env = _require("pg")
+    proxy = StallingProxy(f"{env['PG_HOST']}:{env['PG_PORT']}", swallow=request.param == "dropped")
+    await proxy.start()
+    try:
+        yield StalledPostgres(proxy, pg_url.rsplit("/", 1)[1])
+    finally:
+        proxy.stalled = False
+        await proxy.close()
 
 
 @pytest.fixture

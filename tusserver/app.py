@@ -142,7 +142,12 @@ class Runtime:
         (and the answer comes within those 5 seconds)."""
 
         async def database() -> str:
-            await self.db.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
+            # Within the probe's bound, by the catalog's own deadline: a silent PostgreSQL
+            # has the probe's connection terminated, not left to a cancelled statement.
+            await self.db.read(
+                lambda conn: conn.execute(text("SELECT 1")).scalar(),
+                bound=min(self.db.timeout, _PROBE_DATABASE_S),
+            )
             return "ok"
 
         async def object_store() -> str:
@@ -237,6 +242,8 @@ class Runtime:
 RUNTIME = web.AppKey("tusserver_runtime", Runtime)
 #: /readyz reports a local filesystem with less free space than this as full.
 _MIN_FREE_BYTES = 64 * 1024
+#: The readiness probe's bound on its database query (within the 5 s of every probe).
+_PROBE_DATABASE_S = 4.0
 
 
 def build_runtime(
@@ -257,7 +264,9 @@ def build_runtime(
     """
     resolved = resolved or resolve(config)
     metrics = Metrics()
-    db = database or create_database(config.effective_database_url, durable=config.fsync)
+    db = database or create_database(
+        config.effective_database_url, durable=config.fsync, timeout=config.database_timeout
+    )
     chunk_store = store or _chunk_store(config, metrics, key_ring=resolved.key_ring)
     object_store = objects or _object_store(config, metrics, key_ring=resolved.key_ring)
     the_locker = locker or _locker(config, db, metrics)
@@ -529,7 +538,7 @@ def _cache_bus(db: Database, cache: Cache) -> LocalBus:
     """Invalidations in this process (SQLite), or shared with every instance (PostgreSQL)."""
     if db.dialect == "postgresql":
         url = db.url.set(drivername="postgresql")
-        return PostgresBus(cache, url.render_as_string(hide_password=False))
+        return PostgresBus(cache, url.render_as_string(hide_password=False), timeout=db.timeout)
     return LocalBus(cache)
 
 
@@ -542,6 +551,7 @@ def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
         return PostgresLocker(
             url.render_as_string(hide_password=False),
             timeout=config.lock_timeout,
+            database_timeout=config.database_timeout,
             observe_wait=metrics.lock_wait.observe,
         )
     several = config.worker_count > 1 or config.role != "all"  # other processes share the data

@@ -268,7 +268,7 @@ async def _migrate(config: TusServerConfig, action: str, revision: str | None) -
     from .catalog.db import create_database
     from .catalog.migrate import current_revision, downgrade, upgrade
 
-    db = create_database(config.effective_database_url)
+    db = create_database(config.effective_database_url, timeout=config.database_timeout)
     try:
         if action == "upgrade":
             await upgrade(db, revision or "head")
@@ -305,7 +305,7 @@ async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:
     from .catalog.db import create_database
     from .catalog.migrate import upgrade
 
-    db = create_database(config.effective_database_url)
+    db = create_database(config.effective_database_url, timeout=config.database_timeout)
     try:
         await upgrade(db)
         users, audit = UserRepository(db), AuditLog(db)
@@ -401,7 +401,7 @@ async def _audit(config: TusServerConfig, args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("tusserver: --limit must be at least 1", file=sys.stderr)
         return 2
-    db = create_database(config.effective_database_url)
+    db = create_database(config.effective_database_url, timeout=config.database_timeout)
     try:
         await upgrade(db)  # as the user commands do: a new data directory has no tables yet
         users = UserRepository(db)
@@ -518,7 +518,9 @@ async def _upgrade(config: TusServerConfig) -> int:
     from .catalog.db import create_database
     from .catalog.migrate import upgrade
 
-    db = create_database(config.effective_database_url, durable=config.fsync)
+    db = create_database(
+        config.effective_database_url, durable=config.fsync, timeout=config.database_timeout
+    )
     try:
         await upgrade(db)
     finally:

@@ -112,8 +112,14 @@ async def _check_server_database(url: Any, wait: float) -> Problem | None:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
+    from .catalog.db import terminate_invalidated
+
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
     engine = create_async_engine(url, poolclass=NullPool)
+    if url.get_driver_name() == "asyncpg":
+        # A statement cancelled by the bound below (a server that stopped answering) ends
+        # its connection at once, not after a graceful close that waits for the server.
+        terminate_invalidated(engine)
     try:
         async with asyncio.timeout(wait):
             async with engine.connect() as conn:

@@ -1,7 +1,7 @@
-"""Faults of the services the server depends on, while it runs: PostgreSQL restarts and an S3
-endpoint that stops answering. The server answers 503 with Retry-After (never a 500, never a
-request held for minutes), stays up, and once the service is back the client resumes
-byte-exact."""
+"""Faults of the services the server depends on, while it runs: PostgreSQL restarts, and an S3
+endpoint or a PostgreSQL that stops answering (tests/stalling.py). The server answers 503 with
+Retry-After (never a 500, never a request held for minutes), stays up, and once the service is
+back the client resumes byte-exact."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import hashlib
 import io
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from tests.stalling import StalledPostgres, StallingProxy
 from tusserver import TusServerConfig, create_app
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -133,62 +135,6 @@ async def test_postgres_restart_while_serving(
     assert (await client.get("/readyz")).status == 200
 
 
-class StallingProxy:
-    """A TCP proxy in front of S3 that can stall: while ``stalled``, it accepts connections
-    and reads what is sent but passes nothing on, in either direction (a hung S3, a dead
-    load balancer)."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self.stalled = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            if self.stalled:
-                while await reader.read(65536):
-                    pass
-                return
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-            try:
-                await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-            finally:
-                up_writer.close()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        while data := await src.read(65536):
-            if self.stalled:
-                continue  # swallowed: the other side waits for an answer that never comes
-            dst.write(data)
-            await dst.drain()
-        dst.close()
-
-
 @pytest.fixture
 async def stalling_s3(s3_server: Any) -> AsyncIterator[StallingProxy]:
     proxy = StallingProxy(s3_server.endpoint)
@@ -255,3 +201,118 @@ async def test_s3_that_stops_answering(
     assert resp.status == 204, await resp.text()
     body = await _download(client, f"/api/v1/file/{await _file_id(client, path)}/content")
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+#: database_timeout of the PostgreSQL stall tests, and what a 503 may take beyond it (a loaded
+#: machine; the unlock a PATCH waits for after its catalog write failed, at most 1 s).
+PG_DEADLINE = 1.5
+PG_MARGIN = 2.5
+
+
+def _elapsed(started: float) -> float:
+    return asyncio.get_running_loop().time() - started
+
+
+@pytest.mark.postgres
+async def test_postgres_that_stops_answering(
+    aiohttp_client: Any, tmp_path: Path, stalling_postgres: StalledPostgres
+) -> None:
+    """PostgreSQL stops answering (connections stay open, nothing comes back): a tus HEAD and
+    a PATCH get 503 with Retry-After within database_timeout (not a request held as long as
+    it is gone), /readyz says so; a PATCH whose body was stored but whose offset could not be
+    recorded gets 503, never an offset. Once PostgreSQL answers again the same server (no
+    restart, no poisoned connection left) serves request after request, HEAD gives the
+    offset of the bytes really stored, and the client finishes the upload byte-exact."""
+    proxy = stalling_postgres.proxy
+    config = TusServerConfig(
+        data_dir=tmp_path / "data",
+        database_url=stalling_postgres.url,
+        database_timeout=PG_DEADLINE,
+        auth="none",
+        sweep_interval=0,
+        pipeline_poll_interval=0.2,
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    data = os.urandom(3 * MiB + 7)
+    path = await _create(client, len(data))
+    resp = await client.patch(
+        path, data=io.BytesIO(data[:MiB]), headers={**OCTET, "Upload-Offset": "0"}
+    )
+    assert resp.status == 204, await resp.text()
+
+    attempts: list[Callable[[], Awaitable[ClientResponse]]] = [
+        lambda: client.head(path, headers=TUS),
+        lambda: client.patch(
+            path,
+            data=io.BytesIO(data[MiB : 2 * MiB]),
+            headers={**OCTET, "Upload-Offset": str(MiB)},
+        ),
+        lambda: client.post("/uploads/", headers={**TUS, "Upload-Length": "5"}),
+    ]
+    proxy.stalled = True
+    try:
+        for attempt in attempts:
+            started = asyncio.get_running_loop().time()
+            resp = await asyncio.wait_for(attempt(), 60)
+            assert resp.status == 503, (resp.status, await resp.text())
+            assert resp.headers["Retry-After"].isdigit()
+            assert _elapsed(started) < PG_DEADLINE + PG_MARGIN
+        assert (await client.get("/healthz")).status == 200
+        ready = await asyncio.wait_for(client.get("/readyz"), 30)
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["database"].startswith("unreachable")
+    finally:
+        proxy.stalled = False
+
+    # Several requests in a row, each answered at once: no connection of the stall is used.
+    for _ in range(12):
+        started = asyncio.get_running_loop().time()
+        assert await _offset(client, path) == MiB
+        assert _elapsed(started) < PG_DEADLINE
+    assert (await client.get("/readyz")).status == 200
+
+    # The stall comes while a PATCH's body is being stored: the bytes are kept, the offset
+    # cannot be recorded, and the client is told 503, not an offset.
+    upload_file = tmp_path / "data" / "uploads" / path.rsplit("/", 1)[1]
+    stalled_at: list[float] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        chunk = data[MiB : 2 * MiB]
+        for i in range(0, MiB // 2, 64 * 1024):
+            yield chunk[i : i + 64 * 1024]
+        for _ in range(200):  # the server is past its catalog reads, storing the body
+            if upload_file.stat().st_size > MiB:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the body never reached the chunk store")
+        proxy.stalled = True
+        stalled_at.append(asyncio.get_running_loop().time())
+        yield chunk[MiB // 2 :]
+
+    try:
+        resp = await asyncio.wait_for(
+            client.patch(
+                path,
+                data=body(),
+                headers={**OCTET, "Upload-Offset": str(MiB), "Content-Length": str(MiB)},
+            ),
+            60,
+        )
+        assert resp.status == 503, (resp.status, await resp.text())
+        assert "Upload-Offset" not in resp.headers
+        assert "Retry-After" in resp.headers
+        assert _elapsed(stalled_at[0]) < PG_DEADLINE + PG_MARGIN
+    finally:
+        proxy.stalled = False
+
+    offset = await _offset(client, path)
+    assert offset == upload_file.stat().st_size == 2 * MiB  # what was stored, all of it
+    resp = await client.patch(
+        path, data=io.BytesIO(data[offset:]), headers={**OCTET, "Upload-Offset": str(offset)}
+    )
+    assert resp.status == 204, await resp.text()
+    body_read = await _download(client, f"/api/v1/file/{await _file_id(client, path)}/content")
+    assert hashlib.sha256(body_read).digest() == hashlib.sha256(data).digest()
+    for _ in range(5):
+        assert (await client.get("/api/v1/files")).status == 200

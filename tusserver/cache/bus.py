@@ -13,6 +13,8 @@ import structlog
 from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 
+from ..deadlines import close_within, terminate, within
+from ..settings import DEFAULT_DATABASE_TIMEOUT
 from .store import Cache, Key
 
 __all__ = [
@@ -174,6 +176,12 @@ class PostgresBus(LocalBus):
     The cache is suspended (empty, bypassed) whenever this connection is not listening: at
     start until it is, after it is lost until it is back, and when a health check or the
     echo of one of our own notifications does not come back in time.
+
+    Every call on the connection is bounded (:mod:`tusserver.deadlines`): connecting and
+    its LISTEN by ``timeout`` (``database_timeout``), a health check by ``health_timeout``,
+    closing by ``timeout``. A call that gets no answer terminates the connection (never a
+    cancel request it would then wait for): a server that stops answering suspends the
+    cache, and the listener reconnects once it answers again.
     """
 
     def __init__(
@@ -186,10 +194,13 @@ class PostgresBus(LocalBus):
         max_reconnect_delay: float = 5.0,
         health_interval: float = 10.0,
         health_timeout: float = 5.0,
+        timeout: float = DEFAULT_DATABASE_TIMEOUT,
     ) -> None:
         super().__init__(cache)
         cache.suspend()  # nothing is cached before the listener is in place
         self._dsn = dsn
+        #: Seconds connecting (with the LISTEN) and closing may take.
+        self.timeout = timeout
         self.echo_timeout = echo_timeout
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
@@ -231,19 +242,22 @@ class PostgresBus(LocalBus):
         self.cache.suspend()
         self._release_waiters()
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
+            await close_within(conn, conn.close, self.timeout, busy=self._query_lock.locked())
 
     async def _connect(self) -> None:
         import asyncpg
 
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.timeout
         conn = await asyncpg.connect(
-            self._dsn, timeout=10, server_settings={"application_name": "tusserver-cache"}
+            self._dsn,
+            timeout=self.timeout,
+            server_settings={"application_name": "tusserver-cache"},
         )
         try:
-            await conn.add_listener(CHANNEL, self._on_notify)
+            await within(end - loop.time(), conn.add_listener(CHANNEL, self._on_notify), conn)
         except BaseException:
-            conn.terminate()
+            terminate(conn)
             raise
         conn.add_termination_listener(self._on_terminated)
         if self._closing:
@@ -368,7 +382,7 @@ class PostgresBus(LocalBus):
             return False
         try:
             async with self._query_lock:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.health_timeout)
+                await within(self.health_timeout, conn.fetchval("SELECT 1"), conn)
         except Exception:
             if conn is self._conn:
                 self._drop("the cache listener does not answer")

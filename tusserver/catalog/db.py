@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import fcntl
 import math
 import os
@@ -56,24 +57,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.util import greenlet_spawn
 
 from storage_backends.fileio import private_dirs, private_file
 
 from ..cache.bus import DEFERRED_NOTIFY, deferred_statement
+from ..deadlines import terminate
+from ..errors import CatalogUnavailable
 from ..futures import settle
+from ..settings import DEFAULT_DATABASE_TIMEOUT
 from . import fastsql
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["Database", "create_database", "is_disk_full"]
+__all__ = [
+    "DEFAULT_BOUND",
+    "Database",
+    "create_database",
+    "is_disk_full",
+    "terminate_invalidated",
+]
 
 T = TypeVar("T")
 
@@ -102,6 +112,22 @@ _MAX_IDLE = 6
 #: group takes a few milliseconds, and PostgreSQL looks for deadlocks only after a second).
 _MAX_GROUPS_AT_ONCE = 2
 _SLOW_GROUP_S = 0.25
+#: PostgreSQL: a unit still running this long after its deadline terminated its connection
+#: (it fails at once, normally) is cancelled (see _Deadline).
+_CANCEL_AFTER_S = 1.0
+#: Retry-After (seconds) of a unit that passed its deadline: as for a catalog found down.
+_RETRY_AFTER = "5"
+#: A deadline this close is due (the loop may run a timer a moment early).
+_WATCH_SLACK_S = 0.001
+
+
+class _Default(enum.Enum):
+    BOUND = enum.auto()
+
+
+#: ``bound`` of :meth:`Database.read` and :meth:`Database.write`: the catalog's own
+#: (:attr:`Database.timeout`, the ``database_timeout`` setting).
+DEFAULT_BOUND: Final = _Default.BOUND
 
 
 class Database:
@@ -110,9 +136,31 @@ class Database:
     A SQLite file catalog runs every unit on :class:`SqliteRunner`; its async engine
     (aiosqlite, and with it SQLAlchemy's ORM package, ~8 MiB of imports and a connection
     with a thread of its own) is made only when something asks for :attr:`engine`: tests,
-    admin tools. PostgreSQL runs units on the async engine (:class:`PostgresRunner`)."""
+    admin tools. PostgreSQL runs units on the async engine (:class:`PostgresRunner`).
 
-    __slots__ = ("_engine", "_make_engine", "dialect", "postgres", "sqlite", "url")
+    On PostgreSQL every unit is bounded by :attr:`timeout` (``database_timeout``): one that
+    has not ended by then (the server stopped answering) fails with
+    :class:`~tusserver.errors.CatalogUnavailable` (503), and its connection is terminated
+    (see :class:`PostgresRunner`). Which units run under which bound:
+
+    - every unit of a request, of the pipeline, the sweeper and the background writers runs
+      under :attr:`timeout`. The slowest of them are bounded by their own design, far below
+      its default of 10 s: a search is one keyset page (2 to 150 ms measured on a million
+      files, 0.8 s for the worst pattern before per-query plans), an analytics report reads
+      rollups whose size depends on the range, not on the events, and the retention purges
+      and tombstone sweeps go in batches (5,000 and 500 rows), each its own transaction, so
+      a batch that fails is taken up again by the next sweep.
+    - migrations run under no bound (``bound=None``, :mod:`.migrate`): a table rewrite
+      on a big catalog may take minutes, and a start-up that waits for it is visible (the
+      process does not serve, its readiness probe fails) rather than a migration killed
+      half way and retried forever.
+    - the readiness probe passes a shorter bound of its own.
+
+    SQLite (a file: no network to stall) takes no such bound; its units wait for another
+    process's lock at most ``_BUSY_WAIT_S``.
+    """
+
+    __slots__ = ("_engine", "_make_engine", "dialect", "postgres", "sqlite", "timeout", "url")
 
     def __init__(
         self,
@@ -122,10 +170,13 @@ class Database:
         make_engine: Callable[[], AsyncEngine] | None = None,
         sqlite: SqliteRunner | None = None,
         postgres: PostgresRunner | None = None,
+        timeout: float = DEFAULT_DATABASE_TIMEOUT,
     ) -> None:
         if engine is None and make_engine is None:
             raise ValueError("an engine or a way to make one")
         self.url = url
+        #: PostgreSQL: seconds a unit of work may take unless it asks for another bound.
+        self.timeout = timeout
         #: ``sqlite`` or ``postgresql``.
         self.dialect: str = url.get_backend_name()
         #: SQLite only: where units of work run (the synchronous engine and its thread).
@@ -144,30 +195,46 @@ class Database:
             self._engine = self._make_engine()
         return self._engine
 
-    @property
-    def _runner(self) -> SqliteRunner | PostgresRunner | None:
-        """Where units of work run; None: on the async engine as it is (an in-memory SQLite
-        catalog, PostgreSQL drivers other than asyncpg)."""
-        return self.sqlite if self.sqlite is not None else self.postgres
+    def _bound(self, bound: float | _Default | None) -> float | None:
+        return self.timeout if bound is DEFAULT_BOUND else bound
 
-    async def read(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
+    async def read(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        quick: bool = False,
+        bound: float | _Default | None = DEFAULT_BOUND,
+    ) -> T:
         """Run ``work`` on a connection, outside any explicit transaction.
 
         ``quick``: a point query that may run inline on the event loop (SQLite).
+        ``bound``: PostgreSQL: seconds it may take (None: no bound), see the class.
         """
-        if (runner := self._runner) is not None:
-            return await runner.run(work, write=False, quick=quick)
+        if self.sqlite is not None:
+            return await self.sqlite.run(work, write=False, quick=quick)
+        if self.postgres is not None:
+            return await self.postgres.run(work, write=False, quick=quick, bound=self._bound(bound))
         async with self.engine.connect() as conn:
             return await conn.run_sync(work)
 
-    async def write(self, work: Callable[[Connection], T], *, quick: bool = False) -> T:
+    async def write(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        quick: bool = False,
+        bound: float | _Default | None = DEFAULT_BOUND,
+    ) -> T:
         """Run ``work`` in one transaction: committed when it returns, rolled back if it raises.
 
         ``work`` may run twice (after a lock held by another process made the first attempt
-        fail and roll back): it must have no effect outside the connection.
+        fail and roll back): it must have no effect outside the connection. A unit that
+        failed with :class:`~tusserver.errors.CatalogUnavailable` for its deadline may have
+        been committed or not (its COMMIT sent, the answer never came).
         """
-        if (runner := self._runner) is not None:
-            return await runner.run(work, write=True, quick=quick)
+        if self.sqlite is not None:
+            return await self.sqlite.run(work, write=True, quick=quick)
+        if self.postgres is not None:
+            return await self.postgres.run(work, write=True, quick=quick, bound=self._bound(bound))
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
@@ -176,7 +243,19 @@ class Database:
         if self.postgres is not None:
             await self.postgres.close()
         if self._engine is not None:
-            await self._engine.dispose()
+            if self.postgres is None:
+                await self._engine.dispose()
+            else:
+                # Pooled connections close gracefully: a Terminate message whose answer
+                # (the server closing) a server that stopped answering never sends.
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self._engine.dispose()
+                except TimeoutError:
+                    _log.warning(
+                        "database connections not closed: the server did not answer",
+                        timeout=self.timeout,
+                    )
         if self.sqlite is not None:
             await self.sqlite.close()
 
@@ -666,10 +745,32 @@ class PostgresRunner:
       fewer BEGIN, COMMIT and NOTIFY round trips per write). The quick writes are point
       writes by primary key, and two groups that would still wait for each other's rows are
       told so by PostgreSQL's deadlock detection, and their units run again one by one.
+
+    A server that stops answering (a network partition, a frozen host: its connections stay
+    open, nothing comes back) would hold every unit, and every request behind it, as long
+    as it is gone. So each unit (and each group of quick writes) has a deadline
+    (:class:`_Deadline`: ``timeout`` seconds, the catalog's ``database_timeout``, unless the
+    caller asks for another ``bound``). When it passes, the unit's connection is
+    *terminated* (its socket closed, no word to the server), so the statement waiting on it
+    fails at once; a unit still waiting for a connection (the pool, a new connection) is
+    cancelled. The caller gets :class:`~tusserver.errors.CatalogUnavailable` (503 with
+    Retry-After); the unit is not run again. The idle connections are terminated too (they
+    lead to the same silent server), and the pool replaces those it holds once SQLAlchemy
+    has seen one lost. The connection is never cancelled instead, nor closed gracefully,
+    nor reused: asyncpg answers a cancelled statement with a cancel request and keeps the
+    connection waiting for its acknowledgement, which a silent server never sends (the next
+    unit on it, or its graceful close, would hang). For the same reason every connection
+    SQLAlchemy invalidates (a statement cancelled from outside, a lost connection) is
+    terminated before SQLAlchemy tries to close it (:func:`terminate_invalidated`). New
+    connections are made as units need them: once the server answers again, the catalog
+    works again.
     """
 
-    def __init__(self, engine: AsyncEngine, *, capacity: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, capacity: int, timeout: float) -> None:
         self.engine = engine.sync_engine
+        #: Seconds a unit may take by default, quick writes always (see _Deadline).
+        self.timeout = timeout
+        self._watch = _Watch()
         #: How many connections the pool gives out at most (pool_size + max_overflow).
         self._capacity = capacity
         #: Quick writes waiting for the next turn of the event loop (:meth:`_flush`).
@@ -684,10 +785,12 @@ class PostgresRunner:
         self._idle: dict[bool, list[Connection]] = {False: [], True: []}
         self._closed = False
 
-    async def run(self, work: Callable[[Connection], T], *, write: bool, quick: bool) -> T:
+    async def run(
+        self, work: Callable[[Connection], T], *, write: bool, quick: bool, bound: float | None
+    ) -> T:
         if self._closed:
             raise RuntimeError("the database is closed")
-        if write and quick:
+        if write and quick and bound == self.timeout:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[T] = loop.create_future()
             self._pending.append(_Queued(work, True, future, loop))
@@ -695,7 +798,33 @@ class PostgresRunner:
                 self._scheduled = True
                 loop.call_soon(self._flush)
             return await future
-        result: T = await greenlet_spawn(self._unit, work, write, quick)
+        deadline = None if bound is None else _Deadline(bound)
+        try:
+            return await self._within(deadline, self._unit, work, write, quick)
+        except Exception as exc:
+            if deadline is not None and deadline.expired and _from_database(exc):
+                raise deadline.failure() from exc
+            raise
+
+    async def _within(self, deadline: _Deadline | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args, deadline)`` in a greenlet, under ``deadline`` (None: no bound)."""
+        if deadline is None:
+            unbounded: T = await greenlet_spawn(fn, *args, None)
+            return unbounded
+        task = asyncio.current_task()
+        assert task is not None
+        deadline.start(task, asyncio.get_running_loop().time())
+        self._watch.add(deadline)
+        try:
+            result: T = await greenlet_spawn(fn, *args, deadline)
+        except asyncio.CancelledError:
+            if deadline.ours(task):
+                raise TimeoutError(f"no answer within {deadline.seconds:g} s") from None
+            raise
+        finally:
+            self._watch.discard(deadline)
+        if deadline.cancelled:  # (the unit swallowed it: the task is not being cancelled)
+            task.uncancel()
         return result
 
     def _flush(self) -> None:
@@ -733,20 +862,28 @@ class PostgresRunner:
             self._flush()
 
     async def _run_group(self, group: list[_Queued]) -> None:
+        deadline = _Deadline(self.timeout)
         try:
-            outcomes = await greenlet_spawn(self._group, [q.work for q in group])
+            outcomes = await self._within(deadline, self._group, [q.work for q in group])
         except BaseException as exc:  # never leave callers waiting
             outcomes = [(False, exc)] * len(group)
         for q, (ok, value) in zip(group, outcomes, strict=True):
+            if not ok and deadline.expired and _from_database(value):
+                failure = deadline.failure()
+                failure.__cause__ = value
+                value = failure
             settle(q.future, ok, value)
 
-    def _group(self, works: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+    def _group(
+        self, works: list[Callable[[Connection], Any]], deadline: _Deadline | None
+    ) -> list[tuple[bool, Any]]:
         """Group commit: the units in one transaction, so one BEGIN and one COMMIT (and one
         checkout, one greenlet) for all of them. Each caller gets its result once the group
         has committed. If a unit fails, the group is rolled back and its units run again one
         by one, each in its own transaction, so that the error is that unit's alone (units
         may run twice: see :meth:`Database.write`). An error outside the units (no
-        connection, the COMMIT) is every unit's."""
+        connection, the COMMIT) is every unit's. Past the ``deadline`` no unit is run again
+        (each would take a connection to the same silent server): they all fail."""
         if len(works) > 1:
 
             def all_of(conn: Connection) -> list[Any]:
@@ -759,15 +896,19 @@ class PostgresRunner:
                 return results
 
             try:
-                return [(True, r) for r in self._unit(all_of, True, True)]
-            except _UnitFailed:
-                pass
+                return [(True, r) for r in self._unit(all_of, True, True, deadline)]
+            except _UnitFailed as exc:
+                if deadline is not None and deadline.expired:
+                    return [(False, exc.__cause__)] * len(works)
         outcomes: list[tuple[bool, Any]] = []
         for work in works:
             try:
-                outcomes.append((True, self._unit(work, True, True)))
+                outcomes.append((True, self._unit(work, True, True, deadline)))
             except Exception as exc:
                 outcomes.append((False, exc))
+                if deadline is not None and deadline.expired:
+                    outcomes += [(False, exc)] * (len(works) - len(outcomes))
+                    break
         return outcomes
 
     async def close(self) -> None:
@@ -783,13 +924,21 @@ class PostgresRunner:
                 await asyncio.wait(list(self._groups), return_when=asyncio.FIRST_COMPLETED)
         await greenlet_spawn(self._drop_idle)
 
-    def _unit(self, work: Callable[[Connection], T], write: bool, quick: bool) -> T:
+    def _unit(
+        self,
+        work: Callable[[Connection], T],
+        write: bool,
+        quick: bool,
+        deadline: _Deadline | None,
+    ) -> T:
         retried = False
         autocommit = quick and not write
         while True:
             committing = False
             reuse = False
             conn = self._checkout(autocommit)
+            if deadline is not None:
+                deadline.attach(conn)
             try:
                 if write:
                     # Invalidations of the cache are sent in one statement at the end. (The
@@ -813,15 +962,22 @@ class PostgresRunner:
                 reuse = True
                 return result
             except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    # The others may be gone too (a restart): new connections from now on.
-                    self._drop_idle()
-                if retried or committing or not exc.connection_invalidated:
+                late = deadline is not None and deadline.expired
+                if exc.connection_invalidated or late:
+                    # The others may be gone too (a restart), or lead to the same silent
+                    # server (terminated then): new connections from now on.
+                    self._drop_idle(terminate_them=late)
+                if late or retried or committing or not exc.connection_invalidated:
                     raise
                 retried = True
                 _log.info("database connection lost; running the unit again", error=str(exc))
             finally:
-                self._checkin(conn, autocommit, reuse)
+                if deadline is not None and deadline.expired:
+                    _discard(conn)  # (terminated by its deadline: never reused)
+                else:
+                    self._checkin(conn, autocommit, reuse)
+                if deadline is not None:
+                    deadline.detach()
 
     def _checkout(self, autocommit: bool) -> Connection:
         """A connection kept open from an earlier unit (a pool checkout and return per unit
@@ -832,8 +988,7 @@ class PostgresRunner:
             raw = conn.connection.driver_connection
             if raw is not None and not raw.is_closed():
                 return conn
-            conn.invalidate()  # closed by the server: not back to the pool
-            conn.close()
+            _discard(conn)  # closed by the server (or terminated): not back to the pool
         conn = self.engine.connect()
         if autocommit:
             conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -853,10 +1008,156 @@ class PostgresRunner:
         else:
             conn.close()
 
-    def _drop_idle(self) -> None:
+    def _drop_idle(self, *, terminate_them: bool = False) -> None:
+        """Give the idle connections back to the pool, or with ``terminate_them`` end them
+        (a server that stopped answering: no word to it, see :func:`_discard`)."""
         for idle in self._idle.values():
             while idle:
-                idle.pop().close()
+                conn = idle.pop()
+                if terminate_them:
+                    _discard(conn)
+                else:
+                    conn.close()
+
+
+class _Deadline:
+    """The bound of one unit of work, or one group of quick writes, on PostgreSQL.
+
+    When it passes, the connection the unit is using is terminated (see
+    :class:`PostgresRunner`): the statement waiting on it fails at once with a lost
+    connection, and so does every later one of the unit. A unit without a connection at
+    that moment (waiting for the pool, or for a new connection to be made) is cancelled
+    instead, and so is one still running :data:`_CANCEL_AFTER_S` after its connection was
+    terminated (it should have failed at once). :meth:`failure` is then what its caller
+    gets. The unit's own code (the greenlet) attaches and detaches its connection; the
+    :class:`_Watch` runs on the event loop between its statements.
+    """
+
+    __slots__ = ("_cancelling", "_conn", "_task", "at", "cancelled", "expired", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        #: Loop time at which the watch acts next (the deadline, then the backstop).
+        self.at = math.inf
+        self.expired = False
+        #: The unit's task was cancelled for it (not by someone else).
+        self.cancelled = False
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+
+    def start(self, task: asyncio.Task[Any], now: float) -> None:
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.at = now + self.seconds
+
+    def ours(self, task: asyncio.Task[Any]) -> bool:
+        """On a CancelledError of ``task``: whether it is this deadline's alone (as
+        ``asyncio.timeout`` tells its own cancellation from others')."""
+        return self.cancelled and task.uncancel() <= self._cancelling
+
+    def attach(self, conn: Connection) -> None:
+        """The unit now uses ``conn`` (terminated at once if the deadline has passed)."""
+        self._conn = conn
+        if self.expired:
+            _terminate_conn(conn)
+
+    def detach(self) -> None:
+        self._conn = None
+
+    def due(self, now: float) -> bool:
+        """The time came (see :class:`_Watch`); whether to be watched further."""
+        if not self.expired:
+            self.expired = True
+            if self._conn is not None:
+                _terminate_conn(self._conn)
+                self.at = now + _CANCEL_AFTER_S
+                return True
+        if self._task is not None and not self.cancelled:
+            self.cancelled = True
+            self._task.cancel()
+        return False
+
+    def failure(self) -> CatalogUnavailable:
+        return CatalogUnavailable(
+            f"the catalog database did not answer within {self.seconds:g} s",
+            headers={"Retry-After": _RETRY_AFTER},
+        )
+
+
+class _Watch:
+    """The deadlines of the units running now, under one timer of the event loop set for
+    the earliest: not a timer per unit (its own timer and timeout scope cost a point query
+    several percent of its CPU)."""
+
+    __slots__ = ("_active", "_at", "_timer")
+
+    def __init__(self) -> None:
+        self._active: set[_Deadline] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def add(self, deadline: _Deadline) -> None:
+        self._active.add(deadline)
+        if deadline.at < self._at:
+            self._schedule(deadline.at)
+
+    def discard(self, deadline: _Deadline) -> None:
+        self._active.discard(deadline)  # (the timer finds nothing due, and is set again)
+
+    def _schedule(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        self._at = math.inf
+        now = asyncio.get_running_loop().time()
+        for deadline in [d for d in self._active if d.at <= now + _WATCH_SLACK_S]:
+            if not deadline.due(now):
+                self._active.discard(deadline)
+        if self._active:
+            self._schedule(min(d.at for d in self._active))
+
+
+def _from_database(exc: object) -> bool:
+    """Whether ``exc`` came out of the database layer (a statement failed on its terminated
+    connection, a unit cancelled by its deadline), not out of the unit's own logic."""
+    return isinstance(exc, SQLAlchemyError | OSError | TimeoutError) or type(
+        exc
+    ).__module__.startswith("asyncpg")
+
+
+def _terminate_conn(conn: Connection) -> None:
+    """Close the socket of ``conn``'s asyncpg connection (see :func:`terminate`); one that
+    SQLAlchemy has invalidated is terminated already (:func:`terminate_invalidated`)."""
+    if not (conn.closed or conn.invalidated):
+        with contextlib.suppress(Exception):
+            terminate(conn.connection.driver_connection)
+
+
+def _discard(conn: Connection) -> None:
+    """End ``conn`` for good: its socket closed without a word to the server (which may not
+    answer one), never back to the pool."""
+    if not (conn.closed or conn.invalidated):
+        _terminate_conn(conn)
+        conn.invalidate()
+    conn.close()
+
+
+def terminate_invalidated(engine: AsyncEngine) -> None:
+    """Have ``engine`` (asyncpg) terminate every connection it invalidates, see below."""
+    event.listen(engine.sync_engine, "invalidate", _terminate_invalidated)
+
+
+def _terminate_invalidated(dbapi_conn: Any, _record: Any, _exc: BaseException | None) -> None:
+    """Pool event: a connection SQLAlchemy invalidates (lost, or its statement cancelled:
+    the readiness probe's bound, a request that went away) is terminated at once, before
+    SQLAlchemy closes it. Its own close would first try a graceful one, which waits for the
+    answer to asyncpg's cancel request, without bound, from a server that may say nothing."""
+    terminate(getattr(dbapi_conn, "driver_connection", None))
 
 
 def _asyncpg_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -877,11 +1178,19 @@ def _private_sqlite_files(path: Path) -> None:
         private_file(path.with_name(path.name + suffix))
 
 
-def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> Database:
+def create_database(
+    url: str,
+    *,
+    durable: bool = False,
+    pool_size: int = 10,
+    timeout: float = DEFAULT_DATABASE_TIMEOUT,
+) -> Database:
     """The catalog at ``url``. SQLite gets WAL, a busy timeout and foreign keys.
 
     ``durable`` selects ``synchronous=FULL`` on SQLite (the ``fsync`` setting); otherwise
     ``NORMAL``, which in WAL mode survives a process crash but not a power loss.
+    ``timeout`` bounds each unit of work on PostgreSQL (``database_timeout``, see
+    :class:`Database`).
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
@@ -890,12 +1199,17 @@ def create_database(url: str, *, durable: bool = False, pool_size: int = 10) -> 
         kwargs["max_overflow"] = pool_size
         # asyncpg: a closed connection is replaced at checkout instead (PostgresRunner).
         kwargs["pool_pre_ping"] = parsed.get_driver_name() != "asyncpg"
+        if parsed.get_driver_name() == "asyncpg":
+            # (Units are cancelled at their deadline anyway; this bounds the rest: the
+            # engine used as it is, by tests and admin tools.)
+            kwargs["connect_args"] = {"timeout": timeout}
         engine = _async_engine(parsed, kwargs)
         if parsed.get_driver_name() != "asyncpg":
-            return Database(parsed, engine=engine)
+            return Database(parsed, engine=engine, timeout=timeout)
         event.listen(engine.sync_engine, "checkout", _asyncpg_checkout)
-        postgres = PostgresRunner(engine, capacity=2 * pool_size)
-        return Database(parsed, engine=engine, postgres=postgres)
+        terminate_invalidated(engine)
+        postgres = PostgresRunner(engine, capacity=2 * pool_size, timeout=timeout)
+        return Database(parsed, engine=engine, postgres=postgres, timeout=timeout)
     sync_mode = "FULL" if durable else "NORMAL"
     kwargs["connect_args"] = {"timeout": 30}
     if not parsed.database or parsed.database == ":memory:":

@@ -1,8 +1,10 @@
 """Alembic migrations (no alembic.ini needed), each run all or nothing.
 
 On PostgreSQL a migration is a unit of work of the catalog, under a transaction-level
-advisory lock, so several instances starting at once apply each migration exactly once. A
-SQLite file migrates on a connection of its own (see :func:`_migrate_sqlite_file`).
+advisory lock, so several instances starting at once apply each migration exactly once. It
+runs without the catalog's deadline (``database_timeout``): a table rewrite on a big catalog
+may take minutes, and instances starting meanwhile wait for its lock. A SQLite file migrates
+on a connection of its own (see :func:`_migrate_sqlite_file`).
 
 Alembic (with Mako and Pygments) is imported only when there is something to migrate: a
 server starting on an up-to-date catalog compares the stored revision with the newest one
@@ -113,7 +115,7 @@ async def _migrate(db: Database, step: Callable[[Connection], None]) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         step(conn)
 
-    await db.write(work)
+    await db.write(work, bound=None)  # (no deadline: see the module's docstring)
 
 
 def _migrate_sqlite_file(url: URL, step: Callable[[Connection], None]) -> None:

@@ -20,13 +20,14 @@ from .encryption import EncryptionSettings
 from .http import HttpSettings, WebSettings
 from .logs import LogSettings
 from .pipeline import CATEGORIES, PipelineSettings
-from .server import ServerSettings, normalize_database_url
+from .server import DEFAULT_DATABASE_TIMEOUT, ServerSettings, normalize_database_url
 from .storage import MAX_DOWNLOAD_REDIRECT, StorageSettings
 from .uploads import UploadSettings
 from .webhooks import WebhookSettings
 
 __all__ = [
     "CATEGORIES",
+    "DEFAULT_DATABASE_TIMEOUT",
     "MAX_DOWNLOAD_REDIRECT",
     "AuthSettings",
     "CacheSettings",

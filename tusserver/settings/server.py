@@ -6,9 +6,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._base import ConfigError, check_port, doc
+from ._base import MAX_NUMBER, ConfigError, check_port, doc
 
-__all__ = ["ServerSettings", "normalize_database_url"]
+__all__ = ["DEFAULT_DATABASE_TIMEOUT", "ServerSettings", "normalize_database_url"]
+
+#: The default of ``database_timeout`` (seconds), also for catalogs made without settings.
+DEFAULT_DATABASE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,19 @@ class ServerSettings:
             secret=True,
         ),
     )
+    database_timeout: float = field(
+        default=DEFAULT_DATABASE_TIMEOUT,
+        metadata=doc(
+            "PostgreSQL: seconds one unit of catalog work (its wait for a connection included), "
+            "one call of the upload locker or of the cache bus may take. When PostgreSQL stops "
+            "answering (a network partition, a frozen host) requests get 503 with Retry-After "
+            "after this long instead of waiting as long as it is gone; the silent connection is "
+            "terminated, and new ones are made once it answers again. Must exceed the slowest "
+            "legitimate unit (a search page, an analytics report, a retention batch: well under "
+            "a second on a million files). Migrations are not bounded by it. SQLite (no network) "
+            "ignores it."
+        ),
+    )
     auto_migrate: bool = field(
         default=True,
         metadata=doc("Apply database migrations at start (`tusserver migrate` does it by hand)."),
@@ -71,6 +87,8 @@ class ServerSettings:
             raise ConfigError("base_path: must start and end with '/'")
         if self.database_url:
             normalize_database_url(self.database_url)  # an unusable URL names the setting
+        if not 0 < self.database_timeout <= MAX_NUMBER:  # NaN and infinity too
+            raise ConfigError(f"database_timeout: must be positive, at most {MAX_NUMBER}")
 
     @property
     def effective_database_url(self) -> str:

@@ -13,6 +13,15 @@ requests are grouped: the calls made while a round trip is out go together in th
 as one statement over arrays, in the order they were made. Under load that is one round trip
 for many requests instead of two each, on a connection every request of the instance waits
 for. A lock granted to a request that gave up meanwhile is released at once.
+
+Every call on the connection is bounded by ``database_timeout`` (:mod:`tusserver.deadlines`):
+a round trip (with the connection and its LISTEN, when one is made for it) that gets no answer
+in time terminates the connection, which ends the session and with it this instance's locks
+(on the server, once it sees the socket closed), so the holders are asked to let go as for a
+lost connection. Its lock calls fail with :class:`~tusserver.errors.CatalogUnavailable` (503
+with Retry-After); the next call makes a new connection. A request waits for its unlock's
+answer :data:`_UNLOCK_WAIT_S` at most: an unlock that gets none ends the session, which
+releases the lock all the same.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from ..errors import LockTimeout, ServiceUnavailable
+from ..deadlines import NoAnswer, close_within, terminate, within
+from ..errors import CatalogUnavailable, LockTimeout, ServiceUnavailable
 from ..futures import settle
+from ..settings import DEFAULT_DATABASE_TIMEOUT
 from .locks import InProcessLocker, ReleaseCallback
 
 __all__ = ["PostgresLocker", "advisory_key"]
@@ -36,6 +47,12 @@ __all__ = ["PostgresLocker", "advisory_key"]
 _log = structlog.get_logger("tusserver.locks")
 CHANNEL = "tusserver_release"
 _POLL = 0.05
+#: A request leaving an upload waits this long at most for its unlock's answer (normally a
+#: round trip of a millisecond): the unlock stays queued in order, and one that gets no
+#: answer ends the session (its deadline), which releases the lock all the same.
+_UNLOCK_WAIT_S = 1.0
+#: Retry-After (seconds) of a call the lock database did not answer.
+_RETRY_AFTER = "5"
 #: The lock (``take``) and unlock calls of one round trip, in the order they were made (the
 #: rows of a function scan over ``unnest`` come in the arrays' order).
 _ADVISORY_CALLS = (
@@ -60,10 +77,14 @@ class PostgresLocker:
         dsn: str,
         *,
         timeout: float,
+        database_timeout: float = DEFAULT_DATABASE_TIMEOUT,
         observe_wait: Callable[[float], None] | None = None,
     ) -> None:
+        """``timeout``: how long a request waits for an upload held elsewhere;
+        ``database_timeout``: how long one round trip to the lock database may take."""
         self._dsn = dsn
         self._timeout = timeout
+        self._database_timeout = database_timeout
         self._observe = observe_wait
         self._local = InProcessLocker(timeout=timeout)
         self._conn: Any = None
@@ -74,7 +95,7 @@ class PostgresLocker:
         self._sender: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        await self._connection()
+        await self._connection(self._database_timeout)
 
     async def close(self) -> None:
         self._closing = True
@@ -82,20 +103,31 @@ class PostgresLocker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._sender), 5)
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            busy = self._conn_lock.locked()  # (a round trip outlived the wait above)
+            await close_within(conn, conn.close, self._database_timeout, busy=busy)
 
-    async def _connection(self) -> Any:
+    async def _connection(self, seconds: float) -> Any:
+        """The lock connection, made (with its LISTEN) within ``seconds`` if there is none."""
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         if self._closing:
-            raise ServiceUnavailable("the server is stopping")
+            raise ServiceUnavailable(
+                "the server is stopping", headers={"Retry-After": _RETRY_AFTER}
+            )
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
+            conn = await asyncpg.connect(self._dsn, timeout=max(seconds, 0.001))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"the lock database is unreachable: {exc}") from exc
-        await conn.add_listener(CHANNEL, self._on_notify)
+            raise _unavailable(f"the lock database is unreachable: {exc}") from exc
+        try:
+            await within(end - loop.time(), conn.add_listener(CHANNEL, self._on_notify), conn)
+        except BaseException as exc:
+            terminate(conn)
+            if isinstance(exc, NoAnswer | OSError | asyncpg.PostgresError):
+                raise _unavailable(f"the lock database is unreachable: {exc}") from exc
+            raise
         conn.add_termination_listener(self._on_lost)
         self._conn = conn
         return conn
@@ -137,7 +169,7 @@ class PostgresLocker:
 
     def _call(self, take: bool, key: int) -> asyncio.Future[bool]:
         """Queue a lock (``take``) or unlock call for the next round trip. A lock's future
-        fails with :class:`ServiceUnavailable` if the lock database does; an unlock's is
+        fails with :class:`CatalogUnavailable` if the lock database does; an unlock's is
         False then (the session, and its locks, are gone)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._calls.append((take, key, future))
@@ -158,7 +190,7 @@ class PostgresLocker:
                 calls = []
         except BaseException as exc:
             # (Cancelled at the loop's end, say: no caller is left waiting.)
-            _fail([*calls, *self._calls], f"the lock database failed: {exc!r}")
+            _fail([*calls, *self._calls], _unavailable(f"the lock database failed: {exc!r}"))
             self._calls = []
             raise
         finally:
@@ -175,20 +207,27 @@ class PostgresLocker:
             calls = [c for c in calls if c[0]]
         if not calls:
             return
+        # One deadline for the round trip, a new connection included.
+        deadline = asyncio.get_running_loop().time() + self._database_timeout
         try:
-            conn = await self._connection()
+            conn = await self._connection(self._database_timeout)
         except ServiceUnavailable as exc:
-            _fail(calls, exc.message)
+            _fail(calls, exc)
             return
+        left = deadline - asyncio.get_running_loop().time()
         try:
-            rows = await conn.fetch(_ADVISORY_CALLS, [c[1] for c in calls], [c[0] for c in calls])
+            rows = await within(
+                left,
+                conn.fetch(_ADVISORY_CALLS, [c[1] for c in calls], [c[0] for c in calls]),
+                conn,
+            )
         except Exception as exc:
             # Some of the calls may have taken effect before the one that failed (a
             # session's advisory locks outlive the statement): the session is ended, which
-            # releases all its locks, and their holders are told (_on_lost).
-            if not conn.is_closed():
-                conn.terminate()
-            _fail(calls, f"the lock database failed: {exc}")
+            # releases all its locks, and their holders are told (_on_lost). (A deadline
+            # that passed has terminated it already.)
+            terminate(conn)
+            _fail(calls, _unavailable(f"the lock database failed: {exc}"))
             return
         for (take, key, future), row in zip(calls, rows, strict=True):
             granted = bool(row[0])
@@ -198,9 +237,13 @@ class PostgresLocker:
 
     async def _notify(self, upload_id: str) -> None:
         async with self._conn_lock:
-            conn = await self._connection()
+            conn = await self._connection(self._database_timeout)
             with contextlib.suppress(Exception):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, upload_id)
+                await within(
+                    self._database_timeout,
+                    conn.execute("SELECT pg_notify($1, $2)", CHANNEL, upload_id),
+                    conn,
+                )
 
     @contextlib.asynccontextmanager
     async def lock(
@@ -234,14 +277,20 @@ class PostgresLocker:
                 yield
             finally:
                 self._held.pop(upload_id, None)
-                await self._unlock(key)
+                unlock = self._call(False, key)
+                # (Its answer never fails, see _call; a wait cut short leaves it queued.)
+                await asyncio.wait([unlock], timeout=_UNLOCK_WAIT_S)
 
 
-def _fail(calls: list[_Call], message: str) -> None:
-    """The calls could not be made: locks fail, unlocks are done (nobody waits on an
-    unlock's error: if it was not made, its session is being ended)."""
+def _unavailable(message: str) -> CatalogUnavailable:
+    return CatalogUnavailable(message, headers={"Retry-After": _RETRY_AFTER})
+
+
+def _fail(calls: list[_Call], error: ServiceUnavailable) -> None:
+    """The calls could not be made: locks fail with ``error`` (a copy each), unlocks are done
+    (nobody waits on an unlock's error: if it was not made, its session is being ended)."""
     for take, _key, future in calls:
         if take:
-            settle(future, False, ServiceUnavailable(message))
+            settle(future, False, type(error)(error.message, headers=error.headers))
         else:
             settle(future, True, False)
