@@ -93,6 +93,8 @@ class PostgresLocker:
         self._closing = False
         self._calls: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        #: Lock-break requests on their way (kept referenced; see _notify).
+        self._notifying: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         await self._connection(self._database_timeout)
@@ -236,6 +238,24 @@ class PostgresLocker:
             settle(future, True, granted)
 
     async def _notify(self, upload_id: str) -> None:
+        """Ask the instance holding ``upload_id`` to let go (``NOTIFY``).
+
+        The round trip goes on without the caller if the caller gives up (a cancelled
+        request): a call cancelled on the lock connection terminates it (see
+        :func:`~tusserver.deadlines.within`), and that would end this instance's lock
+        session, releasing every lock it holds while their writers still write. Only its
+        deadline ends it early."""
+        task = asyncio.ensure_future(self._send_notify(upload_id))
+        self._notifying.add(task)
+        task.add_done_callback(self._notify_done)
+        await asyncio.shield(task)
+
+    def _notify_done(self, task: asyncio.Task[None]) -> None:
+        self._notifying.discard(task)
+        if not task.cancelled():
+            task.exception()  # (seen: a caller that gave up is not there to see it)
+
+    async def _send_notify(self, upload_id: str) -> None:
         async with self._conn_lock:
             conn = await self._connection(self._database_timeout)
             with contextlib.suppress(Exception):
