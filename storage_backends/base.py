@@ -249,6 +249,10 @@ class UploadLister(Protocol):
         the pieces :meth:`ChunkStore.delete` would not find (S3: a multipart upload that no
         ``.info`` names, left by a crash between the two); no error when already gone."""
 
+    async def get_offset(self, upload_id: str) -> int:
+        """As :meth:`ChunkStore.get_offset`: the sweep removes only uploads that hold no
+        bytes (what a crash between the store's entry and the catalog's row leaves)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:

@@ -516,14 +516,18 @@ class S3ChunkStore:
         through the store's thread pool.
 
         Only keys right under the prefix whose name is an upload id (and suffix) are
-        looked at, never what lies deeper (a delimiter). Without a prefix the store refuses
-        (:class:`ListingRefused`): the bucket's other objects, a committed file among them,
-        could carry such names.
+        looked at, never what lies deeper (a delimiter). Without a prefix, or with one that
+        does not end in ``/``, the store refuses (:class:`ListingRefused`): the bucket's other
+        objects, a committed file or a neighbouring prefix's among them, could carry such
+        names.
         """
-        if not self._prefix:
+        if not self._prefix.endswith("/"):
+            # Empty: the whole bucket; not ending in "/": "tus" would list "tus-b<id>.info"
+            # of a neighbour's prefix "tus-b" as upload "-b<id>".
             raise ListingRefused(
-                "the S3 chunk store lists its uploads only under a key prefix of its own "
-                "(s3_chunk_prefix is empty)"
+                "the S3 chunk store lists its uploads only under a key prefix of its own, "
+                "a folder ending in '/' (s3_chunk_prefix is "
+                f"{self._prefix!r})"
             )
         listing = iter(
             self._client.list_objects(self._s.bucket, prefix=self._prefix, recursive=False)

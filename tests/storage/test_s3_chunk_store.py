@@ -330,10 +330,15 @@ def _soon() -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
 
 
-async def test_without_a_prefix_of_its_own_the_store_does_not_list(s3_server: Any) -> None:
+@pytest.mark.parametrize("own", ["", "tus", "tus/uploads"])
+async def test_without_a_prefix_of_its_own_the_store_does_not_list(
+    s3_server: Any, own: str
+) -> None:
     """With an empty prefix the bucket's other objects (committed files under a flat key
-    template) could carry names like an upload's pieces: no listing, so no orphan sweep."""
-    store = S3ChunkStore(settings(s3_server, ""), prefix="")
+    template) could carry names like an upload's pieces; with one that does not end in a
+    ``/``, a neighbouring prefix's (``tus-b<id>.info`` under ``tus``): no listing, so no
+    orphan sweep."""
+    store = S3ChunkStore(settings(s3_server, ""), prefix=own)
     with pytest.raises(ListingRefused):
         [p async for p in store.list_uploads(modified_before=_soon())]
     await store.close()

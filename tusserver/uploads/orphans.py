@@ -14,6 +14,10 @@ more, for that id alone, right before. Any number of processes may sweep the sam
 once: an entry with no row never gets one later (ids are random, and a creation's row comes
 within seconds of its entry), so the worst two sweepers can do is remove an orphan twice.
 
+Only entries that hold no bytes are removed: a crash between the two leaves an empty upload
+(bytes are only appended to an upload that has a row), so an entry without a row that holds
+bytes is someone else's, or bytes a failed deletion left, and is kept.
+
 A crash leaves as many orphans as creations were in flight: a few among the store's
 entries. A batch in which most entries have no row says something else: the catalog is not
 this store's (a server pointed at another database, or at a bucket prefix another
@@ -32,7 +36,7 @@ from typing import Protocol
 
 import structlog
 
-from storage_backends.base import StorageError, UploadLister
+from storage_backends.base import StorageError, UploadDataMissing, UploadLister
 
 from ..metrics import Metrics
 
@@ -69,6 +73,8 @@ class _Pass:
     listed: int = 0
     removed: int = 0
     failed: int = 0
+    #: Unknown to the catalog but holding bytes: not a crash's orphan (see _holds_bytes).
+    kept: int = 0
     #: Ids removed lately (at most _REMEMBERED), oldest first.
     done: collections.OrderedDict[str, None] = dataclasses.field(
         default_factory=collections.OrderedDict
@@ -129,12 +135,23 @@ class OrphanSweep:
                     batch.clear()
         if batch:
             await self._sweep(list(batch), tally)
-        if tally.removed or tally.failed:
+        if tally.removed or tally.failed or tally.kept:
             _log.info("orphaned uploads removed", count=tally.removed, failed=tally.failed,
-                      listed=tally.listed)  # fmt: skip
+                      kept=tally.kept, listed=tally.listed)  # fmt: skip
         else:
             _log.debug("no orphaned uploads", listed=tally.listed)
         return tally.removed
+
+    async def _holds_bytes(self, upload_id: str) -> bool:
+        """Whether the store holds bytes of the upload. A crash between a creation's store
+        entry and its row leaves an empty upload: bytes are only ever appended to an upload
+        that has a row. So an entry with bytes and no row is not a crash's (another
+        deployment's upload in a shared directory or prefix, or bytes a failed deletion
+        left), and is kept: removing it could lose someone's data."""
+        try:
+            return await self._store.get_offset(upload_id) > 0
+        except UploadDataMissing:
+            return False  # only pieces without data (a lone key, a multipart upload)
 
     async def _sweep(self, ids: list[str], tally: _Pass) -> None:
         """Remove those of ``ids`` no row names."""
@@ -152,6 +169,10 @@ class OrphanSweep:
             if await self._catalog.known_ids([upload_id]):
                 continue
             try:
+                if await self._holds_bytes(upload_id):
+                    tally.kept += 1
+                    _log.warning("unknown upload with bytes kept", upload_id=upload_id)
+                    continue
                 await self._store.remove_orphan(upload_id)
             except (StorageError, OSError) as exc:
                 tally.failed += 1
