@@ -11,6 +11,7 @@ from yarl import URL
 from storage_backends.base import StorageError
 from tests.app_fixtures import TUS, MakeClient, get_committed
 from tusserver.app import RUNTIME
+from tusserver.errors import CatalogUnavailable
 
 from .test_core import create, head, patch
 
@@ -86,6 +87,35 @@ async def test_a_creation_whose_row_cannot_be_written_leaves_nothing_in_the_stor
         # (The encrypted store's own marker file is not an upload's.)
         left = [p.name for p in rt.config.uploads_dir.iterdir() if not p.name.startswith(".")]
         assert left == [], left
+
+
+async def test_a_creation_whose_commit_went_unanswered_keeps_the_store_s_upload(
+    make_client: MakeClient,
+) -> None:
+    """A catalog that did not answer (PostgreSQL's deadline passed with the COMMIT sent) may
+    have written the row: the store's upload is kept, so that a row that exists never names
+    bytes that are gone. Without a row, the orphan sweep removes it (it is empty)."""
+    client = await make_client()
+    rt = client.app[RUNTIME]
+    real = rt.uploads.repo.insert
+    made: list[str] = []
+
+    async def committed_unanswered(record: Any, *args: Any, **kwargs: Any) -> None:
+        await real(record, *args, **kwargs)
+        made.append(record.id)
+        raise CatalogUnavailable("no answer from the database", headers={"Retry-After": "5"})
+
+    rt.uploads.repo.insert = committed_unanswered  # type: ignore[method-assign]
+    try:
+        resp = await client.post("/uploads/", headers={**TUS, "Upload-Length": "10"})
+        assert resp.status == 503
+    finally:
+        rt.uploads.repo.insert = real  # type: ignore[method-assign]
+    (upload_id,) = made
+    assert await rt.store.get_offset(upload_id) == 0  # the row's upload is whole
+    h = await head(client, f"/uploads/{upload_id}")
+    assert (h.status, h.headers.get("Upload-Offset")) == (200, "0"), dict(h.headers)
+    assert (await patch(client, f"/uploads/{upload_id}", 0, b"0123456789")).status == 204
 
 
 async def test_a_final_may_name_its_partials_by_absolute_urls(make_client: MakeClient) -> None:

@@ -45,6 +45,7 @@ from ..catalog.uploads import UploadRecord, UploadRepository, UploadState
 from ..catalog.usage import QuotaExceeded
 from ..errors import (
     BadRequest,
+    CatalogUnavailable,
     ChecksumMismatch,
     Conflict,
     Forbidden,
@@ -271,8 +272,11 @@ class UploadService:
             # cannot go past the quota together.
             await self.repo.insert(record, [p.id for p in parts], quota=quota)
         except Exception as exc:
-            # No row: nothing would ever remove the store's upload.
-            if not is_final:
+            # No row: nothing would ever remove the store's upload. Unless the catalog did
+            # not answer: its COMMIT may have been sent and the row written (PostgreSQL's
+            # deadline), and a row must never name bytes that are gone; the store's upload
+            # is kept then, and if there is no row, the orphan sweep removes it (empty).
+            if not is_final and not isinstance(exc, CatalogUnavailable):
                 with contextlib.suppress(StorageError, OSError):
                     await self.store.delete(record.id)
             if isinstance(exc, QuotaExceeded):
