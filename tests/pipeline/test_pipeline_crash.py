@@ -439,14 +439,15 @@ async def test_a_long_validation_keeps_its_lease(setup: Setup) -> None:
     rt = build_runtime(
         setup.config, objects=setup.object_store(), validators=[ChecksumValidator(), blocking]
     )
-    # Renewed every 0.4 s: a loaded machine (the suite's workers on two cores) may hold a
-    # renewal back a few tenths of a second without the lease running out.
-    rt.pipeline.lease = dt.timedelta(seconds=1.2)
+    # Renewed every second: a loaded machine (the suite's workers, PostgreSQL and S3 on two
+    # cores) may hold a renewal back for a second or two without the lease running out
+    # (with 1.2 s, renewed every 0.4 s, a clean-clone run once saw it run out).
+    rt.pipeline.lease = dt.timedelta(seconds=3)
     await rt.start()
     try:
         upload_id = await finished_upload(rt, DATA)
         await asyncio.wait_for(blocking.entered.wait(), 10)
-        await asyncio.sleep(2.5)  # well past the first lease
+        await asyncio.sleep(4.5)  # well past the first lease
         [row] = await rows_for(rt, upload_id)
         now = dt.datetime.now(dt.UTC)
         assert row["status"] == FileStatus.VALIDATING.value
