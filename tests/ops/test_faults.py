@@ -205,8 +205,8 @@ async def test_s3_that_stops_answering(
 
 #: database_timeout of the PostgreSQL stall tests, and what a 503 may take beyond it (a loaded
 #: machine; the unlock a PATCH waits for after its catalog write failed, at most 1 s).
-PG_DEADLINE = 1.5
-PG_MARGIN = 2.5
+PG_DEADLINE = 3.0
+PG_MARGIN = 3.5
 
 
 def _elapsed(started: float) -> float:

@@ -79,7 +79,9 @@ def _config(connection: Connection) -> Config:
 async def upgrade(db: Database, revision: str = "head") -> None:
     if revision == "head":
         head = head_revision()
-        if head is not None and await db.read(_stored_revision) == head:
+        # (No deadline, as for the migration itself: a server starting on a loaded database
+        # waits for its answer.)
+        if head is not None and await db.read(_stored_revision, bound=None) == head:
             return  # up to date: no alembic
     from alembic import command
 
