@@ -41,8 +41,11 @@ async def test_a_file_name_that_is_not_utf8_is_a_400(make_client: MakeClient) ->
         b"Content-Type: text/plain\r\n\r\nsome text"
     )
     resp = await client.post("/api/v1/upload", data=_multipart(bad), headers=HEADERS)
-    body = await api_error(resp, 400)
-    assert "UTF-8" in body["message"]
+    assert resp.status == 400, await resp.text()
+    # No file taken: a 400 with the file's entry, as for any other refused file.
+    (entry,) = (await resp.json())["files"]
+    assert entry["status_code"] == 400 and "UTF-8" in entry["message"]
+    assert entry["filename"] == "r\ufffdsum\ufffd.txt"
 
 
 async def test_an_overlong_folder_is_a_400(make_client: MakeClient) -> None:
@@ -215,3 +218,38 @@ async def test_a_refused_file_that_stalls_ends_the_form(make_client: MakeClient)
         assert entry["status_code"] == 413, entry
     finally:
         done.set()
+
+
+async def test_a_file_refused_for_its_name_is_reported_after_the_files_taken(
+    make_client: MakeClient,
+) -> None:
+    """A file part whose name cannot be taken (not UTF-8, or longer than a raw upload's
+    1024 characters) is refused in its entry: the files before it, stored, are reported,
+    and the ones after it are taken. A 400 for the whole form hid a stored file from its
+    client (which sent it again), and over-long names were metadata outside the quota."""
+    client = await api_client(make_client)
+    not_utf8 = (
+        b'Content-Disposition: form-data; name="file"; filename="r\xe9sum\xe9.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nsome text"
+    )
+    too_long = (
+        b'Content-Disposition: form-data; name="file"; filename="' + b"n" * 60_000 + b'.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nsome text"
+    )
+    last = (
+        b'Content-Disposition: form-data; name="file"; filename="last.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nthe last one"
+    )
+    resp = await client.post(
+        "/api/v1/upload", data=_multipart(FILE, not_utf8, too_long, last), headers=HEADERS
+    )
+    assert resp.status == 201, await resp.text()
+    first, bad_name, long_name, after = (await resp.json())["files"]
+    assert first["filename"] == "ok.txt" and first["file_id"]
+    assert bad_name["status_code"] == 400 and "UTF-8" in bad_name["message"]
+    assert "file_id" not in bad_name and "upload_id" not in bad_name
+    assert long_name["status_code"] == 400 and "1024" in long_name["message"]
+    assert "file_id" not in long_name and "upload_id" not in long_name
+    assert after["filename"] == "last.txt" and after["file_id"]
+    for taken in (first, after):
+        assert (await client.get(f"/api/v1/file/{taken['file_id']}")).status == 200

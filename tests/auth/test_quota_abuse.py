@@ -6,6 +6,7 @@ Every test runs on SQLite and on PostgreSQL (``make_client`` is parametrized ove
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from tests.app_fixtures import TUS, MakeClient
@@ -306,6 +307,32 @@ async def test_rejected_files_stop_counting_once_purged(make_client: MakeClient)
     await asyncio.sleep(0.7)
     assert await runtime(client).pipeline.purge_quarantine() == 1
     assert (await _me(client, owner))["usage_bytes"] == 0
+
+
+async def test_upload_metadata_is_no_storage_outside_the_quota(make_client: MakeClient) -> None:
+    """Metadata is held for the owner (upload and file rows, listed by GET /files) and is not
+    counted: it is bounded instead. 128 pairs of a 64 KiB header (what the server reads, for
+    Upload-Concat) held 45 KiB per empty upload: at the creations' rate, megabytes a minute
+    past a 1000-byte quota."""
+    client = await auth_client(make_client, default_quota=1000)
+    owner = (await make_users(client, owner="user"))["owner"].access
+    pair = "k{} " + base64.b64encode(b"z" * 350).decode()
+    huge = ",".join(pair.format(i) for i in range(128))
+    resp = await client.post(
+        "/uploads/",
+        headers={**TUS, **bearer(owner), "Upload-Length": "0", "Upload-Metadata": huge},
+    )
+    assert resp.status == 400, await resp.text()
+    assert "Upload-Metadata" in await resp.text()
+    files = await (await client.get("/api/v1/files", headers=bearer(owner))).json()
+    assert files["items"] == []
+    # What a client sends (a name, a type, a checksum, a few fields) is far below the bound.
+    fits = ",".join(pair.format(i) for i in range(16))
+    resp = await client.post(
+        "/uploads/",
+        headers={**TUS, **bearer(owner), "Upload-Length": "0", "Upload-Metadata": fits},
+    )
+    assert resp.status == 201, await resp.text()
 
 
 # --- 4. one number, seen by the owner, held under concurrency -----------------------------

@@ -270,6 +270,77 @@ async def test_a_final_lives_as_long_as_its_partials_are_active(make_client: Mak
     assert await (await get_committed(client, final)).read() == b"abwxyz"
 
 
+async def slow_body(data: bytes, pause: float, started: asyncio.Event) -> Any:
+    """A chunked body of ``data``, a byte every ``pause`` seconds (``started``: the first
+    byte is sent)."""
+    for i in range(len(data)):
+        yield data[i : i + 1]
+        if i == 0:
+            started.set()
+        await asyncio.sleep(pause)
+
+
+async def test_an_upload_receiving_one_long_body_is_not_expired(make_client: MakeClient) -> None:
+    """An upload whose body is still arriving when its Upload-Expires passes is not inactive:
+    a HEAD then makes the request let go (the bytes kept, the expiry moved) and answers the
+    offset, as for any upload in use. It answered 410 (the upload expired, for good to a
+    client) while the body went on arriving and was then stored."""
+    client = await make_client(expiration=2.0)
+    path = await create(client, 6)
+    started = asyncio.Event()
+    append = asyncio.ensure_future(
+        client.patch(
+            path,
+            # 4.8 s in all: the HEAD below comes 2.2 s before its end.
+            data=slow_body(b"uvwxyz", 0.8, started),
+            headers={**TUS, **OCTET, "Upload-Offset": "0"},
+        )
+    )
+    await started.wait()
+    await asyncio.sleep(2.6)  # the upload's own expiry passed while the body arrives
+    h = await head(client, path)
+    assert h.status == 200, await h.text()
+    offset = int(h.headers["Upload-Offset"])
+    assert 1 <= offset < 6 and "Upload-Expires" in h.headers
+    r = await append
+    assert (r.status, r.headers.get("Upload-Offset")) == (400, str(offset))
+    assert (await patch(client, path, offset, b"uvwxyz"[offset:])).status == 204
+    assert await (await get_committed(client, path)).read() == b"uvwxyz"
+
+
+async def test_a_final_lives_through_one_long_append_to_its_partial(
+    make_client: MakeClient,
+) -> None:
+    """A partial receiving one body for longer than the expiration is not idle: the final
+    waiting for it does not expire meanwhile (neither by the sweeper nor on a HEAD), and is
+    concatenated when the body ends. (Only the end of a body moved the final's expiry: a
+    client that created the final first and sent a partial in one PATCH lost the final.)"""
+    client = await make_client(expiration=2.0)
+    done = await partial(client, b"ab")
+    a = await partial(client, b"uvwxyz", finish=False)
+    final = final_path(
+        await client.post("/uploads/", headers={**TUS, "Upload-Concat": f"final;{done} {a}"})
+    )
+    sweeper = client.app[RUNTIME].sweeper
+    sent = asyncio.Event()
+    append = asyncio.ensure_future(
+        # 4.8 s in all, past the 2 s expiration; the checks below come 2.2 s before its end.
+        client.patch(
+            a, data=slow_body(b"uvwxyz", 0.8, sent), headers={**TUS, **OCTET, "Upload-Offset": "0"}
+        )
+    )
+    await sent.wait()
+    await asyncio.sleep(2.6)  # the body is still arriving; the final's own clock ran out
+    h = await head(client, final)
+    assert h.status == 200, await h.text()
+    await sweeper.sweep_once()
+    r = await append
+    assert r.status == 204, await r.text()
+    h = await head(client, final)
+    assert (h.status, h.headers.get("Upload-Offset")) == (200, "8")
+    assert await (await get_committed(client, final)).read() == b"abuvwxyz"
+
+
 @pytest.mark.parametrize(
     "concat",
     [

@@ -23,6 +23,7 @@ from tusserver.protocol.errors import BadRequest, TusError
 from tusserver.protocol.headers import (
     DIGEST_FIELDS,
     MAX_INT,
+    MAX_METADATA_CHARS,
     SINGLE_HEADERS,
     SUPPORTED_CHECKSUMS,
     TUS_VERSION,
@@ -288,7 +289,7 @@ def test_metadata_preserves_order() -> None:
         b"\r\n",
         b" , ",
         bytes(range(256)),
-        b"x" * 10_000,
+        b"x" * 6_000,
     ],
 )
 def test_metadata_binary_values_byte_exact(raw: bytes) -> None:
@@ -302,6 +303,20 @@ def test_metadata_exactly_128_pairs_accepted() -> None:
     parsed = parse_metadata(header)
     assert len(parsed) == 128
     assert parsed["k127"] == b"127"
+
+
+def test_metadata_up_to_its_bound_is_accepted() -> None:
+    header = "key " + "A" * (MAX_METADATA_CHARS - 4)
+    assert len(header) == MAX_METADATA_CHARS
+    assert len(parse_metadata(header)["key"] or b"") == (MAX_METADATA_CHARS - 4) // 4 * 3
+
+
+@pytest.mark.parametrize("extra", [4, 100, 56 * 1024])
+def test_metadata_past_its_bound_is_refused(extra: int) -> None:
+    """Metadata is held outside the storage quota: bounded, whatever the header allows."""
+    header = "key " + "A" * (MAX_METADATA_CHARS - 4 + extra)
+    err = assert_bad_request(parse_metadata, header, header="Upload-Metadata")
+    assert str(MAX_METADATA_CHARS) in err.message
 
 
 @pytest.mark.parametrize("count", [129, 200, 10_000])

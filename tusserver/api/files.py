@@ -659,8 +659,8 @@ class FilesApi:
                 "send multipart/form-data with one or more file fields, or the file as the "
                 "body with ?filename=...&mimetype=..."
             )
-        if len(raw_name) > 1024:
-            raise BadRequest("filename: at most 1024 characters")
+        if len(raw_name) > _MAX_FORM_NAME:
+            raise BadRequest(f"filename: at most {_MAX_FORM_NAME} characters")
         # As for a form's file: the name is kept as sent; the pipeline makes it safe.
         name = raw_name
         mimetype = (query.get("mimetype") or "").strip().lower()
@@ -704,15 +704,23 @@ class FilesApi:
         there (no part after it is read), if one did."""
         name = part.filename or "file"
         ctype = part.headers.get("Content-Type", "application/octet-stream")
-        if not _encodable(name) or not _encodable(ctype):
-            # Header bytes that are not UTF-8 reach us as lone surrogates.
-            raise BadRequest("a file part's name or Content-Type is not valid UTF-8")
-        entry: dict[str, Any] = {"filename": name}
+        # (Header bytes that are not UTF-8 reach us as lone surrogates: shown replaced.)
+        entry: dict[str, Any] = {"filename": _shown(name)}
 
         def created(status: UploadStatus) -> None:
             entry["upload_id"] = status.record.id
 
         try:
+            # Refused in the file's entry, as any other refusal of one file: the files
+            # before it are stored and reported, the ones after it are read.
+            if not _encodable(name) or not _encodable(ctype):
+                raise BadRequest("a file part's name or Content-Type is not valid UTF-8")
+            # The name and type are metadata held outside the quota: bounded, as those
+            # of a raw upload.
+            if len(name) > _MAX_FORM_NAME:
+                raise BadRequest(f"a file part's name: at most {_MAX_FORM_NAME} characters")
+            if len(ctype) > _MAX_FORM_TYPE:
+                raise BadRequest(f"a file part's Content-Type: at most {_MAX_FORM_TYPE} characters")
             final = await self._uploads.upload_whole(
                 caller_of(self._gate, request, principal),
                 metadata={"filename": name.encode(), "filetype": ctype.encode()},
@@ -767,6 +775,17 @@ def _text(raw: bytes, field: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"{field}: not valid UTF-8") from None
+
+
+#: The longest name and Content-Type of a form's file part (a raw upload's filename has the
+#: same bound).
+_MAX_FORM_NAME = 1024
+_MAX_FORM_TYPE = 255
+
+
+def _shown(text: str) -> str:
+    """Client text for an answer: lone surrogates (bytes that were not UTF-8) replaced."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _encodable(text: str) -> bool:

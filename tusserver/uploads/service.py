@@ -363,7 +363,11 @@ class UploadService:
         finished upload's state is final, and the read that checked who asks answers it
         (with a shared locker, the lock and its release are two round trips)."""
         before = await self._owner_before_lock(principal, upload_id)
-        if before is not None and before.state is UploadState.FINISHED:
+        if (
+            before is not None
+            and before.state is UploadState.FINISHED
+            and not self._has_expired(before)
+        ):
             return await self._status(before)
         async with self.locker.lock(upload_id):
             rec = await self._get_live(principal, upload_id)
@@ -416,7 +420,10 @@ class UploadService:
         locker = self.locker
         if locker is self._local_locker and locker.is_locked(upload_id) is False:
             return None
-        return await self._get_live(principal, upload_id)
+        # Not its expiry: an upload whose request is still receiving a body is not inactive,
+        # and once that request has let go (it records the bytes, and so the new expiry),
+        # the check under the lock decides.
+        return await self._get_live(principal, upload_id, expiry=False)
 
     async def _status_of(self, upload_id: str) -> UploadStatus:
         rec = await self.repo.get(upload_id)
@@ -451,7 +458,12 @@ class UploadService:
             offset = rec.offset
         return UploadStatus(rec, offset, parts)
 
-    async def _get_live(self, principal: Principal, upload_id: str) -> UploadRecord:
+    async def _get_live(
+        self, principal: Principal, upload_id: str, *, expiry: bool = True
+    ) -> UploadRecord:
+        """The upload ``principal`` may act on, if it is still alive (``expiry``: an upload
+        whose expiry has passed is gone, unless it is a final one of whose partials is being
+        written right now)."""
         rec = await self.repo.get(upload_id)
         if rec is not None and not principal.may_access(rec.owner):
             # Someone else's upload reads exactly like a missing one; a probe is reported.
@@ -463,9 +475,25 @@ class UploadService:
             raise PayloadTooLarge(_FINAL_REFUSED)
         if rec.is_gone:
             raise Gone(f"the upload was {rec.state.value}")
-        if self._has_expired(rec):
+        if expiry and self._has_expired(rec) and not await self._final_in_use(rec):
             raise Gone("the upload expired")
         return rec
+
+    async def _final_in_use(self, rec: UploadRecord) -> bool:
+        """Whether ``rec`` is a final waiting for a partial that a request is writing right
+        now. A final's expiry moves with its partials' progress, recorded when a body ends:
+        a partial sent in one body that lasts longer than the expiration is not inactive,
+        and neither is the final waiting for it. The partials' locks are tried, never taken
+        over: the writer goes on."""
+        if not rec.is_final or rec.state is not UploadState.CONCATENATING:
+            return False
+        for part_id in await self.repo.parts_of(rec.id):
+            try:
+                async with self.locker.lock(part_id, take_over=False):
+                    pass
+            except LockTimeout:
+                return True
+        return False
 
     def _has_expired(self, rec: UploadRecord) -> bool:
         # A finished partial upload expires too: it counts against the quota while it exists.
@@ -1119,7 +1147,7 @@ class UploadService:
                 # Never take an upload over: one being written is not inactive.
                 async with self.locker.lock(upload_id, take_over=False):
                     rec = await self.repo.get(upload_id)
-                    if rec is None or not self._has_expired(rec):
+                    if rec is None or not self._has_expired(rec) or await self._final_in_use(rec):
                         continue
                     await self.repo.update(
                         upload_id, state=UploadState.EXPIRED, updated_at=self._clock()
