@@ -79,6 +79,11 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         raise MediaRejected(f"cannot be decoded as an image: {_short(exc)}") from None
     with im:
         fmt = im.format or ""
+        pictures: list[int] | None = None
+        if fmt == "MPO":
+            # A multi-picture JPEG (3D cameras; the large preview many cameras append): a
+            # JPEG whose first picture is the one every viewer shows.
+            fmt, pictures = "JPEG", _mpo_pictures(im)
         width, height = im.size
         if max_pixels and width * height > max_pixels:
             raise MediaRejected(
@@ -119,7 +124,11 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("thumb_dir") and sizes:
             thumbs = _thumbnails(im, orientation, req["thumb_dir"], sizes)
     stripped = None
-    if req.get("strip_to") and has_gps:
+    if pictures is not None and req.get("strip_to"):
+        # Each picture has its own EXIF (the first one's is all Pillow reads).
+        stripped = _strip_mpo(path, pictures, req["strip_to"])
+        has_gps = has_gps or stripped is not None
+    elif req.get("strip_to") and has_gps:
         stripped = _strip_image(path, fmt, req["strip_to"])
     return {
         "ok": True,
@@ -128,6 +137,15 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         "stripped": stripped,
         "location_found": has_gps,
     }
+
+
+def _mpo_pictures(im: Any) -> list[int]:
+    """The offsets of the pictures after the first in a multi-picture JPEG, as its MP index
+    gives them (from the MPF header)."""
+    try:
+        return [int(entry["DataOffset"]) for entry in im.mpinfo[0xB002][1:]]
+    except Exception:
+        return []
 
 
 def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> dict[str, str]:
@@ -243,6 +261,62 @@ def strip_jpeg(data: bytes) -> bytes:
         pos += 2 + length
     out += data[pos:]
     return bytes(out)
+
+
+def _strip_mpo(path: str, pictures: list[int], dest: str) -> str | None:
+    """The multi-picture JPEG without GPS in any of its pictures. Nothing moves (the MP index
+    holds each picture's offset and size): an EXIF is rewritten in its own segment and
+    padded, a segment that cannot be (XMP naming GPS, an EXIF that would grow) becomes a
+    comment of the same length filled with zeros."""
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    original = bytes(data)
+    base = _strip_jpeg_in_place(data, 0)
+    for offset in pictures:
+        start = -1 if base is None else base + offset
+        if 0 < start < len(data) - 2 and data[start : start + 2] == b"\xff\xd8":
+            _strip_jpeg_in_place(data, start)
+    if data == original:
+        return None
+    with open(dest, "wb") as fh:
+        fh.write(data)
+    return dest
+
+
+def _strip_jpeg_in_place(data: bytearray, start: int) -> int | None:
+    """Take GPS out of the metadata of the JPEG at ``start`` without moving a byte; returns
+    where its MP index counts offsets from (its MPF header), if it has one."""
+    mpf = None
+    pos = start + 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        while pos + 4 <= len(data) and data[pos + 1] == 0xFF:
+            pos += 1
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        end = pos + 2 + length
+        body = bytes(data[pos + 4 : end])
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            new = _exif_without_gps(body[6:])
+            if new != body[6:]:
+                if len(new) <= len(body) - 6:
+                    data[pos + 10 : end] = new.ljust(len(body) - 6, b"\x00")
+                else:
+                    data[pos + 1] = 0xFE
+                    data[pos + 4 : end] = bytes(len(body))
+        elif marker == 0xE1 and b"GPS" in body and body.startswith(b"http://ns.adobe.com/"):
+            data[pos + 1] = 0xFE
+            data[pos + 4 : end] = bytes(len(body))
+        elif marker == 0xE2 and body.startswith(b"MPF\x00") and mpf is None:
+            mpf = pos + 8
+        pos = end
+    return mpf
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -1,0 +1,72 @@
+"""Media as odd cameras, scanners and hostile users send it: multi-picture JPEGs, TIFF
+orientation, 16-bit greyscale, damaged metadata, reasons that must not name server paths."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from tests.app_fixtures import MakeClient
+from tests.media.conftest import GPS_IFD, gps_exif
+from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
+
+
+def _mpo(path: Path, exif: Image.Exif | None = None) -> None:
+    """A multi-picture JPEG (CIPA DC-007: 3D cameras, and the large preview many cameras
+    append through an MPF segment), 640 x 480, left half red, right half blue."""
+    first = Image.new("RGB", (640, 480), "red")
+    first.paste(Image.new("RGB", (320, 480), "blue"), (320, 0))
+    second = Image.new("RGB", (640, 480), "green")
+    extra = {"exif": exif} if exif is not None else {}
+    first.save(path, "MPO", save_all=True, append_images=[second], **extra)
+    with Image.open(path) as im:
+        assert (im.format, getattr(im, "n_frames", 1)) == ("MPO", 2)
+
+
+async def test_a_multi_picture_jpeg_is_a_jpeg(make_client: MakeClient, tmp_path: Path) -> None:
+    """libmagic calls it image/jpeg, every viewer shows its first picture; Pillow opens it
+    as format "MPO", which the worker did not list: the photo was rejected with "not a valid
+    image/jpeg file: image format MPO is not supported"."""
+    path = tmp_path / "camera.jpg"
+    _mpo(path)
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path, content_type="image/jpeg"))
+    assert f["detected_type"] == "image/jpeg"
+    assert f["status"] == "committed", f["reason"]
+    assert f["media"] == {
+        "kind": "image", "format": "jpeg", "width": 640, "height": 480, "orientation": 1,
+    }  # fmt: skip
+    im = await thumbnail(client, f["id"], 256)
+    assert im.size == (256, 192)
+
+
+async def test_strip_location_of_a_multi_picture_jpeg(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Every picture of the file carries the camera's EXIF, GPS included: none may keep
+    it, and the pictures stay where the MP index says they are."""
+    path = tmp_path / "camera.jpg"
+    _mpo(path, gps_exif(6))
+    with Image.open(path) as im:
+        for frame in range(getattr(im, "n_frames", 1)):
+            im.seek(frame)
+            assert GPS_IFD in im.getexif(), frame
+    client = await media_client(make_client, strip_location=True)
+    f = await wait_done(client, await upload_file(client, path, content_type="image/jpeg"))
+    assert f["status"] == "committed", f["reason"]
+    assert f["location_stripped"] is True
+    assert f["media"]["orientation"] == 6
+    stored = await (await client.get(f"/api/v1/file/{f['id']}/content")).read()
+    assert (f["size"], f["sha256"]) == (len(stored), hashlib.sha256(stored).hexdigest())
+    with Image.open(io.BytesIO(stored)) as im:
+        assert (im.format, getattr(im, "n_frames", 1)) == ("MPO", 2)
+        for frame, colour in ((0, (255, 0, 0)), (1, (0, 128, 0))):
+            im.seek(frame)
+            im.load()
+            assert GPS_IFD not in im.getexif(), frame
+            assert im.getexif()[0x0112] == 6
+            pixel = im.convert("RGB").getpixel((10, 10))
+            assert all(abs(a - b) < 8 for a, b in zip(pixel, colour, strict=True)), pixel  # type: ignore[arg-type]
