@@ -70,3 +70,37 @@ async def test_strip_location_of_a_multi_picture_jpeg(
             assert im.getexif()[0x0112] == 6
             pixel = im.convert("RGB").getpixel((10, 10))
             assert all(abs(a - b) < 8 for a, b in zip(pixel, colour, strict=True)), pixel  # type: ignore[arg-type]
+
+
+def _tiff(path: Path, orientation: int) -> None:
+    """300 x 100 as stored, the left third red, the rest blue."""
+    im = Image.new("RGB", (300, 100), "blue")
+    im.paste(Image.new("RGB", (100, 100), "red"), (0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, "TIFF", exif=exif)
+
+
+async def test_a_tiff_with_an_orientation_is_shown_upright(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Pillow's TIFF plugin applies the orientation itself (its size at open is the shown
+    one, ``load`` turns the pixels); the worker applied it again: a scan stored 300 x 100
+    with orientation 6 was reported 300 wide and 100 high, and its thumbnail lay on its
+    side (orientation 3: upside down, as stored)."""
+    client = await media_client(make_client)
+    for orientation, shown, red_at in (
+        (6, (100, 300), (50, 10)),  # turned 90 clockwise: the left third is now at the top
+        (3, (300, 100), (290, 50)),  # turned 180: the left third is now at the right
+        (8, (100, 300), (50, 290)),  # turned 90 anticlockwise: at the bottom
+    ):
+        path = tmp_path / f"scan-{orientation}.tif"
+        _tiff(path, orientation)
+        f = await wait_done(client, await upload_file(client, path, content_type="image/tiff"))
+        assert f["status"] == "committed", f["reason"]
+        media = f["media"]
+        assert (media["width"], media["height"], media["orientation"]) == (*shown, orientation)
+        im = (await thumbnail(client, f["id"], 1024)).convert("RGB")
+        assert im.size == shown
+        r, _, b = im.getpixel(red_at)  # type: ignore[misc]
+        assert r > 200 and b < 60, (orientation, im.getpixel(red_at))

@@ -112,7 +112,10 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
             raise
         except Exception as exc:
             raise MediaRejected(f"cannot be decoded: {_short(exc)}") from None
-        shown_w, shown_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        # What is left to turn: Pillow's TIFF plugin applies the orientation itself (its
+        # size at open is already the shown one, and load() turns the pixels).
+        to_turn = 1 if orientation != 1 and _turned_by_pillow(im) else orientation
+        shown_w, shown_h = (height, width) if to_turn in (5, 6, 7, 8) else (width, height)
         media = {
             "kind": "image",
             "format": fmt.lower(),
@@ -122,7 +125,7 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         }
         thumbs: dict[str, str] = {}
         if req.get("thumb_dir") and sizes:
-            thumbs = _thumbnails(im, orientation, req["thumb_dir"], sizes)
+            thumbs = _thumbnails(im, to_turn, req["thumb_dir"], sizes)
     stripped = None
     if pictures is not None and req.get("strip_to"):
         # Each picture has its own EXIF (the first one's is all Pillow reads).
@@ -137,6 +140,14 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         "stripped": stripped,
         "location_found": has_gps,
     }
+
+
+def _turned_by_pillow(im: Any) -> bool:
+    """Whether loading the image applied its orientation (the tag is then gone)."""
+    try:
+        return ORIENTATION not in im.getexif()
+    except Exception:
+        return False
 
 
 def _mpo_pictures(im: Any) -> list[int]:
