@@ -7,7 +7,7 @@ import hashlib
 import io
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageStat
 
 from tests.app_fixtures import MakeClient
 from tests.media.conftest import GPS_IFD, gps_exif
@@ -104,3 +104,23 @@ async def test_a_tiff_with_an_orientation_is_shown_upright(
         assert im.size == shown
         r, _, b = im.getpixel(red_at)  # type: ignore[misc]
         assert r > 200 and b < 60, (orientation, im.getpixel(red_at))
+
+
+async def test_a_16_bit_greyscale_png_has_a_grey_thumbnail(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A 16-bit greyscale PNG (scans, depth maps, scientific images) opens in mode I;16;
+    converted to RGB, Pillow clips each value above 255: the thumbnail was plain white."""
+    path = tmp_path / "scan.png"
+    im = Image.new("I;16", (300, 200), 0)
+    im.paste(Image.new("I;16", (150, 200), 30_000), (150, 0))  # right: mid grey (/ 65535)
+    im.save(path)
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path, content_type="image/png"))
+    assert f["status"] == "committed", f["reason"]
+    thumb = (await thumbnail(client, f["id"], 256)).convert("L")
+    assert thumb.size == (256, 171)
+    left = ImageStat.Stat(thumb.crop((0, 0, 100, 171))).mean[0]
+    right = ImageStat.Stat(thumb.crop((156, 0, 256, 171))).mean[0]
+    assert left < 10, left
+    assert 100 < right < 135, right  # 30000 / 257 = 117

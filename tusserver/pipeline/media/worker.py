@@ -171,7 +171,12 @@ def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> di
     """
     from PIL import Image
 
-    if im.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "I", "F"):
+    sixteen = im.mode.startswith("I;16")
+    if sixteen:
+        # 16-bit greyscale: scaled as 32-bit integers, made 8-bit once small (a conversion
+        # to RGB would clip every value above 255: white).
+        im = im.convert("I")
+    elif im.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "I", "F"):
         # Palette and bilevel images scale only by nearest neighbour, some others not at
         # all: colours first.
         im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
@@ -187,6 +192,8 @@ def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> di
             current = current.copy()  # the previous thumbnail: small
         current.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         shown = current.transpose(method) if method is not None else current
+        if sixteen:
+            shown = shown.point(lambda v: v / 257).convert("L")
         if shown.mode not in ("RGB", "RGBA"):
             shown = shown.convert("RGBA" if "A" in shown.getbands() else "RGB")
         # A fresh image: nothing of the source's info (EXIF, XMP, ICC) can be carried over.
