@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageStat
 
 from tests.app_fixtures import MakeClient
-from tests.media.conftest import GPS_IFD, gps_exif
+from tests.media.conftest import GPS, GPS_IFD, gps_exif
 from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
 
 
@@ -124,3 +126,44 @@ async def test_a_16_bit_greyscale_png_has_a_grey_thumbnail(
     right = ImageStat.Stat(thumb.crop((156, 0, 256, 171))).mean[0]
     assert left < 10, left
     assert 100 < right < 135, right  # 30000 / 257 = 117
+
+
+def _exif_with_text_orientation() -> bytes:
+    """TIFF-structured EXIF: an Orientation of type ASCII ("x"), and a GPS IFD."""
+
+    def ifd(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+        out = struct.pack("<H", len(entries))
+        for tag, kind, count, value in entries:
+            out += struct.pack("<HHI", tag, kind, count) + value
+        return out + struct.pack("<I", 0)
+
+    gps_at = 8 + 2 + 2 * 12 + 4
+    ifd0 = ifd([(0x0112, 2, 2, b"x\x00\x00\x00"), (GPS_IFD, 4, 1, struct.pack("<I", gps_at))])
+    gps = ifd([(1, 2, 2, GPS[1].encode() + b"\x00\x00\x00"), (3, 2, 2, b"E\x00\x00\x00")])
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + gps
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("JPEG", "image/jpeg"), ("PNG", "image/png"),
+                                           ("WEBP", "image/webp")])  # fmt: skip
+async def test_a_damaged_orientation_does_not_hide_the_location(
+    make_client: MakeClient, tmp_path: Path, fmt: str, mime: str
+) -> None:
+    """The orientation and the GPS pointer were read in one ``try``: an orientation that
+    is not a number (here text) made the worker take the photo for one without GPS, and
+    with strip_location the location was stored. (Pillow cannot write such an EXIF back:
+    it goes whole, the location with it.)"""
+    path = tmp_path / "photo.img"
+    Image.new("RGB", (64, 48), "red").save(path, fmt, exif=_exif_with_text_orientation())
+    with Image.open(path) as im:
+        assert GPS_IFD in im.getexif()
+    client = await media_client(make_client, strip_location=True)
+    f = await wait_done(client, await upload_file(client, path, content_type=mime))
+    assert f["status"] == "committed", f["reason"]
+    assert f["location_stripped"] is True
+    assert f["media"]["orientation"] == 1
+    stored = await (await client.get(f"/api/v1/file/{f['id']}/content")).read()
+    assert (f["size"], f["sha256"]) == (len(stored), hashlib.sha256(stored).hexdigest())
+    with Image.open(io.BytesIO(stored)) as im:
+        im.load()
+        assert im.size == (64, 48)
+        assert GPS_IFD not in im.getexif()

@@ -92,12 +92,17 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
             )
         if fmt not in IMAGE_FORMATS:
             raise MediaRejected(f"image format {fmt or 'unknown'} is not supported")
+        exif: Mapping[int, Any]
         try:
             exif = im.getexif()
-            orientation = int(exif.get(ORIENTATION, 1) or 1)
-            has_gps = GPS_IFD in exif
         except Exception:
-            orientation, has_gps = 1, False
+            exif = {}
+        has_gps = GPS_IFD in exif
+        try:
+            # A damaged orientation (not a number) is no orientation; the GPS still counts.
+            orientation = int(exif.get(ORIENTATION, 1) or 1)
+        except (TypeError, ValueError):
+            orientation = 1
         # A location may be in XMP only (editing tools write it there).
         has_gps = has_gps or _xmp_names_gps(im.info)
         if orientation not in range(1, 9):
@@ -235,8 +240,10 @@ def _strip_image(path: str, fmt: str, dest: str) -> str | None:
     return dest
 
 
-def _exif_without_gps(raw: bytes) -> bytes:
-    """TIFF-structured EXIF (no ``Exif\\0\\0`` prefix) with the GPS IFD removed."""
+def _exif_without_gps(raw: bytes) -> bytes | None:
+    """TIFF-structured EXIF (no ``Exif\\0\\0`` prefix) with the GPS IFD removed; None when
+    it cannot be written back (a damaged tag Pillow reads but cannot write): the caller then
+    drops the whole EXIF, since the location must not stay."""
     from PIL import Image
 
     exif = Image.Exif()
@@ -244,7 +251,10 @@ def _exif_without_gps(raw: bytes) -> bytes:
     if GPS_IFD not in exif:
         return raw  # nothing to take out: not rewritten (Pillow may drop parts it writes)
     del exif[GPS_IFD]
-    out: bytes = exif.tobytes()
+    try:
+        out: bytes = exif.tobytes()
+    except Exception:
+        return None
     return out[6:] if out.startswith(b"Exif\x00\x00") else out
 
 
@@ -270,8 +280,10 @@ def strip_jpeg(data: bytes) -> bytes:
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         body = data[pos + 4 : pos + 2 + length]
         if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
-            new = b"Exif\x00\x00" + _exif_without_gps(body[6:])
-            out += b"\xff\xe1" + struct.pack(">H", len(new) + 2) + new
+            rewritten = _exif_without_gps(body[6:])
+            if rewritten is not None:
+                new = b"Exif\x00\x00" + rewritten
+                out += b"\xff\xe1" + struct.pack(">H", len(new) + 2) + new
         elif marker == 0xE1 and b"GPS" in body and body.startswith(b"http://ns.adobe.com/"):
             pass  # XMP with GPS properties: dropped
         else:
@@ -323,7 +335,7 @@ def _strip_jpeg_in_place(data: bytearray, start: int) -> int | None:
         if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
             new = _exif_without_gps(body[6:])
             if new != body[6:]:
-                if len(new) <= len(body) - 6:
+                if new is not None and len(new) <= len(body) - 6:
                     data[pos + 10 : end] = new.ljust(len(body) - 6, b"\x00")
                 else:
                     data[pos + 1] = 0xFE
@@ -356,7 +368,9 @@ def strip_png(data: bytes) -> bytes:
         whole = data[pos : pos + 12 + length]
         pos += 12 + length
         if kind == b"eXIf":
-            out += _png_chunk(kind, _exif_without_gps(body))
+            rewritten = _exif_without_gps(body)
+            if rewritten is not None:
+                out += _png_chunk(kind, rewritten)
         elif kind in (b"tEXt", b"zTXt", b"iTXt") and (
             body.startswith((b"Raw profile type exif", b"Raw profile type APP1"))
             or (body.startswith(b"XML:com.adobe.xmp") and b"GPS" in body)
@@ -375,7 +389,7 @@ def strip_webp(data: bytes) -> bytes:
         return data
     chunks = bytearray()
     pos = 12
-    dropped_xmp = False
+    dropped_xmp = dropped_exif = False
     while pos + 8 <= len(data):
         kind = data[pos : pos + 4]
         (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
@@ -383,14 +397,18 @@ def strip_webp(data: bytes) -> bytes:
         pos += 8 + length + (length & 1)
         if kind == b"EXIF":
             raw = body[6:] if body.startswith(b"Exif\x00\x00") else body
-            body = _exif_without_gps(raw)
+            rewritten = _exif_without_gps(raw)
+            if rewritten is None:
+                dropped_exif = True
+                continue
+            body = rewritten
         elif kind == b"XMP " and b"GPS" in body:
             dropped_xmp = True
             continue
         chunks += kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
-    if dropped_xmp and chunks[:4] == b"VP8X":
-        flags = chunks[8] & ~0x04  # the XMP flag
-        chunks[8] = flags
+    if chunks[:4] == b"VP8X":
+        # The flags of the chunks dropped: XMP (0x04), EXIF (0x08).
+        chunks[8] &= ~((0x04 if dropped_xmp else 0) | (0x08 if dropped_exif else 0)) & 0xFF
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)
 
 
