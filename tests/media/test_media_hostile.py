@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from tests.app_fixtures import MakeClient
-from tests.media.conftest import GPS, GPS_IFD, gps_exif
+from tests.media.conftest import GPS_IFD, gps_exif
 from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
 
 
@@ -139,7 +139,7 @@ def _exif_with_text_orientation() -> bytes:
 
     gps_at = 8 + 2 + 2 * 12 + 4
     ifd0 = ifd([(0x0112, 2, 2, b"x\x00\x00\x00"), (GPS_IFD, 4, 1, struct.pack("<I", gps_at))])
-    gps = ifd([(1, 2, 2, GPS[1].encode() + b"\x00\x00\x00"), (3, 2, 2, b"E\x00\x00\x00")])
+    gps = ifd([(1, 2, 2, b"N\x00\x00\x00"), (3, 2, 2, b"E\x00\x00\x00")])
     return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + gps
 
 
@@ -167,3 +167,19 @@ async def test_a_damaged_orientation_does_not_hide_the_location(
         im.load()
         assert im.size == (64, 48)
         assert GPS_IFD not in im.getexif()
+
+
+async def test_the_reason_of_an_undecodable_image_names_no_server_path(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Pillow's "cannot identify image file '/path/...'" went into the reason as it was:
+    the user saw where the server keeps its uploads (the chunk store's directory, or the
+    media work directory)."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)  # a JPEG's first bytes, nothing more
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path, content_type="image/jpeg"))
+    assert f["detected_type"] == "image/jpeg"
+    assert f["status"] == "rejected"
+    assert "cannot be decoded" in f["reason"]
+    assert "/" not in f["reason"].replace("image/jpeg", ""), f["reason"]

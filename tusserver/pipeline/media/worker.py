@@ -76,7 +76,7 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
     except MemoryError:
         raise
     except Exception as exc:
-        raise MediaRejected(f"cannot be decoded as an image: {_short(exc)}") from None
+        raise MediaRejected(f"cannot be decoded as an image: {_short(exc, path)}") from None
     with im:
         fmt = im.format or ""
         pictures: list[int] | None = None
@@ -116,7 +116,7 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         except MemoryError:
             raise
         except Exception as exc:
-            raise MediaRejected(f"cannot be decoded: {_short(exc)}") from None
+            raise MediaRejected(f"cannot be decoded: {_short(exc, path)}") from None
         # What is left to turn: Pillow's TIFF plugin applies the orientation itself (its
         # size at open is already the shown one, and load() turns the pixels).
         to_turn = 1 if orientation != 1 and _turned_by_pillow(im) else orientation
@@ -665,8 +665,13 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
 # --- entry -------------------------------------------------------------------------------
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, path: str = "") -> str:
+    """The exception's first line, without the file's path (Pillow names it: "cannot
+    identify image file '/...'"): the reason is shown to the user, the server's
+    directories are not their business."""
     text = str(exc).strip() or type(exc).__name__
+    if path:
+        text = text.replace(f" {path!r}", "").replace(path, "the file")
     return text.splitlines()[0][:300]
 
 
