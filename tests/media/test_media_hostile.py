@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
 from tests.app_fixtures import MakeClient
-from tests.media.conftest import GPS_IFD, gps_exif
+from tests.media.conftest import FFMPEG, GPS_IFD, gps_exif, needs_ffmpeg
 from tests.media.helpers import media_client, thumbnail, upload_file, wait_done
 
 
@@ -183,3 +185,34 @@ async def test_the_reason_of_an_undecodable_image_names_no_server_path(
     assert f["status"] == "rejected"
     assert "cannot be decoded" in f["reason"]
     assert "/" not in f["reason"].replace("image/jpeg", ""), f["reason"]
+
+
+def _live_webm(path: Path, seconds: int) -> None:
+    """A WebM as a browser's MediaRecorder writes it (Uppy's webcam): streamed, so no
+    duration in its header."""
+    subprocess.run(
+        [FFMPEG or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+         "testsrc=size=160x120:rate=10", "-t", str(seconds), "-c:v", "libvpx", "-b:v", "50k",
+         "-deadline", "realtime", "-cpu-used", "8", "-live", "1", "-f", "webm", str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+
+
+@needs_ffmpeg
+async def test_a_video_without_a_declared_duration_is_measured(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """ffprobe gives no duration for a streamed WebM: the file's duration was null, and
+    ``max_media_duration`` let a recording of any length through."""
+    path = tmp_path / "webcam.webm"
+    _live_webm(path, 30)
+    client = await media_client(make_client, max_media_duration=10)
+    f = await wait_done(client, await upload_file(client, path, content_type="video/webm"))
+    assert f["status"] == "rejected", f["media"]
+    assert re.fullmatch(r"video lasts (29\.9|30)[0-9.]* s; at most 10 s are accepted", f["reason"])
+    short = tmp_path / "short.webm"
+    _live_webm(short, 3)
+    f = await wait_done(client, await upload_file(client, short, content_type="video/webm"))
+    assert f["status"] == "committed", f["reason"]
+    assert 2.9 <= f["media"]["duration"] <= 3.1, f["media"]
+    assert f["thumbnail_sizes"] == [256, 1024]

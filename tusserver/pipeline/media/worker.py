@@ -587,6 +587,18 @@ def _poster_thumbnails(
     return files
 
 
+def _measured_duration(ffmpeg: str, source: list[str]) -> float | None:
+    """The time of the last packet, read through the whole file (demuxed, not decoded)."""
+    out = _run(
+        [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0", "-c", "copy", "-f", "null",
+         "-progress", "pipe:1", "-"]
+    )  # fmt: skip
+    found = re.findall(rb"^out_time_us=(\d+)\s*$", out, re.MULTILINE)
+    if not found:
+        return None
+    return round(int(found[-1]) / 1_000_000, 3) or None
+
+
 def _location_tags(info: dict[str, Any]) -> bool:
     tags = {k.lower() for k in ((info.get("format") or {}).get("tags") or {})}
     return any("location" in k or k.endswith("xyz") for k in tags)
@@ -616,6 +628,13 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
         raise MediaRejected("cannot be parsed: no container found")
     source = _input(demuxer, path)
     media = av_facts(info, req.get("container") or "")
+    if media.get("duration") is None:
+        # Not in the header (a streamed WebM, as browsers record it): measured, for the
+        # file's facts, its poster time and max_media_duration.
+        last = _measured_duration(ffmpeg, source)
+        if last is not None and media.get("frame_rate"):
+            last = round(last + 1 / float(media["frame_rate"]), 3)  # the last frame's time
+        media["duration"] = last
     duration = media.get("duration") or 0.0
     thumbs: dict[str, str] = {}
     sizes = sorted(int(s) for s in req.get("sizes") or ())
