@@ -187,13 +187,14 @@ async def test_the_reason_of_an_undecodable_image_names_no_server_path(
     assert "/" not in f["reason"].replace("image/jpeg", ""), f["reason"]
 
 
-def _live_webm(path: Path, seconds: int) -> None:
+def _live_webm(path: Path, seconds: int, *, live: bool = True) -> None:
     """A WebM as a browser's MediaRecorder writes it (Uppy's webcam): streamed, so no
-    duration in its header."""
+    duration in its header (``live=False``: an ordinary one)."""
     subprocess.run(
         [FFMPEG or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
          "testsrc=size=160x120:rate=10", "-t", str(seconds), "-c:v", "libvpx", "-b:v", "50k",
-         "-deadline", "realtime", "-cpu-used", "8", "-live", "1", "-f", "webm", str(path)],
+         "-deadline", "realtime", "-cpu-used", "8", "-live", str(int(live)), "-f", "webm",
+         str(path)],
         check=True, timeout=60,
     )  # fmt: skip
 
@@ -216,3 +217,22 @@ async def test_a_video_without_a_declared_duration_is_measured(
     assert f["status"] == "committed", f["reason"]
     assert 2.9 <= f["media"]["duration"] <= 3.1, f["media"]
     assert f["thumbnail_sizes"] == [256, 1024]
+
+
+@needs_ffmpeg
+async def test_a_video_whose_header_understates_its_duration_is_measured(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A WebM of 30 s whose Segment Duration says 1 s: max_media_duration trusted the
+    header and let it through."""
+    path = tmp_path / "long.webm"
+    _live_webm(path, 30, live=False)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89\x88") + 3  # Duration, an 8-byte float (in milliseconds)
+    assert struct.unpack(">d", data[at : at + 8]) == (30_000.0,)
+    data[at : at + 8] = struct.pack(">d", 1000.0)
+    path.write_bytes(bytes(data))
+    client = await media_client(make_client, max_media_duration=10)
+    f = await wait_done(client, await upload_file(client, path, content_type="video/webm"))
+    assert f["status"] == "rejected", f["media"]
+    assert re.fullmatch(r"video lasts (29\.9|30)[0-9.]* s; at most 10 s are accepted", f["reason"])
