@@ -187,6 +187,11 @@ async def test_the_reason_of_an_undecodable_image_names_no_server_path(
     assert "/" not in f["reason"].replace("image/jpeg", ""), f["reason"]
 
 
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([FFMPEG or "ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True,
+                   timeout=60)  # fmt: skip
+
+
 def _live_webm(path: Path, seconds: int, *, live: bool = True) -> None:
     """A WebM as a browser's MediaRecorder writes it (Uppy's webcam): streamed, so no
     duration in its header (``live=False``: an ordinary one)."""
@@ -236,3 +241,28 @@ async def test_a_video_whose_header_understates_its_duration_is_measured(
     f = await wait_done(client, await upload_file(client, path, content_type="video/webm"))
     assert f["status"] == "rejected", f["media"]
     assert re.fullmatch(r"video lasts (29\.9|30)[0-9.]* s; at most 10 s are accepted", f["reason"])
+
+
+@needs_ffmpeg
+async def test_a_video_cut_short_is_rejected(make_client: MakeClient, tmp_path: Path) -> None:
+    """Half an MP4 whose index comes first (``+faststart``, as made for the web) and half a
+    WebM: their headers parse and the poster frame decodes, so they were committed as
+    whole videos of 5 s, that stop halfway when played."""
+    mp4 = tmp_path / "web.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "5", "-c:v", "libx264",
+            "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart",
+            str(mp4))  # fmt: skip
+    webm = tmp_path / "clip.webm"
+    _live_webm(webm, 5, live=False)
+    client = await media_client(make_client)
+    for path, mime in ((mp4, "video/mp4"), (webm, "video/webm")):
+        whole = path.read_bytes()
+        f = await wait_done(client, await upload_file(client, path, content_type=mime))
+        assert f["status"] == "committed", f["reason"]
+        cut = tmp_path / f"cut-{path.name}"
+        cut.write_bytes(whole[: len(whole) // 2])
+        f = await wait_done(client, await upload_file(client, cut, content_type=mime))
+        assert f["detected_type"] == mime
+        assert f["status"] == "rejected", f["media"]
+        assert f["reason"].startswith(f"not a valid {mime} file: truncated"), f["reason"]
+        assert f["thumbnail_sizes"] == []

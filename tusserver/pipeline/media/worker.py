@@ -415,9 +415,12 @@ def strip_webp(data: bytes) -> bytes:
 # --- video and audio ----------------------------------------------------------------------
 
 
-def _run(argv: list[str], *, stdout_max: int = 64 * 1024 * 1024) -> bytes:
+def _run(
+    argv: list[str], *, stdout_max: int = 64 * 1024 * 1024, messages: list[str] | None = None
+) -> bytes:
+    """Run a tool; its failure becomes a rejection, its death by a limit says which (its
+    standard error goes to ``messages`` when given)."""
     path = argv[argv.index("-i") + 1] if "-i" in argv else argv[-1]
-    """Run a tool; its failure becomes a rejection, its death by a limit says which."""
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode < 0:
         sig = -proc.returncode
@@ -425,6 +428,8 @@ def _run(argv: list[str], *, stdout_max: int = 64 * 1024 * 1024) -> bytes:
             raise MediaRejected("the decoder exceeded its CPU time limit", "cpu")
         raise MediaRejected(f"the decoder crashed ({signal.Signals(sig).name})", "crash")
     err = proc.stderr.decode("utf-8", "replace")
+    if messages is not None:
+        messages.append(err)
     if "Cannot allocate memory" in err or "out of memory" in err.lower():
         raise MediaRejected("the decoder exceeded its memory limit", "memory")
     if proc.returncode != 0:
@@ -587,12 +592,22 @@ def _poster_thumbnails(
     return files
 
 
-def _measured_duration(ffmpeg: str, source: list[str]) -> float | None:
-    """The time of the last packet, read through the whole file (demuxed, not decoded)."""
+#: What demuxers say of a file that ends before its index does (mov/mp4: a sample past the
+#: end; Matroska/WebM: a cluster cut off).
+_CUT_SHORT = ("partial file", "File ended prematurely")
+
+
+def _read_through(ffmpeg: str, source: list[str]) -> float | None:
+    """Read the whole file once (demuxed, not decoded): rejected when it ends before its
+    index says (a copy cut short); the time of its last packet."""
+    messages: list[str] = []
     out = _run(
         [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0", "-c", "copy", "-f", "null",
-         "-progress", "pipe:1", "-"]
+         "-progress", "pipe:1", "-"],
+        messages=messages,
     )  # fmt: skip
+    if any(cut in text for text in messages for cut in _CUT_SHORT):
+        raise MediaRejected("truncated: the file ends before the data its index lists")
     found = re.findall(rb"^out_time_us=(\d+)\s*$", out, re.MULTILINE)
     if not found:
         return None
@@ -630,11 +645,11 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
     media = av_facts(info, req.get("container") or "")
     declared = media.get("duration")
     limit = float(req.get("max_duration") or 0)
+    last = _read_through(ffmpeg, source)
     if declared is None or (limit and declared <= limit):
         # Not in the header (a streamed WebM, as browsers record it), or a header within
         # max_media_duration, which is the uploader's word: measured, for the file's facts,
         # its poster time and the limit.
-        last = _measured_duration(ffmpeg, source)
         if last is not None and media.get("frame_rate"):
             last = round(last + 1 / float(media["frame_rate"]), 3)  # the last frame's time
         if last is not None and (declared is None or last > declared * 1.01 + 0.5):
