@@ -601,11 +601,16 @@ def _read_through(ffmpeg: str, source: list[str]) -> float | None:
     """Read the whole file once (demuxed, not decoded): rejected when it ends before its
     index says (a copy cut short); the time of its last packet."""
     messages: list[str] = []
-    out = _run(
-        [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0", "-c", "copy", "-f", "null",
-         "-progress", "pipe:1", "-"],
-        messages=messages,
-    )  # fmt: skip
+    try:
+        out = _run(
+            [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0:v?", "-map", "0:a?",
+             "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"],
+            messages=messages,
+        )  # fmt: skip
+    except MediaRejected as exc:
+        if exc.limit is not None:
+            raise
+        out = b""  # (the poster, or the first seconds, tell whether it decodes)
     if any(cut in text for text in messages for cut in _CUT_SHORT):
         raise MediaRejected("truncated: the file ends before the data its index lists")
     found = re.findall(rb"^out_time_us=(\d+)\s*$", out, re.MULTILINE)
