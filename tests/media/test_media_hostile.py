@@ -266,3 +266,21 @@ async def test_a_video_cut_short_is_rejected(make_client: MakeClient, tmp_path: 
         assert f["status"] == "rejected", f["media"]
         assert f["reason"].startswith(f"not a valid {mime} file: truncated"), f["reason"]
         assert f["thumbnail_sizes"] == []
+
+
+@needs_ffmpeg
+async def test_a_very_wide_video_gets_its_thumbnails(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The poster of a 4000 x 2 video scaled to 256 wide is 0 px high: ffmpeg's scale
+    filter fails ("Cannot allocate memory"), and the video was rejected with "the decoder
+    exceeded its memory limit" (an image of that shape gets its thumbnails)."""
+    path = tmp_path / "banner.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "color=c=red:size=4000x2:rate=5", "-t", "1", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", str(path))  # fmt: skip
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path, content_type="video/mp4"))
+    assert f["status"] == "committed", f["reason"]
+    assert (f["media"]["width"], f["media"]["height"]) == (4000, 2)
+    assert (await thumbnail(client, f["id"], 1024)).size == (1024, 1)
+    assert (await thumbnail(client, f["id"], 256)).size == (256, 1)

@@ -531,8 +531,11 @@ def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
 
 
 def _fit(size: int) -> str:
-    """ffmpeg's scale filter: longest side at most ``size``, never enlarged, aspect kept."""
-    return f"scale=w='min(iw,{size})':h='min(ih,{size})':force_original_aspect_ratio=decrease"
+    """ffmpeg's scale filter: longest side at most ``size``, never enlarged, aspect kept,
+    and at least 1 px on each side (a 4000 x 2 video is 256 x 1 at 256: ffmpeg's own
+    ``force_original_aspect_ratio`` makes it 0 px high, and the filter fails)."""
+    factor = f"min(1,{size}/max(iw,ih))"
+    return f"scale=w='max(1,round(iw*{factor}))':h='max(1,round(ih*{factor}))'"
 
 
 def _input(demuxer: str, path: str) -> list[str]:
