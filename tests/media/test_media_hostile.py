@@ -284,3 +284,21 @@ async def test_a_very_wide_video_gets_its_thumbnails(
     assert (f["media"]["width"], f["media"]["height"]) == (4000, 2)
     assert (await thumbnail(client, f["id"], 1024)).size == (1024, 1)
     assert (await thumbnail(client, f["id"], 256)).size == (256, 1)
+
+
+@needs_ffmpeg
+async def test_a_video_whose_header_overstates_its_duration_is_measured(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A WebM of 2 s whose Segment Duration says 10 hours was reported as lasting 36000 s
+    and refused by max_media_duration."""
+    path = tmp_path / "short.webm"
+    _live_webm(path, 2, live=False)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89\x88") + 3  # Duration, an 8-byte float (in milliseconds)
+    data[at : at + 8] = struct.pack(">d", 36_000_000.0)
+    path.write_bytes(bytes(data))
+    client = await media_client(make_client, max_media_duration=60)
+    f = await wait_done(client, await upload_file(client, path, content_type="video/webm"))
+    assert f["status"] == "committed", f["reason"]
+    assert 1.9 <= f["media"]["duration"] <= 2.1, f["media"]

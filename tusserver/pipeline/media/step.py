@@ -208,7 +208,6 @@ class MediaProcessor:
                 "ffprobe": self.tools.ffprobe,
                 "ffmpeg": self.tools.ffmpeg,
                 "demuxers": self._demuxers,
-                "max_duration": self._max_duration,
             }
             argv = [self._python, "-I", "-S", str(WORKER)]
             if self.tools.pillow_path is not None:

@@ -10,7 +10,7 @@ Request (JSON on standard input)::
 
     {"path": FILE, "kind": "image" | "av", "mime": MIME, "max_pixels": N (0: none),
      "thumb_dir": DIR or null, "sizes": [256, 1024], "strip_to": FILE or null,
-     "ffprobe": PATH, "ffmpeg": PATH, "container": NAME, "max_duration": SECONDS (0: none)}
+     "ffprobe": PATH, "ffmpeg": PATH, "container": NAME}
 
 Answer (JSON on standard output, exit status 0)::
 
@@ -652,16 +652,14 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
     source = _input(demuxer, path)
     media = av_facts(info, req.get("container") or "")
     declared = media.get("duration")
-    limit = float(req.get("max_duration") or 0)
     last = _read_through(ffmpeg, source)
-    if declared is None or (limit and declared <= limit):
-        # Not in the header (a streamed WebM, as browsers record it), or a header within
-        # max_media_duration, which is the uploader's word: measured, for the file's facts,
-        # its poster time and the limit.
-        if last is not None and media.get("frame_rate"):
-            last = round(last + 1 / float(media["frame_rate"]), 3)  # the last frame's time
-        if last is not None and (declared is None or last > declared * 1.01 + 0.5):
-            media["duration"] = last
+    if last is not None and media.get("frame_rate"):
+        last = round(last + 1 / float(media["frame_rate"]), 3)  # the last frame's time
+    if last is not None and (declared is None or abs(last - declared) > max(0.5, declared / 100)):
+        # Not in the header (a streamed WebM, as browsers record it), or a header that says
+        # otherwise (it is the uploader's word): the measured one, for the file's facts, its
+        # poster time and max_media_duration.
+        media["duration"] = last
     duration = media.get("duration") or 0.0
     thumbs: dict[str, str] = {}
     sizes = sorted(int(s) for s in req.get("sizes") or ())
