@@ -302,3 +302,23 @@ async def test_a_video_whose_header_overstates_its_duration_is_measured(
     f = await wait_done(client, await upload_file(client, path, content_type="video/webm"))
     assert f["status"] == "committed", f["reason"]
     assert 1.9 <= f["media"]["duration"] <= 2.1, f["media"]
+
+
+@needs_ffmpeg
+async def test_an_mpeg_transport_stream_made_by_ffmpeg_is_probed(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """libmagic knows an MPEG-TS only when its first packet is the PAT; ffmpeg (and so HLS
+    segments, and recorders built on it) writes the SDT first: the file was typed
+    application/octet-stream and stored unprobed, without thumbnails, though MPEG-TS is
+    one of the containers docs/media.md lists."""
+    path = tmp_path / "recording.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine",
+            "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-f", "mpegts", str(path))  # fmt: skip
+    client = await media_client(make_client)
+    f = await wait_done(client, await upload_file(client, path, content_type="video/mp2t"))
+    assert f["detected_type"] == "video/mp2t"
+    assert f["status"] == "committed", f["reason"]
+    assert f["media"]["kind"] == "video" and f["media"]["container"] == "mpegts", f["media"]
+    assert f["thumbnail_sizes"] == [256, 1024]
