@@ -33,6 +33,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "category_of",
+    "is_mpeg_ts",
 ]
 
 CATEGORIES = ("video", "audio", "image", "document", "other")
@@ -59,6 +60,19 @@ _DOCUMENT_TYPES = frozenset(
 
 #: Bytes of the head given to libmagic (enough for every container format we care about).
 SNIFF_BYTES = 64 * 1024
+
+
+#: MPEG-TS: 188-byte packets, each beginning with the sync byte 0x47.
+_TS_PACKET, _TS_SYNC, _TS_PACKETS_SEEN = 188, 0x47, 16
+
+
+def is_mpeg_ts(head: bytes) -> bool:
+    """An MPEG transport stream: the sync byte at the start of each of its first 16 packets
+    (1 in 2**128 of random data). libmagic's rule also wants the first packet to be the
+    PAT, and ffmpeg, HLS segments and recorders built on it write the SDT first."""
+    if len(head) < _TS_PACKET * _TS_PACKETS_SEEN:
+        return False
+    return all(head[i * _TS_PACKET] == _TS_SYNC for i in range(_TS_PACKETS_SEEN))
 
 
 def category_of(mime: str | None) -> str:
@@ -110,7 +124,10 @@ class TypeSniffer:
                     failed, self._pending = self._pending, []
                     self._draining = False
                 _hand_back([(f, False, exc) for _, f in failed])
-        return await future
+        detected = await future
+        if detected == "application/octet-stream" and is_mpeg_ts(head):
+            return "video/mp2t"
+        return detected
 
     def _drain(self) -> None:
         """In the executor: sniff what is pending, batch after batch, until nothing is."""

@@ -76,9 +76,14 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
     except MemoryError:
         raise
     except Exception as exc:
-        raise MediaRejected(f"cannot be decoded as an image: {_short(exc)}") from None
+        raise MediaRejected(f"cannot be decoded as an image: {_short(exc, path)}") from None
     with im:
         fmt = im.format or ""
+        pictures: list[int] | None = None
+        if fmt == "MPO":
+            # A multi-picture JPEG (3D cameras; the large preview many cameras append): a
+            # JPEG whose first picture is the one every viewer shows.
+            fmt, pictures = "JPEG", _mpo_pictures(im)
         width, height = im.size
         if max_pixels and width * height > max_pixels:
             raise MediaRejected(
@@ -87,12 +92,17 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
             )
         if fmt not in IMAGE_FORMATS:
             raise MediaRejected(f"image format {fmt or 'unknown'} is not supported")
+        exif: Mapping[int, Any]
         try:
             exif = im.getexif()
-            orientation = int(exif.get(ORIENTATION, 1) or 1)
-            has_gps = GPS_IFD in exif
         except Exception:
-            orientation, has_gps = 1, False
+            exif = {}
+        has_gps = GPS_IFD in exif
+        try:
+            # A damaged orientation (not a number) is no orientation; the GPS still counts.
+            orientation = int(exif.get(ORIENTATION, 1) or 1)
+        except (TypeError, ValueError):
+            orientation = 1
         # A location may be in XMP only (editing tools write it there).
         has_gps = has_gps or _xmp_names_gps(im.info)
         if orientation not in range(1, 9):
@@ -106,8 +116,11 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         except MemoryError:
             raise
         except Exception as exc:
-            raise MediaRejected(f"cannot be decoded: {_short(exc)}") from None
-        shown_w, shown_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+            raise MediaRejected(f"cannot be decoded: {_short(exc, path)}") from None
+        # What is left to turn: Pillow's TIFF plugin applies the orientation itself (its
+        # size at open is already the shown one, and load() turns the pixels).
+        to_turn = 1 if orientation != 1 and _turned_by_pillow(im) else orientation
+        shown_w, shown_h = (height, width) if to_turn in (5, 6, 7, 8) else (width, height)
         media = {
             "kind": "image",
             "format": fmt.lower(),
@@ -117,9 +130,13 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         }
         thumbs: dict[str, str] = {}
         if req.get("thumb_dir") and sizes:
-            thumbs = _thumbnails(im, orientation, req["thumb_dir"], sizes)
+            thumbs = _thumbnails(im, to_turn, req["thumb_dir"], sizes)
     stripped = None
-    if req.get("strip_to") and has_gps:
+    if pictures is not None and req.get("strip_to"):
+        # Each picture has its own EXIF (the first one's is all Pillow reads).
+        stripped = _strip_mpo(path, pictures, req["strip_to"])
+        has_gps = has_gps or stripped is not None
+    elif req.get("strip_to") and has_gps:
         stripped = _strip_image(path, fmt, req["strip_to"])
     return {
         "ok": True,
@@ -128,6 +145,23 @@ def _image(req: dict[str, Any]) -> dict[str, Any]:
         "stripped": stripped,
         "location_found": has_gps,
     }
+
+
+def _turned_by_pillow(im: Any) -> bool:
+    """Whether loading the image applied its orientation (the tag is then gone)."""
+    try:
+        return ORIENTATION not in im.getexif()
+    except Exception:
+        return False
+
+
+def _mpo_pictures(im: Any) -> list[int]:
+    """The offsets of the pictures after the first in a multi-picture JPEG, as its MP index
+    gives them (from the MPF header)."""
+    try:
+        return [int(entry["DataOffset"]) for entry in im.mpinfo[0xB002][1:]]
+    except Exception:
+        return []
 
 
 def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> dict[str, str]:
@@ -142,7 +176,12 @@ def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> di
     """
     from PIL import Image
 
-    if im.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "I", "F"):
+    sixteen = im.mode.startswith("I;16")
+    if sixteen:
+        # 16-bit greyscale: scaled as 32-bit integers, made 8-bit once small (a conversion
+        # to RGB would clip every value above 255: white).
+        im = im.convert("I")
+    elif im.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "I", "F"):
         # Palette and bilevel images scale only by nearest neighbour, some others not at
         # all: colours first.
         im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
@@ -158,6 +197,8 @@ def _thumbnails(im: Any, orientation: int, out_dir: str, sizes: list[int]) -> di
             current = current.copy()  # the previous thumbnail: small
         current.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         shown = current.transpose(method) if method is not None else current
+        if sixteen:
+            shown = shown.point(lambda v: v / 257).convert("L")
         if shown.mode not in ("RGB", "RGBA"):
             shown = shown.convert("RGBA" if "A" in shown.getbands() else "RGB")
         # A fresh image: nothing of the source's info (EXIF, XMP, ICC) can be carried over.
@@ -199,8 +240,10 @@ def _strip_image(path: str, fmt: str, dest: str) -> str | None:
     return dest
 
 
-def _exif_without_gps(raw: bytes) -> bytes:
-    """TIFF-structured EXIF (no ``Exif\\0\\0`` prefix) with the GPS IFD removed."""
+def _exif_without_gps(raw: bytes) -> bytes | None:
+    """TIFF-structured EXIF (no ``Exif\\0\\0`` prefix) with the GPS IFD removed; None when
+    it cannot be written back (a damaged tag Pillow reads but cannot write): the caller then
+    drops the whole EXIF, since the location must not stay."""
     from PIL import Image
 
     exif = Image.Exif()
@@ -208,7 +251,10 @@ def _exif_without_gps(raw: bytes) -> bytes:
     if GPS_IFD not in exif:
         return raw  # nothing to take out: not rewritten (Pillow may drop parts it writes)
     del exif[GPS_IFD]
-    out: bytes = exif.tobytes()
+    try:
+        out: bytes = exif.tobytes()
+    except Exception:
+        return None
     return out[6:] if out.startswith(b"Exif\x00\x00") else out
 
 
@@ -234,8 +280,10 @@ def strip_jpeg(data: bytes) -> bytes:
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         body = data[pos + 4 : pos + 2 + length]
         if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
-            new = b"Exif\x00\x00" + _exif_without_gps(body[6:])
-            out += b"\xff\xe1" + struct.pack(">H", len(new) + 2) + new
+            rewritten = _exif_without_gps(body[6:])
+            if rewritten is not None:
+                new = b"Exif\x00\x00" + rewritten
+                out += b"\xff\xe1" + struct.pack(">H", len(new) + 2) + new
         elif marker == 0xE1 and b"GPS" in body and body.startswith(b"http://ns.adobe.com/"):
             pass  # XMP with GPS properties: dropped
         else:
@@ -243,6 +291,62 @@ def strip_jpeg(data: bytes) -> bytes:
         pos += 2 + length
     out += data[pos:]
     return bytes(out)
+
+
+def _strip_mpo(path: str, pictures: list[int], dest: str) -> str | None:
+    """The multi-picture JPEG without GPS in any of its pictures. Nothing moves (the MP index
+    holds each picture's offset and size): an EXIF is rewritten in its own segment and
+    padded, a segment that cannot be (XMP naming GPS, an EXIF that would grow) becomes a
+    comment of the same length filled with zeros."""
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    original = bytes(data)
+    base = _strip_jpeg_in_place(data, 0)
+    for offset in pictures:
+        start = -1 if base is None else base + offset
+        if 0 < start < len(data) - 2 and data[start : start + 2] == b"\xff\xd8":
+            _strip_jpeg_in_place(data, start)
+    if data == original:
+        return None
+    with open(dest, "wb") as fh:
+        fh.write(data)
+    return dest
+
+
+def _strip_jpeg_in_place(data: bytearray, start: int) -> int | None:
+    """Take GPS out of the metadata of the JPEG at ``start`` without moving a byte; returns
+    where its MP index counts offsets from (its MPF header), if it has one."""
+    mpf = None
+    pos = start + 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        while pos + 4 <= len(data) and data[pos + 1] == 0xFF:
+            pos += 1
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        end = pos + 2 + length
+        body = bytes(data[pos + 4 : end])
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            new = _exif_without_gps(body[6:])
+            if new != body[6:]:
+                if new is not None and len(new) <= len(body) - 6:
+                    data[pos + 10 : end] = new.ljust(len(body) - 6, b"\x00")
+                else:
+                    data[pos + 1] = 0xFE
+                    data[pos + 4 : end] = bytes(len(body))
+        elif marker == 0xE1 and b"GPS" in body and body.startswith(b"http://ns.adobe.com/"):
+            data[pos + 1] = 0xFE
+            data[pos + 4 : end] = bytes(len(body))
+        elif marker == 0xE2 and body.startswith(b"MPF\x00") and mpf is None:
+            mpf = pos + 8
+        pos = end
+    return mpf
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -264,7 +368,9 @@ def strip_png(data: bytes) -> bytes:
         whole = data[pos : pos + 12 + length]
         pos += 12 + length
         if kind == b"eXIf":
-            out += _png_chunk(kind, _exif_without_gps(body))
+            rewritten = _exif_without_gps(body)
+            if rewritten is not None:
+                out += _png_chunk(kind, rewritten)
         elif kind in (b"tEXt", b"zTXt", b"iTXt") and (
             body.startswith((b"Raw profile type exif", b"Raw profile type APP1"))
             or (body.startswith(b"XML:com.adobe.xmp") and b"GPS" in body)
@@ -283,7 +389,7 @@ def strip_webp(data: bytes) -> bytes:
         return data
     chunks = bytearray()
     pos = 12
-    dropped_xmp = False
+    dropped_xmp = dropped_exif = False
     while pos + 8 <= len(data):
         kind = data[pos : pos + 4]
         (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
@@ -291,23 +397,30 @@ def strip_webp(data: bytes) -> bytes:
         pos += 8 + length + (length & 1)
         if kind == b"EXIF":
             raw = body[6:] if body.startswith(b"Exif\x00\x00") else body
-            body = _exif_without_gps(raw)
+            rewritten = _exif_without_gps(raw)
+            if rewritten is None:
+                dropped_exif = True
+                continue
+            body = rewritten
         elif kind == b"XMP " and b"GPS" in body:
             dropped_xmp = True
             continue
         chunks += kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
-    if dropped_xmp and chunks[:4] == b"VP8X":
-        flags = chunks[8] & ~0x04  # the XMP flag
-        chunks[8] = flags
+    if chunks[:4] == b"VP8X":
+        # The flags of the chunks dropped: XMP (0x04), EXIF (0x08).
+        chunks[8] &= ~((0x04 if dropped_xmp else 0) | (0x08 if dropped_exif else 0)) & 0xFF
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)
 
 
 # --- video and audio ----------------------------------------------------------------------
 
 
-def _run(argv: list[str], *, stdout_max: int = 64 * 1024 * 1024) -> bytes:
+def _run(
+    argv: list[str], *, stdout_max: int = 64 * 1024 * 1024, messages: list[str] | None = None
+) -> bytes:
+    """Run a tool; its failure becomes a rejection, its death by a limit says which (its
+    standard error goes to ``messages`` when given)."""
     path = argv[argv.index("-i") + 1] if "-i" in argv else argv[-1]
-    """Run a tool; its failure becomes a rejection, its death by a limit says which."""
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode < 0:
         sig = -proc.returncode
@@ -315,6 +428,8 @@ def _run(argv: list[str], *, stdout_max: int = 64 * 1024 * 1024) -> bytes:
             raise MediaRejected("the decoder exceeded its CPU time limit", "cpu")
         raise MediaRejected(f"the decoder crashed ({signal.Signals(sig).name})", "crash")
     err = proc.stderr.decode("utf-8", "replace")
+    if messages is not None:
+        messages.append(err)
     if "Cannot allocate memory" in err or "out of memory" in err.lower():
         raise MediaRejected("the decoder exceeded its memory limit", "memory")
     if proc.returncode != 0:
@@ -416,8 +531,11 @@ def av_facts(info: dict[str, Any], container: str) -> dict[str, Any]:
 
 
 def _fit(size: int) -> str:
-    """ffmpeg's scale filter: longest side at most ``size``, never enlarged, aspect kept."""
-    return f"scale=w='min(iw,{size})':h='min(ih,{size})':force_original_aspect_ratio=decrease"
+    """ffmpeg's scale filter: longest side at most ``size``, never enlarged, aspect kept,
+    and at least 1 px on each side (a 4000 x 2 video is 256 x 1 at 256: ffmpeg's own
+    ``force_original_aspect_ratio`` makes it 0 px high, and the filter fails)."""
+    factor = f"min(1,{size}/max(iw,ih))"
+    return f"scale=w='max(1,round(iw*{factor}))':h='max(1,round(ih*{factor}))'"
 
 
 def _input(demuxer: str, path: str) -> list[str]:
@@ -477,6 +595,33 @@ def _poster_thumbnails(
     return files
 
 
+#: What demuxers say of a file that ends before its index does (mov/mp4: a sample past the
+#: end; Matroska/WebM: a cluster cut off).
+_CUT_SHORT = ("partial file", "File ended prematurely")
+
+
+def _read_through(ffmpeg: str, source: list[str]) -> float | None:
+    """Read the whole file once (demuxed, not decoded): rejected when it ends before its
+    index says (a copy cut short); the time of its last packet."""
+    messages: list[str] = []
+    try:
+        out = _run(
+            [ffmpeg, "-nostdin", "-v", "error", *source, "-map", "0:v?", "-map", "0:a?",
+             "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"],
+            messages=messages,
+        )  # fmt: skip
+    except MediaRejected as exc:
+        if exc.limit is not None:
+            raise
+        out = b""  # (the poster, or the first seconds, tell whether it decodes)
+    if any(cut in text for text in messages for cut in _CUT_SHORT):
+        raise MediaRejected("truncated: the file ends before the data its index lists")
+    found = re.findall(rb"^out_time_us=(\d+)\s*$", out, re.MULTILINE)
+    if not found:
+        return None
+    return round(int(found[-1]) / 1_000_000, 3) or None
+
+
 def _location_tags(info: dict[str, Any]) -> bool:
     tags = {k.lower() for k in ((info.get("format") or {}).get("tags") or {})}
     return any("location" in k or k.endswith("xyz") for k in tags)
@@ -506,6 +651,15 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
         raise MediaRejected("cannot be parsed: no container found")
     source = _input(demuxer, path)
     media = av_facts(info, req.get("container") or "")
+    declared = media.get("duration")
+    last = _read_through(ffmpeg, source)
+    if last is not None and media.get("frame_rate"):
+        last = round(last + 1 / float(media["frame_rate"]), 3)  # the last frame's time
+    if last is not None and (declared is None or abs(last - declared) > max(0.5, declared / 100)):
+        # Not in the header (a streamed WebM, as browsers record it), or a header that says
+        # otherwise (it is the uploader's word): the measured one, for the file's facts, its
+        # poster time and max_media_duration.
+        media["duration"] = last
     duration = media.get("duration") or 0.0
     thumbs: dict[str, str] = {}
     sizes = sorted(int(s) for s in req.get("sizes") or ())
@@ -555,8 +709,13 @@ def _av(req: dict[str, Any]) -> dict[str, Any]:
 # --- entry -------------------------------------------------------------------------------
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, path: str = "") -> str:
+    """The exception's first line, without the file's path (Pillow names it: "cannot
+    identify image file '/...'"): the reason is shown to the user, the server's
+    directories are not their business."""
     text = str(exc).strip() or type(exc).__name__
+    if path:
+        text = text.replace(f" {path!r}", "").replace(path, "the file")
     return text.splitlines()[0][:300]
 
 
