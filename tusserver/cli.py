@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: TusServerConfig) -> int:
-    from .app import create_app
+    from .app import alone_on_data_dir, create_app
     from .supervisor import bind_problem
 
     setting = "worker_port" if config.role == "worker" else "port"
@@ -214,6 +214,30 @@ def _serve(config: TusServerConfig) -> int:
     if problem is not None:  # (in use, most often: one line, before any start-up work)
         print(f"tusserver: {setting}: {problem}", file=sys.stderr)
         return 2
+    # The data directory, claimed for the process's life (the supervisor's children share
+    # its claim): a lone server, whose upload locks are in memory, must be the only process
+    # there; two writers of one upload were otherwise both acknowledged, their bytes mixed.
+    from .uploads.filelocks import DataDirInUse, claim_data_dir
+
+    alone = alone_on_data_dir(config)
+    claim: int | None = None
+    if alone is not None:
+        try:
+            claim = claim_data_dir(config.data_dir / "locks", alone=alone)
+        except DataDirInUse as exc:
+            print(f"tusserver: data_dir {config.data_dir} is in use: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _serve_on(config, create_app)
+    finally:
+        if claim is not None:
+            os.close(claim)
+
+
+def _serve_on(
+    config: TusServerConfig, create_app: Callable[[TusServerConfig], web.Application]
+) -> int:
+    """``tusserver serve`` and ``worker`` once the port and the data directory are free."""
     _return_freed_buffers()
     _migrate_in_child(config)
     port = config.port
