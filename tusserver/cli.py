@@ -308,17 +308,43 @@ async def _migrate(config: TusServerConfig, action: str, revision: str | None) -
 
 
 async def _sweep(config: TusServerConfig) -> int:
-    from .app import build_runtime
+    from .app import alone_on_data_dir, build_runtime
+    from .uploads.filelocks import DataDirInUse, claim_data_dir
 
-    rt = build_runtime(config.replace(sweep_interval=0))
-    await rt.start()
+    # Expiring an upload takes its lock, so that one a server is writing is skipped: the
+    # sweep must see the servers' locks. On a data directory it locks as the processes that
+    # share it do (lock files); a lone `serve` there keeps its locks in memory, out of reach:
+    # beside one, everything but the expiry is done (those parts need no upload lock).
+    claim: int | None = None
+    lone_server: str | None = None
+    if alone_on_data_dir(config) is not None:
+        try:
+            claim = claim_data_dir(config.data_dir / "locks", alone=False)
+        except DataDirInUse as exc:
+            lone_server = str(exc)
+        else:
+            if alone_on_data_dir(config):
+                config = config.replace(locker="file")
     try:
-        n = await rt.sweeper.sweep_once()
-        print(f"expired {n} upload(s)")
-        n = await rt.sweeper.sweep_orphans()
-        print(f"removed {n} orphaned upload(s)")
+        rt = build_runtime(config.replace(sweep_interval=0))
+        await rt.start()
+        try:
+            n = await rt.sweeper.sweep_once(expire=lone_server is None)
+            if lone_server is None:
+                print(f"expired {n} upload(s)")
+            else:
+                print(
+                    f"expired no upload: data_dir {config.data_dir} is in use: {lone_server}; "
+                    "such a server expires its uploads itself (sweep_interval), or give it "
+                    'locker = "file"'
+                )
+            n = await rt.sweeper.sweep_orphans()
+            print(f"removed {n} orphaned upload(s)")
+        finally:
+            await rt.stop()
     finally:
-        await rt.stop()
+        if claim is not None:
+            os.close(claim)
     return 0
 
 

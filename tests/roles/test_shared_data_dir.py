@@ -9,13 +9,18 @@ side.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tusserver.testing import HOST, clean_environ, free_port, tusserver_command
 
+from ..e2e.helpers import OCTET, TUS, create, make_bytes
 from ..e2e.server import _defaults
 from .conftest import RoleFactory
 
@@ -70,3 +75,82 @@ def test_processes_that_share_a_data_dir_start_side_by_side(
         proc.terminate()
     alone = role_factory("all", _ENV, data_dir=shared)
     assert alone.running
+
+
+def _sweep(data_dir: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    argv = [*tusserver_command(), "--data-dir", str(data_dir), "sweep"]
+    environ = {**clean_environ(), **_defaults(), **env}
+    return subprocess.run(
+        argv, env=environ, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+_EXPIRING = {**_ENV, "TUSSERVER_EXPIRATION": "3"}
+
+
+async def _slow_body(data: bytes, started: asyncio.Event) -> AsyncIterator[bytes]:
+    """``data`` in 64 KiB pieces, one every 0.1 s."""
+    for i in range(0, len(data), 64 * 1024):
+        yield data[i : i + 64 * 1024]
+        started.set()
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", ["all", "api"])
+async def test_tusserver_sweep_never_expires_an_upload_a_server_is_writing(
+    role_factory: RoleFactory, tmp_path: Path, kind: str
+) -> None:
+    """``tusserver sweep`` (a cron job, the documented alternative to the servers' own
+    sweeps) beside running servers: an upload whose deadline passes while a PATCH streams
+    into it is not inactive. The sweep's expiry must see the servers' upload locks; where it
+    cannot (a lone ``serve`` keeps them in memory) it expires nothing. It expired the upload under
+    the PATCH: the client got 204 for all its bytes, and the file then failed with "the
+    uploaded bytes are missing"."""
+    shared = tmp_path / "shared"
+    server = role_factory(kind, _EXPIRING, data_dir=shared)
+    data = make_bytes(64 * 1024 * 60, seed=7)  # about 6 s at 640 KiB/s
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, server.endpoint, len(data))
+        started = asyncio.Event()
+        sending = asyncio.ensure_future(
+            session.patch(
+                url,
+                data=_slow_body(data, started),
+                headers={**OCTET, "Upload-Offset": "0"},
+            )
+        )
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(4)  # past the upload's deadline (3 s), the PATCH still streaming
+        swept = await asyncio.to_thread(_sweep, shared, _EXPIRING)
+        async with await sending as resp:
+            assert resp.status == 204, await resp.text()
+            assert resp.headers["Upload-Offset"] == str(len(data))
+        # the bytes the client was told are stored are there
+        if kind == "all":  # committed by its pipeline, and served
+            deadline = time.monotonic() + 30
+            while True:
+                async with session.head(url, headers=TUS) as head:
+                    assert head.status == 200
+                    status = head.headers.get("X-File-Status")
+                if status not in ("received", "validating") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert status == "committed", status
+            async with session.get(url) as got:
+                assert got.status == 200
+                assert await got.read() == data
+        else:  # no worker: the upload waits in the chunk store
+            async with session.head(url, headers=TUS) as head:
+                assert head.status == 200
+                assert head.headers.get("X-File-Status") == "received"
+            upload_id = url.rstrip("/").rsplit("/", 1)[1]
+            assert (shared / "uploads" / upload_id).read_bytes() == data
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    if kind == "all":
+        # A lone serve: its locks are out of reach; the sweep says so and expires nothing
+        # (the rest of the sweep needs no upload lock).
+        assert "expired no upload: data_dir" in swept.stdout, swept.stdout
+        assert "is in use" in swept.stdout, swept.stdout
+    else:
+        assert "expired 0 upload(s)" in swept.stdout, swept.stdout
+    assert "removed 0 orphaned upload(s)" in swept.stdout, swept.stdout
