@@ -205,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
+#: How long a server starting waits for its data directory's claim: a ``tusserver sweep``
+#: (a cron job) holds one for the few seconds it runs.
+_CLAIM_WAIT_S = 15.0
+
+
 def _serve(config: TusServerConfig) -> int:
     from .app import alone_on_data_dir, create_app
     from .supervisor import bind_problem
@@ -223,7 +228,7 @@ def _serve(config: TusServerConfig) -> int:
     claim: int | None = None
     if alone is not None:
         try:
-            claim = claim_data_dir(config.data_dir / "locks", alone=alone)
+            claim = claim_data_dir(config.data_dir / "locks", alone=alone, wait=_CLAIM_WAIT_S)
         except DataDirInUse as exc:
             print(f"tusserver: data_dir {config.data_dir} is in use: {exc}", file=sys.stderr)
             return 2

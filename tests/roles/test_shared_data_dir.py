@@ -10,7 +10,9 @@ side.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ import aiohttp
 import pytest
 
 from tusserver.testing import HOST, clean_environ, free_port, tusserver_command
+from tusserver.uploads.filelocks import DataDirInUse, claim_data_dir
 
 from ..e2e.helpers import OCTET, TUS, create, make_bytes
 from ..e2e.server import _defaults
@@ -154,3 +157,22 @@ async def test_tusserver_sweep_never_expires_an_upload_a_server_is_writing(
     else:
         assert "expired 0 upload(s)" in swept.stdout, swept.stdout
     assert "removed 0 orphaned upload(s)" in swept.stdout, swept.stdout
+
+
+def test_a_server_starting_waits_for_a_short_claim_to_end(tmp_path: Path) -> None:
+    """A ``tusserver sweep`` holds a shared claim for the few seconds it runs: a lone server
+    started meanwhile waits for it instead of failing to start; a claim that lasts is
+    refused once the wait is over."""
+    locks = tmp_path / "locks"
+    sweep = claim_data_dir(locks, alone=False)
+    timer = threading.Timer(0.5, os.close, (sweep,))
+    timer.start()
+    started = time.monotonic()
+    server = claim_data_dir(locks, alone=True, wait=10)
+    assert 0.4 < time.monotonic() - started < 5
+    try:
+        with pytest.raises(DataDirInUse):
+            claim_data_dir(locks, alone=False, wait=0.3)
+    finally:
+        os.close(server)
+        timer.join()

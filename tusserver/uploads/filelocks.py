@@ -231,7 +231,7 @@ class DataDirInUse(Exception):
     """Another process uses the data directory in a way this one cannot share."""
 
 
-def claim_data_dir(directory: Path, *, alone: bool) -> int:
+def claim_data_dir(directory: Path, *, alone: bool, wait: float = 0.0) -> int:
     """Claim the data directory whose lock directory is ``directory`` for this process's
     life; returns the file descriptor that holds the claim (closing it gives it up, and the
     kernel does when the process dies).
@@ -239,13 +239,22 @@ def claim_data_dir(directory: Path, *, alone: bool) -> int:
     ``alone``: this process keeps its upload locks in memory (a lone ``serve``), so no
     other process may write the directory's uploads beside it: an exclusive claim. Processes
     that lock with lock files (:class:`FileLocker`) claim it shared, together. A claim that
-    cannot be had raises :class:`DataDirInUse` at once, never waits. A forked child (``serve
-    --workers N``) shares the claim of its parent.
+    cannot be had within ``wait`` seconds raises :class:`DataDirInUse` (a ``tusserver sweep``
+    holds a shared claim for the few seconds it runs: a server started meanwhile waits for
+    it). A forked child (``serve --workers N``) shares the claim of its parent.
     """
     private_dirs(directory)
     fd = os.open(directory / INSTANCES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_POLL * 5)
     except BlockingIOError:
         os.close(fd)
         if alone:
