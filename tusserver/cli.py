@@ -232,6 +232,9 @@ def _serve(config: TusServerConfig) -> int:
         except DataDirInUse as exc:
             print(f"tusserver: data_dir {config.data_dir} is in use: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:
+            print(f"tusserver: data_dir {config.data_dir}: cannot claim it: {exc}", file=sys.stderr)
+            return 2
     try:
         return _serve_on(config, create_app)
     finally:
@@ -327,6 +330,9 @@ async def _sweep(config: TusServerConfig) -> int:
             claim = claim_data_dir(config.data_dir / "locks", alone=False)
         except DataDirInUse as exc:
             lone_server = str(exc)
+        except OSError as exc:
+            print(f"tusserver: data_dir {config.data_dir}: cannot claim it: {exc}", file=sys.stderr)
+            return 2
         else:
             if alone_on_data_dir(config):
                 config = config.replace(locker="file")
