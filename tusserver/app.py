@@ -542,6 +542,20 @@ def _cache_bus(db: Database, cache: Cache) -> LocalBus:
     return LocalBus(cache)
 
 
+def alone_on_data_dir(config: TusServerConfig) -> bool | None:
+    """How a server process with ``config`` uses its ``data_dir`` with other processes: True
+    when it must be the only one there (a lone ``serve`` on SQLite or the local chunk store:
+    its upload locks are in memory, see :func:`_locker`), False when it shares it (lock
+    files, or PostgreSQL advisory locks), None when it keeps no uploads or catalog there.
+    The CLI claims the directory accordingly (``tusserver.uploads.filelocks.claim_data_dir``)."""
+    sqlite = make_url(config.effective_database_url).get_backend_name() != "postgresql"
+    if not sqlite and config.chunk_store != "local":
+        return None
+    several = config.worker_count > 1 or config.role != "all"
+    in_memory = config.locker == "memory" or (config.locker == "auto" and sqlite and not several)
+    return in_memory
+
+
 def _locker(config: TusServerConfig, db: Database, metrics: Metrics) -> Locker:
     use_pg = config.locker == "postgres" or (config.locker == "auto" and db.dialect == "postgresql")
     if use_pg:

@@ -205,8 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
+#: How long a server starting waits for its data directory's claim: a ``tusserver sweep``
+#: (a cron job) holds one for the few seconds it runs.
+_CLAIM_WAIT_S = 15.0
+
+
 def _serve(config: TusServerConfig) -> int:
-    from .app import create_app
+    from .app import alone_on_data_dir, create_app
     from .supervisor import bind_problem
 
     setting = "worker_port" if config.role == "worker" else "port"
@@ -214,6 +219,33 @@ def _serve(config: TusServerConfig) -> int:
     if problem is not None:  # (in use, most often: one line, before any start-up work)
         print(f"tusserver: {setting}: {problem}", file=sys.stderr)
         return 2
+    # The data directory, claimed for the process's life (the supervisor's children share
+    # its claim): a lone server, whose upload locks are in memory, must be the only process
+    # there; two writers of one upload were otherwise both acknowledged, their bytes mixed.
+    from .uploads.filelocks import DataDirInUse, claim_data_dir
+
+    alone = alone_on_data_dir(config)
+    claim: int | None = None
+    if alone is not None:
+        try:
+            claim = claim_data_dir(config.data_dir / "locks", alone=alone, wait=_CLAIM_WAIT_S)
+        except DataDirInUse as exc:
+            print(f"tusserver: data_dir {config.data_dir} is in use: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"tusserver: data_dir {config.data_dir}: cannot claim it: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _serve_on(config, create_app)
+    finally:
+        if claim is not None:
+            os.close(claim)
+
+
+def _serve_on(
+    config: TusServerConfig, create_app: Callable[[TusServerConfig], web.Application]
+) -> int:
+    """``tusserver serve`` and ``worker`` once the port and the data directory are free."""
     _return_freed_buffers()
     _migrate_in_child(config)
     port = config.port
@@ -284,17 +316,46 @@ async def _migrate(config: TusServerConfig, action: str, revision: str | None) -
 
 
 async def _sweep(config: TusServerConfig) -> int:
-    from .app import build_runtime
+    from .app import alone_on_data_dir, build_runtime
+    from .uploads.filelocks import DataDirInUse, claim_data_dir
 
-    rt = build_runtime(config.replace(sweep_interval=0))
-    await rt.start()
+    # Expiring an upload takes its lock, so that one a server is writing is skipped: the
+    # sweep must see the servers' locks. On a data directory it locks as the processes that
+    # share it do (lock files); a lone `serve` there keeps its locks in memory, out of reach:
+    # beside one, everything but the expiry is done (those parts need no upload lock).
+    claim: int | None = None
+    lone_server: str | None = None
+    if alone_on_data_dir(config) is not None:
+        try:
+            claim = claim_data_dir(config.data_dir / "locks", alone=False)
+        except DataDirInUse as exc:
+            lone_server = str(exc)
+        except OSError as exc:
+            print(f"tusserver: data_dir {config.data_dir}: cannot claim it: {exc}", file=sys.stderr)
+            return 2
+        else:
+            if alone_on_data_dir(config):
+                config = config.replace(locker="file")
     try:
-        n = await rt.sweeper.sweep_once()
-        print(f"expired {n} upload(s)")
-        n = await rt.sweeper.sweep_orphans()
-        print(f"removed {n} orphaned upload(s)")
+        rt = build_runtime(config.replace(sweep_interval=0))
+        await rt.start()
+        try:
+            n = await rt.sweeper.sweep_once(expire=lone_server is None)
+            if lone_server is None:
+                print(f"expired {n} upload(s)")
+            else:
+                print(
+                    f"expired no upload: data_dir {config.data_dir} is in use: {lone_server}; "
+                    "such a server expires its uploads itself (sweep_interval), or give it "
+                    'locker = "file"'
+                )
+            n = await rt.sweeper.sweep_orphans()
+            print(f"removed {n} orphaned upload(s)")
+        finally:
+            await rt.stop()
     finally:
-        await rt.stop()
+        if claim is not None:
+            os.close(claim)
     return 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime as dt
 import email.utils
+import hashlib
 import io
 from typing import Any
 
@@ -543,6 +544,45 @@ async def test_a_body_that_arrives_after_the_shutdown_began_is_released_at_once(
     assert r.status == 503, await r.text()
     assert r.headers["Upload-Offset"] == "0"
     assert (await head(client, path)).headers["Upload-Offset"] == "0"
+
+
+async def test_a_checksummed_chunk_cut_by_a_shutdown_is_retried_like_any_other(
+    client: Client,
+) -> None:
+    """A graceful stop (a rolling restart of one instance) cuts a PATCH short. A chunk with
+    Upload-Checksum is all or nothing, so nothing of it is kept; it is answered as a body
+    without one: 503 with Retry-After and the Upload-Offset to resume from. It was 400
+    without Upload-Offset, which tus clients take as fatal (tus-js-client retries no 4xx
+    but 409 and 423): the upload failed instead of resuming on another instance."""
+    path = await create(client, 100_000)
+    assert (await patch(client, path, 0, b"a" * 1000)).status == 204
+    chunk = b"b" * 50_000
+    digest = base64.b64encode(hashlib.sha1(chunk).digest()).decode()
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalled_body() -> Any:
+        yield chunk[:20_000]
+        sent.set()
+        await never.wait()
+        yield chunk[20_000:]
+
+    headers = {**TUS, **OCTET, "Upload-Offset": "1000", "Upload-Checksum": f"sha1 {digest}"}
+    stalled = asyncio.ensure_future(client.patch(path, data=stalled_body(), headers=headers))
+    await sent.wait()
+    service = client.app[RUNTIME].uploads
+    for _ in range(250):  # until the server is reading the body
+        if any(reader.received >= 20_000 for reader in service._receiving):
+            break
+        await asyncio.sleep(0.02)
+    service.release_all()  # what on_shutdown does
+    r = await asyncio.wait_for(stalled, 10)
+    never.set()
+    assert r.status == 503, await r.text()
+    assert r.headers["Retry-After"] == "2"
+    assert r.headers["Upload-Offset"] == "1000"  # the chunk was discarded
+    service._released = False  # (the server goes on, for the check below)
+    assert (await head(client, path)).headers["Upload-Offset"] == "1000"
 
 
 async def test_a_download_the_client_stops_reading_is_not_an_error(

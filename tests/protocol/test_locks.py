@@ -416,3 +416,65 @@ async def test_file_lockers_with_the_same_pid_still_break_each_others_locks(
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.postgres
+async def test_a_release_asked_while_the_lock_is_being_granted_is_not_lost(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests on two instances want one upload at once: A's lock is granted, and B,
+    finding it taken, asks A to let go before A has recorded its holder (the grant's answer
+    and B's notification reach A close together). The request must still be asked: B gets
+    the upload well within its lock_timeout, instead of a 423 after it while A's writer
+    goes on (2 in 40 simultaneous PATCHes on two instances did so)."""
+    a = PostgresLocker(_lock_dsn(pg_url), timeout=5)
+    b = PostgresLocker(_lock_dsn(pg_url), timeout=4)
+    await a.open()
+    await b.open()
+    granted = asyncio.Event()
+    go_on = asyncio.Event()
+    real_try_lock = a._try_lock
+
+    async def slow_grant(key: int) -> bool:
+        ok = await real_try_lock(key)
+        if ok:
+            granted.set()
+            await go_on.wait()  # granted, its holder not recorded yet
+        return ok
+
+    monkeypatch.setattr(a, "_try_lock", slow_grant)
+    notified = asyncio.Event()
+    real_send_notify = b._send_notify
+
+    async def send_notify(upload_id: str) -> None:
+        await real_send_notify(upload_id)
+        notified.set()
+
+    monkeypatch.setattr(b, "_send_notify", send_notify)
+    released = asyncio.Event()
+
+    async def holder() -> None:
+        async with a.lock("u", on_release=released.set):
+            await asyncio.wait_for(released.wait(), 10)  # a writer lets go once asked
+
+    loop = asyncio.get_running_loop()
+
+    async def newcomer() -> float:
+        async with b.lock("u"):
+            return loop.time()
+
+    try:
+        held = asyncio.create_task(holder())
+        await asyncio.wait_for(granted.wait(), 5)
+        wanted = asyncio.create_task(newcomer())
+        await asyncio.wait_for(notified.wait(), 5)
+        await asyncio.sleep(0.3)  # the notification has reached A (and found no holder)
+        started = loop.time()
+        go_on.set()
+        took = await wanted
+        assert took - started < 2.0, "the holder was not asked to let go"
+        assert released.is_set()
+        await held
+    finally:
+        await a.close()
+        await b.close()

@@ -38,10 +38,12 @@ from pathlib import Path
 
 import structlog
 
+from storage_backends.fileio import private_dirs
+
 from ..errors import LockTimeout
 from .locks import InProcessLocker, ReleaseCallback
 
-__all__ = ["FileLocker"]
+__all__ = ["DataDirInUse", "FileLocker", "claim_data_dir"]
 
 _log = structlog.get_logger("tusserver.locks")
 #: How often a waiter tries the lock again while another process holds it.
@@ -217,6 +219,58 @@ class FileLocker:
             finally:
                 self._held.pop(upload_id, None)
                 self._release(path, fd)
+
+
+#: Under ``<data_dir>/locks``: held by every process using the data directory, shared
+#: (``flock(LOCK_SH)``) by those that lock uploads with lock files, exclusively by a lone
+#: process whose upload locks are in its memory.
+INSTANCES_LOCK = "instances.lock"
+
+
+class DataDirInUse(Exception):
+    """Another process uses the data directory in a way this one cannot share."""
+
+
+def claim_data_dir(directory: Path, *, alone: bool, wait: float = 0.0) -> int:
+    """Claim the data directory whose lock directory is ``directory`` for this process's
+    life; returns the file descriptor that holds the claim (closing it gives it up, and the
+    kernel does when the process dies).
+
+    ``alone``: this process keeps its upload locks in memory (a lone ``serve``), so no
+    other process may write the directory's uploads beside it: an exclusive claim. Processes
+    that lock with lock files (:class:`FileLocker`) claim it shared, together. A claim that
+    cannot be had within ``wait`` seconds raises :class:`DataDirInUse` (a ``tusserver sweep``
+    holds a shared claim for the few seconds it runs: a server started meanwhile waits for
+    it). A forked child (``serve --workers N``) shares the claim of its parent.
+    """
+    private_dirs(directory)
+    fd = os.open(directory / INSTANCES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_POLL * 5)
+    except BlockingIOError:
+        os.close(fd)
+        if alone:
+            raise DataDirInUse(
+                "another tusserver process uses it; a lone `serve` keeps its upload locks in "
+                "memory and cannot share it: run the processes as `serve --workers N`, or as "
+                "`serve --role api` beside `tusserver worker` (they share it with lock files)"
+            ) from None
+        raise DataDirInUse(
+            "a lone `tusserver serve` uses it, with its upload locks in memory: it cannot be "
+            "shared; stop it, or run it as `serve --workers N` or `serve --role api`"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class _ReleaseProtocol(asyncio.DatagramProtocol):

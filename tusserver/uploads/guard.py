@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from storage_backends.base import ChunkSource
 
-from ..errors import PayloadTooLarge, Progress, RequestTimeout, UploadInterrupted, UploadSuspended
+from ..errors import (
+    PayloadTooLarge,
+    Progress,
+    RequestTimeout,
+    TusError,
+    UploadInterrupted,
+    UploadSuspended,
+)
 from ..hashing import update_all
 from .body import Interruption
 
@@ -37,23 +44,43 @@ def raise_if_stopped(interruption: Interruption, status: UploadStatus) -> None:
         return
     assert status.offset is not None
     progress = Progress(status.offset, status.record.length, status.finished)
+    error = stopped_error(interruption, progress)
+    if error is not None:
+        raise error
+
+
+def stopped_error(
+    interruption: Interruption, progress: Progress, *, discarded: bool = False
+) -> TusError | None:
+    """Why a body was cut short (None: it was not stopped by the server), with the offset to
+    resume from. ``discarded``: the chunk (one with Upload-Checksum) was kept whole or not
+    at all, and this one not at all; it is answered as a body stopped the same way."""
+    what = "the chunk (Upload-Checksum) was discarded" if discarded else "what arrived is stored"
+    offset = str(progress.offset)
     if interruption is Interruption.IDLE:
-        raise RequestTimeout(
-            "the body sent nothing for too long; what arrived is stored, resume from Upload-Offset",
-            headers={"Upload-Offset": str(status.offset), "Connection": "close"},
+        return RequestTimeout(
+            f"the body sent nothing for too long; {what}, resume from Upload-Offset",
+            headers={"Upload-Offset": offset, "Connection": "close"},
             progress=progress,
         )
     if interruption is Interruption.RELEASED:
-        raise UploadInterrupted(
-            "the upload was taken over by a newer request; resume from Upload-Offset",
-            headers={"Upload-Offset": str(status.offset)},
+        taken = "the upload was taken over by a newer request"
+        return UploadInterrupted(
+            f"{taken}; {what}, resume from Upload-Offset"
+            if discarded
+            else f"{taken}; resume from Upload-Offset",
+            headers={"Upload-Offset": offset},
             progress=progress,
         )
-    raise UploadSuspended(
-        "the server is restarting; resume from Upload-Offset shortly",
-        headers={"Upload-Offset": str(status.offset), "Retry-After": "2"},
-        progress=progress,
-    )
+    if interruption is Interruption.SHUTDOWN:
+        return UploadSuspended(
+            f"the server is restarting; {what}, resume from Upload-Offset shortly"
+            if discarded
+            else "the server is restarting; resume from Upload-Offset shortly",
+            headers={"Upload-Offset": offset, "Retry-After": "2"},
+            progress=progress,
+        )
+    return None
 
 
 class BodyGuard:

@@ -4,9 +4,10 @@ Each instance keeps one dedicated connection for its locks. Within the instance 
 :class:`InProcessLocker` orders requests (advisory locks are re-entrant per session, so they
 cannot exclude two requests of the same instance); across instances the advisory lock does.
 Lock breaking works across instances too: a request that finds the upload held elsewhere
-sends ``NOTIFY tusserver_release, '<upload id>'``; the holding instance asks its request to
-let go. If the lock connection dies, PostgreSQL releases every lock of this instance, so this
-instance immediately asks all its holders to stop writing, and reconnects.
+sends ``NOTIFY tusserver_release, '<upload id>'`` (again every half second while it waits);
+the holding instance asks its request to let go. If the lock connection dies, PostgreSQL
+releases every lock of this instance, so this instance immediately asks all its holders to
+stop writing, and reconnects.
 
 The connection carries one statement at a time, so the lock and unlock calls of concurrent
 requests are grouped: the calls made while a round trip is out go together in the next one,
@@ -51,6 +52,10 @@ _POLL = 0.05
 #: round trip of a millisecond): the unlock stays queued in order, and one that gets no
 #: answer ends the session (its deadline), which releases the lock all the same.
 _UNLOCK_WAIT_S = 1.0
+#: A request waiting for an upload held by another instance asks the holder to let go this
+#: often (the first time at once): a release request that reaches the holder's instance
+#: between the grant of its lock and the holder's record is not acted on.
+_ASK_AGAIN_S = 0.5
 #: Retry-After (seconds) of a call the lock database did not answer.
 _RETRY_AFTER = "5"
 #: The lock (``take``) and unlock calls of one round trip, in the order they were made (the
@@ -277,13 +282,17 @@ class PostgresLocker:
         async with self._local.lock(upload_id, on_release=on_release, take_over=take_over):
             key = advisory_key(upload_id)
             deadline = started + self._timeout
-            asked = False
+            asked_at: float | None = None
             while not await self._try_lock(key):
                 if not take_over:
                     raise LockTimeout("the upload is in use", headers={"Retry-After": "1"})
-                if not asked:
+                if asked_at is None or time.monotonic() - asked_at >= _ASK_AGAIN_S:
+                    # Asked again while it waits: a holder whose lock was granted as the
+                    # request came has not recorded itself yet and misses it (the grant's
+                    # answer and the notification arrive together), and the holder may
+                    # have changed since (as within one instance, each one is asked).
                     await self._notify(upload_id)
-                    asked = True
+                    asked_at = time.monotonic()
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         "the upload is in use by another request; try again shortly",

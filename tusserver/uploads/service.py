@@ -53,6 +53,7 @@ from ..errors import (
     LockTimeout,
     NotFound,
     PayloadTooLarge,
+    Progress,
     RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -64,7 +65,7 @@ from ..settings import UploadSettings
 from ..types import Checksum, ConcatFinal, ConcatPartial
 from .body import BodyReader, ByteStream, Interruption
 from .digests import RunningDigests
-from .guard import BodyGuard, raise_if_stopped, refuse_more
+from .guard import BodyGuard, raise_if_stopped, refuse_more, stopped_error
 from .locks import KnowsHolders, Locker
 from .observer import Caller, NullObserver, UploadObserver
 
@@ -585,6 +586,17 @@ class UploadService:
                     overrun_cancels=overrun_cancels,
                     created=created,
                 )
+        except UploadInterrupted as exc:
+            # A chunk with Upload-Checksum cut short is discarded whole (_write): answered as
+            # a body stopped the same way (a shutdown: 503, Retry-After), from its offset.
+            stopped = (
+                stopped_error(reader.interruption, exc.progress, discarded=True)
+                if exc.progress is not None and not reader.cancelled
+                else None
+            )
+            if stopped is None:
+                raise
+            raise stopped from None
         finally:
             self._receiving.discard(reader)
             if content_length is None:
@@ -851,7 +863,12 @@ class UploadService:
 
             def verify() -> None:
                 if interrupted():
-                    raise UploadInterrupted("the body ended early; the chunk was discarded")
+                    # (receive() tells why, from reader.interruption)
+                    raise UploadInterrupted(
+                        "the body ended early; the chunk (Upload-Checksum) was discarded",
+                        headers={"Upload-Offset": str(current)},
+                        progress=Progress(current, rec.length, False),
+                    )
                 if guard.exceeded:
                     raise PayloadTooLarge("the body goes past the upload's length")
                 if guard.hasher is None or guard.hasher.digest() != checksum.digest:

@@ -40,10 +40,12 @@ class Sweeper:
         self._orphan_interval = orphan_interval
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def sweep_once(self) -> int:
-        """Expire due uploads and purge old tombstones now; returns uploads expired."""
+    async def sweep_once(self, *, expire: bool = True) -> int:
+        """Expire due uploads and purge old tombstones now; returns uploads expired.
+        ``expire=False``: everything but the expiry (this process cannot see the upload
+        locks of a server writing them, see ``tusserver sweep``)."""
         expired = 0
-        while True:
+        while expire:
             n = await self._service.expire_due()
             expired += n
             if n == 0:
