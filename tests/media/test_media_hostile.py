@@ -8,6 +8,7 @@ import io
 import re
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,38 @@ async def test_an_mpeg_transport_stream_made_by_ffmpeg_is_probed(
     assert f["status"] == "committed", f["reason"]
     assert f["media"]["kind"] == "video" and f["media"]["container"] == "mpegts", f["media"]
     assert f["thumbnail_sizes"] == [256, 1024]
+
+
+def test_a_read_through_stopped_by_the_cpu_limit_is_a_limit(tmp_path: Path) -> None:
+    """ffmpeg catches SIGXCPU (the soft RLIMIT_CPU) and exits by itself with status 255, so
+    its death was no limit to the worker: a read-through stopped that way was taken for a
+    pass that failed, its measured duration dropped, and the header's duration (none for a
+    streamed WebM, or an understated one) was checked against max_media_duration."""
+    import textwrap
+
+    tool = tmp_path / "ffmpeg"
+    tool.write_text(
+        f"#!{sys.executable}\n"
+        "import signal, sys\n"
+        "signal.signal(signal.SIGXCPU, lambda *_: sys.exit(255))  # as ffmpeg does\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    tool.chmod(0o755)
+    worker = Path(__file__).resolve().parents[2] / "tusserver" / "pipeline" / "media"
+    code = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {str(worker)!r})
+        import worker
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 5))
+        try:
+            print(worker._read_through({str(tool)!r}, ["-i", "x"]))
+        except worker.MediaRejected as exc:
+            print(exc.limit, exc.reason)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "cpu the decoder exceeded its CPU time limit", out
