@@ -346,8 +346,8 @@ async def _sweep(config: TusServerConfig) -> int:
             else:
                 print(
                     f"expired no upload: data_dir {config.data_dir} is in use: {lone_server}; "
-                    "such a server expires its uploads itself (sweep_interval), or give it "
-                    'locker = "file"'
+                    'run that server with locker = "file" to sweep beside it, or let it '
+                    "expire its uploads itself (sweep_interval above 0)"
                 )
             n = await rt.sweeper.sweep_orphans()
             print(f"removed {n} orphaned upload(s)")
@@ -356,7 +356,9 @@ async def _sweep(config: TusServerConfig) -> int:
     finally:
         if claim is not None:
             os.close(claim)
-    return 0
+    # A scheduled sweep that could not expire anything must not look like one that did: the
+    # uploads would stay (and count against quotas) without anyone noticing.
+    return 0 if lone_server is None else 1
 
 
 async def _user(config: TusServerConfig, args: argparse.Namespace) -> int:

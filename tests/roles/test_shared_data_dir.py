@@ -148,13 +148,15 @@ async def test_tusserver_sweep_never_expires_an_upload_a_server_is_writing(
                 assert head.headers.get("X-File-Status") == "received"
             upload_id = url.rstrip("/").rsplit("/", 1)[1]
             assert (shared / "uploads" / upload_id).read_bytes() == data
-    assert swept.returncode == 0, swept.stdout + swept.stderr
     if kind == "all":
-        # A lone serve: its locks are out of reach; the sweep says so and expires nothing
-        # (the rest of the sweep needs no upload lock).
+        # A lone serve: its locks are out of reach; the sweep says so, expires nothing (the
+        # rest of the sweep needs no upload lock) and fails, so that cron reports it.
+        assert swept.returncode == 1, swept.stdout + swept.stderr
         assert "expired no upload: data_dir" in swept.stdout, swept.stdout
         assert "is in use" in swept.stdout, swept.stdout
+        assert 'locker = "file"' in swept.stdout, swept.stdout
     else:
+        assert swept.returncode == 0, swept.stdout + swept.stderr
         assert "expired 0 upload(s)" in swept.stdout, swept.stdout
     assert "removed 0 orphaned upload(s)" in swept.stdout, swept.stdout
 
